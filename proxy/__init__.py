@@ -1,0 +1,16 @@
+"""The sidecar proxy: the data plane, one process beside each workload.
+
+The folder tree is the request path:
+
+    proxy/
+      http1/        sans-IO HTTP/1.1 core: bytes in, events out, strict RFC 9112 framing
+      intercept/    iptables REDIRECT rules in a network namespace (outbound 15001, inbound 15006)
+      policy/       pure decision logic, one module per policy, each with an injected clock
+      outbound/     app -> proxy: detect protocol, route, retry, balance, mTLS to the peer proxy
+      inbound/      peer proxy -> proxy: verify SPIFFE identity, authorize, hand to the app
+      control/      the registry client: join, renew, config stream, ACK/NACK
+      admin/        localhost admin (15000) and Prometheus metrics (15090)
+
+Config arrives as immutable versioned snapshots; each stack is built once per snapshot and
+swapped atomically, so a request reads its snapshot once and finishes on it.
+"""
