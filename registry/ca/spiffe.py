@@ -102,6 +102,10 @@ class SpiffeId:
     @classmethod
     def for_service(cls, trust_domain: str, namespace: str, service: str) -> SpiffeId:
         """Istio's workload identity: spiffe://<td>/ns/<namespace>/sa/<service>."""
+        # Each name must be one segment: "a/sa/b" would build a different, valid identity.
+        for what, name in (("namespace", namespace), ("service", service)):
+            if not name or "/" in name:
+                raise ValueError(f"{what} {name!r} must be one non-empty path segment (no '/')")
         return cls(trust_domain, f"/ns/{namespace}/sa/{service}")
 
     def __str__(self) -> str:

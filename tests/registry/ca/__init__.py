@@ -1,0 +1,1 @@
+"""Tests of registry/ca: SPIFFE IDs, SVID issuance and verification, join tokens."""
