@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_group_readable_key_is_refused(ca: CertificateAuthority, state_dir: Path
 def test_other_trust_domain_in_same_dir_is_refused(
     ca: CertificateAuthority, state_dir: Path
 ) -> None:
-    with pytest.raises(CaError, match="trust domain 'shop.local', not 'other.local'"):
+    with pytest.raises(CaError, match=re.escape("trust domain 'shop.local', not 'other.local'")):
         CertificateAuthority.load_or_create(state_dir, "other.local")
 
 
@@ -134,7 +135,7 @@ def test_leaf_follows_x509_svid(ca: CertificateAuthority, orders: SpiffeId, now:
     san = ext.get_extension_for_class(x509.SubjectAlternativeName).value
     assert list(san) == [x509.UniformResourceIdentifier(str(orders))]
     ski = ext.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    assert ski == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())  # type: ignore[arg-type]
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
     aki = ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     root_ski = ca.root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == root_ski.digest
@@ -284,7 +285,7 @@ def test_identity_outside_trust_domain_or_without_path(
     ca: CertificateAuthority, orders: SpiffeId
 ) -> None:
     csr = build_csr(generate_key(), orders)
-    with pytest.raises(CsrError, match="outside this CA's trust domain 'shop.local'"):
+    with pytest.raises(CsrError, match=re.escape("outside this CA's trust domain 'shop.local'")):
         ca.sign_csr(csr, SpiffeId.for_service("other.local", "default", "orders"))
     with pytest.raises(CsrError, match="has no path"):
         ca.sign_csr(csr, SpiffeId.for_trust_domain(TD))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given
@@ -84,7 +85,7 @@ def test_for_service_and_istio_parts() -> None:
         SpiffeId.for_service("shop.local", "a/sa/b", "c")
     with pytest.raises(ValueError, match="service '' must be one"):
         SpiffeId.for_service("shop.local", "default", "")
-    with pytest.raises(ValueError, match="'..' segment"):
+    with pytest.raises(ValueError, match=re.escape("'..' segment")):
         SpiffeId.for_service("shop.local", "..", "orders")
 
 
