@@ -1,0 +1,1 @@
+"""Benchmarks: standalone scripts (`python -m bench.<name>`) that print their figures as JSON."""
