@@ -1,0 +1,46 @@
+"""Config: the files are the source of truth.
+
+    config dir/ mesh.yaml + *.yaml  ->  yamlsource (nodes with positions, bounded)
+        -> mesh_file (services)  -> virtual_service / destination_rule / security
+        -> loader (cross-references, duplicates)  ->  MeshConfig (frozen snapshot)
+
+`load_directory(dir)` reads the whole directory and returns a `LoadResult`: a `MeshConfig`
+when everything is valid, else every error as `file:line:column: field.path: message`.
+It never raises for bad input. The snapshot travels to proxies as `to_wire()` JSON.
+"""
+
+from __future__ import annotations
+
+from registry.config.diagnostics import Diagnostic, Source
+from registry.config.duration import parse_duration
+from registry.config.loader import LoadResult, load_directory
+from registry.config.model import (
+    AuthorizationPolicy,
+    DestinationRule,
+    MeshConfig,
+    PeerAuthentication,
+    Port,
+    RateLimit,
+    Service,
+    VirtualService,
+    Workload,
+)
+from registry.config.summary import summary_lines
+
+__all__ = [
+    "AuthorizationPolicy",
+    "DestinationRule",
+    "Diagnostic",
+    "LoadResult",
+    "MeshConfig",
+    "PeerAuthentication",
+    "Port",
+    "RateLimit",
+    "Service",
+    "Source",
+    "VirtualService",
+    "Workload",
+    "load_directory",
+    "parse_duration",
+    "summary_lines",
+]

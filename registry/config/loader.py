@@ -1,0 +1,318 @@
+"""Load a config directory as a whole: every file, every document, every cross-reference.
+
+`load_directory` never raises for bad input: every problem becomes a Diagnostic, and a
+MeshConfig is returned only when there are none.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from yaml.nodes import Node, ScalarNode
+
+from registry.config.destination_rule import parse_destination_rule
+from registry.config.diagnostics import Diagnostic, Source
+from registry.config.mesh_file import MeshFile, parse_mesh_file
+from registry.config.model import (
+    AuthorizationPolicy,
+    DestinationRule,
+    MeshConfig,
+    PeerAuthentication,
+    VirtualService,
+)
+from registry.config.reader import Cx, Obj, as_str, as_str_map
+from registry.config.scope import Scope
+from registry.config.security import parse_authorization_policy, parse_peer_authentication
+from registry.config.virtual_service import parse_virtual_service
+from registry.config.yamlsource import ParsedFile, read_yaml_file
+
+__all__ = ["MESH_FILE", "LoadResult", "load_directory"]
+
+MESH_FILE = "mesh.yaml"
+_SUFFIXES = (".yaml", ".yml")
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+Resource = VirtualService | DestinationRule | AuthorizationPolicy | PeerAuthentication
+
+# kind -> (API group, spec fields, Istio spec fields we do not support yet)
+_KINDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "VirtualService": (
+        "networking.istio.io", ("hosts", "http", "tcp", "exportTo", "gateways"), ("tls",)),
+    "DestinationRule": (
+        "networking.istio.io", ("host", "trafficPolicy", "subsets", "exportTo"),
+        ("workloadSelector",)),
+    "AuthorizationPolicy": (
+        "security.istio.io", ("selector", "action", "rules"),
+        ("provider", "targetRef", "targetRefs")),
+    "PeerAuthentication": (
+        "security.istio.io", ("selector", "mtls", "portLevelMtls"), ()),
+}
+_VERSIONS = ("v1", "v1beta1")
+_OTHER_ISTIO_KINDS = (
+    "Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter",
+    "ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    config: MeshConfig | None
+    errors: tuple[Diagnostic, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.config is not None and not self.errors
+
+
+def load_directory(directory: Path) -> LoadResult:
+    """Load and validate `directory` (mesh.yaml plus Istio resources) as one snapshot."""
+    try:
+        return _Load(Path(directory)).run()
+    except Exception as exc:  # never raise for bad input; a bug still gets reported
+        msg = f"internal error while loading ({type(exc).__name__}: {exc}); please report it"
+        return LoadResult(None, (Diagnostic(".", 1, 1, "", msg),))
+
+
+@dataclass(slots=True)
+class _Named:
+    resource: Resource
+    cx: Cx
+    name_node: Node
+    host_nodes: list[tuple[Node, str]]
+
+
+class _Load:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.errors: list[Diagnostic] = []
+        self.complete = True  # False once something could not be read: skip cross-checks
+
+    def run(self) -> LoadResult:
+        files = self._read_files()
+        if files is None:
+            return LoadResult(None, tuple(self.errors))
+        mesh = self._mesh(files.pop(MESH_FILE, None))
+        scope = Scope(mesh.namespace if mesh else "default",
+                      {s.name: s for s in mesh.services} if mesh else None)
+        if mesh is None:
+            self.complete = False
+        named: list[_Named] = []
+        for name in sorted(files):
+            cx = Cx(name)
+            for doc in files[name].documents:
+                entry = self._resource(cx, scope, doc)
+                if entry is not None:
+                    named.append(entry)
+            self.errors.extend(cx.errors)
+        self._check_unique(named)
+        if self.complete:
+            self._check_subsets(scope, named)
+        errors = tuple(sorted(set(self.errors), key=lambda d: (d.file != MESH_FILE, d)))
+        if errors or mesh is None:
+            return LoadResult(None, errors)
+        return LoadResult(self._snapshot(mesh, named, self._digest), ())
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _read_files(self) -> dict[str, ParsedFile] | None:
+        try:
+            names = sorted(os.listdir(self.dir))
+        except NotADirectoryError:
+            self.errors.append(Diagnostic(str(self.dir), 1, 1, "", "not a directory"))
+            return None
+        except FileNotFoundError:
+            self.errors.append(Diagnostic(str(self.dir), 1, 1, "", "no such directory"))
+            return None
+        except OSError as exc:
+            msg = f"cannot list the directory: {exc.strerror or exc}"
+            self.errors.append(Diagnostic(str(self.dir), 1, 1, "", msg))
+            return None
+        names = [n for n in names if n.endswith(_SUFFIXES) and not n.startswith(".")]
+        if MESH_FILE not in names:
+            hint = " (rename mesh.yml to mesh.yaml)" if "mesh.yml" in names else ""
+            self.errors.append(Diagnostic(MESH_FILE, 1, 1, "",
+                                          f"missing: the config directory needs a mesh.yaml{hint}"))
+        files: dict[str, ParsedFile] = {}
+        digest = hashlib.sha256()
+        for name in names:
+            parsed = read_yaml_file(self.dir / name, name)
+            if isinstance(parsed, Diagnostic):
+                self.errors.append(parsed)
+                self.complete = False
+                continue
+            files[name] = parsed
+            digest.update(f"{name}\0{len(parsed.raw)}\0".encode())
+            digest.update(parsed.raw)
+        self._digest = digest.hexdigest()
+        return files
+
+    def _mesh(self, parsed: ParsedFile | None) -> MeshFile | None:
+        if parsed is None:
+            return None
+        cx = Cx(MESH_FILE)
+        mesh = None
+        if not parsed.documents:
+            self.errors.append(Diagnostic(MESH_FILE, 1, 1, "", "mesh.yaml is empty"))
+        else:
+            for extra in parsed.documents[1:]:
+                cx.error(extra, "", "mesh.yaml holds one document; put Istio resources in "
+                         "other files")
+            mesh = parse_mesh_file(cx, parsed.documents[0])
+        self.errors.extend(cx.errors)
+        return mesh if not cx.errors else None
+
+    # -- one resource document ---------------------------------------------------------------
+
+    def _resource(self, cx: Cx, scope: Scope, doc: Node) -> _Named | None:
+        top = Obj(cx, doc, "", ("apiVersion", "kind", "metadata", "spec", "status"))
+        kind = top.require("kind", as_str)
+        api = top.require("apiVersion", as_str)
+        if kind is None or api is None:
+            return None
+        if kind not in _KINDS:
+            self._unknown_kind(cx, top, kind)
+            return None
+        group, fields, unsupported = _KINDS[kind]
+        if api not in (f"{group}/{v}" for v in _VERSIONS):
+            cx.error(top.value_node("apiVersion"), "apiVersion",
+                     f"apiVersion `{api}` is not supported for {kind}: use {group}/v1 or "
+                     f"{group}/v1beta1")
+            return None
+        meta = self._metadata(cx, scope, top)
+        if meta is None:
+            return None
+        name, name_node = meta
+        spec_node = top.fields["spec"][1] if "spec" in top else _null_at(doc)
+        spec = Obj(cx, spec_node, "spec", fields, unsupported)
+        source = Source(cx.file, doc.start_mark.line + 1, doc.start_mark.column + 1)
+        resource: Resource | None
+        hosts: list[tuple[Node, str]] = []
+        if kind == "VirtualService":
+            resource = parse_virtual_service(cx, scope, spec, name, source)
+            hosts = spec.items("hosts") if resource is not None else []
+        elif kind == "DestinationRule":
+            resource = parse_destination_rule(cx, scope, spec, name, source)
+            if resource is None:
+                self.complete = False  # its subsets are unknown: do not report them missing
+            else:
+                hosts = [(spec.value_node("host"), spec.sub("host"))]
+        elif kind == "AuthorizationPolicy":
+            resource = parse_authorization_policy(cx, spec, name, source)
+        else:
+            resource = parse_peer_authentication(cx, spec, name, source)
+        if resource is None:
+            return None
+        return _Named(resource, cx, name_node, hosts)
+
+    def _unknown_kind(self, cx: Cx, top: Obj, kind: str) -> None:
+        node = top.value_node("kind")
+        if kind in _OTHER_ISTIO_KINDS:
+            cx.error(node, "kind", f"kind `{kind}` is not supported yet")
+            return
+        close = difflib.get_close_matches(kind, list(_KINDS), n=1)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        cx.error(node, "kind", f"unknown kind `{kind}`{hint}; supported: {', '.join(_KINDS)}")
+
+    def _metadata(self, cx: Cx, scope: Scope, top: Obj) -> tuple[str, Node] | None:
+        if "metadata" not in top:
+            top.missing("metadata")
+            return None
+        meta = top.obj("metadata", ("name", "namespace", "labels", "annotations"))
+        assert meta is not None
+        name = meta.require("name", as_str)
+        namespace = meta.get("namespace", as_str)
+        meta.get("labels", as_str_map)
+        meta.get("annotations", as_str_map)
+        if name is not None and not _NAME.fullmatch(name):
+            cx.error(meta.value_node("name"), "metadata.name", f"`{name}` is not a valid name "
+                     "(lowercase letters, digits, '-' and '.')")
+            return None
+        if namespace is not None and namespace != scope.namespace:
+            cx.error(meta.value_node("namespace"), "metadata.namespace",
+                     f"namespace `{namespace}` is not the mesh namespace `{scope.namespace}` "
+                     "(set in mesh.yaml)")
+            return None
+        if name is None or not meta.ok:
+            return None
+        return name, meta.value_node("name")
+
+    # -- cross-resource checks --------------------------------------------------------------
+
+    def _check_unique(self, named: list[_Named]) -> None:
+        seen_names: dict[tuple[str, str], _Named] = {}
+        seen_hosts: dict[tuple[str, str], _Named] = {}
+        for entry in named:
+            kind = type(entry.resource).__name__
+            key = (kind, entry.resource.name)
+            first = seen_names.setdefault(key, entry)
+            if first is not entry:
+                self._error(entry.cx, entry.name_node, "metadata.name",
+                               f"duplicate {kind} `{entry.resource.name}` (first defined at "
+                               f"{first.resource.source})")
+            hosts = _hosts(entry.resource)
+            for (node, path), host in zip(entry.host_nodes, hosts, strict=False):
+                other = seen_hosts.setdefault((kind, host), entry)
+                if other is not entry:
+                    self._error(entry.cx, node, path, f"a second {kind} for `{host}`: "
+                                   f"{kind} `{other.resource.name}` ({other.resource.source}) "
+                                   "already covers it; Istio would merge or ignore one, so "
+                                   "put both in one resource")
+
+    def _check_subsets(self, scope: Scope, named: list[_Named]) -> None:
+        rules = {e.resource.host: e.resource for e in named
+                 if isinstance(e.resource, DestinationRule)}
+        for ref in scope.subset_refs:
+            rule = rules.get(ref.service)
+            if rule is None:
+                msg = (f"subset `{ref.subset}` of `{ref.service}` is not defined: no "
+                       f"DestinationRule for `{ref.service}` defines subsets")
+            elif rule.subset(ref.subset) is None:
+                known = ", ".join(s.name for s in rule.subsets) or "none"
+                msg = (f"unknown subset `{ref.subset}` of `{ref.service}`: DestinationRule "
+                       f"`{rule.name}` ({rule.source}) defines: {known}")
+            else:
+                continue
+            self._error(ref.cx, ref.node, ref.path, msg)
+
+    def _error(self, cx: Cx, node: Node, path: str, message: str) -> None:
+        mark = node.start_mark
+        self.errors.append(Diagnostic(cx.file, mark.line + 1, mark.column + 1, path, message))
+
+    # -- the snapshot -------------------------------------------------------------------------
+
+    def _snapshot(self, mesh: MeshFile, named: list[_Named], digest: str) -> MeshConfig:
+        def of(t: type[Resource]) -> tuple[Resource, ...]:
+            return tuple(sorted((e.resource for e in named if isinstance(e.resource, t)),
+                                key=lambda r: r.name))
+
+        return MeshConfig(
+            trust_domain=mesh.trust_domain,
+            namespace=mesh.namespace,
+            certificate_ttl_s=mesh.certificate_ttl_s,
+            registry_address=mesh.registry_address,
+            registry_port=mesh.registry_port,
+            services=mesh.services,
+            virtual_services=of(VirtualService),  # type: ignore[arg-type]
+            destination_rules=of(DestinationRule),  # type: ignore[arg-type]
+            authorization_policies=of(AuthorizationPolicy),  # type: ignore[arg-type]
+            peer_authentications=of(PeerAuthentication),  # type: ignore[arg-type]
+            base_dir=str(self.dir.resolve().parent),
+            digest=digest,
+        )
+
+
+def _hosts(resource: Resource) -> tuple[str, ...]:
+    if isinstance(resource, VirtualService):
+        return resource.hosts
+    if isinstance(resource, DestinationRule):
+        return (resource.host,)
+    return ()
+
+
+def _null_at(node: Node) -> Node:
+    return ScalarNode("tag:yaml.org,2002:null", "", node.start_mark, node.start_mark)

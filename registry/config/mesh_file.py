@@ -1,0 +1,182 @@
+"""mesh.yaml: the trust domain, the namespace, the registry address and the services."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from yaml.nodes import Node
+
+from registry.config.diagnostics import Source
+from registry.config.model import Port, RateLimit, Service, Workload
+from registry.config.reader import (
+    EMPTY,
+    Conv,
+    Cx,
+    Obj,
+    as_duration,
+    as_str,
+    as_str_list,
+    as_str_map,
+    int_in,
+    join,
+    mapping_items,
+    one_of,
+)
+
+__all__ = ["MeshFile", "parse_mesh_file"]
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+# Istio protocol names (port name prefixes / appProtocol) that we cannot proxy yet.
+_PROTOCOLS_UNSUPPORTED = (
+    "http2", "grpc", "grpc-web", "https", "tls", "mongo", "mysql", "redis", "udp", "h2c",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MeshFile:
+    trust_domain: str
+    namespace: str
+    certificate_ttl_s: float
+    registry_address: str
+    registry_port: int
+    services: tuple[Service, ...]
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Conv[str]:
+    def conv(cx: Cx, node: Node, path: str) -> str | None:
+        v = as_str(cx, node, path)
+        if v is not None and not pattern.fullmatch(v):
+            cx.error(node, path, f"`{v}` is not a valid {what}")
+            return None
+        return v
+
+    return conv
+
+
+_trust_domain = _matching(_TRUST_DOMAIN, "trust domain (lowercase letters, digits, '.', '-', '_')")
+_dns_label = _matching(DNS_LABEL, "name (a DNS label: lowercase letters, digits and '-')")
+_label_value = _matching(_LABEL_VALUE, "label value")
+
+
+def parse_mesh_file(cx: Cx, doc: Node) -> MeshFile | None:
+    top = Obj(cx, doc, "", ("trustDomain", "namespace", "certificateTTL", "registry", "services"))
+    if not top.ok and not top.fields:
+        return None
+    trust_domain = top.get("trustDomain", _trust_domain, "cluster.local")
+    namespace = top.get("namespace", _dns_label, "default")
+    ttl = top.get("certificateTTL", as_duration(60.0), 24 * 3600.0)
+    address, port = "127.0.0.1", 15012
+    reg = top.obj("registry", ("address", "port"))
+    if reg is not None:
+        address = reg.get("address", as_str, address) or address
+        port = reg.get("port", int_in(1, 65535, "port"), port) or port
+    services: list[Service] = []
+    if "services" in top:
+        for name, knode, vnode in mapping_items(cx, top.value_node("services"), "services") or []:
+            path = join("services", name)
+            if not DNS_LABEL.fullmatch(name):
+                cx.error(knode, path, f"service name `{name}` is not a DNS label "
+                         "(lowercase letters, digits and '-', at most 63)")
+                continue
+            svc = _service(cx, name, knode, vnode, path)
+            if svc is not None:
+                services.append(svc)
+    else:
+        top.missing("services")
+    if not isinstance(trust_domain, str) or not isinstance(namespace, str) or ttl is None:
+        return None
+    return MeshFile(trust_domain, namespace, ttl, address, port, tuple(services))
+
+
+def _service(cx: Cx, name: str, knode: Node, node: Node, path: str) -> Service | None:
+    o = Obj(cx, node, path, ("ports", "rateLimit", "accessLog", "workloads"))
+    ports: list[Port] = []
+    for pnode, ppath in o.items("ports"):
+        port = _port(cx, pnode, ppath, ports)
+        if port is not None:
+            ports.append(port)
+    if "ports" not in o:
+        o.missing("ports")
+    rate_limit = None
+    rl = o.obj("rateLimit", ("requestsPerUnit", "unit", "burst"))
+    if rl is not None:
+        per_unit = rl.require("requestsPerUnit", int_in(1, 10**9, "requestsPerUnit"))
+        unit = rl.get("unit", one_of(("second", "minute")), "second")
+        burst = rl.get("burst", int_in(1, 10**9, "burst"), per_unit)
+        if per_unit is not None and unit is not None and burst is not None:
+            rate_limit = RateLimit(per_unit, unit, burst)
+    access_log = o.get("accessLog", _access_log, "off")
+    workloads: list[Workload] = []
+    for wnode, wpath in o.items("workloads"):
+        w = _workload(cx, name, wnode, wpath)
+        if w is not None:
+            workloads.append(w)
+    versions = [w.version for w in workloads]
+    if len(set(versions)) != len(versions):
+        cx.error(o.value_node("workloads"), join(path, "workloads"),
+                 "two workloads have the same version: versions must be unique per service")
+    mark = knode.start_mark
+    if access_log is None:
+        return None
+    return Service(name, tuple(ports), rate_limit, access_log, tuple(workloads),
+                   Source(cx.file, mark.line + 1, mark.column + 1))
+
+
+def _access_log(cx: Cx, node: Node, path: str) -> str | None:
+    v = as_str(cx, node, path)
+    if v is None:
+        return None
+    if v in ("stdout", "off") or v.startswith("/"):
+        return v
+    cx.error(node, path, f"accessLog `{v}` must be stdout, off or an absolute file path")
+    return None
+
+
+def _port(cx: Cx, node: Node, path: str, earlier: list[Port]) -> Port | None:
+    o = Obj(cx, node, path, ("port", "protocol", "name"))
+    number = o.require("port", int_in(1, 65535, "port"))
+    protocol = o.get(
+        "protocol",
+        one_of(("HTTP", "TCP"), [p.upper() for p in _PROTOCOLS_UNSUPPORTED], upper=True),
+        "HTTP",
+    )
+    if protocol is None or number is None:
+        return None
+    protocol = protocol.lower()
+    name = o.get("name", _dns_label, None) or f"{protocol}-{number}"
+    assert isinstance(name, str)
+    if any(p.port == number for p in earlier):
+        cx.error(o.value_node("port"), o.sub("port"), f"port {number} is listed twice")
+        return None
+    if any(p.name == name for p in earlier):
+        cx.error(node, o.sub("name"), f"port name `{name}` is used twice")
+        return None
+    return Port(number, protocol, name)
+
+
+def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
+    o = Obj(cx, node, path, ("version", "command", "image", "env", "replicas", "labels"))
+    version = o.require("version", _label_value)
+    command = o.get("command", as_str_list, EMPTY)
+    image = o.get("image", as_str, None)
+    env = o.get("env", as_str_map, EMPTY)
+    replicas = o.get("replicas", int_in(0, 1000, "replicas"), 1)
+    labels = o.get("labels", as_str_map, EMPTY)
+    if "command" not in o and "image" not in o:
+        cx.error(node, path, "a workload needs a `command` (local runtime) or an `image` (docker)")
+    if command == () and "command" in o:
+        cx.error(o.value_node("command"), o.sub("command"), "command must not be empty")
+    for key, _ in labels or ():
+        if key in ("app", "version"):
+            cx.error(o.key_node("labels"), join(o.sub("labels"), key),
+                     f"label `{key}` is implied (app=<service>, version=<version>); remove it")
+            return None
+    if not isinstance(version, str) or command is None or env is None or replicas is None:
+        return None
+    if labels is None:
+        return None
+    all_labels = tuple(sorted({**dict(labels), "app": service, "version": version}.items()))
+    return Workload(version, command, image, env, replicas, all_labels)

@@ -1,0 +1,352 @@
+"""The validated config snapshot: frozen, slotted dataclasses all the way down.
+
+Collections are tuples; string maps (labels, env, headers) are tuples of `(key, value)`
+pairs, sorted by key where order carries no meaning. Durations are float seconds. Hosts are
+normalised to service names. Field meanings follow Istio's reference; docs/config.md lists
+every field with its default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from registry.config.diagnostics import Source
+
+Pairs = tuple[tuple[str, str], ...]
+
+# Istio's retry policy for a route that sets none (pilot/pkg/networking/core/route/retry):
+# 2 retries on connect-failure,refused-stream,unavailable,cancelled and status 503.
+DEFAULT_RETRY_ON: tuple[str, ...] = (
+    "connect-failure",
+    "refused-stream",
+    "unavailable",
+    "cancelled",
+    "503",
+)
+DEFAULT_RETRY_ATTEMPTS = 2
+UINT32_MAX = 2**32 - 1
+
+
+# --- mesh.yaml -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    port: int
+    protocol: str  # "http" | "tcp"
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A local token bucket on the service's inbound side."""
+
+    requests_per_unit: int
+    unit: str  # "second" | "minute"
+    burst: int
+
+    @property
+    def fill_interval_s(self) -> float:
+        return 1.0 if self.unit == "second" else 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    version: str
+    command: tuple[str, ...]  # local runtime; relative paths resolve against MeshConfig.base_dir
+    image: str | None  # docker runtime
+    env: Pairs
+    replicas: int
+    labels: Pairs  # includes the implied app=<service> and version=<version>
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    ports: tuple[Port, ...]
+    rate_limit: RateLimit | None
+    access_log: str  # "off" | "stdout" | an absolute file path
+    workloads: tuple[Workload, ...]
+    source: Source
+
+    def port(self, number: int) -> Port | None:
+        return next((p for p in self.ports if p.port == number), None)
+
+
+# --- VirtualService ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    kind: str  # "exact" | "prefix" | "regex" | "present" (an empty match: the header exists)
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOperations:
+    set: Pairs = ()
+    add: Pairs = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    request: HeaderOperations = HeaderOperations()
+    response: HeaderOperations = HeaderOperations()
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPMatch:
+    name: str | None
+    uri: StringMatch | None
+    method: StringMatch | None
+    authority: StringMatch | None
+    headers: tuple[tuple[str, StringMatch], ...]  # header names lowercased
+    without_headers: tuple[tuple[str, StringMatch], ...]
+    query_params: tuple[tuple[str, StringMatch], ...]
+    port: int | None
+    ignore_uri_case: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    host: str  # a service name
+    subset: str | None
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDestination:
+    destination: Destination
+    weight: int  # percent; a lone destination without a weight gets 100
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    attempts: int
+    per_try_timeout_s: float | None
+    retry_on: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    fixed_delay_s: float
+    percentage: float  # 0..100; Istio: unset means no request is delayed
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    http_status: int
+    percentage: float  # 0..100; Istio: unset means no request is aborted
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    delay: Delay | None
+    abort: Abort | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    uri: str | None
+    authority: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRoute:
+    name: str | None
+    match: tuple[HTTPMatch, ...]  # empty: matches every request
+    route: tuple[RouteDestination, ...]
+    timeout_s: float | None  # None: no timeout (Istio's default)
+    retries: Retries | None  # None: Istio's default (DEFAULT_RETRY_ATTEMPTS on DEFAULT_RETRY_ON)
+    fault: Fault | None
+    mirror: Destination | None
+    mirror_percentage: float  # 100 when mirror is set and mirrorPercentage is not
+    headers: Headers
+    rewrite: Rewrite | None
+
+
+@dataclass(frozen=True, slots=True)
+class TCPRoute:
+    match_ports: tuple[int, ...]  # empty: every port
+    route: tuple[RouteDestination, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualService:
+    name: str
+    hosts: tuple[str, ...]  # service names
+    http: tuple[HTTPRoute, ...]
+    tcp: tuple[TCPRoute, ...]
+    export_to: tuple[str, ...]
+    source: Source
+
+
+# --- DestinationRule ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    # None: our default, a latency-aware EWMA power-of-two-choices balancer ("DEFAULT").
+    simple: str | None  # "ROUND_ROBIN" | "LEAST_REQUEST" | "RANDOM" | None
+    consistent_hash_header: str | None  # consistentHash.httpHeaderName, lowercased
+
+
+@dataclass(frozen=True, slots=True)
+class TCPSettings:
+    max_connections: int = UINT32_MAX
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPSettings:
+    http1_max_pending_requests: int = UINT32_MAX
+    http2_max_requests: int = UINT32_MAX
+    max_requests_per_connection: int = 0  # 0: unlimited
+    max_retries: int = UINT32_MAX
+    idle_timeout_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    tcp: TCPSettings = TCPSettings()
+    http: HTTPSettings = HTTPSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx_errors: int = 5  # 0 disables
+    consecutive_gateway_errors: int = 0  # 0 disables
+    interval_s: float = 10.0
+    base_ejection_time_s: float = 30.0
+    max_ejection_percent: int = 10
+    min_health_percent: int = 0  # Istio's default: panic threshold disabled
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    load_balancer: LoadBalancer | None
+    connection_pool: ConnectionPool | None
+    outlier_detection: OutlierDetection | None
+    tls_mode: str | None  # "ISTIO_MUTUAL" or None
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    name: str
+    labels: Pairs
+    traffic_policy: TrafficPolicy | None
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRule:
+    name: str
+    host: str  # a service name
+    traffic_policy: TrafficPolicy | None
+    subsets: tuple[Subset, ...]
+    export_to: tuple[str, ...]
+    source: Source
+
+    def subset(self, name: str) -> Subset | None:
+        return next((s for s in self.subsets if s.name == name), None)
+
+
+# --- AuthorizationPolicy / PeerAuthentication --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSource:
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    not_ports: tuple[int, ...] = ()
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    key: str
+    values: tuple[str, ...]
+    not_values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    from_: tuple[RuleSource, ...]  # `from` in YAML
+    to: tuple[Operation, ...]
+    when: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationPolicy:
+    name: str
+    selector: Pairs | None  # matchLabels; None selects every workload
+    action: str  # "ALLOW" | "DENY" | "AUDIT"
+    rules: tuple[Rule, ...]  # ALLOW with no rules allows nothing
+    source: Source
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication:
+    name: str
+    selector: Pairs | None
+    mode: str  # "STRICT" | "PERMISSIVE" | "DISABLE" | "UNSET"
+    port_level: tuple[tuple[int, str], ...]
+    source: Source
+
+
+# --- the snapshot --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    trust_domain: str
+    namespace: str
+    certificate_ttl_s: float
+    registry_address: str
+    registry_port: int
+    services: tuple[Service, ...]
+    virtual_services: tuple[VirtualService, ...]
+    destination_rules: tuple[DestinationRule, ...]
+    authorization_policies: tuple[AuthorizationPolicy, ...]
+    peer_authentications: tuple[PeerAuthentication, ...]
+    base_dir: str  # the config directory's parent: relative workload paths resolve here
+    digest: str  # sha256 over the sorted (file name, contents) of the directory
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def virtual_service_for(self, service: str) -> VirtualService | None:
+        return next((v for v in self.virtual_services if service in v.hosts), None)
+
+    def destination_rule_for(self, service: str) -> DestinationRule | None:
+        return next((d for d in self.destination_rules if d.host == service), None)
+
+    def spiffe_id(self, service: str) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{service}"
+
+    def to_wire(self) -> dict[str, Any]:
+        from registry.config.wire import to_wire
+
+        out = to_wire(self)
+        assert isinstance(out, dict)
+        return out
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> MeshConfig:
+        from registry.config.wire import from_wire
+
+        return from_wire(cls, data)
