@@ -1,0 +1,96 @@
+"""The events the parsers hand out, and the one error they raise.
+
+Events are ``NamedTuple``s rather than frozen dataclasses: they are immutable and
+slotted like the STYLE's dataclasses, but a 10-field frozen dataclass costs ~1.0 µs to
+build (one ``object.__setattr__`` per field) against ~0.3 µs for a NamedTuple, and one
+Request is built per request on the proxy's hot path (see docs/http1.md).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def _get(headers: Headers, name_lower: bytes) -> bytes | None:
+    for name, value in headers:
+        if name.lower() == name_lower:
+            return value
+    return None
+
+
+def _get_all(headers: Headers, name_lower: bytes) -> list[bytes]:
+    return [value for name, value in headers if name.lower() == name_lower]
+
+
+class Request(NamedTuple):
+    """A request head. Body framing is already decided: the proxy re-frames it itself."""
+
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: Headers  # names as received, values without surrounding whitespace
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    upgrade: bytes | None  # the Upgrade value, only when Connection lists "upgrade"
+    expect_continue: bool
+    host: bytes | None
+
+    def get(self, name_lower: bytes) -> bytes | None:
+        """The first value of header ``name_lower`` (give the name in lower case)."""
+        return _get(self.headers, name_lower)
+
+    def get_all(self, name_lower: bytes) -> list[bytes]:
+        """Every value of header ``name_lower``, in order received."""
+        return _get_all(self.headers, name_lower)
+
+
+class Response(NamedTuple):
+    """A response head. ``informational`` is a 1xx other than 101: a final one follows."""
+
+    status: int
+    reason: bytes
+    version: bytes
+    headers: Headers
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    informational: bool
+
+    def get(self, name_lower: bytes) -> bytes | None:
+        """The first value of header ``name_lower`` (give the name in lower case)."""
+        return _get(self.headers, name_lower)
+
+    def get_all(self, name_lower: bytes) -> list[bytes]:
+        """Every value of header ``name_lower``, in order received."""
+        return _get_all(self.headers, name_lower)
+
+
+class Data(NamedTuple):
+    """A piece of body, de-chunked. Pieces follow the bytes fed: never buffered whole."""
+
+    data: bytes
+
+
+class EndOfMessage(NamedTuple):
+    """The body is complete. ``trailers`` only ever come with a chunked body."""
+
+    trailers: Headers = []  # noqa: RUF012 - NamedTuple defaults are shared, never mutated
+
+
+Event = Request | Response | Data | EndOfMessage
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1 framing. The parser is dead; answer ``status`` and close.
+
+    ``status`` is 400 / 414 / 431 / 501 / 505 from a RequestParser (the status to answer the
+    client with) and 502 from a ResponseParser (the status the proxy answers downstream).
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason

@@ -1,0 +1,142 @@
+"""RFC 9110 / 9112 grammar as compiled regexes, and the header-block scanner built on them.
+
+House rules for the hot path: a head is validated and split by a handful of C calls over
+the whole block (``findall`` with ``pos``/``endpos``, ``bytes.count``); Python loops run
+per header only where a header's meaning must be read, and the slow per-line diagnosis runs
+only once a block has already been refused, to say which line and why.
+"""
+
+from __future__ import annotations
+
+import re
+
+from proxy.http1.events import Headers, ProtocolError
+
+# RFC 9110 5.6.2: token = 1*tchar.
+_TCHAR = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
+TOKEN = re.compile(_TCHAR + rb"+")
+# RFC 9112 5: field-line = field-name ":" OWS field-value OWS, one per CRLF-ended line, and
+# RFC 9110 5.5: field-value = *( field-vchar / SP / HTAB ) with field-vchar = VCHAR / obs-text:
+# no CTL but HTAB, so CR, LF and NUL can never get in. MULTILINE anchors each match at a line
+# start, so a line matches whole or not at all: the block is valid iff the number of matches
+# equals the number of lines. Possessive quantifiers: no backtracking, ~1.5 µs for 8 lines.
+# Trailing OWS is left in the value here and stripped by parse_fields when present (rare).
+FIELD_LINE = re.compile(
+    rb"^(" + _TCHAR + rb"++):[ \t]*+([\t\x20-\x7e\x80-\xff]*+)\r\n", re.MULTILINE
+)
+# RFC 9112 3: request-line = method SP request-target SP HTTP-version. The target is
+# visible ASCII only (RFC 3986 has no place for SP, CTLs or bytes >= 0x80).
+REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])\r\n")
+# RFC 9112 4: status-line = HTTP-version SP status-code SP [ reason-phrase ]. The SP before
+# an empty reason is often left out by servers; it carries no framing, so it is optional.
+STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n")
+# RFC 9110 8.6: Content-Length = 1*DIGIT. 18 digits keep it below 2**63 (what Envoy and
+# every backend can represent); a longer one is refused rather than trusted.
+CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
+# RFC 9112 7.1: chunk-size = 1*HEXDIG (at most 16: 64 bits), chunk-ext = *( BWS ";" BWS
+# chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), chunk-ext-val = token / quoted-string.
+_QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
+CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*"
+    + _TCHAR
+    + rb"+(?:[ \t]*=[ \t]*(?:"
+    + _TCHAR
+    + rb"+|"
+    + _QUOTED
+    + rb"))?)*"
+)
+# RFC 9110 7.2: Host = uri-host [ ":" port ] (RFC 3986 reg-name or IP-literal); may be empty.
+_URI_HOST = rb"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)"
+HOST = re.compile(_URI_HOST + rb"(?::[0-9]*)?")
+# RFC 9112 3.2.3: authority-form, for CONNECT only; RFC 9110 9.3.6 requires the port.
+AUTHORITY_FORM = re.compile(_URI_HOST + rb":[0-9]{1,5}")
+# RFC 9112 3.2.2: absolute-form starts with a scheme (RFC 3986 3.1).
+ABSOLUTE_FORM = re.compile(rb"[A-Za-z][-A-Za-z0-9+.]*:")
+
+
+def parse_fields(
+    buf: bytes, start: int, end: int, max_headers: int, bad: int, too_big: int
+) -> Headers:
+    """Split the CRLF-ended field lines in ``buf[start:end]``; refuse any malformed line."""
+    lines = buf.count(b"\n", start, end)
+    if lines > max_headers:
+        raise ProtocolError(too_big, f"more than {max_headers} header fields")
+    fields: Headers = FIELD_LINE.findall(buf, start, end)
+    if len(fields) != lines:
+        raise ProtocolError(bad, _diagnose(buf[start:end]))
+    if buf.find(b" \r\n", start, end) >= 0 or buf.find(b"\t\r\n", start, end) >= 0:
+        return [(name, value.rstrip(b" \t")) for name, value in fields]
+    return fields
+
+
+def _diagnose(block: bytes) -> str:
+    """Say which field line of a refused block is wrong and why (slow path: errors only)."""
+    for number, line in enumerate(block.split(b"\r\n")[:-1], start=1):
+        if FIELD_LINE.fullmatch(line + b"\r\n"):
+            continue
+        where = f"header line {number} ({line[:40]!r})"
+        if b"\n" in line or b"\r" in line:
+            return f"bare CR or LF in {where}: lines end with CRLF (RFC 9112 2.2)"
+        if line[:1] in (b" ", b"\t"):
+            return f"obs-fold in {where}: line folding is refused (RFC 9112 5.2)"
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return f"no colon in {where} (RFC 9112 5)"
+        if name != name.rstrip(b" \t"):
+            return f"whitespace between field name and colon in {where} (RFC 9112 5.1)"
+        if not TOKEN.fullmatch(name):
+            return f"invalid character in field name in {where} (RFC 9110 5.1)"
+        if b"\x00" in value:
+            return f"NUL in field value in {where} (RFC 9110 5.5)"
+        return f"invalid character in field value in {where} (RFC 9110 5.5)"
+    return "malformed header section (RFC 9112 5)"
+
+
+def list_tokens(values: list[bytes]) -> list[bytes]:
+    """RFC 9110 5.6.1 #list elements of all ``values``, lower-cased, empty elements dropped."""
+    out = []
+    for value in values:
+        for item in value.split(b","):
+            item = item.strip(b" \t")
+            if item:
+                out.append(item.lower())
+    return out
+
+
+def content_length(values: list[bytes], bad: int) -> int:
+    """The single Content-Length; refuse lists and repeats, even of equal values.
+
+    RFC 9110 8.6 lets a recipient either refuse ``5, 5`` or collapse it; we refuse it (what
+    Envoy does unless told otherwise), since two hops that choose differently disagree on
+    where the message ends.
+    """
+    if len(values) != 1:
+        raise ProtocolError(bad, "more than one Content-Length header (RFC 9110 8.6)")
+    value = values[0]
+    if not CONTENT_LENGTH.fullmatch(value):
+        if b"," in value:
+            raise ProtocolError(bad, f"Content-Length is a list: {value[:40]!r} (RFC 9110 8.6)")
+        raise ProtocolError(bad, f"Content-Length not 1*DIGIT: {value[:40]!r} (RFC 9110 8.6)")
+    return int(value)
+
+
+def is_chunked(values: list[bytes], bad: int, unsupported: int) -> bool:
+    """Check Transfer-Encoding: the only coding we accept is a single, final ``chunked``.
+
+    Always True: anything else raises. RFC 9112 6.3: chunked not final in a request -> 400;
+    RFC 9112 6.1: a coding the server does not implement -> 501 (``unsupported``).
+    """
+    codings = list_tokens(values)
+    if not codings or codings[-1] != b"chunked":
+        shown = b", ".join(codings)[:60]
+        raise ProtocolError(bad, f"Transfer-Encoding must end in chunked: {shown!r} (RFC 9112 6.3)")
+    if codings.count(b"chunked") > 1:
+        raise ProtocolError(bad, "chunked applied more than once (RFC 9112 7)")
+    if len(codings) > 1:
+        for coding in codings[:-1]:
+            if not TOKEN.fullmatch(coding):
+                raise ProtocolError(bad, f"invalid transfer-coding {coding[:40]!r} (RFC 9112 7)")
+        raise ProtocolError(
+            unsupported, f"transfer-coding {codings[0]!r} is not supported (RFC 9112 6.1)"
+        )
+    return True

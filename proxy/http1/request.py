@@ -1,0 +1,187 @@
+"""RequestParser: the downstream side, bytes from a client in, request events out."""
+
+from __future__ import annotations
+
+import re
+
+from proxy.http1.events import Event, ProtocolError, Request
+from proxy.http1.grammar import (
+    ABSOLUTE_FORM,
+    AUTHORITY_FORM,
+    HOST,
+    REQUEST_LINE,
+    TOKEN,
+    content_length,
+    is_chunked,
+    list_tokens,
+    parse_fields,
+)
+from proxy.http1.stream import CHUNK_SIZE, CLOSED, HEAD, LENGTH, PAUSED, StreamParser
+
+# The header fields whose meaning the parser itself must read; the rest pass through.
+_SPECIAL = frozenset(
+    (b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect")
+)
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+
+
+class RequestParser(StreamParser):
+    """Parse requests, pipelined or not, streaming their bodies.
+
+    After a request that asks to switch protocols (CONNECT, or ``Connection: upgrade`` with
+    ``Upgrade``) and its EndOfMessage, the parser pauses: ``take_remaining()`` returns the
+    bytes that followed, to relay raw; if the upstream refuses the switch, ``resume()``
+    goes back to parsing HTTP from those bytes.
+    """
+
+    _bad = 400
+    _too_big = 431
+
+    def __init__(self, max_headers: int = 100, max_head_bytes: int = 60 * 1024) -> None:
+        super().__init__(max_headers, max_head_bytes)
+        self._keep = HEAD  # where resume() goes: HEAD, or CLOSED if the request said close
+
+    def resume(self) -> list[Event]:
+        """The upstream refused the Upgrade/CONNECT: parse what followed it as HTTP."""
+        if self._state != PAUSED:
+            raise RuntimeError("resume() is only for a parser paused by Upgrade or CONNECT")
+        self._state = self._keep
+        data, self._buf = self._buf, b""
+        return self.feed(data) if data else []
+
+    def _before_head(self, buf: bytes, pos: int) -> int:
+        # RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request-line.
+        while buf.startswith(b"\r\n", pos):
+            pos += 2
+        return pos
+
+    def _too_long(self, buf: bytes, pos: int) -> None:
+        if buf.find(b"\r\n", pos, pos + self.max_head_bytes) < 0:
+            raise ProtocolError(414, f"request line over {self.max_head_bytes} bytes")
+        raise ProtocolError(431, f"request head over {self.max_head_bytes} bytes")
+
+    def _eof_in_head(self, pending: bytes) -> list[Event]:
+        if pending.strip(b"\r\n"):
+            raise ProtocolError(400, "connection closed in the middle of a request head")
+        return []
+
+    def _head(self, buf: bytes, start: int, end: int, events: list[Event]) -> None:
+        line = REQUEST_LINE.match(buf, start, end)
+        if line is None:
+            raise ProtocolError(400, _diagnose_request_line(buf[start : buf.find(b"\r\n", start)]))
+        method, target, version = line.groups()
+        if version != b"1.1" and version != b"1.0":
+            raise ProtocolError(505, f"HTTP/{version.decode()} is not supported, only 1.0 and 1.1")
+        fields = parse_fields(buf, line.end(), end, self.max_headers, 400, 431)
+        special: dict[bytes, list[bytes]] = {}
+        for name, value in fields:
+            key = name.lower()
+            if key in _SPECIAL:
+                if key in special:
+                    special[key].append(value)
+                else:
+                    special[key] = [value]
+        connect = method == b"CONNECT"
+        if target[0] != 47 or connect:  # not origin-form "/...": RFC 9112 3.2
+            _check_target(method, target)
+
+        # RFC 9112 3.2: 400 for HTTP/1.1 without Host, for two Host lines, for a bad Host.
+        hosts = special.get(b"host")
+        host = None
+        if hosts is not None:
+            if len(hosts) > 1:
+                raise ProtocolError(400, "more than one Host header (RFC 9112 3.2)")
+            host = hosts[0]
+            if not HOST.fullmatch(host):
+                raise ProtocolError(400, f"invalid Host {host[:40]!r} (RFC 9112 3.2)")
+        elif version == b"1.1":
+            raise ProtocolError(400, "HTTP/1.1 request without Host (RFC 9112 3.2)")
+
+        # RFC 9112 6.3: the body length.
+        chunked = False
+        length = None
+        te = special.get(b"transfer-encoding")
+        cl = special.get(b"content-length")
+        if te is not None:
+            if cl is not None:
+                # RFC 9112 6.1 allows TE to win, but that is the classic smuggling vector:
+                # refused, as Envoy does unless allow_chunked_length is set.
+                raise ProtocolError(400, "both Content-Length and Transfer-Encoding (RFC 9112 6.1)")
+            if version == b"1.0":
+                raise ProtocolError(400, "Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1)")
+            chunked = is_chunked(te, 400, 501)
+        elif cl is not None:
+            length = content_length(cl, 400)
+        if connect and (chunked or length):
+            raise ProtocolError(400, "CONNECT with content (RFC 9110 9.3.6)")
+
+        connection = special.get(b"connection")
+        if connection is None:
+            tokens = []
+        elif len(connection) == 1 and b"," not in connection[0]:
+            tokens = [connection[0].lower()]  # the usual single token, already OWS-stripped
+        else:
+            tokens = list_tokens(connection)
+        if version == b"1.1":
+            keep_alive = b"close" not in tokens
+        else:  # RFC 9112 9.3: HTTP/1.0 persists only with "keep-alive".
+            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+        upgrade = None
+        # RFC 9110 7.8: Upgrade only counts when listed in Connection; ignored in HTTP/1.0.
+        if b"upgrade" in special and b"upgrade" in tokens and version == b"1.1":
+            upgrade = b", ".join(special[b"upgrade"])
+        # RFC 9110 10.1.1: 100-continue is ignored in an HTTP/1.0 request.
+        expect = special.get(b"expect")
+        expect_continue = (
+            expect is not None
+            and version == b"1.1"
+            and any(v.lower() == b"100-continue" for v in expect)
+        )
+        events.append(
+            Request(
+                method,
+                target,
+                version,
+                fields,
+                length,
+                chunked,
+                keep_alive,
+                upgrade,
+                expect_continue,
+                host,
+            )
+        )
+        self._keep = HEAD if keep_alive else CLOSED
+        self._then = PAUSED if (connect or upgrade is not None) else self._keep
+        if chunked:
+            self._state = CHUNK_SIZE
+        else:
+            self._state = LENGTH
+            self._remaining = length or 0
+
+
+def _check_target(method: bytes, target: bytes) -> None:
+    """The three request-target forms other than origin-form (RFC 9112 3.2.2-3.2.4)."""
+    if method == b"CONNECT":
+        if not AUTHORITY_FORM.fullmatch(target):
+            shown = target[:40]
+            raise ProtocolError(400, f"CONNECT needs host:port, got {shown!r} (RFC 9112 3.2.3)")
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise ProtocolError(400, "asterisk-form is for OPTIONS only (RFC 9112 3.2.4)")
+    elif not ABSOLUTE_FORM.match(target):
+        raise ProtocolError(400, f"invalid request-target {target[:40]!r} (RFC 9112 3.2)")
+
+
+def _diagnose_request_line(line: bytes) -> str:
+    """Say what is wrong with a refused request-line (slow path: errors only)."""
+    shown = f"request line {line[:60]!r}"
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return f"{shown} is not method SP target SP version, or the target has SP (RFC 9112 3)"
+    method, _target, version = parts
+    if not TOKEN.fullmatch(method):
+        return f"invalid method in {shown} (RFC 9110 9.1)"
+    if not _VERSION.fullmatch(version):
+        return f"invalid HTTP version in {shown} (RFC 9112 2.3)"
+    return f"request-target has CTL, non-ASCII or is empty in {shown} (RFC 9112 3.2)"

@@ -1,0 +1,133 @@
+"""ResponseParser: the upstream side, bytes from a server in, response events out.
+
+A response's framing depends on the request it answers (RFC 9112 6.3), so the proxy calls
+``expect(method, upgrade)`` once per request it sends, in order; every error is a 502 for
+the proxy to answer downstream before it discards the upstream connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from proxy.http1.events import Event, ProtocolError, Response
+from proxy.http1.grammar import STATUS_LINE, content_length, is_chunked, list_tokens, parse_fields
+from proxy.http1.stream import CHUNK_SIZE, CLOSED, HEAD, LENGTH, PAUSED, UNTIL_CLOSE, StreamParser
+
+_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+
+
+class ResponseParser(StreamParser):
+    """Parse the responses to the requests announced with ``expect``, streaming bodies."""
+
+    _bad = 502
+    _too_big = 502
+
+    def __init__(self, max_headers: int = 100, max_head_bytes: int = 60 * 1024) -> None:
+        super().__init__(max_headers, max_head_bytes)
+        self._expected: deque[tuple[bytes, bytes | None]] = deque()
+
+    def expect(self, method: bytes, upgrade: bytes | None = None) -> None:
+        """Announce a request sent upstream: its method and its ``Request.upgrade``."""
+        self._expected.append((method, upgrade))
+
+    @property
+    def outstanding(self) -> int:
+        """Requests announced with expect() whose final response has not started yet."""
+        return len(self._expected)
+
+    def _before_head(self, buf: bytes, pos: int) -> int:
+        if not self._expected:
+            raise ProtocolError(502, "bytes from upstream with no request outstanding")
+        return pos
+
+    def _eof_in_head(self, pending: bytes) -> list[Event]:
+        if pending:
+            raise ProtocolError(502, "upstream closed in the middle of a response head")
+        if self._expected:
+            raise ProtocolError(502, "upstream closed before responding")
+        return []
+
+    def _head(self, buf: bytes, start: int, end: int, events: list[Event]) -> None:
+        line = STATUS_LINE.match(buf, start, end)
+        if line is None:
+            shown = buf[start : buf.find(b"\r\n", start)][:60]
+            raise ProtocolError(502, f"malformed status line {shown!r} (RFC 9112 4)")
+        version, code, reason = line.groups()
+        if version != b"1.1" and version != b"1.0":
+            raise ProtocolError(502, f"upstream answered HTTP/{version.decode()}")
+        status = int(code)
+        if status < 100 or status > 599:
+            raise ProtocolError(502, f"status {status} outside 100-599 (RFC 9110 15)")
+        fields = parse_fields(buf, line.end(), end, self.max_headers, 502, 502)
+        special: dict[bytes, list[bytes]] = {}
+        for name, value in fields:
+            key = name.lower()
+            if key in _SPECIAL:
+                if key in special:
+                    special[key].append(value)
+                else:
+                    special[key] = [value]
+
+        chunked = False
+        length = None
+        te = special.get(b"transfer-encoding")
+        cl = special.get(b"content-length")
+        if te is not None:
+            if cl is not None:
+                raise ProtocolError(502, "both Content-Length and Transfer-Encoding (RFC 9112 6.1)")
+            if version == b"1.0":
+                raise ProtocolError(502, "Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1)")
+            # RFC 9112 6.3 would read a non-chunked final coding until close; refused instead.
+            chunked = is_chunked(te, 502, 502)
+        elif cl is not None:
+            length = content_length(cl, 502)
+        connection = special.get(b"connection")
+        if connection is None:
+            tokens = []
+        elif len(connection) == 1 and b"," not in connection[0]:
+            tokens = [connection[0].lower()]  # the usual single token, already OWS-stripped
+        else:
+            tokens = list_tokens(connection)
+        if version == b"1.1":
+            keep_alive = b"close" not in tokens
+        else:
+            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+
+        method, upgrade = self._expected[0]
+        self._state = LENGTH
+        self._remaining = 0
+        if status < 200:
+            if status != 101:  # RFC 9110 15.2: 1xx are interim; the final response follows.
+                events.append(
+                    Response(status, reason or b"", version, fields, None, False, False, True)
+                )
+                self._state = HEAD
+                return
+            if upgrade is None:
+                raise ProtocolError(502, "101 Switching Protocols to a request without Upgrade")
+            self._then = PAUSED
+            keep_alive = chunked = False
+            length = None
+        elif method == b"CONNECT" and status < 300:  # RFC 9110 9.3.6: a tunnel from here on.
+            self._then = PAUSED
+            keep_alive = chunked = False
+            length = None
+        elif method == b"HEAD" or status == 204 or status == 304:
+            # RFC 9112 6.3 p2: no content whatever the header says; Content-Length stays as the
+            # (informative) header value, and no Data follows.
+            chunked = False
+            self._then = HEAD if keep_alive else CLOSED
+        elif chunked:
+            self._state = CHUNK_SIZE
+            self._then = HEAD if keep_alive else CLOSED
+        elif length is not None:
+            self._remaining = length
+            self._then = HEAD if keep_alive else CLOSED
+        else:  # RFC 9112 6.3 p8: no framing, the body runs until the server closes.
+            self._state = UNTIL_CLOSE
+            keep_alive = False
+            self._then = CLOSED
+        self._expected.popleft()
+        events.append(
+            Response(status, reason or b"", version, fields, length, chunked, keep_alive, False)
+        )
