@@ -1,0 +1,1 @@
+"""Launchers: put a proxy beside each workload (docker, compose, systemd, local processes)."""
