@@ -39,32 +39,39 @@ class Balancer(Protocol):
     def on_end(self, ep: str, latency_s: float, ok: bool) -> None: ...
 
 
-def _random_pick(endpoints: Sequence[str], exclude: frozenset[str], rng: random.Random) -> str:
-    """A uniformly random endpoint outside ``exclude``, or any endpoint if all are excluded.
-    ``endpoints`` must not be empty."""
+def _random_index(endpoints: Sequence[str], exclude: frozenset[str], rng: random.Random) -> int:
+    """Index of a uniformly random endpoint outside ``exclude``, or of any endpoint if all are
+    excluded. ``endpoints`` must not be empty."""
     n = len(endpoints)
-    ep = endpoints[rng.randrange(n)]
-    if not exclude or ep not in exclude:
-        return ep
+    i = rng.randrange(n)
+    if not exclude or endpoints[i] not in exclude:
+        return i
     for _ in range(3):  # exclude is small: a redraw almost always succeeds
-        ep = endpoints[rng.randrange(n)]
-        if ep not in exclude:
-            return ep
-    allowed = [e for e in endpoints if e not in exclude]  # rare slow path
-    return rng.choice(allowed) if allowed else ep
+        i = rng.randrange(n)
+        if endpoints[i] not in exclude:
+            return i
+    allowed = [j for j in range(n) if endpoints[j] not in exclude]  # rare slow path
+    return rng.choice(allowed) if allowed else i
+
+
+def _random_pick(endpoints: Sequence[str], exclude: frozenset[str], rng: random.Random) -> str:
+    return endpoints[_random_index(endpoints, exclude, rng)]
 
 
 def _two_choices(
     endpoints: Sequence[str], exclude: frozenset[str], rng: random.Random
 ) -> tuple[str, str]:
-    """Power of two choices: two distinct random endpoints outside ``exclude`` when possible."""
+    """Power of two choices: two distinct random endpoints outside ``exclude`` when possible
+    (the same one twice when only one is allowed)."""
     n = len(endpoints)
-    a = _random_pick(endpoints, exclude, rng)
+    i = _random_index(endpoints, exclude, rng)
+    a = endpoints[i]
     if n == 1:
         return a, a
     for _ in range(4):
-        b = endpoints[rng.randrange(n)]
-        if b != a and b not in exclude:
+        j = rng.randrange(n - 1)  # uniform over the other n - 1 indices
+        b = endpoints[j + 1 if j >= i else j]
+        if b not in exclude:
             return a, b
     return a, a
 
@@ -260,25 +267,29 @@ def _hash64(data: bytes) -> int:
 
 
 class ConsistentHash(_Base):
-    """Istio ``consistentHash`` (httpHeaderName etc.): Envoy's ring hash (Ketama), at least
-    ``min_ring_size`` points (Envoy minimum_ring_size 1024). The key is hashed with BLAKE2b-64
+    """Istio ``consistentHash`` (httpHeaderName etc.): a ring hash (Ketama) as Envoy's
+    RING_HASH, with a fixed ``points_per_host`` (Envoy sizes the whole ring to
+    minimum_ring_size 1024, so removing a host also moves a few keys between the others; a
+    fixed count per host moves only the removed host's keys). Keys are hashed with BLAKE2b-64
     (Envoy: xxHash64); a request without a key gets a random endpoint, as in Envoy. An excluded
     host is skipped by walking the ring to the next host. The ring is rebuilt only when the
     endpoint tuple changes (compared by identity first)."""
 
-    __slots__ = ("_hashes", "_min_ring_size", "_owners", "_rng", "_source")
+    __slots__ = ("_hashes", "_owners", "_points_per_host", "_rng", "_source")
 
-    def __init__(self, rng: random.Random, *, min_ring_size: int = 1024) -> None:
+    def __init__(self, rng: random.Random, *, points_per_host: int = 256) -> None:
+        if points_per_host < 1:
+            raise ValueError(f"ring hash: points_per_host must be >= 1, got {points_per_host}")
         self._rng = rng
-        self._min_ring_size = min_ring_size
+        self._points_per_host = points_per_host
         self._source: tuple[str, ...] = ()
         self._hashes: list[int] = []
         self._owners: list[str] = []
 
     def _build(self, endpoints: Sequence[str]) -> None:
-        hosts = tuple(dict.fromkeys(endpoints))
-        per_host = max(1, -(-self._min_ring_size // max(1, len(hosts))))
-        ring = sorted((_hash64(f"{ep}_{i}".encode()), ep) for ep in hosts for i in range(per_host))
+        hosts = dict.fromkeys(endpoints)
+        points = range(self._points_per_host)
+        ring = sorted((_hash64(f"{ep}_{i}".encode()), ep) for ep in hosts for i in points)
         self._hashes = [h for h, _ in ring]
         self._owners = [ep for _, ep in ring]
         self._source = tuple(endpoints)

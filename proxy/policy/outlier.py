@@ -111,9 +111,7 @@ class OutlierDetector:
         """Record one attempt's result: a status code, or a local-origin failure (connect
         failure, reset, timeout). ``status`` None without a failure (a TCP session that went
         well) counts as a success."""
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
+        now = self._tick()
         state = self._hosts.get(host)
         if state is None:
             return  # removed while the request was in flight
@@ -137,23 +135,17 @@ class OutlierDetector:
             self._eject(state, now)
 
     def is_ejected(self, host: str) -> bool:
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
+        self._tick()
         state = self._hosts.get(host)
         return state is not None and state.ejected
 
     def healthy_hosts(self) -> tuple[str, ...]:
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
+        self._tick()
         return self._healthy
 
     def available_hosts(self) -> tuple[str, ...]:
         """The hosts to balance over: the healthy ones, or all of them in panic."""
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
+        self._tick()
         if self._in_panic:
             self.panic += 1
             return self._all
@@ -168,7 +160,15 @@ class OutlierDetector:
         return self._in_panic
 
     def ejection_multiplier(self, host: str) -> int:
+        self._tick()
         return self._hosts[host].multiplier
+
+    def _tick(self) -> float:
+        """Run the sweeps that fell due since the last call; return the time."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        return now
 
     # -- state machine ----------------------------------------------------------------------------
 
