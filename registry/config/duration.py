@@ -62,11 +62,15 @@ def format_duration(seconds: float) -> str:
         return "0s"
     if seconds < 1:
         ms = seconds * 1000
-        return f"{ms:g}ms" if ms >= 1 else f"{seconds * 1e6:g}us"
+        return f"{_num(ms)}ms" if ms >= 1 else f"{_num(seconds * 1e6)}us"
     whole = int(seconds)
     if whole != seconds:
-        return f"{seconds:g}s"
+        return f"{_num(seconds)}s"
     h, rest = divmod(whole, 3600)
     m, s = divmod(rest, 60)
     out = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
     return out
+
+
+def _num(value: float) -> str:
+    return f"{value:.9f}".rstrip("0").rstrip(".")

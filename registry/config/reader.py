@@ -16,7 +16,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from registry.config.diagnostics import Diagnostic
-from registry.config.duration import parse_duration
+from registry.config.duration import format_duration, parse_duration
 
 __all__ = [
     "EMPTY",
@@ -178,7 +178,8 @@ def as_duration(min_s: float = 0.0) -> Conv[float]:
             cx.error(node, path, str(exc))
             return None
         if seconds < min_s:
-            cx.error(node, path, f"duration {text} is too short: it must be at least {min_s:g}s")
+            least = format_duration(min_s)
+            cx.error(node, path, f"duration {text} is too short: it must be at least {least}")
             return None
         return seconds
 

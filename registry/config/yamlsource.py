@@ -33,6 +33,10 @@ class ParsedFile:
     documents: tuple[Node, ...]  # empty documents dropped
 
 
+class _LimitError(ComposerError):
+    """A limit of ours (aliases, depth), reported without the "syntax error" prefix."""
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader's composer with aliases refused and nesting bounded."""
 
@@ -43,7 +47,7 @@ class _Loader(yaml.SafeLoader):
     def compose_node(self, parent: Node | None, index: object) -> Node | None:
         if self.check_event(AliasEvent):
             event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise ComposerError(
+            raise _LimitError(
                 None,
                 None,
                 "YAML aliases (*name) are not supported: write the value out in full",
@@ -52,7 +56,7 @@ class _Loader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise ComposerError(
+                raise _LimitError(
                     None,
                     None,
                     f"nesting is deeper than {MAX_DEPTH} levels",
@@ -114,15 +118,20 @@ def _decode(data: bytes, name: str) -> str | Diagnostic:
 
 
 def _compose(text: str, name: str) -> tuple[Node, ...] | Diagnostic:
-    loader = _Loader(text)
     docs: list[Node] = []
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # the reader checks for unprintable characters right here
         while loader.check_node():
             node = loader.get_node()
             if node is not None and not (
                 node.tag == "tag:yaml.org,2002:null" and node.value in ("", "~", "null")
             ):
                 docs.append(node)
+    except _LimitError as exc:
+        mark = exc.problem_mark
+        assert mark is not None
+        return _file_error(name, str(exc.problem), mark.line + 1, mark.column + 1)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -140,7 +149,8 @@ def _compose(text: str, name: str) -> tuple[Node, ...] | Diagnostic:
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         return _file_error(name, f"YAML syntax error: {exc}")
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return tuple(docs)
 
 

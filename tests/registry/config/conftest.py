@@ -1,0 +1,29 @@
+"""Builders for config-directory tests: copy the example, break one thing, load it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO / "examples" / "compose" / "mesh"
+SEED = Path(__file__).parent / "fixtures" / "seed"
+
+Edit = Callable[[str, str, str], Path]
+
+
+@pytest.fixture
+def example_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "mesh"
+    shutil.copytree(EXAMPLE, target)
+    return target
+
+
+def replace_in(directory: Path, name: str, old: str, new: str) -> None:
+    path = directory / name
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} must occur exactly once in {name}"
+    path.write_text(text.replace(old, new))
