@@ -9,11 +9,15 @@ import pytest
 from registry.config import load_directory
 from tests.registry.config.conftest import replace_in
 
-PA_DEFAULT = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n"
+PA_DEFAULT = (
+    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n"
+    "  name: default\n"
+)
 
 # (id, file, old text, new text, every expected diagnostic)
 VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
-    ("yaml_syntax", "orders.yaml", "  hosts:\n    - orders\n", "  hosts:\n    - orders\n   bad: [\n",
+    ("yaml_syntax", "orders.yaml",
+     "  hosts:\n    - orders\n", "  hosts:\n    - orders\n   bad: [\n",
      ["orders.yaml:9:4: YAML syntax error: expected <block end>, but found "
       "'<block mapping start>' (while parsing a block mapping)"]),
     ("unknown_kind", "security.yaml", "kind: PeerAuthentication", "kind: PeerAuthentcation",
@@ -35,7 +39,8 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
      "rateLimit: {requestsPerUnit: many,",
      ["mesh.yaml:25:34: services.payments.rateLimit.requestsPerUnit: expected an integer, "
       "got a string"]),
-    ("unsupported_protocol", "mesh.yaml", "  inventory:\n    ports:\n      - {port: 8080, protocol: http",
+    ("unsupported_protocol", "mesh.yaml",
+     "  inventory:\n    ports:\n      - {port: 8080, protocol: http",
      "  inventory:\n    ports:\n      - {port: 8080, protocol: grpc",
      ["mesh.yaml:31:32: services.inventory.ports[0].protocol: `grpc` is not supported yet"]),
     ("duration_no_unit", "orders.yaml", "perTryTimeout: 500ms", "perTryTimeout: 10",
@@ -80,7 +85,8 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
      "    - name: canary\n      match:\n        - uri:\n            regex: '(unclosed'\n",
      ["orders.yaml:13:20: spec.http[0].match[0].uri.regex: invalid regex: missing ), "
       "unterminated subpattern at position 0"]),
-    ("duplicate_name", "security.yaml", "# Only orders", f"{PA_DEFAULT}spec: {{}}\n---\n# Only orders",
+    ("duplicate_name", "security.yaml",
+     "# Only orders", f"{PA_DEFAULT}spec: {{}}\n---\n# Only orders",
      ["security.yaml:13:9: metadata.name: duplicate PeerAuthentication `default` (first "
       "defined at security.yaml:2:1)"]),
     ("two_rules_same_host", "orders.yaml", "  name: orders\nspec:\n  host: orders",
@@ -108,20 +114,23 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
      'retryOn: "5xx,retriable-headers"',
      ["orders.yaml:14:18: spec.http[0].retries.retryOn: retryOn condition "
       "`retriable-headers` is not supported yet"]),
-    ("duplicate_key", "mesh.yaml", "certificateTTL: 24h\n", "certificateTTL: 24h\ncertificateTTL: 12h\n",
+    ("duplicate_key", "mesh.yaml",
+     "certificateTTL: 24h\n", "certificateTTL: 24h\ncertificateTTL: 12h\n",
      ["mesh.yaml:6:1: certificateTTL: duplicate key `certificateTTL` (first defined on line 5)"]),
     ("wrong_namespace", "orders.yaml", "  name: orders\nspec:\n  hosts:",
      "  name: orders\n  namespace: prod\nspec:\n  hosts:",
      ["orders.yaml:6:14: metadata.namespace: namespace `prod` is not the mesh namespace "
       "`default` (set in mesh.yaml)"]),
-    ("alias", "mesh.yaml", "  orders:\n    ports:\n      - {port: 8080, protocol: http, name: http}",
+    ("alias", "mesh.yaml",
+     "  orders:\n    ports:\n      - {port: 8080, protocol: http, name: http}",
      "  orders:\n    ports:\n      - &p {port: 8080, protocol: http, name: http}\n      - *p",
      ["mesh.yaml:17:9: YAML aliases (*name) are not supported: write the value out in full"]),
     ("lb_unsupported", "orders.yaml", "  trafficPolicy:\n",
      "  trafficPolicy:\n    loadBalancer:\n      simple: PASSTHROUGH\n",
      ["orders.yaml:34:15: spec.trafficPolicy.loadBalancer.simple: `PASSTHROUGH` is not "
       "supported yet"]),
-    ("tls_mode", "orders.yaml", "  trafficPolicy:\n", "  trafficPolicy:\n    tls:\n      mode: SIMPLE\n",
+    ("tls_mode", "orders.yaml",
+     "  trafficPolicy:\n", "  trafficPolicy:\n    tls:\n      mode: SIMPLE\n",
      ["orders.yaml:34:13: spec.trafficPolicy.tls.mode: `SIMPLE` is not supported yet"]),
     ("when_key", "security.yaml", '            principals: ["shop.local/ns/default/sa/orders"]\n',
      '            principals: ["shop.local/ns/default/sa/orders"]\n      when:\n'
