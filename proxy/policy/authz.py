@@ -1,4 +1,6 @@
-"""Istio ``AuthorizationPolicy`` evaluation (security.istio.io/v1 AuthorizationPolicy: action,
+"""Istio AuthorizationPolicy evaluation (action, rules: from/to/when) and path normalisation.
+
+Istio ``AuthorizationPolicy`` evaluation (security.istio.io/v1 AuthorizationPolicy: action,
 rules[].from[].source, rules[].to[].operation, rules[].when[]) and the path normalisation it
 matches on (MeshConfig ``pathNormalization``: DECODE_AND_MERGE_SLASHES).
 
@@ -245,11 +247,23 @@ class Rule:
     conditions: tuple[Condition, ...] = ()
 
     def matches(self, r: RequestAttrs) -> bool:
-        if self.sources and not any(s.matches(r) for s in self.sources):
-            return False
-        if self.operations and not any(o.matches(r) for o in self.operations):
-            return False
-        return all(c.matches(r) for c in self.conditions)
+        # Plain loops: any()/all() over a generator allocate per call, and this is per request.
+        if self.sources:
+            for source in self.sources:
+                if source.matches(r):
+                    break
+            else:
+                return False
+        if self.operations:
+            for operation in self.operations:
+                if operation.matches(r):
+                    break
+            else:
+                return False
+        for condition in self.conditions:  # noqa: SIM110 (hot path: no generator)
+            if not condition.matches(r):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +274,10 @@ class Policy:
 
     def matches(self, r: RequestAttrs) -> bool:
         # No rules: never matches (Istio: "If not set, the match will never occur").
-        return any(rule.matches(r) for rule in self.rules)
+        for rule in self.rules:  # noqa: SIM110 (hot path: no generator)
+            if rule.matches(r):
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,22 +297,34 @@ def evaluate(policies: Sequence[Policy], request: RequestAttrs) -> Decision:
 
 
 def _evaluate(policies: Sequence[Policy], r: RequestAttrs) -> Decision:
-    audit = next((p.name for p in policies if p.action is Action.AUDIT and p.matches(r)), None)
+    audit = None
+    allow: list[Policy] = []
     for p in policies:
-        if p.action is Action.CUSTOM and p.matches(r):
-            return Decision(False, p.name, "CUSTOM (ext_authz) is not supported: denied", audit)
-    for p in policies:
-        if p.action is Action.DENY and p.matches(r):
-            return Decision(False, p.name, "matched a DENY policy", audit)
-    any_allow = False
-    for p in policies:
-        if p.action is Action.ALLOW:
-            any_allow = True
+        action = p.action
+        if action is Action.ALLOW:
+            allow.append(p)
+        elif action is Action.DENY:
             if p.matches(r):
-                return Decision(True, p.name, "matched an ALLOW policy", audit)
-    if any_allow:
-        return Decision(False, None, "no ALLOW policy matched", audit)
-    return Decision(True, None, "no ALLOW policy applies", audit)
+                return Decision(False, p.name, "matched a DENY policy", _audit(policies, r))
+        elif action is Action.CUSTOM:
+            if p.matches(r):
+                reason = "CUSTOM (ext_authz) is not supported: denied"
+                return Decision(False, p.name, reason, _audit(policies, r))
+        elif audit is None and p.matches(r):
+            audit = p.name
+    if not allow:
+        return Decision(True, None, "no ALLOW policy applies", audit)
+    for p in allow:
+        if p.matches(r):
+            return Decision(True, p.name, "matched an ALLOW policy", audit)
+    return Decision(False, None, "no ALLOW policy matched", audit)
+
+
+def _audit(policies: Sequence[Policy], r: RequestAttrs) -> str | None:
+    for p in policies:
+        if p.action is Action.AUDIT and p.matches(r):
+            return p.name
+    return None
 
 
 # -- path normalisation --------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Load balancers over the available endpoints: Istio ``DestinationRule.trafficPolicy.loadBalancer``
+"""Load balancers: Istio ``trafficPolicy.loadBalancer`` and Linkerd's peak-EWMA (our default).
+
+Load balancers over the available endpoints: Istio ``DestinationRule.trafficPolicy.loadBalancer``
 (simple: ROUND_ROBIN, LEAST_REQUEST, RANDOM; consistentHash) plus Linkerd's peak-EWMA, our default.
 
 Every balancer has the same three calls:

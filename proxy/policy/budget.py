@@ -1,4 +1,6 @@
-"""Linkerd's retry budget (linkerd2-proxy, tower ``TpsBudget``): retries may add ``ratio`` of the
+"""Linkerd's retry budget (tower ``TpsBudget``): retries <= 20 % of requests + 10/s over 10 s.
+
+Linkerd's retry budget (linkerd2-proxy, tower ``TpsBudget``): retries may add ``ratio`` of the
 requests seen over ``ttl_s``, plus ``min_per_s`` retries per second, so a failing upstream never
 sees a retry storm. (Envoy's equivalent is ``circuit_breakers.thresholds.retry_budget``.)
 

@@ -1,4 +1,6 @@
-"""Fault injection: Istio ``HTTPFaultInjection`` (delay.fixedDelay + delay.percentage,
+"""Fault injection: Istio ``HTTPFaultInjection`` delay/abort (Envoy ``fault`` filter).
+
+Fault injection: Istio ``HTTPFaultInjection`` (delay.fixedDelay + delay.percentage,
 abort.httpStatus + abort.percentage), Envoy's ``fault`` HTTP filter. Response flags DI / FI.
 """
 

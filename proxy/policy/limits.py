@@ -1,4 +1,6 @@
-"""Envoy circuit-breaker thresholds (``cluster.circuit_breakers.thresholds``), as Istio's
+"""Circuit breaking: Envoy ``circuit_breakers.thresholds`` / Istio ``connectionPool``.
+
+Envoy circuit-breaker thresholds (``cluster.circuit_breakers.thresholds``), as Istio's
 ``DestinationRule.trafficPolicy.connectionPool`` sets them: tcp.maxConnections ->
 max_connections, http.http1MaxPendingRequests -> max_pending_requests, http.http2MaxRequests ->
 max_requests, http.maxRetries -> max_retries.

@@ -1,4 +1,6 @@
-"""Passive health checking: Istio ``DestinationRule.trafficPolicy.outlierDetection`` on Envoy's
+"""Passive health checking: Istio ``outlierDetection`` / Envoy ``cluster.outlier_detection``.
+
+Passive health checking: Istio ``DestinationRule.trafficPolicy.outlierDetection`` on Envoy's
 ``cluster.outlier_detection`` (consecutive_5xx, consecutive_gateway_failure, interval,
 base_ejection_time, max_ejection_time, max_ejection_percent, always_eject_one_host) and Istio's
 ``minHealthPercent`` (Envoy ``common_lb_config.healthy_panic_threshold``).

@@ -1,4 +1,6 @@
-"""Local rate limit: a token bucket, as Envoy's ``local_ratelimit`` filter ``token_bucket``
+"""Local rate limit: a token bucket, as Envoy ``local_ratelimit`` ``token_bucket``.
+
+Local rate limit: a token bucket, as Envoy's ``local_ratelimit`` filter ``token_bucket``
 (max_tokens = ``burst``, refilled continuously at ``rate_per_s``). Over the limit the proxy
 answers 429 with ``retry-after`` and response flag RL.
 """

@@ -1,4 +1,6 @@
-"""Retry decision and backoff: Istio ``HTTPRetry`` (attempts, perTryTimeout, retryOn) on Envoy's
+"""Retry decision and backoff: Istio ``HTTPRetry`` on Envoy ``RetryPolicy`` semantics.
+
+Retry decision and backoff: Istio ``HTTPRetry`` (attempts, perTryTimeout, retryOn) on Envoy's
 ``RetryPolicy`` semantics (``retry_on``, ``retriable_status_codes``, ``retry_back_off``).
 
 House rules:

@@ -1,4 +1,6 @@
-"""Weighted traffic split over a route's destinations: Istio ``HTTPRouteDestination.weight``
+"""Weighted traffic split: Istio ``HTTPRouteDestination.weight`` (Envoy ``weighted_clusters``).
+
+Weighted traffic split over a route's destinations: Istio ``HTTPRouteDestination.weight``
 (Envoy ``weighted_clusters``). Returns an index into the destinations.
 
 ``WeightedPicker`` is deterministic smooth weighted round robin (nginx's algorithm): over any
