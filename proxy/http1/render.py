@@ -26,16 +26,18 @@ def render_request_head(
     method: bytes, target: bytes, headers: Headers, version: bytes = b"1.1"
 ) -> bytes:
     """``method SP target SP HTTP/version CRLF``, the field lines, the empty line."""
-    fields = b"".join([b"%s: %s\r\n" % field for field in headers])
-    return _checked(b"%s %s HTTP/%s\r\n%s\r\n" % (method, target, version, fields), headers)
+    fields = b"\r\n".join(map(b": ".join, headers))  # no Python-level loop per field
+    head = b"%s %s HTTP/%s\r\n%s\r\n\r\n" if headers else b"%s %s HTTP/%s\r\n%s\r\n"
+    return _checked(head % (method, target, version, fields), headers)
 
 
 def render_response_head(
     status: int, reason: bytes, headers: Headers, version: bytes = b"1.1"
 ) -> bytes:
     """``HTTP/version SP status SP reason CRLF``, the field lines, the empty line."""
-    fields = b"".join([b"%s: %s\r\n" % field for field in headers])
-    return _checked(b"HTTP/%s %d %s\r\n%s\r\n" % (version, status, reason, fields), headers)
+    fields = b"\r\n".join(map(b": ".join, headers))
+    head = b"HTTP/%s %d %s\r\n%s\r\n\r\n" if headers else b"HTTP/%s %d %s\r\n%s\r\n"
+    return _checked(head % (version, status, reason, fields), headers)
 
 
 def _checked(head: bytes, headers: Headers) -> bytes:
@@ -57,8 +59,15 @@ def encode_chunk(data: bytes) -> bytes:
 
 def strip_hop_by_hop(headers: Headers) -> Headers:
     """The fields to forward: all but the hop-by-hop ones (RFC 9110 7.6.1)."""
-    drop = HOP_BY_HOP
-    listed = [value for name, value in headers if name.lower() == b"connection"]
-    if listed:
-        drop = drop.union(list_tokens(listed))
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+    kept = []
+    listed = []
+    for field in headers:
+        key = field[0].lower()
+        if key not in HOP_BY_HOP:
+            kept.append(field)
+        elif key == b"connection":
+            listed.append(field[1])
+    extra = HOP_BY_HOP.union(list_tokens(listed)) if listed else HOP_BY_HOP
+    if extra is HOP_BY_HOP or extra == HOP_BY_HOP:  # usually "keep-alive": nothing more to drop
+        return kept
+    return [field for field in kept if field[0].lower() not in extra]
