@@ -9,3 +9,10 @@ Flow: `meshctl join` redeems a token (tokens.py) for an identity, the proxy send
 (csr.py), the registry signs it with its own template (authority.py); renewals present the
 current SVID instead of a token (`CertificateAuthority.verify_svid`). See docs/security-ca.md.
 """
+
+from registry.ca.authority import CaError, CertificateAuthority, CsrError, SvidError
+from registry.ca.spiffe import SpiffeId
+from registry.ca.tokens import TokenError, TokenStore
+
+__all__ = ["CaError", "CertificateAuthority", "CsrError", "SpiffeId", "SvidError", "TokenError",
+           "TokenStore"]

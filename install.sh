@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# install.sh: install meshctl on a Debian machine. Idempotent: run it again any time.
+#
+#   ./install.sh            system packages the mesh needs (as root), a virtualenv in .venv
+#                           with meshctl and its entry point `.venv/bin/meshctl`
+#   ./install.sh --run      then run the example mesh (examples/compose) in the foreground
+#   ./install.sh --test     also the test extras (docker.io, haproxy, wrk, curl, prometheus, ...),
+#                           then run the whole test suite (tests/run.sh); .ci/run does exactly this
+#   ./install.sh --no-tests with --test: install the test extras only, run nothing
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+RUN=0; TEST=0; RUN_TESTS=1
+for arg in "$@"; do
+  case "$arg" in
+    --run) RUN=1 ;;
+    --test) TEST=1 ;;
+    --no-tests) RUN_TESTS=0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# What the mesh itself needs: iptables for interception, iproute2 for network namespaces,
+# python3-venv for the virtualenv. What the tests and benchmarks add: real peers and
+# reference points (HAProxy, nginx, wrk, h2load, curl, Prometheus), a Docker engine and
+# debootstrap to build the example image locally, openssl to inspect certificates.
+BASE_PKGS=(python3 python3-venv python3-pip iptables iproute2 ca-certificates)
+TEST_PKGS=(docker.io docker-compose haproxy nginx-light wrk nghttp2-client curl prometheus
+           debootstrap openssl procps systemd util-linux)
+
+missing_pkgs() {
+  local p out=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || out+=("$p")
+  done
+  echo "${out[@]:-}"
+}
+
+pkgs=("${BASE_PKGS[@]}")
+[ "$TEST" = 1 ] && pkgs+=("${TEST_PKGS[@]}")
+todo=$(missing_pkgs "${pkgs[@]}")
+if [ -n "$todo" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing system packages: $todo"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $todo >/dev/null
+  elif [ "$(id -u)" != 0 ]; then
+    echo "install.sh: not root, so these system packages were NOT installed: $todo" >&2
+    echo "  run 'sudo ./install.sh$([ "$TEST" = 1 ] && echo ' --test')' to install them;" >&2
+    echo "  without iptables and root the mesh runs in explicit mode on 127.0.0.x" >&2
+    echo "  (no transparent interception); tests that need root or Docker are skipped." >&2
+  else
+    echo "install.sh: apt-get not found: install by hand: $todo" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  say "creating the virtualenv .venv"
+  "$PY" -m venv .venv
+fi
+say "installing meshctl into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -U pip >/dev/null 2>&1 || true
+if [ "$TEST" = 1 ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+else
+  .venv/bin/pip install -q --disable-pip-version-check -e .
+fi
+say "meshctl installed: $(.venv/bin/meshctl --version)"
+
+if [ "$TEST" = 1 ] && [ "$RUN_TESTS" = 1 ]; then
+  exec bash tests/run.sh
+fi
+if [ "$RUN" = 1 ]; then
+  exec .venv/bin/meshctl registry --config examples/compose/mesh
+fi

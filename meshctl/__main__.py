@@ -1,0 +1,5 @@
+"""`python -m meshctl` is the `meshctl` command."""
+
+from meshctl.cli import main
+
+main()

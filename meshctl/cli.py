@@ -1,0 +1,43 @@
+"""The `meshctl` command: one Typer app; each command group lives in meshctl.commands."""
+
+from __future__ import annotations
+
+import typer
+
+from meshctl import __version__
+from meshctl.commands import proxy, systemd, token
+from meshctl.commands.registry import registry
+from meshctl.commands.validate import validate
+
+app = typer.Typer(
+    name="meshctl",
+    help="A service mesh for Docker hosts and VMs: mTLS, retries, timeouts, circuit breaking, "
+         "traffic shifting and telemetry, with no Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"meshctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """meshctl: a service mesh for Docker hosts and VMs."""
+
+
+app.command()(validate)
+app.command()(registry)
+app.command()(proxy.proxy)
+app.add_typer(token.app, name="token")
+app.add_typer(systemd.app, name="systemd")
+
+
+def main() -> None:
+    app()

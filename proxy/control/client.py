@@ -1,0 +1,242 @@
+"""Registry client: join with a token, renew at half-life, follow the config stream, heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from meshctl.aio import spawn
+from proxy.identity import Identity
+from registry.ca.csr import build_csr, generate_key
+from registry.ca.spiffe import SpiffeId
+
+log = logging.getLogger("meshctl.proxy.control")
+HEARTBEAT_S = 10.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
+
+
+class JoinError(Exception):
+    """The registry refused to join this proxy; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """One line of the config stream: the config and the catalog, each with its version."""
+
+    epoch: str
+    config_version: int
+    catalog_version: int
+    config: dict[str, Any]
+    endpoints: list[dict[str, Any]]
+
+
+# The proxy's callback: apply a view, return None when accepted or the error (NACK).
+ApplyView = Callable[[View], str | None]
+
+
+def _registry_ctx(bundle: Path | bytes, identity: Identity | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(
+        cadata=bundle.decode() if isinstance(bundle, bytes) else None,
+        cafile=str(bundle) if isinstance(bundle, Path) else None)
+    if identity is not None:
+        files = identity_files(identity)
+        ctx.load_cert_chain(files[0], files[1])
+    return ctx
+
+
+_FILES: dict[int, tuple[Path, Path]] = {}
+
+
+def identity_files(identity: Identity) -> tuple[Path, Path]:
+    return _FILES[id(identity)]
+
+
+class ControlClient:
+    """Everything the proxy says to and hears from the registry. Survives registry outages:
+    the proxy keeps its last view and certificate, and this client reconnects with backoff."""
+
+    def __init__(self, url: str, ca_file: Path, files_dir: Path, proxy_id: str) -> None:
+        self.url = url.rstrip("/")
+        self.ca_file = ca_file
+        self.files_dir = files_dir
+        self.proxy_id = proxy_id
+        self.identity: Identity | None = None
+        self.connected = False
+        self.epoch = ""
+        self.config_version = 0
+        self.catalog_version = -1
+        self.last_contact = 0.0
+        self.renewals = 0
+        self.renew_failures = 0
+        self._on_identity: list[Callable[[Identity], None]] = []
+        self._sess: aiohttp.ClientSession | None = None
+        self._sess_key = 0
+
+    def on_identity(self, fn: Callable[[Identity], None]) -> None:
+        self._on_identity.append(fn)
+
+    def _set_identity(self, ident: Identity) -> None:
+        _FILES[id(ident)] = (self.files_dir / "svid.crt", self.files_dir / "svid.key")
+        self.identity = ident
+        for fn in self._on_identity:
+            fn(ident)
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        ctx = _registry_ctx(self.ca_file, self.identity)
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=4),
+                                     timeout=aiohttp.ClientTimeout(total=None, connect=5))
+
+    def _session(self) -> aiohttp.ClientSession:
+        """The kept-alive session for short calls (ACKs, heartbeats): one TLS handshake, not
+        one per call. Rebuilt when the certificate changes."""
+        key = id(self.identity)
+        if self._sess is None or self._sess_key != key or self._sess.closed:
+            if self._sess is not None and not self._sess.closed:
+                spawn(self._sess.close())
+            self._sess, self._sess_key = self._new_session(), key
+        return self._sess
+
+    async def close(self) -> None:
+        if self._sess is not None:
+            await self._sess.close()
+
+    async def _post(self, path: str, body: dict[str, Any], method: str = "POST",
+                    timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+        async with self._session().request(
+                method, self.url + path, json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            try:
+                data = await r.json(content_type=None)
+            except (ValueError, aiohttp.ContentTypeError):
+                data = {"error": (await r.text())[:500]}
+            return r.status, data if isinstance(data, dict) else {}
+
+    async def join(self, token: str) -> Identity:
+        key = generate_key()
+        # The CSR carries only the key: the identity comes from the token, not from the CSR.
+        csr = build_csr(key, SpiffeId.parse("spiffe://join.invalid/pending"))
+        status, data = await self._post("/v1/join", {"token": token, "csr": csr.decode()})
+        if status != 200:
+            raise JoinError(f"registry {self.url} refused to join (HTTP {status}): "
+                            f"{data.get('error', data)}")
+        ident = Identity.build(key, data["certificate"].encode(), data["bundle"].encode(),
+                               self.files_dir)
+        self.epoch = str(data.get("epoch", ""))
+        self._set_identity(ident)
+        log.info("joined as %s (certificate until %s)", ident.spiffe_id, ident.not_after)
+        return ident
+
+    async def renew(self) -> Identity:
+        assert self.identity is not None
+        key = generate_key()
+        status, data = await self._post("/v1/renew", {
+            "csr": build_csr(key, self.identity.spiffe_id).decode()})
+        if status != 200:
+            raise JoinError(f"renewal refused (HTTP {status}): {data.get('error', data)}")
+        ident = Identity.build(key, data["certificate"].encode(), data["bundle"].encode(),
+                               self.files_dir)
+        self.renewals += 1
+        self._set_identity(ident)
+        log.info("renewed certificate (until %s)", ident.not_after)
+        return ident
+
+    async def renew_loop(self) -> None:
+        """Renew at about half the lifetime (Istio's default), retrying with backoff on failure."""
+        backoff = BACKOFF_MIN_S
+        while True:
+            assert self.identity is not None
+            total = self.identity.lifetime_left()
+            wait = max(1.0, total / 2 * random.uniform(0.9, 1.0))
+            await asyncio.sleep(wait if backoff == BACKOFF_MIN_S else backoff)
+            try:
+                await self.renew()
+                backoff = BACKOFF_MIN_S
+            except (OSError, aiohttp.ClientError, JoinError, TimeoutError) as exc:
+                self.renew_failures += 1
+                backoff = min(BACKOFF_MAX_S * 6, backoff * 2)
+                log.warning("certificate renewal failed (%s); retrying in %.1fs", exc, backoff)
+
+    async def stream_loop(self, apply: ApplyView) -> None:
+        """Follow the registry's config stream forever; apply each view and ACK or NACK it."""
+        backoff = BACKOFF_MIN_S
+        while True:
+            try:
+                await self._stream_once(apply)
+                backoff = BACKOFF_MIN_S
+            except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                if self.connected:
+                    log.warning("registry stream lost (%s): serving on config version %d",
+                                exc, self.config_version)
+            self.connected = False
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _stream_once(self, apply: ApplyView) -> None:
+        params = {"proxy_id": self.proxy_id, "config": str(self.config_version),
+                  "catalog": str(self.catalog_version), "epoch": self.epoch}
+        async with self._new_session() as s, s.get(
+                self.url + "/v1/stream", params=params,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=45)) as r:
+            if r.status != 200:
+                raise aiohttp.ClientError(f"stream refused: HTTP {r.status} {await r.text()}")
+            self.connected = True
+            async for raw in r.content:
+                self.last_contact = time.time()
+                msg = json.loads(raw)
+                if msg.get("type") != "view":
+                    continue
+                view = View(epoch=msg["epoch"], config_version=msg["config_version"],
+                            catalog_version=msg["catalog_version"], config=msg["config"],
+                            endpoints=msg["endpoints"])
+                error = apply(view)
+                self.epoch = view.epoch
+                self.catalog_version = view.catalog_version
+                if error is None:
+                    self.config_version = view.config_version
+                await self._ack(view.config_version, error)
+
+    async def _ack(self, version: int, error: str | None) -> None:
+        body: dict[str, Any] = {"proxy_id": self.proxy_id, "config_version": version,
+                                "ok": error is None, "error": error or ""}
+        if self.identity is not None:
+            body["cert_not_after"] = self.identity.not_after.timestamp()
+        status, data = await self._post("/v1/ack", body)
+        if status != 200:
+            log.warning("ACK of version %d refused: %s", version, data)
+
+    async def heartbeat_loop(self, endpoint: dict[str, Any]) -> None:
+        """Register this proxy's endpoint and keep it alive; re-register after a registry reset."""
+        registered = False
+        while True:
+            try:
+                if not registered:
+                    status, data = await self._post("/v1/endpoints", endpoint)
+                    registered = status == 200
+                    if not registered:
+                        log.warning("endpoint registration refused: %s", data)
+                else:
+                    status, _ = await self._post(f"/v1/endpoints/{endpoint['id']}",
+                                                 {"health": endpoint.get("health", "healthy")},
+                                                 method="PUT")
+                    registered = status == 200
+                    if not registered:
+                        continue
+            except (OSError, aiohttp.ClientError, TimeoutError):
+                registered = False
+            await asyncio.sleep(HEARTBEAT_S if registered else BACKOFF_MAX_S)
+
+    async def deregister(self, endpoint_id: str) -> None:
+        try:
+            await self._post(f"/v1/endpoints/{endpoint_id}", {}, method="DELETE", timeout=2)
+        except (OSError, aiohttp.ClientError, TimeoutError):
+            pass

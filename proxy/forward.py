@@ -1,0 +1,360 @@
+"""One HTTP/1.1 request forwarded upstream: body replay buffer, attempts, response streaming.
+
+Shared by the outbound stack (app -> peer proxy over mTLS) and the inbound one (peer proxy
+-> app on localhost); each passes how to pick and dial an upstream. Bodies are streamed:
+only a request body up to REPLAY_LIMIT is held, so that it can be sent again on a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.http1 import (
+    LAST_CHUNK,
+    Data,
+    EndOfMessage,
+    ProtocolError,
+    Request,
+    Response,
+    encode_chunk,
+    render_request_head,
+    render_response_head,
+    strip_hop_by_hop,
+)
+from proxy.policy.retry import Outcome, RetryParams, backoff, should_retry
+from proxy.streams import Conn, Connector, EventStream, PeerClosed, Pool
+
+log = logging.getLogger("meshctl.proxy.forward")
+# Linkerd never retries a request whose body is over 64 KiB; we keep at most that much.
+REPLAY_LIMIT = 64 * 1024
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RNG = random.Random()
+# The proxy re-frames every body itself: the received framing headers never pass through.
+_REFRAMED = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+
+Headers = list[tuple[bytes, bytes]]
+
+LOCAL_TEXT = {
+    "UH": b"no healthy upstream",
+    "UF": b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+    "UC": b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    "UT": b"upstream request timeout",
+    "UO": b"upstream overflow",
+    "NR": b"no route",
+    "URX": b"upstream retry limit exceeded",
+    "FI": b"fault filter abort",
+    "UPE": b"upstream protocol error",
+    "RL": b"local_rate_limited",
+    "RBAC": b"RBAC: access denied",
+}
+
+
+def local_reply(status: int, flag: str, *, close: bool = False,
+                extra: Headers | None = None) -> bytes:
+    body = LOCAL_TEXT.get(flag, b"")
+    headers: Headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)),
+                        (b"server", b"meshctl")]
+    if extra:
+        headers.extend(extra)
+    if close:
+        headers.append((b"connection", b"close"))
+    return render_response_head(status, _REASONS.get(status, b""), headers) + body
+
+
+_REASONS = {400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout",
+            413: b"Payload Too Large", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+            500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
+            504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
+
+
+@dataclass(slots=True)
+class Target:
+    """Where one attempt goes: a pool key and how to dial it."""
+
+    key: str
+    connect: Connector
+    connect_timeout_s: float
+    max_requests: int = 0
+
+
+@dataclass(slots=True)
+class Result:
+    status: int
+    flags: str
+    req_bytes: int
+    resp_bytes: int
+    upstream: str
+    attempts: int
+    keep_alive: bool  # the downstream connection may carry another request
+
+
+@dataclass(slots=True)
+class Plan:
+    """Per-request decisions made by the stack before forwarding (from the route)."""
+
+    pick: Callable[[frozenset[str]], Target | None]
+    add_request_headers: Headers
+    remove_request_headers: frozenset[bytes]
+    retry: RetryParams | None
+    timeout_s: float | None
+    response_headers: Callable[[Headers], Headers] | None = None
+
+
+class _Abort(Exception):
+    def __init__(self, status: int, flag: str) -> None:
+        self.status, self.flag = status, flag
+
+
+def _request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) -> bytes:
+    if req.upgrade is not None:
+        headers = [(n, v) for n, v in req.headers if n.lower() not in plan.remove_request_headers]
+    else:
+        drop = plan.remove_request_headers | _REFRAMED
+        headers = [(n, v) for n, v in strip_hop_by_hop(req.headers) if n.lower() not in drop]
+        if body_len is not None:
+            headers.append((b"content-length", b"%d" % body_len))
+        elif chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+    headers.extend(plan.add_request_headers)
+    return render_request_head(req.method, req.target, headers, req.version)
+
+
+async def _read_body(down: EventStream, limit: int) -> tuple[list[bytes], bool, bool]:
+    """Read request body pieces up to `limit` bytes: (pieces, complete, trailers_seen)."""
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        ev = await down.next()
+        if isinstance(ev, EndOfMessage):
+            return pieces, True, bool(ev.trailers)
+        assert isinstance(ev, Data)
+        pieces.append(ev.data)
+        size += len(ev.data)
+        if size > limit:
+            return pieces, False, False
+
+
+async def forward(req: Request, down: EventStream, dwriter: asyncio.StreamWriter, pool: Pool,
+                  plan: Plan) -> Result:
+    """Forward `req` (its head already parsed from `down`) and stream the response back."""
+    start = time.monotonic()
+    deadline = start + plan.timeout_s if plan.timeout_s else None
+    if req.expect_continue:
+        # Envoy answers 100-continue itself and does not pass Expect upstream: the body is
+        # then read here (into the replay buffer) before an upstream is even chosen.
+        dwriter.write(CONTINUE)
+    has_body = req.chunked or (req.content_length or 0) > 0
+    pieces, complete, _ = await _read_body(down, REPLAY_LIMIT) if has_body else ([], True, False)
+    if not has_body:
+        await down.next()  # the EndOfMessage of a body-less request
+    body = b"".join(pieces)
+    replayable = complete
+    retry = plan.retry
+    attempts_allowed = 1 + (retry.attempts if retry is not None else 0)
+    exclude: frozenset[str] = frozenset()
+    attempt = 0
+    last_flag, last_status = "UH", 503
+    conn: Conn | None = None
+    resp: Response | None = None
+    while attempt < attempts_allowed:
+        if attempt:
+            delay = backoff(attempt - 1, _RNG, retry.base_interval_s, retry.max_interval_s) \
+                if retry else 0.0
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+        attempt += 1
+        target = plan.pick(exclude)
+        if target is None:
+            last_flag, last_status = "UH", 503
+            break
+        per_try = retry.per_try_timeout_s if retry else None
+        budget = _remaining(deadline)
+        try_timeout = min(x for x in (per_try, budget) if x is not None) \
+            if (per_try or budget) else None
+        outcome, conn, resp = await _attempt(req, plan, pool, target, body, complete, replayable,
+                                             down, try_timeout, has_body)
+        if resp is not None and (retry is None or attempt >= attempts_allowed or
+                                 not should_retry(retry, outcome, req.method, replayable)):
+            break
+        if resp is not None:
+            assert conn is not None
+            conn.close()
+            last_flag, last_status = "URX", resp.status
+            resp = None
+        elif outcome.status == 502:
+            last_flag, last_status = "UPE", 502  # upstream broke HTTP/1.1 framing
+        else:
+            last_flag = "UT" if outcome.timed_out else ("UF" if outcome.connect_failure else "UC")
+            last_status = 504 if outcome.timed_out else 503
+            if retry is None or not should_retry(retry, outcome, req.method, replayable):
+                break
+        exclude = exclude | {target.key}
+        if deadline is not None and time.monotonic() >= deadline:
+            last_flag, last_status = "UT", 504
+            break
+    if resp is None or conn is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            last_flag, last_status = "UT", 504
+        if last_flag == "URX":
+            # Retries used up on an upstream error status: Envoy passes the last response;
+            # we answer it as a local reply with the flag.
+            pass
+        dwriter.write(local_reply(last_status, last_flag, close=not complete))
+        return Result(last_status, last_flag, len(body), 0, "", attempt, complete)
+    return await _relay_response(req, resp, conn, down, dwriter, pool, target_key=conn.key,
+                                 req_bytes=len(body), attempts=attempt, deadline=deadline,
+                                 plan=plan, complete=complete)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
+
+
+async def _attempt(req: Request, plan: Plan, pool: Pool, target: Target, body: bytes,
+                   complete: bool, replayable: bool, down: EventStream,
+                   timeout: float | None, has_body: bool
+                   ) -> tuple[Outcome, Conn | None, Response | None]:
+    try:
+        conn, _reused = await pool.get(target.key, target.connect, target.connect_timeout_s)
+    except (OSError, TimeoutError, ConnectionError):
+        return Outcome(connect_failure=True), None, None
+    try:
+        chunked = has_body and not complete
+        head = _request_head(req, plan, len(body) if complete and has_body else
+                             (None if chunked else (0 if req.content_length == 0 else None)),
+                             chunked)
+        w = conn.writer
+        if chunked:
+            w.write(head + encode_chunk(body))
+            await _pump_body(down, w)
+        else:
+            w.write(head + body if body else head)
+        conn.parser.expect(req.method, req.upgrade)
+        resp = await asyncio.wait_for(_response_head(conn), timeout)
+        return Outcome(status=resp.status, bytes_sent_upstream=True), conn, resp
+    except TimeoutError:
+        conn.close()
+        return Outcome(timed_out=True, bytes_sent_upstream=True), None, None
+    except (PeerClosed, ConnectionError, OSError) as exc:
+        log.debug("upstream %s reset: %r", target.key, exc)
+        conn.close()
+        return Outcome(reset=True, bytes_sent_upstream=True), None, None
+    except ProtocolError as exc:
+        log.info("upstream %s protocol error: %s", target.key, exc)
+        conn.close()
+        return Outcome(status=502, reset=True, bytes_sent_upstream=True), None, None
+
+
+async def _pump_body(down: EventStream, w: asyncio.StreamWriter) -> None:
+    while True:
+        ev = await down.next()
+        if isinstance(ev, EndOfMessage):
+            w.write(LAST_CHUNK)
+            return
+        assert isinstance(ev, Data)
+        if ev.data:
+            w.write(encode_chunk(ev.data))
+            await w.drain()
+
+
+async def _response_head(conn: Conn) -> Response:
+    while True:
+        ev = await conn.events.next()
+        if isinstance(ev, Response) and not ev.informational:
+            return ev
+
+
+async def _relay_response(req: Request, resp: Response, conn: Conn, down: EventStream,
+                          dwriter: asyncio.StreamWriter, pool: Pool, *, target_key: str,
+                          req_bytes: int, attempts: int, deadline: float | None, plan: Plan,
+                          complete: bool) -> Result:
+    if resp.status == 101 and req.upgrade is not None:
+        dwriter.write(render_response_head(101, resp.reason, resp.headers))
+        await _splice(down, dwriter, conn)
+        return Result(101, "-", req_bytes, 0, target_key, attempts, False)
+    headers = [(n, v) for n, v in strip_hop_by_hop(resp.headers)
+               if n.lower() != b"content-length"]
+    if plan.response_headers is not None:
+        headers = plan.response_headers(headers)
+    no_body = req.method == b"HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
+    client_11 = req.version == b"1.1"
+    until_close = not no_body and resp.content_length is None and not resp.chunked
+    if resp.content_length is not None:
+        headers.append((b"content-length", b"%d" % resp.content_length))
+        chunk_out = False
+    elif resp.chunked and not no_body:
+        chunk_out = client_11
+    else:
+        chunk_out = until_close and client_11
+    if chunk_out:
+        headers.append((b"transfer-encoding", b"chunked"))
+    keep = complete and req.keep_alive and (not until_close or chunk_out)
+    if not keep:
+        headers.append((b"connection", b"close"))
+    dwriter.write(render_response_head(resp.status, resp.reason, headers))
+    size = 0
+    try:
+        while True:
+            ev = await asyncio.wait_for(conn.events.next(), _remaining(deadline))
+            if isinstance(ev, EndOfMessage):
+                break
+            if isinstance(ev, Data) and ev.data:
+                size += len(ev.data)
+                dwriter.write(encode_chunk(ev.data) if chunk_out else ev.data)
+                if dwriter.transport.get_write_buffer_size() > 262144:
+                    await dwriter.drain()
+        if chunk_out:
+            dwriter.write(LAST_CHUNK)
+    except (TimeoutError, PeerClosed, ProtocolError, ConnectionError, OSError):
+        # Headers are gone already: the only honest signal left is to cut the connection.
+        conn.close()
+        return Result(resp.status, "UC", req_bytes, size, target_key, attempts, False)
+    if resp.keep_alive and not until_close:
+        pool.put(conn, 0)
+    else:
+        conn.close()
+    return Result(resp.status, "-", req_bytes, size, target_key, attempts, keep)
+
+
+async def _splice(down: EventStream, dwriter: asyncio.StreamWriter, conn: Conn) -> None:
+    """After a 101: relay raw bytes both ways (WebSocket), with what the parsers held first."""
+    dparser = down.parser
+    early_down = dparser.take_remaining() if hasattr(dparser, "take_remaining") else b""
+    early_up = conn.parser.take_remaining() if hasattr(conn.parser, "take_remaining") else b""
+    if early_up:
+        dwriter.write(early_up)
+    if early_down:
+        conn.writer.write(early_down)
+    await relay(down.reader, dwriter, conn.reader, conn.writer)
+    conn.close()
+
+
+async def relay(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
+                r2: asyncio.StreamReader, w2: asyncio.StreamWriter) -> tuple[int, int]:
+    """Copy both directions until both are done, passing half-closes through (write_eof)."""
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
+        n = 0
+        try:
+            while True:
+                data = await r.read(65536)
+                if not data:
+                    break
+                n += len(data)
+                w.write(data)
+                await w.drain()
+            if w.can_write_eof():
+                w.write_eof()
+        except (ConnectionError, OSError):
+            with contextlib.suppress(Exception):
+                w.close()
+        return n
+
+    a, b = await asyncio.gather(pipe(r1, w2), pipe(r2, w1))
+    return a, b

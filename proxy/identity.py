@@ -1,0 +1,124 @@
+"""The proxy's workload identity: its key, its SVID, the trust bundle, and TLS contexts built from them."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshctl.state import atomic_write, ensure_dir
+from registry.ca import SpiffeId
+from registry.ca.csr import build_csr, cert_expiry, key_pem, spiffe_id_of
+
+# Every proxy-to-proxy hop is TLS 1.3 with certificates on both sides (mTLS).
+TLS_MIN = ssl.TLSVersion.TLSv1_3
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One issued SVID with its key. Immutable: a renewal makes a new Identity and new contexts.
+
+    Connections already open keep the context they were made with; new ones use the new
+    one, so a renewal never drops a connection.
+    """
+
+    spiffe_id: SpiffeId
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    cert_pem: bytes = field(repr=False)
+    bundle_pem: bytes = field(repr=False)
+    not_after: datetime
+    client_ctx: ssl.SSLContext = field(repr=False)
+    server_ctx: ssl.SSLContext = field(repr=False)
+
+    @classmethod
+    def build(cls, key: ec.EllipticCurvePrivateKey, cert_pem: bytes, bundle_pem: bytes,
+              files_dir: Path) -> Identity:
+        """Write key (0600) and chain where OpenSSL can load them, and make both contexts."""
+        ensure_dir(files_dir)
+        key_path, cert_path = files_dir / "svid.key", files_dir / "svid.crt"
+        atomic_write(key_path, key_pem(key), mode=0o600)
+        atomic_write(cert_path, cert_pem, mode=0o644)
+        atomic_write(files_dir / "bundle.crt", bundle_pem, mode=0o644)
+        return cls(
+            spiffe_id=spiffe_id_of(cert_pem), key=key, cert_pem=cert_pem, bundle_pem=bundle_pem,
+            not_after=cert_expiry(cert_pem),
+            client_ctx=_context(ssl.PROTOCOL_TLS_CLIENT, cert_path, key_path, bundle_pem),
+            server_ctx=_context(ssl.PROTOCOL_TLS_SERVER, cert_path, key_path, bundle_pem),
+        )
+
+    def csr(self) -> bytes:
+        return build_csr(self.key, self.spiffe_id)
+
+    def lifetime_left(self, now: datetime | None = None) -> float:
+        return (self.not_after - (now or datetime.now(UTC))).total_seconds()
+
+
+def _context(proto: int, cert: Path, key: Path, bundle_pem: bytes) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(proto)
+    ctx.minimum_version = TLS_MIN
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(cadata=bundle_pem.decode())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    # SVIDs carry no DNS names: the peer is checked by its SPIFFE ID (peer_identity), not by
+    # hostname, as every SPIFFE-aware TLS client does.
+    ctx.check_hostname = False
+    if proto == ssl.PROTOCOL_TLS_SERVER:
+        ctx.sni_callback = _remember_sni
+    return ctx
+
+
+def _remember_sni(sslobj: object, server_name: str | None, ctx: ssl.SSLContext) -> None:
+    # The client names the service and port it wants in SNI (see sni_for); the inbound
+    # proxy reads it back after the handshake.
+    try:
+        sslobj.meshctl_sni = server_name  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return None
+
+
+def sni_for(service: str, port: int, namespace: str) -> str:
+    """SNI the outbound proxy sends: which service port behind the peer proxy it wants."""
+    return f"p{port}.{service}.{namespace}.meshctl"
+
+
+def parse_sni(name: str | None) -> tuple[str, int] | None:
+    """(service, port) from sni_for(), or None."""
+    if not name:
+        return None
+    parts = name.split(".")
+    if len(parts) != 4 or parts[3] != "meshctl" or not parts[0].startswith("p"):
+        return None
+    try:
+        return parts[1], int(parts[0][1:])
+    except ValueError:
+        return None
+
+
+_PEER_CACHE: dict[bytes, SpiffeId | None] = {}
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId | None:
+    """The SPIFFE ID of a verified TLS peer (OpenSSL already checked the chain), or None.
+
+    Parsed once per distinct certificate: a pooled peer presents the same DER every time.
+    """
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    if der in _PEER_CACHE:
+        return _PEER_CACHE[der]
+    try:
+        ident: SpiffeId | None = spiffe_id_of(x509.load_der_x509_certificate(der))
+    except (ValueError, TypeError):
+        ident = None
+    if len(_PEER_CACHE) > 4096:
+        _PEER_CACHE.clear()
+    _PEER_CACHE[der] = ident
+    return ident

@@ -1,0 +1,155 @@
+"""The inbound stack, in request order: TLS and SPIFFE identity -> authz -> rate limit -> the app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+from proxy.accept import first_byte, streams_for
+from proxy.forward import Plan, Result, Target, forward, local_reply, relay
+from proxy.http1 import EndOfMessage, ProtocolError, Request, RequestParser
+from proxy.identity import parse_sni, peer_identity
+from proxy.streams import EventStream, PeerClosed
+from registry.ca import SpiffeId
+
+if TYPE_CHECKING:
+    from proxy.main import Proxy
+
+log = logging.getLogger("meshctl.proxy.inbound")
+HEADER_TIMEOUT_S = 60.0
+# Identity headers a peer must not forge: we set x-forwarded-client-cert from the verified
+# certificate only (Istio's forwardClientCertDetails SANITIZE_SET).
+STRIP = frozenset((b"x-forwarded-client-cert",))
+
+
+class Inbound:
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def on_connection(self, sock: socket.socket) -> None:
+        proxy = self.proxy
+        snap = proxy.snapshot
+        if snap is None or proxy.identity is None:
+            sock.close()
+            return
+        tel = proxy.telemetry.counters
+        try:
+            tls = True
+            if snap.peer_mode != "STRICT":
+                b = await first_byte(sock, 10.0)
+                tls = b == b"\x16"
+            if not tls and snap.peer_mode == "STRICT":
+                tel["meshctl_proxy_inbound_plaintext_refused_total"] += 1
+                sock.close()
+                return
+            reader, writer = await streams_for(sock, proxy.server_ctx if tls else None)
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+            tel["meshctl_proxy_inbound_tls_failures_total"] += 1
+            log.debug("inbound handshake failed: %s", exc)
+            sock.close()
+            return
+        try:
+            ssl_obj = writer.get_extra_info("ssl_object")
+            peer = peer_identity(ssl_obj) if tls else None
+            if tls and (peer is None or peer.trust_domain != snap.config.trust_domain):
+                tel["meshctl_proxy_inbound_identity_refused_total"] += 1
+                return
+            if not tls:
+                tel["meshctl_proxy_inbound_plaintext_total"] += 1
+            target = parse_sni(getattr(ssl_obj, "meshctl_sni", None)) if tls else None
+            port = target[1] if target else proxy.default_inbound_port(snap)
+            me = snap.me
+            p = me.port(port) if me and port else None
+            if p is None:
+                tel["meshctl_proxy_inbound_unknown_port_total"] += 1
+                return
+            if p.protocol == "tcp":
+                await self._serve_tcp(reader, writer, port)
+            else:
+                await self._serve_http(reader, writer, port, peer)
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def _app_target(self, port: int) -> Target:
+        host, app_port = self.proxy.app_address(port)
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection(host, app_port)
+        return Target(f"app:{port}", connect, 5.0)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         port: int) -> None:
+        t = self._app_target(port)
+        try:
+            ar, aw = await asyncio.wait_for(t.connect(), t.connect_timeout_s)
+        except (OSError, TimeoutError):
+            return
+        await relay(reader, writer, ar, aw)
+        aw.close()
+
+    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          port: int, peer: SpiffeId | None) -> None:
+        proxy = self.proxy
+        down = EventStream(reader, RequestParser())
+        me = str(proxy.identity.spiffe_id) if proxy.identity else ""
+        xfcc = [(b"x-forwarded-client-cert", f"By={me};URI={peer}".encode())] if peer else []
+        while True:
+            try:
+                ev = await asyncio.wait_for(down.next(), HEADER_TIMEOUT_S)
+            except (PeerClosed, TimeoutError, ConnectionError):
+                return
+            except ProtocolError as exc:
+                writer.write(local_reply(exc.status, "DPE", close=True))
+                return
+            assert isinstance(ev, Request)
+            snap = proxy.snapshot
+            assert snap is not None
+            start = time.monotonic()
+            try:
+                result = await self._handle(ev, down, writer, snap, port, peer, xfcc)
+            except ProtocolError as exc:
+                writer.write(local_reply(exc.status, "DPE", close=True))
+                return
+            except (PeerClosed, ConnectionError):
+                return
+            proxy.record(snap, "destination", snap.me.name if snap.me else "", result, start, ev,
+                         peer=peer)
+            if not result.keep_alive or not ev.keep_alive:
+                return
+            try:
+                await writer.drain()
+            except ConnectionError:
+                return
+
+    async def _handle(self, req: Request, down: EventStream, writer: asyncio.StreamWriter,
+                      snap: object, port: int, peer: SpiffeId | None,
+                      xfcc: list[tuple[bytes, bytes]]) -> Result:
+        proxy = self.proxy
+        decision = proxy.authorize(peer, req, port)
+        if not decision:
+            proxy.telemetry.counters["meshctl_proxy_authz_denied_total"] += 1
+            writer.write(local_reply(403, "RBAC"))
+            await _discard(down)
+            return Result(403, "-", 0, 0, "", 0, True)
+        limited = proxy.rate_limited()
+        if limited is not None:
+            proxy.telemetry.counters["meshctl_proxy_rate_limited_total"] += 1
+            writer.write(local_reply(429, "RL", extra=[(b"retry-after", b"%d" % limited)]))
+            await _discard(down)
+            return Result(429, "RL", 0, 0, "", 0, True)
+        target = self._app_target(port)
+        plan = Plan(pick=lambda exclude: target, add_request_headers=xfcc,
+                    remove_request_headers=STRIP, retry=None, timeout_s=None)
+        return await forward(req, down, writer, proxy.app_pool, plan)
+
+
+async def _discard(down: EventStream) -> None:
+    while True:
+        if isinstance(await down.next(), EndOfMessage):
+            return

@@ -1,0 +1,303 @@
+"""The proxy process, assembled top to bottom: identity, control stream, listeners, admin."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meshctl.aio import spawn
+from proxy.accept import accept_loop, listen, streams_for
+from proxy.control.client import ControlClient, View
+from proxy.forward import Result, local_reply
+from proxy.http1 import Request
+from proxy.identity import TLS_MIN, Identity
+from proxy.inbound.authz import decide
+from proxy.inbound.stack import Inbound
+from proxy.outbound.stack import Outbound
+from proxy.policy.ratelimit import TokenBucket
+from proxy.snapshot import ProxySnapshot, build_snapshot
+from proxy.streams import Pool
+from proxy.telemetry import Telemetry
+from registry.ca import SpiffeId
+from registry.config import MeshConfig
+from registry.config.model import Fault
+from registry.server.catalog import Endpoint
+
+log = logging.getLogger("meshctl.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Explicit mode: a local listener for one upstream service port (Consul's upstreams)."""
+
+    service: str
+    port: int
+    listen_host: str
+    listen_port: int
+
+
+@dataclass(slots=True)
+class ProxyOptions:
+    registry_url: str
+    ca_file: Path
+    token: str
+    service: str
+    home: Path
+    version: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    advertise: str = "127.0.0.1"  # the address peers dial for this endpoint
+    inbound: tuple[str, int] = ("0.0.0.0", 15006)
+    outbound: tuple[str, int] | None = None  # transparent (iptables) listener, e.g. 127.0.0.1:15001
+    upstreams: tuple[Upstream, ...] = ()
+    apps: Mapping[int, tuple[str, int]] = field(default_factory=dict)  # service port -> app addr
+    admin: tuple[str, int] = ("127.0.0.1", 15000)
+    metrics: tuple[str, int] = ("0.0.0.0", 15090)
+    proxy_id: str = ""
+
+
+def _fresh_ctx(server: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = TLS_MIN
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class Proxy:
+    def __init__(self, opts: ProxyOptions) -> None:
+        self.opts = opts
+        self.proxy_id = opts.proxy_id or f"{opts.service}-{socket.gethostname()}-{os.getpid()}"
+        labels = {"app": opts.service, **dict(opts.labels)}
+        if opts.version:
+            labels["version"] = opts.version
+        self.labels = labels
+        self.telemetry = Telemetry()
+        self.pool = Pool()
+        self.app_pool = Pool()
+        self.snapshot: ProxySnapshot | None = None
+        self.identity: Identity | None = None
+        self.control = ControlClient(opts.registry_url, opts.ca_file, opts.home / "tls",
+                                     self.proxy_id)
+        self.control.on_identity(self._on_identity)
+        self.outbound = Outbound(self)
+        self.inbound = Inbound(self)
+        self.ready = asyncio.Event()
+        self._bucket: TokenBucket | None = None
+        self._bucket_key: object = None
+        self._listeners: list[socket.socket] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runners: list[web.AppRunner] = []
+        # Contexts are long-lived; a renewal loads the new chain into them, so new
+        # handshakes use it and open connections keep theirs.
+        self.server_ctx = _fresh_ctx(True)
+        self.client_ctx = _fresh_ctx(False)
+        from proxy.identity import _remember_sni
+        self.server_ctx.sni_callback = _remember_sni
+        self._rid = secrets.randbits(32)
+
+    # -- identity and config ---------------------------------------------------------
+
+    def _on_identity(self, ident: Identity) -> None:
+        cert, key = self.opts.home / "tls" / "svid.crt", self.opts.home / "tls" / "svid.key"
+        for ctx in (self.server_ctx, self.client_ctx):
+            ctx.load_cert_chain(cert, key)
+            ctx.load_verify_locations(cadata=ident.bundle_pem.decode())
+        self.identity = ident
+        self.telemetry.gauges["meshctl_proxy_certificate_expiry_seconds"] = \
+            ident.not_after.timestamp()
+
+    def apply_view(self, view: View) -> str | None:
+        """Build the snapshot for a view and swap it in; an error is the NACK message."""
+        try:
+            config = MeshConfig.from_wire(view.config)
+            endpoints = [Endpoint.from_wire(e) for e in view.endpoints]
+            snap = build_snapshot(view.config_version, view.catalog_version, config, endpoints,
+                                  self.opts.service, self.labels)
+        except Exception as exc:  # a NACK carries the reason; the old snapshot stays
+            log.exception("config version %d refused", view.config_version)
+            self.telemetry.counters["meshctl_proxy_config_rejected_total"] += 1
+            return f"{type(exc).__name__}: {exc}"
+        if snap.me is None:
+            return f"service `{self.opts.service}` is not in mesh.yaml"
+        self.snapshot = snap
+        self.telemetry.gauges["meshctl_proxy_config_version"] = snap.version
+        self.telemetry.gauges["meshctl_proxy_catalog_version"] = snap.catalog_version
+        self.ready.set()
+        return None
+
+    # -- per-request helpers used by the stacks ---------------------------------------
+
+    def request_id(self) -> bytes:
+        self._rid += 1
+        return b"%s-%08x" % (self.proxy_id.encode()[-24:], self._rid & 0xFFFFFFFF)
+
+    def app_address(self, port: int) -> tuple[str, int]:
+        return self.opts.apps.get(port, ("127.0.0.1", port))
+
+    def default_inbound_port(self, snap: ProxySnapshot) -> int | None:
+        return snap.me.ports[0].port if snap.me and snap.me.ports else None
+
+    def authorize(self, peer: SpiffeId | None, req: Request, port: int) -> bool:
+        snap = self.snapshot
+        if snap is None:
+            return False
+        d = decide(snap.compiled_authz, peer, req, port)
+        return d.allowed
+
+    def rate_limited(self) -> int | None:
+        """Seconds to advertise in retry-after when the service's bucket is empty, else None."""
+        snap = self.snapshot
+        rl = snap.me.rate_limit if snap and snap.me else None
+        if rl is None:
+            return None
+        if self._bucket is None or self._bucket_key != rl:
+            self._bucket = TokenBucket(rl.requests_per_unit / rl.fill_interval_s, rl.burst,
+                                       time.monotonic)
+            self._bucket_key = rl
+        if self._bucket.take():
+            return None
+        return max(1, int(self._bucket.retry_after_s() + 0.999))
+
+    async def apply_fault(self, fault: Fault, writer: asyncio.StreamWriter) -> int | None:
+        from proxy.policy.fault import FaultParams, decide
+        import random
+        d = decide(FaultParams(
+            delay_s=fault.delay.fixed_delay_s if fault.delay else 0.0,
+            delay_percent=fault.delay.percentage if fault.delay else 0.0,
+            abort_status=fault.abort.http_status if fault.abort else None,
+            abort_percent=fault.abort.percentage if fault.abort else 0.0), random)
+        if d.delay_s:
+            await asyncio.sleep(d.delay_s)
+        if d.abort_status is not None:
+            writer.write(local_reply(d.abort_status, "FI"))
+            return d.abort_status
+        return None
+
+    def record(self, snap: ProxySnapshot, reporter: str, dest_service: str, result: Result,
+               start: float, req: Request, peer: SpiffeId | None = None) -> None:
+        ms = (time.monotonic() - start) * 1000.0
+        ns = snap.config.namespace
+        me = self.opts.service
+        my_wl = f"{me}-{self.opts.version}" if self.opts.version else me
+        if reporter == "source":
+            src_wl, src_ver, src_principal = my_wl, self.opts.version or "unknown", \
+                str(self.identity.spiffe_id) if self.identity else "unknown"
+            dst_wl, dst_ver, dst_principal = dest_service, "unknown", \
+                snap.config.spiffe_id(dest_service)
+            mtls = "mutual_tls"
+        else:
+            src = peer.service_account if peer else None
+            src_wl, src_ver, src_principal = src or "unknown", "unknown", \
+                str(peer) if peer else "unknown"
+            dst_wl, dst_ver, dst_principal = my_wl, self.opts.version or "unknown", \
+                str(self.identity.spiffe_id) if self.identity else "unknown"
+            mtls = "mutual_tls" if peer else "none"
+        labels = (reporter, src_wl, ns, src_principal, src_wl.split("-")[0], src_ver, dst_wl, ns,
+                  dst_principal, dest_service, dst_ver, f"{dest_service}.{ns}", dest_service, ns,
+                  "http", str(result.status), "-", result.flags or "-", mtls)
+        self.telemetry.record_request(labels, ms, result.req_bytes, result.resp_bytes)
+
+    # -- listeners -------------------------------------------------------------------
+
+    async def _explicit(self, up: Upstream, sock: socket.socket) -> None:
+        try:
+            reader, writer = await streams_for(sock, None)
+        except OSError:
+            sock.close()
+            return
+        await self.outbound.serve(reader, writer, up.service, up.port)
+
+    async def _transparent(self, sock: socket.socket) -> None:
+        from proxy.intercept.origdst import original_dst
+        try:
+            ip, port = original_dst(sock)
+            reader, writer = await streams_for(sock, None)
+        except OSError:
+            sock.close()
+            return
+        snap = self.snapshot
+        hit = snap.service_for(ip, port) if snap else None
+        if hit is None:
+            await self._passthrough(reader, writer, ip, port)
+            return
+        await self.outbound.serve(reader, writer, hit[0].service.name, hit[1])
+
+    async def _passthrough(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           ip: str, port: int) -> None:
+        """Not a mesh service: relay to where the app meant to go (our uid is not redirected)."""
+        from proxy.forward import relay
+        self.telemetry.counters["meshctl_proxy_passthrough_total"] += 1
+        try:
+            ur, uw = await asyncio.wait_for(asyncio.open_connection(ip, port), 10)
+        except (OSError, TimeoutError):
+            writer.close()
+            return
+        await relay(reader, writer, ur, uw)
+        uw.close()
+        writer.close()
+
+    async def start(self) -> None:
+        opts = self.opts
+        await self.control.join(opts.token)
+        self._tasks.append(spawn(self.control.stream_loop(self.apply_view), name="stream"))
+        self._tasks.append(spawn(self.control.renew_loop(), name="renew"))
+        await asyncio.wait_for(self.ready.wait(), 30)
+        s = listen(*opts.inbound)
+        self._listeners.append(s)
+        self._tasks.append(spawn(accept_loop(s, self.inbound.on_connection)))
+        inbound_port = s.getsockname()[1]
+        for up in opts.upstreams:
+            us = listen(up.listen_host, up.listen_port)
+            self._listeners.append(us)
+            self._tasks.append(spawn(accept_loop(us, lambda c, up=up: self._explicit(up, c))))
+        if opts.outbound is not None:
+            os_ = listen(*opts.outbound)
+            self._listeners.append(os_)
+            self._tasks.append(spawn(accept_loop(os_, self._transparent)))
+        await self._start_admin()
+        self.endpoint = {"id": self.proxy_id, "service": opts.service, "address": opts.advertise,
+                         "inbound_port": inbound_port, "labels": self.labels, "health": "healthy"}
+        self._tasks.append(spawn(self.control.heartbeat_loop(self.endpoint), name="heartbeat"))
+        log.info("proxy %s ready: inbound %s:%d, config version %d", self.proxy_id,
+                 opts.inbound[0], inbound_port, self.snapshot.version if self.snapshot else 0)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"inbound": self._listeners[0].getsockname()[1]} if self._listeners else {}
+
+    async def _start_admin(self) -> None:
+        from proxy.admin import admin_app, metrics_app
+        for app, (host, port) in ((admin_app(self), self.opts.admin),
+                                  (metrics_app(self), self.opts.metrics)):
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            self._runners.append(runner)
+
+    async def stop(self, drain_s: float = 5.0) -> None:
+        for s in self._listeners:
+            s.close()
+        if hasattr(self, "endpoint"):
+            await self.control.deregister(self.endpoint["id"])
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for r in self._runners:
+            await r.cleanup()
+        self.pool.close_all()
+        self.app_pool.close_all()
+        await self.control.close()

@@ -1,0 +1,175 @@
+"""A proxy's view of one (config, catalog) pair, built once and swapped in atomically.
+
+Everything a request needs is looked up here by dict access: the service an address
+belongs to, its compiled routes, the endpoints of each subset. Requests hold the snapshot
+they started with until they finish, so a swap never changes a request mid-flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshctl.vip import service_vip
+from proxy.inbound.authz import compile_policies
+from proxy.routing import CompiledRoute, compile_route
+from registry.config import MeshConfig
+from registry.config.model import (
+    AuthorizationPolicy,
+    DestinationRule,
+    HTTPRoute,
+    Service,
+    TrafficPolicy,
+)
+from registry.server.catalog import Endpoint
+
+UNSET = object()
+
+
+@dataclass(slots=True)
+class Cluster:
+    """The endpoints of one service subset, and the picker over them."""
+
+    service: str
+    subset: str | None
+    endpoints: tuple[Endpoint, ...]
+    policy: TrafficPolicy | None
+    _rr: itertools.count[int] = field(default_factory=itertools.count)
+
+    def pick(self, exclude: frozenset[str] = frozenset()) -> Endpoint | None:
+        """Round robin over healthy endpoints, skipping `exclude` (the ones that just failed)
+        when another endpoint exists."""
+        eps = self.endpoints
+        if not eps:
+            return None
+        n = len(eps)
+        start = next(self._rr)
+        for i in range(n):
+            ep = eps[(start + i) % n]
+            if ep.id not in exclude:
+                return ep
+        return eps[start % n]
+
+    @property
+    def connect_timeout_s(self) -> float:
+        pol = self.policy
+        if pol is not None and pol.connection_pool is not None:
+            return pol.connection_pool.tcp.connect_timeout_s
+        return 5.0
+
+
+@dataclass(slots=True)
+class ServiceView:
+    service: Service
+    vip: str
+    routes: tuple[CompiledRoute, ...]  # from its VirtualService; empty: round robin, no subset
+    clusters: dict[str | None, Cluster]
+    default_route: CompiledRoute
+
+    def cluster(self, subset: str | None) -> Cluster | None:
+        return self.clusters.get(subset)
+
+
+def _subset_policy(dr: DestinationRule | None, subset: str | None) -> TrafficPolicy | None:
+    if dr is None:
+        return None
+    if subset is not None:
+        s = dr.subset(subset)
+        if s is not None and s.traffic_policy is not None:
+            return s.traffic_policy  # a subset's policy overrides the top-level one (Istio)
+    return dr.traffic_policy
+
+
+def _labels_match(ep: Endpoint, labels: Sequence[tuple[str, str]]) -> bool:
+    return all(ep.labels.get(k) == v for k, v in labels)
+
+
+def _default_route(name: str) -> HTTPRoute:
+    from registry.config.model import Destination, Headers, RouteDestination
+    return HTTPRoute(name="default", match=(), route=(RouteDestination(
+        destination=Destination(host=name, subset=None, port=None), weight=100,
+        headers=Headers()),), timeout_s=None, retries=None, fault=None, mirror=None,
+        mirror_percentage=0.0, headers=Headers(), rewrite=None)
+
+
+@dataclass(slots=True)
+class ProxySnapshot:
+    version: int
+    catalog_version: int
+    config: MeshConfig
+    me: Service | None
+    my_labels: Mapping[str, str]
+    services: dict[str, ServiceView]
+    by_address: dict[tuple[str, int], tuple[str, int]]  # (ip, port) -> (service, port)
+    authz: tuple[AuthorizationPolicy, ...]
+    compiled_authz: tuple[Any, ...]
+    peer_mode: str  # STRICT | PERMISSIVE | DISABLE
+    port_modes: dict[int, str]
+
+    def service_for(self, ip: str, port: int) -> tuple[ServiceView, int] | None:
+        hit = self.by_address.get((ip, port))
+        if hit is None:
+            return None
+        return self.services[hit[0]], hit[1]
+
+
+def build_snapshot(version: int, catalog_version: int, config: MeshConfig,
+                   endpoints: Sequence[Endpoint], me: str | None,
+                   my_labels: Mapping[str, str]) -> ProxySnapshot:
+    """Everything per-request lookups need, computed once for this (config, catalog) pair."""
+    healthy: dict[str, list[Endpoint]] = {}
+    for ep in endpoints:
+        if ep.health == "healthy":
+            healthy.setdefault(ep.service, []).append(ep)
+    services: dict[str, ServiceView] = {}
+    by_address: dict[tuple[str, int], tuple[str, int]] = {}
+    for svc in config.services:
+        eps = tuple(healthy.get(svc.name, ()))
+        dr = config.destination_rule_for(svc.name)
+        clusters: dict[str | None, Cluster] = {
+            None: Cluster(svc.name, None, eps, _subset_policy(dr, None))}
+        if dr is not None:
+            for sub in dr.subsets:
+                clusters[sub.name] = Cluster(
+                    svc.name, sub.name, tuple(e for e in eps if _labels_match(e, sub.labels)),
+                    _subset_policy(dr, sub.name))
+        vs = config.virtual_service_for(svc.name)
+        routes = tuple(compile_route(r) for r in vs.http) if vs is not None else ()
+        vip = service_vip(svc.name)
+        services[svc.name] = ServiceView(service=svc, vip=vip, routes=routes, clusters=clusters,
+                                         default_route=compile_route(_default_route(svc.name)))
+        for p in svc.ports:
+            by_address[(vip, p.port)] = (svc.name, p.port)
+            for ep in eps:
+                by_address.setdefault((ep.address, p.port), (svc.name, p.port))
+    me_svc = config.service(me) if me else None
+    authz = tuple(p for p in config.authorization_policies if _selects(p.selector, my_labels))
+    peer_mode, port_modes = _peer_mode(config, my_labels)
+    return ProxySnapshot(version=version, catalog_version=catalog_version, config=config,
+                         me=me_svc, my_labels=dict(my_labels), services=services,
+                         by_address=by_address, authz=authz,
+                         compiled_authz=compile_policies(authz), peer_mode=peer_mode,
+                         port_modes=port_modes)
+
+
+def _selects(selector: Sequence[tuple[str, str]] | None, labels: Mapping[str, str]) -> bool:
+    return selector is None or all(labels.get(k) == v for k, v in selector)
+
+
+def _peer_mode(config: MeshConfig, labels: Mapping[str, str]) -> tuple[str, dict[int, str]]:
+    """PeerAuthentication in force for this workload: a selecting policy beats a mesh-wide
+    one (Istio's precedence); unset anywhere is STRICT, as the article promises."""
+    mode, ports = "STRICT", {}
+    chosen: Any = None
+    for pa in config.peer_authentications:
+        if pa.selector is None and chosen is None:
+            chosen = pa
+        elif pa.selector is not None and _selects(pa.selector, labels):
+            chosen = pa
+    if chosen is not None:
+        if chosen.mode not in (None, "UNSET"):
+            mode = chosen.mode
+        ports = {p: m for p, m in chosen.port_level if m not in ("UNSET",)}
+    return mode, ports

@@ -1,0 +1,114 @@
+"""Drive the sans-IO HTTP/1.1 parsers from asyncio streams; pooled upstream connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from proxy.http1 import Event, RequestParser, ResponseParser
+
+READ_SIZE = 65536
+
+
+class PeerClosed(Exception):
+    """The other side closed the connection between messages."""
+
+
+class EventStream:
+    """Events from a parser fed by a StreamReader, one at a time, reading only when needed."""
+
+    __slots__ = ("parser", "pending", "reader", "eof")
+
+    def __init__(self, reader: asyncio.StreamReader, parser: RequestParser | ResponseParser) -> None:
+        self.reader = reader
+        self.parser = parser
+        self.pending: deque[Event] = deque()
+        self.eof = False
+
+    async def next(self) -> Event:
+        pending = self.pending
+        while not pending:
+            if self.eof:
+                raise PeerClosed()
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                self.eof = True
+            pending.extend(self.parser.feed(data))
+            if self.eof and not pending:
+                raise PeerClosed()
+        return pending.popleft()
+
+
+@dataclass(slots=True)
+class Conn:
+    """One upstream connection with its response parser; reusable while both ends keep it alive."""
+
+    key: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    events: EventStream
+    created: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    requests: int = 0
+
+    @property
+    def parser(self) -> ResponseParser:
+        p = self.events.parser
+        assert isinstance(p, ResponseParser)
+        return p
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    def reusable(self) -> bool:
+        return not self.events.eof and not self.events.pending and not self.writer.is_closing() \
+            and not self.reader.at_eof()
+
+
+Connector = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+class Pool:
+    """Idle upstream connections by key (an endpoint), LIFO so warm ones are reused first."""
+
+    def __init__(self, max_idle_per_key: int = 64, idle_timeout_s: float = 60.0) -> None:
+        self._idle: dict[str, list[Conn]] = {}
+        self.max_idle = max_idle_per_key
+        self.idle_timeout_s = idle_timeout_s
+        self.opened = 0
+
+    async def get(self, key: str, connect: Connector, timeout: float) -> tuple[Conn, bool]:
+        """A connection for `key`: (conn, reused). Connect errors propagate to the caller."""
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            c = idle.pop()
+            if c.reusable() and now - c.last_used < self.idle_timeout_s:
+                return c, True
+            c.close()
+        reader, writer = await asyncio.wait_for(connect(), timeout)
+        self.opened += 1
+        return Conn(key, reader, writer, EventStream(reader, ResponseParser())), False
+
+    def put(self, conn: Conn, max_requests: int = 0) -> None:
+        conn.requests += 1
+        conn.last_used = time.monotonic()
+        if not conn.reusable() or (max_requests and conn.requests >= max_requests):
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def close_all(self) -> None:
+        for idle in self._idle.values():
+            for c in idle:
+                c.close()
+        self._idle.clear()

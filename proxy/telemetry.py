@@ -1,0 +1,117 @@
+"""Request and connection metrics under Istio's standard names (telemetry v2), rendered for Prometheus.
+
+Counters are plain dict entries keyed by a label tuple that the snapshot pre-builds per
+route and endpoint, so recording a request costs a few dict operations, no formatting.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+
+from meshctl.promtext import labels_text
+
+# Istio's default buckets for istio_request_duration_milliseconds.
+DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
+                       60000, 300000, 600000, 1800000, 3600000)
+SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
+
+REQUEST_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_principal",
+                  "source_app", "source_version", "destination_workload",
+                  "destination_workload_namespace", "destination_principal", "destination_app",
+                  "destination_version", "destination_service", "destination_service_name",
+                  "destination_service_namespace", "request_protocol", "response_code",
+                  "grpc_response_status", "response_flags", "connection_security_policy")
+TCP_LABELS = tuple(n for n in REQUEST_LABELS
+                   if n not in ("response_code", "grpc_response_status"))
+
+LabelValues = tuple[str, ...]
+
+
+class Histogram:
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect_left(self.buckets, v)] += 1
+        self.sum += v
+        self.count += 1
+
+
+class Telemetry:
+    """All of one proxy's metrics. `record_request` is on the hot path; `render` is not."""
+
+    def __init__(self) -> None:
+        self.requests: dict[LabelValues, int] = defaultdict(int)
+        self.durations: dict[LabelValues, Histogram] = {}
+        self.request_bytes: dict[LabelValues, Histogram] = {}
+        self.response_bytes: dict[LabelValues, Histogram] = {}
+        self.tcp_sent: dict[LabelValues, int] = defaultdict(int)
+        self.tcp_received: dict[LabelValues, int] = defaultdict(int)
+        self.tcp_opened: dict[LabelValues, int] = defaultdict(int)
+        self.tcp_closed: dict[LabelValues, int] = defaultdict(int)
+        # Proxy health: name -> value (counters and gauges with no labels).
+        self.counters: dict[str, float] = defaultdict(float)
+        self.gauges: dict[str, float] = {}
+
+    def record_request(self, labels: LabelValues, duration_ms: float, req_bytes: int,
+                       resp_bytes: int) -> None:
+        self.requests[labels] += 1
+        h = self.durations.get(labels)
+        if h is None:
+            h = self.durations[labels] = Histogram(DURATION_BUCKETS_MS)
+            self.request_bytes[labels] = Histogram(SIZE_BUCKETS)
+            self.response_bytes[labels] = Histogram(SIZE_BUCKETS)
+        h.observe(duration_ms)
+        self.request_bytes[labels].observe(req_bytes)
+        self.response_bytes[labels].observe(resp_bytes)
+
+    def render(self) -> str:
+        out: list[str] = []
+
+        def counter(name: str, help_text: str, series: dict[LabelValues, int],
+                    names: tuple[str, ...]) -> None:
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} counter")
+            for lv, v in series.items():
+                out.append(f"{name}{labels_text(dict(zip(names, lv, strict=True)))} {v}")
+
+        def hist(name: str, help_text: str, series: dict[LabelValues, Histogram]) -> None:
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} histogram")
+            for lv, h in series.items():
+                base = dict(zip(REQUEST_LABELS, lv, strict=True))
+                acc = 0
+                for le, c in zip((*h.buckets, "+Inf"), h.counts, strict=True):
+                    acc += c
+                    out.append(f"{name}_bucket{labels_text({**base, 'le': _fmt(le)})} {acc}")
+                out.append(f"{name}_sum{labels_text(base)} {h.sum}")
+                out.append(f"{name}_count{labels_text(base)} {h.count}")
+
+        counter("istio_requests_total", "Requests handled by this proxy.", self.requests,
+                REQUEST_LABELS)
+        hist("istio_request_duration_milliseconds", "Request duration.", self.durations)
+        hist("istio_request_bytes", "Request sizes (headers and body).", self.request_bytes)
+        hist("istio_response_bytes", "Response sizes (headers and body).", self.response_bytes)
+        counter("istio_tcp_sent_bytes_total", "Bytes sent to the peer on TCP connections.",
+                self.tcp_sent, TCP_LABELS)
+        counter("istio_tcp_received_bytes_total", "Bytes received on TCP connections.",
+                self.tcp_received, TCP_LABELS)
+        counter("istio_tcp_connections_opened_total", "TCP connections opened.",
+                self.tcp_opened, TCP_LABELS)
+        counter("istio_tcp_connections_closed_total", "TCP connections closed.",
+                self.tcp_closed, TCP_LABELS)
+        for name, value in sorted(self.counters.items()):
+            out.append(f"# TYPE {name} counter\n{name} {_fmt(value)}")
+        for name, value in sorted(self.gauges.items()):
+            out.append(f"# TYPE {name} gauge\n{name} {_fmt(value)}")
+        return "\n".join(out) + "\n"
+
+
+def _fmt(v: float | str) -> str:
+    if isinstance(v, str):
+        return v
+    return str(int(v)) if float(v).is_integer() else repr(float(v))

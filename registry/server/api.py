@@ -1,0 +1,281 @@
+"""The registry's HTTPS API: join, renew, config stream, ACK, catalog, tokens, status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from registry.ca import CsrError, SpiffeId, TokenError
+from registry.server.auth import Caller, caller_of
+from registry.server.catalog import HEALTH_STATES, Endpoint
+
+if TYPE_CHECKING:
+    from registry.server.main import Registry
+
+log = logging.getLogger("meshctl.registry.api")
+REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+STREAM_PING_S = 15.0
+MAX_BODY = 64 * 1024
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda o: json.dumps(o, sort_keys=True))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status=status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(text=f"request body is not JSON: {exc}\n") from exc
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="request body must be a JSON object\n")
+    return data
+
+
+def _auth(request: web.Request) -> Caller:
+    reg = request.app[REGISTRY]
+    return caller_of(request, reg.ca, reg.operator_token)
+
+
+def _require_str(d: dict[str, Any], key: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str) or not v:
+        raise web.HTTPBadRequest(text=f"field `{key}` is required (a non-empty string)\n")
+    return v
+
+
+async def join(request: web.Request) -> web.Response:
+    """Token + CSR -> SVID + trust bundle. The token names the identity; the CSR only its key."""
+    reg = request.app[REGISTRY]
+    body = await _body(request)
+    token, csr = _require_str(body, "token"), _require_str(body, "csr")
+    try:
+        identity = reg.tokens.redeem(token)
+    except TokenError as exc:
+        reg.metrics["join_refused"] += 1
+        return _error(403, f"join refused: {exc}")
+    try:
+        cert = reg.ca.sign_csr(csr.encode(), identity, reg.cert_ttl_s())
+    except CsrError as exc:
+        reg.metrics["join_refused"] += 1
+        return _error(400, f"CSR refused: {exc}")
+    reg.metrics["svids_issued"] += 1
+    return _json({"certificate": cert.decode(), "bundle": reg.ca.bundle_pem.decode(),
+                  "spiffe_id": str(identity), "epoch": reg.epoch})
+
+
+async def renew(request: web.Request) -> web.Response:
+    """mTLS with the current SVID + a new CSR -> a new SVID for the same identity."""
+    reg = request.app[REGISTRY]
+    caller = _auth(request)
+    if caller.identity is None:
+        return _error(403, "renew needs a workload certificate, not the operator credential")
+    body = await _body(request)
+    try:
+        cert = reg.ca.sign_csr(_require_str(body, "csr").encode(), caller.identity,
+                               reg.cert_ttl_s())
+    except CsrError as exc:
+        return _error(400, f"CSR refused: {exc}")
+    reg.metrics["svids_issued"] += 1
+    return _json({"certificate": cert.decode(), "bundle": reg.ca.bundle_pem.decode(),
+                  "spiffe_id": str(caller.identity)})
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Newline-delimited JSON: a `view` line whenever the config or the catalog moves.
+
+    The client says what it has (`config`, `catalog`, `epoch`); a view is sent at once if it
+    is behind, then after each change. A `ping` line every 15 s keeps the stream alive
+    through idle periods and tells the client the registry is still there.
+    """
+    reg = request.app[REGISTRY]
+    caller = _auth(request)
+    proxy_id = request.query.get("proxy_id", "")
+    try:
+        have_cfg = int(request.query.get("config", "0"))
+        have_cat = int(request.query.get("catalog", "-1"))
+    except ValueError:
+        return _error(400, "`config` and `catalog` must be integers")
+    if request.query.get("epoch") != reg.epoch:
+        have_cfg, have_cat = 0, -1  # another registry state: start over
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    service = caller.service or "operator"
+    if proxy_id:
+        reg.proxies.stream_opened(proxy_id, str(caller.identity or "operator"), service)
+    try:
+        while True:
+            snap = reg.store.current
+            if snap is not None and (snap.version != have_cfg or reg.catalog.version != have_cat):
+                have_cfg, have_cat = snap.version, reg.catalog.version
+                await resp.write(reg.view_line())
+            elif not await reg.notifier.wait(STREAM_PING_S):
+                await resp.write(b'{"type":"ping"}\n')
+            else:
+                continue
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        if proxy_id:
+            reg.proxies.stream_closed(proxy_id)
+    return resp
+
+
+async def ack(request: web.Request) -> web.Response:
+    """A proxy says it runs `version` (ok) or refused it (ok=false, with the error)."""
+    reg = request.app[REGISTRY]
+    caller = _auth(request)
+    body = await _body(request)
+    version = body.get("config_version")
+    if not isinstance(version, int):
+        return _error(400, "field `config_version` is required (an integer)")
+    not_after = body.get("cert_not_after")
+    st = reg.proxies.ack(_require_str(body, "proxy_id"), str(caller.identity or "operator"),
+                         caller.service or "operator", version, ok=bool(body.get("ok", True)),
+                         error=str(body.get("error", "")),
+                         cert_not_after=float(not_after) if isinstance(not_after, (int, float))
+                         else None)
+    if not body.get("ok", True):
+        log.warning("proxy %s NACKed config version %d: %s", st.proxy_id, version, st.nack_error)
+    reg.notifier.notify()
+    return _json({"ok": True})
+
+
+def _may_write_endpoint(caller: Caller, service: str) -> bool:
+    # A workload may register only endpoints of its own service; launchers use the operator
+    # credential. A stolen payments certificate cannot pull orders' traffic.
+    return caller.operator or caller.service == service
+
+
+async def register_endpoint(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY]
+    caller = _auth(request)
+    body = await _body(request)
+    service = _require_str(body, "service")
+    if not _may_write_endpoint(caller, service):
+        return _error(403, f"identity {caller.identity} may not register endpoints of `{service}`")
+    port = body.get("inbound_port")
+    labels = body.get("labels", {})
+    health = body.get("health", "healthy")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        return _error(400, "field `inbound_port` must be a port number")
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        return _error(400, "field `labels` must be a map of strings")
+    if health not in HEALTH_STATES:
+        return _error(400, f"field `health` must be one of {', '.join(HEALTH_STATES)}")
+    ep = Endpoint.from_wire({
+        "id": _require_str(body, "id"), "service": service,
+        "address": _require_str(body, "address"), "inbound_port": port, "labels": labels,
+        "identity": str(caller.identity) if caller.identity else str(body.get("identity", "")),
+        "health": health,
+    })
+    old = reg.catalog.get(ep.id)
+    if old is not None and not _may_write_endpoint(caller, old.service):
+        return _error(403, f"endpoint {ep.id} belongs to `{old.service}`")
+    return _json(reg.catalog.register(ep).to_wire())
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY]
+    caller = _auth(request)
+    ep_id = request.match_info["id"]
+    old = reg.catalog.get(ep_id)
+    if old is None:
+        return _error(404, f"no endpoint {ep_id}: register it again")
+    if not _may_write_endpoint(caller, old.service):
+        return _error(403, f"endpoint {ep_id} belongs to `{old.service}`")
+    body = await _body(request)
+    health = body.get("health")
+    if health is not None and health not in HEALTH_STATES:
+        return _error(400, f"field `health` must be one of {', '.join(HEALTH_STATES)}")
+    ep = reg.catalog.heartbeat(ep_id, health)
+    assert ep is not None
+    return _json(ep.to_wire())
+
+
+async def deregister(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY]
+    caller = _auth(request)
+    ep_id = request.match_info["id"]
+    old = reg.catalog.get(ep_id)
+    if old is None:
+        return _json({"removed": False})
+    if not _may_write_endpoint(caller, old.service):
+        return _error(403, f"endpoint {ep_id} belongs to `{old.service}`")
+    return _json({"removed": reg.catalog.deregister(ep_id)})
+
+
+async def catalog(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY]
+    _auth(request)
+    return _json({"version": reg.catalog.version,
+                  "endpoints": [e.to_wire() for e in reg.catalog.endpoints()]})
+
+
+async def config(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY]
+    _auth(request)
+    snap = reg.store.current
+    if snap is None:
+        return _error(503, "no valid config has been loaded yet")
+    return web.Response(body=b'{"version":%d,"config":%s}' % (snap.version, snap.wire),
+                        content_type="application/json")
+
+
+async def create_token(request: web.Request) -> web.Response:
+    """Operator only: mint a one-time join token for exactly one service identity."""
+    reg = request.app[REGISTRY]
+    caller = _auth(request)
+    if not caller.operator:
+        return _error(403, "only the operator may mint join tokens")
+    body = await _body(request)
+    ttl = body.get("ttl_s", 3600)
+    if not isinstance(ttl, (int, float)) or ttl <= 0:
+        return _error(400, "field `ttl_s` must be a positive number of seconds")
+    try:
+        identity = reg.identity_for(_require_str(body, "service"))
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return _json({"token": reg.tokens.create(identity, float(ttl)), "spiffe_id": str(identity)})
+
+
+async def status(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY]
+    _auth(request)
+    return _json(reg.status())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def build_app(reg: Registry) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[REGISTRY] = reg
+    app.add_routes([
+        web.post("/v1/join", join),
+        web.post("/v1/renew", renew),
+        web.get("/v1/stream", stream),
+        web.post("/v1/ack", ack),
+        web.post("/v1/endpoints", register_endpoint),
+        web.put("/v1/endpoints/{id}", heartbeat),
+        web.delete("/v1/endpoints/{id}", deregister),
+        web.get("/v1/catalog", catalog),
+        web.get("/v1/config", config),
+        web.post("/v1/tokens", create_token),
+        web.get("/v1/status", status),
+        web.get("/healthz", healthz),
+    ])
+    return app
+
+
+def parse_identity(raw: str) -> SpiffeId:
+    return SpiffeId.parse(raw)

@@ -1,0 +1,323 @@
+"""The registry process: config watcher, CA, catalog and API assembled in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meshctl.aio import spawn
+from meshctl.state import atomic_write, ensure_dir
+from registry.ca import CertificateAuthority, SpiffeId, TokenStore
+from registry.config import LoadResult, MeshConfig, load_directory
+from registry.server import watcher
+from registry.server.api import build_app
+from registry.server.catalog import ENDPOINT_TTL_S, Catalog
+from registry.server.metrics import render_metrics
+from registry.server.proxies import ProxyTracker
+from registry.server.snapshots import Notifier, Snapshot, SnapshotStore
+
+log = logging.getLogger("meshctl.registry")
+DEFAULT_PORT = 15012
+DEFAULT_MONITOR_PORT = 15014
+REGISTRY_NAMESPACE = "meshctl-system"
+
+
+class StartupError(Exception):
+    """The registry cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryPaths:
+    """Where the registry keeps its state under MESH_HOME/registry (0700, files 0600)."""
+
+    root: Path
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens.json"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.json"
+
+    @property
+    def snapshot(self) -> Path:
+        return self.root / "snapshot.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def operator_token(self) -> Path:
+        return self.root / "operator.token"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.root / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "server.key"
+
+    @property
+    def endpoint(self) -> Path:
+        """Where a running registry says how to reach it (read by the CLI and launchers)."""
+        return self.root / "endpoint.json"
+
+    @property
+    def bundle(self) -> Path:
+        return self.ca_dir / "ca.crt"
+
+
+def read_operator_token(paths: RegistryPaths) -> str:
+    return paths.operator_token.read_text().strip()
+
+
+class Registry:
+    """One mesh's control plane. `start()` binds; `serve_forever()` runs until cancelled."""
+
+    def __init__(self, config_dir: Path, home: Path, *, host: str = "127.0.0.1",
+                 port: int = DEFAULT_PORT, monitor_port: int = DEFAULT_MONITOR_PORT,
+                 extra_sans: tuple[str, ...] = (), quiet_ms: int = watcher.DEBOUNCE_QUIET_MS) -> None:
+        self.config_dir = config_dir.resolve()
+        self.paths = RegistryPaths(home / "registry")
+        self.host, self.port, self.monitor_port = host, port, monitor_port
+        self.extra_sans = extra_sans
+        self.quiet_ms = quiet_ms
+        self.notifier = Notifier()
+        self.metrics: Counter[str] = Counter()
+        self.proxies = ProxyTracker()
+        self.started_at = time.time()
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._view: tuple[int, int, bytes] | None = None
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _load_state(self) -> tuple[str, int]:
+        if self.paths.state.exists():
+            raw = json.loads(self.paths.state.read_text())
+            return str(raw["epoch"]), int(raw.get("last_version", 0))
+        return secrets.token_hex(8), 0
+
+    def _save_state(self) -> None:
+        atomic_write(self.paths.state, json.dumps(
+            {"epoch": self.epoch, "last_version": self.store.last_version}))
+
+    def _restore_snapshot(self) -> Snapshot | None:
+        if not self.paths.snapshot.exists():
+            return None
+        raw = json.loads(self.paths.snapshot.read_text())
+        return Snapshot.build(int(raw["version"]), MeshConfig.from_wire(raw["config"]))
+
+    def _persist_snapshot(self, snap: Snapshot) -> None:
+        atomic_write(self.paths.snapshot,
+                     b'{"version":%d,"config":%s}' % (snap.version, snap.wire))
+        self._save_state()
+
+    # -- config --------------------------------------------------------------------------
+
+    def on_load(self, result: LoadResult) -> None:
+        """Publish a valid directory as the next snapshot; reject an invalid one whole."""
+        if not result.ok or result.config is None:
+            errors = tuple(str(e) for e in result.errors)
+            self.store.reject(errors)
+            log.error("config rejected, version %s stays in force:\n  %s",
+                      self.store.current.version if self.store.current else "none",
+                      "\n  ".join(errors))
+            return
+        cfg = result.config
+        if cfg.trust_domain != self.ca.trust_domain:
+            self.store.reject((f"mesh.yaml: trustDomain: cannot change from "
+                               f"`{self.ca.trust_domain}` to `{cfg.trust_domain}` while the "
+                               f"mesh runs: the CA is bound to it (run `meshctl down` and "
+                               f"remove {self.paths.ca_dir} to start a new mesh)",))
+            log.error("config rejected: %s", self.store.last_rejection)
+            return
+        snap = self.store.publish(cfg)
+        if snap is not None:
+            self._persist_snapshot(snap)
+            log.info("config version %d published (%s)", snap.version, cfg.digest[:12])
+
+    def cert_ttl_s(self) -> float:
+        snap = self.store.current
+        return snap.config.certificate_ttl_s if snap else 24 * 3600.0
+
+    def identity_for(self, service: str) -> SpiffeId:
+        snap = self.store.current
+        if snap is None:
+            raise ValueError("no valid config loaded yet")
+        if snap.config.service(service) is None:
+            known = ", ".join(s.name for s in snap.config.services) or "none"
+            raise ValueError(f"unknown service `{service}` (mesh.yaml has: {known})")
+        return SpiffeId.for_service(snap.config.trust_domain, snap.config.namespace, service)
+
+    def view_line(self) -> bytes:
+        """The stream line for the current (config, catalog) pair, rendered once per pair."""
+        snap = self.store.current
+        assert snap is not None
+        key = (snap.version, self.catalog.version)
+        if self._view is None or self._view[:2] != key:
+            line = (b'{"type":"view","epoch":"%s","config_version":%d,"catalog_version":%d,'
+                    b'"config":%s,"endpoints":%s}\n'
+                    % (self.epoch.encode(), snap.version, self.catalog.version, snap.wire,
+                       self.catalog.wire()))
+            self._view = (key[0], key[1], line)
+        return self._view[2]
+
+    def status(self) -> dict[str, Any]:
+        snap = self.store.current
+        rej = self.store.last_rejection
+        return {
+            "epoch": self.epoch,
+            "config_version": snap.version if snap else 0,
+            "config_digest": snap.config.digest if snap else "",
+            "catalog_version": self.catalog.version,
+            "trust_domain": self.ca.trust_domain,
+            "last_config_error": {"at": rej.at, "errors": list(rej.errors)} if rej else None,
+            "proxies": [
+                {"proxy_id": p.proxy_id, "identity": p.identity, "service": p.service,
+                 "acked_version": p.acked_version, "nacked_version": p.nacked_version,
+                 "nack_error": p.nack_error, "cert_not_after": p.cert_not_after,
+                 "connected": p.streams > 0, "last_seen": p.last_seen}
+                for p in self.proxies.all()
+            ],
+            "endpoints": [e.to_wire() for e in self.catalog.endpoints()],
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _server_ssl(self) -> ssl.SSLContext:
+        sans = {"localhost", "127.0.0.1", self.host, *self.extra_sans} - {"0.0.0.0", "::", ""}
+        ips = [s for s in sans if _is_ip(s)]
+        names = [s for s in sans if not _is_ip(s)]
+        ident = SpiffeId.for_service(self.ca.trust_domain, REGISTRY_NAMESPACE, "registry")
+        cert, key = self.ca.issue_server_cert(ident, sorted(names), sorted(ips), 30 * 86400)
+        atomic_write(self.paths.server_cert, cert, mode=0o644)
+        atomic_write(self.paths.server_key, key, mode=0o600)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.paths.server_cert, self.paths.server_key)
+        # Optional: join has no certificate yet; every other endpoint demands one (or the
+        # operator credential) in auth.caller_of.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(cadata=self.ca.bundle_pem.decode())
+        return ctx
+
+    async def start(self) -> None:
+        ensure_dir(self.paths.root)
+        result = load_directory(self.config_dir)
+        self.epoch, last_version = self._load_state()
+        self.store = SnapshotStore(self.notifier, last_version)
+        restored = self._restore_snapshot()
+        if result.config is None:
+            errors = "\n  ".join(str(e) for e in result.errors)
+            if restored is None:
+                raise StartupError(f"config in {self.config_dir} is invalid:\n  {errors}\n"
+                                   f"fix it (`meshctl validate {self.config_dir}`) and start again")
+            log.error("config invalid; serving the last good snapshot (version %d):\n  %s",
+                      restored.version, errors)
+        trust_domain = (result.config or restored.config).trust_domain  # type: ignore[union-attr]
+        self.ca = CertificateAuthority.load_or_create(self.paths.ca_dir, trust_domain)
+        self.tokens = TokenStore(self.paths.tokens)
+        if not self.paths.operator_token.exists():
+            atomic_write(self.paths.operator_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
+        self.operator_token = read_operator_token(self.paths)
+        self.catalog = Catalog(self.paths.catalog)
+        self.catalog.on_change(self.notifier.notify)
+        if restored is not None:
+            self.store.restore(restored)
+        self.on_load(result)
+        self._save_state()
+
+        api = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        await api.setup()
+        await web.TCPSite(api, self.host, self.port, ssl_context=self._server_ssl(),
+                          reuse_address=True).start()
+        self._runners.append(api)
+        mon = web.Application()
+        mon.add_routes([web.get("/metrics", self._metrics), web.get("/healthz/ready", self._ready)])
+        mon_runner = web.AppRunner(mon, access_log=None, handle_signals=False)
+        await mon_runner.setup()
+        await web.TCPSite(mon_runner, "127.0.0.1", self.monitor_port, reuse_address=True).start()
+        self._runners.append(mon_runner)
+        atomic_write(self.paths.endpoint, json.dumps({
+            "url": f"https://{_url_host(self.host)}:{self.port}",
+            "monitor": f"http://127.0.0.1:{self.monitor_port}",
+            "pid": os.getpid(), "config_dir": str(self.config_dir),
+        }), mode=0o644)
+        self._tasks.append(spawn(watcher.watch(self.config_dir, self.on_load,
+                                               quiet_ms=self.quiet_ms), name="watch"))
+        self._tasks.append(spawn(self._expire_loop(), name="expire"))
+        log.info("registry listening on https://%s:%d (monitor 127.0.0.1:%d), config %s",
+                 self.host, self.port, self.monitor_port, self.config_dir)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ENDPOINT_TTL_S / 3)
+            gone = self.catalog.expire()
+            if gone:
+                log.info("endpoints expired (no heartbeat): %s", ", ".join(gone))
+            self.tokens.purge_expired()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=render_metrics(self), content_type="text/plain",
+                            charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        ok = self.store.current is not None
+        return web.Response(status=200 if ok else 503, text="ready\n" if ok else "no config\n")
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for r in self._runners:
+            await r.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            if json.loads(self.paths.endpoint.read_text()).get("pid") == os.getpid():
+                self.paths.endpoint.unlink()
+
+
+def _is_ip(s: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+async def run(config_dir: Path, home: Path, **kwargs: Any) -> None:
+    """Run a registry until cancelled (SIGINT/SIGTERM in the CLI)."""
+    reg = Registry(config_dir, home, **kwargs)
+    await reg.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await reg.stop()

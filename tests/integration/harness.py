@@ -1,0 +1,164 @@
+"""Builders for integration tests: a real registry, real proxies and shop apps on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SHOP = REPO / "examples" / "compose" / "apps" / "shop.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last = exc
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+             ) -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(url, headers=headers or {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+@dataclass
+class Proc:
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.p = subprocess.Popen(self.argv, env=self.env, stdout=self.log.open("ab"),
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.p and self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class Mesh:
+    """A registry over a config directory copied into tmp, with helpers to add workloads."""
+
+    tmp: Path
+    config_src: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.home = self.tmp / "home"
+        self.config = self.tmp / "config"
+        if not self.config.exists():
+            shutil.copytree(self.config_src, self.config)
+        self.port = free_port()
+        self.monitor = free_port()
+        self.env = {**os.environ, "MESH_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        self.registry: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def meshctl(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "meshctl", *args]
+
+    def start_registry(self) -> Proc:
+        self.registry = Proc(self.meshctl("registry", "--config", str(self.config), "--port",
+                                          str(self.port), "--monitor-port", str(self.monitor)),
+                             self.env, self.tmp / "registry.log").start()
+        self.procs.append(self.registry)
+        wait_until(lambda: http_get(f"http://127.0.0.1:{self.monitor}/healthz/ready")[0] == 200,
+                   what="registry ready")
+        return self.registry
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        ctx = ssl.create_default_context(cafile=str(self.home / "registry" / "ca" / "ca.crt"))
+        token = (self.home / "registry" / "operator.token").read_text().strip()
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return json.loads(r.read())
+
+    def token(self, service: str) -> Path:
+        tok = self.api("POST", "/v1/tokens", {"service": service})["token"]
+        path = self.tmp / f"token-{service}-{free_port()}"
+        path.write_text(tok)
+        return path
+
+    def app(self, service: str, version: str = "v1", *extra: str) -> tuple[Proc, int]:
+        port = free_port()
+        p = Proc([sys.executable, str(SHOP), "--service", service, "--version", version,
+                  "--host", "127.0.0.1", "--port", str(port), *extra], self.env,
+                 self.tmp / f"app-{service}-{version}-{port}.log").start()
+        self.procs.append(p)
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+                   what=f"app {service}")
+        return p, port
+
+    def proxy(self, service: str, version: str | None = "v1", *, app_port: int | None = None,
+              service_port: int = 8080, upstreams: dict[str, int] | None = None,
+              wait: bool = True) -> dict[str, Any]:
+        inbound, admin, metrics = free_port(), free_port(), free_port()
+        pid = f"{service}-{version}-{inbound}"
+        argv = self.meshctl("proxy", "--service", service, "--registry", self.url,
+                            "--token-file", str(self.token(service)),
+                            "--inbound", f"127.0.0.1:{inbound}", "--admin", f"127.0.0.1:{admin}",
+                            "--metrics", f"127.0.0.1:{metrics}", "--proxy-id", pid)
+        if version:
+            argv += ["--version", version]
+        if app_port:
+            argv += ["--app", f"{service_port}=127.0.0.1:{app_port}"]
+        for target, local in (upstreams or {}).items():
+            argv += ["--upstream", f"{target}={local}"]
+        p = Proc(argv, self.env, self.tmp / f"proxy-{pid}.log").start()
+        self.procs.append(p)
+        info = {"proc": p, "inbound": inbound, "admin": admin, "metrics": metrics, "id": pid}
+        if wait:
+            wait_until(lambda: http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200,
+                       what=f"proxy {pid} ready")
+        return info
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()

@@ -1,0 +1,1 @@
+"""Tests of proxy/intercept: rendered rules (pure), iptables in namespaces, REDIRECT (root)."""
