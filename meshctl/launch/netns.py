@@ -288,6 +288,8 @@ def delete_host(name: str) -> None:
     """Delete host `name`: its processes, veth pair, namespace and /etc/netns/NAME.
 
     Whatever part is already gone is skipped, so this also cleans up a half-made host.
+    A process that `run_in` is still starting (not yet inside) is not seen: stop or wait
+    for what you started first.
     """
     path = _netns_path(name)
     _stop_processes(path)

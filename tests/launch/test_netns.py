@@ -160,9 +160,15 @@ def test_delete_host_stops_what_runs_inside(prefix: str) -> None:
     bridge = netns.create_bridge(prefix + "br", f"{subnet[1]}/24")
     try:
         host = netns.create_host(prefix + "a", bridge.name, f"{subnet[2]}/24")
-        sleeper = netns.run_in(host.name, [sys.executable, "-c", "import time; time.sleep(600)"])
-        netns.delete_host(host.name)
-        assert sleeper.wait(timeout=10) != 0
+        code = "import time; print('ready', flush=True); time.sleep(600)"
+        sleeper = netns.run_in(host.name, [sys.executable, "-c", code], stdout=subprocess.PIPE)
+        try:
+            assert sleeper.stdout is not None and sleeper.stdout.readline() == b"ready\n"
+            netns.delete_host(host.name)
+            assert sleeper.wait(timeout=10) != 0
+        finally:
+            sleeper.kill()
+            sleeper.wait()
         assert host.veth not in _links()
         netns.delete_host(host.name)  # already gone: fine
     finally:

@@ -93,7 +93,9 @@ def _usable(backend: Backend | None) -> bool:
     name = unique("p")
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        probe = subprocess.run(["ip", "netns", "exec", name, tool, "-t", "nat"], capture_output=True)
+        probe = subprocess.run(
+            ["ip", "netns", "exec", name, tool, "-t", "nat"], capture_output=True
+        )
         return probe.returncode == 0
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)

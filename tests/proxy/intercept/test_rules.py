@@ -15,7 +15,7 @@ from proxy.intercept.rules import (
     render_remove,
     render_restore,
 )
-from tests.proxy.intercept.support import DOCKER_DNS_SAVE
+from tests.proxy.intercept.support import DOCKER_DNS_SAVE, REPO
 
 TYPICAL = InterceptConfig(
     proxy_uid=1337,
@@ -49,6 +49,7 @@ TYPICAL_TEXT = """\
 -A PREROUTING -p tcp -j MESH_INBOUND
 COMMIT
 """
+
 
 def saved(extra_chains: list[str], extra_rules: list[str], base: str = DOCKER_DNS_SAVE) -> str:
     """`base` as iptables-save would print it with our chains and rules added."""
@@ -236,3 +237,8 @@ def test_any_valid_config_renders_only_ours(
         [r for r in table.rules if r.startswith(("-A OUTPUT", "-A PREROUTING"))]
     )
     assert removal.count("-X ") == len(CHAINS)
+
+
+def test_the_docs_show_the_typical_rules_verbatim() -> None:
+    docs = (REPO / "docs" / "interception.md").read_text()
+    assert f"```\n{TYPICAL_TEXT}```" in docs
