@@ -13,7 +13,7 @@ _BACKGROUND: set[asyncio.Task[Any]] = set()
 
 def spawn(coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task[Any]:
     """Start `coro` as a task that lives until it finishes, even if the caller drops it."""
-    task = asyncio.get_running_loop().create_task(coro, name=name)  # noqa: TID251
+    task = asyncio.get_running_loop().create_task(coro, name=name)
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
     return task

@@ -12,7 +12,7 @@ from meshctl.commands.validate import validate
 app = typer.Typer(
     name="meshctl",
     help="A service mesh for Docker hosts and VMs: mTLS, retries, timeouts, circuit breaking, "
-         "traffic shifting and telemetry, with no Kubernetes.",
+    "traffic shifting and telemetry, with no Kubernetes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -26,8 +26,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """meshctl: a service mesh for Docker hosts and VMs."""
 

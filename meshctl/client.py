@@ -40,16 +40,26 @@ class RegistryClient:
         except FileNotFoundError:
             raise RegistryUnavailable(
                 f"no registry is running for MESH_HOME={home} (no {paths.endpoint}): start one "
-                f"with `meshctl up` or `meshctl registry --config DIR`") from None
+                f"with `meshctl up` or `meshctl registry --config DIR`"
+            ) from None
         ctx = ssl.create_default_context(cafile=str(paths.bundle))
-        return cls(url=ep["url"], token=read_operator_token(paths), ssl_context=ctx,
-                   monitor=ep.get("monitor", ""))
+        return cls(
+            url=ep["url"],
+            token=read_operator_token(paths),
+            ssl_context=ctx,
+            monitor=ep.get("monitor", ""),
+        )
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             timeout: float = 10.0) -> Any:
+    def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
                 return json.loads(resp.read() or b"null")
@@ -61,5 +71,7 @@ class RegistryClient:
                 msg = raw.strip()
             raise RegistryError(exc.code, msg) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise RegistryUnavailable(f"registry at {self.url} does not answer ({exc}); "
-                                      f"is it running? `meshctl status` tells") from None
+            raise RegistryUnavailable(
+                f"registry at {self.url} does not answer ({exc}); "
+                f"is it running? `meshctl status` tells"
+            ) from None

@@ -25,19 +25,26 @@ class MetricWriter:
     def __init__(self) -> None:
         self._lines: list[str] = []
 
-    def family(self, name: str, kind: str, help_text: str,
-               samples: Iterable[tuple[str, Mapping[str, str], float]]) -> None:
+    def family(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        samples: Iterable[tuple[str, Mapping[str, str], float]],
+    ) -> None:
         self._lines.append(f"# HELP {name} {help_text}")
         self._lines.append(f"# TYPE {name} {kind}")
         for suffix, labels, value in samples:
             self._lines.append(f"{name}{suffix}{labels_text(labels)} {_num(value)}")
 
-    def gauge(self, name: str, help_text: str, value: float,
-              labels: Mapping[str, str] | None = None) -> None:
+    def gauge(
+        self, name: str, help_text: str, value: float, labels: Mapping[str, str] | None = None
+    ) -> None:
         self.family(name, "gauge", help_text, [("", labels or {}, value)])
 
-    def counter(self, name: str, help_text: str, value: float,
-                labels: Mapping[str, str] | None = None) -> None:
+    def counter(
+        self, name: str, help_text: str, value: float, labels: Mapping[str, str] | None = None
+    ) -> None:
         self.family(name, "counter", help_text, [("", labels or {}, value)])
 
     def text(self) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from meshctl.aio import spawn
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, socket.socket], Awaitable[None]]
 
 
 def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
@@ -22,13 +21,15 @@ def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return s
 
 
-async def streams_for(sock: socket.socket, tls: ssl.SSLContext | None
-                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def streams_for(
+    sock: socket.socket, tls: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**16)
     protocol = asyncio.StreamReaderProtocol(reader)
     transport, _ = await loop.connect_accepted_socket(
-        lambda: protocol, sock, ssl=tls, ssl_handshake_timeout=10 if tls else None)
+        lambda: protocol, sock, ssl=tls, ssl_handshake_timeout=10 if tls else None
+    )
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
@@ -36,7 +37,12 @@ async def first_byte(sock: socket.socket, timeout: float) -> bytes:
     """Peek at the first byte without consuming it (b"" on EOF): a TLS ClientHello is 0x16."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: fut.done() or fut.set_result(None))
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(sock.fileno(), ready)
     try:
         await asyncio.wait_for(fut, timeout)
     finally:
@@ -44,8 +50,9 @@ async def first_byte(sock: socket.socket, timeout: float) -> bytes:
     return sock.recv(1, socket.MSG_PEEK)
 
 
-async def accept_loop(lsock: socket.socket, on_conn: Callable[[socket.socket], Awaitable[None]],
-                      limit: asyncio.Semaphore | None = None) -> None:
+async def accept_loop(
+    lsock: socket.socket, on_conn: Callable[[socket.socket], Coroutine[Any, Any, None]]
+) -> None:
     """Accept forever; each connection is served by its own task."""
     loop = asyncio.get_running_loop()
     while True:

@@ -1,4 +1,4 @@
-"""Admin (localhost 15000: /ready, /config_dump, /stats, /certs) and Prometheus (15090: /metrics)."""
+"""Admin (localhost 15000: /ready, /config_dump, /stats, /certs); Prometheus (15090: /metrics)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,12 @@ def _dump(proxy: Proxy) -> dict[str, Any]:
                 "vip": v.vip,
                 "ports": [{"port": p.port, "protocol": p.protocol} for p in v.service.ports],
                 "routes": [r.route.name or f"route-{i}" for i, r in enumerate(v.routes)],
-                "clusters": {str(k): [f"{e.address}:{e.inbound_port}" for e in c.endpoints]
-                             for k, c in v.clusters.items()},
-            } for name, v in (snap.services.items() if snap else ())
+                "clusters": {
+                    str(k): [f"{e.address}:{e.inbound_port}" for e in c.endpoints]
+                    for k, c in v.clusters.items()
+                },
+            }
+            for name, v in (snap.services.items() if snap else ())
         },
         "config": snap.config.to_wire() if snap else None,
     }
@@ -45,23 +48,37 @@ def admin_app(proxy: Proxy) -> web.Application:
 
     async def stats(_: web.Request) -> web.Response:
         t = proxy.telemetry
-        body = {**t.counters, **t.gauges, "upstream_connections_opened": proxy.pool.opened,
-                "requests_total": sum(t.requests.values())}
+        body = {
+            **t.counters,
+            **t.gauges,
+            "upstream_connections_opened": proxy.pool.opened,
+            "requests_total": sum(t.requests.values()),
+        }
         return web.json_response(body)
 
     async def certs(_: web.Request) -> web.Response:
         ident = proxy.identity
         if ident is None:
             return web.json_response({"error": "no certificate yet"}, status=503)
-        return web.json_response({"spiffe_id": str(ident.spiffe_id),
-                                  "not_after": ident.not_after.isoformat(),
-                                  "seconds_left": ident.lifetime_left(),
-                                  "renewals": proxy.control.renewals,
-                                  "certificate": ident.cert_pem.decode()})
+        return web.json_response(
+            {
+                "spiffe_id": str(ident.spiffe_id),
+                "not_after": ident.not_after.isoformat(),
+                "seconds_left": ident.lifetime_left(),
+                "renewals": proxy.control.renewals,
+                "certificate": ident.cert_pem.decode(),
+            }
+        )
 
     app = web.Application()
-    app.add_routes([web.get("/ready", ready), web.get("/config_dump", config_dump),
-                    web.get("/stats", stats), web.get("/certs", certs)])
+    app.add_routes(
+        [
+            web.get("/ready", ready),
+            web.get("/config_dump", config_dump),
+            web.get("/stats", stats),
+            web.get("/certs", certs),
+        ]
+    )
     return app
 
 

@@ -28,7 +28,7 @@ from proxy.http1 import (
     strip_hop_by_hop,
 )
 from proxy.policy.retry import Outcome, RetryParams, backoff, should_retry
-from proxy.streams import Conn, Connector, EventStream, PeerClosed, Pool
+from proxy.streams import Conn, Connector, ConnLimiter, EventStream, PeerClosed, Pool, PoolOverflow
 
 log = logging.getLogger("meshctl.proxy.forward")
 # Linkerd never retries a request whose body is over 64 KiB; we keep at most that much.
@@ -42,8 +42,10 @@ Headers = list[tuple[bytes, bytes]]
 
 LOCAL_TEXT = {
     "UH": b"no healthy upstream",
-    "UF": b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-    "UC": b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+    "UF": b"upstream connect error or disconnect/reset before headers. "
+    b"reset reason: connection failure",
+    "UC": b"upstream connect error or disconnect/reset before headers. "
+    b"reset reason: connection termination",
     "UT": b"upstream request timeout",
     "UO": b"upstream overflow",
     "NR": b"no route",
@@ -55,11 +57,15 @@ LOCAL_TEXT = {
 }
 
 
-def local_reply(status: int, flag: str, *, close: bool = False,
-                extra: Headers | None = None) -> bytes:
+def local_reply(
+    status: int, flag: str, *, close: bool = False, extra: Headers | None = None
+) -> bytes:
     body = LOCAL_TEXT.get(flag, b"")
-    headers: Headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body)),
-                        (b"server", b"meshctl")]
+    headers: Headers = [
+        (b"content-type", b"text/plain"),
+        (b"content-length", b"%d" % len(body)),
+        (b"server", b"meshctl"),
+    ]
     if extra:
         headers.extend(extra)
     if close:
@@ -67,20 +73,34 @@ def local_reply(status: int, flag: str, *, close: bool = False,
     return render_response_head(status, _REASONS.get(status, b""), headers) + body
 
 
-_REASONS = {400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 408: b"Request Timeout",
-            413: b"Payload Too Large", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
-            500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
-            504: b"Gateway Timeout", 505: b"HTTP Version Not Supported"}
+_REASONS = {
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
 
 
 @dataclass(slots=True)
 class Target:
-    """Where one attempt goes: a pool key and how to dial it."""
+    """Where one attempt goes: a pool key and how to dial it, and whom to tell how it went."""
 
     key: str
     connect: Connector
     connect_timeout_s: float
-    max_requests: int = 0
+    max_requests: int = 0  # DestinationRule http.maxRequestsPerConnection (0: unlimited)
+    limiter: ConnLimiter | None = None
+    idle_timeout_s: float | None = None
+    # (status or None, local-origin failure, latency): feeds outlier detection and EWMA.
+    report: Callable[[int | None, bool, float], None] | None = None
 
 
 @dataclass(slots=True)
@@ -104,11 +124,15 @@ class Plan:
     retry: RetryParams | None
     timeout_s: float | None
     response_headers: Callable[[Headers], Headers] | None = None
+    # Asked before each retry: the retry budget and the cluster's maxRetries gauge.
+    may_retry: Callable[[], bool] | None = None
 
 
-class _Abort(Exception):
-    def __init__(self, status: int, flag: str) -> None:
-        self.status, self.flag = status, flag
+class _Overflow(Outcome):
+    """Marker outcome: the connection pool overflowed (no attempt was made)."""
+
+
+_OVERFLOW = _Overflow()
 
 
 def _request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) -> bytes:
@@ -140,8 +164,9 @@ async def _read_body(down: EventStream, limit: int) -> tuple[list[bytes], bool, 
             return pieces, False, False
 
 
-async def forward(req: Request, down: EventStream, dwriter: asyncio.StreamWriter, pool: Pool,
-                  plan: Plan) -> Result:
+async def forward(
+    req: Request, down: EventStream, dwriter: asyncio.StreamWriter, pool: Pool, plan: Plan
+) -> Result:
     """Forward `req` (its head already parsed from `down`) and stream the response back."""
     start = time.monotonic()
     deadline = start + plan.timeout_s if plan.timeout_s else None
@@ -162,10 +187,16 @@ async def forward(req: Request, down: EventStream, dwriter: asyncio.StreamWriter
     last_flag, last_status = "UH", 503
     conn: Conn | None = None
     resp: Response | None = None
+    target: Target | None = None
     while attempt < attempts_allowed:
         if attempt:
-            delay = backoff(attempt - 1, _RNG, retry.base_interval_s, retry.max_interval_s) \
-                if retry else 0.0
+            if plan.may_retry is not None and not plan.may_retry():
+                break  # retry budget or maxRetries exhausted: the last failure stands
+            delay = (
+                backoff(attempt - 1, _RNG, retry.base_interval_s, retry.max_interval_s)
+                if retry
+                else 0.0
+            )
             if deadline is not None and time.monotonic() + delay >= deadline:
                 break
             await asyncio.sleep(delay)
@@ -176,12 +207,27 @@ async def forward(req: Request, down: EventStream, dwriter: asyncio.StreamWriter
             break
         per_try = retry.per_try_timeout_s if retry else None
         budget = _remaining(deadline)
-        try_timeout = min(x for x in (per_try, budget) if x is not None) \
-            if (per_try or budget) else None
-        outcome, conn, resp = await _attempt(req, plan, pool, target, body, complete, replayable,
-                                             down, try_timeout, has_body)
-        if resp is not None and (retry is None or attempt >= attempts_allowed or
-                                 not should_retry(retry, outcome, req.method, replayable)):
+        try_timeout = (
+            min(x for x in (per_try, budget) if x is not None) if (per_try or budget) else None
+        )
+        t0 = time.monotonic()
+        outcome, conn, resp = await _attempt(
+            req, plan, pool, target, body, complete, replayable, down, try_timeout, has_body
+        )
+        if outcome is _OVERFLOW:
+            last_flag, last_status = "UO", 503
+            break
+        if target.report is not None:
+            target.report(
+                outcome.status,
+                outcome.connect_failure or outcome.reset or outcome.timed_out,
+                time.monotonic() - t0,
+            )
+        if resp is not None and (
+            retry is None
+            or attempt >= attempts_allowed
+            or not should_retry(retry, outcome, req.method, replayable)
+        ):
             break
         if resp is not None:
             assert conn is not None
@@ -199,7 +245,7 @@ async def forward(req: Request, down: EventStream, dwriter: asyncio.StreamWriter
         if deadline is not None and time.monotonic() >= deadline:
             last_flag, last_status = "UT", 504
             break
-    if resp is None or conn is None:
+    if resp is None or conn is None or target is None:
         if deadline is not None and time.monotonic() >= deadline:
             last_flag, last_status = "UT", 504
         if last_flag == "URX":
@@ -208,28 +254,61 @@ async def forward(req: Request, down: EventStream, dwriter: asyncio.StreamWriter
             pass
         dwriter.write(local_reply(last_status, last_flag, close=not complete))
         return Result(last_status, last_flag, len(body), 0, "", attempt, complete)
-    return await _relay_response(req, resp, conn, down, dwriter, pool, target_key=conn.key,
-                                 req_bytes=len(body), attempts=attempt, deadline=deadline,
-                                 plan=plan, complete=complete)
+    return await _relay_response(
+        req,
+        resp,
+        conn,
+        down,
+        dwriter,
+        pool,
+        target_key=conn.key,
+        req_bytes=len(body),
+        attempts=attempt,
+        deadline=deadline,
+        plan=plan,
+        complete=complete,
+        max_requests=target.max_requests,
+    )
 
 
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.001, deadline - time.monotonic())
 
 
-async def _attempt(req: Request, plan: Plan, pool: Pool, target: Target, body: bytes,
-                   complete: bool, replayable: bool, down: EventStream,
-                   timeout: float | None, has_body: bool
-                   ) -> tuple[Outcome, Conn | None, Response | None]:
+async def _attempt(
+    req: Request,
+    plan: Plan,
+    pool: Pool,
+    target: Target,
+    body: bytes,
+    complete: bool,
+    replayable: bool,
+    down: EventStream,
+    timeout: float | None,
+    has_body: bool,
+) -> tuple[Outcome, Conn | None, Response | None]:
     try:
-        conn, _reused = await pool.get(target.key, target.connect, target.connect_timeout_s)
+        conn, _reused = await pool.get(
+            target.key,
+            target.connect,
+            target.connect_timeout_s,
+            target.limiter,
+            target.idle_timeout_s,
+        )
+    except PoolOverflow:
+        return _OVERFLOW, None, None
     except (OSError, TimeoutError, ConnectionError):
         return Outcome(connect_failure=True), None, None
     try:
         chunked = has_body and not complete
-        head = _request_head(req, plan, len(body) if complete and has_body else
-                             (None if chunked else (0 if req.content_length == 0 else None)),
-                             chunked)
+        head = _request_head(
+            req,
+            plan,
+            len(body)
+            if complete and has_body
+            else (None if chunked else (0 if req.content_length == 0 else None)),
+            chunked,
+        )
         w = conn.writer
         if chunked:
             w.write(head + encode_chunk(body))
@@ -271,16 +350,27 @@ async def _response_head(conn: Conn) -> Response:
             return ev
 
 
-async def _relay_response(req: Request, resp: Response, conn: Conn, down: EventStream,
-                          dwriter: asyncio.StreamWriter, pool: Pool, *, target_key: str,
-                          req_bytes: int, attempts: int, deadline: float | None, plan: Plan,
-                          complete: bool) -> Result:
+async def _relay_response(
+    req: Request,
+    resp: Response,
+    conn: Conn,
+    down: EventStream,
+    dwriter: asyncio.StreamWriter,
+    pool: Pool,
+    *,
+    target_key: str,
+    req_bytes: int,
+    attempts: int,
+    deadline: float | None,
+    plan: Plan,
+    complete: bool,
+    max_requests: int = 0,
+) -> Result:
     if resp.status == 101 and req.upgrade is not None:
         dwriter.write(render_response_head(101, resp.reason, resp.headers))
         await _splice(down, dwriter, conn)
         return Result(101, "-", req_bytes, 0, target_key, attempts, False)
-    headers = [(n, v) for n, v in strip_hop_by_hop(resp.headers)
-               if n.lower() != b"content-length"]
+    headers = [(n, v) for n, v in strip_hop_by_hop(resp.headers) if n.lower() != b"content-length"]
     if plan.response_headers is not None:
         headers = plan.response_headers(headers)
     no_body = req.method == b"HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
@@ -317,7 +407,7 @@ async def _relay_response(req: Request, resp: Response, conn: Conn, down: EventS
         conn.close()
         return Result(resp.status, "UC", req_bytes, size, target_key, attempts, False)
     if resp.keep_alive and not until_close:
-        pool.put(conn, 0)
+        pool.put(conn, max_requests)
     else:
         conn.close()
     return Result(resp.status, "-", req_bytes, size, target_key, attempts, keep)
@@ -336,9 +426,14 @@ async def _splice(down: EventStream, dwriter: asyncio.StreamWriter, conn: Conn) 
     conn.close()
 
 
-async def relay(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
-                r2: asyncio.StreamReader, w2: asyncio.StreamWriter) -> tuple[int, int]:
+async def relay(
+    r1: asyncio.StreamReader,
+    w1: asyncio.StreamWriter,
+    r2: asyncio.StreamReader,
+    w2: asyncio.StreamWriter,
+) -> tuple[int, int]:
     """Copy both directions until both are done, passing half-closes through (write_eof)."""
+
     async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
         n = 0
         try:

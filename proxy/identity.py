@@ -1,7 +1,8 @@
-"""The proxy's workload identity: its key, its SVID, the trust bundle, and TLS contexts built from them."""
+"""The proxy's workload identity: its key, its SVID, the trust bundle, TLS contexts from them."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,8 +36,9 @@ class Identity:
     server_ctx: ssl.SSLContext = field(repr=False)
 
     @classmethod
-    def build(cls, key: ec.EllipticCurvePrivateKey, cert_pem: bytes, bundle_pem: bytes,
-              files_dir: Path) -> Identity:
+    def build(
+        cls, key: ec.EllipticCurvePrivateKey, cert_pem: bytes, bundle_pem: bytes, files_dir: Path
+    ) -> Identity:
         """Write key (0600) and chain where OpenSSL can load them, and make both contexts."""
         ensure_dir(files_dir)
         key_path, cert_path = files_dir / "svid.key", files_dir / "svid.crt"
@@ -44,7 +46,10 @@ class Identity:
         atomic_write(cert_path, cert_pem, mode=0o644)
         atomic_write(files_dir / "bundle.crt", bundle_pem, mode=0o644)
         return cls(
-            spiffe_id=spiffe_id_of(cert_pem), key=key, cert_pem=cert_pem, bundle_pem=bundle_pem,
+            spiffe_id=spiffe_id_of(cert_pem),
+            key=key,
+            cert_pem=cert_pem,
+            bundle_pem=bundle_pem,
             not_after=cert_expiry(cert_pem),
             client_ctx=_context(ssl.PROTOCOL_TLS_CLIENT, cert_path, key_path, bundle_pem),
             server_ctx=_context(ssl.PROTOCOL_TLS_SERVER, cert_path, key_path, bundle_pem),
@@ -74,10 +79,8 @@ def _context(proto: int, cert: Path, key: Path, bundle_pem: bytes) -> ssl.SSLCon
 def _remember_sni(sslobj: object, server_name: str | None, ctx: ssl.SSLContext) -> None:
     # The client names the service and port it wants in SNI (see sni_for); the inbound
     # proxy reads it back after the handshake.
-    try:
+    with contextlib.suppress(AttributeError):
         sslobj.meshctl_sni = server_name  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
     return None
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import random
 import secrets
 import socket
 import ssl
@@ -25,17 +27,20 @@ from proxy.http1 import Request
 from proxy.identity import TLS_MIN, Identity
 from proxy.inbound.authz import decide
 from proxy.inbound.stack import Inbound
+from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import Outbound
+from proxy.policy.fault import FaultParams
+from proxy.policy.fault import decide as decide_fault
 from proxy.policy.ratelimit import TokenBucket
 from proxy.snapshot import ProxySnapshot, build_snapshot
-from proxy.streams import Pool
+from proxy.streams import ConnLimiter, Pool
 from proxy.telemetry import Telemetry
 from registry.ca import SpiffeId
 from registry.config import MeshConfig
-from registry.config.model import Fault
 from registry.server.catalog import Endpoint
 
 log = logging.getLogger("meshctl.proxy")
+_RNG = random.Random()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +93,9 @@ class Proxy:
         self.app_pool = Pool()
         self.snapshot: ProxySnapshot | None = None
         self.identity: Identity | None = None
-        self.control = ControlClient(opts.registry_url, opts.ca_file, opts.home / "tls",
-                                     self.proxy_id)
+        self.control = ControlClient(
+            opts.registry_url, opts.ca_file, opts.home / "tls", self.proxy_id
+        )
         self.control.on_identity(self._on_identity)
         self.outbound = Outbound(self)
         self.inbound = Inbound(self)
@@ -104,8 +110,10 @@ class Proxy:
         self.server_ctx = _fresh_ctx(True)
         self.client_ctx = _fresh_ctx(False)
         from proxy.identity import _remember_sni
+
         self.server_ctx.sni_callback = _remember_sni
         self._rid = secrets.randbits(32)
+        self.clusters = Clusters()
 
     # -- identity and config ---------------------------------------------------------
 
@@ -115,16 +123,24 @@ class Proxy:
             ctx.load_cert_chain(cert, key)
             ctx.load_verify_locations(cadata=ident.bundle_pem.decode())
         self.identity = ident
-        self.telemetry.gauges["meshctl_proxy_certificate_expiry_seconds"] = \
+        self.telemetry.gauges["meshctl_proxy_certificate_expiry_seconds"] = (
             ident.not_after.timestamp()
+        )
 
     def apply_view(self, view: View) -> str | None:
         """Build the snapshot for a view and swap it in; an error is the NACK message."""
         try:
             config = MeshConfig.from_wire(view.config)
             endpoints = [Endpoint.from_wire(e) for e in view.endpoints]
-            snap = build_snapshot(view.config_version, view.catalog_version, config, endpoints,
-                                  self.opts.service, self.labels)
+            snap = build_snapshot(
+                view.config_version,
+                view.catalog_version,
+                config,
+                endpoints,
+                self.opts.service,
+                self.labels,
+                self.clusters,
+            )
         except Exception as exc:  # a NACK carries the reason; the old snapshot stays
             log.exception("config version %d refused", view.config_version)
             self.telemetry.counters["meshctl_proxy_config_rejected_total"] += 1
@@ -142,6 +158,16 @@ class Proxy:
     def request_id(self) -> bytes:
         self._rid += 1
         return b"%s-%08x" % (self.proxy_id.encode()[-24:], self._rid & 0xFFFFFFFF)
+
+    def limiter(self, rt: ClusterRuntime) -> ConnLimiter:
+        """The connection limiter of a cluster, following its current limits."""
+        lim = rt.limiter
+        limits = rt.gauges.limits
+        if lim is None:
+            lim = rt.limiter = ConnLimiter(limits.max_connections, limits.max_pending)
+        else:
+            lim.max_connections, lim.max_pending = limits.max_connections, limits.max_pending
+        return lim
 
     def app_address(self, port: int) -> tuple[str, int]:
         return self.opts.apps.get(port, ("127.0.0.1", port))
@@ -163,21 +189,17 @@ class Proxy:
         if rl is None:
             return None
         if self._bucket is None or self._bucket_key != rl:
-            self._bucket = TokenBucket(rl.requests_per_unit / rl.fill_interval_s, rl.burst,
-                                       time.monotonic)
+            self._bucket = TokenBucket(
+                rl.requests_per_unit / rl.fill_interval_s, rl.burst, time.monotonic
+            )
             self._bucket_key = rl
         if self._bucket.take():
             return None
         return max(1, int(self._bucket.retry_after_s() + 0.999))
 
-    async def apply_fault(self, fault: Fault, writer: asyncio.StreamWriter) -> int | None:
-        from proxy.policy.fault import FaultParams, decide
-        import random
-        d = decide(FaultParams(
-            delay_s=fault.delay.fixed_delay_s if fault.delay else 0.0,
-            delay_percent=fault.delay.percentage if fault.delay else 0.0,
-            abort_status=fault.abort.http_status if fault.abort else None,
-            abort_percent=fault.abort.percentage if fault.abort else 0.0), random)
+    async def apply_fault(self, fault: FaultParams, writer: asyncio.StreamWriter) -> int | None:
+        """VirtualService fault injection: delay and/or abort, each on its percentage."""
+        d = decide_fault(fault, _RNG)
         if d.delay_s:
             await asyncio.sleep(d.delay_s)
         if d.abort_status is not None:
@@ -185,28 +207,66 @@ class Proxy:
             return d.abort_status
         return None
 
-    def record(self, snap: ProxySnapshot, reporter: str, dest_service: str, result: Result,
-               start: float, req: Request, peer: SpiffeId | None = None) -> None:
+    def record(
+        self,
+        snap: ProxySnapshot,
+        reporter: str,
+        dest_service: str,
+        result: Result,
+        start: float,
+        req: Request,
+        peer: SpiffeId | None = None,
+    ) -> None:
         ms = (time.monotonic() - start) * 1000.0
         ns = snap.config.namespace
         me = self.opts.service
         my_wl = f"{me}-{self.opts.version}" if self.opts.version else me
         if reporter == "source":
-            src_wl, src_ver, src_principal = my_wl, self.opts.version or "unknown", \
-                str(self.identity.spiffe_id) if self.identity else "unknown"
-            dst_wl, dst_ver, dst_principal = dest_service, "unknown", \
-                snap.config.spiffe_id(dest_service)
+            src_wl, src_ver, src_principal = (
+                my_wl,
+                self.opts.version or "unknown",
+                str(self.identity.spiffe_id) if self.identity else "unknown",
+            )
+            dst_wl, dst_ver, dst_principal = (
+                dest_service,
+                "unknown",
+                snap.config.spiffe_id(dest_service),
+            )
             mtls = "mutual_tls"
         else:
             src = peer.service_account if peer else None
-            src_wl, src_ver, src_principal = src or "unknown", "unknown", \
-                str(peer) if peer else "unknown"
-            dst_wl, dst_ver, dst_principal = my_wl, self.opts.version or "unknown", \
-                str(self.identity.spiffe_id) if self.identity else "unknown"
+            src_wl, src_ver, src_principal = (
+                src or "unknown",
+                "unknown",
+                str(peer) if peer else "unknown",
+            )
+            dst_wl, dst_ver, dst_principal = (
+                my_wl,
+                self.opts.version or "unknown",
+                str(self.identity.spiffe_id) if self.identity else "unknown",
+            )
             mtls = "mutual_tls" if peer else "none"
-        labels = (reporter, src_wl, ns, src_principal, src_wl.split("-")[0], src_ver, dst_wl, ns,
-                  dst_principal, dest_service, dst_ver, f"{dest_service}.{ns}", dest_service, ns,
-                  "http", str(result.status), "-", result.flags or "-", mtls)
+        labels = (
+            reporter,
+            src_wl,
+            ns,
+            src_principal,
+            src_wl.split("-")[0],
+            src_ver,
+            dst_wl,
+            ns,
+            dst_principal,
+            dest_service,
+            dst_ver,
+            f"{dest_service}.{ns}",
+            dest_service,
+            ns,
+            "http",
+            str(result.status),
+            "-",
+            result.flags or "-",
+            mtls,
+        )
         self.telemetry.record_request(labels, ms, result.req_bytes, result.resp_bytes)
 
     # -- listeners -------------------------------------------------------------------
@@ -221,6 +281,7 @@ class Proxy:
 
     async def _transparent(self, sock: socket.socket) -> None:
         from proxy.intercept.origdst import original_dst
+
         try:
             ip, port = original_dst(sock)
             reader, writer = await streams_for(sock, None)
@@ -234,10 +295,12 @@ class Proxy:
             return
         await self.outbound.serve(reader, writer, hit[0].service.name, hit[1])
 
-    async def _passthrough(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           ip: str, port: int) -> None:
+    async def _passthrough(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str, port: int
+    ) -> None:
         """Not a mesh service: relay to where the app meant to go (our uid is not redirected)."""
         from proxy.forward import relay
+
         self.telemetry.counters["meshctl_proxy_passthrough_total"] += 1
         try:
             ur, uw = await asyncio.wait_for(asyncio.open_connection(ip, port), 10)
@@ -261,17 +324,28 @@ class Proxy:
         for up in opts.upstreams:
             us = listen(up.listen_host, up.listen_port)
             self._listeners.append(us)
-            self._tasks.append(spawn(accept_loop(us, lambda c, up=up: self._explicit(up, c))))
+            self._tasks.append(spawn(accept_loop(us, functools.partial(self._explicit, up))))
         if opts.outbound is not None:
             os_ = listen(*opts.outbound)
             self._listeners.append(os_)
             self._tasks.append(spawn(accept_loop(os_, self._transparent)))
         await self._start_admin()
-        self.endpoint = {"id": self.proxy_id, "service": opts.service, "address": opts.advertise,
-                         "inbound_port": inbound_port, "labels": self.labels, "health": "healthy"}
+        self.endpoint = {
+            "id": self.proxy_id,
+            "service": opts.service,
+            "address": opts.advertise,
+            "inbound_port": inbound_port,
+            "labels": self.labels,
+            "health": "healthy",
+        }
         self._tasks.append(spawn(self.control.heartbeat_loop(self.endpoint), name="heartbeat"))
-        log.info("proxy %s ready: inbound %s:%d, config version %d", self.proxy_id,
-                 opts.inbound[0], inbound_port, self.snapshot.version if self.snapshot else 0)
+        log.info(
+            "proxy %s ready: inbound %s:%d, config version %d",
+            self.proxy_id,
+            opts.inbound[0],
+            inbound_port,
+            self.snapshot.version if self.snapshot else 0,
+        )
 
     @property
     def ports(self) -> dict[str, int]:
@@ -279,8 +353,11 @@ class Proxy:
 
     async def _start_admin(self) -> None:
         from proxy.admin import admin_app, metrics_app
-        for app, (host, port) in ((admin_app(self), self.opts.admin),
-                                  (metrics_app(self), self.opts.metrics)):
+
+        for app, (host, port) in (
+            (admin_app(self), self.opts.admin),
+            (metrics_app(self), self.opts.metrics),
+        ):
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             await web.TCPSite(runner, host, port, reuse_address=True).start()

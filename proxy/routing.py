@@ -1,14 +1,16 @@
-"""VirtualService HTTP route matching, compiled once per snapshot (uri, method, authority, headers)."""
+"""VirtualService HTTP routes compiled once per snapshot: matching, weights, header ops."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from proxy.http1 import Request
+from proxy.policy.fault import FaultParams
+from proxy.policy.retry import RetryParams
 from proxy.policy.weights import WeightedPicker
-from registry.config.model import HTTPMatch, HTTPRoute, StringMatch
+from registry.config.model import Fault, HeaderOperations, HTTPMatch, HTTPRoute, StringMatch
 
 Predicate = Callable[[bytes], bool]
 
@@ -22,7 +24,9 @@ def _string_predicate(m: StringMatch, ignore_case: bool = False) -> Predicate:
     if m.kind == "exact":
         return (lambda v: v.lower() == raw) if ignore_case else (lambda v: v == raw)
     if m.kind == "prefix":
-        return (lambda v: v.lower().startswith(raw)) if ignore_case else (lambda v: v.startswith(raw))
+        return (
+            (lambda v: v.lower().startswith(raw)) if ignore_case else (lambda v: v.startswith(raw))
+        )
     # Istio regexes are RE2 full matches (the validator refused what RE2 lacks).
     rx = re.compile(raw, re.IGNORECASE if ignore_case else 0)
     return lambda v: rx.fullmatch(v) is not None
@@ -50,6 +54,7 @@ def _compile_match(m: HTTPMatch) -> Callable[[Request], bool]:
         def header_ok(r: Request, hn: bytes = hn, ph: Predicate = ph) -> bool:
             v = r.get(hn)
             return v is not None and ph(v)
+
         checks.append(header_ok)
     for name, sm in m.without_headers:
         hn, ph = name.encode(), _string_predicate(sm)
@@ -57,6 +62,7 @@ def _compile_match(m: HTTPMatch) -> Callable[[Request], bool]:
         def header_absent(r: Request, hn: bytes = hn, ph: Predicate = ph) -> bool:
             v = r.get(hn)
             return v is None or not ph(v)
+
         checks.append(header_absent)
     if m.query_params:
         qps = [(k.encode(), _string_predicate(sm)) for k, sm in m.query_params]
@@ -65,6 +71,7 @@ def _compile_match(m: HTTPMatch) -> Callable[[Request], bool]:
             q = r.target.partition(b"?")[2]
             params = dict(kv.partition(b"=")[::2] for kv in q.split(b"&") if kv)
             return all(k in params and p(params[k]) for k, p in qps)
+
         checks.append(query_ok)
     if not checks:
         return lambda r: True
@@ -73,13 +80,30 @@ def _compile_match(m: HTTPMatch) -> Callable[[Request], bool]:
     return lambda r: all(c(r) for c in checks)
 
 
+HeaderList = list[tuple[bytes, bytes]]
+
+
+def _pairs(items: Iterable[tuple[str, str]]) -> HeaderList:
+    return [(k.encode(), v.encode()) for k, v in items]
+
+
 @dataclass(slots=True)
 class CompiledRoute:
-    """One `http` entry of a VirtualService, ready to match and to pick a destination."""
+    """One `http` entry of a VirtualService, ready to match and to pick a destination.
+
+    Everything a request needs from the route is computed here once per snapshot: retry
+    parameters, header operations as bytes, the weighted picker.
+    """
 
     route: HTTPRoute
     matches: tuple[Callable[[Request], bool], ...]
     picker: WeightedPicker | None
+    retry: RetryParams
+    # Per destination index: request headers to add, names to remove (route + destination).
+    add_request: tuple[HeaderList, ...]
+    remove_request: tuple[frozenset[bytes], ...]
+    response_ops: tuple[Callable[[HeaderList], HeaderList] | None, ...]
+    fault: FaultParams | None
 
     def matches_request(self, req: Request) -> bool:
         return not self.matches or any(m(req) for m in self.matches)
@@ -88,10 +112,68 @@ class CompiledRoute:
         return 0 if self.picker is None else self.picker.pick()
 
 
-def compile_route(route: HTTPRoute) -> CompiledRoute:
+def _retry_params(route: HTTPRoute) -> RetryParams:
+    r = route.retries
+    if r is None:
+        return RetryParams()  # Istio's default: 2 retries on connect-failure,refused-stream,...
+    return RetryParams(
+        attempts=r.attempts, per_try_timeout_s=r.per_try_timeout_s, retry_on=frozenset(r.retry_on)
+    )
+
+
+def _response_ops(
+    route: HeaderOperations, dest: HeaderOperations
+) -> Callable[[HeaderList], HeaderList] | None:
+    set_ = _pairs((*route.set, *dest.set))
+    add = _pairs((*route.add, *dest.add))
+    drop = frozenset(
+        {k.lower().encode() for k in (*route.remove, *dest.remove)} | {k.lower() for k, _ in set_}
+    )
+    if not (set_ or add or drop):
+        return None
+
+    def apply(headers: HeaderList) -> HeaderList:
+        return [(n, v) for n, v in headers if n.lower() not in drop] + set_ + add
+
+    return apply
+
+
+def compile_route(route: HTTPRoute, spoofable: frozenset[bytes] = frozenset()) -> CompiledRoute:
     weights = [d.weight for d in route.route]
-    return CompiledRoute(route=route, matches=tuple(_compile_match(m) for m in route.match),
-                         picker=WeightedPicker(weights) if len(weights) > 1 else None)
+    ops = route.headers.request
+    adds, removes, resp = [], [], []
+    for d in route.route:
+        dops = d.headers.request
+        adds.append(_pairs((*ops.set, *ops.add, *dops.set, *dops.add)))
+        removes.append(
+            frozenset(
+                spoofable
+                | {k.lower().encode() for k in (*ops.remove, *dops.remove)}
+                | {k.lower().encode() for k, _ in (*ops.set, *dops.set)}
+            )
+        )
+        resp.append(_response_ops(route.headers.response, d.headers.response))
+    return CompiledRoute(
+        route=route,
+        matches=tuple(_compile_match(m) for m in route.match),
+        picker=WeightedPicker(weights) if len(weights) > 1 else None,
+        retry=_retry_params(route),
+        add_request=tuple(adds),
+        remove_request=tuple(removes),
+        response_ops=tuple(resp),
+        fault=_fault_params(route.fault),
+    )
+
+
+def _fault_params(fault: Fault | None) -> FaultParams | None:
+    if fault is None:
+        return None
+    return FaultParams(
+        delay_s=fault.delay.fixed_delay_s if fault.delay else 0.0,
+        delay_percent=fault.delay.percentage if fault.delay else 0.0,
+        abort_status=fault.abort.http_status if fault.abort else None,
+        abort_percent=fault.abort.percentage if fault.abort else 0.0,
+    )
 
 
 def first_match(routes: tuple[CompiledRoute, ...], req: Request) -> CompiledRoute | None:

@@ -7,57 +7,56 @@ they started with until they finish, so a swap never changes a request mid-fligh
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from meshctl.vip import service_vip
 from proxy.inbound.authz import compile_policies
+from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.routing import CompiledRoute, compile_route
 from registry.config import MeshConfig
 from registry.config.model import (
     AuthorizationPolicy,
     DestinationRule,
     HTTPRoute,
+    HTTPSettings,
     Service,
     TrafficPolicy,
 )
 from registry.server.catalog import Endpoint
 
-UNSET = object()
+# Headers a client must never set on a hop we vouch for: identity is the verified
+# certificate's only (Istio's forwardClientCertDetails SANITIZE_SET).
+SPOOFABLE = frozenset((b"x-forwarded-client-cert",))
 
 
 @dataclass(slots=True)
 class Cluster:
-    """The endpoints of one service subset, and the picker over them."""
+    """The endpoints of one service subset, its DestinationRule policy and its runtime state."""
 
     service: str
     subset: str | None
     endpoints: tuple[Endpoint, ...]
     policy: TrafficPolicy | None
-    _rr: itertools.count[int] = field(default_factory=itertools.count)
-
-    def pick(self, exclude: frozenset[str] = frozenset()) -> Endpoint | None:
-        """Round robin over healthy endpoints, skipping `exclude` (the ones that just failed)
-        when another endpoint exists."""
-        eps = self.endpoints
-        if not eps:
-            return None
-        n = len(eps)
-        start = next(self._rr)
-        for i in range(n):
-            ep = eps[(start + i) % n]
-            if ep.id not in exclude:
-                return ep
-        return eps[start % n]
+    runtime: ClusterRuntime
 
     @property
     def connect_timeout_s(self) -> float:
         pol = self.policy
         if pol is not None and pol.connection_pool is not None:
             return pol.connection_pool.tcp.connect_timeout_s
-        return 5.0
+        return 10.0  # Istio's connectTimeout default
+
+    @property
+    def http(self) -> HTTPSettings:
+        pol = self.policy
+        if pol is not None and pol.connection_pool is not None:
+            return pol.connection_pool.http
+        return _DEFAULT_HTTP
+
+
+_DEFAULT_HTTP = HTTPSettings()
 
 
 @dataclass(slots=True)
@@ -88,10 +87,25 @@ def _labels_match(ep: Endpoint, labels: Sequence[tuple[str, str]]) -> bool:
 
 def _default_route(name: str) -> HTTPRoute:
     from registry.config.model import Destination, Headers, RouteDestination
-    return HTTPRoute(name="default", match=(), route=(RouteDestination(
-        destination=Destination(host=name, subset=None, port=None), weight=100,
-        headers=Headers()),), timeout_s=None, retries=None, fault=None, mirror=None,
-        mirror_percentage=0.0, headers=Headers(), rewrite=None)
+
+    return HTTPRoute(
+        name="default",
+        match=(),
+        route=(
+            RouteDestination(
+                destination=Destination(host=name, subset=None, port=None),
+                weight=100,
+                headers=Headers(),
+            ),
+        ),
+        timeout_s=None,
+        retries=None,
+        fault=None,
+        mirror=None,
+        mirror_percentage=0.0,
+        headers=Headers(),
+        rewrite=None,
+    )
 
 
 @dataclass(slots=True)
@@ -115,10 +129,25 @@ class ProxySnapshot:
         return self.services[hit[0]], hit[1]
 
 
-def build_snapshot(version: int, catalog_version: int, config: MeshConfig,
-                   endpoints: Sequence[Endpoint], me: str | None,
-                   my_labels: Mapping[str, str]) -> ProxySnapshot:
+def build_snapshot(
+    version: int,
+    catalog_version: int,
+    config: MeshConfig,
+    endpoints: Sequence[Endpoint],
+    me: str | None,
+    my_labels: Mapping[str, str],
+    runtimes: Clusters | None = None,
+) -> ProxySnapshot:
     """Everything per-request lookups need, computed once for this (config, catalog) pair."""
+    runtimes = runtimes if runtimes is not None else Clusters()
+    used: set[tuple[str, str | None]] = set()
+
+    def cluster(
+        service: str, subset: str | None, eps: tuple[Endpoint, ...], policy: TrafficPolicy | None
+    ) -> Cluster:
+        used.add((service, subset))
+        return Cluster(service, subset, eps, policy, runtimes.get(service, subset, policy, eps))
+
     healthy: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
         if ep.health == "healthy":
@@ -129,29 +158,47 @@ def build_snapshot(version: int, catalog_version: int, config: MeshConfig,
         eps = tuple(healthy.get(svc.name, ()))
         dr = config.destination_rule_for(svc.name)
         clusters: dict[str | None, Cluster] = {
-            None: Cluster(svc.name, None, eps, _subset_policy(dr, None))}
+            None: cluster(svc.name, None, eps, _subset_policy(dr, None))
+        }
         if dr is not None:
             for sub in dr.subsets:
-                clusters[sub.name] = Cluster(
-                    svc.name, sub.name, tuple(e for e in eps if _labels_match(e, sub.labels)),
-                    _subset_policy(dr, sub.name))
+                clusters[sub.name] = cluster(
+                    svc.name,
+                    sub.name,
+                    tuple(e for e in eps if _labels_match(e, sub.labels)),
+                    _subset_policy(dr, sub.name),
+                )
         vs = config.virtual_service_for(svc.name)
-        routes = tuple(compile_route(r) for r in vs.http) if vs is not None else ()
+        routes = tuple(compile_route(r, SPOOFABLE) for r in vs.http) if vs is not None else ()
         vip = service_vip(svc.name)
-        services[svc.name] = ServiceView(service=svc, vip=vip, routes=routes, clusters=clusters,
-                                         default_route=compile_route(_default_route(svc.name)))
+        services[svc.name] = ServiceView(
+            service=svc,
+            vip=vip,
+            routes=routes,
+            clusters=clusters,
+            default_route=compile_route(_default_route(svc.name), SPOOFABLE),
+        )
         for p in svc.ports:
             by_address[(vip, p.port)] = (svc.name, p.port)
             for ep in eps:
                 by_address.setdefault((ep.address, p.port), (svc.name, p.port))
+    runtimes.retain(used)
     me_svc = config.service(me) if me else None
     authz = tuple(p for p in config.authorization_policies if _selects(p.selector, my_labels))
     peer_mode, port_modes = _peer_mode(config, my_labels)
-    return ProxySnapshot(version=version, catalog_version=catalog_version, config=config,
-                         me=me_svc, my_labels=dict(my_labels), services=services,
-                         by_address=by_address, authz=authz,
-                         compiled_authz=compile_policies(authz), peer_mode=peer_mode,
-                         port_modes=port_modes)
+    return ProxySnapshot(
+        version=version,
+        catalog_version=catalog_version,
+        config=config,
+        me=me_svc,
+        my_labels=dict(my_labels),
+        services=services,
+        by_address=by_address,
+        authz=authz,
+        compiled_authz=compile_policies(authz),
+        peer_mode=peer_mode,
+        port_modes=port_modes,
+    )
 
 
 def _selects(selector: Sequence[tuple[str, str]] | None, labels: Mapping[str, str]) -> bool:
@@ -164,9 +211,9 @@ def _peer_mode(config: MeshConfig, labels: Mapping[str, str]) -> tuple[str, dict
     mode, ports = "STRICT", {}
     chosen: Any = None
     for pa in config.peer_authentications:
-        if pa.selector is None and chosen is None:
-            chosen = pa
-        elif pa.selector is not None and _selects(pa.selector, labels):
+        if (pa.selector is None and chosen is None) or (
+            pa.selector is not None and _selects(pa.selector, labels)
+        ):
             chosen = pa
     if chosen is not None:
         if chosen.mode not in (None, "UNSET"):

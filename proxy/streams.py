@@ -21,9 +21,11 @@ class PeerClosed(Exception):
 class EventStream:
     """Events from a parser fed by a StreamReader, one at a time, reading only when needed."""
 
-    __slots__ = ("parser", "pending", "reader", "eof")
+    __slots__ = ("eof", "parser", "pending", "reader")
 
-    def __init__(self, reader: asyncio.StreamReader, parser: RequestParser | ResponseParser) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, parser: RequestParser | ResponseParser
+    ) -> None:
         self.reader = reader
         self.parser = parser
         self.pending: deque[Event] = deque()
@@ -54,6 +56,7 @@ class Conn:
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     requests: int = 0
+    limiter: ConnLimiter | None = None
 
     @property
     def parser(self) -> ResponseParser:
@@ -64,13 +67,69 @@ class Conn:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+        if self.limiter is not None:
+            self.limiter.closed()
+            self.limiter = None
 
     def reusable(self) -> bool:
-        return not self.events.eof and not self.events.pending and not self.writer.is_closing() \
+        return (
+            not self.events.eof
+            and not self.events.pending
+            and not self.writer.is_closing()
             and not self.reader.at_eof()
+        )
 
 
 Connector = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+class PoolOverflow(Exception):
+    """Connection limit reached and the pending queue full or timed out (Envoy flag UO)."""
+
+
+class ConnLimiter:
+    """Istio connectionPool.tcp.maxConnections with http1MaxPendingRequests waiting for a slot.
+
+    A request that finds no idle connection and no room for a new one waits (counted as
+    pending) until a connection is returned or closed; past the pending limit it overflows
+    at once: a fast 503, not a growing queue.
+    """
+
+    def __init__(self, max_connections: int, max_pending: int) -> None:
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.open = 0
+        self.pending = 0
+        self.overflows = 0
+        self._event = asyncio.Event()
+
+    def try_open(self) -> bool:
+        if self.open < self.max_connections:
+            self.open += 1
+            return True
+        return False
+
+    def closed(self) -> None:
+        self.open = max(0, self.open - 1)
+        self.notify()
+
+    def notify(self) -> None:
+        if self.pending:
+            old, self._event = self._event, asyncio.Event()
+            old.set()
+
+    async def wait(self, timeout: float) -> None:
+        if self.pending >= self.max_pending:
+            self.overflows += 1
+            raise PoolOverflow("pending requests over http1MaxPendingRequests")
+        self.pending += 1
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            self.overflows += 1
+            raise PoolOverflow("no connection became free in time") from None
+        finally:
+            self.pending -= 1
 
 
 class Pool:
@@ -82,18 +141,40 @@ class Pool:
         self.idle_timeout_s = idle_timeout_s
         self.opened = 0
 
-    async def get(self, key: str, connect: Connector, timeout: float) -> tuple[Conn, bool]:
-        """A connection for `key`: (conn, reused). Connect errors propagate to the caller."""
-        idle = self._idle.get(key)
-        now = time.monotonic()
-        while idle:
-            c = idle.pop()
-            if c.reusable() and now - c.last_used < self.idle_timeout_s:
-                return c, True
-            c.close()
-        reader, writer = await asyncio.wait_for(connect(), timeout)
+    async def get(
+        self,
+        key: str,
+        connect: Connector,
+        timeout: float,
+        limiter: ConnLimiter | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> tuple[Conn, bool]:
+        """A connection for `key`: (conn, reused). Connect errors and PoolOverflow propagate."""
+        deadline = time.monotonic() + timeout
+        max_idle_age = idle_timeout_s or self.idle_timeout_s
+        while True:
+            idle = self._idle.get(key)
+            now = time.monotonic()
+            while idle:
+                c = idle.pop()
+                if c.reusable() and now - c.last_used < max_idle_age:
+                    return c, True
+                c.close()
+            if limiter is None or limiter.try_open():
+                break
+            await limiter.wait(max(0.001, deadline - now))
+        try:
+            reader, writer = await asyncio.wait_for(
+                connect(), max(0.001, deadline - time.monotonic())
+            )
+        except BaseException:
+            if limiter is not None:
+                limiter.closed()
+            raise
         self.opened += 1
-        return Conn(key, reader, writer, EventStream(reader, ResponseParser())), False
+        return Conn(
+            key, reader, writer, EventStream(reader, ResponseParser()), limiter=limiter
+        ), False
 
     def put(self, conn: Conn, max_requests: int = 0) -> None:
         conn.requests += 1
@@ -106,6 +187,8 @@ class Pool:
             conn.close()
             return
         idle.append(conn)
+        if conn.limiter is not None:
+            conn.limiter.notify()
 
     def close_all(self) -> None:
         for idle in self._idle.values():

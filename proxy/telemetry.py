@@ -1,4 +1,4 @@
-"""Request and connection metrics under Istio's standard names (telemetry v2), rendered for Prometheus.
+"""Request and connection metrics under Istio's standard names (telemetry v2), for Prometheus.
 
 Counters are plain dict entries keyed by a label tuple that the snapshot pre-builds per
 route and endpoint, so recording a request costs a few dict operations, no formatting.
@@ -12,18 +12,51 @@ from collections import defaultdict
 from meshctl.promtext import labels_text
 
 # Istio's default buckets for istio_request_duration_milliseconds.
-DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
-                       60000, 300000, 600000, 1800000, 3600000)
+DURATION_BUCKETS_MS = (
+    0.5,
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    300000,
+    600000,
+    1800000,
+    3600000,
+)
 SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
 
-REQUEST_LABELS = ("reporter", "source_workload", "source_workload_namespace", "source_principal",
-                  "source_app", "source_version", "destination_workload",
-                  "destination_workload_namespace", "destination_principal", "destination_app",
-                  "destination_version", "destination_service", "destination_service_name",
-                  "destination_service_namespace", "request_protocol", "response_code",
-                  "grpc_response_status", "response_flags", "connection_security_policy")
-TCP_LABELS = tuple(n for n in REQUEST_LABELS
-                   if n not in ("response_code", "grpc_response_status"))
+REQUEST_LABELS = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+TCP_LABELS = tuple(n for n in REQUEST_LABELS if n not in ("response_code", "grpc_response_status"))
 
 LabelValues = tuple[str, ...]
 
@@ -59,8 +92,9 @@ class Telemetry:
         self.counters: dict[str, float] = defaultdict(float)
         self.gauges: dict[str, float] = {}
 
-    def record_request(self, labels: LabelValues, duration_ms: float, req_bytes: int,
-                       resp_bytes: int) -> None:
+    def record_request(
+        self, labels: LabelValues, duration_ms: float, req_bytes: int, resp_bytes: int
+    ) -> None:
         self.requests[labels] += 1
         h = self.durations.get(labels)
         if h is None:
@@ -74,8 +108,9 @@ class Telemetry:
     def render(self) -> str:
         out: list[str] = []
 
-        def counter(name: str, help_text: str, series: dict[LabelValues, int],
-                    names: tuple[str, ...]) -> None:
+        def counter(
+            name: str, help_text: str, series: dict[LabelValues, int], names: tuple[str, ...]
+        ) -> None:
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} counter")
             for lv, v in series.items():
                 out.append(f"{name}{labels_text(dict(zip(names, lv, strict=True)))} {v}")
@@ -85,25 +120,43 @@ class Telemetry:
             for lv, h in series.items():
                 base = dict(zip(REQUEST_LABELS, lv, strict=True))
                 acc = 0
-                for le, c in zip((*h.buckets, "+Inf"), h.counts, strict=True):
+                les: list[float | str] = [*h.buckets, "+Inf"]
+                for le, c in zip(les, h.counts, strict=True):
                     acc += c
                     out.append(f"{name}_bucket{labels_text({**base, 'le': _fmt(le)})} {acc}")
                 out.append(f"{name}_sum{labels_text(base)} {h.sum}")
                 out.append(f"{name}_count{labels_text(base)} {h.count}")
 
-        counter("istio_requests_total", "Requests handled by this proxy.", self.requests,
-                REQUEST_LABELS)
+        counter(
+            "istio_requests_total", "Requests handled by this proxy.", self.requests, REQUEST_LABELS
+        )
         hist("istio_request_duration_milliseconds", "Request duration.", self.durations)
         hist("istio_request_bytes", "Request sizes (headers and body).", self.request_bytes)
         hist("istio_response_bytes", "Response sizes (headers and body).", self.response_bytes)
-        counter("istio_tcp_sent_bytes_total", "Bytes sent to the peer on TCP connections.",
-                self.tcp_sent, TCP_LABELS)
-        counter("istio_tcp_received_bytes_total", "Bytes received on TCP connections.",
-                self.tcp_received, TCP_LABELS)
-        counter("istio_tcp_connections_opened_total", "TCP connections opened.",
-                self.tcp_opened, TCP_LABELS)
-        counter("istio_tcp_connections_closed_total", "TCP connections closed.",
-                self.tcp_closed, TCP_LABELS)
+        counter(
+            "istio_tcp_sent_bytes_total",
+            "Bytes sent to the peer on TCP connections.",
+            self.tcp_sent,
+            TCP_LABELS,
+        )
+        counter(
+            "istio_tcp_received_bytes_total",
+            "Bytes received on TCP connections.",
+            self.tcp_received,
+            TCP_LABELS,
+        )
+        counter(
+            "istio_tcp_connections_opened_total",
+            "TCP connections opened.",
+            self.tcp_opened,
+            TCP_LABELS,
+        )
+        counter(
+            "istio_tcp_connections_closed_total",
+            "TCP connections closed.",
+            self.tcp_closed,
+            TCP_LABELS,
+        )
         for name, value in sorted(self.counters.items()):
             out.append(f"# TYPE {name} counter\n{name} {_fmt(value)}")
         for name, value in sorted(self.gauges.items()):

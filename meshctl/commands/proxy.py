@@ -7,8 +7,9 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,21 +28,44 @@ def _hostport(value: str, default_host: str) -> tuple[str, int]:
 @app.command()
 def proxy(
     service: Annotated[str, typer.Option(help="The service this proxy stands beside.")],
-    registry: Annotated[str, typer.Option(help="Registry URL, e.g. https://127.0.0.1:15012.",
-                                          envvar="MESH_REGISTRY")],
-    token_file: Annotated[Path, typer.Option(help="File holding the one-time join token.",
-                                             exists=True, dir_okay=False)],
-    ca_file: Annotated[Path | None, typer.Option(help="The mesh's root certificate (trust for "
-                                                 "the registry). Default: MESH_HOME's.")] = None,
+    registry: Annotated[
+        str,
+        typer.Option(help="Registry URL, e.g. https://127.0.0.1:15012.", envvar="MESH_REGISTRY"),
+    ],
+    token_file: Annotated[
+        Path,
+        typer.Option(help="File holding the one-time join token.", exists=True, dir_okay=False),
+    ],
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The mesh's root certificate (trust for the registry). Default: MESH_HOME's."
+        ),
+    ] = None,
     version: Annotated[str | None, typer.Option(help="The workload's version label.")] = None,
-    advertise: Annotated[str, typer.Option(help="Address peers use to reach this proxy.")] = "127.0.0.1",
-    inbound: Annotated[str, typer.Option(help="Inbound mTLS listener HOST:PORT.")] = "0.0.0.0:15006",
-    outbound: Annotated[str | None, typer.Option(help="Transparent outbound listener HOST:PORT "
-                                                 "(iptables mode), e.g. 127.0.0.1:15001.")] = None,
-    upstream: Annotated[list[str], typer.Option(help="Explicit mode: SERVICE:PORT=[HOST:]LOCALPORT "
-                                                "(repeatable).")] = [],  # noqa: B006
-    app_addr: Annotated[list[str], typer.Option("--app", help="Where the app listens for a service "
-                                                "port: PORT=HOST:PORT (default 127.0.0.1:PORT).")] = [],  # noqa: B006
+    advertise: Annotated[
+        str, typer.Option(help="Address peers use to reach this proxy.")
+    ] = "127.0.0.1",
+    inbound: Annotated[
+        str, typer.Option(help="Inbound mTLS listener HOST:PORT.")
+    ] = "0.0.0.0:15006",
+    outbound: Annotated[
+        str | None,
+        typer.Option(
+            help="Transparent outbound listener HOST:PORT (iptables mode), e.g. 127.0.0.1:15001."
+        ),
+    ] = None,
+    upstream: Annotated[
+        list[str], typer.Option(help="Explicit mode: SERVICE:PORT=[HOST:]LOCALPORT (repeatable).")
+    ] = [],  # noqa: B006
+    app_addr: Annotated[
+        list[str],
+        typer.Option(
+            "--app",
+            help="Where the app listens for a service "
+            "port: PORT=HOST:PORT (default 127.0.0.1:PORT).",
+        ),
+    ] = [],  # noqa: B006
     admin: Annotated[str, typer.Option(help="Admin listener (localhost).")] = "127.0.0.1:15000",
     metrics: Annotated[str, typer.Option(help="Prometheus listener.")] = "0.0.0.0:15090",
     proxy_id: Annotated[str, typer.Option(help="Stable id of this proxy (default: derived).")] = "",
@@ -65,30 +89,49 @@ def proxy(
         apps[int(port)] = _hostport(target, "127.0.0.1")
     home = mesh_home() / "proxies" / (proxy_id or service)
     opts = ProxyOptions(
-        registry_url=registry, ca_file=ca_file or mesh_home() / "registry" / "ca" / "ca.crt",
-        token=token_file.read_text().strip(), service=service, home=home, version=version,
-        advertise=advertise, inbound=_hostport(inbound, "0.0.0.0"),
-        outbound=_hostport(outbound, "127.0.0.1") if outbound else None, upstreams=tuple(ups),
-        apps=apps, admin=_hostport(admin, "127.0.0.1"), metrics=_hostport(metrics, "0.0.0.0"),
-        proxy_id=proxy_id)
-    logging.basicConfig(level=getattr(logging, os.environ.get("MESH_LOG", "INFO")), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        registry_url=registry,
+        ca_file=ca_file or mesh_home() / "registry" / "ca" / "ca.crt",
+        token=token_file.read_text().strip(),
+        service=service,
+        home=home,
+        version=version,
+        advertise=advertise,
+        inbound=_hostport(inbound, "0.0.0.0"),
+        outbound=_hostport(outbound, "127.0.0.1") if outbound else None,
+        upstreams=tuple(ups),
+        apps=apps,
+        admin=_hostport(admin, "127.0.0.1"),
+        metrics=_hostport(metrics, "0.0.0.0"),
+        proxy_id=proxy_id,
+    )
+    logging.basicConfig(
+        level=getattr(logging, os.environ.get("MESH_LOG", "INFO")),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    try:
-        runner(_run(Proxy(opts)))
+        _event_loop_run(_run(Proxy(opts)))
     except Exception as exc:
         from proxy.control.client import JoinError
+
         if isinstance(exc, (JoinError, OSError, TimeoutError)):
             typer.echo(f"meshctl proxy: {exc}", err=True)
             raise typer.Exit(1) from None
         raise
 
 
+def _event_loop_run(coro: Coroutine[Any, Any, None]) -> None:
+    """uvloop when installed (a C-speed loop for the hot path), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
 async def _run(p: object) -> None:
     from proxy.main import Proxy
+
     assert isinstance(p, Proxy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

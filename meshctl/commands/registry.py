@@ -10,22 +10,57 @@ from typing import Annotated
 import typer
 
 from meshctl.state import mesh_home
+from registry.server.catalog import ENDPOINT_TTL_S
 from registry.server.main import DEFAULT_MONITOR_PORT, DEFAULT_PORT, StartupError, run
 
 
 def registry(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Config directory (mesh.yaml and Istio resources).",
-                                         envvar="MESH_CONFIG", exists=True, file_okay=False)],
-    listen: Annotated[str, typer.Option(help="Address the API listens on.", envvar="MESH_REGISTRY_LISTEN")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="API port (HTTPS).", envvar="MESH_REGISTRY_PORT")] = DEFAULT_PORT,
-    monitor_port: Annotated[int, typer.Option(help="Metrics and readiness port (localhost, plain HTTP).")] = DEFAULT_MONITOR_PORT,
-    san: Annotated[list[str], typer.Option(help="Extra DNS name or IP for the API's certificate (repeatable).")] = [],  # noqa: B006
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config directory (mesh.yaml and Istio resources).",
+            envvar="MESH_CONFIG",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    listen: Annotated[
+        str, typer.Option(help="Address the API listens on.", envvar="MESH_REGISTRY_LISTEN")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="API port (HTTPS).", envvar="MESH_REGISTRY_PORT")
+    ] = DEFAULT_PORT,
+    monitor_port: Annotated[
+        int, typer.Option(help="Metrics and readiness port (localhost, plain HTTP).")
+    ] = DEFAULT_MONITOR_PORT,
+    san: Annotated[
+        list[str], typer.Option(help="Extra DNS name or IP for the API's certificate (repeatable).")
+    ] = [],  # noqa: B006
+    endpoint_ttl: Annotated[
+        float,
+        typer.Option(
+            help="Seconds without a heartbeat before an endpoint leaves the catalog.",
+            envvar="MESH_REGISTRY_ENDPOINT_TTL",
+            min=0.1,
+        ),
+    ] = ENDPOINT_TTL_S,
 ) -> None:
     """Run the registry: file-watched config, certificate authority, catalog and API."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        asyncio.run(run(config, mesh_home(), host=listen, port=port, monitor_port=monitor_port,
-                        extra_sans=tuple(san)))
+        asyncio.run(
+            run(
+                config,
+                mesh_home(),
+                host=listen,
+                port=port,
+                monitor_port=monitor_port,
+                extra_sans=tuple(san),
+                endpoint_ttl_s=endpoint_ttl,
+            )
+        )
     except StartupError as exc:
         typer.echo(f"meshctl registry: {exc}", err=True)
         raise typer.Exit(1) from None

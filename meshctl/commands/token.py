@@ -10,8 +10,10 @@ import typer
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.state import mesh_home
 
-app = typer.Typer(help="Join tokens: one-time, expiring, bound to exactly one service identity.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Join tokens: one-time, expiring, bound to exactly one service identity.",
+    no_args_is_help=True,
+)
 
 
 @app.command("create")
@@ -23,7 +25,8 @@ def create(
     """Mint a join token through the running registry (the operator credential is in MESH_HOME)."""
     try:
         res = RegistryClient.from_home(mesh_home()).call(
-            "POST", "/v1/tokens", {"service": service, "ttl_s": ttl})
+            "POST", "/v1/tokens", {"service": service, "ttl_s": ttl}
+        )
     except (RegistryUnavailable, RegistryError) as exc:
         typer.echo(f"meshctl token create: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -47,7 +48,8 @@ ApplyView = Callable[[View], str | None]
 def _registry_ctx(bundle: Path | bytes, identity: Identity | None) -> ssl.SSLContext:
     ctx = ssl.create_default_context(
         cadata=bundle.decode() if isinstance(bundle, bytes) else None,
-        cafile=str(bundle) if isinstance(bundle, Path) else None)
+        cafile=str(bundle) if isinstance(bundle, Path) else None,
+    )
     if identity is not None:
         files = identity_files(identity)
         ctx.load_cert_chain(files[0], files[1])
@@ -93,8 +95,10 @@ class ControlClient:
 
     def _new_session(self) -> aiohttp.ClientSession:
         ctx = _registry_ctx(self.ca_file, self.identity)
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx, limit=4),
-                                     timeout=aiohttp.ClientTimeout(total=None, connect=5))
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ctx, limit=4),
+            timeout=aiohttp.ClientTimeout(total=None, connect=5),
+        )
 
     def _session(self) -> aiohttp.ClientSession:
         """The kept-alive session for short calls (ACKs, heartbeats): one TLS handshake, not
@@ -110,11 +114,12 @@ class ControlClient:
         if self._sess is not None:
             await self._sess.close()
 
-    async def _post(self, path: str, body: dict[str, Any], method: str = "POST",
-                    timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    async def _post(
+        self, path: str, body: dict[str, Any], method: str = "POST", timeout: float = 10.0
+    ) -> tuple[int, dict[str, Any]]:
         async with self._session().request(
-                method, self.url + path, json=body,
-                timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            method, self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as r:
             try:
                 data = await r.json(content_type=None)
             except (ValueError, aiohttp.ContentTypeError):
@@ -127,10 +132,12 @@ class ControlClient:
         csr = build_csr(key, SpiffeId.parse("spiffe://join.invalid/pending"))
         status, data = await self._post("/v1/join", {"token": token, "csr": csr.decode()})
         if status != 200:
-            raise JoinError(f"registry {self.url} refused to join (HTTP {status}): "
-                            f"{data.get('error', data)}")
-        ident = Identity.build(key, data["certificate"].encode(), data["bundle"].encode(),
-                               self.files_dir)
+            raise JoinError(
+                f"registry {self.url} refused to join (HTTP {status}): {data.get('error', data)}"
+            )
+        ident = Identity.build(
+            key, data["certificate"].encode(), data["bundle"].encode(), self.files_dir
+        )
         self.epoch = str(data.get("epoch", ""))
         self._set_identity(ident)
         log.info("joined as %s (certificate until %s)", ident.spiffe_id, ident.not_after)
@@ -139,12 +146,14 @@ class ControlClient:
     async def renew(self) -> Identity:
         assert self.identity is not None
         key = generate_key()
-        status, data = await self._post("/v1/renew", {
-            "csr": build_csr(key, self.identity.spiffe_id).decode()})
+        status, data = await self._post(
+            "/v1/renew", {"csr": build_csr(key, self.identity.spiffe_id).decode()}
+        )
         if status != 200:
             raise JoinError(f"renewal refused (HTTP {status}): {data.get('error', data)}")
-        ident = Identity.build(key, data["certificate"].encode(), data["bundle"].encode(),
-                               self.files_dir)
+        ident = Identity.build(
+            key, data["certificate"].encode(), data["bundle"].encode(), self.files_dir
+        )
         self.renewals += 1
         self._set_identity(ident)
         log.info("renewed certificate (until %s)", ident.not_after)
@@ -175,18 +184,30 @@ class ControlClient:
                 backoff = BACKOFF_MIN_S
             except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 if self.connected:
-                    log.warning("registry stream lost (%s): serving on config version %d",
-                                exc, self.config_version)
+                    log.warning(
+                        "registry stream lost (%s): serving on config version %d",
+                        exc,
+                        self.config_version,
+                    )
             self.connected = False
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     async def _stream_once(self, apply: ApplyView) -> None:
-        params = {"proxy_id": self.proxy_id, "config": str(self.config_version),
-                  "catalog": str(self.catalog_version), "epoch": self.epoch}
-        async with self._new_session() as s, s.get(
-                self.url + "/v1/stream", params=params,
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=45)) as r:
+        params = {
+            "proxy_id": self.proxy_id,
+            "config": str(self.config_version),
+            "catalog": str(self.catalog_version),
+            "epoch": self.epoch,
+        }
+        async with (
+            self._new_session() as s,
+            s.get(
+                self.url + "/v1/stream",
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=45),
+            ) as r,
+        ):
             if r.status != 200:
                 raise aiohttp.ClientError(f"stream refused: HTTP {r.status} {await r.text()}")
             self.connected = True
@@ -195,9 +216,13 @@ class ControlClient:
                 msg = json.loads(raw)
                 if msg.get("type") != "view":
                     continue
-                view = View(epoch=msg["epoch"], config_version=msg["config_version"],
-                            catalog_version=msg["catalog_version"], config=msg["config"],
-                            endpoints=msg["endpoints"])
+                view = View(
+                    epoch=msg["epoch"],
+                    config_version=msg["config_version"],
+                    catalog_version=msg["catalog_version"],
+                    config=msg["config"],
+                    endpoints=msg["endpoints"],
+                )
                 error = apply(view)
                 self.epoch = view.epoch
                 self.catalog_version = view.catalog_version
@@ -206,8 +231,12 @@ class ControlClient:
                 await self._ack(view.config_version, error)
 
     async def _ack(self, version: int, error: str | None) -> None:
-        body: dict[str, Any] = {"proxy_id": self.proxy_id, "config_version": version,
-                                "ok": error is None, "error": error or ""}
+        body: dict[str, Any] = {
+            "proxy_id": self.proxy_id,
+            "config_version": version,
+            "ok": error is None,
+            "error": error or "",
+        }
         if self.identity is not None:
             body["cert_not_after"] = self.identity.not_after.timestamp()
         status, data = await self._post("/v1/ack", body)
@@ -225,9 +254,11 @@ class ControlClient:
                     if not registered:
                         log.warning("endpoint registration refused: %s", data)
                 else:
-                    status, _ = await self._post(f"/v1/endpoints/{endpoint['id']}",
-                                                 {"health": endpoint.get("health", "healthy")},
-                                                 method="PUT")
+                    status, _ = await self._post(
+                        f"/v1/endpoints/{endpoint['id']}",
+                        {"health": endpoint.get("health", "healthy")},
+                        method="PUT",
+                    )
                     registered = status == 200
                     if not registered:
                         continue
@@ -236,7 +267,5 @@ class ControlClient:
             await asyncio.sleep(HEARTBEAT_S if registered else BACKOFF_MAX_S)
 
     async def deregister(self, endpoint_id: str) -> None:
-        try:
+        with contextlib.suppress(OSError, aiohttp.ClientError, TimeoutError):
             await self._post(f"/v1/endpoints/{endpoint_id}", {}, method="DELETE", timeout=2)
-        except (OSError, aiohttp.ClientError, TimeoutError):
-            pass

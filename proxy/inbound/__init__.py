@@ -1,1 +1,1 @@
-"""Inbound: peer proxies' mTLS connections (15006) -> SPIFFE identity -> authorization -> the app."""
+"""Inbound: peer proxies' mTLS (15006) -> SPIFFE identity -> authorization -> the app."""

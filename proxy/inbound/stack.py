@@ -1,4 +1,4 @@
-"""The inbound stack, in request order: TLS and SPIFFE identity -> authz -> rate limit -> the app."""
+"""The inbound stack, in request order: TLS, SPIFFE identity -> authz -> rate limit -> app."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class Inbound:
             port = target[1] if target else proxy.default_inbound_port(snap)
             me = snap.me
             p = me.port(port) if me and port else None
-            if p is None:
+            if p is None or port is None:
                 tel["meshctl_proxy_inbound_unknown_port_total"] += 1
                 return
             if p.protocol == "tcp":
@@ -81,10 +81,12 @@ class Inbound:
 
         async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             return await asyncio.open_connection(host, app_port)
+
         return Target(f"app:{port}", connect, 5.0)
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         port: int) -> None:
+    async def _serve_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> None:
         t = self._app_target(port)
         try:
             ar, aw = await asyncio.wait_for(t.connect(), t.connect_timeout_s)
@@ -93,8 +95,13 @@ class Inbound:
         await relay(reader, writer, ar, aw)
         aw.close()
 
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          port: int, peer: SpiffeId | None) -> None:
+    async def _serve_http(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        port: int,
+        peer: SpiffeId | None,
+    ) -> None:
         proxy = self.proxy
         down = EventStream(reader, RequestParser())
         me = str(proxy.identity.spiffe_id) if proxy.identity else ""
@@ -118,8 +125,9 @@ class Inbound:
                 return
             except (PeerClosed, ConnectionError):
                 return
-            proxy.record(snap, "destination", snap.me.name if snap.me else "", result, start, ev,
-                         peer=peer)
+            proxy.record(
+                snap, "destination", snap.me.name if snap.me else "", result, start, ev, peer=peer
+            )
             if not result.keep_alive or not ev.keep_alive:
                 return
             try:
@@ -127,9 +135,16 @@ class Inbound:
             except ConnectionError:
                 return
 
-    async def _handle(self, req: Request, down: EventStream, writer: asyncio.StreamWriter,
-                      snap: object, port: int, peer: SpiffeId | None,
-                      xfcc: list[tuple[bytes, bytes]]) -> Result:
+    async def _handle(
+        self,
+        req: Request,
+        down: EventStream,
+        writer: asyncio.StreamWriter,
+        snap: object,
+        port: int,
+        peer: SpiffeId | None,
+        xfcc: list[tuple[bytes, bytes]],
+    ) -> Result:
         proxy = self.proxy
         decision = proxy.authorize(peer, req, port)
         if not decision:
@@ -144,8 +159,13 @@ class Inbound:
             await _discard(down)
             return Result(429, "RL", 0, 0, "", 0, True)
         target = self._app_target(port)
-        plan = Plan(pick=lambda exclude: target, add_request_headers=xfcc,
-                    remove_request_headers=STRIP, retry=None, timeout_s=None)
+        plan = Plan(
+            pick=lambda exclude: target,
+            add_request_headers=xfcc,
+            remove_request_headers=STRIP,
+            retry=None,
+            timeout_s=None,
+        )
         return await forward(req, down, writer, proxy.app_pool, plan)
 
 

@@ -1,4 +1,4 @@
-"""The outbound stack, in request order: service -> route -> fault -> forward (retry, balance, mTLS)."""
+"""The outbound stack, in request order: route -> fault -> limits -> forward (retry, mTLS)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,11 @@ import time
 from typing import TYPE_CHECKING
 
 from proxy.forward import Plan, Result, Target, forward, local_reply, relay
-from proxy.http1 import ProtocolError, Request, RequestParser
+from proxy.http1 import EndOfMessage, ProtocolError, Request, RequestParser
 from proxy.identity import peer_identity, sni_for
-from proxy.policy.retry import RetryParams
-from proxy.routing import first_match
+from proxy.routing import CompiledRoute, first_match
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import EventStream, PeerClosed
-from registry.config.model import HTTPRoute
 from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:
@@ -23,30 +21,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshctl.proxy.outbound")
 HEADER_TIMEOUT_S = 60.0
-# Headers a client must never be able to set on a hop we vouch for: identity is the
-# verified certificate's, only.
-SPOOFABLE = frozenset((b"x-forwarded-client-cert",))
 
 
 class PeerIdentityError(ConnectionError):
     pass
 
 
-def _retry_params(route: HTTPRoute) -> RetryParams:
-    r = route.retries
-    if r is None:
-        return RetryParams()  # Istio's default: 2 retries on connect-failure,refused-stream,...
-    return RetryParams(attempts=r.attempts, per_try_timeout_s=r.per_try_timeout_s,
-                       retry_on=frozenset(r.retry_on))
-
-
 class Outbound:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    def _target(self, snap: ProxySnapshot, view: ServiceView, cluster: Cluster, port: int,
-                exclude: frozenset[str]) -> Target | None:
-        ep = cluster.pick(exclude)
+    def _target(
+        self,
+        snap: ProxySnapshot,
+        view: ServiceView,
+        cluster: Cluster,
+        port: int,
+        exclude: frozenset[str],
+        hash_key: bytes | None = None,
+    ) -> Target | None:
+        rt = cluster.runtime
+        ep = rt.pick(exclude, hash_key)
         if ep is None:
             return None
         proxy = self.proxy
@@ -56,21 +51,40 @@ class Outbound:
 
         async def connect(ep: Endpoint = ep) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             assert ident is not None
-            r, w = await asyncio.open_connection(ep.address, ep.inbound_port,
-                                                 ssl=ident.client_ctx, server_hostname=sni)
+            r, w = await asyncio.open_connection(
+                ep.address, ep.inbound_port, ssl=ident.client_ctx, server_hostname=sni
+            )
             peer = peer_identity(w.get_extra_info("ssl_object"))
             if peer is None or str(peer) != expected:
                 w.close()
                 proxy.telemetry.counters["meshctl_proxy_peer_identity_mismatch_total"] += 1
-                raise PeerIdentityError(f"{ep.address}:{ep.inbound_port} is {peer}, "
-                                        f"expected {expected}")
+                raise PeerIdentityError(
+                    f"{ep.address}:{ep.inbound_port} is {peer}, expected {expected}"
+                )
             return r, w
 
-        key = f"{ep.address}:{ep.inbound_port}/{port}/{id(ident)}"
-        return Target(key, connect, cluster.connect_timeout_s)
+        host = f"{ep.address}:{ep.inbound_port}"
+        rt.balancer.on_start(host)
+        http = cluster.http
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    service: str, port: int) -> None:
+        def report(status: int | None, local_failure: bool, latency_s: float) -> None:
+            rt.report(host, status, local_failure, latency_s)
+
+        # The pool key includes the identity in use: after a renewal new connections
+        # present the new certificate while open ones finish on the old.
+        return Target(
+            f"{host}/{port}/{id(ident)}",
+            connect,
+            cluster.connect_timeout_s,
+            max_requests=http.max_requests_per_connection,
+            limiter=proxy.limiter(rt),
+            idle_timeout_s=http.idle_timeout_s,
+            report=report,
+        )
+
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: str, port: int
+    ) -> None:
         """One downstream connection from the app to `service:port`."""
         snap = self.proxy.snapshot
         view = snap.services.get(service) if snap else None
@@ -87,8 +101,14 @@ class Outbound:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         snap: ProxySnapshot, view: ServiceView, port: int) -> None:
+    async def _serve_tcp(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        snap: ProxySnapshot,
+        view: ServiceView,
+        port: int,
+    ) -> None:
         cluster = view.cluster(None)
         target = self._target(snap, view, cluster, port, frozenset()) if cluster else None
         if target is None:
@@ -101,8 +121,9 @@ class Outbound:
         await relay(reader, writer, ur, uw)
         uw.close()
 
-    async def _serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                          service: str, port: int) -> None:
+    async def _serve_http(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: str, port: int
+    ) -> None:
         down = EventStream(reader, RequestParser())
         proxy = self.proxy
         while True:
@@ -137,63 +158,106 @@ class Outbound:
             except ConnectionError:
                 return
 
-    async def _route(self, req: Request, down: EventStream, writer: asyncio.StreamWriter,
-                     snap: ProxySnapshot, view: ServiceView, port: int) -> Result:
+    async def _route(
+        self,
+        req: Request,
+        down: EventStream,
+        writer: asyncio.StreamWriter,
+        snap: ProxySnapshot,
+        view: ServiceView,
+        port: int,
+    ) -> Result:
         compiled = first_match(view.routes, req) if view.routes else view.default_route
         if compiled is None:
             writer.write(local_reply(404, "NR"))
-            await _discard_body(down, req)
+            await _discard_body(down)
             return Result(404, "NR", 0, 0, "", 0, True)
         route = compiled.route
-        dest = route.route[compiled.pick()]
+        index = compiled.pick()
+        dest = route.route[index]
         dview = snap.services[dest.destination.host]
         cluster = dview.cluster(dest.destination.subset)
         if cluster is None:
             writer.write(local_reply(503, "UH"))
-            await _discard_body(down, req)
+            await _discard_body(down)
             return Result(503, "UH", 0, 0, "", 0, True)
-        dport = dest.destination.port or port
-        if route.fault is not None:
-            aborted = await self.proxy.apply_fault(route.fault, writer)
+        if compiled.fault is not None:
+            aborted = await self.proxy.apply_fault(compiled.fault, writer)
             if aborted is not None:
-                await _discard_body(down, req)
+                await _discard_body(down)
                 return Result(aborted, "FI", 0, 0, "", 0, True)
-        ops = route.headers.request
-        add = [(b"x-request-id", self.proxy.request_id())] if req.get(b"x-request-id") is None \
-            else []
-        add += [(k.encode(), v.encode()) for k, v in (*ops.set, *ops.add)]
-        add += [(k.encode(), v.encode()) for k, v in (*dest.headers.request.set,
-                                                       *dest.headers.request.add)]
-        remove = SPOOFABLE | {k.lower().encode() for k, _ in ops.set} | \
-            {k.lower().encode() for k in ops.remove}
+        gauges = cluster.runtime.gauges
+        if not gauges.try_acquire_request():
+            self.proxy.telemetry.counters["meshctl_proxy_upstream_overflow_total"] += 1
+            writer.write(local_reply(503, "UO"))
+            await _discard_body(down)
+            return Result(503, "UO", 0, 0, "", 0, True)
+        held_retries = [0]
+        try:
+            return await self._forward(
+                req,
+                down,
+                writer,
+                snap,
+                dview,
+                cluster,
+                compiled,
+                index,
+                dest.destination.port or port,
+                held_retries,
+            )
+        finally:
+            gauges.release_request()
+            for _ in range(held_retries[0]):
+                gauges.release_retry()
+
+    async def _forward(
+        self,
+        req: Request,
+        down: EventStream,
+        writer: asyncio.StreamWriter,
+        snap: ProxySnapshot,
+        dview: ServiceView,
+        cluster: Cluster,
+        compiled: CompiledRoute,
+        index: int,
+        dport: int,
+        held: list[int],
+    ) -> Result:
+        add = compiled.add_request[index]
+        if req.get(b"x-request-id") is None:
+            add = [*add, (b"x-request-id", self.proxy.request_id())]
+        rt = cluster.runtime
+        rt.budget.deposit()
+        hash_key = req.get(rt.hash_header) if rt.hash_header else None
+        counters = self.proxy.telemetry.counters
+
+        def may_retry() -> bool:
+            # DestinationRule http.maxRetries: concurrent retries in the cluster, held until
+            # the request ends; then Linkerd's budget: at most 20 % more than requests.
+            if not rt.gauges.try_acquire_retry():
+                counters["meshctl_proxy_retry_overflow_total"] += 1
+                return False
+            held[0] += 1
+            if not rt.budget.try_withdraw():
+                counters["meshctl_proxy_retry_budget_exhausted_total"] += 1
+                return False
+            counters["meshctl_proxy_retries_total"] += 1
+            return True
+
         plan = Plan(
-            pick=lambda exclude: self._target(snap, dview, cluster, dport, exclude),
-            add_request_headers=add, remove_request_headers=frozenset(remove),
-            retry=_retry_params(route), timeout_s=route.timeout_s,
-            response_headers=_response_ops(route) if _has_response_ops(route) else None)
+            pick=lambda exclude: self._target(snap, dview, cluster, dport, exclude, hash_key),
+            may_retry=may_retry,
+            add_request_headers=add,
+            remove_request_headers=compiled.remove_request[index],
+            retry=compiled.retry,
+            timeout_s=compiled.route.timeout_s,
+            response_headers=compiled.response_ops[index],
+        )
         return await forward(req, down, writer, self.proxy.pool, plan)
 
 
-def _has_response_ops(route: HTTPRoute) -> bool:
-    r = route.headers.response
-    return bool(r.set or r.add or r.remove) or any(
-        d.headers.response.set or d.headers.response.add or d.headers.response.remove
-        for d in route.route)
-
-
-def _response_ops(route: HTTPRoute):  # type: ignore[no-untyped-def]
-    r = route.headers.response
-    set_ = [(k.encode(), v.encode()) for k, v in r.set]
-    add = [(k.encode(), v.encode()) for k, v in r.add]
-    drop = {k.lower().encode() for k in r.remove} | {k.lower() for k, _ in set_}
-
-    def apply(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        return [(n, v) for n, v in headers if n.lower() not in drop] + set_ + add
-    return apply
-
-
-async def _discard_body(down: EventStream, req: Request) -> None:
-    from proxy.http1 import EndOfMessage
+async def _discard_body(down: EventStream) -> None:
     while True:
         ev = await down.next()
         if isinstance(ev, EndOfMessage):

@@ -68,8 +68,14 @@ async def join(request: web.Request) -> web.Response:
         reg.metrics["join_refused"] += 1
         return _error(400, f"CSR refused: {exc}")
     reg.metrics["svids_issued"] += 1
-    return _json({"certificate": cert.decode(), "bundle": reg.ca.bundle_pem.decode(),
-                  "spiffe_id": str(identity), "epoch": reg.epoch})
+    return _json(
+        {
+            "certificate": cert.decode(),
+            "bundle": reg.ca.bundle_pem.decode(),
+            "spiffe_id": str(identity),
+            "epoch": reg.epoch,
+        }
+    )
 
 
 async def renew(request: web.Request) -> web.Response:
@@ -80,13 +86,19 @@ async def renew(request: web.Request) -> web.Response:
         return _error(403, "renew needs a workload certificate, not the operator credential")
     body = await _body(request)
     try:
-        cert = reg.ca.sign_csr(_require_str(body, "csr").encode(), caller.identity,
-                               reg.cert_ttl_s())
+        cert = reg.ca.sign_csr(
+            _require_str(body, "csr").encode(), caller.identity, reg.cert_ttl_s()
+        )
     except CsrError as exc:
         return _error(400, f"CSR refused: {exc}")
     reg.metrics["svids_issued"] += 1
-    return _json({"certificate": cert.decode(), "bundle": reg.ca.bundle_pem.decode(),
-                  "spiffe_id": str(caller.identity)})
+    return _json(
+        {
+            "certificate": cert.decode(),
+            "bundle": reg.ca.bundle_pem.decode(),
+            "spiffe_id": str(caller.identity),
+        }
+    )
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -138,11 +150,15 @@ async def ack(request: web.Request) -> web.Response:
     if not isinstance(version, int):
         return _error(400, "field `config_version` is required (an integer)")
     not_after = body.get("cert_not_after")
-    st = reg.proxies.ack(_require_str(body, "proxy_id"), str(caller.identity or "operator"),
-                         caller.service or "operator", version, ok=bool(body.get("ok", True)),
-                         error=str(body.get("error", "")),
-                         cert_not_after=float(not_after) if isinstance(not_after, (int, float))
-                         else None)
+    st = reg.proxies.ack(
+        _require_str(body, "proxy_id"),
+        str(caller.identity or "operator"),
+        caller.service or "operator",
+        version,
+        ok=bool(body.get("ok", True)),
+        error=str(body.get("error", "")),
+        cert_not_after=float(not_after) if isinstance(not_after, (int, float)) else None,
+    )
     if not body.get("ok", True):
         log.warning("proxy %s NACKed config version %d: %s", st.proxy_id, version, st.nack_error)
     reg.notifier.notify()
@@ -171,12 +187,17 @@ async def register_endpoint(request: web.Request) -> web.Response:
         return _error(400, "field `labels` must be a map of strings")
     if health not in HEALTH_STATES:
         return _error(400, f"field `health` must be one of {', '.join(HEALTH_STATES)}")
-    ep = Endpoint.from_wire({
-        "id": _require_str(body, "id"), "service": service,
-        "address": _require_str(body, "address"), "inbound_port": port, "labels": labels,
-        "identity": str(caller.identity) if caller.identity else str(body.get("identity", "")),
-        "health": health,
-    })
+    ep = Endpoint.from_wire(
+        {
+            "id": _require_str(body, "id"),
+            "service": service,
+            "address": _require_str(body, "address"),
+            "inbound_port": port,
+            "labels": labels,
+            "identity": str(caller.identity) if caller.identity else str(body.get("identity", "")),
+            "health": health,
+        }
+    )
     old = reg.catalog.get(ep.id)
     if old is not None and not _may_write_endpoint(caller, old.service):
         return _error(403, f"endpoint {ep.id} belongs to `{old.service}`")
@@ -216,8 +237,12 @@ async def deregister(request: web.Request) -> web.Response:
 async def catalog(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     _auth(request)
-    return _json({"version": reg.catalog.version,
-                  "endpoints": [e.to_wire() for e in reg.catalog.endpoints()]})
+    return _json(
+        {
+            "version": reg.catalog.version,
+            "endpoints": [e.to_wire() for e in reg.catalog.endpoints()],
+        }
+    )
 
 
 async def config(request: web.Request) -> web.Response:
@@ -226,8 +251,10 @@ async def config(request: web.Request) -> web.Response:
     snap = reg.store.current
     if snap is None:
         return _error(503, "no valid config has been loaded yet")
-    return web.Response(body=b'{"version":%d,"config":%s}' % (snap.version, snap.wire),
-                        content_type="application/json")
+    return web.Response(
+        body=b'{"version":%d,"config":%s}' % (snap.version, snap.wire),
+        content_type="application/json",
+    )
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -260,20 +287,22 @@ async def healthz(request: web.Request) -> web.Response:
 def build_app(reg: Registry) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[REGISTRY] = reg
-    app.add_routes([
-        web.post("/v1/join", join),
-        web.post("/v1/renew", renew),
-        web.get("/v1/stream", stream),
-        web.post("/v1/ack", ack),
-        web.post("/v1/endpoints", register_endpoint),
-        web.put("/v1/endpoints/{id}", heartbeat),
-        web.delete("/v1/endpoints/{id}", deregister),
-        web.get("/v1/catalog", catalog),
-        web.get("/v1/config", config),
-        web.post("/v1/tokens", create_token),
-        web.get("/v1/status", status),
-        web.get("/healthz", healthz),
-    ])
+    app.add_routes(
+        [
+            web.post("/v1/join", join),
+            web.post("/v1/renew", renew),
+            web.get("/v1/stream", stream),
+            web.post("/v1/ack", ack),
+            web.post("/v1/endpoints", register_endpoint),
+            web.put("/v1/endpoints/{id}", heartbeat),
+            web.delete("/v1/endpoints/{id}", deregister),
+            web.get("/v1/catalog", catalog),
+            web.get("/v1/config", config),
+            web.post("/v1/tokens", create_token),
+            web.get("/v1/status", status),
+            web.get("/healthz", healthz),
+        ]
+    )
     return app
 
 

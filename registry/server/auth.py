@@ -28,13 +28,15 @@ def caller_of(request: web.Request, ca: CertificateAuthority, operator_token: st
     if auth.startswith("Bearer "):
         if hmac.compare_digest(auth[7:].strip().encode(), operator_token.encode()):
             return Caller(operator=True, identity=None)
-        raise web.HTTPForbidden(text="operator credential refused: use the token in "
-                                     "MESH_HOME/registry/operator.token\n")
+        raise web.HTTPForbidden(
+            text="operator credential refused: use the token in MESH_HOME/registry/operator.token\n"
+        )
     ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
     der = ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None
     if not der:
-        raise web.HTTPUnauthorized(text="a mesh identity (client certificate) or the operator "
-                                        "credential is required\n")
+        raise web.HTTPUnauthorized(
+            text="a mesh identity (client certificate) or the operator credential is required\n"
+        )
     try:
         identity = ca.verify_svid(der)
     except Exception as exc:  # SvidError and anything a malformed certificate raises

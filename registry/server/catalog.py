@@ -34,10 +34,17 @@ class Endpoint:
     registered_at: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "service": self.service, "address": self.address,
-                "inbound_port": self.inbound_port, "labels": dict(self.labels),
-                "identity": self.identity, "health": self.health, "last_seen": self.last_seen,
-                "registered_at": self.registered_at}
+        return {
+            "id": self.id,
+            "service": self.service,
+            "address": self.address,
+            "inbound_port": self.inbound_port,
+            "labels": dict(self.labels),
+            "identity": self.identity,
+            "health": self.health,
+            "last_seen": self.last_seen,
+            "registered_at": self.registered_at,
+        }
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Endpoint:
@@ -84,8 +91,10 @@ class Catalog:
         self.version += 1
         self._wire = None
         if self._path is not None:
-            body = {"version": self.version,
-                    "endpoints": [e.to_wire() for e in self._endpoints.values()]}
+            body = {
+                "version": self.version,
+                "endpoints": [e.to_wire() for e in self._endpoints.values()],
+            }
             atomic_write(self._path, json.dumps(body, indent=1, sort_keys=True), mode=0o600)
         for fn in self._listeners:
             fn()
@@ -98,7 +107,7 @@ class Catalog:
         return self._endpoints.get(endpoint_id)
 
     def register(self, ep: Endpoint) -> Endpoint:
-        """Add or replace an endpoint; a heartbeat that changes nothing does not bump the version."""
+        """Add or replace an endpoint; re-registering unchanged does not bump the version."""
         now = self._clock()
         old = self._endpoints.get(ep.id)
         ep = replace(ep, last_seen=now, registered_at=old.registered_at if old else now)

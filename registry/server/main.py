@@ -93,14 +93,24 @@ def read_operator_token(paths: RegistryPaths) -> str:
 class Registry:
     """One mesh's control plane. `start()` binds; `serve_forever()` runs until cancelled."""
 
-    def __init__(self, config_dir: Path, home: Path, *, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT, monitor_port: int = DEFAULT_MONITOR_PORT,
-                 extra_sans: tuple[str, ...] = (), quiet_ms: int = watcher.DEBOUNCE_QUIET_MS) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        home: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        monitor_port: int = DEFAULT_MONITOR_PORT,
+        extra_sans: tuple[str, ...] = (),
+        quiet_ms: int = watcher.DEBOUNCE_QUIET_MS,
+        endpoint_ttl_s: float = ENDPOINT_TTL_S,
+    ) -> None:
         self.config_dir = config_dir.resolve()
         self.paths = RegistryPaths(home / "registry")
         self.host, self.port, self.monitor_port = host, port, monitor_port
         self.extra_sans = extra_sans
         self.quiet_ms = quiet_ms
+        self.endpoint_ttl_s = endpoint_ttl_s
         self.notifier = Notifier()
         self.metrics: Counter[str] = Counter()
         self.proxies = ProxyTracker()
@@ -118,8 +128,10 @@ class Registry:
         return secrets.token_hex(8), 0
 
     def _save_state(self) -> None:
-        atomic_write(self.paths.state, json.dumps(
-            {"epoch": self.epoch, "last_version": self.store.last_version}))
+        atomic_write(
+            self.paths.state,
+            json.dumps({"epoch": self.epoch, "last_version": self.store.last_version}),
+        )
 
     def _restore_snapshot(self) -> Snapshot | None:
         if not self.paths.snapshot.exists():
@@ -128,8 +140,7 @@ class Registry:
         return Snapshot.build(int(raw["version"]), MeshConfig.from_wire(raw["config"]))
 
     def _persist_snapshot(self, snap: Snapshot) -> None:
-        atomic_write(self.paths.snapshot,
-                     b'{"version":%d,"config":%s}' % (snap.version, snap.wire))
+        atomic_write(self.paths.snapshot, b'{"version":%d,"config":%s}' % (snap.version, snap.wire))
         self._save_state()
 
     # -- config --------------------------------------------------------------------------
@@ -139,16 +150,22 @@ class Registry:
         if not result.ok or result.config is None:
             errors = tuple(str(e) for e in result.errors)
             self.store.reject(errors)
-            log.error("config rejected, version %s stays in force:\n  %s",
-                      self.store.current.version if self.store.current else "none",
-                      "\n  ".join(errors))
+            log.error(
+                "config rejected, version %s stays in force:\n  %s",
+                self.store.current.version if self.store.current else "none",
+                "\n  ".join(errors),
+            )
             return
         cfg = result.config
         if cfg.trust_domain != self.ca.trust_domain:
-            self.store.reject((f"mesh.yaml: trustDomain: cannot change from "
-                               f"`{self.ca.trust_domain}` to `{cfg.trust_domain}` while the "
-                               f"mesh runs: the CA is bound to it (run `meshctl down` and "
-                               f"remove {self.paths.ca_dir} to start a new mesh)",))
+            self.store.reject(
+                (
+                    f"mesh.yaml: trustDomain: cannot change from "
+                    f"`{self.ca.trust_domain}` to `{cfg.trust_domain}` while the "
+                    f"mesh runs: the CA is bound to it (run `meshctl down` and "
+                    f"remove {self.paths.ca_dir} to start a new mesh)",
+                )
+            )
             log.error("config rejected: %s", self.store.last_rejection)
             return
         snap = self.store.publish(cfg)
@@ -175,10 +192,17 @@ class Registry:
         assert snap is not None
         key = (snap.version, self.catalog.version)
         if self._view is None or self._view[:2] != key:
-            line = (b'{"type":"view","epoch":"%s","config_version":%d,"catalog_version":%d,'
-                    b'"config":%s,"endpoints":%s}\n'
-                    % (self.epoch.encode(), snap.version, self.catalog.version, snap.wire,
-                       self.catalog.wire()))
+            line = (
+                b'{"type":"view","epoch":"%s","config_version":%d,"catalog_version":%d,'
+                b'"config":%s,"endpoints":%s}\n'
+                % (
+                    self.epoch.encode(),
+                    snap.version,
+                    self.catalog.version,
+                    snap.wire,
+                    self.catalog.wire(),
+                )
+            )
             self._view = (key[0], key[1], line)
         return self._view[2]
 
@@ -193,10 +217,17 @@ class Registry:
             "trust_domain": self.ca.trust_domain,
             "last_config_error": {"at": rej.at, "errors": list(rej.errors)} if rej else None,
             "proxies": [
-                {"proxy_id": p.proxy_id, "identity": p.identity, "service": p.service,
-                 "acked_version": p.acked_version, "nacked_version": p.nacked_version,
-                 "nack_error": p.nack_error, "cert_not_after": p.cert_not_after,
-                 "connected": p.streams > 0, "last_seen": p.last_seen}
+                {
+                    "proxy_id": p.proxy_id,
+                    "identity": p.identity,
+                    "service": p.service,
+                    "acked_version": p.acked_version,
+                    "nacked_version": p.nacked_version,
+                    "nack_error": p.nack_error,
+                    "cert_not_after": p.cert_not_after,
+                    "connected": p.streams > 0,
+                    "last_seen": p.last_seen,
+                }
                 for p in self.proxies.all()
             ],
             "endpoints": [e.to_wire() for e in self.catalog.endpoints()],
@@ -230,10 +261,15 @@ class Registry:
         if result.config is None:
             errors = "\n  ".join(str(e) for e in result.errors)
             if restored is None:
-                raise StartupError(f"config in {self.config_dir} is invalid:\n  {errors}\n"
-                                   f"fix it (`meshctl validate {self.config_dir}`) and start again")
-            log.error("config invalid; serving the last good snapshot (version %d):\n  %s",
-                      restored.version, errors)
+                raise StartupError(
+                    f"config in {self.config_dir} is invalid:\n  {errors}\n"
+                    f"fix it (`meshctl validate {self.config_dir}`) and start again"
+                )
+            log.error(
+                "config invalid; serving the last good snapshot (version %d):\n  %s",
+                restored.version,
+                errors,
+            )
         trust_domain = (result.config or restored.config).trust_domain  # type: ignore[union-attr]
         self.ca = CertificateAuthority.load_or_create(self.paths.ca_dir, trust_domain)
         self.tokens = TokenStore(self.paths.tokens)
@@ -249,8 +285,9 @@ class Registry:
 
         api = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await api.setup()
-        await web.TCPSite(api, self.host, self.port, ssl_context=self._server_ssl(),
-                          reuse_address=True).start()
+        await web.TCPSite(
+            api, self.host, self.port, ssl_context=self._server_ssl(), reuse_address=True
+        ).start()
         self._runners.append(api)
         mon = web.Application()
         mon.add_routes([web.get("/metrics", self._metrics), web.get("/healthz/ready", self._ready)])
@@ -258,28 +295,47 @@ class Registry:
         await mon_runner.setup()
         await web.TCPSite(mon_runner, "127.0.0.1", self.monitor_port, reuse_address=True).start()
         self._runners.append(mon_runner)
-        atomic_write(self.paths.endpoint, json.dumps({
-            "url": f"https://{_url_host(self.host)}:{self.port}",
-            "monitor": f"http://127.0.0.1:{self.monitor_port}",
-            "pid": os.getpid(), "config_dir": str(self.config_dir),
-        }), mode=0o644)
-        self._tasks.append(spawn(watcher.watch(self.config_dir, self.on_load,
-                                               quiet_ms=self.quiet_ms), name="watch"))
+        atomic_write(
+            self.paths.endpoint,
+            json.dumps(
+                {
+                    "url": f"https://{_url_host(self.host)}:{self.port}",
+                    "monitor": f"http://127.0.0.1:{self.monitor_port}",
+                    "pid": os.getpid(),
+                    "config_dir": str(self.config_dir),
+                }
+            ),
+            mode=0o644,
+        )
+        self._tasks.append(
+            spawn(
+                watcher.watch(self.config_dir, self.on_load, quiet_ms=self.quiet_ms), name="watch"
+            )
+        )
         self._tasks.append(spawn(self._expire_loop(), name="expire"))
-        log.info("registry listening on https://%s:%d (monitor 127.0.0.1:%d), config %s",
-                 self.host, self.port, self.monitor_port, self.config_dir)
+        log.info(
+            "registry listening on https://%s:%d (monitor 127.0.0.1:%d), config %s",
+            self.host,
+            self.port,
+            self.monitor_port,
+            self.config_dir,
+        )
 
     async def _expire_loop(self) -> None:
         while True:
-            await asyncio.sleep(ENDPOINT_TTL_S / 3)
-            gone = self.catalog.expire()
+            await asyncio.sleep(self.endpoint_ttl_s / 3)
+            gone = self.catalog.expire(self.endpoint_ttl_s)
             if gone:
                 log.info("endpoints expired (no heartbeat): %s", ", ".join(gone))
             self.tokens.purge_expired()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=render_metrics(self), content_type="text/plain",
-                            charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            text=render_metrics(self),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def _ready(self, request: web.Request) -> web.Response:
         ok = self.store.current is not None
@@ -300,6 +356,7 @@ class Registry:
 
 def _is_ip(s: str) -> bool:
     import ipaddress
+
     try:
         ipaddress.ip_address(s)
     except ValueError:

@@ -13,22 +13,41 @@ if TYPE_CHECKING:
 def render_metrics(reg: Registry) -> str:
     w = MetricWriter()
     snap = reg.store.current
-    w.gauge("meshctl_registry_config_version", "Version of the config snapshot in force.",
-            snap.version if snap else 0)
-    w.gauge("meshctl_registry_config_error", "1 while the last change to the config directory "
-            "was rejected (the previous snapshot stays in force).",
-            1 if reg.store.last_rejection else 0)
-    w.counter("meshctl_registry_config_rejections_total", "Config changes rejected.",
-              reg.store.rejections_total)
+    w.gauge(
+        "meshctl_registry_config_version",
+        "Version of the config snapshot in force.",
+        snap.version if snap else 0,
+    )
+    w.gauge(
+        "meshctl_registry_config_error",
+        "1 while the last change to the config directory "
+        "was rejected (the previous snapshot stays in force).",
+        1 if reg.store.last_rejection else 0,
+    )
+    w.counter(
+        "meshctl_registry_config_rejections_total",
+        "Config changes rejected.",
+        reg.store.rejections_total,
+    )
     w.gauge("meshctl_registry_catalog_version", "Catalog version.", reg.catalog.version)
     w.gauge("meshctl_registry_endpoints", "Endpoints in the catalog.", len(reg.catalog.endpoints()))
-    w.gauge("meshctl_registry_proxies_connected", "Proxies with an open config stream.",
-            reg.proxies.connected())
+    w.gauge(
+        "meshctl_registry_proxies_connected",
+        "Proxies with an open config stream.",
+        reg.proxies.connected(),
+    )
     latest = snap.version if snap else 0
-    w.gauge("meshctl_registry_proxies_stale", "Proxies not (yet) on the latest config version.",
-            sum(1 for p in reg.proxies.all() if p.acked_version < latest))
-    w.counter("meshctl_registry_svids_issued_total", "SVIDs signed (join and renew).",
-              reg.metrics["svids_issued"])
-    w.counter("meshctl_registry_join_refused_total", "Join attempts refused.",
-              reg.metrics["join_refused"])
+    w.gauge(
+        "meshctl_registry_proxies_stale",
+        "Proxies not (yet) on the latest config version.",
+        sum(1 for p in reg.proxies.all() if p.acked_version < latest),
+    )
+    w.counter(
+        "meshctl_registry_svids_issued_total",
+        "SVIDs signed (join and renew).",
+        reg.metrics["svids_issued"],
+    )
+    w.counter(
+        "meshctl_registry_join_refused_total", "Join attempts refused.", reg.metrics["join_refused"]
+    )
     return w.text()

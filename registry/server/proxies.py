@@ -1,4 +1,4 @@
-"""What the registry knows of each proxy: its identity, the config version it runs, its certificate."""
+"""What the registry knows of each proxy: identity, config version in force, certificate."""
 
 from __future__ import annotations
 
@@ -35,8 +35,17 @@ class ProxyTracker:
             st = ProxyState(proxy_id=proxy_id, identity=identity, service=service)
         return replace(st, identity=identity, service=service, last_seen=self._clock())
 
-    def ack(self, proxy_id: str, identity: str, service: str, version: int, *,
-            ok: bool, error: str = "", cert_not_after: float | None = None) -> ProxyState:
+    def ack(
+        self,
+        proxy_id: str,
+        identity: str,
+        service: str,
+        version: int,
+        *,
+        ok: bool,
+        error: str = "",
+        cert_not_after: float | None = None,
+    ) -> ProxyState:
         st = self._get(proxy_id, identity, service)
         if ok:
             st = replace(st, acked_version=max(st.acked_version, version))
@@ -54,8 +63,9 @@ class ProxyTracker:
     def stream_closed(self, proxy_id: str) -> None:
         st = self._proxies.get(proxy_id)
         if st is not None:
-            self._proxies[proxy_id] = replace(st, streams=max(0, st.streams - 1),
-                                              last_seen=self._clock())
+            self._proxies[proxy_id] = replace(
+                st, streams=max(0, st.streams - 1), last_seen=self._clock()
+            )
 
     def forget(self, proxy_id: str) -> None:
         self._proxies.pop(proxy_id, None)

@@ -26,10 +26,21 @@ def _relevant(change: object, path: str) -> bool:
     return name.endswith((".yaml", ".yml"))
 
 
-async def watch(directory: Path, on_result: Callable[[LoadResult], None],
-                *, quiet_ms: int = DEBOUNCE_QUIET_MS, max_ms: int = DEBOUNCE_MAX_MS) -> None:
+async def watch(
+    directory: Path,
+    on_result: Callable[[LoadResult], None],
+    *,
+    quiet_ms: int = DEBOUNCE_QUIET_MS,
+    max_ms: int = DEBOUNCE_MAX_MS,
+) -> None:
     """Reload the whole directory after each debounced batch of changes; runs until cancelled."""
-    async for _changes in awatch(directory, watch_filter=_relevant, step=quiet_ms,
-                                 debounce=max_ms, recursive=False, force_polling=False):
+    async for _changes in awatch(
+        directory,
+        watch_filter=_relevant,
+        step=quiet_ms,
+        debounce=max_ms,
+        recursive=False,
+        force_polling=False,
+    ):
         result = load_directory(directory)
         on_result(result)

@@ -34,14 +34,15 @@ def wait_until(pred: Any, timeout: float = 15.0, what: str = "condition") -> Any
             last = pred()
             if last:
                 return last
-        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+        except Exception as exc:
             last = exc
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
-def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
-             ) -> tuple[int, bytes, dict[str, str]]:
+def http_get(
+    url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
     req = urllib.request.Request(url, headers=headers or {})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -59,8 +60,13 @@ class Proc:
     p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Proc:
-        self.p = subprocess.Popen(self.argv, env=self.env, stdout=self.log.open("ab"),
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        self.p = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
@@ -101,22 +107,39 @@ class Mesh:
     def meshctl(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "meshctl", *args]
 
-    def start_registry(self) -> Proc:
-        self.registry = Proc(self.meshctl("registry", "--config", str(self.config), "--port",
-                                          str(self.port), "--monitor-port", str(self.monitor)),
-                             self.env, self.tmp / "registry.log").start()
+    def registry_argv(self, *extra: str) -> list[str]:
+        return self.meshctl(
+            "registry",
+            "--config",
+            str(self.config),
+            "--port",
+            str(self.port),
+            "--monitor-port",
+            str(self.monitor),
+            *extra,
+        )
+
+    def start_registry(self, *extra: str) -> Proc:
+        """Start the registry (extra CLI options appended) and wait until it is ready."""
+        self.registry = Proc(
+            self.registry_argv(*extra), self.env, self.tmp / "registry.log"
+        ).start()
         self.procs.append(self.registry)
-        wait_until(lambda: http_get(f"http://127.0.0.1:{self.monitor}/healthz/ready")[0] == 200,
-                   what="registry ready")
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{self.monitor}/healthz/ready")[0] == 200,
+            what="registry ready",
+        )
         return self.registry
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         ctx = ssl.create_default_context(cafile=str(self.home / "registry" / "ca" / "ca.crt"))
         token = (self.home / "registry" / "operator.token").read_text().strip()
-        req = urllib.request.Request(self.url + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {token}",
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
             return json.loads(r.read())
 
@@ -128,23 +151,58 @@ class Mesh:
 
     def app(self, service: str, version: str = "v1", *extra: str) -> tuple[Proc, int]:
         port = free_port()
-        p = Proc([sys.executable, str(SHOP), "--service", service, "--version", version,
-                  "--host", "127.0.0.1", "--port", str(port), *extra], self.env,
-                 self.tmp / f"app-{service}-{version}-{port}.log").start()
+        p = Proc(
+            [
+                sys.executable,
+                str(SHOP),
+                "--service",
+                service,
+                "--version",
+                version,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *extra,
+            ],
+            self.env,
+            self.tmp / f"app-{service}-{version}-{port}.log",
+        ).start()
         self.procs.append(p)
-        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
-                   what=f"app {service}")
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, what=f"app {service}"
+        )
         return p, port
 
-    def proxy(self, service: str, version: str | None = "v1", *, app_port: int | None = None,
-              service_port: int = 8080, upstreams: dict[str, int] | None = None,
-              wait: bool = True) -> dict[str, Any]:
+    def proxy(
+        self,
+        service: str,
+        version: str | None = "v1",
+        *,
+        app_port: int | None = None,
+        service_port: int = 8080,
+        upstreams: dict[str, int] | None = None,
+        wait: bool = True,
+    ) -> dict[str, Any]:
         inbound, admin, metrics = free_port(), free_port(), free_port()
         pid = f"{service}-{version}-{inbound}"
-        argv = self.meshctl("proxy", "--service", service, "--registry", self.url,
-                            "--token-file", str(self.token(service)),
-                            "--inbound", f"127.0.0.1:{inbound}", "--admin", f"127.0.0.1:{admin}",
-                            "--metrics", f"127.0.0.1:{metrics}", "--proxy-id", pid)
+        argv = self.meshctl(
+            "proxy",
+            "--service",
+            service,
+            "--registry",
+            self.url,
+            "--token-file",
+            str(self.token(service)),
+            "--inbound",
+            f"127.0.0.1:{inbound}",
+            "--admin",
+            f"127.0.0.1:{admin}",
+            "--metrics",
+            f"127.0.0.1:{metrics}",
+            "--proxy-id",
+            pid,
+        )
         if version:
             argv += ["--version", version]
         if app_port:
@@ -155,8 +213,10 @@ class Mesh:
         self.procs.append(p)
         info = {"proc": p, "inbound": inbound, "admin": admin, "metrics": metrics, "id": pid}
         if wait:
-            wait_until(lambda: http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200,
-                       what=f"proxy {pid} ready")
+            wait_until(
+                lambda: http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200,
+                what=f"proxy {pid} ready",
+            )
         return info
 
     def close(self) -> None:

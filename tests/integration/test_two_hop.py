@@ -28,7 +28,7 @@ def test_request_crosses_two_proxies_with_mtls_identity(mesh: Mesh) -> None:
     front = mesh.proxy("frontend", "v1", upstreams={"orders:8080": local})
     wait_until(lambda: len(mesh.api("GET", "/v1/catalog")["endpoints"]) == 2, what="endpoints")
     wait_until(lambda: http_get(f"http://127.0.0.1:{local}/")[0] == 200, what="first request")
-    status, body, headers = http_get(f"http://127.0.0.1:{local}/echo")
+    status, body, _ = http_get(f"http://127.0.0.1:{local}/echo")
     assert status == 200
     echo = json.loads(body)
     # The app sees the caller's verified SPIFFE ID, set by its proxy from the peer certificate.
@@ -48,8 +48,10 @@ def test_spoofed_identity_header_is_replaced(mesh: Mesh) -> None:
     local = free_port()
     mesh.proxy("frontend", "v1", upstreams={"orders:8080": local})
     wait_until(lambda: http_get(f"http://127.0.0.1:{local}/")[0] == 200, what="route")
-    _, body, _ = http_get(f"http://127.0.0.1:{local}/echo", headers={
-        "X-Forwarded-Client-Cert": "URI=spiffe://shop.local/ns/default/sa/payments"})
+    _, body, _ = http_get(
+        f"http://127.0.0.1:{local}/echo",
+        headers={"X-Forwarded-Client-Cert": "URI=spiffe://shop.local/ns/default/sa/payments"},
+    )
     xfcc = {k.lower(): v for k, v in json.loads(body)["headers"].items()}["x-forwarded-client-cert"]
     assert "sa/payments" not in xfcc and "sa/frontend" in xfcc
 
@@ -87,14 +89,18 @@ def test_config_change_reaches_proxy_and_bad_config_keeps_last_good(mesh: Mesh) 
     dump = lambda: json.loads(http_get(f"http://127.0.0.1:{px['admin']}/config_dump")[1])  # noqa: E731
     v0 = dump()["config_version"]
     vs = mesh.config / "orders.yaml"
-    vs.write_text(vs.read_text().replace("weight: 90", "weight: 80").replace("weight: 10", "weight: 20"))
+    vs.write_text(
+        vs.read_text().replace("weight: 90", "weight: 80").replace("weight: 10", "weight: 20")
+    )
     wait_until(lambda: dump()["config_version"] > v0, what="new version on the proxy")
     v1 = dump()["config_version"]
     status = mesh.api("GET", "/v1/status")
     assert status["config_version"] == v1
     assert any(p["acked_version"] == v1 for p in status["proxies"])
-    (mesh.config / "broken.yaml").write_text("kind: VirtualService\napiVersion: networking.istio.io/v1\n"
-                                             "metadata: {name: x}\nspec:\n  hosts: [nope]\n")
+    (mesh.config / "broken.yaml").write_text(
+        "kind: VirtualService\napiVersion: networking.istio.io/v1\n"
+        "metadata: {name: x}\nspec:\n  hosts: [nope]\n"
+    )
     wait_until(lambda: mesh.api("GET", "/v1/status")["last_config_error"], what="rejection")
     err = mesh.api("GET", "/v1/status")["last_config_error"]["errors"]
     assert any(e.startswith("broken.yaml:") for e in err)

@@ -1,0 +1,154 @@
+"""Per-destination state that outlives snapshots: balancer, outlier detection, limits, budget.
+
+A snapshot names clusters (service, subset) with their endpoints and DestinationRule policy;
+the runtime here keeps what must survive a swap (ejections, EWMA latencies, in-flight
+counts), so a new snapshot never forgets that a host was failing. Decision logic lives in
+proxy/policy; this module only wires it up per cluster.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.policy import balancer as lb
+from proxy.policy.budget import RetryBudget
+from proxy.policy.limits import Gauges, PoolLimits
+from proxy.policy.outlier import OutlierDetector, OutlierParams
+from proxy.streams import ConnLimiter
+from registry.config.model import TrafficPolicy
+from registry.server.catalog import Endpoint
+
+_RNG = random.Random()
+
+
+def _balancer(policy: TrafficPolicy | None) -> tuple[object, lb.Balancer, bytes | None]:
+    cfg = policy.load_balancer if policy is not None else None
+    simple = cfg.simple if cfg is not None else None
+    header = cfg.consistent_hash_header if cfg is not None else None
+    key: object = (simple, header)
+    if header is not None:
+        return key, lb.ConsistentHash(_RNG), header.encode()
+    if simple == "ROUND_ROBIN":
+        return key, lb.RoundRobin(), None
+    if simple == "LEAST_REQUEST":
+        return key, lb.LeastRequest(_RNG), None
+    if simple == "RANDOM":
+        return key, lb.Random(_RNG), None
+    # Unset: latency-aware peak-EWMA with power of two choices (Linkerd's default).
+    return key, lb.PeakEwma(_RNG, time.monotonic), None
+
+
+def _outlier_params(policy: TrafficPolicy | None) -> OutlierParams | None:
+    od = policy.outlier_detection if policy is not None else None
+    if od is None:
+        return None
+    return OutlierParams(
+        consecutive_5xx=od.consecutive_5xx_errors or None,
+        consecutive_gateway=od.consecutive_gateway_errors or None,
+        interval_s=od.interval_s,
+        base_ejection_s=od.base_ejection_time_s,
+        max_ejection_percent=od.max_ejection_percent,
+        min_health_percent=od.min_health_percent,
+        # Envoy's documented rule, which the issue and the article rely on: the first
+        # ejection happens whatever maxEjectionPercent says.
+        always_eject_one_host=True,
+    )
+
+
+def _limits(policy: TrafficPolicy | None) -> PoolLimits:
+    cp = policy.connection_pool if policy is not None else None
+    if cp is None:
+        return PoolLimits()
+    return PoolLimits(
+        max_connections=cp.tcp.max_connections,
+        max_pending=cp.http.http1_max_pending_requests,
+        max_requests=cp.http.http2_max_requests,
+        max_retries=cp.http.max_retries,
+    )
+
+
+@dataclass(slots=True)
+class ClusterRuntime:
+    key: tuple[str, str | None]
+    endpoints: dict[str, Endpoint]
+    hosts: tuple[str, ...]
+    balancer: lb.Balancer
+    balancer_key: object
+    hash_header: bytes | None
+    outlier: OutlierDetector | None
+    gauges: Gauges
+    budget: RetryBudget
+    limiter: ConnLimiter | None = None  # built by the proxy on first use
+
+    def update(self, policy: TrafficPolicy | None, endpoints: Sequence[Endpoint]) -> None:
+        self.endpoints = {f"{e.address}:{e.inbound_port}": e for e in endpoints}
+        self.hosts = tuple(self.endpoints)
+        bkey, bal, header = _balancer(policy)
+        if bkey != self.balancer_key:
+            self.balancer, self.balancer_key, self.hash_header = bal, bkey, header
+        params = _outlier_params(policy)
+        if params is None:
+            self.outlier = None
+        elif self.outlier is None or self.outlier.params != params:
+            self.outlier = OutlierDetector(params, self.hosts, time.monotonic)
+        else:
+            self.outlier.set_hosts(self.hosts)
+        limits = _limits(policy)
+        if limits != self.gauges.limits:
+            self.gauges = Gauges(limits)  # in-flight requests release on the old gauges
+
+    def available(self) -> tuple[str, ...]:
+        return self.outlier.available_hosts() if self.outlier is not None else self.hosts
+
+    def pick(self, exclude: frozenset[str], hash_key: bytes | None) -> Endpoint | None:
+        host = self.balancer.pick(self.available(), exclude=exclude, key=hash_key)
+        return self.endpoints.get(host) if host is not None else None
+
+    def report(self, host: str, status: int | None, local_failure: bool, latency_s: float) -> None:
+        self.balancer.on_end(host, latency_s, not local_failure and (status or 0) < 500)
+        if self.outlier is not None:
+            self.outlier.report(host, status, local_failure)
+
+
+class Clusters:
+    """All cluster runtimes of one proxy, by (service, subset)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, str | None], ClusterRuntime] = {}
+
+    def get(
+        self,
+        service: str,
+        subset: str | None,
+        policy: TrafficPolicy | None,
+        endpoints: Sequence[Endpoint],
+    ) -> ClusterRuntime:
+        key = (service, subset)
+        rt = self._by_key.get(key)
+        if rt is None:
+            bkey, bal, header = _balancer(policy)
+            rt = ClusterRuntime(
+                key=key,
+                endpoints={},
+                hosts=(),
+                balancer=bal,
+                balancer_key=bkey,
+                hash_header=header,
+                outlier=None,
+                gauges=Gauges(_limits(policy)),
+                budget=RetryBudget(clock=time.monotonic),
+            )
+            self._by_key[key] = rt
+        rt.update(policy, endpoints)
+        return rt
+
+    def retain(self, keys: set[tuple[str, str | None]]) -> None:
+        for k in list(self._by_key):
+            if k not in keys:
+                del self._by_key[k]
+
+    def all(self) -> list[ClusterRuntime]:
+        return list(self._by_key.values())
