@@ -126,9 +126,18 @@ class StreamParser:
             elif state == CHUNK_SIZE:
                 end = buf.find(b"\r\n", pos)
                 if end < 0:
-                    if size - pos > MAX_CHUNK_LINE or b"\n" in buf[pos:]:
+                    # The bound counts the line without its CRLF, so a CR that is waiting
+                    # for its LF does not tip a line of exactly MAX_CHUNK_LINE over it.
+                    pending = size - pos - (buf[-1] == 13)
+                    if pending > MAX_CHUNK_LINE or b"\n" in buf[pos:]:
                         raise ProtocolError(self._bad, "malformed chunk-size line (RFC 9112 7.1)")
                     break
+                if end - pos > MAX_CHUNK_LINE:
+                    # Checked here too: a whole line arriving in one feed never took the
+                    # branch above (found by tests/integration/test_framing.py).
+                    raise ProtocolError(
+                        self._bad, f"chunk line over {MAX_CHUNK_LINE} bytes (RFC 9112 7.1.1)"
+                    )
                 match = CHUNK_LINE.fullmatch(buf, pos, end)
                 if match is None:
                     line = buf[pos:end][:40]

@@ -1,0 +1,48 @@
+"""Parser bugs found by the integration suite (tests/integration/test_framing.py), one test each."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.http1 import Data, EndOfMessage, Request, RequestParser, ResponseParser
+from proxy.http1.stream import MAX_CHUNK_LINE
+from tests.proxy.http1.helpers import run
+
+CHUNKED_REQ = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_RESP = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _chunk_line(length: int) -> bytes:
+    """A valid chunk-size line of exactly ``length`` bytes (without CRLF) for a 5-byte chunk."""
+    return b"5;a=" + b"b" * (length - 4)
+
+
+def _whole(data: bytes) -> list[bytes]:
+    return [data]
+
+
+def _bytewise(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+@pytest.mark.parametrize("split", [_whole, _bytewise], ids=["whole", "byte-by-byte"])
+def test_chunk_line_over_the_limit_is_refused_however_it_arrives(split: object) -> None:
+    """Bug: a chunk line over MAX_CHUNK_LINE that arrived with its CRLF in one feed was
+    accepted (the bound was only checked while the line was incomplete)."""
+    assert callable(split)
+    body = _chunk_line(MAX_CHUNK_LINE + 1) + b"\r\nhello\r\n0\r\n\r\n"
+    assert run(RequestParser(), split(CHUNKED_REQ + body)) == 400
+    resp = ResponseParser()
+    resp.expect(b"GET")
+    assert run(resp, split(CHUNKED_RESP + body)) == 502
+
+
+@pytest.mark.parametrize("split", [_whole, _bytewise], ids=["whole", "byte-by-byte"])
+def test_chunk_line_of_exactly_the_limit_is_accepted_however_it_arrives(split: object) -> None:
+    """The boundary is the same whole and split: a CR waiting for its LF does not count."""
+    assert callable(split)
+    body = _chunk_line(MAX_CHUNK_LINE) + b"\r\nhello\r\n0\r\n\r\n"
+    events = run(RequestParser(), split(CHUNKED_REQ + body))
+    assert isinstance(events, list)
+    assert isinstance(events[0], Request)
+    assert events[1:] == [Data(b"hello"), EndOfMessage([])]
