@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import NoReturn
 
 from proxy.http1.events import Event, ProtocolError, Request
 from proxy.http1.grammar import (
@@ -55,7 +56,7 @@ class RequestParser(StreamParser):
             pos += 2
         return pos
 
-    def _too_long(self, buf: bytes, pos: int) -> None:
+    def _too_long(self, buf: bytes, pos: int) -> NoReturn:
         if buf.find(b"\r\n", pos, pos + self.max_head_bytes) < 0:
             raise ProtocolError(414, f"request line over {self.max_head_bytes} bytes")
         raise ProtocolError(431, f"request head over {self.max_head_bytes} bytes")

@@ -14,6 +14,8 @@ after the message.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from proxy.http1.events import Data, EndOfMessage, Event, Headers, ProtocolError
 from proxy.http1.grammar import CHUNK_LINE, parse_fields
 
@@ -193,7 +195,7 @@ class StreamParser:
         if found >= 0:
             self._scanned = 0
             if found + 4 - pos > self.max_head_bytes:
-                raise ProtocolError(self._too_big, f"head over {self.max_head_bytes} bytes")
+                self._too_long(buf, pos)  # the same 414-or-431 as while the head grows
             return found + 2
         start = pos + scanned
         if buf.count(b"\n", start) != buf.count(b"\r\n", max(start - 1, pos)):
@@ -203,7 +205,7 @@ class StreamParser:
         self._scanned = size - pos
         return -1
 
-    def _too_long(self, buf: bytes, pos: int) -> None:
+    def _too_long(self, buf: bytes, pos: int) -> NoReturn:
         raise ProtocolError(self._too_big, f"head over {self.max_head_bytes} bytes")
 
     def _eof(self, events: list[Event]) -> None:

@@ -46,3 +46,23 @@ def test_chunk_line_of_exactly_the_limit_is_accepted_however_it_arrives(split: o
     assert isinstance(events, list)
     assert isinstance(events[0], Request)
     assert events[1:] == [Data(b"hello"), EndOfMessage([])]
+
+
+@pytest.mark.parametrize("split", [_whole, _bytewise], ids=["whole", "byte-by-byte"])
+def test_long_request_line_is_414_however_it_arrives(split: object) -> None:
+    """Bug: a complete head whose request-line alone was over max_head_bytes got 431 when it
+    arrived in one read (the finished-block check did not look at the request-line), 414 when
+    it arrived in pieces."""
+    assert callable(split)
+    data = b"GET /" + b"a" * 61 * 1024 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert run(RequestParser(), split(data)) == 414
+
+
+@pytest.mark.parametrize("split", [_whole, _bytewise], ids=["whole", "byte-by-byte"])
+def test_long_head_with_short_request_line_is_431_however_it_arrives(split: object) -> None:
+    assert callable(split)
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Big: " + b"a" * 61 * 1024 + b"\r\n\r\n"
+    assert run(RequestParser(), split(data)) == 431
+    resp = ResponseParser()
+    resp.expect(b"GET")
+    assert run(resp, split(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 61 * 1024 + b"\r\n\r\n")) == 502
