@@ -126,6 +126,8 @@ class Plan:
     response_headers: Callable[[Headers], Headers] | None = None
     # Asked before each retry: the retry budget and the cluster's maxRetries gauge.
     may_retry: Callable[[], bool] | None = None
+    # Called once with the whole body when it fit the replay buffer (traffic mirroring).
+    mirror: Callable[[Request, bytes], None] | None = None
 
 
 class _Overflow(Outcome):
@@ -180,6 +182,8 @@ async def forward(
         await down.next()  # the EndOfMessage of a body-less request
     body = b"".join(pieces)
     replayable = complete
+    if plan.mirror is not None and complete:
+        plan.mirror(req, body)
     retry = plan.retry
     attempts_allowed = 1 + (retry.attempts if retry is not None else 0)
     exclude: frozenset[str] = frozenset()

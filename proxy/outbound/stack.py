@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from typing import TYPE_CHECKING
 
+from meshctl.aio import spawn
 from proxy.forward import Plan, Result, Target, forward, local_reply, relay
-from proxy.http1 import EndOfMessage, ProtocolError, Request, RequestParser
+from proxy.http1 import (
+    EndOfMessage,
+    ProtocolError,
+    Request,
+    RequestParser,
+    render_request_head,
+    strip_hop_by_hop,
+)
 from proxy.identity import peer_identity, sni_for
-from proxy.routing import CompiledRoute, first_match
+from proxy.routing import CompiledRoute, HeaderList, first_match
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import EventStream, PeerClosed
 from registry.server.catalog import Endpoint
@@ -245,7 +254,19 @@ class Outbound:
             counters["meshctl_proxy_retries_total"] += 1
             return True
 
+        mirror = None
+        route = compiled.route
+        if route.mirror is not None and _RNG.random() * 100.0 < route.mirror_percentage:
+            mview = snap.services.get(route.mirror.host)
+            mcluster = mview.cluster(route.mirror.subset) if mview else None
+            if mview is not None and mcluster is not None:
+                mport = route.mirror.port or dport
+
+                def mirror(req: Request, body: bytes) -> None:
+                    spawn(self._mirror(req, body, snap, mview, mcluster, mport, add))
+
         plan = Plan(
+            mirror=mirror,
             pick=lambda exclude: self._target(snap, dview, cluster, dport, exclude, hash_key),
             may_retry=may_retry,
             add_request_headers=add,
@@ -255,6 +276,40 @@ class Outbound:
             response_headers=compiled.response_ops[index],
         )
         return await forward(req, down, writer, self.proxy.pool, plan)
+
+
+    async def _mirror(self, req: Request, body: bytes, snap: ProxySnapshot, view: ServiceView,
+                      cluster: Cluster, port: int, add: HeaderList) -> None:
+        """Istio `mirror`: fire and forget. The copy's Host gets `-shadow` (as Envoy does);
+        its response and any failure are dropped and never touch the real request."""
+        counters = self.proxy.telemetry.counters
+        target = self._target(snap, view, cluster, port, frozenset())
+        if target is None:
+            counters["meshctl_proxy_mirror_failed_total"] += 1
+            return
+        host = req.host or b""
+        name, sep, hport = host.partition(b":")
+        shadow = name + b"-shadow" + sep + hport
+        headers = [(n, shadow if n.lower() == b"host" else v)
+                   for n, v in strip_hop_by_hop(req.headers)
+                   if n.lower() not in _MIRROR_DROP]
+        headers += [*add, (b"content-length", b"%d" % len(body))]
+        try:
+            conn, _ = await self.proxy.pool.get(target.key, target.connect,
+                                               target.connect_timeout_s)
+            conn.writer.write(render_request_head(req.method, req.target, headers) + body)
+            conn.parser.expect(req.method)
+            while not isinstance(await asyncio.wait_for(conn.events.next(), 30), EndOfMessage):
+                pass
+            self.proxy.pool.put(conn)
+            counters["meshctl_proxy_mirror_sent_total"] += 1
+        except Exception:
+            counters["meshctl_proxy_mirror_failed_total"] += 1
+
+
+_MIRROR_DROP = frozenset((b"content-length", b"transfer-encoding", b"expect",
+                          b"x-forwarded-client-cert"))
+_RNG = random.Random()
 
 
 async def _discard_body(down: EventStream) -> None:

@@ -1,0 +1,347 @@
+"""Each VirtualService / DestinationRule policy changes behaviour through real proxies.
+
+Topology (explicit mode, 127.0.0.1): test client -> client's proxy (one local listener per
+upstream) -> mTLS -> backend's proxy (one per replica) -> shop app replica. The shop app
+fails or slows down on command (/admin/fail, /admin/slow).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import textwrap
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
+
+pytestmark = pytest.mark.slow
+
+MESH_YAML = """\
+trustDomain: test.local
+namespace: default
+services:
+  client:
+    ports: [{port: 8080, protocol: http, name: http}]
+  backend:
+    ports: [{port: 8080, protocol: http, name: http}]
+  shadow:
+    ports: [{port: 8080, protocol: http, name: http}]
+  limited:
+    ports: [{port: 8080, protocol: http, name: http}]
+    rateLimit: {requestsPerUnit: 2, unit: minute, burst: 2}
+"""
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(textwrap.dedent(text))
+
+
+@pytest.fixture
+def config_src(tmp_path: Path) -> Path:
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "mesh.yaml").write_text(MESH_YAML)
+    return d
+
+
+class Backend:
+    """Two replicas of `backend` (versions a and b) behind their proxies, and a client."""
+
+    def __init__(self, mesh: Mesh, replicas: tuple[str, ...] = ("a", "b"),
+                 service: str = "backend") -> None:
+        self.mesh = mesh
+        self.apps: dict[str, int] = {}
+        for v in replicas:
+            _, port = mesh.app(service, v)
+            self.apps[v] = port
+            mesh.proxy(service, v, app_port=port)
+        self.local = free_port()
+        self.client = mesh.proxy("client", "v1", upstreams={f"{service}:8080": self.local})
+        wait_until(lambda: len([e for e in mesh.api("GET", "/v1/catalog")["endpoints"]
+                                if e["service"] == service]) == len(replicas),
+                   what="backend endpoints")
+        wait_until(lambda: self.get("/")[0] == 200, what="first request through the mesh")
+
+    def get(self, path: str, headers: dict[str, str] | None = None
+            ) -> tuple[int, bytes, dict[str, str]]:
+        return http_get(f"http://127.0.0.1:{self.local}{path}", headers=headers)
+
+    def post(self, path: str, body: bytes = b"x") -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.local}{path}", data=body,
+                                     method="POST")
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(req, timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    def admin(self, version: str, action: str) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.apps[version]}/admin/{action}",
+                                     data=b"", method="POST")
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(http_get(f"http://127.0.0.1:{self.client['admin']}/stats")[1])
+
+    def metrics(self) -> str:
+        return http_get(f"http://127.0.0.1:{self.client['metrics']}/metrics")[1].decode()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path, config_src: Path) -> Iterator[Mesh]:
+    m = Mesh(tmp_path, config_src)
+    yield m
+    m.close()
+
+
+def _versions(b: Backend, n: int, path: str = "/") -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        status, body, _ = b.get(path)
+        seen[json.loads(body)["version"] if status == 200 else str(status)] += 1
+    return seen
+
+
+def test_seed_policy_retries_to_the_other_replica_and_ejects_the_failing_one(mesh: Mesh) -> None:
+    # The article's VirtualService and DestinationRule, on `backend`.
+    _write(mesh.config / "policy.yaml", """\
+        apiVersion: networking.istio.io/v1beta1
+        kind: DestinationRule
+        metadata:
+          name: backend
+        spec:
+          host: backend
+          trafficPolicy:
+            connectionPool:
+              tcp:
+                maxConnections: 100
+              http:
+                http1MaxPendingRequests: 50
+                maxRequestsPerConnection: 10
+            outlierDetection:
+              consecutive5xxErrors: 3
+              interval: 10s
+              baseEjectionTime: 30s
+              maxEjectionPercent: 50
+        ---
+        apiVersion: networking.istio.io/v1beta1
+        kind: VirtualService
+        metadata:
+          name: backend
+        spec:
+          hosts:
+          - backend
+          http:
+          - retries:
+              attempts: 3
+              perTryTimeout: 500ms
+              retryOn: "5xx,reset,connect-failure"
+            route:
+            - destination:
+                host: backend
+        """)
+    mesh.start_registry()
+    b = Backend(mesh)
+    b.admin("a", "fail?status=503&count=-1")
+    # Every request succeeds: a 503 from `a` is retried on `b`.
+    seen = _versions(b, 30)
+    assert seen == Counter({"b": 30})
+    # `a` was ejected after 3 consecutive 5xx: it is no longer even tried.
+    text = b.metrics()
+    assert "meshctl_proxy_retries_total" in text
+    retries_before = b.stats()["meshctl_proxy_retries_total"]
+    assert 1 <= retries_before <= 3  # only the attempts before the ejection
+    assert _versions(b, 20) == Counter({"b": 20})
+    assert b.stats()["meshctl_proxy_retries_total"] == retries_before
+
+
+def test_without_retries_a_failing_replica_is_seen(mesh: Mesh) -> None:
+    _write(mesh.config / "vs.yaml", """\
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: backend}
+        spec:
+          hosts: [backend]
+          http:
+          - retries: {attempts: 0}
+            route: [{destination: {host: backend}}]
+        """)
+    mesh.start_registry()
+    b = Backend(mesh)
+    b.admin("a", "fail?status=503&count=-1")
+    seen = _versions(b, 20)
+    assert seen["503"] > 0 and seen["b"] > 0
+
+
+def test_post_is_not_retried_after_the_upstream_saw_it(mesh: Mesh) -> None:
+    _write(mesh.config / "vs.yaml", """\
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: backend}
+        spec:
+          hosts: [backend]
+          http:
+          - retries: {attempts: 3, retryOn: 5xx}
+            route: [{destination: {host: backend}}]
+        """)
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    b.admin("a", "fail?status=503&count=1")
+    assert b.post("/echo") == 503  # a GET would have been retried
+    b.admin("a", "fail?status=503&count=1")
+    assert b.get("/")[0] == 200
+
+
+def test_route_timeout_answers_504_with_flag(mesh: Mesh) -> None:
+    _write(mesh.config / "vs.yaml", """\
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: backend}
+        spec:
+          hosts: [backend]
+          http:
+          - timeout: 300ms
+            retries: {attempts: 0}
+            route: [{destination: {host: backend}}]
+        """)
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    b.admin("a", "slow?ms=2000&count=1")
+    status, body, _ = b.get("/")
+    assert status == 504 and body == b"upstream request timeout"
+    assert 'response_flags="UT"' in b.metrics()
+    assert b.get("/")[0] == 200
+
+
+def test_fault_abort_and_header_operations(mesh: Mesh) -> None:
+    _write(mesh.config / "vs.yaml", """\
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: backend}
+        spec:
+          hosts: [backend]
+          http:
+          - match: [{uri: {prefix: /teapot}}]
+            fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+            route: [{destination: {host: backend}}]
+          - headers:
+              request:
+                set: {x-set: one}
+                add: {x-added: two}
+                remove: [x-drop-me]
+              response:
+                set: {x-resp: three}
+                remove: [x-shop-service]
+            route: [{destination: {host: backend}}]
+        """)
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    status, _, _ = b.get("/teapot")
+    assert status == 418
+    status, body, headers = b.get("/echo", headers={"X-Drop-Me": "1", "X-Set": "client"})
+    assert status == 200
+    seen = {k.lower(): v for k, v in json.loads(body)["headers"].items()}
+    assert seen["x-set"] == "one" and seen["x-added"] == "two" and "x-drop-me" not in seen
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert lower["x-resp"] == "three" and "x-shop-service" not in lower
+
+
+def test_mirror_sends_a_shadow_copy_and_drops_its_answer(mesh: Mesh) -> None:
+    _write(mesh.config / "vs.yaml", """\
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: backend}
+        spec:
+          hosts: [backend]
+          http:
+          - route: [{destination: {host: backend}}]
+            mirror: {host: shadow}
+            mirrorPercentage: {value: 100}
+        """)
+    mesh.start_registry()
+    _, shadow_port = mesh.app("shadow", "v1")
+    mesh.proxy("shadow", "v1", app_port=shadow_port)
+    wait_until(lambda: any(e["service"] == "shadow"
+                           for e in mesh.api("GET", "/v1/catalog")["endpoints"]), what="shadow")
+    b = Backend(mesh, replicas=("a",))
+    # The shadow fails every request: the real request must not notice.
+    urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{shadow_port}/admin/fail?status=500&count=-1", data=b"",
+        method="POST"), timeout=5).read()
+    for _ in range(5):
+        assert b.get("/echo")[0] == 200
+    wait_until(lambda: b.stats().get("meshctl_proxy_mirror_sent_total", 0) >= 5, what="mirror")
+
+
+def test_local_rate_limit_answers_429_with_retry_after(mesh: Mesh) -> None:
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",), service="limited")
+    # The first request was spent by the fixture's readiness probe; burst is 2 per minute.
+    statuses = [b.get("/")[0] for _ in range(3)]
+    assert statuses[-1] == 429
+    status, body, headers = b.get("/")
+    assert status == 429 and body == b"local_rate_limited"
+    assert int({k.lower(): v for k, v in headers.items()}["retry-after"]) >= 1
+
+
+def test_connection_pool_overflow_is_a_fast_503_uo(mesh: Mesh) -> None:
+    _write(mesh.config / "dr.yaml", """\
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: backend}
+        spec:
+          host: backend
+          trafficPolicy:
+            connectionPool:
+              tcp: {maxConnections: 1}
+              http: {http1MaxPendingRequests: 1, maxRetries: 0}
+        """)
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    b.admin("a", "slow?ms=1500&count=-1")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: b.get("/")[0], range(6)))
+    # One request holds the only connection, one waits as pending; the rest overflow.
+    assert results.count(200) >= 1
+    assert results.count(503) >= 3
+    assert 'response_flags="UO"' in b.metrics()
+
+
+def test_consistent_hash_keeps_a_key_on_one_replica(mesh: Mesh) -> None:
+    _write(mesh.config / "dr.yaml", """\
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: backend}
+        spec:
+          host: backend
+          trafficPolicy:
+            loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+        """)
+    mesh.start_registry()
+    b = Backend(mesh)
+    for user in ("alice", "bob", "carol", "dave"):
+        seen = {json.loads(b.get("/", headers={"x-user": user})[1])["version"]
+                for _ in range(8)}
+        assert len(seen) == 1
+
+
+def test_round_robin_spreads_evenly(mesh: Mesh) -> None:
+    _write(mesh.config / "dr.yaml", """\
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: backend}
+        spec:
+          host: backend
+          trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+        """)
+    mesh.start_registry()
+    b = Backend(mesh)
+    seen = _versions(b, 20)
+    assert seen == Counter({"a": 10, "b": 10})
