@@ -1,0 +1,98 @@
+"""`python -m bench`: the data-plane bench (meshctl vs HAProxy vs direct) and the report.
+
+    python -m bench                      # full run: 3 repetitions, HTTP and TCP, ~12 min
+    python -m bench --quick              # smoke run: 1 repetition, 3 s loads, HTTP only
+    python -m bench --profile 10         # also py-spy the meshctl proxies under saturation
+    python -m bench --compare OLD.json   # print what moved beyond the noise, run nothing
+    python -m bench --compare OLD.json --against NEW.json
+
+Writes bench/results/<date>.json (raw), BENCHMARKS.md and bench/plots/*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from bench.systems import REPO
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="1 repetition, 3 s loads, HTTP only, no push bench (under a minute)")
+    p.add_argument("--reps", type=int, help="repetitions, interleaved (default 3)")
+    p.add_argument("--fixed-seconds", type=float, help="fixed-rate load length (default 15)")
+    p.add_argument("--saturate-seconds", type=float, help="closed-loop load length (default 10)")
+    p.add_argument("--rate", type=int, help="fixed rate, requests/s (default 1000)")
+    p.add_argument("--variants", choices=("http", "tcp", "both"), help="default: both")
+    p.add_argument("--no-control-plane", action="store_true",
+                   help="skip bench.ca_issuance and bench.push_latency")
+    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                   help="py-spy the meshctl HTTP proxies under closed-loop load")
+    p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
+    p.add_argument("--plots-dir", type=Path, default=REPO / "bench" / "plots")
+    p.add_argument("--no-report", action="store_true",
+                   help="write the results JSON only (no BENCHMARKS.md, no plots)")
+    p.add_argument("--compare", type=Path, metavar="OLD.json",
+                   help="compare with an earlier results file and exit")
+    p.add_argument("--against", type=Path, metavar="NEW.json",
+                   help="with --compare: the newer file (default: the latest in --results-dir)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from bench import compare, report, suite
+
+    if args.compare:
+        new = args.against or compare.latest(args.results_dir, exclude=args.compare)
+        if new is None:
+            print(f"bench: no results in {args.results_dir} to compare with", file=sys.stderr)
+            return 2
+        print(compare.render(json.loads(args.compare.read_text()),
+                             json.loads(new.read_text()), args.compare, new))
+        return 0
+    missing = [t for t in ("wrk", "haproxy", "nginx", "taskset") if shutil.which(t) is None]
+    if missing:
+        print(f"bench: missing {', '.join(missing)}: apt-get install wrk haproxy nginx-light "
+              "util-linux", file=sys.stderr)
+        return 2
+    s = suite.Settings.quick_mode() if args.quick else suite.Settings()
+    overrides = {"reps": args.reps, "fixed_s": args.fixed_seconds,
+                 "saturate_s": args.saturate_seconds, "rate": args.rate}
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if args.variants:
+        changes["variants"] = ("http", "tcp") if args.variants == "both" else (args.variants,)
+    if args.no_control_plane:
+        changes["control_plane"] = False
+    if args.profile:
+        changes["profile_s"] = args.profile
+    s = dataclasses.replace(s, **changes)
+    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    from bench.profile import profile_mesh
+
+    result = suite.run(s, command.strip(), log=lambda m: print(m, flush=True),
+                       profile=profile_mesh)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    out = args.results_dir / f"{stamp}{'-quick' if s.quick else ''}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"bench: results in {out}")
+    if not args.no_report:
+        report.write(result, args.report, args.plots_dir, out)
+        print(f"bench: report in {args.report}")
+    print(report.console_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""BENCHMARKS.md from a results dict: method, tables (meshctl, HAProxy, direct), goals, profile.
+
+The file is regenerated whole by every full run. Hand-written notes (before/after of an
+optimisation) survive between the markers `<!-- bench:keep:start -->` and
+`<!-- bench:keep:end -->`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bench import plots
+from bench.suite import METRICS
+
+KEEP_START, KEEP_END = "<!-- bench:keep:start -->", "<!-- bench:keep:end -->"
+TABLE_METRICS = ("added_p50_ms", "added_p99_ms", "p50_ms", "p90_ms", "p99_ms", "p99.9_ms",
+                 "fixed_rps", "cpu_ms_per_1k", "cpu_ms_per_1k_sidecar", "rss_mib_sidecar",
+                 "max_rps", "sat_cpu_ms_per_1k")
+
+
+def _fmt(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def _cell(m: dict[str, float] | None) -> str:
+    if m is None:
+        return "-"
+    if m["n"] > 1:
+        return f"{_fmt(m['median'])} ({_fmt(m['min'])}–{_fmt(m['max'])})"
+    return _fmt(m["median"])
+
+
+def _table(result: dict[str, Any], variant: str) -> list[str]:
+    s, r = result["summary"], result["ratios"]
+    cols = [f"meshctl-mtls-{variant}", f"haproxy-tls-{variant}", f"haproxy-plain-{variant}",
+            "direct"]
+    ra = r.get(f"meshctl-mtls-{variant} / haproxy-tls-{variant}", {})
+    rp = r.get(f"meshctl-mtls-{variant} / haproxy-plain-{variant}", {})
+    lines = ["| metric | unit | meshctl mTLS | HAProxy TLS | HAProxy plain | direct | "
+             "meshctl / HAProxy TLS | meshctl / HAProxy plain |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in TABLE_METRICS:
+        label, unit, _ = METRICS[key]
+        cells = [_cell(s.get(c, {}).get(key)) for c in cols]
+        ratio = [f"{ra[key]:.2f}x" if key in ra else "-", f"{rp[key]:.2f}x" if key in rp else "-"]
+        lines.append(f"| {label} | {unit} | " + " | ".join(cells + ratio) + " |")
+    return lines
+
+
+def _goals(result: dict[str, Any]) -> list[str]:
+    s = result["summary"].get("meshctl-mtls-http")
+    ratio = result["ratios"].get("meshctl-mtls-http / haproxy-tls-http", {})
+    if not s:
+        return []
+    ca = result.get("control_plane", {}).get("ca_issuance", {})
+    rows: list[tuple[str, str, float | None, bool | None]] = []
+
+    def goal(what: str, target: str, value: float | None, ok: bool | None) -> None:
+        rows.append((what, target, value, ok))
+
+    cpu = ratio.get("cpu_ms_per_1k")
+    goal("CPU per request, meshctl / HAProxy TLS (both hops)", "<= 1.5x (moonshot 1.0x)", cpu,
+         None if cpu is None else cpu <= 1.5)
+    thr = ratio.get("max_rps")
+    goal("closed-loop throughput, meshctl / HAProxy TLS", ">= 0.8x", thr,
+         None if thr is None else thr >= 0.8)
+    for key, limit in (("added_p50_ms", 0.5), ("added_p99_ms", 2.0)):
+        v = s.get(key, {}).get("median")
+        goal(f"{METRICS[key][0]} at {result['settings']['rate']} req/s, ms", f"<= {limit}", v,
+             None if v is None else v <= limit)
+    rss = s.get("rss_mib_sidecar", {}).get("median")
+    goal("RSS per sidecar, MiB", "<= 40 MB (38.1 MiB)", rss,
+         None if rss is None else rss <= 40e6 / 2**20)
+    vcpu = s.get("cpu_ms_per_1k_sidecar", {}).get("median")
+    goal("vCPU per 1000 req/s per sidecar (= CPU-s per 1000 requests)", "<= 0.05 (Istio: 0.20)",
+         None if vcpu is None else vcpu / 1000, None if vcpu is None else vcpu / 1000 <= 0.05)
+    svids = ca.get("svids_per_s")
+    goal("SVIDs issued per second (bench.ca_issuance, one core)", ">= 1000", svids,
+         None if svids is None else svids >= 1000)
+    out = ["| goal (issue 7, HTTP two-hop mTLS) | target | measured (median) | met |",
+           "|---|---|---|---|"]
+    for what, target, value, ok in rows:
+        shown = "-" if value is None else (f"{value:.2f}x" if "/" in what else _fmt(value))
+        out.append(f"| {what} | {target} | {shown} | "
+                   f"{'-' if ok is None else ('yes' if ok else '**no**')} |")
+    out.append("| push: file save -> all proxies ACKed, p99 with 100 proxies | <= 150 ms | "
+               "see control plane below | - |")
+    return out
+
+
+def _profile(result: dict[str, Any]) -> list[str]:
+    prof = result.get("profile")
+    if not prof:
+        return ["Not profiled in this run (`python -m bench --profile 10`)."]
+    if "skipped" in prof:
+        return [f"Skipped: {prof['skipped']}."]
+    lines = [f"py-spy (100 Hz, {'with' if prof.get('native') else 'without'} native frames) on "
+             f"both proxies of `{prof['system']}` for {prof['seconds']:g} s of closed-loop load "
+             f"({prof.get('load', {}).get('rps', 0):,.0f} req/s while sampled, slowed by the "
+             "sampling). Own time = samples whose innermost frame is the function; idle "
+             "(waiting in epoll) is not sampled.", ""]
+    names = {"A": "proxy A (outbound: plaintext in, mTLS out)",
+             "B": "proxy B (inbound: mTLS in, plaintext to nginx)"}
+    for role, data in prof.get("proxies", {}).items():
+        lines += [f"**{names.get(role, role)}**, {data['samples']} samples:", "",
+                  "| # | function (file:line) | own time |", "|---|---|---|"]
+        for i, row in enumerate(data["top"], 1):
+            fn = row["function"].replace("|", "\\|")
+            lines.append(f"| {i} | `{fn}` | {row['share']:.1%} |")
+        lines.append("")
+    return lines
+
+
+def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
+           results_path: Path, kept: str) -> str:
+    meta, st = result["meta"], result["settings"]
+    m = meta["machine"]
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, report.parent)
+
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m bench` (bench/); do not edit by hand except between the "
+        "keep markers at the end. Only same-run comparisons and ratios hold: the machines are "
+        "shared and noisy.",
+        "",
+        f"- Date: {meta['date']} (run took {meta['duration_s']:.0f} s)",
+        f"- Command: `{meta['command']}`",
+        f"- Machine: {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, "
+        f"Python {m['python']}",
+        f"- Tools: {meta['tools']['haproxy']}; {meta['tools']['nginx']}; "
+        f"{meta['tools']['wrk'].split(' Copyright')[0]}; "
+        f"meshctl at {meta['tools']['meshctl_commit']}",
+        f"- Raw results: `{rel(results_path)}` (compare runs with "
+        f"`python -m bench --compare OLD.json`)",
+        f"- Repetitions: {st['reps']}, interleaved (every system once per repetition, same "
+        "order); cells are `median (min–max)`.",
+        "",
+        "## Method",
+        "",
+        "- Path: client (wrk) -> proxy A -> proxy B -> nginx (1 kB static body, keep-alive, one "
+        "worker). meshctl: A is the `client` service's proxy in explicit mode (a local "
+        "plaintext listener per upstream), B the upstream service's, TLS 1.3 with SVIDs "
+        "(EC P-256) on both sides between them. HAProxy 2 instances, `nbthread 1`, same path, "
+        "plain or TLS 1.3 with client certificates (throwaway CA, EC P-256) between them; HTTP "
+        "variant in `mode http` with `http-reuse always`, TCP variant in `mode tcp` (meshctl: "
+        "a service whose port has `protocol: tcp`). direct: wrk -> nginx.",
+        "- meshctl plaintext proxy-to-proxy is not measured: there is no plaintext hop mode "
+        "yet (PeerAuthentication DISABLE is accepted by config but the outbound always uses "
+        "mTLS).",
+        f"- Pinning, the same for every system: wrk, nginx and the registry on CPU "
+        f"{meta['pinning']['load_generator_nginx_registry']}, both proxy hops on CPU "
+        f"{meta['pinning']['proxies']} (taskset; every thread of the meshctl proxies).",
+        f"- Fixed rate (open loop): {st['rate']} req/s over {st['connections']} connections "
+        f"for {st['fixed_s']:g} s after a {st['warmup_s']:g} s warm-up; wrk with "
+        "`bench/lua/paced.lua`, latency counted from each request's *intended* send time "
+        "(corrected for coordinated omission as wrk2 does; wrk2 is not in Debian, h2load's "
+        "`--rate` paces connections not requests, see bench/load.py). Added latency = the "
+        "system's percentile minus direct's, same repetition.",
+        f"- Saturation (closed loop): wrk, 1 thread, {st['connections']} connections, "
+        f"{st['saturate_s']:g} s. With both hops on one core this is requests/s per proxy core "
+        "for the two-hop path; a system as fast as direct is bound by the load generator's "
+        "core, not by itself.",
+        "- CPU: utime + stime of each proxy process from /proc/PID/stat over the load, divided "
+        "by the requests completed (ms per 1000 requests = vCPU-ms per 1000 req/s). RSS: the "
+        "largest VmRSS seen during the fixed-rate load.",
+        "",
+    ]
+    variants = st["variants"]
+    for variant in variants:
+        lines += [f"## Data plane, {variant.upper()}", "", *_table(result, variant), ""]
+    goals = _goals(result)
+    if goals:
+        lines += ["## Goals", "", *goals, ""]
+    lines += ["## Plots", ""]
+    if isinstance(plot_paths, str):
+        lines += [f"No plots: {plot_paths}.", ""]
+    else:
+        for p in plot_paths:
+            lines += [f"![{p.stem}]({rel(p)})", ""]
+    cp = result.get("control_plane")
+    lines += ["## Control plane", ""]
+    if cp:
+        for name, data in cp.items():
+            lines.append(f"- `python -m bench.{name}`: `{json.dumps(data)}`")
+    else:
+        lines.append("Not run (`--no-control-plane`).")
+    lines += ["", "## Where the proxy spends its time", "", *_profile(result), ""]
+    lines += ["## Notes", "", KEEP_START, kept.strip("\n"), KEEP_END, ""]
+    return "\n".join(lines)
+
+
+def write(result: dict[str, Any], report: Path, plots_dir: Path, results_path: Path) -> None:
+    kept = ""
+    if report.exists():
+        old = report.read_text()
+        if KEEP_START in old and KEEP_END in old:
+            kept = old.split(KEEP_START, 1)[1].split(KEEP_END, 1)[0]
+    plot_paths = plots.write(result, plots_dir)
+    report.write_text(render(result, report, plot_paths, results_path, kept))
+
+
+def console_table(result: dict[str, Any]) -> str:
+    keys = ("added_p50_ms", "added_p99_ms", "p99.9_ms", "cpu_ms_per_1k", "rss_mib_sidecar",
+            "max_rps")
+    head = f"{'system':22s}" + "".join(f"{k:>16s}" for k in keys)
+    rows = [head]
+    for name, metrics in result["summary"].items():
+        rows.append(f"{name:22s}" + "".join(
+            f"{_fmt(metrics[k]['median']) if k in metrics else '-':>16s}" for k in keys))
+    for pair, r in result["ratios"].items():
+        rows.append(f"{pair}: cpu {r.get('cpu_ms_per_1k', 0):.2f}x, "
+                    f"throughput {r.get('max_rps', 0):.2f}x")
+    return "\n".join(rows)

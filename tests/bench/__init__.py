@@ -1,0 +1,1 @@
+"""Tests of bench/: the harness runs end to end (no figure asserted), and its pure helpers."""

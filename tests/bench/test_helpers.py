@@ -1,0 +1,73 @@
+"""The bench's pure parts: summaries, ratios, --compare's noise rule, py-spy own time, configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.compare import moved
+from bench.profile import own_time
+from bench.suite import ratios, summarise
+from bench.systems import haproxy_configs
+
+
+def _raw(p50: float, rps: float, cpu_a: float | None = None) -> dict[str, Any]:
+    lat = {"p50": p50, "p90": p50 * 2, "p99": p50 * 4, "p99.9": p50 * 8}
+    proxies = {} if cpu_a is None else {"A": {"cpu_s_per_1k": cpu_a, "rss_mib": 30.0},
+                                        "B": {"cpu_s_per_1k": cpu_a / 2, "rss_mib": 20.0}}
+    return {"fixed": {"corrected_us": lat, "rps": 1000.0, "proxies": proxies},
+            "saturate": {"rps": rps, "proxies": proxies}}
+
+
+def test_summary_takes_median_and_spread_and_subtracts_direct_per_repetition() -> None:
+    runs = {"direct": [_raw(100, 9000), _raw(200, 9000), _raw(100, 9000)],
+            "meshctl-mtls-http": [_raw(600, 1000, 0.2), _raw(900, 3000, 0.3),
+                                  _raw(500, 2000, 0.1)]}
+    s = summarise(runs)["meshctl-mtls-http"]
+    assert s["max_rps"] == {"median": 2000.0, "min": 1000.0, "max": 3000.0, "n": 3}
+    assert s["added_p50_ms"]["median"] == 0.5  # 0.5, 0.7, 0.4
+    assert s["cpu_ms_per_1k"]["median"] == 300.0  # A + B
+    assert s["cpu_ms_per_1k_sidecar"]["median"] == 200.0  # the larger of A, B
+    assert "added_p50_ms" not in summarise(runs)["direct"]
+
+
+def test_ratios_are_meshctl_over_haproxy_on_medians() -> None:
+    runs = {"meshctl-mtls-http": [_raw(600, 1000, 0.2)],
+            "haproxy-tls-http": [_raw(300, 4000, 0.1)]}
+    r = ratios(summarise(runs))["meshctl-mtls-http / haproxy-tls-http"]
+    assert r["max_rps"] == 0.25 and r["cpu_ms_per_1k"] == 2.0
+
+
+def _summary(median: float, lo: float, hi: float) -> dict[str, Any]:
+    return {"meta": {"date": "d"},
+            "summary": {"x": {"max_rps": {"median": median, "min": lo, "max": hi, "n": 3}}}}
+
+
+def test_compare_reports_only_moves_beyond_the_spread() -> None:
+    old = _summary(1000, 900, 1100)
+    assert moved(old, _summary(1150, 1100, 1200)) == []  # 150 < spread 200
+    rows = moved(old, _summary(1300, 1250, 1350))
+    assert [(r["metric"], r["verdict"]) for r in rows] == [("max_rps", "better")]
+    assert moved(old, _summary(700, 650, 750))[0]["verdict"] == "worse"
+    # Zero spread (one repetition): a 2% floor still hides jitter.
+    assert moved(_summary(1000, 1000, 1000), _summary(1010, 1010, 1010)) == []
+
+
+def test_own_time_counts_the_innermost_frame() -> None:
+    collapsed = ("main (a.py:1);serve (b.py:2);parse (c.py:3) 5\n"
+                 "main (a.py:1);serve (b.py:2) 3\n"
+                 "main (a.py:1);write (d.py:4);parse (c.py:3) 2\n")
+    total, rows = own_time(collapsed)
+    assert total == 10
+    assert rows[0] == {"function": "parse (c.py:3)", "samples": 7, "share": 0.7}
+    assert rows[1]["function"] == "serve (b.py:2)"
+
+
+def test_haproxy_tls_hop_requires_client_certificates_both_ways() -> None:
+    from pathlib import Path
+    certs = {"ca": Path("/c/ca.crt"), "server": Path("/c/s.pem"), "client": Path("/c/c.pem")}
+    a, b = haproxy_configs("http", True, 1, 2, 3, certs)
+    assert "nbthread 1" in a and "mode http" in a
+    assert "server b 127.0.0.1:2 ssl crt /c/c.pem ca-file /c/ca.crt verify required" in a
+    assert "bind 127.0.0.1:2 ssl crt /c/s.pem ca-file /c/ca.crt verify required" in b
+    a, b = haproxy_configs("tcp", False, 1, 2, 3, None)
+    assert "mode tcp" in a and "ssl" not in a + b and "server up 127.0.0.1:3" in b
