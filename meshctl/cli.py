@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from meshctl import __version__
-from meshctl.commands import proxy, systemd, token
+from meshctl.commands import proxy, route, systemd, token
 from meshctl.commands.registry import registry
 from meshctl.commands.validate import validate
 
@@ -37,6 +37,7 @@ app.command()(validate)
 app.command()(registry)
 app.command()(proxy.proxy)
 app.add_typer(token.app, name="token")
+app.add_typer(route.app, name="route")
 app.add_typer(systemd.app, name="systemd")
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from meshctl.aio import spawn
+from proxy.telemetry import Telemetry
 
 
 def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
@@ -50,13 +51,45 @@ async def first_byte(sock: socket.socket, timeout: float) -> bytes:
     return sock.recv(1, socket.MSG_PEEK)
 
 
+class Connections:
+    """Open downstream connections across a proxy's listeners, with a ceiling: past it a new
+    connection is accepted and closed at once, so the ones already open keep being served."""
+
+    __slots__ = ("limit", "open")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+
+async def _tracked(conns: Connections, coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        await coro
+    finally:
+        conns.open -= 1
+
+
 async def accept_loop(
-    lsock: socket.socket, on_conn: Callable[[socket.socket], Coroutine[Any, Any, None]]
+    lsock: socket.socket,
+    on_conn: Callable[[socket.socket], Coroutine[Any, Any, None]],
+    conns: Connections,
+    telemetry: Telemetry,
 ) -> None:
     """Accept forever; each connection is served by its own task."""
     loop = asyncio.get_running_loop()
+    counters = telemetry.counters
     while True:
-        conn, _ = await loop.sock_accept(lsock)
+        try:
+            conn, _ = await loop.sock_accept(lsock)
+        except OSError:  # EMFILE and friends: back off instead of spinning
+            counters["meshctl_proxy_accept_errors_total"] += 1
+            await asyncio.sleep(0.05)
+            continue
+        if conns.open >= conns.limit:
+            counters["meshctl_proxy_connections_refused_total"] += 1
+            conn.close()
+            continue
+        conns.open += 1
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        spawn(on_conn(conn))
+        spawn(_tracked(conns, on_conn(conn)))

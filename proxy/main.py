@@ -20,7 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from meshctl.aio import spawn
-from proxy.accept import accept_loop, listen, streams_for
+from proxy.accept import Connections, accept_loop, listen, streams_for
+from proxy.accesslog import AccessLog
 from proxy.control.client import ControlClient, View
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
@@ -70,6 +71,9 @@ class ProxyOptions:
     admin: tuple[str, int] = ("127.0.0.1", 15000)
     metrics: tuple[str, int] = ("0.0.0.0", 15090)
     proxy_id: str = ""
+    header_timeout_s: float = 60.0  # a request head must arrive within this (slow loris)
+    max_connections: int = 10_000  # per listener; past it new connections are refused
+    drain_s: float = 5.0  # on SIGTERM: how long in-flight requests get to finish
 
 
 def _fresh_ctx(server: bool) -> ssl.SSLContext:
@@ -114,6 +118,10 @@ class Proxy:
         self.server_ctx.sni_callback = _remember_sni
         self._rid = secrets.randbits(32)
         self.clusters = Clusters()
+        self.inflight = 0
+        self.draining = False
+        self.connections = Connections(opts.max_connections)
+        self.access_log = AccessLog("off")
 
     # -- identity and config ---------------------------------------------------------
 
@@ -148,6 +156,11 @@ class Proxy:
         if snap.me is None:
             return f"service `{self.opts.service}` is not in mesh.yaml"
         self.snapshot = snap
+        target = snap.me.access_log
+        if self.access_log.target != target:
+            old, self.access_log = self.access_log, AccessLog(target)
+            old.flush()
+            old.close()
         self.telemetry.gauges["meshctl_proxy_config_version"] = snap.version
         self.telemetry.gauges["meshctl_proxy_catalog_version"] = snap.catalog_version
         self.ready.set()
@@ -217,47 +230,49 @@ class Proxy:
         req: Request,
         peer: SpiffeId | None = None,
     ) -> None:
+        """Metrics (Istio's labels) and the access-log line for one finished request."""
         ms = (time.monotonic() - start) * 1000.0
+        labels = self._labels(snap, reporter, dest_service, peer, result)
+        self.telemetry.record_request(labels, ms, result.req_bytes, result.resp_bytes)
+        if self.access_log.enabled:
+            self.access_log.write(
+                req, result, time.time() - ms / 1000.0, ms, str(peer) if peer else None, reporter
+            )
+
+    def _labels(
+        self,
+        snap: ProxySnapshot,
+        reporter: str,
+        dest_service: str,
+        peer: SpiffeId | None,
+        result: Result,
+    ) -> tuple[str, ...]:
         ns = snap.config.namespace
         me = self.opts.service
+        version = self.opts.version or "unknown"
         my_wl = f"{me}-{self.opts.version}" if self.opts.version else me
+        mine = str(self.identity.spiffe_id) if self.identity else "unknown"
         if reporter == "source":
-            src_wl, src_ver, src_principal = (
-                my_wl,
-                self.opts.version or "unknown",
-                str(self.identity.spiffe_id) if self.identity else "unknown",
-            )
-            dst_wl, dst_ver, dst_principal = (
-                dest_service,
-                "unknown",
-                snap.config.spiffe_id(dest_service),
-            )
+            src = (my_wl, me, version, mine)
+            dst = (dest_service, dest_service, "unknown", snap.config.spiffe_id(dest_service))
             mtls = "mutual_tls"
         else:
-            src = peer.service_account if peer else None
-            src_wl, src_ver, src_principal = (
-                src or "unknown",
-                "unknown",
-                str(peer) if peer else "unknown",
-            )
-            dst_wl, dst_ver, dst_principal = (
-                my_wl,
-                self.opts.version or "unknown",
-                str(self.identity.spiffe_id) if self.identity else "unknown",
-            )
+            peer_svc = (peer.service_account if peer else None) or "unknown"
+            src = (peer_svc, peer_svc, "unknown", str(peer) if peer else "unknown")
+            dst = (my_wl, me, version, mine)
             mtls = "mutual_tls" if peer else "none"
-        labels = (
+        return (
             reporter,
-            src_wl,
+            src[0],
             ns,
-            src_principal,
-            src_wl.split("-")[0],
-            src_ver,
-            dst_wl,
+            src[3],
+            src[1],
+            src[2],
+            dst[0],
             ns,
-            dst_principal,
-            dest_service,
-            dst_ver,
+            dst[3],
+            dst[1],
+            dst[2],
             f"{dest_service}.{ns}",
             dest_service,
             ns,
@@ -267,7 +282,6 @@ class Proxy:
             result.flags or "-",
             mtls,
         )
-        self.telemetry.record_request(labels, ms, result.req_bytes, result.resp_bytes)
 
     # -- listeners -------------------------------------------------------------------
 
@@ -319,16 +333,26 @@ class Proxy:
         await asyncio.wait_for(self.ready.wait(), 30)
         s = listen(*opts.inbound)
         self._listeners.append(s)
-        self._tasks.append(spawn(accept_loop(s, self.inbound.on_connection)))
+        self._tasks.append(
+            spawn(accept_loop(s, self.inbound.on_connection, self.connections, self.telemetry))
+        )
         inbound_port = s.getsockname()[1]
         for up in opts.upstreams:
             us = listen(up.listen_host, up.listen_port)
             self._listeners.append(us)
-            self._tasks.append(spawn(accept_loop(us, functools.partial(self._explicit, up))))
+            self._tasks.append(
+                spawn(
+                    accept_loop(
+                        us, functools.partial(self._explicit, up), self.connections, self.telemetry
+                    )
+                )
+            )
         if opts.outbound is not None:
             os_ = listen(*opts.outbound)
             self._listeners.append(os_)
-            self._tasks.append(spawn(accept_loop(os_, self._transparent)))
+            self._tasks.append(
+                spawn(accept_loop(os_, self._transparent, self.connections, self.telemetry))
+            )
         await self._start_admin()
         self.endpoint = {
             "id": self.proxy_id,
@@ -339,6 +363,7 @@ class Proxy:
             "health": "healthy",
         }
         self._tasks.append(spawn(self.control.heartbeat_loop(self.endpoint), name="heartbeat"))
+        self._tasks.append(spawn(self._flush_loop(), name="flush"))
         log.info(
             "proxy %s ready: inbound %s:%d, config version %d",
             self.proxy_id,
@@ -363,11 +388,22 @@ class Proxy:
             await web.TCPSite(runner, host, port, reuse_address=True).start()
             self._runners.append(runner)
 
-    async def stop(self, drain_s: float = 5.0) -> None:
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.access_log.flush()
+
+    async def stop(self) -> None:
+        """Graceful drain (SIGTERM): stop accepting, tell the registry we are draining so peers
+        stop choosing us, let in-flight requests finish (bounded by drain_s), then exit."""
+        self.draining = True
         for s in self._listeners:
             s.close()
         if hasattr(self, "endpoint"):
             await self.control.deregister(self.endpoint["id"])
+        deadline = time.monotonic() + self.opts.drain_s
+        while self.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded poll
+            await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -377,4 +413,6 @@ class Proxy:
             await r.cleanup()
         self.pool.close_all()
         self.app_pool.close_all()
+        self.access_log.flush()
+        self.access_log.close()
         await self.control.close()

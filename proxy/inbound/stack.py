@@ -7,21 +7,21 @@ import contextlib
 import logging
 import socket
 import ssl
-import time
 from typing import TYPE_CHECKING
 
 from proxy.accept import first_byte, streams_for
+from proxy.downstream import serve_requests
 from proxy.forward import Plan, Result, Target, forward, local_reply, relay
-from proxy.http1 import EndOfMessage, ProtocolError, Request, RequestParser
+from proxy.http1 import EndOfMessage, Request
 from proxy.identity import parse_sni, peer_identity
-from proxy.streams import EventStream, PeerClosed
+from proxy.streams import EventStream
 from registry.ca import SpiffeId
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
+    from proxy.snapshot import ProxySnapshot
 
 log = logging.getLogger("meshctl.proxy.inbound")
-HEADER_TIMEOUT_S = 60.0
 # Identity headers a peer must not forge: we set x-forwarded-client-cert from the verified
 # certificate only (Istio's forwardClientCertDetails SANITIZE_SET).
 STRIP = frozenset((b"x-forwarded-client-cert",))
@@ -103,44 +103,27 @@ class Inbound:
         peer: SpiffeId | None,
     ) -> None:
         proxy = self.proxy
-        down = EventStream(reader, RequestParser())
         me = str(proxy.identity.spiffe_id) if proxy.identity else ""
         xfcc = [(b"x-forwarded-client-cert", f"By={me};URI={peer}".encode())] if peer else []
-        while True:
-            try:
-                ev = await asyncio.wait_for(down.next(), HEADER_TIMEOUT_S)
-            except (PeerClosed, TimeoutError, ConnectionError):
-                return
-            except ProtocolError as exc:
-                writer.write(local_reply(exc.status, "DPE", close=True))
-                return
-            assert isinstance(ev, Request)
-            snap = proxy.snapshot
-            assert snap is not None
-            start = time.monotonic()
-            try:
-                result = await self._handle(ev, down, writer, snap, port, peer, xfcc)
-            except ProtocolError as exc:
-                writer.write(local_reply(exc.status, "DPE", close=True))
-                return
-            except (PeerClosed, ConnectionError):
-                return
+
+        async def handle(
+            req: Request, down: EventStream, w: asyncio.StreamWriter, snap: ProxySnapshot
+        ) -> Result:
+            return await self._handle(req, down, w, snap, port, peer, xfcc)
+
+        def done(snap: ProxySnapshot, result: Result, start: float, req: Request) -> None:
             proxy.record(
-                snap, "destination", snap.me.name if snap.me else "", result, start, ev, peer=peer
+                snap, "destination", snap.me.name if snap.me else "", result, start, req, peer=peer
             )
-            if not result.keep_alive or not ev.keep_alive:
-                return
-            try:
-                await writer.drain()
-            except ConnectionError:
-                return
+
+        await serve_requests(proxy, reader, writer, handle, done)
 
     async def _handle(
         self,
         req: Request,
         down: EventStream,
         writer: asyncio.StreamWriter,
-        snap: object,
+        snap: ProxySnapshot,
         port: int,
         peer: SpiffeId | None,
         xfcc: list[tuple[bytes, bytes]],

@@ -6,30 +6,27 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from typing import TYPE_CHECKING
 
 from meshctl.aio import spawn
+from proxy.downstream import serve_requests
 from proxy.forward import Plan, Result, Target, forward, local_reply, relay
 from proxy.http1 import (
     EndOfMessage,
-    ProtocolError,
     Request,
-    RequestParser,
     render_request_head,
     strip_hop_by_hop,
 )
 from proxy.identity import peer_identity, sni_for
 from proxy.routing import CompiledRoute, HeaderList, first_match
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
-from proxy.streams import EventStream, PeerClosed
+from proxy.streams import EventStream
 from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
 
 log = logging.getLogger("meshctl.proxy.outbound")
-HEADER_TIMEOUT_S = 60.0
 
 
 class PeerIdentityError(ConnectionError):
@@ -133,39 +130,21 @@ class Outbound:
     async def _serve_http(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: str, port: int
     ) -> None:
-        down = EventStream(reader, RequestParser())
         proxy = self.proxy
-        while True:
-            try:
-                ev = await asyncio.wait_for(down.next(), HEADER_TIMEOUT_S)
-            except (PeerClosed, TimeoutError, ConnectionError):
-                return
-            except ProtocolError as exc:
-                writer.write(local_reply(exc.status, "DPE", close=True))
-                proxy.telemetry.counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
-                return
-            assert isinstance(ev, Request)
-            snap = proxy.snapshot  # read once: the request finishes on this snapshot
-            assert snap is not None
+
+        async def handle(
+            req: Request, down: EventStream, w: asyncio.StreamWriter, snap: ProxySnapshot
+        ) -> Result:
             view = snap.services.get(service)
-            start = time.monotonic()
-            if view is None:
-                writer.write(local_reply(404, "NR", close=True))
-                return
-            try:
-                result = await self._route(ev, down, writer, snap, view, port)
-            except ProtocolError as exc:
-                writer.write(local_reply(exc.status, "DPE", close=True))
-                return
-            except (PeerClosed, ConnectionError):
-                return
-            proxy.record(snap, "source", view.service.name, result, start, ev)
-            if not result.keep_alive or not ev.keep_alive:
-                return
-            try:
-                await writer.drain()
-            except ConnectionError:
-                return
+            if view is None:  # the service left the config while the connection was open
+                w.write(local_reply(404, "NR", close=True))
+                return Result(404, "NR", 0, 0, "", 0, False)
+            return await self._route(req, down, w, snap, view, port)
+
+        def done(snap: ProxySnapshot, result: Result, start: float, req: Request) -> None:
+            proxy.record(snap, "source", service, result, start, req)
+
+        await serve_requests(proxy, reader, writer, handle, done)
 
     async def _route(
         self,
@@ -277,9 +256,16 @@ class Outbound:
         )
         return await forward(req, down, writer, self.proxy.pool, plan)
 
-
-    async def _mirror(self, req: Request, body: bytes, snap: ProxySnapshot, view: ServiceView,
-                      cluster: Cluster, port: int, add: HeaderList) -> None:
+    async def _mirror(
+        self,
+        req: Request,
+        body: bytes,
+        snap: ProxySnapshot,
+        view: ServiceView,
+        cluster: Cluster,
+        port: int,
+        add: HeaderList,
+    ) -> None:
         """Istio `mirror`: fire and forget. The copy's Host gets `-shadow` (as Envoy does);
         its response and any failure are dropped and never touch the real request."""
         counters = self.proxy.telemetry.counters
@@ -290,13 +276,16 @@ class Outbound:
         host = req.host or b""
         name, sep, hport = host.partition(b":")
         shadow = name + b"-shadow" + sep + hport
-        headers = [(n, shadow if n.lower() == b"host" else v)
-                   for n, v in strip_hop_by_hop(req.headers)
-                   if n.lower() not in _MIRROR_DROP]
+        headers = [
+            (n, shadow if n.lower() == b"host" else v)
+            for n, v in strip_hop_by_hop(req.headers)
+            if n.lower() not in _MIRROR_DROP
+        ]
         headers += [*add, (b"content-length", b"%d" % len(body))]
         try:
-            conn, _ = await self.proxy.pool.get(target.key, target.connect,
-                                               target.connect_timeout_s)
+            conn, _ = await self.proxy.pool.get(
+                target.key, target.connect, target.connect_timeout_s
+            )
             conn.writer.write(render_request_head(req.method, req.target, headers) + body)
             conn.parser.expect(req.method)
             while not isinstance(await asyncio.wait_for(conn.events.next(), 30), EndOfMessage):
@@ -307,8 +296,9 @@ class Outbound:
             counters["meshctl_proxy_mirror_failed_total"] += 1
 
 
-_MIRROR_DROP = frozenset((b"content-length", b"transfer-encoding", b"expect",
-                          b"x-forwarded-client-cert"))
+_MIRROR_DROP = frozenset(
+    (b"content-length", b"transfer-encoding", b"expect", b"x-forwarded-client-cert")
+)
 _RNG = random.Random()
 
 
