@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -133,8 +132,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 await resp.write(b'{"type":"ping"}\n')
             else:
                 continue
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the proxy went away mid-write; a disconnect while idle cancels this task
     finally:
         if proxy_id:
             reg.proxies.stream_closed(proxy_id)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import ssl
 import time
 from collections import Counter
@@ -283,7 +284,10 @@ class Registry:
         self.on_load(result)
         self._save_state()
 
-        api = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        # handler_cancellation: a proxy that goes away ends its stream handler at once, so
+        # /v1/status stops showing it connected (otherwise only the next ping would notice).
+        api = web.AppRunner(build_app(self), access_log=None, handle_signals=False,
+                            handler_cancellation=True)
         await api.setup()
         await web.TCPSite(
             api, self.host, self.port, ssl_context=self._server_ssl(), reuse_address=True
@@ -371,10 +375,14 @@ def _url_host(host: str) -> str:
 
 
 async def run(config_dir: Path, home: Path, **kwargs: Any) -> None:
-    """Run a registry until cancelled (SIGINT/SIGTERM in the CLI)."""
+    """Run a registry until cancelled or SIGTERM (systemd's stop, `kill`): a clean stop."""
     reg = Registry(config_dir, home, **kwargs)
     await reg.start()
+    stopping = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, ValueError, RuntimeError):
+        # Only possible in the main thread; elsewhere the caller cancels us instead.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     try:
-        await asyncio.Event().wait()
+        await stopping.wait()
     finally:
         await reg.stop()
