@@ -250,6 +250,12 @@ _CARRIED = [
     Carried("get_with_cl_body", "a GET with a Content-Length body that is a request",
             b"GET / HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(_SMUGGLED)
             + _SMUGGLED, _SMUGGLED),
+    Carried("connection_lists_content_length", "`Connection: content-length` to strip framing",
+            _post(b"Connection: content-length\r\nContent-Length: 5\r\n", b"hello"),
+            b"hello"),
+    Carried("connection_lists_transfer_encoding", "`Connection: transfer-encoding` on chunked",
+            _post(b"Connection: Transfer-Encoding\r\n" + _CHUNKED, b"5\r\nhello\r\n0\r\n\r\n"),
+            b"hello"),
 ]
 
 
@@ -352,6 +358,8 @@ RESPONSE_CASES = [
     Bad("resp_too_many_headers", "101 header fields",
         b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + _OK2),
     Bad("resp_head_over_60k", "a 61 KiB head", b"HTTP/1.1 200 OK\r\n" + _BIG * 61 + _OK2),
+    Bad("resp_204_with_body", "204 followed by body bytes",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello"),
     Bad("resp_two_responses", "a second response in the same segment, none asked for",
         b"HTTP/1.1 200 OK\r\n" + _OK2 + b"HTTP/1.1 200 OK\r\n" + _OK2),
 ]
