@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,16 +23,27 @@ def _py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
-def own_time(collapsed: str, top: int = TOP) -> tuple[int, list[dict[str, Any]]]:
-    """Own (self) samples per function from py-spy's collapsed stacks: the leaf frame of each."""
+LINE = re.compile(r":\d+\)$")
+
+
+def own_time(collapsed: str, top: int = TOP, python_only: bool = False
+             ) -> tuple[int, list[dict[str, Any]]]:
+    """Own (self) samples per function from py-spy's collapsed stacks.
+
+    A sample counts for its innermost frame (`python_only`: its innermost Python frame, so
+    time in C code, the event loop's or OpenSSL's, is charged to the Python function that
+    called it). Frames are merged per function, whatever the line.
+    """
     counts: Counter[str] = Counter()
     total = 0
     for line in collapsed.splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        counts[leaf] += int(n)
+        frames = stack.split(";")
+        if python_only:
+            frames = [f for f in frames if re.search(r"\.py:\d+\)$", f)] or ["(native only)"]
+        counts[LINE.sub(")", frames[-1])] += int(n)
         total += int(n)
     rows = [{"function": f, "samples": c, "share": round(c / total, 4) if total else 0.0}
             for f, c in counts.most_common(top)]
@@ -73,8 +85,10 @@ def profile_mesh(lab: Lab, s: Settings) -> dict[str, Any]:
                 p.wait()
     for role, path in outs.items():
         if path.exists():
-            total, rows = own_time(path.read_text())
-            result["proxies"][role] = {"samples": total, "top": rows}
+            text = path.read_text()
+            total, rows = own_time(text)
+            _, py_rows = own_time(text, python_only=True)
+            result["proxies"][role] = {"samples": total, "top": rows, "top_python": py_rows}
     return result
 
 

@@ -107,15 +107,22 @@ def _profile(result: dict[str, Any]) -> list[str]:
              f"both proxies of `{prof['system']}` for {prof['seconds']:g} s of closed-loop load "
              f"({prof.get('load', {}).get('rps', 0):,.0f} req/s while sampled, slowed by the "
              "sampling). Own time = samples whose innermost frame is the function; idle "
-             "(waiting in epoll) is not sampled.", ""]
+             "(a thread asleep in epoll) is not sampled. Left: the innermost frame of "
+             "each sample, C included. Right: the innermost *Python* frame, so C time (OpenSSL, the event "
+             "loop, syscalls) counts for the Python function that called it.", ""]
     names = {"A": "proxy A (outbound: plaintext in, mTLS out)",
              "B": "proxy B (inbound: mTLS in, plaintext to nginx)"}
     for role, data in prof.get("proxies", {}).items():
         lines += [f"**{names.get(role, role)}**, {data['samples']} samples:", "",
-                  "| # | function (file:line) | own time |", "|---|---|---|"]
-        for i, row in enumerate(data["top"], 1):
+                  "| # | innermost frame (C or Python) | own time | innermost Python frame "
+                  "(C time charged to its caller) | own time |", "|---|---|---|---|---|"]
+        py = data.get("top_python", [])
+        for i, row in enumerate(data["top"]):
             fn = row["function"].replace("|", "\\|")
-            lines.append(f"| {i} | `{fn}` | {row['share']:.1%} |")
+            cells = [f"`{fn}`", f"{row['share']:.1%}"]
+            if i < len(py):
+                cells += [f"`{py[i]['function']}`", f"{py[i]['share']:.1%}"]
+            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
@@ -141,7 +148,9 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         f"Python {m['python']}",
         f"- Tools: {meta['tools']['haproxy']}; {meta['tools']['nginx']}; "
         f"{meta['tools']['wrk'].split(' Copyright')[0]}; "
-        f"meshctl at {meta['tools']['meshctl_commit']}",
+        f"meshctl at {meta['tools']['meshctl_commit']}"
+        + (f" with uncommitted changes in {', '.join(meta['tools']['meshctl_uncommitted'])}"
+           if meta["tools"].get("meshctl_uncommitted") else ""),
         f"- Raw results: `{rel(results_path)}` (compare runs with "
         f"`python -m bench --compare OLD.json`)",
         f"- Repetitions: {st['reps']}, interleaved (every system once per repetition, same "

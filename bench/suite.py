@@ -82,10 +82,17 @@ def _version(argv: list[str]) -> str:
     return text[0].strip() if text else "unknown"
 
 
-def tool_versions() -> dict[str, str]:
+def tool_versions() -> dict[str, Any]:
     commit = _version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    try:  # the proxy measured is the work tree's: say when it is not the commit's
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
+                                "proxy", "registry", "meshctl"], capture_output=True, text=True,
+                               timeout=10, check=False).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        dirty = []
     return {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"]),
-            "wrk": _version(["wrk", "--version"]), "meshctl_commit": commit}
+            "wrk": _version(["wrk", "--version"]), "meshctl_commit": commit,
+            "meshctl_uncommitted": [ln[3:] for ln in dirty if ln.strip()]}
 
 
 def _one(system: System, lab: Lab, s: Settings) -> dict[str, Any]:

@@ -58,8 +58,18 @@ def test_own_time_counts_the_innermost_frame() -> None:
                  "main (a.py:1);write (d.py:4);parse (c.py:3) 2\n")
     total, rows = own_time(collapsed)
     assert total == 10
-    assert rows[0] == {"function": "parse (c.py:3)", "samples": 7, "share": 0.7}
-    assert rows[1]["function"] == "serve (b.py:2)"
+    assert rows[0] == {"function": "parse (c.py)", "samples": 7, "share": 0.7}
+    assert rows[1]["function"] == "serve (b.py)"
+
+
+def test_own_time_python_only_charges_native_frames_to_their_python_caller() -> None:
+    collapsed = ("run (loop.py:1);serve (b.py:2);SSL_write (libssl.so) 6\n"
+                 "run (loop.py:1);serve (b.py:9) 2\n"
+                 "epoll_wait (libc.so.6) 2\n")
+    assert own_time(collapsed)[1][0]["function"] == "SSL_write (libssl.so)"
+    total, rows = own_time(collapsed, python_only=True)
+    assert total == 10 and rows[0] == {"function": "serve (b.py)", "samples": 8, "share": 0.8}
+    assert rows[1]["function"] == "(native only)"
 
 
 def test_haproxy_tls_hop_requires_client_certificates_both_ways() -> None:
