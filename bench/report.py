@@ -108,8 +108,9 @@ def _profile(result: dict[str, Any]) -> list[str]:
              f"({prof.get('load', {}).get('rps', 0):,.0f} req/s while sampled, slowed by the "
              "sampling). Own time = samples whose innermost frame is the function; idle "
              "(a thread asleep in epoll) is not sampled. Left: the innermost frame of "
-             "each sample, C included. Right: the innermost *Python* frame, so C time (OpenSSL, the event "
-             "loop, syscalls) counts for the Python function that called it.", ""]
+             "each sample, C included. Right: the innermost *Python* frame, so C time "
+             "(OpenSSL, the event loop, syscalls) counts for the Python function that "
+             "called it.", ""]
     names = {"A": "proxy A (outbound: plaintext in, mTLS out)",
              "B": "proxy B (inbound: mTLS in, plaintext to nginx)"}
     for role, data in prof.get("proxies", {}).items():
