@@ -283,3 +283,18 @@ def test_refused_upgrade_goes_back_to_http(hop: TwoHop) -> None:
         send(sock, GET % b"/after")
         ans = read(sock, [b"GET"], timeout=5)
         assert ans.statuses == [200]
+
+
+def test_chunked_response_to_an_http10_keep_alive_client_is_delimited(hop: TwoHop) -> None:
+    """An app that answers chunked to an HTTP/1.0 request (RFC 9112 7 forbids it; some do):
+    the 1.0 client cannot read chunked, so the body must end by Content-Length or by close."""
+    hop.new_case(Reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"5\r\nhello\r\n0\r\n\r\n"))
+    with connect(hop.port) as sock:
+        send(sock, b"GET /c10 HTTP/1.0\r\nHost: echo\r\nConnection: keep-alive\r\n\r\n")
+        ans = read(sock, [b"GET"], until_close=True, timeout=5)
+    head = ans.responses[0][0]
+    framed = _header(head.headers, b"content-length") is not None
+    assert framed or ans.closed, "neither Content-Length nor close: the client cannot end the body"
+    assert _header(head.headers, b"transfer-encoding") is None
+    assert ans.raw.endswith(b"hello")
