@@ -5,6 +5,7 @@
     python -m bench --profile 10         # also py-spy the meshctl proxies under saturation
     python -m bench --compare OLD.json   # print what moved beyond the noise, run nothing
     python -m bench --compare OLD.json --against NEW.json
+    python -m bench --report-from RESULTS.json   # rewrite BENCHMARKS.md from a results file
 
 Writes bench/results/<date>.json (raw), BENCHMARKS.md and bench/plots/*.png.
 """
@@ -17,6 +18,7 @@ import datetime as dt
 import json
 import shlex
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -42,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plots-dir", type=Path, default=REPO / "bench" / "plots")
     p.add_argument("--no-report", action="store_true",
                    help="write the results JSON only (no BENCHMARKS.md, no plots)")
+    p.add_argument("--report-from", type=Path, metavar="RESULTS.json",
+                   help="regenerate BENCHMARKS.md and the plots from a results file; run nothing")
+    p.add_argument("--control-plane-only", action="store_true",
+                   help="with --report-from: rerun the control-plane benches into that file")
     p.add_argument("--compare", type=Path, metavar="OLD.json",
                    help="compare with an earlier results file and exit")
     p.add_argument("--against", type=Path, metavar="NEW.json",
@@ -51,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the lab's `finally` stops every process it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from bench import compare, report, suite
 
     if args.compare:
@@ -60,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(compare.render(json.loads(args.compare.read_text()),
                              json.loads(new.read_text()), args.compare, new))
+        return 0
+    if args.report_from:
+        result = json.loads(args.report_from.read_text())
+        if args.control_plane_only:
+            result["control_plane"] = suite.control_plane(result["settings"].get("quick", False))
+            args.report_from.write_text(json.dumps(result, indent=1) + "\n")
+        report.write(result, args.report, args.plots_dir, args.report_from)
+        print(f"bench: report in {args.report}")
         return 0
     missing = [t for t in ("wrk", "haproxy", "nginx", "taskset") if shutil.which(t) is None]
     if missing:

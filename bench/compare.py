@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.suite import METRICS
+from bench.suite import METRICS, NOT_COMPARED
 
 FLOOR = 0.02
 
@@ -26,7 +26,7 @@ def moved(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     for system, metrics in new.get("summary", {}).items():
         for key, n in metrics.items():
             o = old.get("summary", {}).get(system, {}).get(key)
-            if o is None or key not in METRICS:
+            if o is None or key not in METRICS or key in NOT_COMPARED:
                 continue
             delta = n["median"] - o["median"]
             noise = max(o["max"] - o["min"], n["max"] - n["min"])

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import CLK_TCK, Proc, cpu_ticks, rss_kib
+from bench.procs import CLK_TCK, Proc, core_busy_ticks, cpu_ticks, rss_kib
 
 LUA = Path(__file__).resolve().parent / "lua"
 
@@ -35,6 +35,7 @@ class Sampler:
     """CPU ticks of each process over a window, and the largest VmRSS seen during it."""
 
     procs: dict[str, Proc]
+    core: int | None = None  # the proxies' core: how much of it did *other* processes use?
     interval: float = 0.25
     ticks0: dict[str, int] = field(default_factory=dict)
     rss_max: dict[str, int] = field(default_factory=dict)
@@ -43,6 +44,8 @@ class Sampler:
 
     def __enter__(self) -> Sampler:
         self.ticks0 = {role: cpu_ticks(p.pid) for role, p in self.procs.items()}
+        self.core0 = core_busy_ticks(self.core) if self.core is not None else 0
+        self.t0 = time.monotonic()
         self.rss_max = {role: rss_kib(p.pid) for role, p in self.procs.items()}
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -60,6 +63,11 @@ class Sampler:
             self._thread.join()
         self.cpu_s = {role: (cpu_ticks(p.pid) - self.ticks0[role]) / CLK_TCK
                       for role, p in self.procs.items()}
+        self.foreign_share = None
+        if self.core is not None:
+            busy = (core_busy_ticks(self.core) - self.core0) / CLK_TCK
+            wall = time.monotonic() - self.t0
+            self.foreign_share = max(0.0, busy - sum(self.cpu_s.values())) / wall
 
 
 def _wrk(argv: list[str], core: int, timeout: float) -> dict[str, object]:
@@ -92,9 +100,14 @@ def saturate(url: str, core: int, connections: int, seconds: float) -> dict[str,
                  "-s", str(LUA / "saturate.lua"), url], core, seconds + 60)
 
 
-def measured(run: object, procs: dict[str, Proc]) -> dict[str, object]:
-    """Call `run()` (a load) while sampling `procs`; return the load's figures with theirs."""
-    with Sampler(procs) as s:
+def measured(run: object, procs: dict[str, Proc], core: int | None = None
+             ) -> dict[str, object]:
+    """Call `run()` (a load) while sampling `procs`; return the load's figures with theirs.
+
+    `foreign_core_share`: the share of `core` (the proxies' core) used by processes other
+    than `procs` during the load: the noise from whoever else shares the machine.
+    """
+    with Sampler(procs, core) as s:
         t0 = time.monotonic()
         result = run()  # type: ignore[operator]
         wall = time.monotonic() - t0
@@ -102,6 +115,8 @@ def measured(run: object, procs: dict[str, Proc]) -> dict[str, object]:
     requests = int(result["requests"])
     result["wall_s"] = round(wall, 3)
     result["rps"] = round(requests / (int(result["duration_us"]) / 1e6), 1)
+    if s.foreign_share is not None:
+        result["foreign_core_share"] = round(s.foreign_share, 3)
     result["proxies"] = {
         role: {"cpu_s": round(s.cpu_s[role], 3),
                "cpu_s_per_1k": round(s.cpu_s[role] / requests * 1000, 5) if requests else None,

@@ -60,6 +60,15 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def core_busy_ticks(core: int) -> int:
+    """Ticks `core` spent not idle (all processes), from the cpuN line of /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            v = [int(x) for x in line.split()[1:]]
+            return sum(v[:8]) - v[3] - v[4]  # minus idle and iowait; guest is in user
+    return 0
+
+
 def cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
 

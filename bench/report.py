@@ -18,7 +18,7 @@ from bench.suite import METRICS
 KEEP_START, KEEP_END = "<!-- bench:keep:start -->", "<!-- bench:keep:end -->"
 TABLE_METRICS = ("added_p50_ms", "added_p99_ms", "p50_ms", "p90_ms", "p99_ms", "p99.9_ms",
                  "fixed_rps", "cpu_ms_per_1k", "cpu_ms_per_1k_sidecar", "rss_mib_sidecar",
-                 "max_rps", "sat_cpu_ms_per_1k")
+                 "max_rps", "sat_cpu_ms_per_1k", "foreign_pct")
 
 
 def _fmt(v: float) -> str:
@@ -92,9 +92,50 @@ def _goals(result: dict[str, Any]) -> list[str]:
         shown = "-" if value is None else (f"{value:.2f}x" if "/" in what else _fmt(value))
         out.append(f"| {what} | {target} | {shown} | "
                    f"{'-' if ok is None else ('yes' if ok else '**no**')} |")
-    out.append("| push: file save -> all proxies ACKed, p99 with 100 proxies | <= 150 ms | "
-               "see control plane below | - |")
+    push = _push_p99(result, 100)
+    out.append("| push: file save -> all proxies ACKed, p99 with 100 proxies, ms | <= 150 | "
+               f"{'-' if push is None else _fmt(push)} | "
+               f"{'-' if push is None else ('yes' if push <= 150 else '**no**')} |")
     return out
+
+
+def _push_p99(result: dict[str, Any], clients: int) -> float | None:
+    push = result.get("control_plane", {}).get("push_latency", {})
+    for run in push.get("runs", []):
+        if run.get("clients") == clients:
+            value = run.get("save_to_all_acked_ms", {}).get("p99")
+            return float(value) if value is not None else None
+    return None
+
+
+def _control_plane(cp: dict[str, Any]) -> list[str]:
+    lines = []
+    ca = cp.get("ca_issuance", {})
+    if "svids_per_s" in ca:
+        lines.append(f"- SVID issuance (`python -m bench.ca_issuance`, one core): "
+                     f"{ca['svids_per_s']:,.0f} SVIDs/s ({ca.get('us_per_svid')} µs each, "
+                     f"{ca.get('count')} issued)")
+    push = cp.get("push_latency", {})
+    if push.get("runs"):
+        lines += ["- Push (`python -m bench.push_latency`): config file saved -> every proxy "
+                  "ACKed, ms:", "",
+                  "| proxies | rounds | p50 | p90 | p99 | max | save -> first view p50 | "
+                  "first view -> all ACKed p50 |", "|---|---|---|---|---|---|---|---|"]
+        for run in push["runs"]:
+            t = run.get("save_to_all_acked_ms", {})
+            fv = run.get("save_to_first_view_ms", {})
+            fo = run.get("first_view_to_all_acked_ms", {})
+            lines.append(f"| {run.get('clients')} | {run.get('rounds')} | {t.get('p50')} | "
+                         f"{t.get('p90')} | {t.get('p99')} | {t.get('max')} | {fv.get('p50')} "
+                         f"| {fo.get('p50')} |")
+        lines.append("")
+    for name, data in cp.items():
+        if name == "ca_issuance" and "svids_per_s" in data:
+            continue
+        if name == "push_latency" and data.get("runs"):
+            continue
+        lines.append(f"- `python -m bench.{name}`: `{json.dumps(data)}`")
+    return lines
 
 
 def _profile(result: dict[str, Any]) -> list[str]:
@@ -202,8 +243,7 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
     cp = result.get("control_plane")
     lines += ["## Control plane", ""]
     if cp:
-        for name, data in cp.items():
-            lines.append(f"- `python -m bench.{name}`: `{json.dumps(data)}`")
+        lines += _control_plane(cp)
     else:
         lines.append("Not run (`--no-control-plane`).")
     lines += ["", "## Where the proxy spends its time", "", *_profile(result), ""]

@@ -8,6 +8,7 @@ max over repetitions), `ratios` (meshctl over HAProxy, on medians) and `control_
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -57,7 +58,12 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "rss_mib_sidecar": ("RSS per sidecar at fixed rate (max of A, B)", "MiB", True),
     "max_rps": ("closed-loop throughput (both hops on one core)", "req/s", False),
     "sat_cpu_ms_per_1k": ("CPU per 1000 requests, both hops, at saturation", "ms", True),
+    "foreign_pct": ("noise: the proxy core used by other processes during the loads", "%",
+                    True),
 }
+
+
+NOT_COMPARED = frozenset(("foreign_pct",))  # describes the machine, not the system
 
 
 def machine() -> dict[str, Any]:
@@ -100,9 +106,9 @@ def _one(system: System, lab: Lab, s: Settings) -> dict[str, Any]:
     if s.warmup_s > 0:  # connections, pools, TLS sessions and caches warm before we time
         load.fixed_rate(system.url, core, s.rate, s.connections, s.warmup_s)
     fixed = load.measured(lambda: load.fixed_rate(system.url, core, s.rate, s.connections,
-                                                  s.fixed_s), system.proxies)
+                                                  s.fixed_s), system.proxies, lab.proxy_core)
     sat = load.measured(lambda: load.saturate(system.url, core, s.connections, s.saturate_s),
-                        system.proxies)
+                        system.proxies, lab.proxy_core)
     for proc in system.proxies.values():
         proc.check()
     return {"fixed": fixed, "saturate": sat}
@@ -114,6 +120,9 @@ def _figures(raw: dict[str, Any], direct: dict[str, Any] | None) -> dict[str, fl
     f: dict[str, float] = {f"{k}_ms": c[k] / 1000 for k in ("p50", "p90", "p99", "p99.9")}
     f["fixed_rps"] = fixed["rps"]
     f["max_rps"] = sat["rps"]
+    shares = [x["foreign_core_share"] for x in (fixed, sat) if "foreign_core_share" in x]
+    if shares:
+        f["foreign_pct"] = max(shares) * 100
     if direct is not None:
         d = direct["fixed"]["corrected_us"]
         f["added_p50_ms"] = (c["p50"] - d["p50"]) / 1000
@@ -153,8 +162,23 @@ def ratios(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[st
                 continue
             out[f"meshctl-mtls-{variant} / haproxy-{ref}-{variant}"] = {
                 k: round(mesh[k]["median"] / other[k]["median"], 3)
-                for k in mesh if k in other and other[k]["median"] not in (0, 0.0)}
+                for k in mesh if k in other and other[k]["median"] not in (0, 0.0)
+                and k not in NOT_COMPARED}
     return out
+
+
+def _json_out(stdout: str) -> dict[str, Any] | None:
+    """A script's JSON: its whole output (indented or not), else its last `{...}` line."""
+    candidates = [stdout] + [ln for ln in reversed(stdout.splitlines())
+                             if ln.strip().startswith("{")]
+    for text in candidates:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
 
 
 def control_plane(quick: bool) -> dict[str, Any]:
@@ -174,15 +198,9 @@ def control_plane(quick: bool) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             out[name] = {"error": "timed out after 900 s"}
             continue
-        import json
-        lines = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("{")]
-        if r.returncode == 0 and lines:
-            try:
-                out[name] = json.loads(lines[-1])
-                continue
-            except ValueError:
-                pass
-        out[name] = {"error": f"rc {r.returncode}: {(r.stderr or r.stdout)[-500:]}"}
+        parsed = _json_out(r.stdout) if r.returncode == 0 else None
+        out[name] = parsed if parsed is not None else {
+            "error": f"rc {r.returncode}: {(r.stderr or r.stdout)[-500:]}"}
     return out
 
 
