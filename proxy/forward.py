@@ -8,7 +8,6 @@ only a request body up to REPLAY_LIMIT is held, so that it can be sent again on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -29,6 +28,7 @@ from proxy.http1 import (
 )
 from proxy.policy.retry import Outcome, RetryParams, backoff, should_retry
 from proxy.streams import Conn, Connector, ConnLimiter, EventStream, PeerClosed, Pool, PoolOverflow
+from proxy.tcp import relay
 
 log = logging.getLogger("meshctl.proxy.forward")
 # Linkerd never retries a request whose body is over 64 KiB; we keep at most that much.
@@ -428,32 +428,3 @@ async def _splice(down: EventStream, dwriter: asyncio.StreamWriter, conn: Conn) 
         conn.writer.write(early_down)
     await relay(down.reader, dwriter, conn.reader, conn.writer)
     conn.close()
-
-
-async def relay(
-    r1: asyncio.StreamReader,
-    w1: asyncio.StreamWriter,
-    r2: asyncio.StreamReader,
-    w2: asyncio.StreamWriter,
-) -> tuple[int, int]:
-    """Copy both directions until both are done, passing half-closes through (write_eof)."""
-
-    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
-        n = 0
-        try:
-            while True:
-                data = await r.read(65536)
-                if not data:
-                    break
-                n += len(data)
-                w.write(data)
-                await w.drain()
-            if w.can_write_eof():
-                w.write_eof()
-        except (ConnectionError, OSError):
-            with contextlib.suppress(Exception):
-                w.close()
-        return n
-
-    a, b = await asyncio.gather(pipe(r1, w2), pipe(r2, w1))
-    return a, b

@@ -26,7 +26,7 @@ from proxy.control.client import ControlClient, View
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
 from proxy.identity import TLS_MIN, Identity
-from proxy.inbound.authz import decide
+from proxy.inbound.authz import decide, decide_tcp
 from proxy.inbound.stack import Inbound
 from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import Outbound
@@ -35,6 +35,7 @@ from proxy.policy.fault import decide as decide_fault
 from proxy.policy.ratelimit import TokenBucket
 from proxy.snapshot import ProxySnapshot, build_snapshot
 from proxy.streams import ConnLimiter, Pool
+from proxy.tcp import relay
 from proxy.telemetry import Telemetry
 from registry.ca import SpiffeId
 from registry.config import MeshConfig
@@ -239,13 +240,42 @@ class Proxy:
                 req, result, time.time() - ms / 1000.0, ms, str(peer) if peer else None, reporter
             )
 
+    def record_tcp(
+        self,
+        snap: ProxySnapshot,
+        reporter: str,
+        dest_service: str,
+        peer: SpiffeId | None,
+        *,
+        opened: bool = False,
+        sent: int = 0,
+        received: int = 0,
+    ) -> None:
+        """istio_tcp_* for one connection: opened at start; bytes and closed at the end."""
+        full = self._labels(snap, reporter, dest_service, peer, None)
+        labels = full[:15] + full[17:]  # TCP metrics carry no response_code/grpc status
+        tel = self.telemetry
+        if opened:
+            tel.tcp_opened[labels] += 1
+            return
+        tel.tcp_closed[labels] += 1
+        tel.tcp_sent[labels] += sent
+        tel.tcp_received[labels] += received
+
+    def authorize_tcp(self, peer: SpiffeId | None, port: int) -> bool:
+        """AuthorizationPolicy on a TCP port: only source and port fields can match."""
+        snap = self.snapshot
+        if snap is None:
+            return False
+        return bool(decide_tcp(snap.compiled_authz, peer, port).allowed)
+
     def _labels(
         self,
         snap: ProxySnapshot,
         reporter: str,
         dest_service: str,
         peer: SpiffeId | None,
-        result: Result,
+        result: Result | None,
     ) -> tuple[str, ...]:
         ns = snap.config.namespace
         me = self.opts.service
@@ -276,10 +306,10 @@ class Proxy:
             f"{dest_service}.{ns}",
             dest_service,
             ns,
-            "http",
-            str(result.status),
+            "http" if result else "tcp",
+            str(result.status) if result else "-",
             "-",
-            result.flags or "-",
+            (result.flags or "-") if result else "-",
             mtls,
         )
 
@@ -313,7 +343,6 @@ class Proxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str, port: int
     ) -> None:
         """Not a mesh service: relay to where the app meant to go (our uid is not redirected)."""
-        from proxy.forward import relay
 
         self.telemetry.counters["meshctl_proxy_passthrough_total"] += 1
         try:

@@ -69,6 +69,15 @@ def proxy(
     admin: Annotated[str, typer.Option(help="Admin listener (localhost).")] = "127.0.0.1:15000",
     metrics: Annotated[str, typer.Option(help="Prometheus listener.")] = "0.0.0.0:15090",
     proxy_id: Annotated[str, typer.Option(help="Stable id of this proxy (default: derived).")] = "",
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a request head may take to arrive (slow loris).")
+    ] = 60.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Open downstream connections before new ones are refused.")
+    ] = 10_000,
+    drain: Annotated[
+        float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM.")
+    ] = 5.0,
 ) -> None:
     """Run a sidecar proxy: join the registry, follow its config, serve mTLS traffic."""
     from proxy.main import Proxy, ProxyOptions, Upstream
@@ -103,6 +112,9 @@ def proxy(
         admin=_hostport(admin, "127.0.0.1"),
         metrics=_hostport(metrics, "0.0.0.0"),
         proxy_id=proxy_id,
+        header_timeout_s=header_timeout,
+        max_connections=max_connections,
+        drain_s=drain,
     )
     logging.basicConfig(
         level=getattr(logging, os.environ.get("MESH_LOG", "INFO")),

@@ -67,3 +67,15 @@ def decide(
         headers={n.decode("latin-1").lower(): v.decode("latin-1") for n, v in req.headers},
     )
     return authz.evaluate(policies, attrs)
+
+
+def decide_tcp(policies: tuple[authz.Policy, ...], peer: SpiffeId | None, port: int
+               ) -> authz.Decision:
+    """A TCP connection has no method, path or headers: only source and port fields can
+    match it (Istio: a rule naming HTTP-only fields never matches a TCP connection)."""
+    if not policies:
+        return authz.Decision(True, None, "no policy selects this workload")
+    attrs = authz.RequestAttrs(method="", path="", host="", port=port,
+                               principal=peer.principal if peer else None,
+                               namespace=peer.namespace if peer else None, headers={})
+    return authz.evaluate(policies, attrs)

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 from proxy.accept import first_byte, streams_for
 from proxy.downstream import serve_requests
-from proxy.forward import Plan, Result, Target, forward, local_reply, relay
+from proxy.forward import Plan, Result, Target, forward, local_reply
 from proxy.http1 import EndOfMessage, Request
 from proxy.identity import parse_sni, peer_identity
 from proxy.streams import EventStream
+from proxy.tcp import relay, relay_framed
 from registry.ca import SpiffeId
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class Inbound:
                 tel["meshctl_proxy_inbound_unknown_port_total"] += 1
                 return
             if p.protocol == "tcp":
-                await self._serve_tcp(reader, writer, port)
+                await self._serve_tcp(reader, writer, port, snap, peer)
             else:
                 await self._serve_http(reader, writer, port, peer)
         finally:
@@ -85,15 +86,33 @@ class Inbound:
         return Target(f"app:{port}", connect, 5.0)
 
     async def _serve_tcp(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        port: int,
+        snap: ProxySnapshot,
+        peer: SpiffeId | None,
     ) -> None:
+        proxy = self.proxy
+        me = snap.me.name if snap.me else ""
+        if not proxy.authorize_tcp(peer, port):
+            proxy.telemetry.counters["meshctl_proxy_authz_denied_total"] += 1
+            return
         t = self._app_target(port)
         try:
             ar, aw = await asyncio.wait_for(t.connect(), t.connect_timeout_s)
         except (OSError, TimeoutError):
+            proxy.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
             return
-        await relay(reader, writer, ar, aw)
+        proxy.record_tcp(snap, "destination", me, peer, opened=True)
+        # Peer proxies frame the stream (half-close across TLS); a plaintext client in
+        # PERMISSIVE mode sends raw bytes.
+        if peer is not None:
+            received, sent = await relay_framed(ar, aw, reader, writer)
+        else:
+            received, sent = await relay(reader, writer, ar, aw)
         aw.close()
+        proxy.record_tcp(snap, "destination", me, peer, sent=sent, received=received)
 
     async def _serve_http(
         self,

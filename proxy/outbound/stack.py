@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from meshctl.aio import spawn
 from proxy.downstream import serve_requests
-from proxy.forward import Plan, Result, Target, forward, local_reply, relay
+from proxy.forward import Plan, Result, Target, forward, local_reply
 from proxy.http1 import (
     EndOfMessage,
     Request,
@@ -21,6 +21,7 @@ from proxy.identity import peer_identity, sni_for
 from proxy.routing import CompiledRoute, HeaderList, first_match
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import EventStream
+from proxy.tcp import relay_framed
 from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:
@@ -124,8 +125,11 @@ class Outbound:
         except (OSError, TimeoutError, ConnectionError):
             self.proxy.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
             return
-        await relay(reader, writer, ur, uw)
+        proxy = self.proxy
+        proxy.record_tcp(snap, "source", view.service.name, None, opened=True)
+        sent, received = await relay_framed(reader, writer, ur, uw)
         uw.close()
+        proxy.record_tcp(snap, "source", view.service.name, None, sent=sent, received=received)
 
     async def _serve_http(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: str, port: int

@@ -183,6 +183,7 @@ class Mesh:
         service_port: int = 8080,
         upstreams: dict[str, int] | None = None,
         wait: bool = True,
+        extra: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         inbound, admin, metrics = free_port(), free_port(), free_port()
         pid = f"{service}-{version}-{inbound}"
@@ -209,6 +210,7 @@ class Mesh:
             argv += ["--app", f"{service_port}=127.0.0.1:{app_port}"]
         for target, local in (upstreams or {}).items():
             argv += ["--upstream", f"{target}={local}"]
+        argv += list(extra)
         p = Proc(argv, self.env, self.tmp / f"proxy-{pid}.log").start()
         self.procs.append(p)
         info = {"proc": p, "inbound": inbound, "admin": admin, "metrics": metrics, "id": pid}

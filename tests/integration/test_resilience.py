@@ -53,8 +53,9 @@ def config_src(tmp_path: Path) -> Path:
 class Backend:
     """Two replicas of `backend` (versions a and b) behind their proxies, and a client."""
 
-    def __init__(self, mesh: Mesh, replicas: tuple[str, ...] = ("a", "b"),
-                 service: str = "backend") -> None:
+    def __init__(
+        self, mesh: Mesh, replicas: tuple[str, ...] = ("a", "b"), service: str = "backend"
+    ) -> None:
         self.mesh = mesh
         self.apps: dict[str, int] = {}
         for v in replicas:
@@ -63,18 +64,30 @@ class Backend:
             mesh.proxy(service, v, app_port=port)
         self.local = free_port()
         self.client = mesh.proxy("client", "v1", upstreams={f"{service}:8080": self.local})
-        wait_until(lambda: len([e for e in mesh.api("GET", "/v1/catalog")["endpoints"]
-                                if e["service"] == service]) == len(replicas),
-                   what="backend endpoints")
+        wait_until(
+            lambda: (
+                len(
+                    [
+                        e
+                        for e in mesh.api("GET", "/v1/catalog")["endpoints"]
+                        if e["service"] == service
+                    ]
+                )
+                == len(replicas)
+            ),
+            what="backend endpoints",
+        )
         wait_until(lambda: self.get("/")[0] == 200, what="first request through the mesh")
 
-    def get(self, path: str, headers: dict[str, str] | None = None
-            ) -> tuple[int, bytes, dict[str, str]]:
+    def get(
+        self, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
         return http_get(f"http://127.0.0.1:{self.local}{path}", headers=headers)
 
     def post(self, path: str, body: bytes = b"x") -> int:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.local}{path}", data=body,
-                                     method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.local}{path}", data=body, method="POST"
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(req, timeout=10) as r:
@@ -83,8 +96,9 @@ class Backend:
             return int(e.code)
 
     def admin(self, version: str, action: str) -> None:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.apps[version]}/admin/{action}",
-                                     data=b"", method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.apps[version]}/admin/{action}", data=b"", method="POST"
+        )
         urllib.request.urlopen(req, timeout=5).read()
 
     def stats(self) -> dict[str, Any]:
@@ -111,7 +125,9 @@ def _versions(b: Backend, n: int, path: str = "/") -> Counter[str]:
 
 def test_seed_policy_retries_to_the_other_replica_and_ejects_the_failing_one(mesh: Mesh) -> None:
     # The article's VirtualService and DestinationRule, on `backend`.
-    _write(mesh.config / "policy.yaml", """\
+    _write(
+        mesh.config / "policy.yaml",
+        """\
         apiVersion: networking.istio.io/v1beta1
         kind: DestinationRule
         metadata:
@@ -146,7 +162,8 @@ def test_seed_policy_retries_to_the_other_replica_and_ejects_the_failing_one(mes
             route:
             - destination:
                 host: backend
-        """)
+        """,
+    )
     mesh.start_registry()
     b = Backend(mesh)
     b.admin("a", "fail?status=503&count=-1")
@@ -163,7 +180,9 @@ def test_seed_policy_retries_to_the_other_replica_and_ejects_the_failing_one(mes
 
 
 def test_without_retries_a_failing_replica_is_seen(mesh: Mesh) -> None:
-    _write(mesh.config / "vs.yaml", """\
+    _write(
+        mesh.config / "vs.yaml",
+        """\
         apiVersion: networking.istio.io/v1
         kind: VirtualService
         metadata: {name: backend}
@@ -172,7 +191,8 @@ def test_without_retries_a_failing_replica_is_seen(mesh: Mesh) -> None:
           http:
           - retries: {attempts: 0}
             route: [{destination: {host: backend}}]
-        """)
+        """,
+    )
     mesh.start_registry()
     b = Backend(mesh)
     b.admin("a", "fail?status=503&count=-1")
@@ -181,7 +201,9 @@ def test_without_retries_a_failing_replica_is_seen(mesh: Mesh) -> None:
 
 
 def test_post_is_not_retried_after_the_upstream_saw_it(mesh: Mesh) -> None:
-    _write(mesh.config / "vs.yaml", """\
+    _write(
+        mesh.config / "vs.yaml",
+        """\
         apiVersion: networking.istio.io/v1
         kind: VirtualService
         metadata: {name: backend}
@@ -190,7 +212,8 @@ def test_post_is_not_retried_after_the_upstream_saw_it(mesh: Mesh) -> None:
           http:
           - retries: {attempts: 3, retryOn: 5xx}
             route: [{destination: {host: backend}}]
-        """)
+        """,
+    )
     mesh.start_registry()
     b = Backend(mesh, replicas=("a",))
     b.admin("a", "fail?status=503&count=1")
@@ -200,7 +223,9 @@ def test_post_is_not_retried_after_the_upstream_saw_it(mesh: Mesh) -> None:
 
 
 def test_route_timeout_answers_504_with_flag(mesh: Mesh) -> None:
-    _write(mesh.config / "vs.yaml", """\
+    _write(
+        mesh.config / "vs.yaml",
+        """\
         apiVersion: networking.istio.io/v1
         kind: VirtualService
         metadata: {name: backend}
@@ -210,7 +235,8 @@ def test_route_timeout_answers_504_with_flag(mesh: Mesh) -> None:
           - timeout: 300ms
             retries: {attempts: 0}
             route: [{destination: {host: backend}}]
-        """)
+        """,
+    )
     mesh.start_registry()
     b = Backend(mesh, replicas=("a",))
     b.admin("a", "slow?ms=2000&count=1")
@@ -221,7 +247,9 @@ def test_route_timeout_answers_504_with_flag(mesh: Mesh) -> None:
 
 
 def test_fault_abort_and_header_operations(mesh: Mesh) -> None:
-    _write(mesh.config / "vs.yaml", """\
+    _write(
+        mesh.config / "vs.yaml",
+        """\
         apiVersion: networking.istio.io/v1
         kind: VirtualService
         metadata: {name: backend}
@@ -240,7 +268,8 @@ def test_fault_abort_and_header_operations(mesh: Mesh) -> None:
                 set: {x-resp: three}
                 remove: [x-shop-service]
             route: [{destination: {host: backend}}]
-        """)
+        """,
+    )
     mesh.start_registry()
     b = Backend(mesh, replicas=("a",))
     status, _, _ = b.get("/teapot")
@@ -254,7 +283,9 @@ def test_fault_abort_and_header_operations(mesh: Mesh) -> None:
 
 
 def test_mirror_sends_a_shadow_copy_and_drops_its_answer(mesh: Mesh) -> None:
-    _write(mesh.config / "vs.yaml", """\
+    _write(
+        mesh.config / "vs.yaml",
+        """\
         apiVersion: networking.istio.io/v1
         kind: VirtualService
         metadata: {name: backend}
@@ -264,17 +295,25 @@ def test_mirror_sends_a_shadow_copy_and_drops_its_answer(mesh: Mesh) -> None:
           - route: [{destination: {host: backend}}]
             mirror: {host: shadow}
             mirrorPercentage: {value: 100}
-        """)
+        """,
+    )
     mesh.start_registry()
     _, shadow_port = mesh.app("shadow", "v1")
     mesh.proxy("shadow", "v1", app_port=shadow_port)
-    wait_until(lambda: any(e["service"] == "shadow"
-                           for e in mesh.api("GET", "/v1/catalog")["endpoints"]), what="shadow")
+    wait_until(
+        lambda: any(e["service"] == "shadow" for e in mesh.api("GET", "/v1/catalog")["endpoints"]),
+        what="shadow",
+    )
     b = Backend(mesh, replicas=("a",))
     # The shadow fails every request: the real request must not notice.
-    urllib.request.urlopen(urllib.request.Request(
-        f"http://127.0.0.1:{shadow_port}/admin/fail?status=500&count=-1", data=b"",
-        method="POST"), timeout=5).read()
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"http://127.0.0.1:{shadow_port}/admin/fail?status=500&count=-1",
+            data=b"",
+            method="POST",
+        ),
+        timeout=5,
+    ).read()
     for _ in range(5):
         assert b.get("/echo")[0] == 200
     wait_until(lambda: b.stats().get("meshctl_proxy_mirror_sent_total", 0) >= 5, what="mirror")
@@ -292,7 +331,9 @@ def test_local_rate_limit_answers_429_with_retry_after(mesh: Mesh) -> None:
 
 
 def test_connection_pool_overflow_is_a_fast_503_uo(mesh: Mesh) -> None:
-    _write(mesh.config / "dr.yaml", """\
+    _write(
+        mesh.config / "dr.yaml",
+        """\
         apiVersion: networking.istio.io/v1
         kind: DestinationRule
         metadata: {name: backend}
@@ -302,7 +343,8 @@ def test_connection_pool_overflow_is_a_fast_503_uo(mesh: Mesh) -> None:
             connectionPool:
               tcp: {maxConnections: 1}
               http: {http1MaxPendingRequests: 1, maxRetries: 0}
-        """)
+        """,
+    )
     mesh.start_registry()
     b = Backend(mesh, replicas=("a",))
     b.admin("a", "slow?ms=1500&count=-1")
@@ -315,7 +357,9 @@ def test_connection_pool_overflow_is_a_fast_503_uo(mesh: Mesh) -> None:
 
 
 def test_consistent_hash_keeps_a_key_on_one_replica(mesh: Mesh) -> None:
-    _write(mesh.config / "dr.yaml", """\
+    _write(
+        mesh.config / "dr.yaml",
+        """\
         apiVersion: networking.istio.io/v1
         kind: DestinationRule
         metadata: {name: backend}
@@ -323,24 +367,27 @@ def test_consistent_hash_keeps_a_key_on_one_replica(mesh: Mesh) -> None:
           host: backend
           trafficPolicy:
             loadBalancer: {consistentHash: {httpHeaderName: x-user}}
-        """)
+        """,
+    )
     mesh.start_registry()
     b = Backend(mesh)
     for user in ("alice", "bob", "carol", "dave"):
-        seen = {json.loads(b.get("/", headers={"x-user": user})[1])["version"]
-                for _ in range(8)}
+        seen = {json.loads(b.get("/", headers={"x-user": user})[1])["version"] for _ in range(8)}
         assert len(seen) == 1
 
 
 def test_round_robin_spreads_evenly(mesh: Mesh) -> None:
-    _write(mesh.config / "dr.yaml", """\
+    _write(
+        mesh.config / "dr.yaml",
+        """\
         apiVersion: networking.istio.io/v1
         kind: DestinationRule
         metadata: {name: backend}
         spec:
           host: backend
           trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
-        """)
+        """,
+    )
     mesh.start_registry()
     b = Backend(mesh)
     seen = _versions(b, 20)
