@@ -1,1 +1,1 @@
-"""Tests for meshctl.commands: each command group through Typer's CliRunner."""
+"""Tests of the meshctl commands (CLI level)."""

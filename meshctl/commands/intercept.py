@@ -1,0 +1,99 @@
+"""`meshctl intercept install|remove`: the iptables interception, for systemd units and by hand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from proxy.intercept import iptables
+from proxy.intercept.rules import InterceptConfig
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Transparent interception rules (iptables REDIRECT) for one workload; "
+    "see docs/interception.md.",
+    no_args_is_help=True,
+)
+
+Netns = Annotated[
+    str | None,
+    typer.Option(help="Network namespace name (`ip netns`) or a pid; default: this one."),
+]
+
+
+def _target(netns: str | None) -> str | int | None:
+    return int(netns) if netns is not None and netns.isdigit() else netns
+
+
+def _ports(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{what}: comma-separated port numbers, not {text!r}") from None
+
+
+@app.command("install")
+def install(
+    service: Annotated[str, typer.Option(help="The service whose traffic is intercepted.")],
+    inbound_ports: Annotated[
+        str, typer.Option(help="The app's ports, captured inbound: e.g. 8080,9090.")
+    ] = "",
+    proxy_uid: Annotated[int, typer.Option(help="The proxy's uid: its traffic is let out.")] = 1337,
+    proxy_gid: Annotated[int | None, typer.Option(help="The proxy's gid, also let out.")] = None,
+    exclude_outbound_cidr: Annotated[
+        list[str], typer.Option(help="Destinations never redirected, e.g. the registry's /32.")
+    ] = [],  # noqa: B006
+    exclude_outbound_ports: Annotated[
+        str, typer.Option(help="Outbound ports never redirected, e.g. 5432.")
+    ] = "",
+    netns: Netns = None,
+) -> None:
+    """Install (or replace) the interception rules of SERVICE: one atomic transaction."""
+    try:
+        cfg = InterceptConfig(
+            proxy_uid=proxy_uid,
+            proxy_gid=proxy_gid,
+            inbound_ports=_ports(inbound_ports, "--inbound-ports"),
+            exclude_outbound_ports=_ports(exclude_outbound_ports, "--exclude-outbound-ports"),
+            exclude_outbound_cidrs=tuple(exclude_outbound_cidr),
+        )
+        iptables.install(cfg, _target(netns))
+    except ValueError as exc:
+        typer.echo(f"meshctl intercept install: {service}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except iptables.InterceptError as exc:
+        typer.echo(f"meshctl intercept install: {service}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    where = f"namespace {netns}" if netns else "this namespace"
+    typer.echo(f"interception for {service} installed in {where}")
+
+
+@app.command("remove")
+def remove(
+    service: Annotated[str, typer.Option(help="The service whose interception is removed.")],
+    netns: Netns = None,
+) -> None:
+    """Remove the interception rules (our chains and jumps only); fine if none are there."""
+    try:
+        iptables.remove(_target(netns))
+    except iptables.InterceptError as exc:
+        typer.echo(f"meshctl intercept remove: {service}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    where = f"namespace {netns}" if netns else "this namespace"
+    typer.echo(f"interception for {service} removed from {where}")
+
+
+@app.command("status")
+def show(netns: Netns = None) -> None:
+    """Print whether the rules are installed, and the nat table."""
+    try:
+        text = iptables.dump(_target(netns))
+    except iptables.InterceptError as exc:
+        typer.echo(f"meshctl intercept status: {exc}", err=True)
+        raise typer.Exit(1) from None
+    from proxy.intercept.rules import is_installed
+
+    typer.echo("installed" if is_installed(text) else "not installed")
+    typer.echo(text.rstrip())

@@ -1,0 +1,94 @@
+"""`meshctl status`: services, endpoints, proxies' config versions and certificates."""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meshctl.launch.procs import LaunchError
+from meshctl.launch.report import status as mesh_status
+from meshctl.state import mesh_home
+
+__all__ = ["status"]
+
+
+class Output(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _expiry(not_after: Any) -> str:
+    if not isinstance(not_after, (int, float)):
+        return "-"
+    left = not_after - time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(not_after))
+    return f"{stamp} (in {left / 3600:.1f} h)" if left > 0 else f"{stamp} (EXPIRED)"
+
+
+def status(
+    output: Annotated[Output, typer.Option("--output", "-o", help="text or json")] = Output.text,
+) -> None:
+    """Show the running mesh: services, endpoints (labels, health), proxies, config errors."""
+    try:
+        st = mesh_status(mesh_home())
+    except LaunchError as exc:
+        typer.echo(f"meshctl status: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if output == Output.json:
+        typer.echo(json.dumps(st))
+        return
+    out = Console(highlight=False)
+    reg = st["registry"]
+    out.print(
+        f"registry {reg['url']} (pid {reg['pid']}), config {reg['config_dir']}, "
+        f"version [bold]{st['config_version']}[/], mode {st['mode'] or '-'}"
+    )
+    table = Table(title="endpoints", title_justify="left")
+    for column in ("service", "endpoint", "address", "labels", "health"):
+        table.add_column(column)
+    for e in sorted(st["endpoints"], key=lambda e: (e["service"], e["id"])):
+        labels = ",".join(f"{k}={v}" for k, v in sorted((e["labels"] or {}).items()))
+        health = e["health"]
+        colour = "green" if health == "healthy" else "red"
+        table.add_row(
+            e["service"],
+            e["id"],
+            f"{e['address']}:{e['inbound_port']}",
+            labels,
+            f"[{colour}]{health}[/]",
+        )
+    for name, svc in sorted(st["services"].items()):
+        if not svc["endpoints"]:
+            table.add_row(name, "-", "-", "-", "[red]no endpoints[/]")
+    out.print(table)
+    table = Table(title="proxies", title_justify="left")
+    for column in ("proxy", "connected", "config", "certificate expires", "restarts"):
+        table.add_column(column)
+    for p in sorted(st["proxies"], key=lambda p: p["proxy_id"]):
+        version = f"v{p['config_version']}" + ("" if p["current"] else " [red](behind)[/]")
+        if p["nack_error"]:
+            version += f" [red]NACK: {p['nack_error']}[/]"
+        table.add_row(
+            p["proxy_id"],
+            "yes" if p["connected"] else "[red]no[/]",
+            version,
+            _expiry(p["cert_not_after"]),
+            str(p["restarts"]),
+        )
+    out.print(table)
+    problems = [w for w in st["workloads"] if w["error"]]
+    for w in problems:
+        out.print(f"[red]{w['name']}:[/] {w['error']}", markup=True)
+    err = st["last_config_error"]
+    if err:
+        out.print("[red]last config error[/] (the previous version stays in force):")
+        for line in err.get("errors", []):
+            out.print(f"  {line}", markup=False)
+    else:
+        out.print("no config errors")

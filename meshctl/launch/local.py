@@ -1,0 +1,530 @@
+"""The local runtime: `meshctl up`, `down` and `status` for workloads run as local processes.
+
+`up` validates the config, chooses the mode (transparent: network namespaces on a bridge
+and iptables, as root; explicit: 127.0.0.1 ports, without privileges), writes the plan
+(meshctl.launch.plan), starts the registry and the supervisor (meshctl.launch.supervisor)
+in the background, and waits until every proxy has joined, registered its endpoint and
+ACKed the registry's current config version. `down` removes everything, working from the
+files under MESH_HOME and a scan for the processes, namespaces and bridge they name.
+
+Every failure a user can meet is a LaunchError whose message is one line: what is wrong
+and what to do. A first `up` that fails leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
+from meshctl.launch import plan as planmod
+from meshctl.launch.plan import EXPLICIT, PROXY_UID, TRANSPARENT, Network, Plan
+from meshctl.launch.procs import (
+    LaunchError,
+    LaunchPaths,
+    log_tail,
+    marked_env,
+    read_json,
+    running_registry,
+    spawn,
+    stop_pids,
+    write_json,
+)
+from meshctl.launch.supervisor import record_owned, running_pid
+from meshctl.state import atomic_write, ensure_dir
+from registry.config import MeshConfig, load_directory
+from registry.server.main import DEFAULT_MONITOR_PORT, DEFAULT_PORT
+
+SUBNET_POOL = "10.250.0.0/16"
+REGISTRY_START_S = 20.0
+
+
+class ConfigInvalid(LaunchError):
+    """The config directory does not validate; `errors` are `file:line:column: ...` lines."""
+
+    def __init__(self, directory: Path, errors: list[str]) -> None:
+        super().__init__(
+            f"the config in {directory} is invalid ({len(errors)} error(s)): fix them and "
+            "run `meshctl up` again (nothing was started)"
+        )
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    path: Path
+    runtime: str = "auto"  # local | docker | auto
+    timeout: float = 60.0
+    prefix: str = ""
+    force_explicit: bool = False
+    registry_port: int = DEFAULT_PORT
+    monitor_port: int = DEFAULT_MONITOR_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadStatus:
+    name: str
+    phase: str  # starting | joining | ready | error
+    detail: str = ""
+
+
+@dataclass
+class UpResult:
+    mode: str
+    note: str | None
+    config_dir: str
+    registry_url: str
+    plan: Plan
+    elapsed_s: float
+    started: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "note": self.note,
+            "config_dir": self.config_dir,
+            "registry": self.registry_url,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "started": self.started,
+            "stopped": self.stopped,
+            "restarted": self.restarted,
+            "network": (
+                {"bridge": self.plan.network.bridge, "subnet": self.plan.network.subnet}
+                if self.plan.network
+                else None
+            ),
+            "workloads": [
+                {
+                    "name": w.name,
+                    "service": w.service,
+                    "version": w.version,
+                    "address": w.address,
+                    "netns": w.netns,
+                    "ports": dict(w.ports),
+                }
+                for w in self.plan.workloads
+            ],
+        }
+
+
+Progress = Callable[[list[WorkloadStatus]], None]
+
+# --- choosing what to run -------------------------------------------------------------------
+
+
+def config_dir_for(path: Path) -> Path:
+    """A config dir, a dir holding `mesh/`, or a compose file (its sibling `mesh/`)."""
+    if path.is_file():
+        candidate = path.parent / "mesh"
+        if (candidate / "mesh.yaml").is_file():
+            return candidate.resolve()
+        raise LaunchError(
+            f"{path} is a file but there is no mesh config beside it ({candidate}/mesh.yaml): "
+            "create one (see docs/config.md) or pass a config directory"
+        )
+    if (path / "mesh.yaml").is_file():
+        return path.resolve()
+    if (path / "mesh" / "mesh.yaml").is_file():
+        return (path / "mesh").resolve()
+    raise LaunchError(
+        f"no mesh.yaml in {path}: pass a config directory (with mesh.yaml), a directory "
+        "holding `mesh/`, or a docker-compose file with `mesh/` beside it"
+    )
+
+
+def docker_available() -> bool:
+    """A Docker engine answers on its socket (DOCKER_HOST or /var/run/docker.sock)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return True  # a remote engine: assume it is meant to be used
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(host.removeprefix("unix://"))
+        except OSError:
+            return False
+    return True
+
+
+def choose_runtime(runtime: str) -> str:
+    if runtime not in ("local", "docker", "auto"):
+        raise LaunchError(f"--runtime {runtime!r}: choose local, docker or auto")
+    if runtime == "auto":
+        runtime = "docker" if docker_available() else "local"
+    if runtime == "docker":
+        raise LaunchError(
+            "the docker runtime is not implemented yet: run `meshctl up --runtime local` "
+            "(workloads as local processes in network namespaces)"
+        )
+    return runtime
+
+
+def choose_mode(force_explicit: bool) -> tuple[str, str | None]:
+    """Transparent as root with iptables; otherwise explicit, with a note saying why."""
+    if force_explicit:
+        return EXPLICIT, "explicit mode (MESH_FORCE_EXPLICIT is set): apps call 127.0.0.1 ports"
+    from proxy.intercept.iptables import PrivilegeError, check_privileges
+
+    try:
+        check_privileges(enter_namespace=True)
+    except PrivilegeError:
+        return EXPLICIT, (
+            "not root: running in explicit mode on 127.0.0.1 (apps are told their "
+            "upstreams' ports); run as root (sudo meshctl up) for namespaces and "
+            "transparent interception"
+        )
+    missing = [
+        t
+        for t in ("ip", "iptables", "iptables-restore", "nsenter", "setpriv")
+        if shutil.which(t) is None
+    ]
+    if missing:
+        return EXPLICIT, (
+            f"{', '.join(missing)} not found: running in explicit mode on 127.0.0.1; install "
+            "iproute2, iptables and util-linux for transparent interception"
+        )
+    return TRANSPARENT, None
+
+
+def load_config(directory: Path) -> MeshConfig:
+    result = load_directory(directory)
+    if result.config is None or result.errors:
+        raise ConfigInvalid(directory, [str(e) for e in result.errors] or ["no config"])
+    return result.config
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+# --- preflight for transparent mode -----------------------------------------------------------
+
+
+def _check_home_reachable(home: Path) -> None:
+    """Proxies run as uid 1337 and read their files under MESH_HOME/proxies."""
+    resolved = home.resolve()
+    for parent in reversed(resolved.parents):
+        if not os.stat(parent).st_mode & 0o001:
+            raise LaunchError(
+                f"proxies run as uid {PROXY_UID} and cannot reach MESH_HOME={home}: {parent} "
+                f"is not searchable by others; chmod o+x {parent}, or use a MESH_HOME "
+                "elsewhere (the default is /var/lib/meshctl)"
+            )
+    ensure_dir(home, 0o711)  # traverse only: registry/ (with the CA key) stays 0700
+    ensure_dir(home / "proxies", 0o711)
+
+
+def _probe_proxy_python() -> subprocess.Popen[bytes]:
+    """Can uid 1337 run this Python and import the proxy? (A venv under /root cannot.)"""
+    drop = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
+    return subprocess.Popen(
+        [*drop, sys.executable, "-c", "import proxy.main"],
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _probe_result(probe: subprocess.Popen[bytes]) -> None:
+    _, err = probe.communicate(timeout=30)
+    if probe.returncode != 0:
+        last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        if "Permission denied" not in last[0] and "No module named" not in last[0]:
+            raise LaunchError(
+                f"the proxy cannot start: `{sys.executable} -c 'import proxy.main'` fails "
+                f"({last[0]}); fix the installation and run `meshctl up` again"
+            )
+        raise LaunchError(
+            f"proxies run as uid {PROXY_UID}, which cannot run {sys.executable} with meshctl "
+            f"({last[0]}): install meshctl where every user can read it (e.g. "
+            "`pip install` into /opt or /usr/local), or make its directories readable"
+        )
+
+
+def _network(previous: Plan | None, prefix: str) -> Network:
+    """Keep the bridge and subnet of a running mesh; otherwise a free subnet."""
+    from meshctl.launch import netns
+
+    if previous is not None and previous.network is not None:
+        with contextlib.suppress(Exception):
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                if ipr.link_lookup(ifname=previous.network.bridge):
+                    return previous.network
+    bridge = planmod.bridge_name(prefix)
+    try:
+        subnet = netns.free_subnet(SUBNET_POOL)
+    except netns.NetnsError as exc:
+        raise LaunchError(f"{exc}") from None
+    return Network(bridge, str(subnet))
+
+
+def _ensure_bridge(paths: LaunchPaths, network: Network) -> bool:
+    """Create the bridge unless it exists; True when this call made it."""
+    from pyroute2 import IPRoute
+
+    from meshctl.launch import netns
+
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=network.bridge):
+            return False
+    record_owned(paths, bridge=network.bridge)
+    try:
+        netns.create_bridge(network.bridge, f"{network.gateway}/{network.prefixlen}")
+    except netns.NetnsError as exc:
+        raise LaunchError(f"cannot create bridge {network.bridge}: {exc}") from None
+    return True
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def _start_registry(paths: LaunchPaths, plan: Plan) -> int:
+    argv = [
+        sys.executable,
+        "-m",
+        "meshctl",
+        "registry",
+        "--config",
+        plan.config_dir,
+        "--listen",
+        plan.registry_listen,
+        "--port",
+        str(plan.registry_port),
+        "--monitor-port",
+        str(plan.monitor_port),
+        "--san",
+        plan.registry_listen,
+    ]
+    log = paths.log("registry")
+    proc = spawn(argv, log=log, env=marked_env(paths.home), cwd="/")
+    atomic_write(paths.pid_file("registry"), f"{proc.pid}\n", mode=0o644)
+    monitor = f"http://127.0.0.1:{plan.monitor_port}/healthz/ready"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + REGISTRY_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LaunchError(
+                f"the registry exited at start ({log_tail(log) or 'no output'}); see {log}"
+            )
+        ep = read_json(paths.home / "registry" / "endpoint.json")
+        if ep and ep.get("pid") == proc.pid:
+            with contextlib.suppress(OSError), opener.open(monitor, timeout=1) as resp:
+                if resp.status == 200:
+                    return proc.pid
+        time.sleep(0.05)
+    stop_pids([proc.pid])
+    raise LaunchError(f"the registry did not answer within {REGISTRY_START_S:.0f}s; see {log}")
+
+
+# --- up ----------------------------------------------------------------------------------------
+
+
+def _previous(paths: LaunchPaths) -> tuple[Plan | None, int]:
+    raw = read_json(paths.plan)
+    if raw is None:
+        return None, 0
+    return planmod.from_wire(raw["plan"]), int(raw.get("generation", 0))
+
+
+def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
+    """Start or update the local mesh for `opts.path`; see the module docstring."""
+    t0 = time.monotonic()
+    choose_runtime(opts.runtime)
+    config_dir = config_dir_for(opts.path)
+    config = load_config(config_dir)
+    from meshctl.state import mesh_home
+
+    home = mesh_home()
+    paths = LaunchPaths(home)
+    mode, note = choose_mode(opts.force_explicit)
+    registry = running_registry(home)
+    supervisor = running_pid(paths)
+    previous, generation = _previous(paths)
+    if registry and Path(str(registry.get("config_dir"))) != config_dir:
+        raise LaunchError(
+            f"a mesh for {registry.get('config_dir')} already runs with MESH_HOME={home}: "
+            "run `meshctl down` first, or set MESH_HOME to another directory"
+        )
+    running = registry is not None or supervisor is not None
+    if running and previous is not None and previous.mode != mode:
+        raise LaunchError(
+            f"the running mesh is in {previous.mode} mode, this `up` would use {mode}: "
+            "run `meshctl down` first"
+        )
+    if running and previous is not None and previous.prefix != opts.prefix:
+        raise LaunchError(
+            f"the running mesh names its namespaces with prefix {previous.prefix!r}, not "
+            f"{opts.prefix!r}: run `meshctl down` first"
+        )
+    if not running:
+        previous = None
+    try:
+        planmod.check_prefix(opts.prefix)
+    except planmod.PlanError as exc:
+        raise LaunchError(str(exc)) from None
+    ensure_dir(home)
+    ensure_dir(paths.logs)
+    ensure_dir(paths.plan.parent)
+    probe = None
+    network = None
+    if mode == TRANSPARENT:
+        _check_home_reachable(home)
+        probe = _probe_proxy_python()
+        network = _network(previous, opts.prefix)
+    reg_port = previous.registry_port if previous and registry else opts.registry_port
+    mon_port = previous.monitor_port if previous and registry else opts.monitor_port
+    if registry is None:
+        # Binding the wildcard address fails if any address has the port: one check covers
+        # 127.0.0.1 and the bridge's address (which may not exist yet).
+        for port, flag in ((reg_port, "--registry-port"), (mon_port, "--monitor-port")):
+            if _port_taken("0.0.0.0", port):
+                raise LaunchError(
+                    f"port {port} is already in use (another registry or program): stop it, "
+                    f"or pass {flag} PORT"
+                )
+    try:
+        new = planmod.build_plan(
+            config,
+            mode=mode,
+            config_dir=str(config_dir),
+            registry_port=reg_port,
+            monitor_port=mon_port,
+            network=network,
+            prefix=opts.prefix,
+            previous=previous,
+            alloc_port=free_port,
+        )
+    except planmod.PlanError as exc:
+        raise LaunchError(str(exc)) from None
+    start, stop, restart = planmod.changed(previous, new)
+    try:
+        if probe is not None:
+            _probe_result(probe)
+        if network is not None:
+            _ensure_bridge(paths, network)
+        generation += 1
+        write_json(paths.plan, {"generation": generation, "plan": planmod.to_wire(new)})
+        if registry is None:
+            _start_registry(paths, new)
+        if supervisor is None:
+            argv = [sys.executable, "-m", "meshctl.launch.supervisor", "--home", str(home)]
+            spawn(argv, log=paths.log("supervisor"), env=marked_env(home), cwd="/")
+        else:
+            os.kill(supervisor, 1)  # SIGHUP: read the plan again
+        wait_ready(home, new, generation, opts.timeout, progress)
+    except BaseException as exc:
+        if not running:  # a first `up` that fails leaves nothing behind
+            from meshctl.launch.teardown import teardown
+
+            teardown(home)
+            if isinstance(exc, LaunchError):
+                raise LaunchError(f"{exc} (nothing was left running)") from None
+        raise
+    return UpResult(
+        mode=mode,
+        note=note,
+        config_dir=str(config_dir),
+        registry_url=new.registry_url,
+        plan=new,
+        elapsed_s=time.monotonic() - t0,
+        started=start,
+        stopped=stop,
+        restarted=restart,
+    )
+
+
+def workload_phases(
+    plan: Plan, generation: int, state: dict[str, Any] | None, status: dict[str, Any] | None
+) -> list[WorkloadStatus]:
+    """Where each workload is on its way to ready (pure: from state.json and /v1/status)."""
+    applied = state is not None and int(state.get("generation", -1)) >= generation
+    workloads = state.get("workloads", {}) if state else {}
+    version = status.get("config_version") if status else None
+    proxies = {p["proxy_id"]: p for p in status.get("proxies", [])} if status else {}
+    endpoints = {e["id"]: e for e in status.get("endpoints", [])} if status else {}
+    out = []
+    for w in plan.workloads:
+        actual = workloads.get(w.name) if applied else None
+        if actual is None:
+            out.append(WorkloadStatus(w.name, "starting", "waiting for the supervisor"))
+            continue
+        if actual.get("error"):
+            out.append(WorkloadStatus(w.name, "error", str(actual["error"])))
+            continue
+        if not actual.get("proxy_pid") or not actual.get("app_pid"):
+            out.append(WorkloadStatus(w.name, "starting", "starting processes"))
+            continue
+        p = proxies.get(w.name)
+        ep = endpoints.get(w.name)
+        started = float(actual.get("proxy_started_wall") or 0)
+        if p is None or not p.get("connected"):
+            out.append(WorkloadStatus(w.name, "joining", "proxy joining the registry"))
+        elif p.get("acked_version") != version:
+            out.append(WorkloadStatus(w.name, "joining", f"config v{p.get('acked_version')}"))
+        elif ep is None or float(ep.get("registered_at") or 0) < started - 1.0:
+            out.append(WorkloadStatus(w.name, "joining", "registering its endpoint"))
+        elif not actual.get("app_listening"):
+            out.append(WorkloadStatus(w.name, "starting", "app not listening yet"))
+        else:
+            out.append(WorkloadStatus(w.name, "ready", f"config v{version}"))
+    return out
+
+
+def wait_ready(
+    home: Path, plan: Plan, generation: int, timeout: float, progress: Progress | None
+) -> None:
+    paths = LaunchPaths(home)
+    deadline = time.monotonic() + timeout
+    client: RegistryClient | None = None
+    while True:
+        state = read_json(paths.state)
+        status = None
+        try:
+            client = client or RegistryClient.from_home(home)
+            status = client.call("GET", "/v1/status", timeout=2)
+        except (RegistryUnavailable, RegistryError):
+            client = None
+        phases = workload_phases(plan, generation, state, status)
+        if progress:
+            progress(phases)
+        if all(p.phase == "ready" for p in phases):
+            return
+        if running_pid(paths) is None and time.monotonic() > deadline - timeout + 5:
+            raise LaunchError(f"the supervisor is not running; see {paths.log('supervisor')}")
+        if time.monotonic() > deadline:
+            late = [p for p in phases if p.phase != "ready"]
+            first = late[0]
+            logs = paths.log(f"{first.name}.proxy")
+            raise LaunchError(
+                f"{len(late)} workload(s) not ready after {timeout:.0f}s, first {first.name} "
+                f"({first.phase}: {first.detail}; {log_tail(logs) or 'no proxy output'}); "
+                f"logs in {paths.logs}"
+            )
+        time.sleep(0.1)

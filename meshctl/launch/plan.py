@@ -1,0 +1,348 @@
+"""What the local launcher runs for a config: pure, config in, a Plan out (no I/O).
+
+A Plan lists one Workload per (service, workload, replica) of mesh.yaml: its network
+namespace and address (transparent mode) or its 127.0.0.1 ports (explicit mode), the app's
+command line and environment, and the `meshctl proxy` arguments of its sidecar. The
+supervisor (meshctl.launch.supervisor) makes the plan real; `meshctl up` computes it.
+
+House rules:
+  * Stable across runs: a workload already in the previous plan keeps its address and
+    ports, so running `up` again changes only what changed in the config.
+  * Ports in explicit mode come from an injected allocator (tests pass a counter).
+  * Names: `<prefix><service>-<version>`, with `-<n>` (1-based) when replicas > 1; the
+    namespace, the proxy id and the log files all carry that name (`ip netns exec orders-v2`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from meshctl.vip import service_vip
+from registry.config import MeshConfig
+
+TRANSPARENT = "transparent"  # namespaces + iptables REDIRECT (root)
+EXPLICIT = "explicit"  # 127.0.0.1, one local listener per upstream (no privileges)
+MODES = (TRANSPARENT, EXPLICIT)
+
+PROXY_UID = 1337  # as Istio: the interception rules let this uid's traffic through
+OUTBOUND_PORT = 15001
+INBOUND_PORT = 15006
+ADMIN_PORT = 15000
+METRICS_PORT = 15090
+LOCALHOST = "127.0.0.1"
+DEFAULT_BRIDGE = "meshbr0"
+NAME_MAX = 63  # a network namespace name (meshctl.launch.netns)
+_PREFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,11}")
+
+
+class PlanError(Exception):
+    """The config cannot be laid out (too many workloads for the subnet, a bad prefix)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Transparent mode's bridge: the gateway (.1) is also where the registry listens."""
+
+    bridge: str
+    subnet: str  # e.g. 10.250.7.0/24
+
+    @property
+    def gateway(self) -> str:
+        return str(ipaddress.IPv4Network(self.subnet)[1])
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.IPv4Network(self.subnet).prefixlen
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One process pair: an app and its sidecar proxy."""
+
+    name: str  # namespace name, proxy id, log file stem
+    service: str
+    version: str
+    replica: int  # 0 when the workload has one replica, else 1..n
+    address: str  # what peers dial: the namespace's eth0 address, or 127.0.0.1
+    netns: str | None  # transparent mode: the namespace (= name); explicit: None
+    app_argv: tuple[str, ...]
+    app_env: tuple[tuple[str, str], ...]
+    cwd: str
+    proxy_args: tuple[str, ...]  # after `meshctl`; the supervisor adds the token and CA
+    inbound_ports: tuple[int, ...]  # the service's ports: captured inbound
+    ports: tuple[tuple[str, int], ...] = ()  # explicit mode's allocations, by role
+    hosts: tuple[tuple[str, str], ...] = ()  # /etc/netns/NAME/hosts: service -> VIP
+
+    def port(self, role: str) -> int | None:
+        return dict(self.ports).get(role)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    mode: str
+    prefix: str
+    config_dir: str
+    registry_url: str  # how proxies reach the registry
+    registry_listen: str
+    registry_port: int
+    monitor_port: int
+    network: Network | None
+    workloads: tuple[Workload, ...] = field(default=())
+
+    def workload(self, name: str) -> Workload | None:
+        return next((w for w in self.workloads if w.name == name), None)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(w.name for w in self.workloads)
+
+
+def check_prefix(prefix: str) -> str:
+    """A prefix for namespace and bridge names: short enough for a 15-character bridge."""
+    if prefix and not _PREFIX.fullmatch(prefix):
+        raise PlanError(
+            f"prefix {prefix!r}: use up to 12 characters from a-z 0-9 -, starting with a "
+            "letter or digit"
+        )
+    return prefix
+
+
+def bridge_name(prefix: str) -> str:
+    return f"{check_prefix(prefix)}br0" if prefix else DEFAULT_BRIDGE
+
+
+def workload_name(prefix: str, service: str, version: str, replica: int) -> str:
+    name = f"{prefix}{service}-{version}" + (f"-{replica}" if replica else "")
+    if len(name) > NAME_MAX:
+        raise PlanError(f"workload name {name!r} is longer than {NAME_MAX} characters")
+    return name
+
+
+def env_name(service: str) -> str:
+    """MESH_UPSTREAM_<NAME>: the service name upper-cased, `-` as `_`."""
+    return service.upper().replace("-", "_")
+
+
+def _is_shop(argv: Iterable[str]) -> bool:
+    """The example app (examples/compose/apps/shop.py) takes --upstream, --port, --host."""
+    return any(PurePosixPath(a).name == "shop.py" for a in argv)
+
+
+def _addresses(network: Network, names: list[str], previous: Mapping[str, str]) -> dict[str, str]:
+    """Keep each known workload's address; give new ones the lowest free host address."""
+    net = ipaddress.IPv4Network(network.subnet)
+    kept = {n: a for n, a in previous.items() if n in names and ipaddress.ip_address(a) in net}
+    used = {network.gateway, *kept.values()}
+    free = (str(h) for h in net.hosts() if str(h) not in used)
+    out = dict(kept)
+    for name in names:
+        if name not in out:
+            addr = next(free, None)
+            if addr is None:
+                raise PlanError(
+                    f"subnet {network.subnet} has no address left for {name}: fewer replicas"
+                )
+            out[name] = addr
+    return out
+
+
+def build_plan(
+    config: MeshConfig,
+    *,
+    mode: str,
+    config_dir: str,
+    registry_port: int,
+    monitor_port: int,
+    network: Network | None = None,
+    prefix: str = "",
+    previous: Plan | None = None,
+    alloc_port: Callable[[], int] | None = None,
+) -> Plan:
+    """Lay out every workload of `config` (see the module docstring)."""
+    if mode not in MODES:
+        raise PlanError(f"mode {mode!r}: want one of {', '.join(MODES)}")
+    check_prefix(prefix)
+    if mode == TRANSPARENT and network is None:
+        raise PlanError("transparent mode needs a network (bridge and subnet)")
+    if mode == EXPLICIT and alloc_port is None:
+        raise PlanError("explicit mode needs a port allocator")
+    listen = network.gateway if mode == TRANSPARENT and network else LOCALHOST
+    url = f"https://{listen}:{registry_port}"
+    keyed = [
+        (svc, wl, replica)
+        for svc in config.services
+        for wl in svc.workloads
+        for replica in ([0] if wl.replicas == 1 else range(1, wl.replicas + 1))
+    ]
+    names = [workload_name(prefix, s.name, w.version, r) for s, w, r in keyed]
+    old = {w.name: w for w in previous.workloads} if previous else {}
+    if mode == TRANSPARENT:
+        assert network is not None
+        same_net = previous is not None and previous.network == network
+        addrs = _addresses(network, names, {n: w.address for n, w in old.items() if same_net})
+    hosts = tuple(sorted((s.name, service_vip(s.name)) for s in config.services))
+    upstreams = [(s.name, p.port) for s in config.services for p in s.ports]
+    workloads = []
+    for (svc, wl, replica), name in zip(keyed, names, strict=True):
+        ports = tuple(p.port for p in svc.ports)
+        base_env = {"MESH_SERVICE": svc.name, "MESH_VERSION": wl.version, "MESH_WORKLOAD": name}
+        common = ["proxy", "--service", svc.name, "--version", wl.version,
+                  "--registry", url, "--proxy-id", name]  # fmt: skip
+        app_argv = list(wl.command)
+        if mode == TRANSPARENT:
+            address = addrs[name]
+            if ports:
+                base_env["PORT"] = str(ports[0])
+            proxy_args = [*common, "--advertise", address,
+                          "--inbound", f"0.0.0.0:{INBOUND_PORT}",
+                          "--outbound", f"{LOCALHOST}:{OUTBOUND_PORT}",
+                          "--admin", f"{LOCALHOST}:{ADMIN_PORT}",
+                          "--metrics", f"0.0.0.0:{METRICS_PORT}"]  # fmt: skip
+            allocated: tuple[tuple[str, int], ...] = ()
+            wl_hosts = hosts
+        else:
+            assert alloc_port is not None
+            address = LOCALHOST
+            roles = ["inbound", "admin", "metrics", *(f"app:{p}" for p in ports)]
+            roles += [f"upstream:{s}:{p}" for s, p in upstreams if s != svc.name]
+            before = dict(old[name].ports) if name in old else {}
+            alloc = {role: before.get(role) or alloc_port() for role in roles}
+            allocated = tuple(sorted(alloc.items()))
+            proxy_args = [*common, "--advertise", LOCALHOST,
+                          "--inbound", f"{LOCALHOST}:{alloc['inbound']}",
+                          "--admin", f"{LOCALHOST}:{alloc['admin']}",
+                          "--metrics", f"{LOCALHOST}:{alloc['metrics']}"]  # fmt: skip
+            for p in ports:
+                proxy_args += ["--app", f"{p}={LOCALHOST}:{alloc[f'app:{p}']}"]
+                base_env[f"MESH_PORT_{p}"] = str(alloc[f"app:{p}"])
+            if ports:
+                base_env["PORT"] = str(alloc[f"app:{ports[0]}"])
+                base_env["HOST"] = LOCALHOST
+            first_port: dict[str, int] = {}
+            for s, p in upstreams:
+                if s == svc.name:
+                    continue
+                local = alloc[f"upstream:{s}:{p}"]
+                proxy_args += ["--upstream", f"{s}:{p}={LOCALHOST}:{local}"]
+                base_env[f"MESH_UPSTREAM_{env_name(s)}_{p}"] = f"{LOCALHOST}:{local}"
+                first_port.setdefault(s, local)
+            for s, local in first_port.items():
+                base_env[f"MESH_UPSTREAM_{env_name(s)}"] = f"{LOCALHOST}:{local}"
+            if _is_shop(app_argv):
+                for s, local in first_port.items():
+                    app_argv += ["--upstream", f"{s}={LOCALHOST}:{local}"]
+                if ports:
+                    app_argv += ["--host", LOCALHOST, "--port", base_env["PORT"]]
+            wl_hosts = ()
+        env = {**base_env, **dict(wl.env)}  # the workload's own env wins
+        workloads.append(
+            Workload(
+                name=name,
+                service=svc.name,
+                version=wl.version,
+                replica=replica,
+                address=address,
+                netns=name if mode == TRANSPARENT else None,
+                app_argv=tuple(app_argv),
+                app_env=tuple(sorted(env.items())),
+                cwd=config.base_dir,
+                proxy_args=tuple(proxy_args),
+                inbound_ports=ports,
+                ports=allocated,
+                hosts=wl_hosts,
+            )
+        )
+    return Plan(
+        mode=mode,
+        prefix=prefix,
+        config_dir=config_dir,
+        registry_url=url,
+        registry_listen=listen,
+        registry_port=registry_port,
+        monitor_port=monitor_port,
+        network=network,
+        workloads=tuple(workloads),
+    )
+
+
+def changed(old: Plan | None, new: Plan) -> tuple[list[str], list[str], list[str]]:
+    """(to start, to stop, to restart): names whose workload appeared, vanished or differs."""
+    before = {w.name: w for w in old.workloads} if old else {}
+    after = {w.name: w for w in new.workloads}
+    start = [n for n in after if n not in before]
+    stop = [n for n in before if n not in after]
+    restart = [n for n in after if n in before and before[n] != after[n]]
+    return start, stop, restart
+
+
+# --- JSON form (plan.json, state.json) ------------------------------------------------------
+
+
+def to_wire(plan: Plan) -> dict[str, Any]:
+    return {
+        "mode": plan.mode,
+        "prefix": plan.prefix,
+        "config_dir": plan.config_dir,
+        "registry_url": plan.registry_url,
+        "registry_listen": plan.registry_listen,
+        "registry_port": plan.registry_port,
+        "monitor_port": plan.monitor_port,
+        "network": (
+            {"bridge": plan.network.bridge, "subnet": plan.network.subnet} if plan.network else None
+        ),
+        "workloads": [
+            {
+                "name": w.name,
+                "service": w.service,
+                "version": w.version,
+                "replica": w.replica,
+                "address": w.address,
+                "netns": w.netns,
+                "app_argv": list(w.app_argv),
+                "app_env": dict(w.app_env),
+                "cwd": w.cwd,
+                "proxy_args": list(w.proxy_args),
+                "inbound_ports": list(w.inbound_ports),
+                "ports": dict(w.ports),
+                "hosts": dict(w.hosts),
+            }
+            for w in plan.workloads
+        ],
+    }
+
+
+def from_wire(d: Mapping[str, Any]) -> Plan:
+    net = d.get("network")
+    return Plan(
+        mode=str(d["mode"]),
+        prefix=str(d["prefix"]),
+        config_dir=str(d["config_dir"]),
+        registry_url=str(d["registry_url"]),
+        registry_listen=str(d["registry_listen"]),
+        registry_port=int(d["registry_port"]),
+        monitor_port=int(d["monitor_port"]),
+        network=Network(str(net["bridge"]), str(net["subnet"])) if net else None,
+        workloads=tuple(
+            Workload(
+                name=str(w["name"]),
+                service=str(w["service"]),
+                version=str(w["version"]),
+                replica=int(w["replica"]),
+                address=str(w["address"]),
+                netns=w["netns"],
+                app_argv=tuple(w["app_argv"]),
+                app_env=tuple(sorted(w["app_env"].items())),
+                cwd=str(w["cwd"]),
+                proxy_args=tuple(w["proxy_args"]),
+                inbound_ports=tuple(int(p) for p in w["inbound_ports"]),
+                ports=tuple((str(k), int(v)) for k, v in w["ports"].items()),
+                hosts=tuple(sorted(w["hosts"].items())),
+            )
+            for w in d["workloads"]
+        ),
+    )

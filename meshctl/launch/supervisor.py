@@ -1,0 +1,467 @@
+"""The local mesh's supervisor: makes the plan real and keeps it so.
+
+One long-running process per MESH_HOME, started detached by `meshctl up`. It reads
+MESH_HOME/launch/plan.json on start and on SIGHUP and reconciles: workloads that vanished
+are stopped (and their namespaces deleted), new ones started, changed ones restarted.
+For each workload, in this order:
+
+  1. transparent mode: the namespace on the bridge, its hosts file (service -> VIP), and
+     the interception rules, installed before anything runs in it, so the app's very
+     first connection goes through the proxy (or fails closed until the proxy listens);
+  2. the proxy, with a fresh one-time join token, as uid 1337 inside the namespace;
+  3. the app, with its command and environment.
+
+Then it watches, every 100 ms: a proxy or app that exited is started again at once (the
+first restart is immediate, a crash loop backs off up to 5 s), and every second the
+interception rules are checked and re-installed if someone removed them. Interception is
+never removed when a proxy dies: the mesh fails closed, as an Istio pod does.
+
+Everything it does is written to MESH_HOME/state.json (atomically) for `up`, `status` and
+`down`. SIGTERM stops every app and proxy it runs; `meshctl down` deletes the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
+from meshctl.launch import plan as planmod
+from meshctl.launch.plan import PROXY_UID, TRANSPARENT, Plan, Workload
+from meshctl.launch.procs import (
+    LaunchPaths,
+    marked_env,
+    marked_pids,
+    pid_alive,
+    read_json,
+    read_pid,
+    spawn,
+    stop_pids,
+    write_json,
+)
+from meshctl.state import atomic_write, ensure_dir
+
+log = logging.getLogger("meshctl.supervisor")
+TICK_S = 0.1
+INTERCEPT_CHECK_S = 1.0
+MAX_BACKOFF_S = 5.0
+STABLE_S = 5.0  # a process that ran this long before exiting was not crash-looping
+# The namespaces have no route to a resolver: without this, every DNS lookup an app makes
+# (Python's HTTPServer asks for the FQDN of 0.0.0.0 at start) waits out the host's
+# resolv.conf timeouts. Asking 127.0.0.1 fails at once (nothing listens on port 53 there).
+RESOLV_CONF = (
+    "# meshctl: no DNS in this namespace; mesh services are in /etc/hosts\n"
+    "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+)
+
+
+@dataclass
+class Proc:
+    """One supervised process (an app or a proxy) and its restart bookkeeping."""
+
+    role: str  # "app" | "proxy"
+    popen: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # monotonic
+    started_wall: float = 0.0  # time.time(), comparable with the registry's timestamps
+    restarts: int = 0
+    quick_exits: int = 0  # exits in a row, each sooner than STABLE_S after its start
+    next_start: float = 0.0
+    last_exit: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen and self.popen.poll() is None else None
+
+
+@dataclass
+class Run:
+    spec: Workload
+    proxy: Proc = field(default_factory=lambda: Proc("proxy"))
+    app: Proc = field(default_factory=lambda: Proc("app"))
+    intercept_checked: float = 0.0
+    intercept_reinstalls: int = 0
+    app_listening: bool = False
+    error: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "address": self.spec.address,
+            "netns": self.spec.netns,
+            "proxy_pid": self.proxy.pid,
+            "app_pid": self.app.pid,
+            "proxy_restarts": self.proxy.restarts,
+            "app_restarts": self.app.restarts,
+            "proxy_started_wall": self.proxy.started_wall,
+            "app_started_wall": self.app.started_wall,
+            "proxy_last_exit": self.proxy.last_exit,
+            "app_last_exit": self.app.last_exit,
+            "intercept_reinstalls": self.intercept_reinstalls,
+            "app_listening": self.app_listening,
+            "error": self.error,
+        }
+
+
+class Supervisor:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.paths = LaunchPaths(home)
+        self.plan: Plan | None = None
+        self.generation = 0
+        self.runs: dict[str, Run] = {}
+        self.reload = True
+        self.stopping = False
+        self.dirty = True
+        self._client: RegistryClient | None = None
+
+    # -- signals and the loop ------------------------------------------------------------
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.reload = True
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        atomic_write(self.paths.pid_file("supervisor"), f"{os.getpid()}\n", mode=0o644)
+        self._kill_orphans()
+        try:
+            while not self.stopping:
+                if self.reload:
+                    self.reload = False
+                    self.reconcile()
+                now = time.monotonic()
+                for run in list(self.runs.values()):
+                    self._tend(run, now)
+                if self.dirty:
+                    self._write_state()
+                time.sleep(TICK_S)
+        finally:
+            for run in self.runs.values():
+                self._stop_processes(run)
+            self._write_state(stopped=True)
+            with contextlib.suppress(FileNotFoundError):
+                if read_pid(self.paths.pid_file("supervisor")) == os.getpid():
+                    self.paths.pid_file("supervisor").unlink()
+
+    def _kill_orphans(self) -> None:
+        """Apps and proxies left by a supervisor that was killed: stop them, start afresh."""
+        keep = {os.getpid()}
+        reg = read_json(self.home / "registry" / "endpoint.json")
+        if reg and isinstance(reg.get("pid"), int):
+            keep.add(reg["pid"])
+        reg_pid = read_pid(self.paths.pid_file("registry"))
+        if reg_pid:
+            keep.add(reg_pid)
+        orphans = [p for p in marked_pids(self.home) if p not in keep]
+        if orphans:
+            log.info("stopping %d process(es) left by an earlier supervisor", len(orphans))
+            stop_pids(orphans, grace=2.0)
+
+    # -- reconcile -----------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        raw = read_json(self.paths.plan)
+        if raw is None:
+            log.error("no plan at %s: nothing to run", self.paths.plan)
+            return
+        new = planmod.from_wire(raw["plan"])
+        start, stop, restart = planmod.changed(self.plan, new)
+        log.info(
+            "plan generation %s: start %s, stop %s, restart %s",
+            raw.get("generation"),
+            start or "-",
+            stop or "-",
+            restart or "-",
+        )
+        for name in stop:
+            run = self.runs.pop(name)
+            self._stop_processes(run)
+            self._delete_namespace(run.spec)
+        for name in restart:
+            run = self.runs[name]
+            self._stop_processes(run)
+            spec = new.workload(name)
+            assert spec is not None
+            if run.spec.address != spec.address:
+                self._delete_namespace(run.spec)
+            self.runs[name] = Run(spec)
+        for name in start:
+            spec = new.workload(name)
+            assert spec is not None
+            self.runs[name] = Run(spec)
+        self.plan = new
+        self.generation = int(raw.get("generation", 0))
+        fresh = set(start) | set(restart)
+        for name in (w.name for w in new.workloads if w.name in fresh):
+            self._prepare(self.runs[name], recreate=name in start)
+        self.dirty = True
+
+    # -- one workload --------------------------------------------------------------------
+
+    def _prepare(self, run: Run, recreate: bool) -> None:
+        """The namespace, hosts file and interception, before any process starts."""
+        spec, plan = run.spec, self.plan
+        assert plan is not None
+        if spec.netns is None or plan.network is None:
+            return
+        from meshctl.launch import netns
+        from proxy.intercept import iptables
+
+        try:
+            exists = (netns.NETNS_RUN_DIR / spec.netns).exists()
+            if exists and recreate:
+                netns.delete_host(spec.netns)
+                exists = False
+            if not exists:
+                record_owned(self.paths, namespace=spec.netns)
+                netns.create_host(
+                    spec.netns,
+                    plan.network.bridge,
+                    f"{spec.address}/{plan.network.prefixlen}",
+                    gateway=plan.network.gateway,
+                )
+            netns.write_hosts(spec.netns, dict(spec.hosts))
+            atomic_write(netns.ETC_NETNS / spec.netns / "resolv.conf", RESOLV_CONF, mode=0o644)
+            iptables.install(intercept_config(spec, plan), spec.netns)
+            run.intercept_checked = time.monotonic()
+            run.error = None
+        except Exception as exc:  # recorded for `up`/`status`; retried by _tend
+            run.error = f"setting up namespace {spec.netns}: {exc}"
+            log.error("%s", run.error)
+
+    def _tend(self, run: Run, now: float) -> None:
+        plan = self.plan
+        assert plan is not None
+        if run.spec.netns is not None and now - run.intercept_checked >= INTERCEPT_CHECK_S:
+            run.intercept_checked = now
+            self._check_interception(run, plan)
+        for proc in (run.proxy, run.app):
+            popen = proc.popen
+            if popen is not None and popen.poll() is None:
+                continue
+            if popen is not None:  # it exited: count it, maybe back off
+                proc.last_exit = popen.returncode
+                proc.popen = None
+                quick = now - proc.started_at < STABLE_S
+                proc.quick_exits = proc.quick_exits + 1 if quick else 0
+                backoff = 0.0 if proc.quick_exits <= 1 else 0.25 * 2 ** (proc.quick_exits - 2)
+                proc.next_start = now + min(MAX_BACKOFF_S, backoff)
+                proc.restarts += 1
+                log.warning(
+                    "%s of %s exited (status %s): restarting%s",
+                    proc.role,
+                    run.spec.name,
+                    popen.returncode,
+                    f" in {proc.next_start - now:.2f}s" if proc.next_start > now else "",
+                )
+                self.dirty = True
+            if now >= proc.next_start:
+                self._start(run, proc, now)
+                if proc.role == "app":
+                    run.app_listening = False
+        if not run.app_listening and run.app.pid is not None:
+            run.app_listening = listening(run.app.pid, app_ports(run.spec))
+            self.dirty |= run.app_listening
+
+    def _check_interception(self, run: Run, plan: Plan) -> None:
+        from proxy.intercept import iptables
+
+        assert run.spec.netns is not None
+        try:
+            if not (iptables.NETNS_RUN_DIR / run.spec.netns).exists():
+                self._prepare(run, recreate=True)
+                return
+            if not iptables.installed(run.spec.netns):
+                iptables.install(intercept_config(run.spec, plan), run.spec.netns)
+                run.intercept_reinstalls += 1
+                log.warning("interception rules of %s were missing: re-installed", run.spec.name)
+                self.dirty = True
+        except Exception as exc:
+            run.error = f"checking interception in {run.spec.netns}: {exc}"
+            self.dirty = True
+
+    def _start(self, run: Run, proc: Proc, now: float) -> None:
+        spec = run.spec
+        try:
+            if spec.netns is not None and not (Path("/run/netns") / spec.netns).exists():
+                self._prepare(run, recreate=True)
+                if run.error:
+                    raise RuntimeError(run.error)
+            argv, env, cwd = (
+                self._proxy_command(spec) if proc.role == "proxy" else self._app_command(spec)
+            )
+            proc.popen = spawn(
+                argv, log=self.paths.log(f"{spec.name}.{proc.role}"), env=env, cwd=cwd
+            )
+            proc.started_at = now
+            proc.started_wall = time.time()
+            if run.error and run.error.startswith(f"starting {proc.role}"):
+                run.error = None
+        except Exception as exc:
+            run.error = f"starting {proc.role} of {spec.name}: {exc}"
+            proc.next_start = now + 1.0
+            log.error("%s", run.error)
+        self.dirty = True
+
+    def _client_for_tokens(self) -> RegistryClient:
+        if self._client is None:
+            self._client = RegistryClient.from_home(self.home)
+        return self._client
+
+    def _proxy_command(self, spec: Workload) -> tuple[list[str], dict[str, str], str]:
+        """Mint a token, lay out the proxy's directory, and say how to run it."""
+        try:
+            token = self._client_for_tokens().call(
+                "POST", "/v1/tokens", {"service": spec.service, "ttl_s": 300}, timeout=5
+            )["token"]
+        except (RegistryUnavailable, RegistryError):
+            self._client = None  # the registry may have moved (restarted): read it again
+            raise
+        pdir = ensure_dir(self.paths.proxies / spec.name)
+        ca = pdir / "ca.crt"
+        shutil.copyfile(self.home / "registry" / "ca" / "ca.crt", ca)
+        os.chmod(ca, 0o644)
+        token_file = pdir / "join.token"
+        atomic_write(token_file, token + "\n", mode=0o600)
+        py = [sys.executable, "-m", "proxy", *spec.proxy_args[1:]]
+        py += ["--token-file", str(token_file), "--ca-file", str(ca)]
+        env = marked_env(self.home, {"MESH_LOG": os.environ.get("MESH_LOG", "INFO")})
+        if spec.netns is None:
+            return py, env, "/"
+        # The proxy's own uid: the rules let its traffic out unredirected.
+        for path in (pdir, *pdir.rglob("*")):
+            os.chown(path, PROXY_UID, PROXY_UID)
+        drop = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
+        return ["ip", "netns", "exec", spec.netns, *drop, *py], env, "/"
+
+    def _app_command(self, spec: Workload) -> tuple[list[str], dict[str, str], str]:
+        env = marked_env(self.home, dict(spec.app_env))
+        argv = list(spec.app_argv)
+        if spec.netns is not None:
+            argv = ["ip", "netns", "exec", spec.netns, *argv]
+        return argv, env, spec.cwd
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def _stop_processes(self, run: Run) -> None:
+        popens = [p.popen for p in (run.app, run.proxy) if p.popen is not None]
+        for p in popens:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for p in popens:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        run.app.popen = run.proxy.popen = None
+
+    def _delete_namespace(self, spec: Workload) -> None:
+        if spec.netns is None:
+            return
+        from meshctl.launch import netns
+
+        try:
+            netns.delete_host(spec.netns)
+        except Exception as exc:
+            log.error("could not delete namespace %s: %s", spec.netns, exc)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _write_state(self, stopped: bool = False) -> None:
+        write_json(
+            self.paths.state,
+            {
+                "supervisor_pid": None if stopped else os.getpid(),
+                "generation": self.generation,
+                "updated_at": time.time(),
+                "plan": planmod.to_wire(self.plan) if self.plan else None,
+                "workloads": {name: run.to_wire() for name, run in self.runs.items()},
+            },
+            mode=0o644,
+        )
+        self.dirty = False
+
+
+def app_ports(spec: Workload) -> set[int]:
+    """The ports the app itself listens on: its service ports, or explicit mode's."""
+    if spec.netns is not None:
+        return set(spec.inbound_ports)
+    return {port for role, port in spec.ports if role.startswith("app:")}
+
+
+def listening(pid: int, ports: set[int]) -> bool:
+    """Whether every port in `ports` has a TCP listener in the network namespace of `pid`.
+
+    /proc/PID/net/tcp shows the sockets of that process's namespace, so this works for an
+    app inside a namespace without entering it.
+    """
+    found: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                found.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports <= found
+
+
+def intercept_config(spec: Workload, plan: Plan) -> Any:
+    """The interception rules of one workload: its ports inbound, the registry excluded."""
+    from proxy.intercept.rules import InterceptConfig
+
+    return InterceptConfig(
+        proxy_uid=PROXY_UID,
+        proxy_gid=PROXY_UID,
+        inbound_ports=spec.inbound_ports,
+        exclude_outbound_cidrs=(f"{plan.registry_listen}/32",) if plan.mode == TRANSPARENT else (),
+    )
+
+
+def record_owned(paths: LaunchPaths, *, namespace: str = "", bridge: str = "") -> None:
+    """Note a namespace or bridge before making it, so `down` finds it whatever happens."""
+    owned = read_json(paths.owned) or {}
+    for key, value in (("namespaces", namespace), ("bridges", bridge)):
+        items = list(owned.get(key, []))
+        if value and value not in items:
+            items.append(value)
+        owned[key] = items
+    write_json(paths.owned, owned)
+
+
+def running_pid(paths: LaunchPaths) -> int | None:
+    """The supervisor's pid, when one runs for this home."""
+    pid = read_pid(paths.pid_file("supervisor"))
+    return pid if pid is not None and pid_alive(pid) else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="meshctl's local supervisor (started by up)")
+    parser.add_argument("--home", required=True, type=Path, help="MESH_HOME")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    Supervisor(args.home).run()
+
+
+if __name__ == "__main__":
+    main()
