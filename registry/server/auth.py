@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from registry.ca import CertificateAuthority, SpiffeId
+from registry.ca.csr import load_cert
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +39,30 @@ def caller_of(request: web.Request, ca: CertificateAuthority, operator_token: st
         raise web.HTTPUnauthorized(
             text="a mesh identity (client certificate) or the operator credential is required\n"
         )
+    return Caller(operator=False, identity=_verified(ca, der))
+
+
+# A proxy sends every ACK and heartbeat with the same certificate over a kept-alive
+# connection; checking it again each time (an ECDSA verify and an X.509 parse, about a third
+# of the registry's CPU while 100 proxies ACK a push) learns nothing new. The result is kept
+# per exact certificate bytes and CA, until the certificate's notAfter; then it is checked
+# again, which refuses it with the usual message.
+_VERIFIED: dict[tuple[bytes, bytes], tuple[SpiffeId, float]] = {}
+_VERIFIED_MAX = 4096
+
+
+def _verified(ca: CertificateAuthority, der: bytes) -> SpiffeId:
+    key = (ca.bundle_pem, der)
+    hit = _VERIFIED.get(key)
+    if hit is not None and time.time() < hit[1]:
+        return hit[0]
     try:
         identity = ca.verify_svid(der)
+        not_after = load_cert(der).not_valid_after_utc.timestamp()
     except Exception as exc:  # SvidError and anything a malformed certificate raises
+        _VERIFIED.pop(key, None)
         raise web.HTTPForbidden(text=f"client certificate refused: {exc}\n") from exc
-    return Caller(operator=False, identity=identity)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()  # renewed certificates replace old ones; start over, rarely
+    _VERIFIED[key] = (identity, not_after)
+    return identity

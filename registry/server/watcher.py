@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from watchfiles import awatch
 
+from meshctl.aio import spawn
 from registry.config import LoadResult, load_directory
 
 log = logging.getLogger("meshctl.registry.watch")
@@ -17,6 +20,9 @@ log = logging.getLogger("meshctl.registry.watch")
 # cannot starve the proxies of updates for more than 10 s.
 DEBOUNCE_QUIET_MS = 100
 DEBOUNCE_MAX_MS = 10_000
+# How often watchfiles hands over what inotify saw; small, so that the debounce above is
+# measured from (almost) the last event, not from a coarse tick.
+WATCH_STEP_MS = 10
 
 
 def _relevant(change: object, path: str) -> bool:
@@ -33,14 +39,44 @@ async def watch(
     quiet_ms: int = DEBOUNCE_QUIET_MS,
     max_ms: int = DEBOUNCE_MAX_MS,
 ) -> None:
-    """Reload the whole directory after each debounced batch of changes; runs until cancelled."""
-    async for _changes in awatch(
-        directory,
-        watch_filter=_relevant,
-        step=quiet_ms,
-        debounce=max_ms,
-        recursive=False,
-        force_polling=False,
-    ):
-        result = load_directory(directory)
-        on_result(result)
+    """Reload the whole directory after each debounced batch of changes; runs until cancelled.
+
+    The debounce is ours, not watchfiles': its `step` only yields after a whole step with no
+    new event, counted in fixed ticks, so step=100 meant 100 to 200 ms of quiet (150 on
+    average). watchfiles reports every WATCH_STEP_MS; the quiet timer restarts on each report
+    and fires `quiet_ms` after the last one, or `max_ms` after the first of a busy stream.
+    """
+    reports: asyncio.Queue[Exception | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for _changes in awatch(directory, watch_filter=_relevant, step=WATCH_STEP_MS,
+                                         debounce=max_ms, recursive=False, force_polling=False):
+                reports.put_nowait(None)
+            reports.put_nowait(RuntimeError(f"stopped watching {directory}"))
+        except Exception as exc:  # hand it to the loop below rather than hang it
+            reports.put_nowait(exc)
+
+    pumping = spawn(pump(), name="watchfiles")
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            await _next(reports)
+            give_up = loop.time() + max_ms / 1000
+            while (left := min(quiet_ms / 1000, give_up - loop.time())) > 0:
+                try:
+                    await asyncio.wait_for(_next(reports), left)
+                except TimeoutError:
+                    break
+            on_result(load_directory(directory))
+    finally:
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
+
+
+async def _next(reports: asyncio.Queue[Exception | None]) -> None:
+    """Wait for the next report of changes; raise what stopped the watcher, if it stopped."""
+    failure = await reports.get()
+    if failure is not None:
+        raise failure
