@@ -13,6 +13,7 @@ import hashlib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -269,22 +270,6 @@ def test_websocket_upgrade_passthrough(hop: TwoHop, early: bool) -> None:
     assert seen[0].request.upgrade == b"websocket"
 
 
-@pytest.mark.xfail(strict=True, reason="proxy bug: when the upstream refuses an Upgrade "
-                   "(answers 200, not 101) the downstream RequestParser stays paused: "
-                   "forward.forward never calls RequestParser.resume(), so the next request on "
-                   "the connection is buffered and never answered")
-def test_refused_upgrade_goes_back_to_http(hop: TwoHop) -> None:
-    hop.new_case(_ws)
-    hop.recorder.reply = lambda seen: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
-    with connect(hop.port) as sock:
-        send(sock, WS)
-        ans = read(sock, [b"GET"])
-        assert ans.statuses == [200] and ans.final[0][1] == b"no"
-        send(sock, GET % b"/after")
-        ans = read(sock, [b"GET"], timeout=5)
-        assert ans.statuses == [200]
-
-
 def test_chunked_response_to_an_http10_keep_alive_client_is_delimited(hop: TwoHop) -> None:
     """An app that answers chunked to an HTTP/1.0 request (RFC 9112 7 forbids it; some do):
     the 1.0 client cannot read chunked, so the body must end by Content-Length or by close."""
@@ -298,3 +283,42 @@ def test_chunked_response_to_an_http10_keep_alive_client_is_delimited(hop: TwoHo
     assert framed or ans.closed, "neither Content-Length nor close: the client cannot end the body"
     assert _header(head.headers, b"transfer-encoding") is None
     assert ans.raw.endswith(b"hello")
+
+
+# A refused Upgrade leaves a paused parser in the proxies (see the xfails below), which
+# poisons pooled connections for later tests: these get a mesh of their own.
+@pytest.fixture
+def own_hop(tmp_path: Path) -> Iterator[TwoHop]:
+    with two_hop(tmp_path) as h:
+        yield h
+
+
+@pytest.mark.xfail(strict=True, reason="proxy bug: when the upstream refuses an Upgrade "
+                   "(answers 200, not 101) the downstream RequestParser stays paused: "
+                   "forward.forward never calls RequestParser.resume(), so the next request on "
+                   "the connection is buffered and never answered")
+def test_refused_upgrade_goes_back_to_http(own_hop: TwoHop) -> None:
+    hop = own_hop
+    hop.new_case(lambda seen: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"))
+    with connect(hop.port) as sock:
+        send(sock, WS)
+        ans = read(sock, [b"GET"])
+        assert ans.statuses == [200] and ans.final[0][1] == b"no"
+        send(sock, GET % b"/after")
+        ans = read(sock, [b"GET"], timeout=5)
+        assert ans.statuses == [200]
+
+
+@pytest.mark.xfail(strict=True, reason="proxy bug: after an Upgrade refused by the app, the "
+                   "echo proxy's inbound RequestParser for that mTLS connection stays paused "
+                   "(no resume() in forward.forward), while the client's proxy returns the "
+                   "connection to its pool: the next request from ANY client that reuses it is "
+                   "never answered")
+def test_refused_upgrade_does_not_poison_the_proxy_to_proxy_connection(own_hop: TwoHop) -> None:
+    own_hop.new_case(lambda seen: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"))
+    with connect(own_hop.port) as sock:
+        send(sock, WS)
+        ans = read(sock, [b"GET"])
+        assert ans.statuses == [200] and ans.final[0][1] == b"no"
+    ans = exchange(own_hop.port, GET % b"/other-client", timeout=5)
+    assert ans.statuses == [200]
