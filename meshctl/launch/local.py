@@ -488,7 +488,9 @@ def workload_phases(
             out.append(WorkloadStatus(w.name, "joining", "proxy joining the registry"))
         elif p.get("acked_version") != version:
             out.append(WorkloadStatus(w.name, "joining", f"config v{p.get('acked_version')}"))
-        elif ep is None or float(ep.get("registered_at") or 0) < started - 1.0:
+        elif ep is None or float(ep.get("last_seen") or 0) < started - 1.0:
+            # last_seen, not registered_at: a proxy restarted under the same id keeps its
+            # endpoint's registered_at; its first registration refreshes last_seen.
             out.append(WorkloadStatus(w.name, "joining", "registering its endpoint"))
         elif not actual.get("app_listening"):
             out.append(WorkloadStatus(w.name, "starting", "app not listening yet"))
