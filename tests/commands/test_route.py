@@ -53,8 +53,9 @@ def test_set_weight_writes_and_reports(mesh: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "90% -> 50%" not in result.stdout  # a table, not arrows
     assert "v1" in result.stdout and "50%" in result.stdout and "written" in result.stdout
-    assert (mesh / "orders.yaml").read_text() == before.replace(
-        "weight: 90", "weight: 50").replace("weight: 10", "weight: 50")
+    assert (mesh / "orders.yaml").read_text() == before.replace("weight: 90", "weight: 50").replace(
+        "weight: 10", "weight: 50"
+    )
     assert (mesh / "orders.yaml").stat().st_mode & 0o777 == mode
     assert weights(mesh) == [("v1", 50), ("v2", 50)]
     assert not [p for p in mesh.iterdir() if p.name.startswith(".")]  # no temp file left
@@ -81,8 +82,11 @@ def test_dry_run_prints_the_diff_and_writes_nothing(mesh: Path) -> None:
     assert "+          weight: 80" in result.stdout
     assert "nothing was written" in result.stdout
     assert path.read_bytes() == raw and path.stat().st_mtime_ns == mtime
-    data = json.loads(run("set-weight", "orders", "v1=80", "v2=20", "-c", str(mesh),
-                          "--dry-run", "-o", "json").stdout)
+    data = json.loads(
+        run(
+            "set-weight", "orders", "v1=80", "v2=20", "-c", str(mesh), "--dry-run", "-o", "json"
+        ).stdout
+    )
     assert data["dry_run"] is True and "+          weight: 20" in data["diff"]
     assert path.read_bytes() == raw
 
@@ -95,19 +99,25 @@ def test_unchanged_weights_write_nothing(mesh: Path) -> None:
     assert path.stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["orders", "v1=90", "v3=10"], "unknown subset `v3` of `orders`: DestinationRule `orders` "
-                                   "(orders.yaml:26:1) defines: v1, v2"),
-    (["orders", "v1=90", "v2=20"], "weights add up to 110, not 100 (v1=90 + v2=20)"),
-    (["orders", "v1=110", "v2=-10"], "weight 110 for `v1` is over 100"),
-    (["orders", "v2=-10", "v1=110"], "weight `-10` for `v2` is negative"),
-    (["orders", "v1=90.5", "v2=9.5"], "weight `90.5` for `v1` is not a whole number"),
-    (["orders", "v1=50", "v1=50"], "subset `v1` is given twice"),
-    (["orders", "v1", "90"], "`v1` is not SUBSET=WEIGHT"),
-    (["orders", "v1=100", "--route", "main"], "has no http route `main`; its routes: canary"),
-    (["payments", "v1=100"], "no VirtualService routes `payments`: create one"),
-    (["ordrs", "v1=100"], "unknown service `ordrs` (did you mean `orders`?)"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["orders", "v1=90", "v3=10"],
+            "unknown subset `v3` of `orders`: DestinationRule `orders` "
+            "(orders.yaml:26:1) defines: v1, v2",
+        ),
+        (["orders", "v1=90", "v2=20"], "weights add up to 110, not 100 (v1=90 + v2=20)"),
+        (["orders", "v1=110", "v2=-10"], "weight 110 for `v1` is over 100"),
+        (["orders", "v2=-10", "v1=110"], "weight `-10` for `v2` is negative"),
+        (["orders", "v1=90.5", "v2=9.5"], "weight `90.5` for `v1` is not a whole number"),
+        (["orders", "v1=50", "v1=50"], "subset `v1` is given twice"),
+        (["orders", "v1", "90"], "`v1` is not SUBSET=WEIGHT"),
+        (["orders", "v1=100", "--route", "main"], "has no http route `main`; its routes: canary"),
+        (["payments", "v1=100"], "no VirtualService routes `payments`: create one"),
+        (["ordrs", "v1=100"], "unknown service `ordrs` (did you mean `orders`?)"),
+    ],
+)
 def test_refusals_leave_the_file_untouched(mesh: Path, args: list[str], message: str) -> None:
     path = mesh / "orders.yaml"
     raw, mtime = path.read_bytes(), path.stat().st_mtime_ns
@@ -118,8 +128,7 @@ def test_refusals_leave_the_file_untouched(mesh: Path, args: list[str], message:
     assert len(lines) == 1 and lines[0].startswith("meshctl route set-weight: ")
     assert message in lines[0]
     assert path.read_bytes() == raw and path.stat().st_mtime_ns == mtime
-    assert sorted(p.name for p in mesh.iterdir()) == ["mesh.yaml", "orders.yaml",
-                                                      "security.yaml"]
+    assert sorted(p.name for p in mesh.iterdir()) == ["mesh.yaml", "orders.yaml", "security.yaml"]
 
 
 def test_invalid_config_is_refused(mesh: Path) -> None:
@@ -148,8 +157,7 @@ def test_config_from_env(mesh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_config_from_the_running_registry(mesh: Path, tmp_path: Path) -> None:
     home = tmp_path / "home" / "registry"
     home.mkdir(parents=True)
-    (home / "endpoint.json").write_text(json.dumps({"config_dir": str(mesh),
-                                                    "pid": os.getpid()}))
+    (home / "endpoint.json").write_text(json.dumps({"config_dir": str(mesh), "pid": os.getpid()}))
     result = run("set-weight", "orders", "v1=60", "v2=40")
     assert result.exit_code == 0, result.output
     assert f"the registry (pid {os.getpid()}) publishes it" in result.stdout
@@ -163,8 +171,7 @@ def test_config_from_the_current_directory(mesh: Path, monkeypatch: pytest.Monke
     assert json.loads(result.stdout)["file"] == "mesh/orders.yaml"
 
 
-def test_no_config_directory(mesh: Path, monkeypatch: pytest.MonkeyPatch,
-                             tmp_path: Path) -> None:
+def test_no_config_directory(mesh: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.chdir(empty)
@@ -182,9 +189,16 @@ def test_show_table(mesh: Path) -> None:
     result = run("show", "orders", "-c", str(mesh))
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for text in ("VirtualService orders", "canary", "any request", "v1 90%, v2 10%",
-                 "3 x 500ms on 5xx,reset,connect-failure", "none", "orders.yaml:10:7",
-                 "v1 (version=v1)"):
+    for text in (
+        "VirtualService orders",
+        "canary",
+        "any request",
+        "v1 90%, v2 10%",
+        "3 x 500ms on 5xx,reset,connect-failure",
+        "none",
+        "orders.yaml:10:7",
+        "v1 (version=v1)",
+    ):
         assert text in out, text
 
 
@@ -195,23 +209,28 @@ def test_show_json(mesh: Path) -> None:
     assert data["virtual_service"] == "orders"
     (canary,) = data["routes"]
     assert canary["name"] == "canary" and canary["defined_at"] == "orders.yaml:10:7"
-    assert [(d["subset"], d["weight"]) for d in canary["destinations"]] == [("v1", 90),
-                                                                            ("v2", 10)]
-    assert canary["retries"] == {"attempts": 3, "per_try_timeout": "500ms",
-                                 "retry_on": ["5xx", "reset", "connect-failure"],
-                                 "default": False}
+    assert [(d["subset"], d["weight"]) for d in canary["destinations"]] == [("v1", 90), ("v2", 10)]
+    assert canary["retries"] == {
+        "attempts": 3,
+        "per_try_timeout": "500ms",
+        "retry_on": ["5xx", "reset", "connect-failure"],
+        "default": False,
+    }
     assert canary["timeout"] is None and canary["match"] == []
 
 
 def test_show_matches_and_defaults(mesh: Path) -> None:
     path = mesh / "orders.yaml"
-    path.write_text(path.read_text().replace("""\
+    path.write_text(
+        path.read_text().replace(
+            """\
     - name: canary
       retries:
         attempts: 3
         perTryTimeout: 500ms
         retryOn: "5xx,reset,connect-failure"
-""", """\
+""",
+            """\
     - name: header
       match:
         - headers: {x-canary: {exact: "1"}}
@@ -221,7 +240,9 @@ def test_show_matches_and_defaults(mesh: Path) -> None:
       route:
         - destination: {host: orders, subset: v2}
     - name: canary
-"""))
+""",
+        )
+    )
     data = json.loads(run("show", "orders", "-c", str(mesh), "-o", "json").stdout)
     header, canary = data["routes"]
     assert header["match"] == ["uri prefix /api and header x-canary exact 1", "method exact POST"]
