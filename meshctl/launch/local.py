@@ -305,7 +305,7 @@ def _ensure_bridge(paths: LaunchPaths, network: Network) -> bool:
 # --- the registry ----------------------------------------------------------------------------
 
 
-def _start_registry(paths: LaunchPaths, plan: Plan) -> int:
+def _start_registry(paths: LaunchPaths, plan: Plan) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
         "-m",
@@ -322,9 +322,14 @@ def _start_registry(paths: LaunchPaths, plan: Plan) -> int:
         "--san",
         plan.registry_listen,
     ]
-    log = paths.log("registry")
-    proc = spawn(argv, log=log, env=marked_env(paths.home), cwd="/")
+    proc = spawn(argv, log=paths.log("registry"), env=marked_env(paths.home), cwd="/")
     atomic_write(paths.pid_file("registry"), f"{proc.pid}\n", mode=0o644)
+    return proc
+
+
+def _registry_ready(paths: LaunchPaths, plan: Plan, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the registry we started answers on its monitor port."""
+    log = paths.log("registry")
     monitor = f"http://127.0.0.1:{plan.monitor_port}/healthz/ready"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + REGISTRY_START_S
@@ -337,10 +342,22 @@ def _start_registry(paths: LaunchPaths, plan: Plan) -> int:
         if ep and ep.get("pid") == proc.pid:
             with contextlib.suppress(OSError), opener.open(monitor, timeout=1) as resp:
                 if resp.status == 200:
-                    return proc.pid
+                    return
         time.sleep(0.05)
     stop_pids([proc.pid])
     raise LaunchError(f"the registry did not answer within {REGISTRY_START_S:.0f}s; see {log}")
+
+
+def _registry_answers(home: Path, endpoint: dict[str, Any] | None) -> None:
+    """A registry that runs must answer before anything is asked of it."""
+    try:
+        RegistryClient.from_home(home).call("GET", "/v1/status", timeout=5)
+    except (RegistryUnavailable, RegistryError) as exc:
+        pid = endpoint.get("pid") if endpoint else "?"
+        raise LaunchError(
+            f"the registry (pid {pid}) does not answer ({exc}); see "
+            f"{LaunchPaths(home).log('registry')}, then `meshctl down` and `meshctl up` again"
+        ) from None
 
 
 # --- up ----------------------------------------------------------------------------------------
@@ -431,13 +448,18 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
             _ensure_bridge(paths, network)
         generation += 1
         write_json(paths.plan, {"generation": generation, "plan": planmod.to_wire(new)})
-        if registry is None:
-            _start_registry(paths, new)
+        # The registry and the supervisor start side by side: namespaces and interception
+        # are set up while the registry loads; the supervisor mints tokens once it answers.
+        started = _start_registry(paths, new) if registry is None else None
         if supervisor is None:
             argv = [sys.executable, "-m", "meshctl.launch.supervisor", "--home", str(home)]
             spawn(argv, log=paths.log("supervisor"), env=marked_env(home), cwd="/")
         else:
             os.kill(supervisor, 1)  # SIGHUP: read the plan again
+        if started is not None:
+            _registry_ready(paths, new, started)
+        else:
+            _registry_answers(home, registry)
         wait_ready(home, new, generation, opts.timeout, progress)
     except BaseException as exc:
         if not running:  # a first `up` that fails leaves nothing behind

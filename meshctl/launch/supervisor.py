@@ -123,6 +123,7 @@ class Supervisor:
         self.stopping = False
         self.dirty = True
         self._client: RegistryClient | None = None
+        self.started = time.monotonic()
 
     # -- signals and the loop ------------------------------------------------------------
 
@@ -311,6 +312,11 @@ class Supervisor:
             proc.started_wall = time.time()
             if run.error and run.error.startswith(f"starting {proc.role}"):
                 run.error = None
+        except (RegistryUnavailable, RegistryError) as exc:
+            # Usually the registry is still starting (up starts both at once): ask again soon.
+            if now - self.started > 10:
+                run.error = f"starting {proc.role} of {spec.name}: {exc}"
+            proc.next_start = now + 0.1
         except Exception as exc:
             run.error = f"starting {proc.role} of {spec.name}: {exc}"
             proc.next_start = now + 1.0
