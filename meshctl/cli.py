@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from meshctl import __version__
-from meshctl.commands import proxy, route, systemd, token
+from meshctl.commands import down, intercept, proxy, route, status, systemd, token, up
 from meshctl.commands.registry import registry
 from meshctl.commands.validate import validate
 
@@ -33,11 +33,15 @@ def _root(
     """meshctl: a service mesh for Docker hosts and VMs."""
 
 
+app.command()(up.up)
+app.command()(down.down)
+app.command()(status.status)
 app.command()(validate)
 app.command()(registry)
 app.command()(proxy.proxy)
 app.add_typer(token.app, name="token")
 app.add_typer(route.app, name="route")
+app.add_typer(intercept.app, name="intercept")
 app.add_typer(systemd.app, name="systemd")
 
 

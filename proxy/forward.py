@@ -20,6 +20,7 @@ from proxy.http1 import (
     EndOfMessage,
     ProtocolError,
     Request,
+    RequestParser,
     Response,
     encode_chunk,
     render_request_head,
@@ -304,24 +305,24 @@ async def _attempt(
     except (OSError, TimeoutError, ConnectionError):
         return Outcome(connect_failure=True), None, None
     try:
-        chunked = has_body and not complete
-        head = _request_head(
-            req,
-            plan,
-            len(body)
-            if complete and has_body
-            else (None if chunked else (0 if req.content_length == 0 else None)),
-            chunked,
-        )
         w = conn.writer
-        if chunked:
-            w.write(head + encode_chunk(body))
-            await _pump_body(down, w)
-        else:
+        if complete:
+            head = _request_head(req, plan, len(body) if has_body else None, False)
             w.write(head + body if body else head)
+        elif req.content_length is not None:
+            # Longer than the replay buffer: stream the rest, keeping Content-Length (apps
+            # that cannot read chunked requests still work).
+            w.write(_request_head(req, plan, req.content_length, False) + body)
+            await _pump_body(down, w, chunked=False)
+        else:
+            w.write(_request_head(req, plan, None, True) + encode_chunk(body))
+            await _pump_body(down, w, chunked=True)
         conn.parser.expect(req.method, req.upgrade)
         resp = await asyncio.wait_for(_response_head(conn), timeout)
         return Outcome(status=resp.status, bytes_sent_upstream=True), conn, resp
+    except DownstreamError as exc:
+        conn.close()  # the upstream saw a partial request: that connection is done
+        raise exc.error from None
     except TimeoutError:
         conn.close()
         return Outcome(timed_out=True, bytes_sent_upstream=True), None, None
@@ -335,15 +336,28 @@ async def _attempt(
         return Outcome(status=502, reset=True, bytes_sent_upstream=True), None, None
 
 
-async def _pump_body(down: EventStream, w: asyncio.StreamWriter) -> None:
+class DownstreamError(Exception):
+    """The client's body broke framing after the head was forwarded: answer the client's
+    ProtocolError (400), not an upstream error."""
+
+    def __init__(self, error: ProtocolError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _pump_body(down: EventStream, w: asyncio.StreamWriter, *, chunked: bool) -> None:
     while True:
-        ev = await down.next()
+        try:
+            ev = await down.next()
+        except ProtocolError as exc:
+            raise DownstreamError(exc) from exc
         if isinstance(ev, EndOfMessage):
-            w.write(LAST_CHUNK)
+            if chunked:
+                w.write(LAST_CHUNK)
             return
         assert isinstance(ev, Data)
         if ev.data:
-            w.write(encode_chunk(ev.data))
+            w.write(encode_chunk(ev.data) if chunked else ev.data)
             await w.drain()
 
 
@@ -374,6 +388,14 @@ async def _relay_response(
         dwriter.write(render_response_head(101, resp.reason, resp.headers))
         await _splice(down, dwriter, conn)
         return Result(101, "-", req_bytes, 0, target_key, attempts, False)
+    refused_upgrade = req.upgrade is not None
+    if refused_upgrade:
+        # The upstream refused the switch: HTTP goes on on the client's connection (RFC 9110
+        # 7.8). The upstream connection is not reused: whether the server's own parser went
+        # back to HTTP is not ours to know.
+        parser = down.parser
+        if isinstance(parser, RequestParser) and parser.paused:
+            down.pending.extend(parser.resume())
     headers = [(n, v) for n, v in strip_hop_by_hop(resp.headers) if n.lower() != b"content-length"]
     if plan.response_headers is not None:
         headers = plan.response_headers(headers)
@@ -392,6 +414,8 @@ async def _relay_response(
     keep = complete and req.keep_alive and (not until_close or chunk_out)
     if not keep:
         headers.append((b"connection", b"close"))
+    elif req.version == b"1.0":
+        headers.append((b"connection", b"keep-alive"))  # RFC 9112 9.3: 1.0 must be told
     dwriter.write(render_response_head(resp.status, resp.reason, headers))
     size = 0
     try:
@@ -410,7 +434,7 @@ async def _relay_response(
         # Headers are gone already: the only honest signal left is to cut the connection.
         conn.close()
         return Result(resp.status, "UC", req_bytes, size, target_key, attempts, False)
-    if resp.keep_alive and not until_close:
+    if resp.keep_alive and not until_close and not refused_upgrade:
         pool.put(conn, max_requests)
     else:
         conn.close()

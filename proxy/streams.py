@@ -72,11 +72,15 @@ class Conn:
             self.limiter = None
 
     def reusable(self) -> bool:
+        """Idle and clean: no event or byte pending. Bytes that arrived while the connection
+        sat idle are an unsolicited response (a desync attempt or a broken upstream): such
+        a connection is never reused, as Envoy closes it."""
         return (
             not self.events.eof
             and not self.events.pending
             and not self.writer.is_closing()
             and not self.reader.at_eof()
+            and not getattr(self.reader, "_buffer", b"")
         )
 
 

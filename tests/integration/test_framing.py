@@ -295,10 +295,6 @@ def test_bad_chunk_after_the_head_was_forwarded_resets_upstream(hop: TwoHop) -> 
         assert not conn.requests
 
 
-@pytest.mark.xfail(strict=True, reason="proxy bug: a downstream chunk error met while streaming "
-                   "the body upstream (past the 64 KiB replay buffer) is caught by "
-                   "forward._attempt's `except ProtocolError` as an upstream protocol error: "
-                   "502 UPE instead of 400 DPE")
 def test_bad_chunk_after_the_head_was_forwarded_is_400(hop: TwoHop) -> None:
     """The client broke the framing, not the upstream: 400, as for a small body."""
     hop.new_case()
@@ -401,9 +397,6 @@ def test_bad_chunk_after_the_response_head_cuts_the_client_connection(hop: TwoHo
     assert ans.statuses == [200] and ans.final[0][1] == b"next"
 
 
-@pytest.mark.xfail(strict=True, reason="proxy bug: an idle pooled upstream connection that "
-                   "received an unsolicited response is reused; that response is served to the "
-                   "next request (streams.Conn.reusable ignores bytes buffered in the reader)")
 def test_a_second_unsolicited_response_is_never_served_to_the_next_request(hop: TwoHop) -> None:
     """Response desync: the upstream answers one request twice, the second time once the
     connection is idle in the pool. That response must not answer the next request."""

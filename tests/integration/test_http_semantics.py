@@ -219,10 +219,6 @@ def test_http10_client_with_content_length_response(hop: TwoHop) -> None:
     assert rec.requests()[0].request.target == b"/old"
 
 
-@pytest.mark.xfail(strict=True, reason="proxy bug: an HTTP/1.0 request with `Connection: "
-                   "keep-alive` is kept open by the proxy but the response carries no "
-                   "`Connection: keep-alive`, so the client must assume close (RFC 9112 9.3); "
-                   "forward._relay_response strips Connection and never re-adds keep-alive")
 def test_http10_keep_alive_is_announced_when_kept(hop: TwoHop) -> None:
     hop.new_case()
     with connect(hop.port) as sock:
@@ -285,18 +281,14 @@ def test_chunked_response_to_an_http10_keep_alive_client_is_delimited(hop: TwoHo
     assert ans.raw.endswith(b"hello")
 
 
-# A refused Upgrade leaves a paused parser in the proxies (see the xfails below), which
-# poisons pooled connections for later tests: these get a mesh of their own.
+# A refused Upgrade once left a paused parser in the proxies, poisoning pooled connections
+# for later tests: these keep a mesh of their own so a regression stays contained.
 @pytest.fixture
 def own_hop(tmp_path: Path) -> Iterator[TwoHop]:
     with two_hop(tmp_path) as h:
         yield h
 
 
-@pytest.mark.xfail(strict=True, reason="proxy bug: when the upstream refuses an Upgrade "
-                   "(answers 200, not 101) the downstream RequestParser stays paused: "
-                   "forward.forward never calls RequestParser.resume(), so the next request on "
-                   "the connection is buffered and never answered")
 def test_refused_upgrade_goes_back_to_http(own_hop: TwoHop) -> None:
     hop = own_hop
     hop.new_case(lambda seen: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"))
@@ -309,11 +301,6 @@ def test_refused_upgrade_goes_back_to_http(own_hop: TwoHop) -> None:
         assert ans.statuses == [200]
 
 
-@pytest.mark.xfail(strict=True, reason="proxy bug: after an Upgrade refused by the app, the "
-                   "echo proxy's inbound RequestParser for that mTLS connection stays paused "
-                   "(no resume() in forward.forward), while the client's proxy returns the "
-                   "connection to its pool: the next request from ANY client that reuses it is "
-                   "never answered")
 def test_refused_upgrade_does_not_poison_the_proxy_to_proxy_connection(own_hop: TwoHop) -> None:
     own_hop.new_case(lambda seen: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"))
     with connect(own_hop.port) as sock:
