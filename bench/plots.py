@@ -35,7 +35,8 @@ def write(result: dict[str, Any], out: Path) -> list[Path] | str:
         lo = [m - summary[name][p]["min"] for m, p in zip(med, PERCENTILES, strict=True)]
         hi = [summary[name][p]["max"] - m for m, p in zip(med, PERCENTILES, strict=True)]
         xs = [x + (i - (len(names) - 1) / 2) * width for x in range(len(PERCENTILES))]
-        ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=name,
+        ax.bar(xs, med, width, yerr=[lo, hi], capsize=1.5, label=name,
+               error_kw={"elinewidth": 0.7, "ecolor": "#444444"},
                color=COLOURS.get(_kind(name)),
                hatch="//" if name.endswith("-tcp") else None, edgecolor="white", linewidth=0.3)
     ax.set_xticks(range(len(PERCENTILES)), [p.removesuffix("_ms") for p in PERCENTILES])
@@ -44,7 +45,7 @@ def write(result: dict[str, Any], out: Path) -> list[Path] | str:
     rate = result["settings"]["rate"]
     ax.set_title(f"Latency at {rate} req/s, corrected for coordinated omission "
                  f"(median, bars: min-max)", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     paths.append(out / "latency.png")

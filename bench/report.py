@@ -89,7 +89,7 @@ def _goals(result: dict[str, Any]) -> list[str]:
     out = ["| goal (issue 7, HTTP two-hop mTLS) | target | measured (median) | met |",
            "|---|---|---|---|"]
     for what, target, value, ok in rows:
-        shown = "-" if value is None else (f"{value:.2f}x" if "/" in what else _fmt(value))
+        shown = "-" if value is None else (f"{value:.2f}x" if "HAProxy" in what else _fmt(value))
         out.append(f"| {what} | {target} | {shown} | "
                    f"{'-' if ok is None else ('yes' if ok else '**no**')} |")
     push = _push_p99(result, 100)
