@@ -3,7 +3,7 @@
 #
 #   ./install.sh            system packages the mesh needs (as root), a virtualenv in .venv
 #                           with meshctl and its entry point `.venv/bin/meshctl`
-#   ./install.sh --run      then run the example mesh (examples/compose) in the foreground
+#   ./install.sh --run      then start the example mesh (`meshctl up examples/compose`)
 #   ./install.sh --test     also the test extras (docker.io, haproxy, wrk, curl, prometheus, ...),
 #                           then run the whole test suite (tests/run.sh); .ci/run does exactly this
 #   ./install.sh --no-tests with --test: install the test extras only, run nothing
@@ -77,5 +77,15 @@ if [ "$TEST" = 1 ] && [ "$RUN_TESTS" = 1 ]; then
   exec bash tests/run.sh
 fi
 if [ "$RUN" = 1 ]; then
-  exec .venv/bin/meshctl registry --config examples/compose/mesh
+  # The example shop: the registry plus five workloads, each with its sidecar proxy
+  # (network namespaces and iptables as root; explicit mode on 127.0.0.1 otherwise).
+  .venv/bin/meshctl up examples/compose
+  cat <<'EOF2'
+
+The mesh is running. Try (as root):
+  ip netns exec frontend-v1 curl -s http://orders:8080/       # by plain name, over mTLS
+  .venv/bin/meshctl status
+  .venv/bin/meshctl route set-weight orders v1=50 v2=50
+  .venv/bin/meshctl down
+EOF2
 fi
