@@ -289,15 +289,19 @@ class Registry:
         api = web.AppRunner(build_app(self), access_log=None, handle_signals=False,
                             handler_cancellation=True)
         await api.setup()
-        await web.TCPSite(
+        site = web.TCPSite(
             api, self.host, self.port, ssl_context=self._server_ssl(), reuse_address=True
-        ).start()
+        )
+        await site.start()
+        self.port = _bound_port(site, self.port)  # --port 0: the port the kernel chose
         self._runners.append(api)
         mon = web.Application()
         mon.add_routes([web.get("/metrics", self._metrics), web.get("/healthz/ready", self._ready)])
         mon_runner = web.AppRunner(mon, access_log=None, handle_signals=False)
         await mon_runner.setup()
-        await web.TCPSite(mon_runner, "127.0.0.1", self.monitor_port, reuse_address=True).start()
+        mon_site = web.TCPSite(mon_runner, "127.0.0.1", self.monitor_port, reuse_address=True)
+        await mon_site.start()
+        self.monitor_port = _bound_port(mon_site, self.monitor_port)
         self._runners.append(mon_runner)
         atomic_write(
             self.paths.endpoint,
@@ -366,6 +370,12 @@ def _is_ip(s: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _bound_port(site: web.TCPSite, asked: int) -> int:
+    server = site._server  # aiohttp keeps the asyncio.Server here; no public accessor
+    sockets = getattr(server, "sockets", None) or ()
+    return int(sockets[0].getsockname()[1]) if sockets else asked
 
 
 def _url_host(host: str) -> str:
