@@ -48,25 +48,30 @@ def compile_policies(policies: Sequence[AuthorizationPolicy]) -> tuple[authz.Pol
     return tuple(out)
 
 
+def _attrs(peer: SpiffeId | None, port: int, method: str = "", path: str = "", host: str = "",
+           headers: dict[str, str] | None = None) -> authz.RequestAttrs:
+    # Identity comes only from the verified certificate, never from a header.
+    return authz.RequestAttrs(method=method, path=path, host=host, port=port,
+                              principal=peer.principal if peer else None,
+                              namespace=peer.namespace if peer else None,
+                              headers=headers or {})
+
+
+_NO_POLICY = authz.Decision(True, None, "no policy selects this workload")
+
+
 def decide(
     policies: tuple[authz.Policy, ...], peer: SpiffeId | None, req: Request, port: int
 ) -> authz.Decision:
-    """Istio's order: DENY, then ALLOW. Identity only from the verified certificate."""
+    """Istio's order: DENY, then ALLOW; paths matched after normalisation."""
     if not policies:
-        return authz.Decision(True, None, "no policy selects this workload")
+        return _NO_POLICY
     path = authz.normalize_path(req.target)
     if path is None:
         return authz.Decision(False, None, "path cannot be normalised")
-    attrs = authz.RequestAttrs(
-        method=req.method.decode("latin-1"),
-        path=path,
-        host=(req.host or b"").decode("latin-1"),
-        port=port,
-        principal=peer.principal if peer else None,
-        namespace=peer.namespace if peer else None,
-        headers={n.decode("latin-1").lower(): v.decode("latin-1") for n, v in req.headers},
-    )
-    return authz.evaluate(policies, attrs)
+    return authz.evaluate(policies, _attrs(
+        peer, port, req.method.decode("latin-1"), path, (req.host or b"").decode("latin-1"),
+        {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in req.headers}))
 
 
 def decide_tcp(policies: tuple[authz.Policy, ...], peer: SpiffeId | None, port: int
@@ -74,8 +79,5 @@ def decide_tcp(policies: tuple[authz.Policy, ...], peer: SpiffeId | None, port: 
     """A TCP connection has no method, path or headers: only source and port fields can
     match it (Istio: a rule naming HTTP-only fields never matches a TCP connection)."""
     if not policies:
-        return authz.Decision(True, None, "no policy selects this workload")
-    attrs = authz.RequestAttrs(method="", path="", host="", port=port,
-                               principal=peer.principal if peer else None,
-                               namespace=peer.namespace if peer else None, headers={})
-    return authz.evaluate(policies, attrs)
+        return _NO_POLICY
+    return authz.evaluate(policies, _attrs(peer, port))
