@@ -34,7 +34,12 @@ async def serve_requests(
         try:
             # The whole head must arrive within the header timeout: a client sending one
             # byte a second (slow loris) is cut off instead of holding the slot forever.
-            ev = await asyncio.wait_for(down.next(), proxy.opts.header_timeout_s)
+            # asyncio.timeout arms one timer; wait_for would also create a task per request.
+            if down.pending:
+                ev = await down.next()
+            else:
+                async with asyncio.timeout(proxy.opts.header_timeout_s):
+                    ev = await down.next()
         except TimeoutError:
             counters["meshctl_proxy_downstream_header_timeouts_total"] += 1
             return

@@ -276,6 +276,28 @@ async def forward(
     )
 
 
+async def _copy_body(conn: Conn, dwriter: asyncio.StreamWriter, chunk_out: bool) -> int:
+    size = 0
+    events = conn.events
+    transport = dwriter.transport
+    while True:
+        ev = await events.next()
+        if isinstance(ev, EndOfMessage):
+            return size
+        if isinstance(ev, Data) and ev.data:
+            size += len(ev.data)
+            dwriter.write(encode_chunk(ev.data) if chunk_out else ev.data)
+            if transport.get_write_buffer_size() > 262144:
+                await dwriter.drain()
+
+
+def _loop_deadline(deadline: float | None) -> float | None:
+    """A time.monotonic() deadline on the event loop's clock (asyncio.timeout_at)."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.001, deadline - time.monotonic())
 
@@ -318,7 +340,11 @@ async def _attempt(
             w.write(_request_head(req, plan, None, True) + encode_chunk(body))
             await _pump_body(down, w, chunked=True)
         conn.parser.expect(req.method, req.upgrade)
-        resp = await asyncio.wait_for(_response_head(conn), timeout)
+        if timeout is None:
+            resp = await _response_head(conn)
+        else:
+            async with asyncio.timeout(timeout):
+                resp = await _response_head(conn)
         return Outcome(status=resp.status, bytes_sent_upstream=True), conn, resp
     except DownstreamError as exc:
         conn.close()  # the upstream saw a partial request: that connection is done
@@ -419,15 +445,10 @@ async def _relay_response(
     dwriter.write(render_response_head(resp.status, resp.reason, headers))
     size = 0
     try:
-        while True:
-            ev = await asyncio.wait_for(conn.events.next(), _remaining(deadline))
-            if isinstance(ev, EndOfMessage):
-                break
-            if isinstance(ev, Data) and ev.data:
-                size += len(ev.data)
-                dwriter.write(encode_chunk(ev.data) if chunk_out else ev.data)
-                if dwriter.transport.get_write_buffer_size() > 262144:
-                    await dwriter.drain()
+        # The route timeout covers the whole response (Envoy's route timeout): one timer
+        # for the body, not one per piece.
+        async with asyncio.timeout_at(_loop_deadline(deadline)):
+            size = await _copy_body(conn, dwriter, chunk_out)
         if chunk_out:
             dwriter.write(LAST_CHUNK)
     except (TimeoutError, PeerClosed, ProtocolError, ConnectionError, OSError):
