@@ -226,6 +226,12 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         "- CPU: utime + stime of each proxy process from /proc/PID/stat over the load, divided "
         "by the requests completed (ms per 1000 requests = vCPU-ms per 1000 req/s). RSS: the "
         "largest VmRSS seen during the fixed-rate load.",
+        "- Noise row: the share of the proxies' core that *other* processes took during the "
+        "loads (/proc/stat for that core minus the proxies' own CPU). The machine is shared; "
+        "a repetition with a high share is the one to distrust, and the CPU-per-request "
+        "figures (the kernel's accounting of each proxy) hold best under it.",
+        "- Not measured yet: the meshctl proxies with iptables interception in network "
+        "namespaces (explicit mode only here), `meshctl up` to ready.",
         "",
     ]
     variants = st["variants"]
