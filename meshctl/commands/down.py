@@ -1,4 +1,4 @@
-"""`meshctl down`: remove everything `meshctl up` started (local runtime)."""
+"""`meshctl down`: remove everything `meshctl up` started (local and docker runtimes)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ def down(
             parts.append(f"namespaces {', '.join(report.namespaces)}")
         if report.bridges:
             parts.append(f"bridge {', '.join(report.bridges)}")
+        if report.containers:
+            parts.append(f"proxies and rules of containers {', '.join(report.containers)}")
+        if report.compose_project:
+            parts.append(f"compose project {report.compose_project} (docker compose down)")
         typer.echo("mesh down: stopped and removed " + "; ".join(parts))
     if purge:
         typer.echo(f"purged {home}")

@@ -47,11 +47,16 @@ def _table(phases: list[WorkloadStatus]) -> Table:
 
 def _summary(console: Console, result: UpResult) -> None:
     plan = result.plan
-    where = (
-        f"bridge {plan.network.bridge} ({plan.network.subnet})"
-        if plan.network
-        else "127.0.0.1 (explicit mode)"
-    )
+    if plan.docker is not None:
+        where = (
+            f"compose project {plan.docker.project}"
+            if plan.docker.project
+            else "containers labelled mesh.service"
+        ) + f" on docker network {plan.docker.network}"
+    elif plan.network:
+        where = f"bridge {plan.network.bridge} ({plan.network.subnet})"
+    else:
+        where = "127.0.0.1 (explicit mode)"
     console.print(
         f"[bold green]mesh up[/] in {result.elapsed_s:.1f}s: {len(plan.workloads)} workload(s), "
         f"{result.mode} mode, {where}; registry {result.registry_url}"
@@ -62,7 +67,9 @@ def _summary(console: Console, result: UpResult) -> None:
     for column in ("service", "version", "workload", "address", "enter with"):
         table.add_column(column)
     for w in plan.workloads:
-        if w.netns:
+        if w.container:
+            address, enter = w.address, f"docker exec {w.name} ..."
+        elif w.netns:
             address, enter = w.address, f"ip netns exec {w.netns} ..."
         else:
             address = (
@@ -76,6 +83,8 @@ def _summary(console: Console, result: UpResult) -> None:
         ("started", result.started), ("stopped", result.stopped),
         ("restarted", result.restarted)) if names]  # fmt: skip
     console.print("; ".join(changes) if changes else "nothing changed")
+    if result.skipped:
+        console.print(f"not in mesh.yaml, left alone: {', '.join(result.skipped)}")
 
 
 def up(
@@ -98,6 +107,15 @@ def up(
     prefix: Annotated[
         str, typer.Option(hidden=True, envvar="MESH_NETNS_PREFIX", help="Namespace name prefix.")
     ] = "",
+    project: Annotated[
+        str,
+        typer.Option(
+            "--project",
+            "-p",
+            envvar="COMPOSE_PROJECT_NAME",
+            help="Docker runtime: the compose project name (default: the file's directory).",
+        ),
+    ] = "",
 ) -> None:
     """Start the mesh: the registry, then every workload with its sidecar proxy; wait for ready.
 
@@ -112,6 +130,7 @@ def up(
         force_explicit=os.environ.get("MESH_FORCE_EXPLICIT", "") not in ("", "0"),
         registry_port=registry_port,
         monitor_port=monitor_port,
+        project=project,
     )
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     console = Console(highlight=False)

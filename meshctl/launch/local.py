@@ -28,7 +28,7 @@ from typing import Any
 
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
-from meshctl.launch.plan import EXPLICIT, PROXY_UID, TRANSPARENT, Network, Plan
+from meshctl.launch.plan import DOCKER, EXPLICIT, LOCAL, PROXY_UID, TRANSPARENT, Network, Plan
 from meshctl.launch.procs import (
     LaunchError,
     LaunchPaths,
@@ -69,6 +69,7 @@ class UpOptions:
     force_explicit: bool = False
     registry_port: int = DEFAULT_PORT
     monitor_port: int = DEFAULT_MONITOR_PORT
+    project: str = ""  # docker runtime: the compose project name (default: as Compose does)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +90,13 @@ class UpResult:
     started: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # containers not in the mesh
 
     def to_wire(self) -> dict[str, Any]:
         return {
+            "runtime": self.plan.runtime,
+            "project": self.plan.docker.project if self.plan.docker else None,
+            "skipped": self.skipped,
             "mode": self.mode,
             "note": self.note,
             "config_dir": self.config_dir,
@@ -112,6 +117,7 @@ class UpResult:
                     "version": w.version,
                     "address": w.address,
                     "netns": w.netns,
+                    "container": w.container or None,
                     "ports": dict(w.ports),
                 }
                 for w in self.plan.workloads
@@ -158,17 +164,27 @@ def docker_available() -> bool:
     return True
 
 
-def choose_runtime(runtime: str) -> str:
+def choose_runtime(runtime: str, path: Path | None = None) -> str:
+    """auto: docker when an engine answers and PATH is (or holds) a compose file; else local."""
     if runtime not in ("local", "docker", "auto"):
         raise LaunchError(f"--runtime {runtime!r}: choose local, docker or auto")
     if runtime == "auto":
-        runtime = "docker" if docker_available() else "local"
-    if runtime == "docker":
-        raise LaunchError(
-            "the docker runtime is not implemented yet: run `meshctl up --runtime local` "
-            "(workloads as local processes in network namespaces)"
-        )
+        from meshctl.launch.docker import compose_file_for
+
+        has_compose = path is not None and compose_file_for(path) is not None
+        runtime = DOCKER if has_compose and docker_available() else LOCAL
     return runtime
+
+
+def _docker_mode() -> tuple[str, str | None]:
+    """The docker runtime intercepts inside containers: root and the tools, or an error."""
+    if choose_mode(False)[0] != TRANSPARENT:
+        raise LaunchError(
+            "the docker runtime needs root with iptables, nsenter and setpriv (it installs "
+            "rules in each container's network namespace and runs the proxy there): run "
+            "`sudo meshctl up`, or `meshctl up --runtime local` (nothing was started)"
+        )
+    return TRANSPARENT, None
 
 
 def choose_mode(force_explicit: bool) -> tuple[str, str | None]:
@@ -373,14 +389,20 @@ def _previous(paths: LaunchPaths) -> tuple[Plan | None, int]:
 def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
     """Start or update the local mesh for `opts.path`; see the module docstring."""
     t0 = time.monotonic()
-    choose_runtime(opts.runtime)
+    runtime = choose_runtime(opts.runtime, opts.path)
     config_dir = config_dir_for(opts.path)
     config = load_config(config_dir)
     from meshctl.state import mesh_home
 
     home = mesh_home()
     paths = LaunchPaths(home)
-    mode, note = choose_mode(opts.force_explicit)
+    if runtime == DOCKER:
+        from meshctl.launch import docker as dockermod
+
+        dockermod.docker_client()  # the engine answers, or a one-line error
+        mode, note = _docker_mode()
+    else:
+        mode, note = choose_mode(opts.force_explicit)
     registry = running_registry(home)
     supervisor = running_pid(paths)
     previous, generation = _previous(paths)
@@ -390,6 +412,11 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
             "run `meshctl down` first, or set MESH_HOME to another directory"
         )
     running = registry is not None or supervisor is not None
+    if running and previous is not None and previous.runtime != runtime:
+        raise LaunchError(
+            f"the running mesh uses the {previous.runtime} runtime, this `up` would use "
+            f"{runtime}: run `meshctl down` first, or pass --runtime {previous.runtime}"
+        )
     if running and previous is not None and previous.mode != mode:
         raise LaunchError(
             f"the running mesh is in {previous.mode} mode, this `up` would use {mode}: "
@@ -414,7 +441,8 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
     if mode == TRANSPARENT:
         _check_home_reachable(home)
         probe = _probe_proxy_python()
-        network = _network(previous, opts.prefix)
+        if runtime == LOCAL:
+            network = _network(previous, opts.prefix)
     reg_port = previous.registry_port if previous and registry else opts.registry_port
     mon_port = previous.monitor_port if previous and registry else opts.monitor_port
     if registry is None:
@@ -426,24 +454,31 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
                     f"port {port} is already in use (another registry or program): stop it, "
                     f"or pass {flag} PORT"
                 )
-    try:
-        new = planmod.build_plan(
-            config,
-            mode=mode,
-            config_dir=str(config_dir),
-            registry_port=reg_port,
-            monitor_port=mon_port,
-            network=network,
-            prefix=opts.prefix,
-            previous=previous,
-            alloc_port=free_port,
-        )
-    except planmod.PlanError as exc:
-        raise LaunchError(str(exc)) from None
-    start, stop, restart = planmod.changed(previous, new)
+    new: Plan | None = None
+    if runtime == LOCAL:
+        try:
+            new = planmod.build_plan(
+                config,
+                mode=mode,
+                config_dir=str(config_dir),
+                registry_port=reg_port,
+                monitor_port=mon_port,
+                network=network,
+                prefix=opts.prefix,
+                previous=previous,
+                alloc_port=free_port,
+            )
+        except planmod.PlanError as exc:
+            raise LaunchError(str(exc)) from None
+    skipped: tuple[str, ...] = ()
     try:
         if probe is not None:
             _probe_result(probe)
+        if new is None:  # docker: may start the compose project, so inside the clean-up
+            listen = previous.registry_listen if previous and registry else None
+            new, skipped = _docker_plan(opts, config, config_dir, paths, previous, listen,
+                                        reg_port, mon_port)  # fmt: skip
+        start, stop, restart = planmod.changed(previous, new)
         if network is not None:
             _ensure_bridge(paths, network)
         generation += 1
@@ -479,7 +514,47 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
         started=start,
         stopped=stop,
         restarted=restart,
+        skipped=list(skipped),
     )
+
+
+def _docker_plan(
+    opts: UpOptions,
+    config: MeshConfig,
+    config_dir: Path,
+    paths: LaunchPaths,
+    previous: Plan | None,
+    listen: str | None,
+    reg_port: int,
+    mon_port: int,
+) -> tuple[Plan, tuple[str, ...]]:
+    """The docker runtime's plan: the containers running now (meshctl.launch.docker)."""
+    from meshctl.launch import docker as dockermod
+
+    found = dockermod.prepare(
+        config,
+        dockermod.compose_file_for(opts.path),
+        opts.project,
+        paths,
+        previous.docker if previous else None,
+        listen,
+        reg_port,
+    )
+    address = listen or found.gateway
+    plan = Plan(
+        mode=TRANSPARENT,
+        prefix=opts.prefix,
+        config_dir=str(config_dir),
+        registry_url=f"https://{address}:{reg_port}",
+        registry_listen=address,
+        registry_port=reg_port,
+        monitor_port=mon_port,
+        network=None,
+        workloads=found.workloads,
+        runtime=DOCKER,
+        docker=found.target,
+    )
+    return plan, found.skipped
 
 
 def workload_phases(

@@ -28,6 +28,8 @@ from registry.config import MeshConfig
 TRANSPARENT = "transparent"  # namespaces + iptables REDIRECT (root)
 EXPLICIT = "explicit"  # 127.0.0.1, one local listener per upstream (no privileges)
 MODES = (TRANSPARENT, EXPLICIT)
+LOCAL = "local"  # workloads are processes the supervisor starts
+DOCKER = "docker"  # workloads are containers someone else starts (meshctl.launch.docker)
 
 PROXY_UID = 1337  # as Istio: the interception rules let this uid's traffic through
 OUTBOUND_PORT = 15001
@@ -77,9 +79,29 @@ class Workload:
     inbound_ports: tuple[int, ...]  # the service's ports: captured inbound
     ports: tuple[tuple[str, int], ...] = ()  # explicit mode's allocations, by role
     hosts: tuple[tuple[str, str], ...] = ()  # /etc/netns/NAME/hosts: service -> VIP
+    container: str = ""  # docker runtime: the container's id (its name is `name`)
+    pid: int = 0  # docker runtime: the container's init process, /proc/PID/ns/net
 
     def port(self, role: str) -> int | None:
         return dict(self.ports).get(role)
+
+
+@dataclass(frozen=True, slots=True)
+class DockerTarget:
+    """Which containers the docker runtime meshes, and what it needs to mesh a new one.
+
+    `project` set: the containers of that compose project (`compose_file` is where it is
+    defined); else every container labelled `mesh.service`. `services` maps a compose
+    service to its mesh service and version (labels or x-mesh); `ports` gives each mesh
+    service's ports from mesh.yaml, the ones captured inbound.
+    """
+
+    project: str = ""
+    compose_file: str = ""
+    compose_cmd: tuple[str, ...] = ()
+    network: str = ""  # the docker network whose gateway the registry listens on
+    services: tuple[tuple[str, str, str], ...] = ()  # (compose service, mesh service, version)
+    ports: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (mesh service, its ports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +115,8 @@ class Plan:
     monitor_port: int
     network: Network | None
     workloads: tuple[Workload, ...] = field(default=())
+    runtime: str = LOCAL  # local | docker
+    docker: DockerTarget | None = None
 
     def workload(self, name: str) -> Workload | None:
         return next((w for w in self.workloads if w.name == name), None)
@@ -151,6 +175,18 @@ def _addresses(network: Network, names: list[str], previous: Mapping[str, str]) 
     return out
 
 
+def transparent_proxy_args(
+    service: str, version: str, registry_url: str, name: str, address: str
+) -> tuple[str, ...]:
+    """`meshctl proxy ...` for a workload whose traffic iptables sends to its proxy."""
+    return ("proxy", "--service", service, "--version", version,
+            "--registry", registry_url, "--proxy-id", name, "--advertise", address,
+            "--inbound", f"0.0.0.0:{INBOUND_PORT}",
+            "--outbound", f"{LOCALHOST}:{OUTBOUND_PORT}",
+            "--admin", f"{LOCALHOST}:{ADMIN_PORT}",
+            "--metrics", f"0.0.0.0:{METRICS_PORT}")  # fmt: skip
+
+
 def build_plan(
     config: MeshConfig,
     *,
@@ -198,11 +234,7 @@ def build_plan(
             address = addrs[name]
             if ports:
                 base_env["PORT"] = str(ports[0])
-            proxy_args = [*common, "--advertise", address,
-                          "--inbound", f"0.0.0.0:{INBOUND_PORT}",
-                          "--outbound", f"{LOCALHOST}:{OUTBOUND_PORT}",
-                          "--admin", f"{LOCALHOST}:{ADMIN_PORT}",
-                          "--metrics", f"0.0.0.0:{METRICS_PORT}"]  # fmt: skip
+            proxy_args = list(transparent_proxy_args(svc.name, wl.version, url, name, address))
             allocated: tuple[tuple[str, int], ...] = ()
             wl_hosts = hosts
         else:
@@ -310,10 +342,40 @@ def to_wire(plan: Plan) -> dict[str, Any]:
                 "inbound_ports": list(w.inbound_ports),
                 "ports": dict(w.ports),
                 "hosts": dict(w.hosts),
+                "container": w.container,
+                "pid": w.pid,
             }
             for w in plan.workloads
         ],
+        "runtime": plan.runtime,
+        "docker": _docker_to_wire(plan.docker),
     }
+
+
+def _docker_to_wire(d: DockerTarget | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {
+        "project": d.project,
+        "compose_file": d.compose_file,
+        "compose_cmd": list(d.compose_cmd),
+        "network": d.network,
+        "services": [list(s) for s in d.services],
+        "ports": {name: list(ports) for name, ports in d.ports},
+    }
+
+
+def _docker_from_wire(d: Mapping[str, Any] | None) -> DockerTarget | None:
+    if not d:
+        return None
+    return DockerTarget(
+        project=str(d["project"]),
+        compose_file=str(d["compose_file"]),
+        compose_cmd=tuple(str(c) for c in d["compose_cmd"]),
+        network=str(d["network"]),
+        services=tuple((str(a), str(b), str(c)) for a, b, c in d["services"]),
+        ports=tuple((str(k), tuple(int(p) for p in v)) for k, v in d["ports"].items()),
+    )
 
 
 def from_wire(d: Mapping[str, Any]) -> Plan:
@@ -342,7 +404,11 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
                 inbound_ports=tuple(int(p) for p in w["inbound_ports"]),
                 ports=tuple((str(k), int(v)) for k, v in w["ports"].items()),
                 hosts=tuple(sorted(w["hosts"].items())),
+                container=str(w.get("container", "")),
+                pid=int(w.get("pid", 0)),
             )
             for w in d["workloads"]
         ),
+        runtime=str(d.get("runtime", LOCAL)),
+        docker=_docker_from_wire(d.get("docker")),
     )

@@ -1,4 +1,4 @@
-"""`meshctl status` for a local mesh: the registry's view joined with the supervisor's state."""
+"""`meshctl status`: the registry's view joined with the supervisor's state (any runtime)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,8 @@ def status(home: Path) -> dict[str, Any]:
             "config_dir": reg.get("config_dir"),
         },
         "mode": plan.mode if plan else None,
+        "runtime": plan.runtime if plan else None,
+        "compose_project": plan.docker.project if plan and plan.docker else None,
         "config_version": version,
         "last_config_error": st.get("last_config_error"),
         "supervisor_pid": running_pid(paths),
@@ -90,6 +92,7 @@ def status(home: Path) -> dict[str, Any]:
                 "version": w.version,
                 "address": w.address,
                 "netns": w.netns,
+                "container": w.container or None,
                 "app_pid": actual.get(w.name, {}).get("app_pid"),
                 "proxy_pid": actual.get(w.name, {}).get("proxy_pid"),
                 "error": actual.get(w.name, {}).get("error"),

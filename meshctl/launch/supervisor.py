@@ -16,6 +16,12 @@ first restart is immediate, a crash loop backs off up to 5 s), and every second 
 interception rules are checked and re-installed if someone removed them. Interception is
 never removed when a proxy dies: the mesh fails closed, as an Istio pod does.
 
+The docker runtime (meshctl.launch.docker) uses the same loop with containers for
+workloads: the plan names which containers to mesh, the engine's event stream (and a
+listing every few seconds) says which run, and each gets its rules and its proxy inside
+the container's network namespace (nsenter by pid); the app is the container's, not
+ours. A container that stops has its proxy stopped and its endpoint deregistered.
+
 Everything it does is written to MESH_HOME/state.json (atomically) for `up`, `status` and
 `down`. SIGTERM stops every app and proxy it runs; `meshctl down` deletes the rest.
 """
@@ -31,14 +37,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
-from meshctl.launch.plan import PROXY_UID, TRANSPARENT, Plan, Workload
+from meshctl.launch.plan import DOCKER, PROXY_UID, TRANSPARENT, Plan, Workload
 from meshctl.launch.procs import (
     LaunchPaths,
     marked_env,
@@ -94,12 +100,24 @@ class Run:
     app_listening: bool = False
     error: str | None = None
 
+    @property
+    def procs(self) -> tuple[Proc, ...]:
+        """What we run: the proxy, and the app unless it is a container's."""
+        return (self.proxy,) if self.spec.container else (self.proxy, self.app)
+
+    @property
+    def app_pid(self) -> int | None:
+        if self.spec.container:
+            return self.spec.pid if pid_alive(self.spec.pid) else None
+        return self.app.pid
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "address": self.spec.address,
             "netns": self.spec.netns,
+            "container": self.spec.container,
             "proxy_pid": self.proxy.pid,
-            "app_pid": self.app.pid,
+            "app_pid": self.app_pid,
             "proxy_restarts": self.proxy.restarts,
             "app_restarts": self.app.restarts,
             "proxy_started_wall": self.proxy.started_wall,
@@ -124,6 +142,7 @@ class Supervisor:
         self.dirty = True
         self._client: RegistryClient | None = None
         self.started = time.monotonic()
+        self.docker: Any = None  # meshctl.launch.docker.DockerWatch, for the docker runtime
 
     # -- signals and the loop ------------------------------------------------------------
 
@@ -141,6 +160,8 @@ class Supervisor:
         self._kill_orphans()
         try:
             while not self.stopping:
+                if self.docker is not None and self.docker.changed():
+                    self.reload = True
                 if self.reload:
                     self.reload = False
                     self.reconcile()
@@ -151,6 +172,8 @@ class Supervisor:
                     self._write_state()
                 time.sleep(TICK_S)
         finally:
+            if self.docker is not None:
+                self.docker.close()
             for run in self.runs.values():
                 self._stop_processes(run)
             self._write_state(stopped=True)
@@ -180,18 +203,26 @@ class Supervisor:
             log.error("no plan at %s: nothing to run", self.paths.plan)
             return
         new = planmod.from_wire(raw["plan"])
+        if new.runtime == DOCKER:
+            try:
+                new = replace(new, workloads=self._containers(new))
+            except Exception as exc:  # the engine went away: keep what runs, ask again later
+                log.error("listing containers: %s", exc)
+                return
         start, stop, restart = planmod.changed(self.plan, new)
-        log.info(
-            "plan generation %s: start %s, stop %s, restart %s",
-            raw.get("generation"),
-            start or "-",
-            stop or "-",
-            restart or "-",
-        )
+        generation = int(raw.get("generation", 0))
+        if start or stop or restart or generation != self.generation:
+            log.info(
+                "plan generation %s: start %s, stop %s, restart %s",
+                generation,
+                start or "-",
+                stop or "-",
+                restart or "-",
+            )
         for name in stop:
             run = self.runs.pop(name)
             self._stop_processes(run)
-            self._delete_namespace(run.spec)
+            self._release(run.spec)
         for name in restart:
             run = self.runs[name]
             self._stop_processes(run)
@@ -205,11 +236,22 @@ class Supervisor:
             assert spec is not None
             self.runs[name] = Run(spec)
         self.plan = new
-        self.generation = int(raw.get("generation", 0))
+        self.dirty |= generation != self.generation or bool(start or stop or restart)
+        self.generation = generation
         fresh = set(start) | set(restart)
         for name in (w.name for w in new.workloads if w.name in fresh):
             self._prepare(self.runs[name], recreate=name in start)
-        self.dirty = True
+
+    def _containers(self, plan: Plan) -> tuple[Workload, ...]:
+        """The docker runtime's workloads: the running containers the plan selects."""
+        from meshctl.launch.docker import DockerWatch
+
+        assert plan.docker is not None
+        if self.docker is None or self.docker.target != plan.docker:
+            if self.docker is not None:
+                self.docker.close()
+            self.docker = DockerWatch(plan.docker)
+        return tuple(self.docker.workloads(plan.registry_url))
 
     # -- one workload --------------------------------------------------------------------
 
@@ -217,6 +259,17 @@ class Supervisor:
         """The namespace, hosts file and interception, before any process starts."""
         spec, plan = run.spec, self.plan
         assert plan is not None
+        if spec.container:
+            from proxy.intercept import iptables
+
+            try:  # before the proxy starts: the app's next connection is proxied
+                iptables.install(intercept_config(spec, plan), spec.pid)
+                run.intercept_checked = time.monotonic()
+                run.error = None
+            except Exception as exc:
+                run.error = f"installing interception in container {spec.name}: {exc}"
+                log.error("%s", run.error)
+            return
         if spec.netns is None or plan.network is None:
             return
         from meshctl.launch import netns
@@ -247,10 +300,11 @@ class Supervisor:
     def _tend(self, run: Run, now: float) -> None:
         plan = self.plan
         assert plan is not None
-        if run.spec.netns is not None and now - run.intercept_checked >= INTERCEPT_CHECK_S:
+        intercepted = run.spec.netns is not None or bool(run.spec.container)
+        if intercepted and now - run.intercept_checked >= INTERCEPT_CHECK_S:
             run.intercept_checked = now
             self._check_interception(run, plan)
-        for proc in (run.proxy, run.app):
+        for proc in run.procs:
             popen = proc.popen
             if popen is not None and popen.poll() is None:
                 continue
@@ -274,30 +328,36 @@ class Supervisor:
                 self._start(run, proc, now)
                 if proc.role == "app":
                     run.app_listening = False
-        if not run.app_listening and run.app.pid is not None:
-            run.app_listening = listening(run.app.pid, app_ports(run.spec))
+        app_pid = run.app_pid
+        if not run.app_listening and app_pid is not None:
+            run.app_listening = listening(app_pid, app_ports(run.spec))
             self.dirty |= run.app_listening
 
     def _check_interception(self, run: Run, plan: Plan) -> None:
         from proxy.intercept import iptables
 
-        assert run.spec.netns is not None
+        if run.spec.container:
+            if not pid_alive(run.spec.pid):
+                return  # the container stopped: its event removes the workload
+        elif not (iptables.NETNS_RUN_DIR / str(run.spec.netns)).exists():
+            self._prepare(run, recreate=True)
+            return
+        where: str | int = run.spec.pid if run.spec.container else str(run.spec.netns)
         try:
-            if not (iptables.NETNS_RUN_DIR / run.spec.netns).exists():
-                self._prepare(run, recreate=True)
-                return
-            if not iptables.installed(run.spec.netns):
-                iptables.install(intercept_config(run.spec, plan), run.spec.netns)
+            if not iptables.installed(where):
+                iptables.install(intercept_config(run.spec, plan), where)
                 run.intercept_reinstalls += 1
                 log.warning("interception rules of %s were missing: re-installed", run.spec.name)
                 self.dirty = True
         except Exception as exc:
-            run.error = f"checking interception in {run.spec.netns}: {exc}"
+            run.error = f"checking interception in {run.spec.netns or run.spec.name}: {exc}"
             self.dirty = True
 
     def _start(self, run: Run, proc: Proc, now: float) -> None:
         spec = run.spec
         try:
+            if spec.container and not pid_alive(spec.pid):
+                raise RuntimeError(f"container {spec.name} is not running")
             if spec.netns is not None and not (Path("/run/netns") / spec.netns).exists():
                 self._prepare(run, recreate=True)
                 if run.error:
@@ -346,13 +406,17 @@ class Supervisor:
         py = [sys.executable, "-m", "proxy", *spec.proxy_args[1:]]
         py += ["--token-file", str(token_file), "--ca-file", str(ca)]
         env = marked_env(self.home, {"MESH_LOG": os.environ.get("MESH_LOG", "INFO")})
-        if spec.netns is None:
+        if spec.netns is None and not spec.container:
             return py, env, "/"
         # The proxy's own uid: the rules let its traffic out unredirected.
         for path in (pdir, *pdir.rglob("*")):
             os.chown(path, PROXY_UID, PROXY_UID)
         drop = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
-        return ["ip", "netns", "exec", spec.netns, *drop, *py], env, "/"
+        if spec.container:  # only the network namespace: the proxy runs from the host's files
+            enter = ["nsenter", f"--net=/proc/{spec.pid}/ns/net", "--"]
+        else:
+            enter = ["ip", "netns", "exec", str(spec.netns)]
+        return [*enter, *drop, *py], env, "/"
 
     def _app_command(self, spec: Workload) -> tuple[list[str], dict[str, str], str]:
         env = marked_env(self.home, dict(spec.app_env))
@@ -368,7 +432,9 @@ class Supervisor:
         for p in popens:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
+        # A proxy whose container is gone has no network left to drain or deregister on.
+        gone = bool(run.spec.container) and not pid_alive(run.spec.pid)
+        deadline = time.monotonic() + (0.5 if gone else 5.0)
         for p in popens:
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
@@ -377,6 +443,21 @@ class Supervisor:
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         run.app.popen = run.proxy.popen = None
+
+    def _release(self, spec: Workload) -> None:
+        """After its processes stopped: a namespace goes; a container keeps running unmeshed."""
+        if not spec.container:
+            self._delete_namespace(spec)
+            return
+        from proxy.intercept import iptables
+
+        with contextlib.suppress(RegistryUnavailable, RegistryError):
+            self._client_for_tokens().call("DELETE", f"/v1/endpoints/{spec.name}", timeout=5)
+        if pid_alive(spec.pid):
+            try:
+                iptables.remove(spec.pid)
+            except Exception as exc:
+                log.error("could not remove the rules of container %s: %s", spec.name, exc)
 
     def _delete_namespace(self, spec: Workload) -> None:
         if spec.netns is None:
@@ -407,7 +488,7 @@ class Supervisor:
 
 def app_ports(spec: Workload) -> set[int]:
     """The ports the app itself listens on: its service ports, or explicit mode's."""
-    if spec.netns is not None:
+    if spec.netns is not None or spec.container:
         return set(spec.inbound_ports)
     return {port for role, port in spec.ports if role.startswith("app:")}
 

@@ -6,6 +6,10 @@ is made), and /proc is scanned for processes carrying this mesh's mark. So a sup
 killed with SIGKILL, or a proxy that crashed, leaves nothing behind. Interception rules
 live inside the namespaces and go with them; the only rule in the root namespace, the
 bridge's FORWARD accept, goes with the bridge.
+
+The docker runtime's containers are not ours: the rules are removed from those still
+running, and the compose project is stopped (`compose down`) only when `up` started it
+(launch/owned.json says so, written before it was started).
 """
 
 from __future__ import annotations
@@ -37,10 +41,19 @@ class DownReport:
     bridges: list[str] = field(default_factory=list)
     registry_stopped: bool = False
     purged: bool = False
+    containers: list[str] = field(default_factory=list)  # docker: rules removed, proxies gone
+    compose_project: str | None = None  # docker: the project `up` started, now down
 
     @property
     def nothing(self) -> bool:
-        return not (self.processes or self.namespaces or self.bridges or self.registry_stopped)
+        return not (
+            self.processes
+            or self.namespaces
+            or self.bridges
+            or self.registry_stopped
+            or self.containers
+            or self.compose_project
+        )
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -49,7 +62,19 @@ class DownReport:
             "bridges": self.bridges,
             "registry_stopped": self.registry_stopped,
             "purged": self.purged,
+            "containers": self.containers,
+            "compose_project": self.compose_project,
         }
+
+
+def _containers(paths: LaunchPaths) -> dict[str, int]:
+    """The docker runtime's meshed containers, by name, with their pids."""
+    found: dict[str, int] = {}
+    for source in (read_json(paths.plan), read_json(paths.state)):
+        raw = source.get("plan") if source else None
+        if raw:
+            found.update((w.name, w.pid) for w in planmod.from_wire(raw).workloads if w.container)
+    return found
 
 
 def _names_owned(paths: LaunchPaths) -> tuple[set[str], set[str]]:
@@ -78,6 +103,14 @@ def teardown(home: Path, purge: bool = False) -> DownReport:
         report.processes += len(stop_pids([sup], grace=8.0))
     report.registry_stopped = reg is not None
     report.processes += len(stop_pids(marked_pids(home), grace=5.0))
+    containers = _containers(paths)
+    compose = (read_json(paths.owned) or {}).get("compose")
+    if containers or compose:
+        from meshctl.launch import docker
+
+        docker.release(list(containers.values()), compose)
+        report.containers = sorted(containers)
+        report.compose_project = str(compose["project"]) if compose else None
     namespaces, bridges = _names_owned(paths)
     if namespaces or bridges:
         from proxy.intercept.iptables import PrivilegeError, check_privileges

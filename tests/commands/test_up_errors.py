@@ -44,12 +44,14 @@ def test_invalid_config_lists_positions_and_starts_nothing(tmp_path: Path) -> No
         _nothing_running(cli)
 
 
-def test_docker_runtime_is_not_there_yet() -> None:
+def test_docker_runtime_without_a_docker_engine(tmp_path: Path) -> None:
     with mesh_home() as cli:
-        done = cli.run("up", str(EXAMPLE / "mesh"), "--runtime", "docker", check=False)
+        cli.env["DOCKER_HOST"] = f"unix://{tmp_path}/no-docker.sock"
+        done = cli.run("up", str(EXAMPLE / "docker-compose.yml"), "--runtime", "docker",
+                       check=False)  # fmt: skip
         assert done.returncode == 1
-        assert "docker runtime is not implemented yet" in _one_line(done.stderr)
-        assert "--runtime local" in done.stderr
+        line = _one_line(done.stderr)
+        assert "cannot reach the Docker engine" in line and "--runtime local" in line
         _nothing_running(cli)
 
 

@@ -235,7 +235,7 @@ def test_added_and_removed_workloads_keep_the_others_untouched(tmp_path: Path) -
         tmp_path,
         lambda t: t.replace(
             '      - version: v2\n        command: ["python3", "apps/shop.py", "--service", '
-            '"orders", "--version", "v2"]\n',
+            '"orders", "--version", "v2"]\n        env: {CALLS: "payments,inventory"}\n',
             "",
         ).replace(
             '"--service", "inventory", "--version", "v1"]',
