@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ from meshctl.launch.compose import (
     PROJECT_LABEL,
     SERVICE_LABEL,
     VERSION_LABEL,
+    ComposeFile,
 )
 from meshctl.launch.plan import DockerTarget, Workload, transparent_proxy_args
 from meshctl.launch.procs import LaunchError, LaunchPaths, read_json, write_json
@@ -47,6 +49,7 @@ from registry.config import MeshConfig
 
 log = logging.getLogger("meshctl.docker")
 RESYNC_S = 5.0  # a full listing now and then, in case an event was missed
+EXAMPLE_IMAGE_REPO = "meshctl-example:"
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 
 
@@ -55,11 +58,14 @@ def docker_client() -> Any:
     import docker
     import docker.errors
 
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
         client = docker.from_env(timeout=30)
         client.ping()
     except docker.errors.DockerException as exc:
-        reason = str(exc).split("(")[0].strip() or type(exc).__name__
+        text = str(exc)
+        unreachable = any(w in text for w in ("Connection", "FileNotFound", "No such file"))
+        reason = f"nothing answers at {host}" if unreachable else text.splitlines()[0][:200]
         raise LaunchError(
             f"cannot reach the Docker engine ({reason}): start it (`systemctl start docker`, "
             "or `dockerd &`), or run `meshctl up --runtime local`"
@@ -191,9 +197,32 @@ def _target(config: MeshConfig, compose: composemod.ComposeFile | None) -> Docke
     return DockerTarget(services=services, ports=ports)
 
 
+def load_target(config: MeshConfig, path: Path) -> tuple[DockerTarget, ComposeFile | None]:
+    """Read the compose file PATH names (if any) against mesh.yaml: errors before anything runs."""
+    file = compose_file_for(path)
+    compose = composemod.load_compose(file) if file else None
+    return _target(config, compose), compose
+
+
+def _check_images(client: Any, compose: ComposeFile) -> None:
+    """The example's image is built here, never pulled: say how when it is missing."""
+    import docker.errors
+
+    for image in sorted({s.image for s in compose.services if s.image}):
+        if not image.startswith(EXAMPLE_IMAGE_REPO):
+            continue
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise LaunchError(
+                f"image {image} is not built (it is made locally, not pulled): run "
+                "`meshctl image build` (about a minute), then `meshctl up` again"
+            ) from None
+
+
 def prepare(
     config: MeshConfig,
-    compose_file: Path | None,
+    compose: ComposeFile | None,
     project: str,
     paths: LaunchPaths,
     previous: DockerTarget | None,
@@ -206,9 +235,9 @@ def prepare(
     on the gateway of the containers' network, found here.
     """
     client = docker_client()
-    compose = composemod.load_compose(compose_file) if compose_file else None
     target = _target(config, compose)
-    if compose is not None and compose_file is not None:
+    if compose is not None:
+        compose_file = compose.path
         name = composemod.project_name(compose_file, project)
         if previous is not None and previous.project and previous.project != name:
             raise LaunchError(
@@ -218,6 +247,7 @@ def prepare(
         cmd = previous.compose_cmd if previous else composemod.compose_command()
         selector = {"label": [f"{PROJECT_LABEL}={name}"], "status": "running"}
         if not client.containers.list(filters=selector):
+            _check_images(client, compose)
             record_compose(paths, name, compose_file, cmd)  # before: `down` must find it
             composemod.compose_up(cmd, name, compose_file)
         target = DockerTarget(

@@ -396,9 +396,11 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
 
     home = mesh_home()
     paths = LaunchPaths(home)
+    compose = None
     if runtime == DOCKER:
         from meshctl.launch import docker as dockermod
 
+        _, compose = dockermod.load_target(config, opts.path)  # a bad file: nothing runs yet
         dockermod.docker_client()  # the engine answers, or a one-line error
         mode, note = _docker_mode()
     else:
@@ -476,8 +478,8 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
             _probe_result(probe)
         if new is None:  # docker: may start the compose project, so inside the clean-up
             listen = previous.registry_listen if previous and registry else None
-            new, skipped = _docker_plan(opts, config, config_dir, paths, previous, listen,
-                                        reg_port, mon_port)  # fmt: skip
+            new, skipped = _docker_plan(opts, config, compose, config_dir, paths, previous,
+                                        listen, reg_port, mon_port)  # fmt: skip
         start, stop, restart = planmod.changed(previous, new)
         if network is not None:
             _ensure_bridge(paths, network)
@@ -521,6 +523,7 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
 def _docker_plan(
     opts: UpOptions,
     config: MeshConfig,
+    compose: Any,  # meshctl.launch.compose.ComposeFile | None
     config_dir: Path,
     paths: LaunchPaths,
     previous: Plan | None,
@@ -533,7 +536,7 @@ def _docker_plan(
 
     found = dockermod.prepare(
         config,
-        dockermod.compose_file_for(opts.path),
+        compose,
         opts.project,
         paths,
         previous.docker if previous else None,
