@@ -48,6 +48,8 @@ def status(
     out.print(
         f"registry {reg['url']} (pid {reg['pid']}), config {reg['config_dir']}, "
         f"version [bold]{st['config_version']}[/], mode {st['mode'] or '-'}"
+        + (f", runtime {st['runtime']}" if st.get("runtime") else "")
+        + (f" (compose project {st['compose_project']})" if st.get("compose_project") else "")
     )
     table = Table(title="endpoints", title_justify="left")
     for column in ("service", "endpoint", "address", "labels", "health"):

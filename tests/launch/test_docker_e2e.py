@@ -6,8 +6,10 @@ later meshed (and unmeshed when it stops), and `meshctl down` leaving nothing be
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -174,6 +176,24 @@ def test_weights_90_10_then_set_weight_moves_everything_to_v2(mesh: Mesh) -> Non
     took = time.monotonic() - t0
     print(f"set-weight -> all of 20 requests on v2 after {took:.2f}s")
     assert took < 3.0  # the goal is 1 s; `docker exec` alone takes ~0.3 s per try
+
+
+def test_a_killed_proxy_is_restarted_and_its_rules_stay(mesh: Mesh) -> None:
+    from proxy.intercept import iptables
+
+    name = mesh.container("frontend")
+    state = json.loads((mesh.cli.home / "state.json").read_text())["workloads"][name]
+    old = state["proxy_pid"]
+    os.kill(old, signal.SIGKILL)
+    assert iptables.installed(state["app_pid"])  # fail closed meanwhile, never around the mesh
+
+    def new_pid() -> int | None:
+        pid = json.loads((mesh.cli.home / "state.json").read_text())["workloads"][name]["proxy_pid"]
+        return pid if pid and pid != old else None
+
+    wait_until(new_pid, 3, "a new proxy")
+    wait_until(lambda: json.loads(mesh.call("http://orders:8080/"))["service"] == "orders", 15,
+               "traffic again")  # fmt: skip
 
 
 def test_a_container_started_later_is_meshed_and_leaves_when_stopped(mesh: Mesh) -> None:
