@@ -27,9 +27,18 @@ async def serve_requests(
     writer: asyncio.StreamWriter,
     handle: Handle,
     done: Done,
+    initial: bytes = b"",
 ) -> None:
+    """Serve requests until the client leaves; `initial` is what protocol detection read."""
     down = EventStream(reader, RequestParser())
     counters = proxy.telemetry.counters
+    if initial:
+        try:
+            down.pending.extend(down.parser.feed(initial))
+        except ProtocolError as exc:
+            writer.write(local_reply(exc.status, "DPE", close=True))
+            counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
+            return
     while True:
         try:
             # The whole head must arrive within the header timeout: a client sending one

@@ -47,9 +47,12 @@ async def relay(
     return a, b
 
 
-async def _plain_to_framed(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
-    n = 0
+async def _plain_to_framed(r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                           initial: bytes = b"") -> int:
+    n = len(initial)
     try:
+        if initial:
+            w.write(_LEN.pack(len(initial)) + initial)
         while data := await r.read(CHUNK):
             n += len(data)
             w.write(_LEN.pack(len(data)) + data)
