@@ -37,11 +37,11 @@ def match(uri: StringMatch | None = None, method: StringMatch | None = None,
 
 
 def route(name: str, *matches: HTTPMatch, weights: tuple[int, ...] = (100,),
-          headers: Headers = Headers()) -> HTTPRoute:
+          headers: Headers | None = None) -> HTTPRoute:
     dests = tuple(RouteDestination(Destination("orders", f"v{i + 1}", None), w, Headers())
                   for i, w in enumerate(weights))
     return HTTPRoute(name=name, match=matches, route=dests, timeout_s=None, retries=None,
-                     fault=None, mirror=None, mirror_percentage=0.0, headers=headers,
+                     fault=None, mirror=None, mirror_percentage=0.0, headers=headers or Headers(),
                      rewrite=None)
 
 
