@@ -53,7 +53,7 @@ def down(
         if report.containers:
             parts.append(f"proxies and rules of containers {', '.join(report.containers)}")
         if report.compose_project:
-            parts.append(f"compose project {report.compose_project} (docker compose down)")
+            parts.append(f"compose project {report.compose_project} (compose down)")
         typer.echo("mesh down: stopped and removed " + "; ".join(parts))
     if purge:
         typer.echo(f"purged {home}")

@@ -172,7 +172,7 @@ def compose_command() -> tuple[str, ...]:
 
 
 def _run(cmd: Sequence[str], project: str, file: Path, *args: str) -> None:
-    argv = [*cmd, "-p", project, "-f", str(file), *args]
+    argv = [*cmd, "-p", project, "-f", str(file.resolve()), *args]
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=COMPOSE_TIMEOUT_S, cwd=file.parent

@@ -77,7 +77,7 @@ def compose_file_for(path: Path) -> Path | None:
     """The compose file `meshctl up PATH` means: PATH itself, or one in directory PATH."""
     if path.is_file():
         return path.resolve() if path.suffix in (".yml", ".yaml") else None
-    return next((path / n for n in COMPOSE_FILES if (path / n).is_file()), None)
+    return next(((path / n).resolve() for n in COMPOSE_FILES if (path / n).is_file()), None)
 
 
 # --- containers -> workloads (pure) ------------------------------------------------------------
@@ -382,7 +382,7 @@ def release(pids: Sequence[int], compose: Mapping[str, Any] | None) -> list[str]
                 raise LaunchError(f"{file} is gone")
             composemod.compose_down(cmd, project, file)
         except LaunchError as exc:
-            log.warning("compose down of %s: %s; removing by label", project, exc)
+            log.info("compose down of %s: %s; removing by label", project, exc)
             _remove_project(project)
         done.append(f"compose project {project}")
     return done

@@ -156,7 +156,7 @@ def test_labels_only_target_meshes_labelled_containers_of_any_project() -> None:
 
 def test_auto_runtime_is_local_for_a_config_dir(tmp_path: Path) -> None:
     assert choose_runtime("auto", EXAMPLE / "mesh") == "local"  # no compose file there
-    assert dm.compose_file_for(EXAMPLE) == COMPOSE
+    assert dm.compose_file_for(EXAMPLE) == COMPOSE.resolve()
     assert dm.compose_file_for(COMPOSE) == COMPOSE.resolve()
     assert dm.compose_file_for(tmp_path) is None
 
