@@ -1,14 +1,82 @@
-"""Admin (localhost 15000: /ready, /config_dump, /stats, /certs); Prometheus (15090: /metrics)."""
+"""Admin (localhost 15000: /ready, /config_dump, /stats, /certs, /tap); Prometheus (/metrics).
+
+`/tap` streams the requests this proxy finishes as NDJSON, for `meshctl tap` and `meshctl
+top`. It is fed from `Proxy.record` through `TapHub`: with nobody tapping, the hub is
+inactive and `record` skips it (one attribute test per request); each tap client has a
+bounded queue, and a client too slow to keep up loses events (counted), never slows a
+request.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from meshctl.promtext import MetricWriter
+
 if TYPE_CHECKING:
     from proxy.main import Proxy
+
+TAP_QUEUE = 1000  # events buffered per tap client
+TAP_MAX_CLIENTS = 16
+Event = dict[str, Any]
+
+
+class TapHub:
+    """Fan-out of finished-request events to the open /tap streams."""
+
+    def __init__(self, counters: MutableMapping[str, float]) -> None:
+        self._subs: list[tuple[asyncio.Queue[Event], Callable[[Event], bool]]] = []
+        self._counters = counters
+        self.active = False  # read per request by Proxy.record: False costs nothing else
+
+    def subscribe(self, accept: Callable[[Event], bool]) -> asyncio.Queue[Event]:
+        q: asyncio.Queue[Event] = asyncio.Queue(TAP_QUEUE)
+        self._subs.append((q, accept))
+        self.active = True
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
+        self._subs = [s for s in self._subs if s[0] is not q]
+        self.active = bool(self._subs)
+
+    @property
+    def clients(self) -> int:
+        return len(self._subs)
+
+    def publish(self, event: Event) -> None:
+        for q, accept in self._subs:
+            if not accept(event):
+                continue
+            try:
+                q.put_nowait(event)
+            except asyncio.QueueFull:
+                self._counters["meshctl_proxy_tap_dropped_total"] += 1
+
+
+def tap_filter(query: MutableMapping[str, str] | Any) -> Callable[[Event], bool]:
+    """`?path=PREFIX&method=M&status=CODE&direction=inbound|outbound&destination=SVC`."""
+    path = query.get("path") or ""
+    method = (query.get("method") or "").upper()
+    status = query.get("status") or ""
+    direction = query.get("direction") or ""
+    dest = query.get("destination") or ""
+
+    def accept(e: Event) -> bool:
+        return (
+            (not path or str(e["path"]).startswith(path))
+            and (not method or e["method"] == method)
+            and (not status or str(e["status"]) == status)
+            and (not direction or e["direction"] == direction)
+            and (not dest or e["destination"] == dest)
+        )
+
+    return accept
 
 
 def _dump(proxy: Proxy) -> dict[str, Any]:
@@ -22,6 +90,10 @@ def _dump(proxy: Proxy) -> dict[str, Any]:
         "catalog_version": snap.catalog_version if snap else 0,
         "registry_connected": proxy.control.connected,
         "peer_authentication": snap.peer_mode if snap else None,
+        "tracing": {
+            "sampling_percent": proxy.tracer.sampling * 100.0,
+            "otlp_endpoint": proxy.exporter.endpoint if proxy.exporter else None,
+        },
         "services": {
             name: {
                 "vip": v.vip,
@@ -34,8 +106,36 @@ def _dump(proxy: Proxy) -> dict[str, Any]:
             }
             for name, v in (snap.services.items() if snap else ())
         },
+        "clusters": _clusters(proxy),
         "config": snap.config.to_wire() if snap else None,
     }
+
+
+def _clusters(proxy: Proxy) -> list[dict[str, Any]]:
+    """Runtime state per (service, subset): endpoints, which are ejected, breaker gauges."""
+    out = []
+    for rt in proxy.clusters.all():
+        od = rt.outlier
+        ejected = [h for h in rt.hosts if od is not None and od.is_ejected(h)]
+        out.append(
+            {
+                "service": rt.key[0],
+                "subset": rt.key[1],
+                "endpoints": list(rt.hosts),
+                "ejected": ejected,
+                "ejections_total": od.ejections_total if od else 0,
+                "panic": od.in_panic if od else False,
+                "in_flight": rt.gauges.in_flight,
+                "overflow": rt.gauges.overflow,
+                "limits": {
+                    "max_connections": rt.gauges.limits.max_connections,
+                    "max_pending": rt.gauges.limits.max_pending,
+                    "max_requests": rt.gauges.limits.max_requests,
+                    "max_retries": rt.gauges.limits.max_retries,
+                },
+            }
+        )
+    return out
 
 
 def admin_app(proxy: Proxy) -> web.Application:
@@ -65,10 +165,46 @@ def admin_app(proxy: Proxy) -> web.Application:
                 "spiffe_id": str(ident.spiffe_id),
                 "not_after": ident.not_after.isoformat(),
                 "seconds_left": ident.lifetime_left(),
+                "lifetime_seconds": proxy.telemetry.gauges.get(
+                    "meshctl_proxy_certificate_lifetime_seconds"
+                ),
                 "renewals": proxy.control.renewals,
                 "certificate": ident.cert_pem.decode(),
             }
         )
+
+    async def tap(request: web.Request) -> web.StreamResponse:
+        hub = proxy.tap
+        if hub.clients >= TAP_MAX_CLIENTS:
+            return web.json_response({"error": "too many tap clients"}, status=429)
+        try:
+            limit = int(request.query.get("max", "0"))
+        except ValueError:
+            return web.json_response({"error": "`max` must be an integer"}, status=400)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        q = hub.subscribe(tap_filter(request.query))
+        sent = 0
+        try:
+            # The first line says the tap is live: a client may start traffic after it.
+            hello = {"type": "tap", "proxy": proxy.proxy_id, "service": proxy.opts.service}
+            await resp.write(json.dumps(hello).encode() + b"\n")
+            while not limit or sent < limit:
+                try:
+                    event = await asyncio.wait_for(q.get(), 15.0)
+                except TimeoutError:
+                    await resp.write(b'{"type":"ping"}\n')  # finds a client that left
+                    continue
+                await resp.write(json.dumps({"type": "request", **event}).encode() + b"\n")
+                sent += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            hub.unsubscribe(q)
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write_eof()
+        return resp
 
     app = web.Application()
     app.add_routes(
@@ -77,9 +213,66 @@ def admin_app(proxy: Proxy) -> web.Application:
             web.get("/config_dump", config_dump),
             web.get("/stats", stats),
             web.get("/certs", certs),
+            web.get("/tap", tap),
         ]
     )
     return app
+
+
+def health_metrics(proxy: Proxy) -> str:
+    """Per-cluster health families, rendered at scrape time from the cluster runtimes."""
+    w = MetricWriter()
+    active, total, overflow, panic, in_flight, cb_overflow = [], [], [], [], [], []
+    for rt in proxy.clusters.all():
+        labels = {"destination_service_name": rt.key[0], "subset": rt.key[1] or ""}
+        od = rt.outlier
+        active.append(("", labels, od.ejections_active if od else 0))
+        total.append(("", labels, od.ejections_total if od else 0))
+        overflow.append(("", labels, od.ejections_overflow if od else 0))
+        panic.append(("", labels, 1 if od is not None and od.in_panic else 0))
+        for kind, n in rt.gauges.in_flight.items():
+            in_flight.append(("", {**labels, "kind": kind}, n))
+        for kind, n in rt.gauges.overflow.items():
+            cb_overflow.append(("", {**labels, "kind": kind}, n))
+    w.family(
+        "meshctl_proxy_outlier_ejections_active",
+        "gauge",
+        "Endpoints of the cluster ejected by outlier detection now.",
+        active,
+    )
+    w.family(
+        "meshctl_proxy_outlier_ejections_total",
+        "counter",
+        "Ejections enforced by outlier detection.",
+        total,
+    )
+    w.family(
+        "meshctl_proxy_outlier_ejections_overflow_total",
+        "counter",
+        "Ejections refused by maxEjectionPercent.",
+        overflow,
+    )
+    w.family(
+        "meshctl_proxy_outlier_panic",
+        "gauge",
+        "1 while the cluster is in panic (healthy hosts under minHealthPercent).",
+        panic,
+    )
+    w.family(
+        "meshctl_proxy_circuit_breaker_in_flight",
+        "gauge",
+        "In flight per circuit-breaker kind (connections, pending, requests, retries).",
+        in_flight,
+    )
+    w.family(
+        "meshctl_proxy_circuit_breaker_overflow_total",
+        "counter",
+        "Refusals per circuit-breaker kind (Envoy's upstream_*_overflow).",
+        cb_overflow,
+    )
+    w.gauge("meshctl_proxy_tap_clients", "Open /tap streams.", proxy.tap.clients)
+    w.gauge("meshctl_proxy_requests_in_flight", "Requests being handled now.", proxy.inflight)
+    return w.text()
 
 
 def metrics_app(proxy: Proxy) -> web.Application:
@@ -88,7 +281,8 @@ def metrics_app(proxy: Proxy) -> web.Application:
         tel.gauges["meshctl_proxy_registry_connected"] = 1 if proxy.control.connected else 0
         if proxy.identity is not None:
             tel.gauges["meshctl_proxy_certificate_seconds_left"] = proxy.identity.lifetime_left()
-        return web.Response(text=tel.render(), content_type="text/plain", charset="utf-8")
+        text = tel.render(health_metrics(proxy))
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/stats/prometheus", metrics)])

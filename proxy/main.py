@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import random
@@ -20,8 +21,10 @@ from typing import Any
 from aiohttp import web
 
 from meshctl.aio import spawn
+from meshctl.state import atomic_write
 from proxy.accept import Connections, accept_loop, listen, streams_for
 from proxy.accesslog import AccessLog
+from proxy.admin import TapHub
 from proxy.control.client import ControlClient, View
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
@@ -37,6 +40,8 @@ from proxy.snapshot import ProxySnapshot, build_snapshot
 from proxy.streams import ConnLimiter, Pool
 from proxy.tcp import relay
 from proxy.telemetry import Telemetry
+from proxy.tracing import CLIENT, Hop, Tracer
+from proxy.tracing.otlp import OtlpExporter
 from registry.ca import SpiffeId
 from registry.config import MeshConfig
 from registry.server.catalog import Endpoint
@@ -75,6 +80,25 @@ class ProxyOptions:
     header_timeout_s: float = 60.0  # a request head must arrive within this (slow loris)
     max_connections: int = 10_000  # per listener; past it new connections are refused
     drain_s: float = 5.0  # on SIGTERM: how long in-flight requests get to finish
+    # Tracing: percentage of new traces sampled, and the OTLP/HTTP collector (None: no spans,
+    # only trace-context propagation). mesh.yaml has no field for these yet; the defaults
+    # come from MESH_TRACE_SAMPLING and MESH_OTLP_ENDPOINT (the `--trace-sampling` and
+    # `--otlp-endpoint` options of `meshctl proxy` read the same variables).
+    trace_sampling: float = field(default_factory=lambda: _env_percent("MESH_TRACE_SAMPLING"))
+    otlp_endpoint: str | None = field(
+        default_factory=lambda: os.environ.get("MESH_OTLP_ENDPOINT") or None
+    )
+
+
+def _env_percent(name: str) -> float:
+    raw = os.environ.get(name, "").strip().rstrip("%")
+    try:
+        value = float(raw) if raw else 0.0
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a percentage from 0 to 100") from None
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(f"{name}={raw!r}: expected a percentage from 0 to 100")
+    return value
 
 
 def _fresh_ctx(server: bool) -> ssl.SSLContext:
@@ -123,6 +147,19 @@ class Proxy:
         self.draining = False
         self.connections = Connections(opts.max_connections)
         self.access_log = AccessLog("off")
+        self.tap = TapHub(self.telemetry.counters)
+        self.exporter: OtlpExporter | None = None
+        if opts.otlp_endpoint:
+            resource = (
+                ("service.name", opts.service),
+                ("service.version", opts.version or "unknown"),
+                ("service.instance.id", self.proxy_id),
+                ("telemetry.sdk.name", "meshctl"),
+            )
+            self.exporter = OtlpExporter(opts.otlp_endpoint, resource, self.telemetry.counters)
+        self.tracer = Tracer(
+            opts.trace_sampling, self.exporter.offer if self.exporter is not None else None
+        )
 
     # -- identity and config ---------------------------------------------------------
 
@@ -132,9 +169,9 @@ class Proxy:
             ctx.load_cert_chain(cert, key)
             ctx.load_verify_locations(cadata=ident.bundle_pem.decode())
         self.identity = ident
-        self.telemetry.gauges["meshctl_proxy_certificate_expiry_seconds"] = (
-            ident.not_after.timestamp()
-        )
+        gauges = self.telemetry.gauges
+        gauges["meshctl_proxy_certificate_expiry_seconds"] = ident.not_after.timestamp()
+        gauges["meshctl_proxy_certificate_lifetime_seconds"] = _lifetime_s(ident.cert_pem)
 
     def apply_view(self, view: View) -> str | None:
         """Build the snapshot for a view and swap it in; an error is the NACK message."""
@@ -230,15 +267,105 @@ class Proxy:
         start: float,
         req: Request,
         peer: SpiffeId | None = None,
+        hop: Hop | None = None,
     ) -> None:
-        """Metrics (Istio's labels) and the access-log line for one finished request."""
+        """Metrics (Istio's labels), the access-log line, the span and the tap event for one
+        finished request. The span and the tap cost nothing unless sampled / tapped."""
         ms = (time.monotonic() - start) * 1000.0
         labels = self._labels(snap, reporter, dest_service, peer, result)
-        self.telemetry.record_request(labels, ms, result.req_bytes, result.resp_bytes)
+        tel = self.telemetry
+        tel.record_request(labels, ms, result.req_bytes, result.resp_bytes)
+        if result.flags == "UO":  # a circuit breaker: the cluster's gauges or its pool
+            tel.counters["meshctl_proxy_upstream_overflow_total"] += 1
         if self.access_log.enabled:
             self.access_log.write(
                 req, result, time.time() - ms / 1000.0, ms, str(peer) if peer else None, reporter
             )
+        if hop is not None and hop.recording:
+            self._finish_span(snap, hop, reporter, dest_service, result, ms, req, peer)
+        if self.tap.active:
+            event = self._tap_event(snap, reporter, dest_service, result, ms, req, peer, hop)
+            self.tap.publish(event)
+
+    def _peer_of(
+        self, snap: ProxySnapshot, reporter: str, dest_service: str, peer: SpiffeId | None
+    ) -> str | None:
+        """The other side's SPIFFE ID: the upstream's (verified at connect) or the caller's."""
+        if reporter == "source":
+            return snap.config.spiffe_id(dest_service)
+        return str(peer) if peer else None
+
+    def _finish_span(
+        self,
+        snap: ProxySnapshot,
+        hop: Hop,
+        reporter: str,
+        dest_service: str,
+        result: Result,
+        ms: float,
+        req: Request,
+        peer: SpiffeId | None,
+    ) -> None:
+        """OpenTelemetry HTTP semantic conventions (v1.26, stable HTTP attributes)."""
+        method = req.method.decode("latin-1")
+        host = (req.host or b"").decode("latin-1").rpartition(":")
+        status = result.status
+        attrs: list[tuple[str, object]] = [
+            ("http.request.method", method),
+            ("url.path", req.target.partition(b"?")[0].decode("latin-1")),
+            ("http.response.status_code", status),
+            ("server.address", host[0] or host[2] or dest_service),
+            ("network.protocol.version", req.version.decode("latin-1")),
+            ("meshctl.reporter", reporter),
+            ("meshctl.destination.service", dest_service),
+            ("meshctl.response_flags", result.flags or "-"),
+        ]
+        peer_id = self._peer_of(snap, reporter, dest_service, peer)
+        if peer_id:
+            attrs.append(("meshctl.peer.spiffe_id", peer_id))
+        if result.attempts > 1:
+            attrs.append(("http.request.resend_count", result.attempts - 1))
+        if result.upstream:
+            attrs.append(("meshctl.upstream.address", result.upstream.split("/")[0]))
+        rid = req.get(b"x-request-id")
+        if rid is not None:
+            attrs.append(("guid:x-request-id", rid.decode("latin-1")))
+        # Client spans: 4xx and 5xx are errors; server spans: 5xx only (semconv).
+        error = status >= 500 or (hop.kind == CLIENT and status >= 400)
+        if error:
+            attrs.append(("error.type", str(status) if result.flags in ("", "-") else result.flags))
+        name = f"{method} {dest_service}"
+        self.tracer.finish(hop, name, ms, tuple(attrs), error)
+
+    def _tap_event(
+        self,
+        snap: ProxySnapshot,
+        reporter: str,
+        dest_service: str,
+        result: Result,
+        ms: float,
+        req: Request,
+        peer: SpiffeId | None,
+        hop: Hop | None,
+    ) -> dict[str, object]:
+        return {
+            "ts": round(time.time(), 3),
+            "proxy": self.proxy_id,
+            "service": self.opts.service,
+            "direction": "outbound" if reporter == "source" else "inbound",
+            "destination": dest_service,
+            "method": req.method.decode("latin-1"),
+            "path": req.target.decode("latin-1"),
+            "authority": (req.host or b"").decode("latin-1"),
+            "status": result.status,
+            "flags": result.flags or "-",
+            "latency_ms": round(ms, 3),
+            "peer": self._peer_of(snap, reporter, dest_service, peer),
+            "attempts": result.attempts,
+            "upstream": result.upstream.split("/")[0] or None,
+            "request_id": (req.get(b"x-request-id") or b"").decode("latin-1") or None,
+            "trace_id": hop.trace_hex if hop is not None else None,
+        }
 
     def record_tcp(
         self,
@@ -393,6 +520,9 @@ class Proxy:
         }
         self._tasks.append(spawn(self.control.heartbeat_loop(self.endpoint), name="heartbeat"))
         self._tasks.append(spawn(self._flush_loop(), name="flush"))
+        if self.exporter is not None:
+            self._tasks.append(spawn(self.exporter.run(), name="otlp-export"))
+        self._write_discovery()
         log.info(
             "proxy %s ready: inbound %s:%d, config version %d",
             self.proxy_id,
@@ -417,6 +547,37 @@ class Proxy:
             await web.TCPSite(runner, host, port, reuse_address=True).start()
             self._runners.append(runner)
 
+    @property
+    def discovery_file(self) -> Path:
+        return self.opts.home / "admin.json"
+
+    def _write_discovery(self) -> None:
+        """MESH_HOME/proxies/<id>/admin.json: where the CLI (tap, stat, check, proxy-config)
+        finds this proxy's admin and metrics listeners. The registry's endpoint record has no
+        field for them yet; this file serves every proxy on this host meanwhile."""
+
+        def bound(i: int, fallback: tuple[str, int]) -> str:
+            addrs = self._runners[i].addresses if len(self._runners) > i else []
+            host, port = (addrs[0][0], addrs[0][1]) if addrs else fallback
+            if host in ("0.0.0.0", "::", ""):
+                host = self.opts.advertise
+            return f"{host}:{port}"
+
+        info = {
+            "proxy_id": self.proxy_id,
+            "service": self.opts.service,
+            "version": self.opts.version,
+            "pid": os.getpid(),
+            "admin": bound(0, self.opts.admin),
+            "metrics": bound(1, self.opts.metrics),
+            "inbound": self.ports.get("inbound"),
+            "address": self.opts.advertise,
+        }
+        try:
+            atomic_write(self.discovery_file, json.dumps(info), mode=0o644)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.discovery_file, exc)
+
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -426,6 +587,8 @@ class Proxy:
         """Graceful drain (SIGTERM): stop accepting, tell the registry we are draining so peers
         stop choosing us, let in-flight requests finish (bounded by drain_s), then exit."""
         self.draining = True
+        with contextlib.suppress(OSError):
+            self.discovery_file.unlink()
         for s in self._listeners:
             s.close()
         if hasattr(self, "endpoint"):
@@ -445,3 +608,11 @@ class Proxy:
         self.access_log.flush()
         self.access_log.close()
         await self.control.close()
+
+
+def _lifetime_s(cert_pem: bytes) -> float:
+    """notAfter - notBefore of the leaf: what `meshctl check` measures the 25 % against."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()

@@ -105,7 +105,8 @@ class Telemetry:
         self.request_bytes[labels].observe(req_bytes)
         self.response_bytes[labels].observe(resp_bytes)
 
-    def render(self) -> str:
+    def render(self, extra: str = "") -> str:
+        """The exposition text; `extra` is appended (families rendered elsewhere)."""
         out: list[str] = []
 
         def counter(
@@ -157,11 +158,49 @@ class Telemetry:
             self.tcp_closed,
             TCP_LABELS,
         )
-        for name, value in sorted(self.counters.items()):
-            out.append(f"# TYPE {name} counter\n{name} {_fmt(value)}")
-        for name, value in sorted(self.gauges.items()):
-            out.append(f"# TYPE {name} gauge\n{name} {_fmt(value)}")
+        _plain(out, "counter", self.counters)
+        _plain(out, "gauge", self.gauges)
+        if extra:
+            out.append(extra.rstrip("\n"))
         return "\n".join(out) + "\n"
+
+
+def _plain(out: list[str], kind: str, series: dict[str, float]) -> None:
+    """Health counters and gauges keyed by sample name: `name` or `name{label="v"}`.
+
+    One TYPE line per family, its samples together (the exposition format requires it)."""
+    family = ""
+    for key, value in sorted(series.items()):
+        name = key.partition("{")[0]
+        if name != family:
+            family = name
+            help_text = HELP.get(name)
+            if help_text:
+                out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+        out.append(f"{key} {_fmt(value)}")
+
+
+# What each proxy health series means (the families without labels or with a few).
+HELP = {
+    "meshctl_proxy_config_version": "Config version in force (the registry's snapshot version).",
+    "meshctl_proxy_catalog_version": "Catalog (endpoints) version in force.",
+    "meshctl_proxy_config_rejected_total": "Config versions refused (NACKed); the previous stays.",
+    "meshctl_proxy_certificate_expiry_seconds": "Unix time the workload certificate expires.",
+    "meshctl_proxy_certificate_seconds_left": "Seconds until the workload certificate expires.",
+    "meshctl_proxy_certificate_lifetime_seconds": "Full lifetime of the workload certificate.",
+    "meshctl_proxy_registry_connected": "1 while the config stream to the registry is open.",
+    "meshctl_proxy_retries_total": "Retries made (after the budget and maxRetries allowed them).",
+    "meshctl_proxy_retry_budget_exhausted_total": "Retries refused by the retry budget.",
+    "meshctl_proxy_retry_overflow_total": "Retries refused by DestinationRule http.maxRetries.",
+    "meshctl_proxy_upstream_overflow_total": "Requests refused by a circuit breaker (flag UO).",
+    "meshctl_proxy_rate_limited_total": "Inbound requests refused by the rate limit (429).",
+    "meshctl_proxy_authz_denied_total": "Requests or connections denied by AuthorizationPolicy.",
+    "meshctl_proxy_spans_dropped_total": "Spans lost: export queue full, or the export failed.",
+    "meshctl_proxy_spans_exported_total": "Spans accepted by the OTLP collector.",
+    "meshctl_proxy_span_export_failures_total": "OTLP export requests that failed.",
+    "meshctl_proxy_tap_dropped_total": "Tap events dropped because a tap client was too slow.",
+}
 
 
 def _fmt(v: float | str) -> str:

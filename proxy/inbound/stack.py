@@ -1,4 +1,5 @@
-"""The inbound stack, in request order: TLS, SPIFFE identity -> authz -> rate limit -> app."""
+"""The inbound stack, in request order: TLS, SPIFFE identity -> trace -> authz -> rate limit
+-> app. The trace step opens the SERVER span, a child of the caller's CLIENT span."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from proxy.http1 import EndOfMessage, Request
 from proxy.identity import parse_sni, peer_identity
 from proxy.streams import EventStream
 from proxy.tcp import relay, relay_framed
+from proxy.tracing import SERVER, TRACE_HEADERS, Hop
 from registry.ca import SpiffeId
 
 if TYPE_CHECKING:
@@ -26,6 +28,8 @@ log = logging.getLogger("meshctl.proxy.inbound")
 # Identity headers a peer must not forge: we set x-forwarded-client-cert from the verified
 # certificate only (Istio's forwardClientCertDetails SANITIZE_SET).
 STRIP = frozenset((b"x-forwarded-client-cert",))
+# The trace headers are re-rendered for the app: the server span becomes its parent.
+STRIP_AND_TRACE = STRIP | TRACE_HEADERS
 
 
 class Inbound:
@@ -124,16 +128,27 @@ class Inbound:
         proxy = self.proxy
         me = str(proxy.identity.spiffe_id) if proxy.identity else ""
         xfcc = [(b"x-forwarded-client-cert", f"By={me};URI={peer}".encode())] if peer else []
+        tracer = proxy.tracer
+        slot: list[Hop | None] = [None]  # the hop of the request in flight on this connection
 
         async def handle(
             req: Request, down: EventStream, w: asyncio.StreamWriter, snap: ProxySnapshot
         ) -> Result:
-            return await self._handle(req, down, w, snap, port, peer, xfcc)
+            hop = slot[0] = tracer.start(req.headers, SERVER)
+            return await self._handle(req, down, w, snap, port, peer, [*xfcc, *hop.headers])
 
         def done(snap: ProxySnapshot, result: Result, start: float, req: Request) -> None:
             proxy.record(
-                snap, "destination", snap.me.name if snap.me else "", result, start, req, peer=peer
+                snap,
+                "destination",
+                snap.me.name if snap.me else "",
+                result,
+                start,
+                req,
+                peer=peer,
+                hop=slot[0],
             )
+            slot[0] = None
 
         await serve_requests(proxy, reader, writer, handle, done)
 
@@ -164,7 +179,7 @@ class Inbound:
         plan = Plan(
             pick=lambda exclude: target,
             add_request_headers=xfcc,
-            remove_request_headers=STRIP,
+            remove_request_headers=STRIP_AND_TRACE,
             retry=None,
             timeout_s=None,
         )

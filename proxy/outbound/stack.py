@@ -1,4 +1,5 @@
-"""The outbound stack, in request order: route -> fault -> limits -> forward (retry, mTLS)."""
+"""The outbound stack, in request order: trace -> route -> fault -> limits -> forward (retry,
+mTLS). The trace step opens the CLIENT span and renders the next hop's trace headers."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from proxy.routing import CompiledRoute, HeaderList, first_match
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import EventStream
 from proxy.tcp import relay_framed
+from proxy.tracing import CLIENT, Hop, without_trace_headers
 from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:
@@ -135,18 +137,24 @@ class Outbound:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: str, port: int
     ) -> None:
         proxy = self.proxy
+        tracer = proxy.tracer
+        # Requests on one connection are handled one after the other: the hop of the one in
+        # flight waits here for `done`.
+        slot: list[Hop | None] = [None]
 
         async def handle(
             req: Request, down: EventStream, w: asyncio.StreamWriter, snap: ProxySnapshot
         ) -> Result:
+            hop = slot[0] = tracer.start(req.headers, CLIENT)
             view = snap.services.get(service)
             if view is None:  # the service left the config while the connection was open
                 w.write(local_reply(404, "NR", close=True))
                 return Result(404, "NR", 0, 0, "", 0, False)
-            return await self._route(req, down, w, snap, view, port)
+            return await self._route(req, down, w, snap, view, port, hop)
 
         def done(snap: ProxySnapshot, result: Result, start: float, req: Request) -> None:
-            proxy.record(snap, "source", service, result, start, req)
+            proxy.record(snap, "source", service, result, start, req, hop=slot[0])
+            slot[0] = None
 
         await serve_requests(proxy, reader, writer, handle, done)
 
@@ -158,6 +166,7 @@ class Outbound:
         snap: ProxySnapshot,
         view: ServiceView,
         port: int,
+        hop: Hop,
     ) -> Result:
         compiled = first_match(view.routes, req) if view.routes else view.default_route
         if compiled is None:
@@ -179,8 +188,7 @@ class Outbound:
                 await _discard_body(down)
                 return Result(aborted, "FI", 0, 0, "", 0, True)
         gauges = cluster.runtime.gauges
-        if not gauges.try_acquire_request():
-            self.proxy.telemetry.counters["meshctl_proxy_upstream_overflow_total"] += 1
+        if not gauges.try_acquire_request():  # counted by Proxy.record (flag UO)
             writer.write(local_reply(503, "UO"))
             await _discard_body(down)
             return Result(503, "UO", 0, 0, "", 0, True)
@@ -197,6 +205,7 @@ class Outbound:
                 index,
                 dest.destination.port or port,
                 held_retries,
+                hop,
             )
         finally:
             gauges.release_request()
@@ -215,10 +224,11 @@ class Outbound:
         index: int,
         dport: int,
         held: list[int],
+        hop: Hop,
     ) -> Result:
-        add = compiled.add_request[index]
+        add = [*compiled.add_request[index], *hop.headers]
         if req.get(b"x-request-id") is None:
-            add = [*add, (b"x-request-id", self.proxy.request_id())]
+            add.append((b"x-request-id", self.proxy.request_id()))
         rt = cluster.runtime
         rt.budget.deposit()
         hash_key = req.get(rt.hash_header) if rt.hash_header else None
@@ -229,12 +239,15 @@ class Outbound:
             # the request ends; then Linkerd's budget: at most 20 % more than requests.
             if not rt.gauges.try_acquire_retry():
                 counters["meshctl_proxy_retry_overflow_total"] += 1
+                hop.event("retry refused", ("meshctl.retry.reason", "max_retries"))
                 return False
             held[0] += 1
             if not rt.budget.try_withdraw():
                 counters["meshctl_proxy_retry_budget_exhausted_total"] += 1
+                hop.event("retry refused", ("meshctl.retry.reason", "budget"))
                 return False
             counters["meshctl_proxy_retries_total"] += 1
+            hop.event("retry", ("http.request.resend_count", held[0]))
             return True
 
         mirror = None
@@ -253,7 +266,7 @@ class Outbound:
             pick=lambda exclude: self._target(snap, dview, cluster, dport, exclude, hash_key),
             may_retry=may_retry,
             add_request_headers=add,
-            remove_request_headers=compiled.remove_request[index],
+            remove_request_headers=without_trace_headers(compiled.remove_request[index]),
             retry=compiled.retry,
             timeout_s=compiled.route.timeout_s,
             response_headers=compiled.response_ops[index],

@@ -1,0 +1,173 @@
+"""Trace context on the wire: W3C Trace Context and Zipkin B3, parsed and rendered as bytes.
+
+Sans-IO and allocation-light: `extract` makes one pass over the request headers and returns
+None for the common case of a request without context; `render` formats the headers for
+the next hop. Formats:
+
+- W3C Trace Context (w3.org/TR/trace-context): `traceparent: 00-<32 hex>-<16 hex>-<2 hex>`,
+  lower-case hex, all-zero ids invalid, version ff invalid, a later version may append
+  fields after a `-`. `tracestate` is vendor data: a proxy that adds no entry of its own
+  passes it on untouched, so it is never stripped here.
+- B3 single (openzipkin/b3-propagation): `b3: {traceid}-{spanid}[-{sampled}[-{parentid}]]`
+  or a bare sampling decision (`0`, `1`, `d`); trace ids of 16 or 32 hex.
+- B3 multi: `x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled` (`1`/`0`,
+  legacy `true`/`false`), `x-b3-flags: 1` (debug, implies sampled).
+
+When several formats arrive, W3C wins, then B3 single, then multi (Envoy's order). The next
+hop receives `traceparent` always, plus each B3 form that arrived, so an app that only
+reads B3 keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+W3C = 1
+B3_SINGLE = 2
+B3_MULTI = 4
+
+_B3_MULTI_NAMES = (
+    b"x-b3-traceid",
+    b"x-b3-spanid",
+    b"x-b3-parentspanid",
+    b"x-b3-sampled",
+    b"x-b3-flags",
+)
+# Replaced on every hop (the parent id changes); tracestate and baggage pass through.
+TRACE_HEADERS = frozenset((b"traceparent", b"b3", *_B3_MULTI_NAMES))
+_HEX = frozenset(b"0123456789abcdef")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Parent(NamedTuple):
+    """The context a request arrived with. trace_id 0: none (only a sampling decision)."""
+
+    trace_id: int
+    span_id: int
+    sampled: bool | None  # None: the caller left the decision to us
+    formats: int  # bit set of W3C | B3_SINGLE | B3_MULTI seen on the request
+
+
+def _hex(raw: bytes, sizes: tuple[int, ...]) -> int:
+    """A lower-case hex id of one of `sizes` characters, else 0 (invalid)."""
+    if len(raw) not in sizes:
+        return 0
+    raw = raw.lower()  # B3 readers are lenient about case; W3C is checked before this
+    if not _HEX.issuperset(raw):
+        return 0
+    return int(raw, 16)
+
+
+def _sampled_b3(raw: bytes | None) -> bool | None:
+    if raw is None:
+        return None
+    v = raw.strip().lower()
+    if v in (b"1", b"d", b"true"):
+        return True
+    if v in (b"0", b"false"):
+        return False
+    return None
+
+
+def _parse_traceparent(v: bytes) -> tuple[int, int, bool] | None:
+    v = v.strip()
+    if len(v) < 55 or v[2:3] != b"-" or v[35:36] != b"-" or v[52:53] != b"-":
+        return None
+    version = v[:2]
+    if version == b"ff" or not _HEX.issuperset(version):
+        return None
+    if version == b"00" and len(v) != 55:
+        return None
+    if len(v) > 55 and v[55:56] != b"-":
+        return None
+    tid_raw, sid_raw, flags_raw = v[3:35], v[36:52], v[53:55]
+    if not (_HEX.issuperset(tid_raw) and _HEX.issuperset(sid_raw) and _HEX.issuperset(flags_raw)):
+        return None  # upper case is invalid in W3C
+    tid, sid = int(tid_raw, 16), int(sid_raw, 16)
+    if tid == 0 or sid == 0:
+        return None
+    return tid, sid, bool(int(flags_raw, 16) & 1)
+
+
+def _parse_b3_single(v: bytes) -> tuple[int, int, bool | None] | None:
+    parts = v.strip().split(b"-")
+    if len(parts) == 1:  # a bare sampling decision
+        s = _sampled_b3(parts[0])
+        return None if s is None else (0, 0, s)
+    if len(parts) > 4:
+        return None
+    tid, sid = _hex(parts[0], (16, 32)), _hex(parts[1], (16,))
+    if tid == 0 or sid == 0:
+        return None
+    return tid, sid, _sampled_b3(parts[2]) if len(parts) > 2 else None
+
+
+def extract(headers: Headers) -> Parent | None:
+    """The incoming context, or None when the request carries none (one pass, no parse)."""
+    tp = b3 = None
+    multi: dict[bytes, bytes] | None = None
+    for name, value in headers:
+        n = name.lower()
+        if n not in TRACE_HEADERS:
+            continue
+        if n == b"traceparent":
+            tp = value if tp is None else tp
+        elif n == b"b3":
+            b3 = value if b3 is None else b3
+        else:
+            if multi is None:
+                multi = {}
+            multi.setdefault(n, value)
+    if tp is None and b3 is None and multi is None:
+        return None
+    formats = (W3C if tp is not None else 0) | (B3_SINGLE if b3 is not None else 0)
+    formats |= B3_MULTI if multi is not None else 0
+    if tp is not None:
+        got = _parse_traceparent(tp)
+        if got is not None:
+            return Parent(got[0], got[1], got[2], formats)
+    if b3 is not None:
+        got_b3 = _parse_b3_single(b3)
+        if got_b3 is not None:
+            return Parent(got_b3[0], got_b3[1], got_b3[2], formats)
+    if multi is not None:
+        tid = _hex(multi.get(b"x-b3-traceid", b""), (16, 32))
+        sid = _hex(multi.get(b"x-b3-spanid", b""), (16,))
+        sampled = True if multi.get(b"x-b3-flags", b"").strip() == b"1" else None
+        if sampled is None:
+            sampled = _sampled_b3(multi.get(b"x-b3-sampled"))
+        if tid and sid:
+            return Parent(tid, sid, sampled, formats)
+        if sampled is not None:
+            return Parent(0, 0, sampled, formats)
+    return Parent(0, 0, None, formats)
+
+
+def render(trace_id: int, span_id: int, sampled: bool, formats: int) -> Headers:
+    """Headers for the next hop: `span_id` becomes the callee's parent."""
+    flag = b"01" if sampled else b"00"
+    out = [(b"traceparent", b"00-%032x-%016x-%s" % (trace_id, span_id, flag))]
+    if formats & (B3_SINGLE | B3_MULTI):
+        tid = b"%016x" % trace_id if trace_id < 1 << 64 else b"%032x" % trace_id
+        sid = b"%016x" % span_id
+        s = b"1" if sampled else b"0"
+        if formats & B3_SINGLE:
+            out.append((b"b3", b"%s-%s-%s" % (tid, sid, s)))
+        if formats & B3_MULTI:
+            out += [(b"x-b3-traceid", tid), (b"x-b3-spanid", sid), (b"x-b3-sampled", s)]
+    return out
+
+
+_WITHOUT: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
+def without_trace_headers(remove: frozenset[bytes]) -> frozenset[bytes]:
+    """`remove` plus the trace headers, cached: routes' remove sets are built per snapshot,
+    and a frozenset caches its hash, so this is one dict lookup per request."""
+    got = _WITHOUT.get(remove)
+    if got is None:
+        if len(_WITHOUT) > 4096:  # snapshots come and go; keep the cache bounded
+            _WITHOUT.clear()
+        got = _WITHOUT[remove] = remove | TRACE_HEADERS
+    return got

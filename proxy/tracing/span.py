@@ -1,0 +1,145 @@
+"""The Tracer: a sampling decision and fresh ids per hop; the Hop: one span being recorded.
+
+Per request the stacks call `Tracer.start` once. Unsampled (the default: sampling off),
+the hop only carries ids and the rendered headers for the next hop. Sampled, it also
+collects events (retries) and, at the end, `Tracer.finish` turns it into a span record
+for the exporter: attributes are built then, off the request path's critical section,
+and encoded to JSON in the exporter's background task.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.tracing.context import Headers, Parent, extract, render
+
+# OTLP Span.SpanKind values (opentelemetry-proto trace.proto).
+SERVER = 2
+CLIENT = 3
+
+Attr = tuple[str, Any]
+
+
+class Hop:
+    """One request's place in its trace, as this proxy forwards it."""
+
+    __slots__ = ("events", "headers", "kind", "parent_id", "recording", "span_id", "trace_id")
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: int,
+        parent_id: int,
+        recording: bool,
+        kind: int,
+        headers: Headers,
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.recording = recording  # sampled, and a collector is configured
+        self.kind = kind
+        self.headers = headers  # for the next hop: our span is its parent
+        self.events: list[tuple[int, str, tuple[Attr, ...]]] | None = None
+
+    def event(self, name: str, *attrs: Attr) -> None:
+        """A span event (a retry, a refused retry), stamped now; only when recording."""
+        if not self.recording:
+            return
+        if self.events is None:
+            self.events = []
+        self.events.append((time.time_ns(), name, attrs))
+
+    @property
+    def trace_hex(self) -> str:
+        return f"{self.trace_id:032x}"
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRecord:
+    """A finished span, ready for the exporter (OTLP field names are applied in otlp.py)."""
+
+    trace_id: int
+    span_id: int
+    parent_id: int
+    kind: int
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: tuple[Attr, ...]
+    events: tuple[tuple[int, str, tuple[Attr, ...]], ...]
+    error: bool
+
+
+class Tracer:
+    """Sampling (a percentage for new traces; a caller's decision is kept) and id generation.
+
+    Ids come from a Mersenne Twister seeded from the OS: trace ids need uniqueness, not
+    secrecy, and `getrandbits` is several times cheaper than `secrets`.
+    """
+
+    def __init__(
+        self,
+        sampling_percent: float = 0.0,
+        sink: Callable[[SpanRecord], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0.0 <= sampling_percent <= 100.0:
+            raise ValueError(f"trace sampling must be within 0..100 %, got {sampling_percent}")
+        self.sampling = sampling_percent / 100.0
+        self.sink = sink  # None: spans are never recorded (no collector configured)
+        self._rng = rng or random.Random()
+
+    def start(self, headers: Headers, kind: int) -> Hop:
+        """A new span id under the incoming context, or a new trace when there is none."""
+        bits = self._rng.getrandbits
+        parent: Parent | None = extract(headers)
+        if parent is None or parent.trace_id == 0:
+            trace_id, parent_id = bits(128) or 1, 0
+            formats = parent.formats if parent is not None else 0
+            decided = parent.sampled if parent is not None else None
+        else:
+            trace_id, parent_id, formats, decided = (
+                parent.trace_id,
+                parent.span_id,
+                parent.formats,
+                parent.sampled,
+            )
+        if decided is None:
+            decided = self.sampling > 0.0 and self._rng.random() < self.sampling
+        span_id = bits(64) or 1
+        return Hop(
+            trace_id, span_id, parent_id, decided and self.sink is not None, kind,
+            render(trace_id, span_id, decided, formats),
+        )  # fmt: skip
+
+    def finish(
+        self,
+        hop: Hop,
+        name: str,
+        duration_ms: float,
+        attributes: tuple[Attr, ...],
+        error: bool,
+    ) -> None:
+        sink = self.sink
+        if sink is None or not hop.recording:
+            return
+        end = time.time_ns()
+        sink(
+            SpanRecord(
+                trace_id=hop.trace_id,
+                span_id=hop.span_id,
+                parent_id=hop.parent_id,
+                kind=hop.kind,
+                name=name,
+                start_ns=end - int(duration_ms * 1e6),
+                end_ns=end,
+                attributes=attributes,
+                events=tuple(hop.events or ()),
+                error=error,
+            )
+        )
