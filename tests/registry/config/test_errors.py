@@ -37,12 +37,12 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
      ["orders.yaml:11:7: spec.http[0].corsPolicy: `corsPolicy` is not supported yet"]),
     ("wrong_type", "mesh.yaml", "rateLimit: {requestsPerUnit: 100,",
      "rateLimit: {requestsPerUnit: many,",
-     ["mesh.yaml:25:34: services.payments.rateLimit.requestsPerUnit: expected an integer, "
+     ["mesh.yaml:28:34: services.payments.rateLimit.requestsPerUnit: expected an integer, "
       "got a string"]),
     ("unsupported_protocol", "mesh.yaml",
      "  inventory:\n    ports:\n      - {port: 8080, protocol: http",
      "  inventory:\n    ports:\n      - {port: 8080, protocol: grpc",
-     ["mesh.yaml:31:32: services.inventory.ports[0].protocol: `grpc` is not supported yet"]),
+     ["mesh.yaml:34:32: services.inventory.ports[0].protocol: `grpc` is not supported yet"]),
     ("duration_no_unit", "orders.yaml", "perTryTimeout: 500ms", "perTryTimeout: 10",
      ["orders.yaml:13:24: spec.http[0].retries.perTryTimeout: duration 10 has no unit: "
       "write e.g. 10s"]),
@@ -124,7 +124,7 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("alias", "mesh.yaml",
      "  orders:\n    ports:\n      - {port: 8080, protocol: http, name: http}",
      "  orders:\n    ports:\n      - &p {port: 8080, protocol: http, name: http}\n      - *p",
-     ["mesh.yaml:17:9: YAML aliases (*name) are not supported: write the value out in full"]),
+     ["mesh.yaml:18:9: YAML aliases (*name) are not supported: write the value out in full"]),
     ("lb_unsupported", "orders.yaml", "  trafficPolicy:\n",
      "  trafficPolicy:\n    loadBalancer:\n      simple: PASSTHROUGH\n",
      ["orders.yaml:34:15: spec.trafficPolicy.loadBalancer.simple: `PASSTHROUGH` is not "

@@ -95,7 +95,7 @@ def test_mesh_yaml_with_two_documents(tmp_path: Path) -> None:
     d = _dir(tmp_path)
     (d / "mesh.yaml").write_text(MESH + "---\nkind: VirtualService\n")
     assert _errors(d) == [
-        "mesh.yaml:36:1: mesh.yaml holds one document; put Istio resources in other files"]
+        "mesh.yaml:39:1: mesh.yaml holds one document; put Istio resources in other files"]
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
