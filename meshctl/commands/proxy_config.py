@@ -1,0 +1,116 @@
+"""`meshctl proxy-config SERVICE [routes|endpoints|policies|certs]`: what one proxy runs."""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, user_errors
+from meshctl.observe.proxies import get_json, select
+from meshctl.state import mesh_home
+
+__all__ = ["proxy_config"]
+
+
+class Section(enum.StrEnum):
+    routes = "routes"
+    endpoints = "endpoints"
+    policies = "policies"
+    certs = "certs"
+    all = "all"
+
+
+def proxy_config(
+    service: Annotated[str, typer.Argument(help="The service (or proxy id).")],
+    section: Annotated[Section, typer.Argument(help="What to show.")] = Section.all,
+    admin: AdminOpt = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """The config a proxy really runs (its /config_dump and /certs), one section or all."""
+    with user_errors("proxy-config"):
+        proxies = select(mesh_home(), service, admin)
+        result = []
+        for p in proxies:
+            dump = get_json(f"{p.admin_url}/config_dump")
+            certs = get_json(f"{p.admin_url}/certs") if section in ("certs", "all") else None
+            result.append(sections(dump, certs, section))
+    if output == Output.json:
+        echo_json(result if len(result) > 1 else result[0])
+        return
+    out = Console(highlight=False)
+    for r in result:
+        out.print(f"[bold]{r['proxy_id']}[/] config v{r['config_version']}")
+        if "routes" in r:
+            t = Table("service", "route", "match", "destinations", "timeout", "retries")
+            for x in r["routes"]:
+                t.add_row(
+                    x["service"], x["name"], json.dumps(x["match"]), x["destinations"],
+                    str(x["timeout_s"] or "-"), json.dumps(x["retries"]),
+                )  # fmt: skip
+            out.print(t)
+        if "endpoints" in r:
+            t = Table("service", "subset", "endpoint", "ejected")
+            for x in r["endpoints"]:
+                t.add_row(x["service"], x["subset"] or "-", x["address"], str(x["ejected"]))
+            out.print(t)
+        if "policies" in r:
+            out.print_json(json.dumps(r["policies"]))
+        if "certs" in r:
+            c = r["certs"]
+            out.print(f"{c.get('spiffe_id')} until {c.get('not_after')} "
+                      f"({c.get('seconds_left', 0) / 3600:.1f} h left)")  # fmt: skip
+
+
+def sections(dump: dict[str, Any], certs: dict[str, Any] | None, section: str) -> dict[str, Any]:
+    """Reshape /config_dump into the asked section(s)."""
+    cfg = dump.get("config") or {}
+    out: dict[str, Any] = {
+        "proxy_id": dump.get("proxy_id"),
+        "service": dump.get("service"),
+        "config_version": dump.get("config_version"),
+    }
+    if section in ("routes", "all"):
+        out["routes"] = [
+            {
+                "service": vs["hosts"][0] if vs.get("hosts") else vs.get("name"),
+                "name": r.get("name") or f"route-{i}",
+                "match": r.get("match", []),
+                "destinations": ", ".join(
+                    f"{d['destination']['host']}"
+                    + (f"/{d['destination']['subset']}" if d["destination"].get("subset") else "")
+                    + f" {d['weight']}%"
+                    for d in r.get("route", [])
+                ),
+                "timeout_s": r.get("timeout_s"),
+                "retries": r.get("retries"),
+            }
+            for vs in cfg.get("virtual_services", [])
+            for i, r in enumerate(vs.get("http", []))
+        ]
+    if section in ("endpoints", "all"):
+        out["endpoints"] = [
+            {
+                "service": c["service"],
+                "subset": c["subset"],
+                "address": host,
+                "ejected": host in c.get("ejected", []),
+            }
+            for c in dump.get("clusters", [])
+            for host in c.get("endpoints", [])
+        ]
+    if section in ("policies", "all"):
+        out["policies"] = {
+            "peer_authentication": dump.get("peer_authentication"),
+            "authorization_policies": cfg.get("authorization_policies", []),
+            "destination_rules": cfg.get("destination_rules", []),
+        }
+    if section in ("certs", "all"):
+        c = dict(certs or {})
+        c.pop("certificate", None)
+        out["certs"] = c
+    return out

@@ -1,0 +1,70 @@
+"""`meshctl stat [SERVICE]`: golden metrics per service and per edge, like `linkerd viz stat`."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, fmt, scrape, user_errors
+from meshctl.observe.proxies import select
+from meshctl.observe.stats import Row
+from meshctl.observe.stats import stat as compute
+from meshctl.state import mesh_home
+
+__all__ = ["stat"]
+
+
+def stat(
+    service: Annotated[str | None, typer.Argument(help="Only this service (default: all).")] = None,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between the two scrapes the rates come from.")
+    ] = 2.0,
+    admin: AdminOpt = None,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Success rate, requests per second, p50/p95/p99 latency and TCP connections per service
+    (inbound, from the destination's proxies) and per edge (from the callers' proxies)."""
+    with user_errors("stat"):
+        proxies = select(mesh_home(), None, admin)  # edges need every caller's proxy
+        first = scrape(proxies)
+        t0 = time.monotonic()
+        time.sleep(interval)
+        second = scrape(proxies)
+        result = compute(first, second, time.monotonic() - t0, service)
+    if output == Output.json:
+        echo_json(
+            {
+                "interval_s": interval,
+                "proxies": [p.proxy_id for p in proxies],
+                "services": [r.to_wire() for r in result["services"]],
+                "edges": [r.to_wire() for r in result["edges"]],
+            }
+        )
+        return
+    out = Console(highlight=False)
+    for title, rows in (("services (inbound)", result["services"]), ("edges", result["edges"])):
+        out.print(_table(title, rows))
+
+
+def _table(title: str, rows: list[Row]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for c in ("name", "success", "rps", "p50", "p95", "p99", "tcp open", "requests total"):
+        t.add_column(c, justify="left" if c == "name" else "right")
+    for r in rows:
+        sr = r.success_rate
+        colour = "green" if sr is None or sr >= 0.99 else "yellow" if sr >= 0.95 else "red"
+        t.add_row(
+            r.name,
+            f"[{colour}]{fmt(None if sr is None else sr * 100, '.2f', '%')}[/]",
+            f"{r.rps:.1f}",
+            fmt(r.p50_ms, ".0f", " ms"),
+            fmt(r.p95_ms, ".0f", " ms"),
+            fmt(r.p99_ms, ".0f", " ms"),
+            f"{r.tcp_open:.0f}",
+            f"{r.requests_total:.0f}",
+        )
+    return t

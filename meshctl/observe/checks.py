@@ -1,0 +1,196 @@
+"""`meshctl check`: is the mesh healthy? Facts are gathered once (I/O), judged here (pure).
+
+Each check yields a `Result` with a status: ok, warn (works, but act soon) or fail (broken
+now; `meshctl check` exits 1). What each judges:
+- registry: reachable with the operator credential.
+- proxies: each one the registry knows is connected (config stream open) and has ACKed the
+  config version in force; a NACK is shown with its reason.
+- certificates: not expired; warn below 25 % of lifetime left (renewal happens at 50 %, so a
+  certificate under 25 % means renewals are failing).
+- clock skew: registry's Date against ours; Linkerd allows 20 s, certificates are issued
+  with that allowance in mind: warn past 5 s, fail past 20 s.
+- interception: in transparent mode, the iptables rules of each workload's namespace.
+- config: the registry's last config error (the previous version stays in force).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
+from meshctl.observe.proxies import ObserveError, get_json, local_proxies
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+CERT_WARN_FRACTION = 0.25
+SKEW_WARN_S, SKEW_FAIL_S = 5.0, 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    check: str
+    subject: str
+    status: str
+    detail: str
+
+    def to_wire(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Facts:
+    registry_error: str | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    registry_date: float | None = None  # the registry's clock (Date header)
+    local_time: float = 0.0
+    lifetimes: dict[str, float] = field(default_factory=dict)  # proxy id -> cert lifetime (s)
+    mode: str | None = None
+    netns: list[str] = field(default_factory=list)  # transparent mode's namespaces
+    iptables: dict[str, bool | str] = field(default_factory=dict)  # netns -> installed / error
+
+
+def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
+    facts = Facts(local_time=time.time())
+    try:
+        client = RegistryClient.from_home(home)
+        facts.status = client.call("GET", "/v1/status", timeout=5)
+        facts.registry_date = _date_of(client)
+        facts.local_time = time.time()
+    except (RegistryUnavailable, RegistryError) as exc:
+        facts.registry_error = str(exc)
+    for p in local_proxies(home):
+        try:
+            certs = get_json(f"{p.admin_url}/certs", timeout=3)
+        except ObserveError:
+            continue
+        life = certs.get("lifetime_seconds") if isinstance(certs, dict) else None
+        if isinstance(life, (int, float)) and life > 0:
+            facts.lifetimes[p.proxy_id] = float(life)
+    _plan(home, facts)
+    if facts.netns:
+        check = iptables or _iptables_installed
+        for ns in facts.netns:
+            try:
+                facts.iptables[ns] = check(ns)
+            except Exception as exc:  # not root, no iptables: say so, do not crash
+                facts.iptables[ns] = f"{type(exc).__name__}: {exc}"
+    return facts
+
+
+def _date_of(client: RegistryClient) -> float | None:
+    req = urllib.request.Request(client.url + "/healthz")
+    try:
+        with urllib.request.urlopen(req, timeout=5, context=client.ssl_context) as r:
+            date = r.headers.get("Date")
+    except OSError:
+        return None
+    return email.utils.parsedate_to_datetime(date).timestamp() if date else None
+
+
+def _plan(home: Path, facts: Facts) -> None:
+    from meshctl.launch import plan as planmod
+    from meshctl.launch.procs import LaunchPaths, read_json
+
+    paths = LaunchPaths(home)
+    state = read_json(paths.state) or {}
+    raw = state.get("plan") or (read_json(paths.plan) or {}).get("plan")
+    if not raw:
+        return
+    plan = planmod.from_wire(raw)
+    facts.mode = plan.mode
+    facts.netns = [w.netns for w in plan.workloads if w.netns]
+
+
+def _iptables_installed(netns: str) -> bool:
+    from proxy.intercept import iptables
+
+    return iptables.installed(netns)
+
+
+def evaluate(f: Facts) -> list[Result]:
+    out: list[Result] = []
+    if f.registry_error is not None:
+        return [Result("registry", "registry", FAIL, f.registry_error)]
+    st = f.status
+    version = st.get("config_version")
+    out.append(Result("registry", "registry", OK, f"reachable, config version {version}"))
+    out.extend(_config(st))
+    out.extend(_proxies(st, version, f.lifetimes, f.local_time))
+    out.extend(_skew(f))
+    out.extend(_iptables(f))
+    return out
+
+
+def _config(st: dict[str, Any]) -> Iterable[Result]:
+    err = st.get("last_config_error")
+    if err:
+        lines = "; ".join(err.get("errors", [])) or "rejected"
+        yield Result("config", "config", FAIL, f"last change rejected, previous stays: {lines}")
+    else:
+        yield Result("config", "config", OK, "no config error")
+
+
+def _proxies(
+    st: dict[str, Any], version: Any, lifetimes: dict[str, float], now: float
+) -> Iterable[Result]:
+    proxies = st.get("proxies", [])
+    if not proxies:
+        yield Result("proxies", "-", WARN, "no proxy has connected to the registry")
+    for p in proxies:
+        pid = p["proxy_id"]
+        if not p.get("connected"):
+            yield Result("proxy", pid, FAIL, "not connected to the registry")
+        elif p.get("acked_version") != version:
+            why = f" (NACK: {p['nack_error']})" if p.get("nack_error") else ""
+            yield Result(
+                "proxy", pid, FAIL, f"runs config v{p.get('acked_version')}, latest v{version}{why}"
+            )
+        else:
+            yield Result("proxy", pid, OK, f"connected, config v{version}")
+        yield _cert(pid, p.get("cert_not_after"), lifetimes.get(pid), now)
+
+
+def _cert(pid: str, not_after: Any, lifetime: float | None, now: float) -> Result:
+    if not isinstance(not_after, (int, float)) or not_after <= 0:
+        return Result("certificate", pid, WARN, "expiry unknown (no ACK carried it yet)")
+    left = not_after - now
+    if left <= 0:
+        return Result("certificate", pid, FAIL, f"expired {-left:.0f} s ago")
+    if lifetime:
+        frac = left / lifetime
+        detail = f"{left / 3600:.1f} h left ({frac:.0%} of {lifetime / 3600:.1f} h)"
+        if frac < CERT_WARN_FRACTION:
+            return Result("certificate", pid, WARN, detail + ": renewal is failing?")
+        return Result("certificate", pid, OK, detail)
+    return Result("certificate", pid, OK, f"{left / 3600:.1f} h left")
+
+
+def _skew(f: Facts) -> Iterable[Result]:
+    if f.registry_date is None:
+        yield Result("clock", "registry", WARN, "the registry sent no Date header")
+        return
+    skew = f.registry_date - f.local_time
+    status = FAIL if abs(skew) > SKEW_FAIL_S else WARN if abs(skew) > SKEW_WARN_S else OK
+    yield Result("clock", "registry", status, f"skew {skew:+.1f} s (1 s resolution)")
+
+
+def _iptables(f: Facts) -> Iterable[Result]:
+    if f.mode != "transparent":
+        return
+    for ns, got in sorted(f.iptables.items()):
+        if got is True:
+            yield Result("iptables", ns, OK, "interception rules installed")
+        elif got is False:
+            yield Result("iptables", ns, FAIL, "interception rules missing: `meshctl up` again")
+        else:
+            yield Result("iptables", ns, WARN, f"cannot tell: {got}")
+
+
+def worst(results: Iterable[Result]) -> str:
+    order = {OK: 0, WARN: 1, FAIL: 2}
+    return max((r.status for r in results), key=order.__getitem__, default=OK)
