@@ -5,7 +5,17 @@ from __future__ import annotations
 import typer
 
 from meshctl import __version__
-from meshctl.commands import down, intercept, proxy, route, status, systemd, token, up
+from meshctl.commands import (
+    down,
+    image,
+    intercept,
+    proxy,
+    route,
+    status,
+    systemd,
+    token,
+    up,
+)
 from meshctl.commands.registry import registry
 from meshctl.commands.validate import validate
 
@@ -42,6 +52,7 @@ app.command()(proxy.proxy)
 app.add_typer(token.app, name="token")
 app.add_typer(route.app, name="route")
 app.add_typer(intercept.app, name="intercept")
+app.add_typer(image.app, name="image")
 app.add_typer(systemd.app, name="systemd")
 
 
