@@ -20,6 +20,7 @@ reads B3 keeps working.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 W3C = 1
@@ -70,20 +71,16 @@ def _sampled_b3(raw: bytes | None) -> bool | None:
     return None
 
 
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
 def _parse_traceparent(v: bytes) -> tuple[int, int, bool] | None:
-    v = v.strip()
-    if len(v) < 55 or v[2:3] != b"-" or v[35:36] != b"-" or v[52:53] != b"-":
+    m = _TRACEPARENT.fullmatch(v.strip())  # upper-case hex is invalid in W3C
+    if m is None:
         return None
-    version = v[:2]
-    if version == b"ff" or not _HEX.issuperset(version):
-        return None
-    if version == b"00" and len(v) != 55:
-        return None
-    if len(v) > 55 and v[55:56] != b"-":
-        return None
-    tid_raw, sid_raw, flags_raw = v[3:35], v[36:52], v[53:55]
-    if not (_HEX.issuperset(tid_raw) and _HEX.issuperset(sid_raw) and _HEX.issuperset(flags_raw)):
-        return None  # upper case is invalid in W3C
+    version, tid_raw, sid_raw, flags_raw, rest = m.groups()
+    if version == b"ff" or (version == b"00" and rest is not None):
+        return None  # ff is forbidden; version 00 has exactly four fields
     tid, sid = int(tid_raw, 16), int(sid_raw, 16)
     if tid == 0 or sid == 0:
         return None
