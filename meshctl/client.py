@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.server.main import RegistryPaths, read_operator_token
+from registry.paths import RegistryPaths, read_operator_token
 
 
 class RegistryUnavailable(Exception):

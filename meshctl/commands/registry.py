@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from meshctl.state import mesh_home
+from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT
 from registry.server.catalog import ENDPOINT_TTL_S
-from registry.server.main import DEFAULT_MONITOR_PORT, DEFAULT_PORT, StartupError, run
 
 
 def registry(
@@ -48,6 +48,8 @@ def registry(
     ] = ENDPOINT_TTL_S,
 ) -> None:
     """Run the registry: file-watched config, certificate authority, catalog and API."""
+    from registry.server.main import StartupError, run  # the server only when it runs
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(

@@ -16,7 +16,7 @@ from rich.table import Table
 from meshctl.launch.local import ConfigInvalid, UpOptions, UpResult, WorkloadStatus
 from meshctl.launch.local import up as launch_up
 from meshctl.launch.procs import LaunchError
-from registry.server.main import DEFAULT_MONITOR_PORT, DEFAULT_PORT
+from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT
 
 __all__ = ["up"]
 

@@ -43,7 +43,7 @@ from meshctl.launch.procs import (
 from meshctl.launch.supervisor import record_owned, running_pid
 from meshctl.state import atomic_write, ensure_dir
 from registry.config import MeshConfig, load_directory
-from registry.server.main import DEFAULT_MONITOR_PORT, DEFAULT_PORT
+from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT
 
 SUBNET_POOL = "10.250.0.0/16"
 REGISTRY_START_S = 20.0

@@ -12,7 +12,6 @@ import signal
 import ssl
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from meshctl.aio import spawn
 from meshctl.state import atomic_write, ensure_dir
 from registry.ca import CertificateAuthority, SpiffeId, TokenStore
 from registry.config import LoadResult, MeshConfig, load_directory
+from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT, RegistryPaths, read_operator_token
 from registry.server import watcher
 from registry.server.api import build_app
 from registry.server.catalog import ENDPOINT_TTL_S, Catalog
@@ -30,65 +30,11 @@ from registry.server.proxies import ProxyTracker
 from registry.server.snapshots import Notifier, Snapshot, SnapshotStore
 
 log = logging.getLogger("meshctl.registry")
-DEFAULT_PORT = 15012
-DEFAULT_MONITOR_PORT = 15014
 REGISTRY_NAMESPACE = "meshctl-system"
 
 
 class StartupError(Exception):
     """The registry cannot start; the message says why and what to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryPaths:
-    """Where the registry keeps its state under MESH_HOME/registry (0700, files 0600)."""
-
-    root: Path
-
-    @property
-    def ca_dir(self) -> Path:
-        return self.root / "ca"
-
-    @property
-    def tokens(self) -> Path:
-        return self.root / "tokens.json"
-
-    @property
-    def catalog(self) -> Path:
-        return self.root / "catalog.json"
-
-    @property
-    def snapshot(self) -> Path:
-        return self.root / "snapshot.json"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def operator_token(self) -> Path:
-        return self.root / "operator.token"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.root / "server.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.root / "server.key"
-
-    @property
-    def endpoint(self) -> Path:
-        """Where a running registry says how to reach it (read by the CLI and launchers)."""
-        return self.root / "endpoint.json"
-
-    @property
-    def bundle(self) -> Path:
-        return self.ca_dir / "ca.crt"
-
-
-def read_operator_token(paths: RegistryPaths) -> str:
-    return paths.operator_token.read_text().strip()
 
 
 class Registry:
@@ -286,8 +232,9 @@ class Registry:
 
         # handler_cancellation: a proxy that goes away ends its stream handler at once, so
         # /v1/status stops showing it connected (otherwise only the next ping would notice).
-        api = web.AppRunner(build_app(self), access_log=None, handle_signals=False,
-                            handler_cancellation=True)
+        api = web.AppRunner(
+            build_app(self), access_log=None, handle_signals=False, handler_cancellation=True
+        )
         await api.setup()
         site = web.TCPSite(
             api, self.host, self.port, ssl_context=self._server_ssl(), reuse_address=True
