@@ -9,7 +9,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from registry.ca.spiffe import SpiffeId
 
 log = logging.getLogger("meshctl.proxy.control")
 HEARTBEAT_S = 10.0
+ACK_ERROR_MAX = 2000  # the registry keeps this much of a NACK's error
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
 
 
@@ -56,6 +57,15 @@ def _registry_ctx(bundle: Path | bytes, identity: Identity | None) -> ssl.SSLCon
     return ctx
 
 
+async def _ack_lines(acks: asyncio.Queue[bytes]) -> AsyncIterator[bytes]:
+    """The body of POST /v1/stream: ACK lines as the proxy produces them, for ever."""
+    # aiohttp holds a request's head back to send it with the first chunk of the body: an
+    # empty line (the registry skips it) sends it at once, so the views start flowing.
+    yield b"\n"
+    while True:
+        yield await acks.get()
+
+
 _FILES: dict[int, tuple[Path, Path]] = {}
 
 
@@ -80,12 +90,20 @@ class ControlClient:
         self.last_contact = 0.0
         self.renewals = 0
         self.renew_failures = 0
+        self.acked_version = 0  # the last version whose ACK the registry answered
         self._on_identity: list[Callable[[Identity], None]] = []
+        self._on_ack: list[Callable[[int, bool], None]] = []
+        self._duplex = True  # ACKs on the stream, until a registry says it cannot
+        self._acks: asyncio.Queue[bytes] | None = None  # the open stream's ACK lines
         self._sess: aiohttp.ClientSession | None = None
         self._sess_key = 0
 
     def on_identity(self, fn: Callable[[Identity], None]) -> None:
         self._on_identity.append(fn)
+
+    def on_ack(self, fn: Callable[[int, bool], None]) -> None:
+        """Call `fn(version, ok)` each time the registry has recorded an ACK (or NACK)."""
+        self._on_ack.append(fn)
 
     def _set_identity(self, ident: Identity) -> None:
         _FILES[id(ident)] = (self.files_dir / "svid.crt", self.files_dir / "svid.key")
@@ -200,48 +218,79 @@ class ControlClient:
             "catalog": str(self.catalog_version),
             "epoch": self.epoch,
         }
+        # ACKs go back over the stream's own connection (POST /v1/stream, full duplex): a
+        # line each way instead of an HTTP request per view. A registry that predates it
+        # answers 405; then the stream is a GET and each ACK a POST /v1/ack, as before.
+        acks: asyncio.Queue[bytes] | None = asyncio.Queue() if self._duplex else None
         async with (
             self._new_session() as s,
-            s.get(
+            s.request(
+                "GET" if acks is None else "POST",
                 self.url + "/v1/stream",
                 params=params,
+                data=None if acks is None else _ack_lines(acks),
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=45),
             ) as r,
         ):
+            if acks is not None and r.status in (404, 405):
+                self._duplex = False
+                log.info("registry %s takes no ACKs on the stream (HTTP %d): using POST /v1/ack",
+                         self.url, r.status)
+                return
             if r.status != 200:
                 raise aiohttp.ClientError(f"stream refused: HTTP {r.status} {await r.text()}")
             self.connected = True
-            async for raw in r.content:
-                self.last_contact = time.time()
-                msg = json.loads(raw)
-                if msg.get("type") != "view":
-                    continue
-                view = View(
-                    epoch=msg["epoch"],
-                    config_version=msg["config_version"],
-                    catalog_version=msg["catalog_version"],
-                    config=msg["config"],
-                    endpoints=msg["endpoints"],
-                )
-                error = apply(view)
-                self.epoch = view.epoch
-                self.catalog_version = view.catalog_version
-                if error is None:
-                    self.config_version = view.config_version
-                await self._ack(view.config_version, error)
+            self._acks = acks
+            try:
+                async for raw in r.content:
+                    self.last_contact = time.time()
+                    msg = json.loads(raw)
+                    kind = msg.get("type")
+                    if kind == "ack":
+                        self._ack_answered(int(msg["config_version"]), bool(msg.get("ok")))
+                    elif kind == "error":
+                        log.warning("registry refused an ACK: %s", msg.get("error"))
+                    if kind != "view":
+                        continue
+                    view = View(
+                        epoch=msg["epoch"],
+                        config_version=msg["config_version"],
+                        catalog_version=msg["catalog_version"],
+                        config=msg["config"],
+                        endpoints=msg["endpoints"],
+                    )
+                    error = apply(view)
+                    self.epoch = view.epoch
+                    self.catalog_version = view.catalog_version
+                    if error is None:
+                        self.config_version = view.config_version
+                    await self._ack(view.config_version, error)
+            finally:
+                self._acks = None
 
     async def _ack(self, version: int, error: str | None) -> None:
         body: dict[str, Any] = {
             "proxy_id": self.proxy_id,
             "config_version": version,
             "ok": error is None,
-            "error": error or "",
+            "error": (error or "")[:ACK_ERROR_MAX],
         }
         if self.identity is not None:
             body["cert_not_after"] = self.identity.not_after.timestamp()
+        if self._acks is not None:
+            self._acks.put_nowait(json.dumps(body).encode() + b"\n")
+            return  # answered by an `ack` line on the stream
         status, data = await self._post("/v1/ack", body)
         if status != 200:
             log.warning("ACK of version %d refused: %s", version, data)
+        else:
+            self._ack_answered(version, error is None)
+
+    def _ack_answered(self, version: int, ok: bool) -> None:
+        if ok:
+            self.acked_version = version
+        for fn in self._on_ack:
+            fn(version, ok)
 
     async def heartbeat_loop(self, endpoint: dict[str, Any]) -> None:
         """Register this proxy's endpoint and keep it alive; re-register after a registry reset."""

@@ -7,7 +7,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from meshctl.aio import spawn
 from registry.ca import CsrError, SpiffeId, TokenError
 from registry.server.auth import Caller, caller_of
 from registry.server.catalog import HEALTH_STATES, Endpoint
@@ -19,6 +21,7 @@ log = logging.getLogger("meshctl.registry.api")
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 STREAM_PING_S = 15.0
 MAX_BODY = 64 * 1024
+MAX_ACK_LINE = 16 * 1024  # an ACK line on POST /v1/stream; a NACK's error is cut at 2000
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -106,6 +109,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     The client says what it has (`config`, `catalog`, `epoch`); a view is sent at once if it
     is behind, then after each change. A `ping` line every 15 s keeps the stream alive
     through idle periods and tells the client the registry is still there.
+
+    `POST /v1/stream` is the same stream, full duplex: the request body is the proxy's ACK
+    lines (the JSON of POST /v1/ack, one per line), each answered on the stream by an `ack`
+    line once recorded, or an `error` line. An ACK then costs a line each way on a
+    connection that is already open, not an HTTP request of its own.
     """
     reg = request.app[REGISTRY]
     caller = _auth(request)
@@ -115,6 +123,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         have_cat = int(request.query.get("catalog", "-1"))
     except ValueError:
         return _error(400, "`config` and `catalog` must be integers")
+    if request.method == "POST" and not proxy_id:
+        return _error(400, "POST /v1/stream carries ACKs: `proxy_id` is required")
     if request.query.get("epoch") != reg.epoch:
         have_cfg, have_cat = 0, -1  # another registry state: start over
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -122,6 +132,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     service = caller.service or "operator"
     if proxy_id:
         reg.proxies.stream_opened(proxy_id, str(caller.identity or "operator"), service)
+    acks = (spawn(_stream_acks(request, resp, caller, proxy_id), name=f"acks {proxy_id}")
+            if request.method == "POST" else None)
     try:
         while True:
             snap = reg.store.current
@@ -135,33 +147,81 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass  # the proxy went away mid-write; a disconnect while idle cancels this task
     finally:
+        if acks is not None:
+            acks.cancel()
         if proxy_id:
             reg.proxies.stream_closed(proxy_id)
     return resp
+
+
+async def _stream_acks(request: web.Request, resp: web.StreamResponse, caller: Caller,
+                       proxy_id: str) -> None:
+    """Read the ACK lines of a POST /v1/stream until the proxy ends its body."""
+    reg = request.app[REGISTRY]
+    try:
+        while line := await request.content.readline(max_line_length=MAX_ACK_LINE):
+            if not line.strip():
+                continue  # the proxy opens its body with an empty line
+            try:
+                body = json.loads(line)
+            except ValueError as exc:
+                problem: str | None = f"ACK line is not JSON: {exc}"
+            else:
+                if not isinstance(body, dict):
+                    problem = "ACK line must be a JSON object"
+                elif body.setdefault("proxy_id", proxy_id) != proxy_id:
+                    problem = f"ACK for `{body['proxy_id']}` on the stream of `{proxy_id}`"
+                else:
+                    problem = record_ack(reg, caller, body)
+            reply: dict[str, Any] = (
+                {"type": "ack", "config_version": body["config_version"],
+                 "ok": bool(body.get("ok", True))}
+                if problem is None else {"type": "error", "error": problem}
+            )
+            await resp.write(json.dumps(reply).encode() + b"\n")
+    except OSError:
+        pass  # the proxy went away; the stream handler is cancelled with the connection
+    except HttpProcessingError as exc:
+        # A line past MAX_ACK_LINE or broken chunking: the body is not ACK lines. Close the
+        # connection, which ends the stream; the proxy reconnects.
+        log.warning("stream of %s closed: its ACK lines are unreadable (%s)", proxy_id, exc)
+        if request.transport is not None:
+            request.transport.close()
+
+
+def record_ack(reg: Registry, caller: Caller, body: dict[str, Any]) -> str | None:
+    """Record one ACK or NACK, however it came; returns what is wrong with it, or None."""
+    version = body.get("config_version")
+    if not isinstance(version, int):
+        return "field `config_version` is required (an integer)"
+    proxy_id = body.get("proxy_id")
+    if not isinstance(proxy_id, str) or not proxy_id:
+        return "field `proxy_id` is required (a non-empty string)"
+    ok = bool(body.get("ok", True))
+    not_after = body.get("cert_not_after")
+    st = reg.proxies.ack(
+        proxy_id,
+        str(caller.identity or "operator"),
+        caller.service or "operator",
+        version,
+        ok=ok,
+        error=str(body.get("error", "")),
+        cert_not_after=float(not_after) if isinstance(not_after, (int, float)) else None,
+    )
+    if not ok:
+        log.warning("proxy %s NACKed config version %d: %s", st.proxy_id, version, st.nack_error)
+    # No notifier.notify() here: streams wait for config and catalog changes, not ACKs, and
+    # waking every stream on every ACK cost N x N wake-ups per push (100 proxies: 10 000).
+    return None
 
 
 async def ack(request: web.Request) -> web.Response:
     """A proxy says it runs `version` (ok) or refused it (ok=false, with the error)."""
     reg = request.app[REGISTRY]
     caller = _auth(request)
-    body = await _body(request)
-    version = body.get("config_version")
-    if not isinstance(version, int):
-        return _error(400, "field `config_version` is required (an integer)")
-    not_after = body.get("cert_not_after")
-    st = reg.proxies.ack(
-        _require_str(body, "proxy_id"),
-        str(caller.identity or "operator"),
-        caller.service or "operator",
-        version,
-        ok=bool(body.get("ok", True)),
-        error=str(body.get("error", "")),
-        cert_not_after=float(not_after) if isinstance(not_after, (int, float)) else None,
-    )
-    if not body.get("ok", True):
-        log.warning("proxy %s NACKed config version %d: %s", st.proxy_id, version, st.nack_error)
-    # No notifier.notify() here: streams wait for config and catalog changes, not ACKs, and
-    # waking every stream on every ACK cost N x N wake-ups per push (100 proxies: 10 000).
+    problem = record_ack(reg, caller, await _body(request))
+    if problem is not None:
+        return _error(400, problem)
     return _json({"ok": True})
 
 
@@ -292,6 +352,7 @@ def build_app(reg: Registry) -> web.Application:
             web.post("/v1/join", join),
             web.post("/v1/renew", renew),
             web.get("/v1/stream", stream),
+            web.post("/v1/stream", stream),
             web.post("/v1/ack", ack),
             web.post("/v1/endpoints", register_endpoint),
             web.put("/v1/endpoints/{id}", heartbeat),

@@ -167,6 +167,51 @@ class StreamFollower:
         self.conn.close()
 
 
+class DuplexStream:
+    """POST /v1/stream spoken by hand: views come in, ACK lines go out in the request body.
+
+    Both directions are HTTP/1.1 chunked; each call reads or writes whole lines.
+    """
+
+    def __init__(self, mesh: Mesh, ctx: ssl.SSLContext, proxy_id: str) -> None:
+        raw = socket.create_connection(("127.0.0.1", mesh.port), timeout=20)
+        self.sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+        q = urllib.parse.urlencode({"proxy_id": proxy_id, "config": 0, "catalog": -1})
+        self.sock.sendall(f"POST /v1/stream?{q} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n".encode())
+        self.file = self.sock.makefile("rb")
+        self.status = int(self.file.readline().split()[1])
+        while self.file.readline() not in (b"\r\n", b""):
+            pass  # response headers
+        self._pending = b""
+
+    def send(self, data: bytes) -> None:
+        """One chunk of the request body (the caller adds the newline, or not)."""
+        self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def ack(self, body: dict[str, Any]) -> None:
+        self.send(json.dumps(body).encode() + b"\n")
+
+    def next_line(self) -> dict[str, Any]:
+        """The next line of the response that is not a ping; EOFError when it has ended."""
+        while True:
+            while b"\n" not in self._pending:
+                size = self.file.readline()
+                if not size.strip() or int(size, 16) == 0:
+                    raise EOFError("the registry ended the stream")
+                self._pending += self.file.read(int(size, 16))
+                self.file.readline()  # the chunk's CRLF
+            line, self._pending = self._pending.split(b"\n", 1)
+            msg: dict[str, Any] = json.loads(line)
+            if msg.get("type") != "ping":
+                return msg
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
 def metric(mesh: Mesh, name: str) -> float | None:
     """The value of an unlabelled metric on the registry's monitor port."""
     _, body, _ = http_get(f"http://127.0.0.1:{mesh.monitor}/metrics")

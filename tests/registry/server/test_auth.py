@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 GUARDED: list[tuple[str, str, object]] = [
     ("POST", "/v1/renew", {"csr": "x"}),
     ("GET", "/v1/stream?proxy_id=p", None),
+    ("POST", "/v1/stream?proxy_id=p", None),
     ("POST", "/v1/ack", {"proxy_id": "p", "config_version": 1, "ok": True}),
     ("POST", "/v1/endpoints", {"id": "e", "service": "orders", "address": "127.0.0.1",
                                "inbound_port": 1}),
