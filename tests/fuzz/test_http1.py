@@ -102,3 +102,17 @@ def test_response_head_round_trips(status: int, reason: bytes,
     assert (resp.status, resp.reason, resp.headers) == (status, reason, headers)
     got = b"".join(e.data for e in events[1:] if hasattr(e, "data"))
     assert got == body
+
+
+def test_found_by_the_fuzzer_two_errors_in_one_head_refused_however_split() -> None:
+    """fuzz/http1.py's first finding (kept as a regression): a head with a NUL in a field
+    line AND version HTTP/0.1 is 505 whole but 400 when the bytes stop before the request
+    line can be judged with the head; refused either way, which is what matters."""
+    from fuzz.http1 import run
+
+    body = (b"GET /ws HTTP/0.1\r\nsHot: a\r" + b"\x00" * 10 + b"\nConnection: upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\nraw")
+    whole = run(0, [body])
+    assert whole == ("error", 505)
+    for cut in range(len(body)):
+        assert run(0, [body[:cut], body[cut:]])[0] == "error"
