@@ -572,6 +572,8 @@ class Proxy:
             "metrics": bound(1, self.opts.metrics),
             "inbound": self.ports.get("inbound"),
             "address": self.opts.advertise,
+            # Transparent mode: the admin listener is this namespace's own 127.0.0.1.
+            "netns": _my_netns(),
         }
         try:
             atomic_write(self.discovery_file, json.dumps(info), mode=0o644)
@@ -616,3 +618,16 @@ def _lifetime_s(cert_pem: bytes) -> float:
 
     cert = x509.load_pem_x509_certificate(cert_pem)
     return (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
+
+
+def _my_netns() -> str | None:
+    """The name of the `ip netns` namespace this process runs in, if it runs in one."""
+    try:
+        mine = os.stat("/proc/self/ns/net")
+        for entry in os.scandir("/run/netns"):
+            st = os.stat(entry.path)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return entry.name
+    except OSError:
+        pass
+    return None

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, user_errors
-from meshctl.observe.proxies import get_json, select
+from meshctl.observe.proxies import select
 from meshctl.state import mesh_home
 
 __all__ = ["proxy_config"]
@@ -36,8 +36,8 @@ def proxy_config(
         proxies = select(mesh_home(), service, admin)
         result = []
         for p in proxies:
-            dump = get_json(f"{p.admin_url}/config_dump")
-            certs = get_json(f"{p.admin_url}/certs") if section in ("certs", "all") else None
+            dump = p.admin_json("/config_dump")
+            certs = p.admin_json("/certs") if section in ("certs", "all") else None
             result.append(sections(dump, certs, section))
     if output == Output.json:
         echo_json(result if len(result) > 1 else result[0])

@@ -11,7 +11,7 @@ from rich.console import Console
 from meshctl.client import RegistryClient
 from meshctl.observe.cli import Output, OutputOpt, echo_json, user_errors
 from meshctl.observe.explain import explain, request_for
-from meshctl.observe.proxies import ObserveError, get_json, local_proxies
+from meshctl.observe.proxies import ObserveError, local_proxies
 from meshctl.state import mesh_home
 
 __all__ = ["why"]
@@ -67,7 +67,7 @@ def _ejected(home: Any, source: str) -> dict[tuple[str, str | None], list[str]]:
         if p.service != source:
             continue
         try:
-            dump = get_json(f"{p.admin_url}/config_dump", timeout=3)
+            dump = p.admin_json("/config_dump", timeout=3)
         except ObserveError:
             continue
         for c in dump.get("clusters", []):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
-from meshctl.observe.proxies import ObserveError, get_json, local_proxies
+from meshctl.observe.proxies import ObserveError, local_proxies
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 CERT_WARN_FRACTION = 0.25
@@ -65,7 +65,7 @@ def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
         facts.registry_error = str(exc)
     for p in local_proxies(home):
         try:
-            certs = get_json(f"{p.admin_url}/certs", timeout=3)
+            certs = p.admin_json("/certs", timeout=3)
         except ObserveError:
             continue
         life = certs.get("lifetime_seconds") if isinstance(certs, dict) else None

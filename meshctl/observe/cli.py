@@ -13,7 +13,7 @@ import typer
 from meshctl.client import RegistryError, RegistryUnavailable
 from meshctl.observe.explain import ExplainError
 from meshctl.observe.promtext import Sample, parse
-from meshctl.observe.proxies import ObserveError, ProxyInfo, get_text
+from meshctl.observe.proxies import ObserveError, ProxyInfo
 
 
 class Output(enum.StrEnum):
@@ -47,7 +47,7 @@ def echo_json(data: Any) -> None:
 
 
 def scrape(proxies: list[ProxyInfo]) -> dict[str, list[Sample]]:
-    return {p.proxy_id: list(parse(get_text(p.metrics_url))) for p in proxies}
+    return {p.proxy_id: list(parse(p.metrics_text())) for p in proxies}
 
 
 def fmt(v: float | None, spec: str = ".1f", unit: str = "") -> str:

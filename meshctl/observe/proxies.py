@@ -8,9 +8,14 @@ same way (see docs/observability.md).
 
 from __future__ import annotations
 
+import ctypes
+import http.client
 import json
 import os
+import socket
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +38,18 @@ class ProxyInfo:
     admin: str  # host:port
     metrics: str  # host:port
     pid: int | None = None
+    netns: str | None = None  # transparent mode: the admin listener is this namespace's own
+
+    def admin_json(self, path: str, timeout: float = TIMEOUT_S) -> Any:
+        return get_json(self.admin_url + path, timeout, self.netns)
+
+    def admin_stream(self, path: str, timeout: float = 30.0) -> Any:
+        return stream(self.admin_url + path, timeout, self.netns)
+
+    def metrics_text(self, timeout: float = TIMEOUT_S) -> str:
+        # Metrics listen on the workload's address too (0.0.0.0 in transparent mode), so
+        # `stat` needs no namespace entry and no root.
+        return get_text(self.metrics_url, timeout)
 
     @property
     def admin_url(self) -> str:
@@ -77,6 +94,7 @@ def local_proxies(home: Path) -> list[ProxyInfo]:
                 admin=str(d["admin"]),
                 metrics=str(d["metrics"]),
                 pid=d.get("pid"),
+                netns=d.get("netns") or None,
             )
         )
     return found
@@ -102,36 +120,92 @@ def select(home: Path, service: str | None = None, admin: str | None = None) -> 
     return mine
 
 
-def _open(url: str, timeout: float) -> Any:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    return opener.open(url, timeout=timeout)
+def _split(url: str) -> tuple[str, int, str]:
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname or "127.0.0.1", parts.port or 80, path or "/"
 
 
-def get_text(url: str, timeout: float = TIMEOUT_S) -> str:
+def _socket_in_netns(netns: str, host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection made from inside network namespace `netns` (as `ip netns exec` would).
+
+    setns(2) moves only the calling thread, so a short-lived thread enters the namespace,
+    connects and leaves; the socket stays in the namespace it was made in. Needs root."""
+    got: dict[str, Any] = {}
+
+    def work() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            with open(f"/run/netns/{netns}") as target:
+                if libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {netns}: {os.strerror(err)} (needs root)")
+                got["sock"] = socket.create_connection((host, port), timeout)
+        except OSError as exc:
+            got["error"] = exc
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join()
+    if "error" in got:
+        raise got["error"]
+    sock: socket.socket = got["sock"]
+    return sock
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _open(url: str, timeout: float, netns: str | None = None) -> Any:
+    """GET `url`; from inside `netns` when the listener is a namespace's own localhost."""
+    if netns is None or _in_netns(netns):
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        return opener.open(url, timeout=timeout)
+    host, port, path = _split(url)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn.sock = _socket_in_netns(netns, host, port, timeout)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    if resp.status >= 400:
+        raise urllib.error.HTTPError(url, resp.status, resp.reason, resp.headers, resp)
+    return resp
+
+
+def _in_netns(netns: str) -> bool:
     try:
-        with _open(url, timeout) as r:
+        a, b = os.stat("/proc/thread-self/ns/net"), os.stat(f"/run/netns/{netns}")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def get_text(url: str, timeout: float = TIMEOUT_S, netns: str | None = None) -> str:
+    try:
+        with _open(url, timeout, netns) as r:
             return str(r.read().decode())
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise ObserveError(f"{url} does not answer ({exc}): is the proxy running?") from None
 
 
-def get_json(url: str, timeout: float = TIMEOUT_S) -> Any:
+def get_json(url: str, timeout: float = TIMEOUT_S, netns: str | None = None) -> Any:
     try:
-        with _open(url, timeout) as r:
+        with _open(url, timeout, netns) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return json.loads(exc.read() or b"null")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ObserveError(f"{url} does not answer ({exc}): is the proxy running?") from None
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        where = f" in network namespace {netns}" if netns else ""
+        raise ObserveError(f"{url}{where} does not answer ({exc}): is the proxy running?") from None
 
 
 @contextmanager
-def stream(url: str, timeout: float = 30.0) -> Iterator[IO[bytes]]:
+def stream(url: str, timeout: float = 30.0, netns: str | None = None) -> Iterator[IO[bytes]]:
     """An open streaming response (NDJSON lines); closed on exit."""
     try:
-        r = _open(url, timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        raise ObserveError(f"{url} does not answer ({exc}): is the proxy running?") from None
+        r = _open(url, timeout, netns)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        where = f" in network namespace {netns}" if netns else ""
+        raise ObserveError(f"{url}{where} does not answer ({exc}): is the proxy running?") from None
     try:
         yield r
     finally:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from meshctl.observe.proxies import ObserveError, ProxyInfo, stream
+from meshctl.observe.proxies import ObserveError, ProxyInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +57,8 @@ def follow(
     ready = threading.Semaphore(0)
 
     def read(p: ProxyInfo) -> None:
-        url = f"{p.admin_url}/tap?{flt.query(limit)}"
         try:
-            with stream(url, timeout=30.0) as r:
+            with p.admin_stream(f"/tap?{flt.query(limit)}") as r:
                 for raw in r:
                     if stop.is_set():
                         return
