@@ -23,7 +23,7 @@ from proxy.routing import CompiledRoute, HeaderList, first_match
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import EventStream
 from proxy.tcp import relay_framed
-from proxy.tracing import CLIENT, Hop, without_trace_headers
+from proxy.tracing import CLIENT, TRACE_HEADERS, Hop, without_trace_headers
 from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:
@@ -313,8 +313,10 @@ class Outbound:
             counters["meshctl_proxy_mirror_failed_total"] += 1
 
 
-_MIRROR_DROP = frozenset(
-    (b"content-length", b"transfer-encoding", b"expect", b"x-forwarded-client-cert")
+# The copy carries the route's headers and our trace context (`add`), not the caller's.
+_MIRROR_DROP = (
+    frozenset((b"content-length", b"transfer-encoding", b"expect", b"x-forwarded-client-cert"))
+    | TRACE_HEADERS
 )
 _RNG = random.Random()
 
