@@ -4,12 +4,18 @@ Nodes, not values: the validators build values themselves so that every error ca
 its line and column and duplicate keys are caught. Limits keep a hostile or broken file from
 hurting the registry: files over 1 MiB, nesting deeper than 64 and aliases (the "billion
 laughs" YAML bomb multiplies one node through aliases) are refused with a clear error.
+
+Composing (pure-Python PyYAML, for the positions) is most of the time a load takes, and a
+change usually touches one file of the directory: the nodes of each file are kept, keyed by
+its path and its exact bytes, and reused while the bytes are the same (see _ComposeCache).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,15 +160,66 @@ def _compose(text: str, name: str) -> tuple[Node, ...] | Diagnostic:
     return tuple(docs)
 
 
+class _ComposeCache:
+    """The composed documents of recently read files, by path, valid for exact bytes only.
+
+    The file is read in full every time and its bytes compared with the cached ones, so a
+    hit can never be stale: no mtime, size or inode shortcut (a save within the same
+    second, of the same size, is still seen). The validators only read nodes, never change
+    them, so sharing them between loads is safe. Only clean compositions are kept (a broken
+    file is composed again, for its diagnostic), and only so many files and bytes: nodes
+    take about 60 times the bytes of their source, so 1 MiB of YAML is some 60 MB held.
+    """
+
+    MAX_FILES = 256
+    MAX_BYTES = 1024 * 1024
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[Path, tuple[bytes, tuple[Node, ...]]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, data: bytes) -> tuple[Node, ...] | None:
+        with self._lock:
+            hit = self._entries.get(path)
+            if hit is None or hit[0] != data:
+                return None
+            self._entries.move_to_end(path)
+            return hit[1]
+
+    def put(self, path: Path, data: bytes, docs: tuple[Node, ...]) -> None:
+        with self._lock:
+            old = self._entries.pop(path, None)
+            if old is not None:
+                self._bytes -= len(old[0])
+            self._entries[path] = (data, docs)
+            self._bytes += len(data)
+            while len(self._entries) > self.MAX_FILES or self._bytes > self.MAX_BYTES:
+                self._bytes -= len(self._entries.popitem(last=False)[1][0])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+_COMPOSED = _ComposeCache()
+
+
 def read_yaml_file(path: Path, name: str) -> ParsedFile | Diagnostic:
     """Read and compose `path`; a Diagnostic (never an exception) when it cannot be used."""
     data = _read_bytes(path, name)
     if isinstance(data, Diagnostic):
         return data
-    text = _decode(data, name)
-    if isinstance(text, Diagnostic):
-        return text
-    docs = _compose(text, name)
-    if isinstance(docs, Diagnostic):
-        return docs
+    key = path.absolute()
+    docs = _COMPOSED.get(key, data)
+    if docs is None:
+        text = _decode(data, name)
+        if isinstance(text, Diagnostic):
+            return text
+        composed = _compose(text, name)
+        if isinstance(composed, Diagnostic):
+            return composed
+        docs = composed
+        _COMPOSED.put(key, data, docs)
     return ParsedFile(name=name, raw=data, documents=docs)
