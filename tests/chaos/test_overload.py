@@ -162,7 +162,7 @@ def test_slow_loris_from_200_sockets_is_cut_off_others_served(
 ) -> None:
     """200 sockets each sending a request head one byte every 0.5 s, --header-timeout 2.
     EXPECTED: every one of them is closed by the proxy (none ever completes a head), a
-    legitimate client is served meanwhile (0 failed of 20), fds and RSS stay bounded."""
+    legitimate client is served meanwhile (0 failed: every one 200), fds and RSS stay bounded."""
     svc = Service.start(pool_mesh, 1, client_extra=("--header-timeout", "2"))
     pid = int(svc.client["proc"].p.pid)
     base_fds = fd_count(pid)
