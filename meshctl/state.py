@@ -20,7 +20,17 @@ def mesh_home() -> Path:
 
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:
     """Create `path` (and parents) and force its mode: state directories are 0700."""
-    path.mkdir(parents=True, exist_ok=True)
+    # Every directory this creates gets `mode` (mkdir's parents=True would leave the
+    # intermediate ones at the umask's 0755); existing parents are left as they are.
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=mode)
+        os.chmod(d, mode)
     os.chmod(path, mode)
     return path
 

@@ -118,10 +118,23 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId 
     if der in _PEER_CACHE:
         return _PEER_CACHE[der]
     try:
-        ident: SpiffeId | None = spiffe_id_of(x509.load_der_x509_certificate(der))
+        ident: SpiffeId | None = _workload_identity(x509.load_der_x509_certificate(der))
     except (ValueError, TypeError):
         ident = None
     if len(_PEER_CACHE) > 4096:
         _PEER_CACHE.clear()
     _PEER_CACHE[der] = ident
     return ident
+
+
+def _workload_identity(cert: x509.Certificate) -> SpiffeId | None:
+    """An X509-SVID leaf names a workload: never a CA (cA must be false, X509-SVID 4.1) and
+    never the bare trust domain (a SPIFFE ID with a path, 2.)."""
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if bc.ca:
+            return None
+    except x509.ExtensionNotFound:
+        pass
+    ident = spiffe_id_of(cert)
+    return ident if ident.is_workload else None

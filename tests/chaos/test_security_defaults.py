@@ -95,13 +95,6 @@ def test_state_files_are_0600_and_directories_0700(mesh: Mesh) -> None:
     assert not any(w in text for w in SECRET_WORDS), text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: MESH_HOME/proxies/<id> (and MESH_HOME/proxies) are created 0755 by "
-    "meshctl/state.py ensure_dir(home/'tls'), which mkdir()s the parents with the umask and "
-    "chmods only the leaf; expected 0700 like every state directory (svid.key itself is "
-    "safe: tls/ is 0700 and the key 0600)",
-)
 def test_proxy_home_directory_is_0700(mesh: Mesh) -> None:
     _, app = mesh.app("backend", "v1")
     px = mesh.proxy("backend", "v1", app_port=app)

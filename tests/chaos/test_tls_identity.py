@@ -53,19 +53,13 @@ def _uri(u: str) -> x509.UniformResourceIdentifier:
 BAD = [
     Leaf("two_uri_sans", "two URI SANs (orders and frontend)",
          sans=(_uri("spiffe://shop.local/ns/default/sa/orders"), _uri(GOOD))),
-    Leaf("ca_true", "a leaf with BasicConstraints CA:true", ca=True,
-         xfail="bug: a CA:true certificate signed by the mesh CA is accepted as a workload "
-         "identity (X509-SVID 4.1: a leaf MUST set cA false); proxy/identity.py peer_identity "
-         "(or registry/ca/csr.py spiffe_id_of) should refuse it"),
+    Leaf("ca_true", "a leaf with BasicConstraints CA:true", ca=True),
     Leaf("san_crlf", "a URI SAN with CR/LF inside",
          sans=(_uri("spiffe://shop.local/ns/default/sa/front\r\nx-evil: 1"),)),
     Leaf("other_trust_domain", "spiffe://evil.local/... signed by the mesh CA",
          sans=(_uri("spiffe://evil.local/ns/default/sa/frontend"),)),
     Leaf("trust_domain_id", "the trust domain's own ID spiffe://shop.local as a leaf",
-         sans=(_uri("spiffe://shop.local"),),
-         xfail="bug: a leaf whose URI SAN is the trust domain ID (no path) is accepted as a "
-         "peer identity with principal `shop.local` (X509-SVID 3.1: a leaf MUST have a "
-         "path); proxy/identity.py peer_identity should require SpiffeId.is_workload"),
+         sans=(_uri("spiffe://shop.local"),)),
     Leaf("no_san", "no subjectAltName at all", sans=()),
     Leaf("dns_san_only", "a DNS SAN and no URI SAN", sans=(x509.DNSName("frontend"),)),
     Leaf("not_a_spiffe_uri", "a URI SAN https://shop.local/frontend",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,7 +125,7 @@ def _no_regex_ignore_case(routes: list[list[HTTPMatch]]) -> bool:
 @settings(max_examples=500)
 @given(st.lists(st.lists(_MATCH, max_size=3), min_size=1, max_size=4), requests())
 def test_first_match_agrees_with_the_reference(routes: list[list[HTTPMatch]], r: Request) -> None:
-    # regex + ignoreUriCase is pinned down by the xfail below; keep the property about the rest.
+    # regex + ignoreUriCase has its own test below; the property covers the rest.
     if not _no_regex_ignore_case(routes):
         return
     compiled = tuple(compile_route(_route(ms, i)) for i, ms in enumerate(routes))
@@ -135,12 +134,6 @@ def test_first_match_agrees_with_the_reference(routes: list[list[HTTPMatch]], r:
     assert (None if got is None else int(got.route.name[1:])) == want  # type: ignore[index]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ignoreUriCase also makes a uri `regex` case-insensitive (proxy/routing.py "
-    "_compile_match passes ignore_uri_case to _string_predicate for every kind); Istio: "
-    "'The case will be ignored only in the case of exact and prefix URI matches'",
-)
 def test_ignore_uri_case_does_not_apply_to_regex() -> None:
     m = HTTPMatch(None, StringMatch("regex", "/a.*"), None, None, (), (), (), None, True)
     route = compile_route(_route([m], 0))
