@@ -12,15 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, MutableMapping
+import logging
+import os
+import time
+from collections.abc import Callable, MutableMapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from meshctl.promtext import MetricWriter
+from meshctl.state import atomic_write
+from proxy.forward import Result
+from proxy.http1 import Request
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
+    from proxy.tracing import Hop
+
+log = logging.getLogger("meshctl.proxy.admin")
 
 TAP_QUEUE = 1000  # events buffered per tap client
 TAP_MAX_CLIENTS = 16
@@ -57,6 +67,37 @@ class TapHub:
                 q.put_nowait(event)
             except asyncio.QueueFull:
                 self._counters["meshctl_proxy_tap_dropped_total"] += 1
+
+
+def tap_event(
+    proxy: Proxy,
+    reporter: str,
+    dest_service: str,
+    result: Result,
+    ms: float,
+    req: Request,
+    peer_id: str | None,
+    hop: Hop | None,
+) -> Event:
+    """One finished request as a tap line (built only while someone taps)."""
+    return {
+        "ts": round(time.time(), 3),
+        "proxy": proxy.proxy_id,
+        "service": proxy.opts.service,
+        "direction": "outbound" if reporter == "source" else "inbound",
+        "destination": dest_service,
+        "method": req.method.decode("latin-1"),
+        "path": req.target.decode("latin-1"),
+        "authority": (req.host or b"").decode("latin-1"),
+        "status": result.status,
+        "flags": result.flags or "-",
+        "latency_ms": round(ms, 3),
+        "peer": peer_id,
+        "attempts": result.attempts,
+        "upstream": result.upstream.split("/")[0] or None,
+        "request_id": (req.get(b"x-request-id") or b"").decode("latin-1") or None,
+        "trace_id": hop.trace_hex if hop is not None else None,
+    }
 
 
 def tap_filter(query: MutableMapping[str, str] | Any) -> Callable[[Event], bool]:
@@ -287,3 +328,50 @@ def metrics_app(proxy: Proxy) -> web.Application:
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/stats/prometheus", metrics)])
     return app
+
+
+def write_discovery(proxy: Proxy, runners: Sequence[web.AppRunner]) -> Path | None:
+    """MESH_HOME/proxies/<id>/admin.json: where the CLI (tap, stat, check, proxy-config)
+    finds this proxy's admin and metrics listeners. The registry's endpoint record has no
+    field for them yet; this file serves every proxy on this host meanwhile."""
+    opts = proxy.opts
+
+    def bound(i: int, fallback: tuple[str, int]) -> str:
+        addrs = runners[i].addresses if len(runners) > i else []
+        host, port = (addrs[0][0], addrs[0][1]) if addrs else fallback
+        if host in ("0.0.0.0", "::", ""):
+            host = opts.advertise
+        return f"{host}:{port}"
+
+    info = {
+        "proxy_id": proxy.proxy_id,
+        "service": opts.service,
+        "version": opts.version,
+        "pid": os.getpid(),
+        "admin": bound(0, opts.admin),
+        "metrics": bound(1, opts.metrics),
+        "inbound": proxy.ports.get("inbound"),
+        "address": opts.advertise,
+        # Transparent mode: the admin listener is this namespace's own 127.0.0.1.
+        "netns": _my_netns(),
+    }
+    path = opts.home / "admin.json"
+    try:
+        atomic_write(path, json.dumps(info), mode=0o644)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
+        return None
+    return path
+
+
+def _my_netns() -> str | None:
+    """The name of the `ip netns` namespace this process runs in, if it runs in one."""
+    try:
+        mine = os.stat("/proc/self/ns/net")
+        for entry in os.scandir("/run/netns"):
+            st = os.stat(entry.path)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return entry.name
+    except OSError:
+        pass
+    return None

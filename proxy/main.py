@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import random
@@ -21,10 +20,9 @@ from typing import Any
 from aiohttp import web
 
 from meshctl.aio import spawn
-from meshctl.state import atomic_write
 from proxy.accept import Connections, accept_loop, listen, streams_for
 from proxy.accesslog import AccessLog
-from proxy.admin import TapHub
+from proxy.admin import TapHub, tap_event, write_discovery
 from proxy.control.client import ControlClient, View
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
@@ -40,7 +38,8 @@ from proxy.snapshot import ProxySnapshot, build_snapshot
 from proxy.streams import ConnLimiter, Pool
 from proxy.tcp import relay
 from proxy.telemetry import Telemetry
-from proxy.tracing import CLIENT, Hop, Tracer
+from proxy.tracing import Hop, Tracer
+from proxy.tracing.attributes import http_span
 from proxy.tracing.otlp import OtlpExporter
 from registry.ca import SpiffeId
 from registry.config import MeshConfig
@@ -148,6 +147,7 @@ class Proxy:
         self.connections = Connections(opts.max_connections)
         self.access_log = AccessLog("off")
         self.tap = TapHub(self.telemetry.counters)
+        self.discovery_file: Path | None = None
         self.exporter: OtlpExporter | None = None
         if opts.otlp_endpoint:
             resource = (
@@ -282,10 +282,12 @@ class Proxy:
                 req, result, time.time() - ms / 1000.0, ms, str(peer) if peer else None, reporter
             )
         if hop is not None and hop.recording:
-            self._finish_span(snap, hop, reporter, dest_service, result, ms, req, peer)
+            peer_id = self._peer_of(snap, reporter, dest_service, peer)
+            name, attrs, error = http_span(hop, reporter, dest_service, result, req, peer_id)
+            self.tracer.finish(hop, name, ms, attrs, error)
         if self.tap.active:
-            event = self._tap_event(snap, reporter, dest_service, result, ms, req, peer, hop)
-            self.tap.publish(event)
+            peer_id = self._peer_of(snap, reporter, dest_service, peer)
+            self.tap.publish(tap_event(self, reporter, dest_service, result, ms, req, peer_id, hop))
 
     def _peer_of(
         self, snap: ProxySnapshot, reporter: str, dest_service: str, peer: SpiffeId | None
@@ -294,78 +296,6 @@ class Proxy:
         if reporter == "source":
             return snap.config.spiffe_id(dest_service)
         return str(peer) if peer else None
-
-    def _finish_span(
-        self,
-        snap: ProxySnapshot,
-        hop: Hop,
-        reporter: str,
-        dest_service: str,
-        result: Result,
-        ms: float,
-        req: Request,
-        peer: SpiffeId | None,
-    ) -> None:
-        """OpenTelemetry HTTP semantic conventions (v1.26, stable HTTP attributes)."""
-        method = req.method.decode("latin-1")
-        host = (req.host or b"").decode("latin-1").rpartition(":")
-        status = result.status
-        attrs: list[tuple[str, object]] = [
-            ("http.request.method", method),
-            ("url.path", req.target.partition(b"?")[0].decode("latin-1")),
-            ("http.response.status_code", status),
-            ("server.address", host[0] or host[2] or dest_service),
-            ("network.protocol.version", req.version.decode("latin-1")),
-            ("meshctl.reporter", reporter),
-            ("meshctl.destination.service", dest_service),
-            ("meshctl.response_flags", result.flags or "-"),
-        ]
-        peer_id = self._peer_of(snap, reporter, dest_service, peer)
-        if peer_id:
-            attrs.append(("meshctl.peer.spiffe_id", peer_id))
-        if result.attempts > 1:
-            attrs.append(("http.request.resend_count", result.attempts - 1))
-        if result.upstream:
-            attrs.append(("meshctl.upstream.address", result.upstream.split("/")[0]))
-        rid = req.get(b"x-request-id")
-        if rid is not None:
-            attrs.append(("guid:x-request-id", rid.decode("latin-1")))
-        # Client spans: 4xx and 5xx are errors; server spans: 5xx only (semconv).
-        error = status >= 500 or (hop.kind == CLIENT and status >= 400)
-        if error:
-            attrs.append(("error.type", str(status) if result.flags in ("", "-") else result.flags))
-        name = f"{method} {dest_service}"
-        self.tracer.finish(hop, name, ms, tuple(attrs), error)
-
-    def _tap_event(
-        self,
-        snap: ProxySnapshot,
-        reporter: str,
-        dest_service: str,
-        result: Result,
-        ms: float,
-        req: Request,
-        peer: SpiffeId | None,
-        hop: Hop | None,
-    ) -> dict[str, object]:
-        return {
-            "ts": round(time.time(), 3),
-            "proxy": self.proxy_id,
-            "service": self.opts.service,
-            "direction": "outbound" if reporter == "source" else "inbound",
-            "destination": dest_service,
-            "method": req.method.decode("latin-1"),
-            "path": req.target.decode("latin-1"),
-            "authority": (req.host or b"").decode("latin-1"),
-            "status": result.status,
-            "flags": result.flags or "-",
-            "latency_ms": round(ms, 3),
-            "peer": self._peer_of(snap, reporter, dest_service, peer),
-            "attempts": result.attempts,
-            "upstream": result.upstream.split("/")[0] or None,
-            "request_id": (req.get(b"x-request-id") or b"").decode("latin-1") or None,
-            "trace_id": hop.trace_hex if hop is not None else None,
-        }
 
     def record_tcp(
         self,
@@ -522,7 +452,7 @@ class Proxy:
         self._tasks.append(spawn(self._flush_loop(), name="flush"))
         if self.exporter is not None:
             self._tasks.append(spawn(self.exporter.run(), name="otlp-export"))
-        self._write_discovery()
+        self.discovery_file = write_discovery(self, self._runners)
         log.info(
             "proxy %s ready: inbound %s:%d, config version %d",
             self.proxy_id,
@@ -547,39 +477,6 @@ class Proxy:
             await web.TCPSite(runner, host, port, reuse_address=True).start()
             self._runners.append(runner)
 
-    @property
-    def discovery_file(self) -> Path:
-        return self.opts.home / "admin.json"
-
-    def _write_discovery(self) -> None:
-        """MESH_HOME/proxies/<id>/admin.json: where the CLI (tap, stat, check, proxy-config)
-        finds this proxy's admin and metrics listeners. The registry's endpoint record has no
-        field for them yet; this file serves every proxy on this host meanwhile."""
-
-        def bound(i: int, fallback: tuple[str, int]) -> str:
-            addrs = self._runners[i].addresses if len(self._runners) > i else []
-            host, port = (addrs[0][0], addrs[0][1]) if addrs else fallback
-            if host in ("0.0.0.0", "::", ""):
-                host = self.opts.advertise
-            return f"{host}:{port}"
-
-        info = {
-            "proxy_id": self.proxy_id,
-            "service": self.opts.service,
-            "version": self.opts.version,
-            "pid": os.getpid(),
-            "admin": bound(0, self.opts.admin),
-            "metrics": bound(1, self.opts.metrics),
-            "inbound": self.ports.get("inbound"),
-            "address": self.opts.advertise,
-            # Transparent mode: the admin listener is this namespace's own 127.0.0.1.
-            "netns": _my_netns(),
-        }
-        try:
-            atomic_write(self.discovery_file, json.dumps(info), mode=0o644)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", self.discovery_file, exc)
-
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -589,8 +486,9 @@ class Proxy:
         """Graceful drain (SIGTERM): stop accepting, tell the registry we are draining so peers
         stop choosing us, let in-flight requests finish (bounded by drain_s), then exit."""
         self.draining = True
-        with contextlib.suppress(OSError):
-            self.discovery_file.unlink()
+        if self.discovery_file is not None:
+            with contextlib.suppress(OSError):
+                self.discovery_file.unlink()
         for s in self._listeners:
             s.close()
         if hasattr(self, "endpoint"):
@@ -618,16 +516,3 @@ def _lifetime_s(cert_pem: bytes) -> float:
 
     cert = x509.load_pem_x509_certificate(cert_pem)
     return (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()
-
-
-def _my_netns() -> str | None:
-    """The name of the `ip netns` namespace this process runs in, if it runs in one."""
-    try:
-        mine = os.stat("/proc/self/ns/net")
-        for entry in os.scandir("/run/netns"):
-            st = os.stat(entry.path)
-            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-                return entry.name
-    except OSError:
-        pass
-    return None

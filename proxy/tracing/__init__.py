@@ -6,9 +6,10 @@ pre-rendered headers to what goes upstream, and hands the hop back to `Proxy.rec
 the request ends. Only a sampled hop becomes a span; an unsampled one costs the header
 parse and render only.
 
-    context.py   sans-IO: W3C traceparent/tracestate and B3 (single and multi) in and out
-    span.py      the Tracer (sampling, ids) and the Hop (a span being recorded)
-    otlp.py      OTLP/HTTP JSON encoding and the background batch exporter
+    context.py     sans-IO: W3C traceparent/tracestate and B3 (single and multi) in and out
+    span.py        the Tracer (sampling, ids) and the Hop (a span being recorded)
+    attributes.py  a finished request as span attributes (HTTP semantic conventions)
+    otlp.py        OTLP/HTTP JSON encoding and the background batch exporter
 """
 
 from proxy.tracing.context import (
