@@ -10,7 +10,7 @@ from rich.console import Console
 
 from meshctl.client import RegistryClient
 from meshctl.observe.cli import Output, OutputOpt, echo_json, user_errors
-from meshctl.observe.explain import explain, request_for
+from meshctl.observe.explain import explain
 from meshctl.observe.proxies import ObserveError, local_proxies
 from meshctl.state import mesh_home
 
@@ -40,19 +40,10 @@ def why(
         client = RegistryClient.from_home(home)
         config = client.call("GET", "/v1/config")
         catalog = client.call("GET", "/v1/catalog")
-        dport = port
-        req = request_for(destination, dport or 0, path, method, headers)
         answer = explain(
-            config["config"], catalog["endpoints"], source, destination, req, dport,
-            _ejected(home, source),
+            config["config"], catalog["endpoints"], source, destination, path, method,
+            headers, port, _ejected(home, source),
         )  # fmt: skip
-        if dport is None and not any(k.lower() == "host" for k, _ in headers):
-            # The Host header defaults to destination:port, once the port is known.
-            req = request_for(destination, answer["port"], path, method, headers)
-            answer = explain(
-                config["config"], catalog["endpoints"], source, destination, req,
-                answer["port"], _ejected(home, source),
-            )  # fmt: skip
         answer["config_version"] = config["version"]
     if output == Output.json:
         echo_json(answer)

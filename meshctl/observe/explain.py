@@ -99,11 +99,14 @@ def explain(
     endpoints_wire: list[dict[str, Any]],
     source: str,
     destination: str,
-    req: Request,
+    path: str = "/",
+    method: str = "GET",
+    headers: Sequence[tuple[str, str]] = (),
     port: int | None = None,
     ejected: Mapping[Any, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """The whole answer as plain data (the CLI prints it, or dumps it as JSON)."""
+    """The whole answer as plain data (the CLI prints it, or dumps it as JSON). The request
+    is `method path` with `headers`; Host defaults to `destination:port`."""
     config = MeshConfig.from_wire(config_wire)
     if config.service(source) is None:
         raise ExplainError(f"`{source}` is not a service in mesh.yaml")
@@ -117,6 +120,7 @@ def explain(
     if proto is None:
         known = ", ".join(str(p.port) for p in dsvc.ports)
         raise ExplainError(f"`{destination}` has no port {port} (ports: {known})")
+    req = request_for(destination, port, path, method, headers)
     endpoints = [Endpoint.from_wire(e) for e in endpoints_wire]
     snap = build_snapshot(0, 0, config, endpoints, source, {"app": source})
     view = snap.services[destination]
