@@ -21,8 +21,11 @@ log = logging.getLogger("meshctl.registry.watch")
 DEBOUNCE_QUIET_MS = 100
 DEBOUNCE_MAX_MS = 10_000
 # How often watchfiles hands over what inotify saw; small, so that the debounce above is
-# measured from (almost) the last event, not from a coarse tick.
-WATCH_STEP_MS = 10
+# measured from (almost) the last event, not from a coarse tick. Its Rust loop wakes every
+# step and reports a batch once a step passes with no new path: step to 2 steps after a
+# save. Measured (write -> report, 30 saves): step 10 -> 16.6 ms p50, 5 -> 8.7, 2 -> 4.0;
+# the cost is wake-ups while idle: 0.3 %, 0.5 %, 0.8 % of a core. 5 is the middle.
+WATCH_STEP_MS = 5
 
 
 def _relevant(change: object, path: str) -> bool:

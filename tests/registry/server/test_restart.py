@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import Mesh, wait_until
-from tests.registry.server.support import bundle, call, csr_for, join, metric, mint, op
+from tests.registry.server.support import (
+    StreamFollower,
+    bundle,
+    call,
+    csr_for,
+    join,
+    metric,
+    mint,
+    op,
+)
 from tests.registry.server.test_config_push import set_orders_weights
 
 pytestmark = pytest.mark.slow
@@ -87,3 +97,31 @@ def test_invalid_config_and_no_state_exits_1_with_positions(idle_mesh: Mesh) -> 
     assert re.search(r"orders\.yaml:\d+:\d+: ", r.stderr), r.stderr
     assert "Traceback" not in r.stderr
     assert not (idle_mesh.home / "registry" / "snapshot.json").exists()
+
+
+def test_after_a_crash_no_version_number_is_given_twice(mesh: Mesh, tmp_path: Path) -> None:
+    """A version is pushed before it is saved: a crash can lose the save, never the number."""
+    state = mesh.home / "registry"
+    wait_until(lambda: (state / "snapshot.json").exists(), what="version 1 saved")
+    saved_v1 = {n: (state / n).read_bytes() for n in ("snapshot.json", "state.json")}
+    w = join(mesh, "frontend", tmp_path / "frontend")
+    follower = StreamFollower(mesh, w.ctx(), "frontend-1")
+    epoch = follower.next_view()["epoch"]
+    set_orders_weights(mesh.config, 50)
+    assert follower.next_view()["config_version"] == 2  # this proxy runs version 2
+    follower.close()
+    assert mesh.registry is not None
+    mesh.registry.stop(signal.SIGKILL)
+    for name, data in saved_v1.items():  # as if the crash came before version 2 was saved
+        (state / name).write_bytes(data)
+    set_orders_weights(mesh.config, 30)  # and the files changed while it was down
+
+    mesh.start_registry()
+    again = StreamFollower(mesh, w.ctx(), "frontend-1", config=2, catalog=-1, epoch=epoch)
+    view = again.next_view()  # version 2 must not name the new content: a view comes
+    assert view["epoch"] == epoch
+    assert view["config_version"] == 3
+    assert "'weight': 30" in repr(view["config"])
+    again.close()
+    restart(mesh)  # a clean stop keeps the exact sequence again
+    assert config_version(mesh) == 3
