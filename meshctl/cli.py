@@ -6,15 +6,21 @@ import typer
 
 from meshctl import __version__
 from meshctl.commands import (
+    check,
     down,
     image,
     intercept,
     proxy,
+    proxy_config,
     route,
+    stat,
     status,
     systemd,
+    tap,
     token,
+    top,
     up,
+    why,
 )
 from meshctl.commands.registry import registry
 from meshctl.commands.validate import validate
@@ -47,6 +53,12 @@ app.command()(up.up)
 app.command()(down.down)
 app.command()(status.status)
 app.command()(validate)
+app.command()(stat.stat)
+app.command()(top.top)
+app.command()(tap.tap)
+app.command()(check.check)
+app.command(name="proxy-config")(proxy_config.proxy_config)
+app.command()(why.why)
 app.command()(registry)
 app.command()(proxy.proxy)
 app.add_typer(token.app, name="token")

@@ -75,6 +75,16 @@ def proxy(
     max_connections: Annotated[
         int, typer.Option(help="Open downstream connections before new ones are refused.")
     ] = 10_000,
+    trace_sampling: Annotated[
+        float,
+        typer.Option(min=0.0, max=100.0, envvar="MESH_TRACE_SAMPLING",
+                     help="Percentage of new traces sampled (a caller's decision is kept)."),
+    ] = 0.0,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(envvar="MESH_OTLP_ENDPOINT",
+                     help="OTLP/HTTP collector for spans, e.g. http://127.0.0.1:4318."),
+    ] = None,
     drain: Annotated[
         float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM.")
     ] = 5.0,
@@ -115,6 +125,8 @@ def proxy(
         header_timeout_s=header_timeout,
         max_connections=max_connections,
         drain_s=drain,
+        trace_sampling=trace_sampling,
+        otlp_endpoint=otlp_endpoint,
     )
     logging.basicConfig(
         level=getattr(logging, os.environ.get("MESH_LOG", "INFO")),

@@ -191,6 +191,13 @@ def test_without_retries_a_failing_replica_is_seen(mesh: Mesh) -> None:
           http:
           - retries: {attempts: 0}
             route: [{destination: {host: backend}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: backend}
+        spec:
+          host: backend
+          trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
         """,
     )
     mesh.start_registry()
