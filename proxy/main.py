@@ -46,6 +46,7 @@ from registry.config import MeshConfig
 from registry.server.catalog import Endpoint
 
 log = logging.getLogger("meshctl.proxy")
+EPOCH_GRACE_S = 30.0  # how long an empty catalog from a new registry epoch is not believed
 _RNG = random.Random()
 
 
@@ -142,6 +143,11 @@ class Proxy:
         self.server_ctx.sni_callback = _remember_sni
         self._rid = secrets.randbits(32)
         self.clusters = Clusters()
+        self._epoch = ""
+        self._epoch_endpoints: list[Endpoint] = []
+        self._grace_endpoints: list[Endpoint] = []
+        self._grace_until = 0.0
+        self._last_view: View | None = None
         self.inflight = 0
         self.draining = False
         self.connections = Connections(opts.max_connections)
@@ -177,7 +183,7 @@ class Proxy:
         """Build the snapshot for a view and swap it in; an error is the NACK message."""
         try:
             config = MeshConfig.from_wire(view.config)
-            endpoints = [Endpoint.from_wire(e) for e in view.endpoints]
+            endpoints = self._with_grace(view, [Endpoint.from_wire(e) for e in view.endpoints])
             snap = build_snapshot(
                 view.config_version,
                 view.catalog_version,
@@ -203,6 +209,33 @@ class Proxy:
         self.telemetry.gauges["meshctl_proxy_catalog_version"] = snap.catalog_version
         self.ready.set()
         return None
+
+    def _with_grace(self, view: View, endpoints: list[Endpoint]) -> list[Endpoint]:
+        """A registry that lost its catalog (a new epoch) starts empty and fills up as proxies
+        re-register within a heartbeat. Do not take an empty catalog as truth at once: for
+        EPOCH_GRACE_S after an epoch change, a service the new catalog has no endpoint for
+        keeps the endpoints the previous epoch had (Envoy keeps its last EDS on a reset
+        control plane too)."""
+        now = time.monotonic()
+        if self._epoch and view.epoch != self._epoch:
+            self._grace_until = now + EPOCH_GRACE_S
+            self._grace_endpoints = self._epoch_endpoints
+            log.warning("registry epoch changed (%s -> %s): keeping the last endpoints of "
+                        "services the new catalog lacks for %.0f s", self._epoch, view.epoch,
+                        EPOCH_GRACE_S)
+            # Rebuild once the grace ends, so stale endpoints do not outlive it.
+            asyncio.get_running_loop().call_later(EPOCH_GRACE_S + 0.1, self._regrace)
+        self._epoch = view.epoch
+        self._epoch_endpoints = endpoints
+        self._last_view = view
+        if now >= self._grace_until:
+            return endpoints
+        present = {e.service for e in endpoints}
+        return endpoints + [e for e in self._grace_endpoints if e.service not in present]
+
+    def _regrace(self) -> None:
+        if self._last_view is not None and time.monotonic() >= self._grace_until:
+            self.apply_view(self._last_view)
 
     # -- per-request helpers used by the stacks ---------------------------------------
 

@@ -52,13 +52,6 @@ def _restart_registry_without(mesh: Mesh, *names: str) -> str:
     return str(before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a proxy applies a view with no endpoints from a new registry epoch at once "
-    "(proxy/main.py apply_view -> build_snapshot replaces the endpoint set), so every request "
-    "to the service gets 503 until the endpoints re-register; expected: keep the last good "
-    "endpoints for a grace period after an epoch change",
-)
 def test_registry_with_catalog_wiped_does_not_empty_the_proxies(
     mesh: Mesh, tmp_path: Path, record_property: Any
 ) -> None:
