@@ -84,20 +84,22 @@ def _remember_sni(sslobj: object, server_name: str | None, ctx: ssl.SSLContext) 
     return None
 
 
-def sni_for(service: str, port: int, namespace: str) -> str:
-    """SNI the outbound proxy sends: which service port behind the peer proxy it wants."""
-    return f"p{port}.{service}.{namespace}.meshctl"
+def sni_for(service: str, port: int, namespace: str, tcp: bool = False) -> str:
+    """SNI the outbound proxy sends: which service port behind the peer proxy it wants, and
+    (for a port whose protocol was detected rather than declared) which protocol it found:
+    `p8080.orders.default.meshctl` for HTTP, `t5432.db.default.meshctl` for opaque TCP."""
+    return f"{'t' if tcp else 'p'}{port}.{service}.{namespace}.meshctl"
 
 
-def parse_sni(name: str | None) -> tuple[str, int] | None:
-    """(service, port) from sni_for(), or None."""
+def parse_sni(name: str | None) -> tuple[str, int, str] | None:
+    """(service, port, "http" | "tcp") from sni_for(), or None."""
     if not name:
         return None
     parts = name.split(".")
-    if len(parts) != 4 or parts[3] != "meshctl" or not parts[0].startswith("p"):
+    if len(parts) != 4 or parts[3] != "meshctl" or parts[0][:1] not in ("p", "t"):
         return None
     try:
-        return parts[1], int(parts[0][1:])
+        return parts[1], int(parts[0][1:]), "tcp" if parts[0][0] == "t" else "http"
     except ValueError:
         return None
 

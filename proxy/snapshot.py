@@ -14,6 +14,7 @@ from typing import Any
 from meshctl.vip import service_vip
 from proxy.inbound.authz import compile_policies
 from proxy.outbound.cluster import ClusterRuntime, Clusters
+from proxy.policy.weights import WeightedPicker
 from proxy.routing import CompiledRoute, compile_route
 from registry.config import MeshConfig
 from registry.config.model import (
@@ -60,15 +61,36 @@ _DEFAULT_HTTP = HTTPSettings()
 
 
 @dataclass(slots=True)
+class TcpRoute:
+    """A VirtualService `tcp` entry: ports it matches (empty: all), weighted subsets."""
+
+    ports: frozenset[int]
+    subsets: tuple[str | None, ...]
+    picker: WeightedPicker | None
+
+    def pick(self) -> str | None:
+        return self.subsets[0 if self.picker is None else self.picker.pick()]
+
+
+@dataclass(slots=True)
 class ServiceView:
     service: Service
     vip: str
     routes: tuple[CompiledRoute, ...]  # from its VirtualService; empty: round robin, no subset
     clusters: dict[str | None, Cluster]
     default_route: CompiledRoute
+    tcp_routes: tuple[TcpRoute, ...] = ()
 
     def cluster(self, subset: str | None) -> Cluster | None:
         return self.clusters.get(subset)
+
+    def tcp_cluster(self, port: int) -> Cluster | None:
+        """Istio `tcp` routes: the first entry whose ports match picks a weighted subset;
+        none: every endpoint of the service."""
+        for r in self.tcp_routes:
+            if not r.ports or port in r.ports:
+                return self.clusters.get(r.pick())
+        return self.clusters.get(None)
 
 
 def _subset_policy(dr: DestinationRule | None, subset: str | None) -> TrafficPolicy | None:
@@ -170,6 +192,10 @@ def build_snapshot(
                 )
         vs = config.virtual_service_for(svc.name)
         routes = tuple(compile_route(r, SPOOFABLE) for r in vs.http) if vs is not None else ()
+        tcp_routes = tuple(
+            TcpRoute(frozenset(t.match_ports), tuple(d.destination.subset for d in t.route),
+                     WeightedPicker([d.weight for d in t.route]) if len(t.route) > 1 else None)
+            for t in (vs.tcp if vs is not None else ()))
         vip = service_vip(svc.name)
         services[svc.name] = ServiceView(
             service=svc,
@@ -177,6 +203,7 @@ def build_snapshot(
             routes=routes,
             clusters=clusters,
             default_route=compile_route(_default_route(svc.name), SPOOFABLE),
+            tcp_routes=tcp_routes,
         )
         for p in svc.ports:
             by_address[(vip, p.port)] = (svc.name, p.port)

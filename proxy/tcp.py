@@ -91,10 +91,12 @@ async def relay_framed(
     plain_w: asyncio.StreamWriter,
     tls_r: asyncio.StreamReader,
     tls_w: asyncio.StreamWriter,
+    initial: bytes = b"",
 ) -> tuple[int, int]:
-    """Relay between a plain TCP side and a framed mTLS side until both directions end.
+    """Relay between a plain TCP side and a framed mTLS side until both directions end;
+    `initial` (what protocol detection already read from the plain side) goes first.
     Returns (bytes plain->tls, bytes tls->plain)."""
     sent, received = await asyncio.gather(
-        _plain_to_framed(plain_r, tls_w), _framed_to_plain(tls_r, plain_w)
+        _plain_to_framed(plain_r, tls_w, initial), _framed_to_plain(tls_r, plain_w)
     )
     return sent, received

@@ -11,6 +11,7 @@ import ssl
 from typing import TYPE_CHECKING
 
 from proxy.accept import first_byte, streams_for
+from proxy.detect import detect
 from proxy.downstream import serve_requests
 from proxy.forward import Plan, Result, Target, forward, local_reply
 from proxy.http1 import EndOfMessage, Request
@@ -73,10 +74,18 @@ class Inbound:
             if p is None or port is None:
                 tel["meshctl_proxy_inbound_unknown_port_total"] += 1
                 return
-            if p.protocol == "tcp":
-                await self._serve_tcp(reader, writer, port, snap, peer)
+            protocol, first = p.protocol, b""
+            if protocol == "auto":
+                # Undeclared: the peer proxy says what it detected (SNI); a plaintext client
+                # (PERMISSIVE) is sniffed here the same way.
+                if target is not None:
+                    protocol = target[2]
+                else:
+                    protocol, first = await detect(reader, port)
+            if protocol == "tcp":
+                await self._serve_tcp(reader, writer, port, snap, peer, first)
             else:
-                await self._serve_http(reader, writer, port, peer)
+                await self._serve_http(reader, writer, port, peer, first)
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
@@ -96,6 +105,7 @@ class Inbound:
         port: int,
         snap: ProxySnapshot,
         peer: SpiffeId | None,
+        first: bytes = b"",
     ) -> None:
         proxy = self.proxy
         me = snap.me.name if snap.me else ""
@@ -109,6 +119,8 @@ class Inbound:
             proxy.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
             return
         proxy.record_tcp(snap, "destination", me, peer, opened=True)
+        if first:
+            aw.write(first)  # what protocol detection already read
         # Peer proxies frame the stream (half-close across TLS); a plaintext client in
         # PERMISSIVE mode sends raw bytes.
         if peer is not None:
@@ -124,6 +136,7 @@ class Inbound:
         writer: asyncio.StreamWriter,
         port: int,
         peer: SpiffeId | None,
+        first: bytes = b"",
     ) -> None:
         proxy = self.proxy
         me = str(proxy.identity.spiffe_id) if proxy.identity else ""
@@ -150,7 +163,7 @@ class Inbound:
             )
             slot[0] = None
 
-        await serve_requests(proxy, reader, writer, handle, done)
+        await serve_requests(proxy, reader, writer, handle, done, first)
 
     async def _handle(
         self,

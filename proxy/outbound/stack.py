@@ -10,6 +10,7 @@ import random
 from typing import TYPE_CHECKING
 
 from meshctl.aio import spawn
+from proxy.detect import detect
 from proxy.downstream import serve_requests
 from proxy.forward import Plan, Result, Target, forward, local_reply
 from proxy.http1 import (
@@ -48,6 +49,7 @@ class Outbound:
         port: int,
         exclude: frozenset[str],
         hash_key: bytes | None = None,
+        tcp: bool = False,
     ) -> Target | None:
         rt = cluster.runtime
         ep = rt.pick(exclude, hash_key)
@@ -56,7 +58,7 @@ class Outbound:
         proxy = self.proxy
         ident = proxy.identity
         expected = snap.config.spiffe_id(view.service.name)
-        sni = sni_for(view.service.name, port, snap.config.namespace)
+        sni = sni_for(view.service.name, port, snap.config.namespace, tcp)
 
         async def connect(ep: Endpoint = ep) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             assert ident is not None
@@ -102,10 +104,13 @@ class Outbound:
             if snap is None or view is None or proto is None:
                 writer.close()
                 return
-            if proto.protocol == "tcp":
-                await self._serve_tcp(reader, writer, snap, view, port)
+            protocol, first = proto.protocol, b""
+            if protocol == "auto":  # no protocol declared: look at what the client sends
+                protocol, first = await detect(reader, port)
+            if protocol == "tcp":
+                await self._serve_tcp(reader, writer, snap, view, port, first)
             else:
-                await self._serve_http(reader, writer, view.service.name, port)
+                await self._serve_http(reader, writer, view.service.name, port, first)
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
@@ -117,10 +122,13 @@ class Outbound:
         snap: ProxySnapshot,
         view: ServiceView,
         port: int,
+        first: bytes = b"",
     ) -> None:
-        cluster = view.cluster(None)
-        target = self._target(snap, view, cluster, port, frozenset()) if cluster else None
+        cluster = view.tcp_cluster(port)
+        target = (self._target(snap, view, cluster, port, frozenset(), tcp=True)
+                  if cluster else None)
         if target is None:
+            self.proxy.telemetry.counters["meshctl_proxy_tcp_no_healthy_upstream_total"] += 1
             return
         try:
             ur, uw = await asyncio.wait_for(target.connect(), target.connect_timeout_s)
@@ -129,12 +137,17 @@ class Outbound:
             return
         proxy = self.proxy
         proxy.record_tcp(snap, "source", view.service.name, None, opened=True)
-        sent, received = await relay_framed(reader, writer, ur, uw)
+        sent, received = await relay_framed(reader, writer, ur, uw, first)
         uw.close()
         proxy.record_tcp(snap, "source", view.service.name, None, sent=sent, received=received)
 
     async def _serve_http(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: str, port: int
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        service: str,
+        port: int,
+        first: bytes = b"",
     ) -> None:
         proxy = self.proxy
         tracer = proxy.tracer
@@ -156,7 +169,7 @@ class Outbound:
             proxy.record(snap, "source", service, result, start, req, hop=slot[0])
             slot[0] = None
 
-        await serve_requests(proxy, reader, writer, handle, done)
+        await serve_requests(proxy, reader, writer, handle, done, first)
 
     async def _route(
         self,

@@ -34,7 +34,7 @@ UINT32_MAX = 2**32 - 1
 @dataclass(frozen=True, slots=True)
 class Port:
     port: int
-    protocol: str  # "http" | "tcp"
+    protocol: str  # "http" | "tcp" | "auto" (not declared: detected per connection)
     name: str
 
 
