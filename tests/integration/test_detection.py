@@ -109,6 +109,7 @@ def test_http_detected_on_an_undeclared_port(mesh: Mesh) -> None:
     mesh.proxy("client", "v1", upstreams={"web:8080": local})
     wait_until(lambda: http_get(f"http://127.0.0.1:{local}/echo")[0] == 200, what="route")
     status, body, _ = http_get(f"http://127.0.0.1:{local}/echo")
+    assert status == 200
     headers = {k.lower(): v for k, v in json.loads(body)["headers"].items()}
     # Parsed as HTTP on both sides: the inbound proxy added the caller's identity.
     assert "URI=spiffe://test.local/ns/default/sa/client" in headers["x-forwarded-client-cert"]
