@@ -46,13 +46,20 @@ class ProxyTracker:
         error: str = "",
         cert_not_after: float | None = None,
     ) -> ProxyState:
-        st = self._get(proxy_id, identity, service)
-        if ok:
-            st = replace(st, acked_version=max(st.acked_version, version))
-        else:
-            st = replace(st, nacked_version=version, nack_error=error[:2000])
-        if cert_not_after is not None:
-            st = replace(st, cert_not_after=cert_not_after)
+        old = self._proxies.get(proxy_id)
+        if old is None:
+            old = ProxyState(proxy_id=proxy_id, identity=identity, service=service)
+        # One replace, not three: a push brings one ACK per proxy, all at once.
+        st = replace(
+            old,
+            identity=identity,
+            service=service,
+            last_seen=self._clock(),
+            acked_version=max(old.acked_version, version) if ok else old.acked_version,
+            nacked_version=old.nacked_version if ok else version,
+            nack_error=old.nack_error if ok else error[:2000],
+            cert_not_after=old.cert_not_after if cert_not_after is None else cert_not_after,
+        )
         self._proxies[proxy_id] = st
         return st
 

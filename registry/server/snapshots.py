@@ -47,8 +47,11 @@ class Notifier:
 
     async def wait(self, timeout: float) -> bool:
         """True when something changed, False after `timeout` seconds of quiet."""
+        # asyncio.timeout, not wait_for: wait_for wraps the wait in a task of its own, and
+        # every stream waits here, so a push created (and scheduled) one task per proxy.
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         except TimeoutError:
             return False
         return True
