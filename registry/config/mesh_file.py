@@ -7,8 +7,15 @@ from dataclasses import dataclass
 
 from yaml.nodes import Node
 
-from registry.config.diagnostics import Source
-from registry.config.model import Port, RateLimit, Service, Workload
+from registry.config.diagnostics import Diagnostic, Source
+from registry.config.model import (
+    Port,
+    RateLimit,
+    RouteRateLimit,
+    Service,
+    VirtualService,
+    Workload,
+)
 from registry.config.reader import (
     EMPTY,
     Conv,
@@ -24,7 +31,7 @@ from registry.config.reader import (
     one_of,
 )
 
-__all__ = ["MeshFile", "parse_mesh_file"]
+__all__ = ["MeshFile", "check_route_rate_limits", "parse_mesh_file"]
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
@@ -92,7 +99,7 @@ def parse_mesh_file(cx: Cx, doc: Node) -> MeshFile | None:
 
 
 def _service(cx: Cx, name: str, knode: Node, node: Node, path: str) -> Service | None:
-    o = Obj(cx, node, path, ("ports", "rateLimit", "accessLog", "workloads"))
+    o = Obj(cx, node, path, ("ports", "rateLimit", "routeRateLimits", "accessLog", "workloads"))
     ports: list[Port] = []
     for pnode, ppath in o.items("ports"):
         port = _port(cx, pnode, ppath, ports)
@@ -101,13 +108,12 @@ def _service(cx: Cx, name: str, knode: Node, node: Node, path: str) -> Service |
     if "ports" not in o:
         o.missing("ports")
     rate_limit = None
-    rl = o.obj("rateLimit", ("requestsPerUnit", "unit", "burst"))
-    if rl is not None:
-        per_unit = rl.require("requestsPerUnit", int_in(1, 10**9, "requestsPerUnit"))
-        unit = rl.get("unit", one_of(("second", "minute")), "second")
-        burst = rl.get("burst", int_in(1, 10**9, "burst"), per_unit)
-        if per_unit is not None and unit is not None and burst is not None:
-            rate_limit = RateLimit(per_unit, unit, burst)
+    if "rateLimit" in o:
+        rate_limit = _rate_limit(cx, o.value_node("rateLimit"), o.sub("rateLimit"))
+    route_limits: tuple[RouteRateLimit, ...] = ()
+    if "routeRateLimits" in o:
+        key = "routeRateLimits"
+        route_limits = _route_rate_limits(cx, o.value_node(key), o.sub(key))
     access_log = o.get("accessLog", _access_log, "off")
     workloads: list[Workload] = []
     for wnode, wpath in o.items("workloads"):
@@ -122,7 +128,56 @@ def _service(cx: Cx, name: str, knode: Node, node: Node, path: str) -> Service |
     if access_log is None:
         return None
     return Service(name, tuple(ports), rate_limit, access_log, tuple(workloads),
-                   Source(cx.file, mark.line + 1, mark.column + 1))
+                   Source(cx.file, mark.line + 1, mark.column + 1), route_limits)
+
+
+def _rate_limit(cx: Cx, node: Node, path: str) -> RateLimit | None:
+    rl = Obj(cx, node, path, ("requestsPerUnit", "unit", "burst"))
+    per_unit = rl.require("requestsPerUnit", int_in(1, 10**9, "requestsPerUnit"))
+    unit = rl.get("unit", one_of(("second", "minute")), "second")
+    burst = rl.get("burst", int_in(1, 10**9, "burst"), per_unit)
+    if per_unit is None or unit is None or burst is None:
+        return None
+    return RateLimit(per_unit, unit, burst)
+
+
+def _route_rate_limits(cx: Cx, node: Node, path: str) -> tuple[RouteRateLimit, ...]:
+    """`routeRateLimits: {<http route name>: {requestsPerUnit, unit, burst}}`; the names are
+    checked against the service's VirtualService by `check_route_rate_limits`."""
+    out: list[RouteRateLimit] = []
+    for route, knode, vnode in mapping_items(cx, node, path) or []:
+        limit = _rate_limit(cx, vnode, join(path, route))
+        if limit is not None:
+            mark = knode.start_mark
+            out.append(RouteRateLimit(route, limit,
+                                      Source(cx.file, mark.line + 1, mark.column + 1)))
+    return tuple(sorted(out, key=lambda r: r.route))
+
+
+def check_route_rate_limits(
+    services: tuple[Service, ...], virtual_services: tuple[VirtualService, ...]
+) -> list[Diagnostic]:
+    """Every `routeRateLimits` key names an `http` route (by its `name`) of the VirtualService
+    for that service: a limit on a route that never matches would silently limit nothing."""
+    errors: list[Diagnostic] = []
+    for svc in services:
+        if not svc.route_rate_limits:
+            continue
+        vs = next((v for v in virtual_services if svc.name in v.hosts), None)
+        names = [r.name for r in vs.http if r.name] if vs is not None else []
+        for rl in svc.route_rate_limits:
+            if rl.route in names:
+                continue
+            if vs is None:
+                msg = (f"route `{rl.route}` is not defined: no VirtualService for `{svc.name}`; "
+                       "routeRateLimits names `http` routes of the service's VirtualService")
+            else:
+                known = ", ".join(f"`{n}`" for n in names) or "none (give the routes a `name`)"
+                msg = (f"unknown route `{rl.route}`: VirtualService `{vs.name}` ({vs.source}) "
+                       f"names these http routes for `{svc.name}`: {known}")
+            path = join(join(join("services", svc.name), "routeRateLimits"), rl.route)
+            errors.append(Diagnostic(rl.source.file, rl.source.line, rl.source.column, path, msg))
+    return errors
 
 
 def _access_log(cx: Cx, node: Node, path: str) -> str | None:

@@ -52,6 +52,16 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteRateLimit:
+    """A local token bucket for one named `http` route of the service's VirtualService,
+    enforced by the caller's outbound proxy when that route matches."""
+
+    route: str  # the `name` of an http route of the VirtualService for this service
+    limit: RateLimit
+    source: Source  # where mesh.yaml names the route, for errors
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     version: str
     command: tuple[str, ...]  # local runtime; relative paths resolve against MeshConfig.base_dir
@@ -69,6 +79,7 @@ class Service:
     access_log: str  # "off" | "stdout" | an absolute file path
     workloads: tuple[Workload, ...]
     source: Source
+    route_rate_limits: tuple[RouteRateLimit, ...] = ()  # sorted by route name
 
     def port(self, number: int) -> Port | None:
         return next((p for p in self.ports if p.port == number), None)
