@@ -34,6 +34,7 @@ from proxy.outbound.stack import Outbound
 from proxy.policy.fault import FaultParams
 from proxy.policy.fault import decide as decide_fault
 from proxy.policy.ratelimit import TokenBucket
+from proxy.routing import RouteLimits, new_bucket, over_limit
 from proxy.snapshot import ProxySnapshot, build_snapshot
 from proxy.streams import ConnLimiter, Pool
 from proxy.tcp import relay
@@ -131,6 +132,7 @@ class Proxy:
         self.ready = asyncio.Event()
         self._bucket: TokenBucket | None = None
         self._bucket_key: object = None
+        self.route_limits = RouteLimits()  # outbound, per (service, route): routeRateLimits
         self._listeners: list[socket.socket] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._runners: list[web.AppRunner] = []
@@ -193,6 +195,7 @@ class Proxy:
                 self.labels,
                 self.clusters,
             )
+            self.route_limits.attach((v.service, v.routes) for v in snap.services.values())
         except Exception as exc:  # a NACK carries the reason; the old snapshot stays
             log.exception("config version %d refused", view.config_version)
             self.telemetry.counters["meshctl_proxy_config_rejected_total"] += 1
@@ -273,13 +276,9 @@ class Proxy:
         if rl is None:
             return None
         if self._bucket is None or self._bucket_key != rl:
-            self._bucket = TokenBucket(
-                rl.requests_per_unit / rl.fill_interval_s, rl.burst, time.monotonic
-            )
+            self._bucket = new_bucket(rl, time.monotonic)
             self._bucket_key = rl
-        if self._bucket.take():
-            return None
-        return max(1, int(self._bucket.retry_after_s() + 0.999))
+        return over_limit(self._bucket)
 
     async def apply_fault(self, fault: FaultParams, writer: asyncio.StreamWriter) -> int | None:
         """VirtualService fault injection: delay and/or abort, each on its percentage."""

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from proxy.http1 import Request
+from proxy.policy.clock import Clock
 from proxy.policy.fault import FaultParams
+from proxy.policy.ratelimit import TokenBucket
 from proxy.policy.retry import RetryParams
 from proxy.policy.weights import WeightedPicker
-from registry.config.model import Fault, HeaderOperations, HTTPMatch, HTTPRoute, StringMatch
+from registry.config.model import (
+    Fault,
+    HeaderOperations,
+    HTTPMatch,
+    HTTPRoute,
+    RateLimit,
+    Service,
+    StringMatch,
+)
 
 Predicate = Callable[[bytes], bool]
 
@@ -107,6 +118,9 @@ class CompiledRoute:
     remove_request: tuple[frozenset[bytes], ...]
     response_ops: tuple[Callable[[HeaderList], HeaderList] | None, ...]
     fault: FaultParams | None
+    # mesh.yaml `routeRateLimits` of the destination service for this route, put here by
+    # RouteLimits.attach before the snapshot is swapped in.
+    rate_limit: TokenBucket | None = None
 
     def matches_request(self, req: Request) -> bool:
         return not self.matches or any(m(req) for m in self.matches)
@@ -185,3 +199,41 @@ def first_match(routes: tuple[CompiledRoute, ...], req: Request) -> CompiledRout
         if r.matches_request(req):
             return r
     return None
+
+
+class RouteLimits:
+    """The token buckets of mesh.yaml `routeRateLimits`, one per (service, route name).
+
+    A bucket outlives snapshots while its parameters stay the same, so a config push (or a
+    catalog change) neither refills nor empties it; `attach` puts each on the routes of a new
+    snapshot once, so a request only reads `CompiledRoute.rate_limit`.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], tuple[RateLimit, TokenBucket]] = {}
+
+    def attach(self, views: Iterable[tuple[Service, tuple[CompiledRoute, ...]]]) -> None:
+        kept: dict[tuple[str, str], tuple[RateLimit, TokenBucket]] = {}
+        for service, routes in views:
+            for rl in service.route_rate_limits:
+                key = (service.name, rl.route)
+                old = self._buckets.get(key)
+                bucket = old[1] if old is not None and old[0] == rl.limit else new_bucket(
+                    rl.limit, self._clock)
+                kept[key] = (rl.limit, bucket)
+                for r in routes:
+                    if r.route.name == rl.route:
+                        r.rate_limit = bucket
+        self._buckets = kept
+
+
+def new_bucket(limit: RateLimit, clock: Clock) -> TokenBucket:
+    return TokenBucket(limit.requests_per_unit / limit.fill_interval_s, limit.burst, clock)
+
+
+def over_limit(bucket: TokenBucket) -> int | None:
+    """Spend a token; when there is none, the whole seconds for `retry-after` (at least 1)."""
+    if bucket.take():
+        return None
+    return max(1, int(bucket.retry_after_s()))

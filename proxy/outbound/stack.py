@@ -1,5 +1,6 @@
-"""The outbound stack, in request order: trace -> route -> fault -> limits -> forward (retry,
-mTLS). The trace step opens the CLIENT span and renders the next hop's trace headers."""
+"""The outbound stack, in request order: trace -> route -> route rate limit -> fault -> limits
+-> forward (retry, mTLS). The trace step opens the CLIENT span and renders the next hop's trace
+headers."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from proxy.http1 import (
     strip_hop_by_hop,
 )
 from proxy.identity import peer_identity, sni_for
-from proxy.routing import CompiledRoute, HeaderList, first_match
+from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import EventStream
 from proxy.tcp import relay_framed
@@ -186,6 +187,13 @@ class Outbound:
             writer.write(local_reply(404, "NR"))
             await _discard_body(down)
             return Result(404, "NR", 0, 0, "", 0, True)
+        if compiled.rate_limit is not None:  # mesh.yaml routeRateLimits (Envoy local_ratelimit)
+            wait = over_limit(compiled.rate_limit)
+            if wait is not None:
+                self.proxy.telemetry.counters["meshctl_proxy_rate_limited_total"] += 1
+                writer.write(local_reply(429, "RL", extra=[(b"retry-after", b"%d" % wait)]))
+                await _discard_body(down)
+                return Result(429, "RL", 0, 0, "", 0, True)
         route = compiled.route
         index = compiled.pick()
         dest = route.route[index]

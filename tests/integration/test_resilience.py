@@ -399,3 +399,65 @@ def test_round_robin_spreads_evenly(mesh: Mesh) -> None:
     b = Backend(mesh)
     seen = _versions(b, 20)
     assert seen == Counter({"a": 10, "b": 10})
+
+
+def _config_pushed(b: Backend, after: int) -> int:
+    return int(wait_until(
+        lambda: (v := b.stats()["meshctl_proxy_config_version"]) > after and v,
+        what="the client proxy takes the new config",
+    ))
+
+
+def test_route_rate_limit_in_the_callers_proxy(mesh: Mesh) -> None:
+    def mesh_yaml(burst: int) -> str:
+        return MESH_YAML.replace(
+            "  backend:\n",
+            "  backend:\n    routeRateLimits:\n"
+            f"      limited-api: {{requestsPerUnit: 2, unit: minute, burst: {burst}}}\n",
+        )
+
+    (mesh.config / "mesh.yaml").write_text(mesh_yaml(2))
+    _write(
+        mesh.config / "vs.yaml",
+        """\
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: backend}
+        spec:
+          hosts: [backend]
+          http:
+          - name: limited-api
+            match: [{uri: {prefix: /echo}}]
+            route: [{destination: {host: backend}}]
+          - name: rest
+            route: [{destination: {host: backend}}]
+        """,
+    )
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    assert [b.get("/echo")[0] for _ in range(2)] == [200, 200]
+    status, body, headers = b.get("/echo")
+    assert status == 429 and body == b"local_rate_limited"
+    assert int({k.lower(): v for k, v in headers.items()}["retry-after"]) >= 1
+    assert b.get("/")[0] == 200  # another route of the same service is not limited
+    assert b.stats()["meshctl_proxy_rate_limited_total"] == 1
+    assert 'response_flags="RL"' in b.metrics()
+    # A config push that leaves the limit alone keeps the bucket (still empty) ...
+    version = b.stats()["meshctl_proxy_config_version"]
+    _write(
+        mesh.config / "dr.yaml",
+        """\
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: backend}
+        spec:
+          host: backend
+          trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+        """,
+    )
+    version = _config_pushed(b, version)
+    assert b.get("/echo")[0] == 429
+    # ... and new parameters give a new, full bucket.
+    (mesh.config / "mesh.yaml").write_text(mesh_yaml(3))
+    _config_pushed(b, version)
+    assert [b.get("/echo")[0] for _ in range(4)] == [200, 200, 200, 429]
