@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import textwrap
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -102,7 +103,10 @@ class Backend:
         urllib.request.urlopen(req, timeout=5).read()
 
     def stats(self) -> dict[str, Any]:
-        return json.loads(http_get(f"http://127.0.0.1:{self.client['admin']}/stats")[1])
+        out: dict[str, Any] = json.loads(
+            http_get(f"http://127.0.0.1:{self.client['admin']}/stats")[1]
+        )
+        return out
 
     def metrics(self) -> str:
         return http_get(f"http://127.0.0.1:{self.client['metrics']}/metrics")[1].decode()
@@ -461,3 +465,136 @@ def test_route_rate_limit_in_the_callers_proxy(mesh: Mesh) -> None:
     (mesh.config / "mesh.yaml").write_text(mesh_yaml(3))
     _config_pushed(b, version)
     assert [b.get("/echo")[0] for _ in range(4)] == [200, 200, 200, 429]
+
+
+def _policy(mesh: Mesh, vs_http: str = "", dr_policy: str = "", subsets: str = "") -> None:
+    """A VirtualService (its `http` list) and/or a DestinationRule for `backend`."""
+    docs = []
+    if vs_http:
+        docs.append("apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                    "metadata: {name: backend}\nspec:\n  hosts: [backend]\n  http:\n"
+                    + textwrap.indent(textwrap.dedent(vs_http), "  "))
+    if dr_policy or subsets:
+        docs.append("apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+                    "metadata: {name: backend}\nspec:\n  host: backend\n"
+                    + (f"  trafficPolicy: {dr_policy}\n" if dr_policy else "")
+                    + textwrap.indent(textwrap.dedent(subsets), "  "))
+    (mesh.config / "policy.yaml").write_text("---\n".join(docs))
+
+
+NO_RETRY = "- retries: {attempts: 0}\n  route: [{destination: {host: backend}}]\n"
+
+
+def test_fault_delay_holds_the_response_for_at_least_the_delay(mesh: Mesh) -> None:
+    _policy(mesh, vs_http="""\
+        - fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
+          route: [{destination: {host: backend}}]
+        """)
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    start = time.monotonic()
+    assert b.get("/")[0] == 200
+    assert time.monotonic() - start >= 0.4
+
+
+def test_per_try_timeout_retries_a_slow_try_on_the_other_replica(mesh: Mesh) -> None:
+    _policy(mesh, vs_http="""\
+        - retries: {attempts: 2, perTryTimeout: 300ms, retryOn: "5xx,reset,connect-failure"}
+          route: [{destination: {host: backend}}]
+        """, dr_policy="{loadBalancer: {simple: ROUND_ROBIN}}")
+    mesh.start_registry()
+    b = Backend(mesh)
+    b.admin("a", "slow?ms=3000&count=-1")
+    # Without perTryTimeout each request sent to `a` would wait the 3 s and answer from `a`.
+    start = time.monotonic()
+    assert _versions(b, 6) == Counter({"b": 6})
+    assert time.monotonic() - start < 6 * 3.0
+    assert b.stats()["meshctl_proxy_retries_total"] >= 1
+
+
+def test_max_requests_per_connection_one_opens_a_connection_per_request(mesh: Mesh) -> None:
+    _policy(mesh, dr_policy="{connectionPool: {http: {maxRequestsPerConnection: 1}}}")
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    opened = b.stats()["upstream_connections_opened"]
+    for _ in range(5):
+        assert b.get("/")[0] == 200
+    # Keep-alive would have reused one connection for all five.
+    assert b.stats()["upstream_connections_opened"] - opened >= 5
+
+
+def test_a_subsets_traffic_policy_overrides_the_top_level_one(mesh: Mesh) -> None:
+    _policy(
+        mesh,
+        vs_http="""\
+        - match: [{headers: {x-subset: {exact: all}}}]
+          route: [{destination: {host: backend, subset: all}}]
+        - route: [{destination: {host: backend}}]
+        """,
+        dr_policy="{loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
+        subsets="""\
+        subsets:
+        - name: all
+          labels: {app: backend}
+          trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+        """,
+    )
+    mesh.start_registry()
+    b = Backend(mesh)
+
+    def seen(headers: dict[str, str]) -> Counter[str]:
+        return Counter(json.loads(b.get("/", headers=headers)[1])["version"] for _ in range(10))
+
+    # The top-level consistent hash keeps one user on one replica ...
+    assert len(seen({"x-user": "alice"})) == 1
+    # ... the subset's own ROUND_ROBIN replaces it.
+    assert seen({"x-user": "alice", "x-subset": "all"}) == Counter({"a": 5, "b": 5})
+
+
+@pytest.mark.parametrize("simple", ["LEAST_REQUEST", "RANDOM"])
+def test_least_request_and_random_use_both_replicas(mesh: Mesh, simple: str) -> None:
+    _policy(mesh, dr_policy=f"{{loadBalancer: {{simple: {simple}}}}}")
+    mesh.start_registry()
+    b = Backend(mesh)
+    seen = _versions(b, 40)
+    assert set(seen) == {"a", "b"}
+
+
+@pytest.mark.parametrize(("min_health", "spread"), [(50, True), (0, False)])
+def test_min_health_percent_panics_rather_than_failing_every_request(
+    mesh: Mesh, min_health: int, spread: bool
+) -> None:
+    _policy(mesh, vs_http=NO_RETRY, dr_policy=(
+        "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 1, "
+        f"baseEjectionTime: 60s, maxEjectionPercent: 100, minHealthPercent: {min_health}}}}}"))
+    mesh.start_registry()
+    b = Backend(mesh)
+    b.admin("a", "fail?status=503&count=-1")
+    b.admin("b", "fail?status=503&count=-1")
+    _versions(b, 6)  # both replicas fail once: both are ejected for 60 s
+    b.admin("a", "reset")
+    b.admin("b", "reset")
+    seen = _versions(b, 10)
+    if spread:  # 0 % healthy < 50 %: Envoy's panic mode ignores the ejections
+        assert seen == Counter({"a": 5, "b": 5})
+    else:  # no panic threshold: every host is ejected, nothing to send to
+        assert seen == Counter({"503": 10})
+        assert 'response_flags="UH"' in b.metrics()
+
+
+@pytest.mark.parametrize(("status", "ejected"), [(500, False), (502, True), (503, True),
+                                                 (504, True)])
+def test_consecutive_gateway_errors_eject_on_502_503_504_only(
+    mesh: Mesh, status: int, ejected: bool
+) -> None:
+    _policy(mesh, vs_http=NO_RETRY, dr_policy=(
+        "{loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutive5xxErrors: 0, "
+        "consecutiveGatewayErrors: 2, baseEjectionTime: 60s, maxEjectionPercent: 50}}"))
+    mesh.start_registry()
+    b = Backend(mesh)
+    b.admin("a", f"fail?status={status}&count=-1")
+    seen = _versions(b, 20)
+    if ejected:
+        assert seen[str(status)] == 2 and seen["b"] == 18
+    else:
+        assert seen == Counter({str(status): 10, "b": 10})
