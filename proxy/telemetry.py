@@ -194,7 +194,8 @@ HELP = {
     "meshctl_proxy_retry_budget_exhausted_total": "Retries refused by the retry budget.",
     "meshctl_proxy_retry_overflow_total": "Retries refused by DestinationRule http.maxRetries.",
     "meshctl_proxy_upstream_overflow_total": "Requests refused by a circuit breaker (flag UO).",
-    "meshctl_proxy_rate_limited_total": "Inbound requests refused by the rate limit (429).",
+    "meshctl_proxy_rate_limited_total": "Requests refused by a local rate limit (429): the "
+    "service's own limit on the inbound side, a route's in the caller's outbound proxy.",
     "meshctl_proxy_authz_denied_total": "Requests or connections denied by AuthorizationPolicy.",
     "meshctl_proxy_spans_dropped_total": "Spans lost: export queue full, or the export failed.",
     "meshctl_proxy_spans_exported_total": "Spans accepted by the OTLP collector.",

@@ -17,7 +17,7 @@ from yaml.nodes import Node, ScalarNode
 
 from registry.config.destination_rule import parse_destination_rule
 from registry.config.diagnostics import Diagnostic, Source
-from registry.config.mesh_file import MeshFile, parse_mesh_file
+from registry.config.mesh_file import MeshFile, check_route_rate_limits, parse_mesh_file
 from registry.config.model import (
     AuthorizationPolicy,
     DestinationRule,
@@ -112,6 +112,9 @@ class _Load:
         self._check_unique(named)
         if self.complete:
             self._check_subsets(scope, named)
+            if mesh is not None:
+                self.errors.extend(check_route_rate_limits(mesh.services, tuple(
+                    e.resource for e in named if isinstance(e.resource, VirtualService))))
         errors = tuple(sorted(set(self.errors), key=lambda d: (d.file != MESH_FILE, d)))
         if errors or mesh is None:
             return LoadResult(None, errors)
