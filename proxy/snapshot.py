@@ -142,7 +142,14 @@ class ProxySnapshot:
     authz: tuple[AuthorizationPolicy, ...]
     compiled_authz: tuple[Any, ...]
     peer_mode: str  # STRICT | PERMISSIVE | DISABLE
-    port_modes: dict[int, str]
+    port_modes: dict[int, str]  # PeerAuthentication portLevelMtls
+
+    @property
+    def may_be_plaintext(self) -> bool:
+        """Whether any port accepts plaintext: then the inbound listener must sniff the first
+        byte of each connection (TLS or not) instead of going straight to the handshake.
+        DISABLE is served like PERMISSIVE: meshctl's own clients always use mTLS."""
+        return self.peer_mode != "STRICT" or any(m != "STRICT" for m in self.port_modes.values())
 
     def service_for(self, ip: str, port: int) -> tuple[ServiceView, int] | None:
         hit = self.by_address.get((ip, port))

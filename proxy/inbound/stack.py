@@ -16,6 +16,7 @@ from proxy.downstream import serve_requests
 from proxy.forward import Plan, Result, Target, forward, local_reply
 from proxy.http1 import EndOfMessage, Request
 from proxy.identity import parse_sni, peer_identity
+from proxy.intercept.origdst import original_dst
 from proxy.streams import EventStream
 from proxy.tcp import relay, relay_framed
 from proxy.tracing import SERVER, TRACE_HEADERS, Hop
@@ -44,15 +45,20 @@ class Inbound:
             sock.close()
             return
         tel = proxy.telemetry.counters
+        plain_port: int | None = None
         try:
             tls = True
-            if snap.peer_mode != "STRICT":
+            if snap.may_be_plaintext:
                 b = await first_byte(sock, 10.0)
                 tls = b == b"\x16"
-            if not tls and snap.peer_mode == "STRICT":
-                tel["meshctl_proxy_inbound_plaintext_refused_total"] += 1
-                sock.close()
-                return
+            if not tls:
+                # Which port the plaintext client wanted: the original destination when
+                # iptables redirected it here, else the service's first port (explicit mode).
+                plain_port = _original_port(sock) or proxy.default_inbound_port(snap)
+                if snap.port_modes.get(plain_port or 0, snap.peer_mode) == "STRICT":
+                    tel["meshctl_proxy_inbound_plaintext_refused_total"] += 1
+                    sock.close()
+                    return
             reader, writer = await streams_for(sock, proxy.server_ctx if tls else None)
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
             tel["meshctl_proxy_inbound_tls_failures_total"] += 1
@@ -68,7 +74,7 @@ class Inbound:
             if not tls:
                 tel["meshctl_proxy_inbound_plaintext_total"] += 1
             target = parse_sni(getattr(ssl_obj, "meshctl_sni", None)) if tls else None
-            port = target[1] if target else proxy.default_inbound_port(snap)
+            port = target[1] if target else (plain_port or proxy.default_inbound_port(snap))
             me = snap.me
             p = me.port(port) if me and port else None
             if p is None or port is None:
@@ -203,3 +209,10 @@ async def _discard(down: EventStream) -> None:
     while True:
         if isinstance(await down.next(), EndOfMessage):
             return
+
+
+def _original_port(sock: socket.socket) -> int | None:
+    try:
+        return original_dst(sock)[1]
+    except OSError:
+        return None  # not redirected: the client dialled the inbound port itself

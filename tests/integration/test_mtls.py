@@ -189,3 +189,22 @@ def test_inbound_refuses_foreign_expired_and_missing_certificates(
         lambda: _stats(px).get("meshctl_proxy_inbound_tls_failures_total", 0) >= 3,
         what="TLS refusals counted",
     )
+
+
+def test_port_level_mtls_overrides_the_workload_mode(mesh: Mesh) -> None:
+    """portLevelMtls PERMISSIVE on 8080 under a STRICT workload policy: plaintext to 8080
+    is served (explicit mode: the inbound port's plaintext goes to the first port)."""
+    (mesh.config / "peer-port.yaml").write_text(textwrap.dedent("""\
+        apiVersion: security.istio.io/v1
+        kind: PeerAuthentication
+        metadata: {name: orders-port}
+        spec:
+          selector: {matchLabels: {app: orders}}
+          mtls: {mode: STRICT}
+          portLevelMtls:
+            8080: {mode: PERMISSIVE}
+        """))
+    mesh.start_registry()
+    px = _orders(mesh)
+    answer = _plain_get(int(px["inbound"]))  # type: ignore[call-overload]
+    assert answer.startswith(b"HTTP/1.1 200")
