@@ -102,6 +102,7 @@ class Target:
     idle_timeout_s: float | None = None
     # (status or None, local-origin failure, latency): feeds outlier detection and EWMA.
     report: Callable[[int | None, bool, float], None] | None = None
+    host: str = ""  # the endpoint ("ip:port") the balancer knows it by
 
 
 @dataclass(slots=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from proxy.forward import Target
 from proxy.policy import balancer as lb
 from proxy.policy.budget import RetryBudget
 from proxy.policy.limits import Gauges, PoolLimits
@@ -82,8 +83,12 @@ class ClusterRuntime:
     gauges: Gauges
     budget: RetryBudget
     limiter: ConnLimiter | None = None  # built by the proxy on first use
+    # The outbound stack's Targets, built on first use within a snapshot (they close over
+    # the snapshot's identity checks and pool settings); emptied by every update.
+    targets: dict[tuple[object, ...], Target] = field(default_factory=dict)
 
     def update(self, policy: TrafficPolicy | None, endpoints: Sequence[Endpoint]) -> None:
+        self.targets = {}
         self.endpoints = {f"{e.address}:{e.inbound_port}": e for e in endpoints}
         self.hosts = tuple(self.endpoints)
         bkey, bal, header = _balancer(policy)

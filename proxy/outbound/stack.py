@@ -58,6 +58,13 @@ class Outbound:
             return None
         proxy = self.proxy
         ident = proxy.identity
+        # A Target per (endpoint, port, protocol, certificate), built once per snapshot:
+        # the runtime drops them when the next snapshot updates it.
+        key = (ep.id, port, tcp, id(ident))
+        cached = rt.targets.get(key)
+        if cached is not None:
+            rt.balancer.on_start(cached.host)
+            return cached
         expected = snap.config.spiffe_id(view.service.name)
         sni = sni_for(view.service.name, port, snap.config.namespace, tcp)
 
@@ -84,7 +91,7 @@ class Outbound:
 
         # The pool key includes the identity in use: after a renewal new connections
         # present the new certificate while open ones finish on the old.
-        return Target(
+        target = rt.targets[key] = Target(
             f"{host}/{port}/{id(ident)}",
             connect,
             cluster.connect_timeout_s,
@@ -92,7 +99,9 @@ class Outbound:
             limiter=proxy.limiter(rt),
             idle_timeout_s=http.idle_timeout_s,
             report=report,
+            host=host,
         )
+        return target
 
     async def serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: str, port: int
