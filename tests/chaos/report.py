@@ -53,6 +53,9 @@ ROWS = [
     Row("Faults under load", "config swap every 0.5 s under load", "0 failed",
         IT + "test_static_stability.py::test_config_swap_every_half_second_under_load_fails_"
         "nothing"),
+    Row("Faults under load", "a streaming response and a WebSocket opened before 4 config "
+        "pushes", "both complete", IT + "test_http_semantics.py::test_long_response_and_"
+        "websocket_survive_config_swaps"),
     Row("Faults under load", "sidecar restarted under load (SIGTERM drain, new proxy, new "
         "token)", "0 failed, exit 0", C + "test_sidecar_restart.py::"),
     Row("Faults under load", "upstream app SIGKILLed (3 replicas, seed policy)",

@@ -10,6 +10,7 @@ check that a body arrived whole without the recorder keeping it.
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.harness import http_get, wait_until
 from tests.integration.recorder import (
     Reply,
     Seen,
@@ -309,3 +311,35 @@ def test_refused_upgrade_does_not_poison_the_proxy_to_proxy_connection(own_hop: 
         assert ans.statuses == [200] and ans.final[0][1] == b"no"
     ans = exchange(own_hop.port, GET % b"/other-client", timeout=5)
     assert ans.statuses == [200]
+
+
+def test_long_response_and_websocket_survive_config_swaps(own_hop: TwoHop) -> None:
+    """Zero-downtime change: a response still streaming and a WebSocket opened before a
+    series of config pushes both complete on the connections they started on."""
+    hop = own_hop
+
+    def reply(seen: Seen) -> Reply:
+        if seen.request.upgrade is not None:
+            return _ws(seen)
+        # Half the body now, the rest 3 s later: the config changes in between.
+        return Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", late=b"world",
+                     late_delay_s=3.0)
+
+    hop.new_case(reply)
+    vs = hop.mesh.config / "echo.yaml"
+    original = vs.read_text()
+    dump = f"http://127.0.0.1:{hop.client_proxy['admin']}/config_dump"
+    version = json.loads(http_get(dump)[1])["config_version"]
+    with connect(hop.port) as ws, connect(hop.port) as slow:
+        send(ws, WS)
+        assert _recv_until(ws, b"\r\n\r\n").startswith(b"HTTP/1.1 101 ")
+        send(slow, GET % b"/slow")
+        for i in range(4):  # four new config versions while both are open
+            vs.write_text(original + f"      headers:\n        response:\n          set:\n"
+                                     f"            x-swap: \"{i}\"\n")
+            wait_until(lambda v=version + i + 1: json.loads(http_get(dump)[1])[
+                "config_version"] >= v, timeout=10, what=f"config version {version + i + 1}")
+            send(ws, b"ping%d" % i)
+            assert _recv_until(ws, b"ping%d" % i).endswith(b"ping%d" % i)
+        body = _recv_until(slow, b"helloworld")
+        assert body.startswith(b"HTTP/1.1 200 ") and body.endswith(b"helloworld")
