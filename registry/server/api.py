@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from meshctl.aio import spawn
-from registry.ca import CsrError, SpiffeId, TokenError
+from registry.ca import CsrError, TokenError
 from registry.server.auth import Caller, caller_of
 from registry.server.catalog import HEALTH_STATES, Endpoint
 
@@ -365,7 +365,3 @@ def build_app(reg: Registry) -> web.Application:
         ]
     )
     return app
-
-
-def parse_identity(raw: str) -> SpiffeId:
-    return SpiffeId.parse(raw)
