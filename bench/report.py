@@ -129,8 +129,17 @@ def _control_plane(cp: dict[str, Any]) -> list[str]:
                          f"{t.get('p90')} | {t.get('p99')} | {t.get('max')} | {fv.get('p50')} "
                          f"| {fo.get('p50')} |")
         lines.append("")
+    up = cp.get("up_ready", {})
+    if "median_up_s" in up:
+        mode = {r.get("mode") for r in up.get("runs", [])}
+        lines.append(f"- `meshctl up` on the example to all proxies ready (`python -m "
+                     f"bench.up_ready`, {'/'.join(sorted(m for m in mode if m))} mode): "
+                     f"median {up['median_up_s']} s (goal 5 s); `route set-weight` to every "
+                     f"proxy ACKed: median {up['median_set_weight_s']:.2f} s (goal 1 s)")
     for name, data in cp.items():
         if name == "ca_issuance" and "svids_per_s" in data:
+            continue
+        if name == "up_ready" and "median_up_s" in data:
             continue
         if name == "push_latency" and data.get("runs"):
             continue

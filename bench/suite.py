@@ -184,12 +184,13 @@ def _json_out(stdout: str) -> dict[str, Any] | None:
 def control_plane(quick: bool) -> dict[str, Any]:
     """The other benches' JSON, each run as a subprocess (absent or failing ones noted)."""
     out: dict[str, Any] = {}
-    scripts = {"ca_issuance": ["--count", "300"] if quick else [], "push_latency": []}
+    scripts = {"ca_issuance": ["--count", "300"] if quick else [], "push_latency": [],
+               "up_ready": ["--runs", "2"]}
     for name, args in scripts.items():
         if not (REPO / "bench" / f"{name}.py").exists():
             out[name] = {"skipped": f"bench/{name}.py is not there yet"}
             continue
-        if quick and name == "push_latency":
+        if quick and name in ("push_latency", "up_ready"):
             out[name] = {"skipped": "not run in --quick"}
             continue
         try:
