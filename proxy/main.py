@@ -145,6 +145,7 @@ class Proxy:
         self.server_ctx.sni_callback = _remember_sni
         self._rid = secrets.randbits(32)
         self.clusters = Clusters()
+        self._label_cache: dict[tuple[object, ...], tuple[str, ...]] = {}
         self._epoch = ""
         self._epoch_endpoints: list[Endpoint] = []
         self._grace_endpoints: list[Endpoint] = []
@@ -304,7 +305,15 @@ class Proxy:
         """Metrics (Istio's labels), the access-log line, the span and the tap event for one
         finished request. The span and the tap cost nothing unless sampled / tapped."""
         ms = (time.monotonic() - start) * 1000.0
-        labels = self._labels(snap, reporter, dest_service, peer, result)
+        # The 19 Istio labels of a request depend on few things: computed once per
+        # combination and config version, not per request.
+        key = (snap.version, reporter, dest_service, peer, result.status, result.flags)
+        labels = self._label_cache.get(key)
+        if labels is None:
+            if len(self._label_cache) > 4096:
+                self._label_cache.clear()
+            labels = self._label_cache[key] = self._labels(
+                snap, reporter, dest_service, peer, result)
         tel = self.telemetry
         tel.record_request(labels, ms, result.req_bytes, result.resp_bytes)
         if result.flags == "UO":  # a circuit breaker: the cluster's gauges or its pool
