@@ -49,6 +49,8 @@ class Facts:
     registry_date: float | None = None  # the registry's clock (Date header)
     local_time: float = 0.0
     lifetimes: dict[str, float] = field(default_factory=dict)  # proxy id -> cert lifetime (s)
+    # proxy id -> its certificate's notAfter, from the proxy itself (known with no registry)
+    local_not_after: dict[str, float] = field(default_factory=dict)
     mode: str | None = None
     netns: list[str] = field(default_factory=list)  # transparent mode's namespaces
     iptables: dict[str, bool | str] = field(default_factory=dict)  # netns -> installed / error
@@ -71,6 +73,9 @@ def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
         life = certs.get("lifetime_seconds") if isinstance(certs, dict) else None
         if isinstance(life, (int, float)) and life > 0:
             facts.lifetimes[p.proxy_id] = float(life)
+        left = certs.get("seconds_left") if isinstance(certs, dict) else None
+        if isinstance(left, (int, float)):
+            facts.local_not_after[p.proxy_id] = time.time() + float(left)
     _plan(home, facts)
     if facts.netns:
         check = iptables or _iptables_installed
@@ -115,7 +120,12 @@ def _iptables_installed(netns: str) -> bool:
 def evaluate(f: Facts) -> list[Result]:
     out: list[Result] = []
     if f.registry_error is not None:
-        return [Result("registry", "registry", FAIL, f.registry_error)]
+        # The outage itself, and what matters during one: how long the certificates last
+        # (proxies keep serving on them and renew once the registry is back).
+        return [Result("registry", "registry", FAIL, f.registry_error)] + [
+            _cert(pid, not_after, f.lifetimes.get(pid), f.local_time)
+            for pid, not_after in sorted(f.local_not_after.items())
+        ]
     st = f.status
     version = st.get("config_version")
     out.append(Result("registry", "registry", OK, f"reachable, config version {version}"))
@@ -163,11 +173,15 @@ def _cert(pid: str, not_after: Any, lifetime: float | None, now: float) -> Resul
         return Result("certificate", pid, FAIL, f"expired {-left:.0f} s ago")
     if lifetime:
         frac = left / lifetime
-        detail = f"{left / 3600:.1f} h left ({frac:.0%} of {lifetime / 3600:.1f} h)"
+        detail = f"{_span(left)} left ({frac:.0%} of {_span(lifetime)})"
         if frac < CERT_WARN_FRACTION:
             return Result("certificate", pid, WARN, detail + ": renewal is failing?")
         return Result("certificate", pid, OK, detail)
-    return Result("certificate", pid, OK, f"{left / 3600:.1f} h left")
+    return Result("certificate", pid, OK, f"{_span(left)} left")
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
 
 def _skew(f: Facts) -> Iterable[Result]:

@@ -218,6 +218,10 @@ class ControlClient:
             "catalog": str(self.catalog_version),
             "epoch": self.epoch,
         }
+        if self.identity is not None:
+            # So that a restarted registry knows at once what this proxy runs and until
+            # when its certificate lasts, without waiting for the next view's ACK.
+            params["cert_not_after"] = str(self.identity.not_after.timestamp())
         # ACKs go back over the stream's own connection (POST /v1/stream, full duplex): a
         # line each way instead of an HTTP request per view. A registry that predates it
         # answers 405; then the stream is a GET and each ACK a POST /v1/ack, as before.

@@ -131,7 +131,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     service = caller.service or "operator"
     if proxy_id:
-        reg.proxies.stream_opened(proxy_id, str(caller.identity or "operator"), service)
+        identity = str(caller.identity or "operator")
+        reg.proxies.stream_opened(proxy_id, identity, service)
+        snap_now = reg.store.current
+        if snap_now is not None and have_cfg == snap_now.version:
+            # The proxy already runs the version in force (a reconnect, or this registry
+            # restarted with its state): record it as ACKed, as a view's ACK would.
+            try:
+                not_after: float | None = float(request.query.get("cert_not_after", ""))
+            except ValueError:
+                not_after = None
+            reg.proxies.ack(proxy_id, identity, service, have_cfg, ok=True,
+                            cert_not_after=not_after)
     acks = (spawn(_stream_acks(request, resp, caller, proxy_id), name=f"acks {proxy_id}")
             if request.method == "POST" else None)
     try:

@@ -53,6 +53,9 @@ ROWS = [
     Row("Faults under load", "config swap every 0.5 s under load", "0 failed",
         IT + "test_static_stability.py::test_config_swap_every_half_second_under_load_fails_"
         "nothing"),
+    Row("Faults under load", "registry down 40 s past the 60 s certificates' renewal time, "
+        "under load", "0 failed; alert metric; check names the outage and each certificate's "
+        "life; renewal once back", C + "test_registry_outage.py::"),
     Row("Faults under load", "a streaming response and a WebSocket opened before 4 config "
         "pushes", "both complete", IT + "test_http_semantics.py::test_long_response_and_"
         "websocket_survive_config_swaps"),
