@@ -224,10 +224,14 @@ async def forward(
             last_flag, last_status = "UO", 503
             break
         if target.report is not None:
+            # The latency sample the balancer learns from starts when the request was sent:
+            # a new connection's TCP and TLS set-up is not the endpoint's load, and counting
+            # it would keep a fresh endpoint from ever being chosen by peak EWMA.
+            sent = conn.sent_at if conn is not None else t0
             target.report(
                 outcome.status,
                 outcome.connect_failure or outcome.reset or outcome.timed_out,
-                time.monotonic() - t0,
+                time.monotonic() - sent,
             )
         if resp is not None and (
             retry is None
@@ -327,6 +331,7 @@ async def _attempt(
         return _OVERFLOW, None, None
     except (OSError, TimeoutError, ConnectionError):
         return Outcome(connect_failure=True), None, None
+    conn.sent_at = time.monotonic()
     try:
         w = conn.writer
         if complete:

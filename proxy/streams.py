@@ -57,6 +57,7 @@ class Conn:
     last_used: float = field(default_factory=time.monotonic)
     requests: int = 0
     limiter: ConnLimiter | None = None
+    sent_at: float = 0.0  # when the request in flight was written (latency samples)
 
     @property
     def parser(self) -> ResponseParser:

@@ -190,7 +190,8 @@ class PeakEwma:
     cost = peak-EWMA latency x (pending + 1). A latency above the estimate replaces it (peak);
     a lower one pulls it down with weight 1 - exp(-elapsed / decay); between samples the
     estimate decays towards 0, so an endpoint that was slow once is tried again. A new endpoint
-    starts at ``default_rtt_s``. Linkerd: default RTT 30 ms, decay 10 s.
+    starts at the lowest estimate of the known ones (``default_rtt_s`` when it is the first).
+    Linkerd: default RTT 30 ms, decay 10 s.
     """
 
     __slots__ = ("_clock", "_decay_s", "_default_rtt_s", "_rng", "_state")
@@ -214,7 +215,12 @@ class PeakEwma:
     def _get(self, ep: str, now: float) -> _Ewma:
         state = self._state.get(ep)
         if state is None:
-            state = self._state[ep] = _Ewma(self._default_rtt_s, now)
+            # DEVIATION from tower's fixed default: a new endpoint starts at the lowest
+            # estimate among the known ones (the default only when there are none), so a
+            # replica that (re)joins next to fast ones is tried at once rather than starved
+            # until their estimates decay past 30 ms.
+            rtt = min((s.rtt_s for s in self._state.values()), default=self._default_rtt_s)
+            state = self._state[ep] = _Ewma(rtt, now)
         return state
 
     def _update(self, state: _Ewma, rtt_s: float, now: float) -> float:

@@ -131,3 +131,28 @@ def test_consistent_hash_is_sticky_and_minimally_disrupted() -> None:
 def test_consistent_hash_without_key_is_random() -> None:
     b = ConsistentHash(random.Random(0))
     assert len({b.pick(EPS) for _ in range(100)}) == 4
+
+
+def test_peak_ewma_tries_a_new_endpoint_next_to_fast_ones() -> None:
+    """A replica that (re)joins next to a fast one starts at the fast one's estimate, so it
+    gets traffic at once instead of waiting for a 30 ms default to decay."""
+    from proxy.policy.balancer import PeakEwma
+    from proxy.policy.clock import FakeClock
+
+    clock = FakeClock(0.0)
+    bal = PeakEwma(random.Random(1), clock)
+    for _ in range(50):
+        ep = bal.pick(("a",))
+        assert ep == "a"
+        bal.on_start(ep)
+        clock.advance(0.001)
+        bal.on_end(ep, 0.001, True)
+    picks = []
+    for _ in range(20):
+        ep = bal.pick(("a", "b"))
+        assert ep is not None
+        picks.append(ep)
+        bal.on_start(ep)
+        clock.advance(0.001)
+        bal.on_end(ep, 0.001, True)
+    assert "b" in picks
