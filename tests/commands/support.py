@@ -6,44 +6,23 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meshctl.launch.procs import marked_pids
+from tests.integration.harness import free_port, wait_until  # noqa: F401 - the builders tests import from here
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "compose"
 # meshctl with up/down/status/intercept, whether or not meshctl/cli.py registers them yet.
 MESHCTL = [sys.executable, "-m", "tests.commands.meshctl_cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as exc:
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @dataclass
