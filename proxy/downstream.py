@@ -5,10 +5,13 @@ broken framing with 400/431 and close, and stop between requests when draining."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from meshctl.aio import spawn
 from proxy.forward import Result, local_reply
 from proxy.http1 import ProtocolError, Request, RequestParser
 from proxy.streams import EventStream, PeerClosed
@@ -19,6 +22,53 @@ if TYPE_CHECKING:
 
 Handle = Callable[[Request, EventStream, asyncio.StreamWriter, "ProxySnapshot"], Awaitable[Result]]
 Done = Callable[["ProxySnapshot", Result, float, Request], None]
+
+
+class HeadWatch:
+    """The header timeout of every connection of a proxy, kept by one sweeper task.
+
+    A timer per request (asyncio.timeout) costs a timer handle, two lookups of the running
+    loop and a cancellation per request; here a connection waiting for a head costs one dict
+    entry, and one task wakes every quarter timeout (at most every second) to cut off the
+    ones past their deadline (as Envoy's request_headers_timeout; the cut comes up to that
+    period late). A cut connection's stream is marked, so its reader ends quietly.
+    """
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.waiting: dict[EventStream, tuple[float, asyncio.StreamWriter]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, down: EventStream, writer: asyncio.StreamWriter, now: float) -> None:
+        self.waiting[down] = (now + self.proxy.opts.header_timeout_s, writer)
+        if self.task is None:
+            self.task = spawn(self._sweep(), name="header-timeouts")
+
+    async def _sweep(self) -> None:
+        try:
+            while self.waiting:
+                await asyncio.sleep(min(1.0, self.proxy.opts.header_timeout_s / 4))
+                now = time.monotonic()
+                expired = [(d, w) for d, (t, w) in self.waiting.items() if t <= now]
+                counters = self.proxy.telemetry.counters
+                for down, writer in expired:
+                    del self.waiting[down]
+                    down.timed_out = True
+                    counters["meshctl_proxy_downstream_header_timeouts_total"] += 1
+                    with contextlib.suppress(Exception):
+                        writer.transport.abort()
+        finally:
+            self.task = None
+
+
+_WATCHES: weakref.WeakKeyDictionary[Proxy, HeadWatch] = weakref.WeakKeyDictionary()
+
+
+def head_watch(proxy: Proxy) -> HeadWatch:
+    watch = _WATCHES.get(proxy)
+    if watch is None:
+        watch = _WATCHES[proxy] = HeadWatch(proxy)
+    return watch
 
 
 async def serve_requests(
@@ -32,6 +82,9 @@ async def serve_requests(
     """Serve requests until the client leaves; `initial` is what protocol detection read."""
     down = EventStream(reader, RequestParser())
     counters = proxy.telemetry.counters
+    watch = head_watch(proxy)
+    waiting = watch.waiting
+    transport = writer.transport
     if initial:
         try:
             down.pending.extend(down.parser.feed(initial))
@@ -43,20 +96,22 @@ async def serve_requests(
         try:
             # The whole head must arrive within the header timeout: a client sending one
             # byte a second (slow loris) is cut off instead of holding the slot forever.
-            # asyncio.timeout arms one timer; wait_for would also create a task per request.
-            if down.pending:
-                ev = await down.next()
-            else:
-                async with asyncio.timeout(proxy.opts.header_timeout_s):
+            ev = down.poll()
+            if ev is None:
+                watch.start(down, writer, time.monotonic())
+                try:
                     ev = await down.next()
-        except TimeoutError:
-            counters["meshctl_proxy_downstream_header_timeouts_total"] += 1
-            return
+                finally:
+                    waiting.pop(down, None)
         except (PeerClosed, ConnectionError):
             return
         except ProtocolError as exc:
+            if down.timed_out:  # cut off by the header timeout: the reader saw the abort
+                return
             writer.write(local_reply(exc.status, "DPE", close=True))
             counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
+            return
+        if down.timed_out:
             return
         assert isinstance(ev, Request)
         snap = proxy.snapshot  # read once: the request finishes on this snapshot
@@ -76,7 +131,8 @@ async def serve_requests(
         done(snap, result, start, ev)
         if not result.keep_alive or not ev.keep_alive or proxy.draining:
             return
-        try:
-            await writer.drain()
-        except ConnectionError:
-            return
+        if transport.get_write_buffer_size():
+            try:
+                await writer.drain()
+            except ConnectionError:
+                return

@@ -158,7 +158,7 @@ async def _read_body(down: EventStream, limit: int) -> tuple[list[bytes], bool, 
     pieces: list[bytes] = []
     size = 0
     while True:
-        ev = await down.next()
+        ev = down.poll() or await down.next()
         if isinstance(ev, EndOfMessage):
             return pieces, True, bool(ev.trailers)
         assert isinstance(ev, Data)
@@ -180,7 +180,7 @@ async def forward(
         dwriter.write(CONTINUE)
     has_body = req.chunked or (req.content_length or 0) > 0
     pieces, complete, _ = await _read_body(down, REPLAY_LIMIT) if has_body else ([], True, False)
-    if not has_body:
+    if not has_body and down.poll() is None:
         await down.next()  # the EndOfMessage of a body-less request
     body = b"".join(pieces)
     replayable = complete
@@ -281,19 +281,38 @@ async def forward(
     )
 
 
-async def _copy_body(conn: Conn, dwriter: asyncio.StreamWriter, chunk_out: bool) -> int:
+async def _copy_body(
+    conn: Conn, dwriter: asyncio.StreamWriter, chunk_out: bool, head: bytes
+) -> int:
+    """Stream the response body downstream; `head` goes out with the first piece.
+
+    What the upstream sent in one read (a small response is head and body in one segment)
+    leaves in one write: one syscall and, on a TLS hop, one record, not a head and a body
+    that wake the next hop twice.
+    """
     size = 0
     events = conn.events
+    pending = events.pending
     transport = dwriter.transport
+    out = [head]
     while True:
-        ev = await events.next()
-        if isinstance(ev, EndOfMessage):
-            return size
-        if isinstance(ev, Data) and ev.data:
-            size += len(ev.data)
-            dwriter.write(encode_chunk(ev.data) if chunk_out else ev.data)
+        while pending:
+            ev = pending.popleft()
+            if type(ev) is EndOfMessage:
+                if chunk_out:
+                    out.append(LAST_CHUNK)
+                if out:
+                    dwriter.write(b"".join(out) if len(out) > 1 else out[0])
+                return size
+            if type(ev) is Data and ev.data:
+                size += len(ev.data)
+                out.append(encode_chunk(ev.data) if chunk_out else ev.data)
+        if out:
+            dwriter.write(b"".join(out) if len(out) > 1 else out[0])
+            out = []
             if transport.get_write_buffer_size() > 262144:
                 await dwriter.drain()
+        pending.appendleft(await events.next())  # next() took it from the front
 
 
 def _loop_deadline(deadline: float | None) -> float | None:
@@ -320,13 +339,15 @@ async def _attempt(
     has_body: bool,
 ) -> tuple[Outcome, Conn | None, Response | None]:
     try:
-        conn, _reused = await pool.get(
-            target.key,
-            target.connect,
-            target.connect_timeout_s,
-            target.limiter,
-            target.idle_timeout_s,
-        )
+        conn = pool.take_idle(target.key, target.idle_timeout_s)
+        if conn is None:
+            conn, _reused = await pool.get(
+                target.key,
+                target.connect,
+                target.connect_timeout_s,
+                target.limiter,
+                target.idle_timeout_s,
+            )
     except PoolOverflow:
         return _OVERFLOW, None, None
     except (OSError, TimeoutError, ConnectionError):
@@ -448,15 +469,16 @@ async def _relay_response(
         headers.append((b"connection", b"close"))
     elif req.version == b"1.0":
         headers.append((b"connection", b"keep-alive"))  # RFC 9112 9.3: 1.0 must be told
-    dwriter.write(render_response_head(resp.status, resp.reason, headers))
+    head = render_response_head(resp.status, resp.reason, headers)
     size = 0
     try:
-        # The route timeout covers the whole response (Envoy's route timeout): one timer
-        # for the body, not one per piece.
-        async with asyncio.timeout_at(_loop_deadline(deadline)):
-            size = await _copy_body(conn, dwriter, chunk_out)
-        if chunk_out:
-            dwriter.write(LAST_CHUNK)
+        if deadline is None:
+            size = await _copy_body(conn, dwriter, chunk_out, head)
+        else:
+            # The route timeout covers the whole response (Envoy's route timeout): one
+            # timer for the body, not one per piece.
+            async with asyncio.timeout_at(_loop_deadline(deadline)):
+                size = await _copy_body(conn, dwriter, chunk_out, head)
     except (TimeoutError, PeerClosed, ProtocolError, ConnectionError, OSError):
         # Headers are gone already: the only honest signal left is to cut the connection.
         conn.close()

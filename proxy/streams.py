@@ -21,7 +21,7 @@ class PeerClosed(Exception):
 class EventStream:
     """Events from a parser fed by a StreamReader, one at a time, reading only when needed."""
 
-    __slots__ = ("eof", "parser", "pending", "reader")
+    __slots__ = ("eof", "parser", "pending", "reader", "timed_out")
 
     def __init__(
         self, reader: asyncio.StreamReader, parser: RequestParser | ResponseParser
@@ -30,6 +30,13 @@ class EventStream:
         self.parser = parser
         self.pending: deque[Event] = deque()
         self.eof = False
+        self.timed_out = False  # cut off by the header timeout (proxy.downstream.HeadWatch)
+
+    def poll(self) -> Event | None:
+        """The next event if one is already parsed, without a coroutine (the hot path asks
+        this first: a whole small request or response usually arrives in one read)."""
+        pending = self.pending
+        return pending.popleft() if pending else None
 
     async def next(self) -> Event:
         pending = self.pending
@@ -155,6 +162,9 @@ class Pool:
         idle_timeout_s: float | None = None,
     ) -> tuple[Conn, bool]:
         """A connection for `key`: (conn, reused). Connect errors and PoolOverflow propagate."""
+        c = self.take_idle(key, idle_timeout_s)
+        if c is not None:
+            return c, True
         deadline = time.monotonic() + timeout
         max_idle_age = idle_timeout_s or self.idle_timeout_s
         while True:
@@ -180,6 +190,21 @@ class Pool:
         return Conn(
             key, reader, writer, EventStream(reader, ResponseParser()), limiter=limiter
         ), False
+
+    def take_idle(self, key: str, idle_timeout_s: float | None = None) -> Conn | None:
+        """An idle connection for `key` that is still good, without a coroutine (the hot
+        path tries this before `get`), or None."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        max_idle_age = idle_timeout_s or self.idle_timeout_s
+        now = time.monotonic()
+        while idle:
+            c = idle.pop()
+            if c.reusable() and now - c.last_used < max_idle_age:
+                return c
+            c.close()
+        return None
 
     def put(self, conn: Conn, max_requests: int = 0) -> None:
         conn.requests += 1
