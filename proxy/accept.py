@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from meshctl.aio import spawn
+from proxy.streams import Channel, accept_channel
 from proxy.telemetry import Telemetry
 
 
@@ -22,16 +23,10 @@ def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return s
 
 
-async def streams_for(
-    sock: socket.socket, tls: ssl.SSLContext | None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**16)
-    protocol = asyncio.StreamReaderProtocol(reader)
-    transport, _ = await loop.connect_accepted_socket(
-        lambda: protocol, sock, ssl=tls, ssl_handshake_timeout=10 if tls else None
-    )
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+async def streams_for(sock: socket.socket, tls: ssl.SSLContext | None) -> tuple[Channel, Channel]:
+    """(reader, writer) of an accepted connection: one Channel, as both."""
+    channel = await accept_channel(sock, tls)
+    return channel, channel
 
 
 async def first_byte(sock: socket.socket, timeout: float) -> bytes:

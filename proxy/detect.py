@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 
+from proxy.streams import ByteReader
+
 # Linkerd's default opaque ports: server-first protocols that a sniffer would hang.
 OPAQUE_PORTS = frozenset((25, 587, 3306, 4444, 5432, 6379, 9300, 11211))
 DETECT_TIMEOUT_S = 0.3  # wait this long for the client's first bytes, then assume TCP
@@ -33,7 +35,7 @@ def looks_like_http(first: bytes) -> bool:
     return line_end > 0 and first[:line_end].endswith((b" HTTP/1.1", b" HTTP/1.0"))
 
 
-async def detect(reader: asyncio.StreamReader, port: int,
+async def detect(reader: ByteReader, port: int,
                  timeout: float = DETECT_TIMEOUT_S) -> tuple[str, bytes]:
     """("http" | "tcp", the bytes already read, to be replayed to whoever handles them)."""
     if port in OPAQUE_PORTS:

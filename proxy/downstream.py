@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 from meshctl.aio import spawn
 from proxy.forward import Result, local_reply
 from proxy.http1 import ProtocolError, Request, RequestParser
-from proxy.streams import EventStream, PeerClosed
+from proxy.streams import Channel, EventStream, PeerClosed
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
     from proxy.snapshot import ProxySnapshot
 
-Handle = Callable[[Request, EventStream, asyncio.StreamWriter, "ProxySnapshot"], Awaitable[Result]]
+Handle = Callable[[Request, EventStream, Channel, "ProxySnapshot"], Awaitable[Result]]
 Done = Callable[["ProxySnapshot", Result, float, Request], None]
 
 
@@ -36,10 +36,10 @@ class HeadWatch:
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.waiting: dict[EventStream, tuple[float, asyncio.StreamWriter]] = {}
+        self.waiting: dict[EventStream, tuple[float, Channel]] = {}
         self.task: asyncio.Task[None] | None = None
 
-    def start(self, down: EventStream, writer: asyncio.StreamWriter, now: float) -> None:
+    def start(self, down: EventStream, writer: Channel, now: float) -> None:
         self.waiting[down] = (now + self.proxy.opts.header_timeout_s, writer)
         if self.task is None:
             self.task = spawn(self._sweep(), name="header-timeouts")
@@ -73,25 +73,18 @@ def head_watch(proxy: Proxy) -> HeadWatch:
 
 async def serve_requests(
     proxy: Proxy,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    reader: Channel,
+    writer: Channel,
     handle: Handle,
     done: Done,
     initial: bytes = b"",
 ) -> None:
     """Serve requests until the client leaves; `initial` is what protocol detection read."""
-    down = EventStream(reader, RequestParser())
+    down = EventStream(reader, RequestParser(), initial)
     counters = proxy.telemetry.counters
     watch = head_watch(proxy)
     waiting = watch.waiting
     transport = writer.transport
-    if initial:
-        try:
-            down.pending.extend(down.parser.feed(initial))
-        except ProtocolError as exc:
-            writer.write(local_reply(exc.status, "DPE", close=True))
-            counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
-            return
     while True:
         try:
             # The whole head must arrive within the header timeout: a client sending one

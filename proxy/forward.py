@@ -28,7 +28,16 @@ from proxy.http1 import (
     strip_hop_by_hop,
 )
 from proxy.policy.retry import Outcome, RetryParams, backoff, should_retry
-from proxy.streams import Conn, Connector, ConnLimiter, EventStream, PeerClosed, Pool, PoolOverflow
+from proxy.streams import (
+    Channel,
+    Conn,
+    Connector,
+    ConnLimiter,
+    EventStream,
+    PeerClosed,
+    Pool,
+    PoolOverflow,
+)
 from proxy.tcp import relay
 
 log = logging.getLogger("meshctl.proxy.forward")
@@ -169,7 +178,7 @@ async def _read_body(down: EventStream, limit: int) -> tuple[list[bytes], bool, 
 
 
 async def forward(
-    req: Request, down: EventStream, dwriter: asyncio.StreamWriter, pool: Pool, plan: Plan
+    req: Request, down: EventStream, dwriter: Channel, pool: Pool, plan: Plan
 ) -> Result:
     """Forward `req` (its head already parsed from `down`) and stream the response back."""
     start = time.monotonic()
@@ -282,7 +291,7 @@ async def forward(
 
 
 async def _copy_body(
-    conn: Conn, dwriter: asyncio.StreamWriter, chunk_out: bool, head: bytes
+    conn: Conn, dwriter: Channel, chunk_out: bool, head: bytes
 ) -> int:
     """Stream the response body downstream; `head` goes out with the first piece.
 
@@ -353,6 +362,9 @@ async def _attempt(
     except (OSError, TimeoutError, ConnectionError):
         return Outcome(connect_failure=True), None, None
     conn.sent_at = time.monotonic()
+    # Announced before the first byte leaves: the channel parses what the upstream sends as
+    # it arrives, and an early answer (a 413 while the body still streams) is expected.
+    conn.parser.expect(req.method, req.upgrade)
     try:
         w = conn.writer
         if complete:
@@ -366,7 +378,6 @@ async def _attempt(
         else:
             w.write(_request_head(req, plan, None, True) + encode_chunk(body))
             await _pump_body(down, w, chunked=True)
-        conn.parser.expect(req.method, req.upgrade)
         if timeout is None:
             resp = await _response_head(conn)
         else:
@@ -398,7 +409,7 @@ class DownstreamError(Exception):
         self.error = error
 
 
-async def _pump_body(down: EventStream, w: asyncio.StreamWriter, *, chunked: bool) -> None:
+async def _pump_body(down: EventStream, w: Channel, *, chunked: bool) -> None:
     while True:
         try:
             ev = await down.next()
@@ -426,7 +437,7 @@ async def _relay_response(
     resp: Response,
     conn: Conn,
     down: EventStream,
-    dwriter: asyncio.StreamWriter,
+    dwriter: Channel,
     pool: Pool,
     *,
     target_key: str,
@@ -490,11 +501,14 @@ async def _relay_response(
     return Result(resp.status, "-", req_bytes, size, target_key, attempts, keep)
 
 
-async def _splice(down: EventStream, dwriter: asyncio.StreamWriter, conn: Conn) -> None:
+async def _splice(down: EventStream, dwriter: Channel, conn: Conn) -> None:
     """After a 101: relay raw bytes both ways (WebSocket), with what the parsers held first."""
     dparser = down.parser
     early_down = dparser.take_remaining() if hasattr(dparser, "take_remaining") else b""
     early_up = conn.parser.take_remaining() if hasattr(conn.parser, "take_remaining") else b""
+    # No more parsing on either channel: what arrives from now on is raw, for the relay.
+    down.channel.detach()
+    conn.events.channel.detach()
     if early_up:
         dwriter.write(early_up)
     if early_down:

@@ -36,7 +36,7 @@ from proxy.policy.fault import decide as decide_fault
 from proxy.policy.ratelimit import TokenBucket
 from proxy.routing import RouteLimits, new_bucket, over_limit
 from proxy.snapshot import ProxySnapshot, build_snapshot
-from proxy.streams import ConnLimiter, Pool
+from proxy.streams import ByteReader, ByteWriter, ConnLimiter, Pool
 from proxy.tcp import relay
 from proxy.telemetry import Telemetry
 from proxy.tracing import Hop, Tracer
@@ -281,7 +281,7 @@ class Proxy:
             self._bucket_key = rl
         return over_limit(self._bucket)
 
-    async def apply_fault(self, fault: FaultParams, writer: asyncio.StreamWriter) -> int | None:
+    async def apply_fault(self, fault: FaultParams, writer: ByteWriter) -> int | None:
         """VirtualService fault injection: delay and/or abort, each on its percentage."""
         d = decide_fault(fault, _RNG)
         if d.delay_s:
@@ -438,7 +438,7 @@ class Proxy:
         await self.outbound.serve(reader, writer, hit[0].service.name, hit[1])
 
     async def _passthrough(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str, port: int
+        self, reader: ByteReader, writer: ByteWriter, ip: str, port: int
     ) -> None:
         """Not a mesh service: relay to where the app meant to go (our uid is not redirected)."""
 

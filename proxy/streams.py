@@ -4,33 +4,258 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl as _ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from proxy.http1 import Event, RequestParser, ResponseParser
+from proxy.http1 import Event, ProtocolError, RequestParser, ResponseParser
 
 READ_SIZE = 65536
+
+
+class ByteReader(Protocol):
+    """What the byte relays read from: a Channel or an asyncio.StreamReader."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """What the byte relays write to: a Channel or an asyncio.StreamWriter."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
+    def can_write_eof(self) -> bool: ...
+    def write_eof(self) -> None: ...
 
 
 class PeerClosed(Exception):
     """The other side closed the connection between messages."""
 
 
-class EventStream:
-    """Events from a parser fed by a StreamReader, one at a time, reading only when needed."""
+class Channel(asyncio.Protocol):
+    """One connection as an asyncio Protocol: reader, writer and, when an HTTP parser is
+    attached, the parser's feeder, in one object.
 
-    __slots__ = ("eof", "parser", "pending", "reader", "timed_out")
+    Why not StreamReader/StreamWriter: on the request path every arrival of bytes went
+    through five pure-Python StreamReader steps (feed, wake, wait, copy, resume) before
+    the parser saw them. Here `data_received` feeds the attached parser directly and wakes
+    the coroutine only when it waits for an event; with no parser attached (opaque TCP,
+    protocol sniffing, after an Upgrade) bytes are buffered for `read`/`readexactly`, the
+    subset of StreamReader the relays use. The writer side is the subset of StreamWriter
+    the proxy uses (write, drain, close, write_eof, get_extra_info).
+    """
+
+    def __init__(self, limit: int = 2**16) -> None:
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._limit = limit
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._paused_writing = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self.events: EventStream | None = None  # the attached parser's stream, if any
+
+    # -- protocol callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        events = self.events
+        if events is not None:
+            events.feed(data)
+            if len(events.pending) > 64 and not self._paused_reading:
+                self._paused_reading = True  # a slow consumer: stop reading until it catches up
+                self.transport.pause_reading()
+        else:
+            self._buffer += data
+            if len(self._buffer) > 2 * self._limit and not self._paused_reading:
+                self._paused_reading = True
+                self.transport.pause_reading()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._set_eof()
+        return True  # keep the write side open: half-close is the relays' to pass on
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._error is None:
+            self._error = exc
+        self._set_eof()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            if exc is None:
+                self._drain_waiter.set_result(None)
+            else:
+                self._drain_waiter.set_exception(ConnectionResetError(str(exc)))
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _set_eof(self) -> None:
+        if self._eof:
+            return
+        self._eof = True
+        if self.events is not None:
+            self.events.feed(b"")
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def wait(self) -> None:
+        """Until more bytes (or events), EOF or an error arrive."""
+        if self._paused_reading:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        await waiter
+
+    def attach(self, events: EventStream) -> None:
+        """Feed bytes to `events`' parser from now on, starting with what is buffered."""
+        self.events = events
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            events.feed(data)
+        if self._eof:
+            events.feed(b"")
+
+    def detach(self, remaining: bytes = b"") -> None:
+        """Back to raw bytes (after an Upgrade): `remaining` is what the parser held."""
+        self.events = None
+        if remaining:
+            self._buffer[:0] = remaining
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._buffer
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    async def read(self, n: int = -1) -> bytes:
+        while not self._buffer and not self._eof:
+            await self.wait()
+        if not self._buffer:
+            return b""
+        if n < 0 or n >= len(self._buffer):
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            data = bytes(self._buffer[:n])
+            del self._buffer[:n]
+        if self._paused_reading and len(self._buffer) <= self._limit:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            if self._eof:
+                partial = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(partial, n)
+            await self.wait()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        if self._paused_reading and len(self._buffer) <= self._limit:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return data
+
+    # -- writing (the StreamWriter subset) ---------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport.is_closing():
+            await asyncio.sleep(0)  # let connection_lost run, as StreamWriter.drain does
+            if self._error is not None:
+                raise ConnectionResetError("connection lost")
+        if self._paused_writing:
+            waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+            await waiter
+
+    def can_write_eof(self) -> bool:
+        return self.transport.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.transport.write_eof()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    async def wait_closed(self) -> None:
+        if self.transport.is_closing() and self._closed is None and self._eof:
+            return
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        await self._closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.transport.get_extra_info(name, default)
+
+
+class EventStream:
+    """Events from a parser that its Channel feeds as bytes arrive, one at a time."""
+
+    __slots__ = ("channel", "eof", "error", "parser", "pending", "timed_out")
 
     def __init__(
-        self, reader: asyncio.StreamReader, parser: RequestParser | ResponseParser
+        self, channel: Channel, parser: RequestParser | ResponseParser, initial: bytes = b""
     ) -> None:
-        self.reader = reader
+        self.channel = channel
         self.parser = parser
         self.pending: deque[Event] = deque()
         self.eof = False
+        self.error: ProtocolError | None = None
         self.timed_out = False  # cut off by the header timeout (proxy.downstream.HeadWatch)
+        if initial:  # what protocol detection read: before anything the channel buffered
+            self.feed(initial)
+        channel.attach(self)
+
+    @property
+    def reader(self) -> Channel:
+        return self.channel
+
+    def feed(self, data: bytes) -> None:
+        """Called by the channel: bytes (b"" at EOF) into the parser, events queued. A
+        framing error is kept and raised to the reader after the events before it."""
+        if self.error is not None or self.eof:
+            return
+        if not data:
+            self.eof = True
+        try:
+            self.pending.extend(self.parser.feed(data))
+        except ProtocolError as exc:
+            self.error = exc
 
     def poll(self) -> Event | None:
         """The next event if one is already parsed, without a coroutine (the hot path asks
@@ -41,14 +266,14 @@ class EventStream:
     async def next(self) -> Event:
         pending = self.pending
         while not pending:
+            if self.error is not None:
+                raise self.error
             if self.eof:
+                exc = self.channel.exception()
+                if isinstance(exc, ConnectionError):
+                    raise exc
                 raise PeerClosed()
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                self.eof = True
-            pending.extend(self.parser.feed(data))
-            if self.eof and not pending:
-                raise PeerClosed()
+            await self.channel.wait()
         return pending.popleft()
 
 
@@ -57,8 +282,8 @@ class Conn:
     """One upstream connection with its response parser; reusable while both ends keep it alive."""
 
     key: str
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    reader: Channel  # reader and writer are the same Channel (StreamReader/Writer names kept)
+    writer: Channel
     events: EventStream
     created: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -83,16 +308,16 @@ class Conn:
         """Idle and clean: no event or byte pending. Bytes that arrived while the connection
         sat idle are an unsolicited response (a desync attempt or a broken upstream): such
         a connection is never reused, as Envoy closes it."""
+        events = self.events
         return (
-            not self.events.eof
-            and not self.events.pending
+            not events.eof
+            and events.error is None  # the parser refuses any byte with no request out
+            and not events.pending
             and not self.writer.is_closing()
-            and not self.reader.at_eof()
-            and not getattr(self.reader, "_buffer", b"")
         )
 
 
-Connector = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+Connector = Callable[[], Awaitable[Channel]]
 
 
 class PoolOverflow(Exception):
@@ -179,16 +404,14 @@ class Pool:
                 break
             await limiter.wait(max(0.001, deadline - now))
         try:
-            reader, writer = await asyncio.wait_for(
-                connect(), max(0.001, deadline - time.monotonic())
-            )
+            channel = await asyncio.wait_for(connect(), max(0.001, deadline - time.monotonic()))
         except BaseException:
             if limiter is not None:
                 limiter.closed()
             raise
         self.opened += 1
         return Conn(
-            key, reader, writer, EventStream(reader, ResponseParser()), limiter=limiter
+            key, channel, channel, EventStream(channel, ResponseParser()), limiter=limiter
         ), False
 
     def take_idle(self, key: str, idle_timeout_s: float | None = None) -> Conn | None:
@@ -225,3 +448,23 @@ class Pool:
             for c in idle:
                 c.close()
         self._idle.clear()
+
+
+async def open_channel(
+    host: str, port: int, *, ssl: _ssl.SSLContext | None = None, server_hostname: str | None = None
+) -> Channel:
+    """asyncio.open_connection, as one Channel (TCP_NODELAY, as asyncio sets it too)."""
+    channel = Channel()  # made here: with TLS, uvloop hands back its own SSL protocol
+    await asyncio.get_running_loop().create_connection(
+        lambda: channel, host, port, ssl=ssl, server_hostname=server_hostname
+    )
+    return channel
+
+
+async def accept_channel(sock: socket.socket, tls: _ssl.SSLContext | None) -> Channel:
+    """An accepted socket as a Channel, after the TLS handshake when `tls` is given."""
+    channel = Channel()
+    await asyncio.get_running_loop().connect_accepted_socket(
+        lambda: channel, sock, ssl=tls, ssl_handshake_timeout=10 if tls else None
+    )
+    return channel

@@ -13,20 +13,22 @@ import asyncio
 import contextlib
 import struct
 
+from proxy.streams import ByteReader, ByteWriter
+
 _LEN = struct.Struct("!I")
 FIN = _LEN.pack(0)
 CHUNK = 65536
 
 
 async def relay(
-    r1: asyncio.StreamReader,
-    w1: asyncio.StreamWriter,
-    r2: asyncio.StreamReader,
-    w2: asyncio.StreamWriter,
+    r1: ByteReader,
+    w1: ByteWriter,
+    r2: ByteReader,
+    w2: ByteWriter,
 ) -> tuple[int, int]:
     """Copy both directions until both are done, passing half-closes through (write_eof)."""
 
-    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
+    async def pipe(r: ByteReader, w: ByteWriter) -> int:
         n = 0
         try:
             while True:
@@ -47,7 +49,7 @@ async def relay(
     return a, b
 
 
-async def _plain_to_framed(r: asyncio.StreamReader, w: asyncio.StreamWriter,
+async def _plain_to_framed(r: ByteReader, w: ByteWriter,
                            initial: bytes = b"") -> int:
     n = len(initial)
     try:
@@ -65,7 +67,7 @@ async def _plain_to_framed(r: asyncio.StreamReader, w: asyncio.StreamWriter,
     return n
 
 
-async def _framed_to_plain(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
+async def _framed_to_plain(r: ByteReader, w: ByteWriter) -> int:
     n = 0
     try:
         while True:
@@ -87,10 +89,10 @@ async def _framed_to_plain(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> 
 
 
 async def relay_framed(
-    plain_r: asyncio.StreamReader,
-    plain_w: asyncio.StreamWriter,
-    tls_r: asyncio.StreamReader,
-    tls_w: asyncio.StreamWriter,
+    plain_r: ByteReader,
+    plain_w: ByteWriter,
+    tls_r: ByteReader,
+    tls_w: ByteWriter,
     initial: bytes = b"",
 ) -> tuple[int, int]:
     """Relay between a plain TCP side and a framed mTLS side until both directions end;

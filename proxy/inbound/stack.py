@@ -17,7 +17,7 @@ from proxy.forward import Plan, Result, Target, forward, local_reply
 from proxy.http1 import EndOfMessage, Request
 from proxy.identity import parse_sni, peer_identity
 from proxy.intercept.origdst import original_dst
-from proxy.streams import EventStream
+from proxy.streams import Channel, EventStream, open_channel
 from proxy.tcp import relay, relay_framed
 from proxy.tracing import SERVER, TRACE_HEADERS, Hop
 from registry.ca import SpiffeId
@@ -99,15 +99,15 @@ class Inbound:
     def _app_target(self, port: int) -> Target:
         host, app_port = self.proxy.app_address(port)
 
-        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            return await asyncio.open_connection(host, app_port)
+        async def connect() -> Channel:
+            return await open_channel(host, app_port)
 
         return Target(f"app:{port}", connect, 5.0)
 
     async def _serve_tcp(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: Channel,
+        writer: Channel,
         port: int,
         snap: ProxySnapshot,
         peer: SpiffeId | None,
@@ -120,7 +120,8 @@ class Inbound:
             return
         t = self._app_target(port)
         try:
-            ar, aw = await asyncio.wait_for(t.connect(), t.connect_timeout_s)
+            app = await asyncio.wait_for(t.connect(), t.connect_timeout_s)
+            ar = aw = app
         except (OSError, TimeoutError):
             proxy.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
             return
@@ -138,8 +139,8 @@ class Inbound:
 
     async def _serve_http(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: Channel,
+        writer: Channel,
         port: int,
         peer: SpiffeId | None,
         first: bytes = b"",
@@ -151,7 +152,7 @@ class Inbound:
         slot: list[Hop | None] = [None]  # the hop of the request in flight on this connection
 
         async def handle(
-            req: Request, down: EventStream, w: asyncio.StreamWriter, snap: ProxySnapshot
+            req: Request, down: EventStream, w: Channel, snap: ProxySnapshot
         ) -> Result:
             hop = slot[0] = tracer.start(req.headers, SERVER)
             return await self._handle(req, down, w, snap, port, peer, [*xfcc, *hop.headers])
@@ -175,7 +176,7 @@ class Inbound:
         self,
         req: Request,
         down: EventStream,
-        writer: asyncio.StreamWriter,
+        writer: Channel,
         snap: ProxySnapshot,
         port: int,
         peer: SpiffeId | None,

@@ -23,7 +23,7 @@ from proxy.http1 import (
 from proxy.identity import peer_identity, sni_for
 from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
-from proxy.streams import EventStream
+from proxy.streams import Channel, EventStream, open_channel
 from proxy.tcp import relay_framed
 from proxy.tracing import CLIENT, TRACE_HEADERS, Hop, without_trace_headers
 from registry.server.catalog import Endpoint
@@ -68,9 +68,9 @@ class Outbound:
         expected = snap.config.spiffe_id(view.service.name)
         sni = sni_for(view.service.name, port, snap.config.namespace, tcp)
 
-        async def connect(ep: Endpoint = ep) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async def connect(ep: Endpoint = ep) -> Channel:
             assert ident is not None
-            r, w = await asyncio.open_connection(
+            w = await open_channel(
                 ep.address, ep.inbound_port, ssl=ident.client_ctx, server_hostname=sni
             )
             peer = peer_identity(w.get_extra_info("ssl_object"))
@@ -80,7 +80,7 @@ class Outbound:
                 raise PeerIdentityError(
                     f"{ep.address}:{ep.inbound_port} is {peer}, expected {expected}"
                 )
-            return r, w
+            return w
 
         host = f"{ep.address}:{ep.inbound_port}"
         rt.balancer.on_start(host)
@@ -104,7 +104,7 @@ class Outbound:
         return target
 
     async def serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: str, port: int
+        self, reader: Channel, writer: Channel, service: str, port: int
     ) -> None:
         """One downstream connection from the app to `service:port`."""
         snap = self.proxy.snapshot
@@ -127,8 +127,8 @@ class Outbound:
 
     async def _serve_tcp(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: Channel,
+        writer: Channel,
         snap: ProxySnapshot,
         view: ServiceView,
         port: int,
@@ -141,20 +141,20 @@ class Outbound:
             self.proxy.telemetry.counters["meshctl_proxy_tcp_no_healthy_upstream_total"] += 1
             return
         try:
-            ur, uw = await asyncio.wait_for(target.connect(), target.connect_timeout_s)
+            up = await asyncio.wait_for(target.connect(), target.connect_timeout_s)
         except (OSError, TimeoutError, ConnectionError):
             self.proxy.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
             return
         proxy = self.proxy
         proxy.record_tcp(snap, "source", view.service.name, None, opened=True)
-        sent, received = await relay_framed(reader, writer, ur, uw, first)
-        uw.close()
+        sent, received = await relay_framed(reader, writer, up, up, first)
+        up.close()
         proxy.record_tcp(snap, "source", view.service.name, None, sent=sent, received=received)
 
     async def _serve_http(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: Channel,
+        writer: Channel,
         service: str,
         port: int,
         first: bytes = b"",
@@ -166,7 +166,7 @@ class Outbound:
         slot: list[Hop | None] = [None]
 
         async def handle(
-            req: Request, down: EventStream, w: asyncio.StreamWriter, snap: ProxySnapshot
+            req: Request, down: EventStream, w: Channel, snap: ProxySnapshot
         ) -> Result:
             hop = slot[0] = tracer.start(req.headers, CLIENT)
             view = snap.services.get(service)
@@ -185,7 +185,7 @@ class Outbound:
         self,
         req: Request,
         down: EventStream,
-        writer: asyncio.StreamWriter,
+        writer: Channel,
         snap: ProxySnapshot,
         view: ServiceView,
         port: int,
@@ -246,7 +246,7 @@ class Outbound:
         self,
         req: Request,
         down: EventStream,
-        writer: asyncio.StreamWriter,
+        writer: Channel,
         snap: ProxySnapshot,
         dview: ServiceView,
         cluster: Cluster,
