@@ -8,20 +8,23 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshctl.aio import spawn
-from proxy.forward import Result, local_reply
+from proxy import fastpath
+from proxy.fastpath import Close, FastConn, Handover
+from proxy.forward import Prep, Result, Started, complete, local_reply
 from proxy.http1 import ProtocolError, Request, RequestParser
 from proxy.streams import Channel, EventStream, PeerClosed
+from proxy.tracing import Hop
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
     from proxy.snapshot import ProxySnapshot
 
-Handle = Callable[[Request, EventStream, Channel, "ProxySnapshot"], Awaitable[Result]]
-Done = Callable[["ProxySnapshot", Result, float, Request], None]
+Prepare = Callable[[Request, "ProxySnapshot"], Prep]
+Done = Callable[["ProxySnapshot", Result, float, Request, Hop | None], None]
 
 
 class HeadWatch:
@@ -75,16 +78,25 @@ async def serve_requests(
     proxy: Proxy,
     reader: Channel,
     writer: Channel,
-    handle: Handle,
+    prepare: Prepare,
     done: Done,
     initial: bytes = b"",
 ) -> None:
-    """Serve requests until the client leaves; `initial` is what protocol detection read."""
+    """Serve requests until the client leaves; `initial` is what protocol detection read.
+
+    `prepare` makes a request's synchronous decisions (proxy.forward.Prep); the request is
+    then carried by proxy.fastpath from the channels' callbacks when it can be, else here.
+    """
     down = EventStream(reader, RequestParser(), initial)
     counters = proxy.telemetry.counters
     watch = head_watch(proxy)
     waiting = watch.waiting
     transport = writer.transport
+
+    async def resume(req: Request, prep: Prep, started: Started) -> Result:
+        return await complete(req, down, writer, prep, started)
+
+    fast = FastConn(proxy, down, writer, prepare, done, resume, watch) if fastpath.ENABLED else None
     while True:
         try:
             # The whole head must arrive within the header timeout: a client sending one
@@ -92,9 +104,14 @@ async def serve_requests(
             ev = down.poll()
             if ev is None:
                 watch.start(down, writer, time.monotonic())
+                if fast is not None:
+                    down.listener = fast.on_events
+                    if down.pending or down.eof or down.error is not None:
+                        fast.on_events()  # already parsed (pipelined, or with the detection)
                 try:
                     ev = await down.next()
                 finally:
+                    down.listener = None
                     waiting.pop(down, None)
         except (PeerClosed, ConnectionError):
             return
@@ -106,23 +123,43 @@ async def serve_requests(
             return
         if down.timed_out:
             return
-        assert isinstance(ev, Request)
-        snap = proxy.snapshot  # read once: the request finishes on this snapshot
-        assert snap is not None
-        start = time.monotonic()
-        proxy.inflight += 1
-        try:
-            result = await handle(ev, down, writer, snap)
-        except ProtocolError as exc:
-            writer.write(local_reply(exc.status, "DPE", close=True))
-            counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
+        kind = type(ev)
+        if kind is Handover:  # the fast path began it: finish it here
+            assert isinstance(ev, Handover)
+            req, snap, start, prep = ev.req, ev.snap, ev.start, ev.prep
+            try:
+                result = await ev.resume()
+            except ProtocolError as exc:
+                writer.write(local_reply(exc.status, "DPE", close=True))
+                counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
+                return
+            except (PeerClosed, ConnectionError):
+                return
+            finally:
+                proxy.inflight -= 1
+        elif kind is Close:
             return
-        except (PeerClosed, ConnectionError):
-            return
-        finally:
-            proxy.inflight -= 1
-        done(snap, result, start, ev)
-        if not result.keep_alive or not ev.keep_alive or proxy.draining:
+        else:
+            assert isinstance(ev, Request)
+            req = ev
+            current = proxy.snapshot  # read once: the request finishes on this snapshot
+            assert current is not None
+            snap = current
+            start = time.monotonic()
+            proxy.inflight += 1
+            try:
+                prep = prepare(req, snap)
+                result = await complete(req, down, writer, prep, None)
+            except ProtocolError as exc:
+                writer.write(local_reply(exc.status, "DPE", close=True))
+                counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
+                return
+            except (PeerClosed, ConnectionError):
+                return
+            finally:
+                proxy.inflight -= 1
+        done(snap, result, start, req, prep.hop)
+        if not result.keep_alive or not req.keep_alive or proxy.draining:
             return
         if transport.get_write_buffer_size():
             try:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from proxy.http1 import (
@@ -39,6 +39,7 @@ from proxy.streams import (
     PoolOverflow,
 )
 from proxy.tcp import relay
+from proxy.tracing import Hop
 
 log = logging.getLogger("meshctl.proxy.forward")
 # Linkerd never retries a request whose body is over 64 KiB; we keep at most that much.
@@ -141,6 +142,80 @@ class Plan:
     mirror: Callable[[Request, bytes], None] | None = None
 
 
+@dataclass(slots=True)
+class Prep:
+    """A request's decisions, made synchronously before any I/O by the stack's `prepare`
+    (shared by the coroutine path and proxy.fastpath): the plan to forward it by, or the
+    local reply it gets. `later` is an asynchronous step still to run first (a fault's
+    delay), giving the final Prep; `release` is called once when the request ends."""
+
+    hop: Hop | None
+    plan: Plan | None = None
+    pool: Pool | None = None
+    reply: bytes = b""
+    result: Result | None = None
+    release: Callable[[], None] | None = None
+    later: Callable[[Channel], Awaitable[Prep]] | None = None
+
+
+def local_prep(
+    hop: Hop | None,
+    status: int,
+    flag: str,
+    *,
+    result_flag: str | None = None,
+    close: bool = False,
+    extra: Headers | None = None,
+) -> Prep:
+    """A Prep whose answer is a local reply (no upstream)."""
+    return Prep(
+        hop,
+        reply=local_reply(status, flag, close=close, extra=extra),
+        result=Result(status, result_flag or flag, 0, 0, "", 0, not close),
+    )
+
+
+@dataclass(slots=True)
+class Started:
+    """What the fast path (proxy.fastpath) already did with a request it hands over: the
+    whole body read, maybe a target picked for attempt 1, maybe that attempt's outcome
+    (already reported to the balancer)."""
+
+    body: bytes
+    target: Target | None = None
+    attempt: tuple[Outcome, Conn | None, Response | None] | None = None
+
+
+async def complete(
+    req: Request, down: EventStream, writer: Channel, prep: Prep, started: Started | None
+) -> Result:
+    """Carry a prepared request to its end on the coroutine path."""
+    release = prep.release
+    try:
+        if prep.later is not None:  # a Prep with a later step holds nothing to release yet
+            prep = await prep.later(writer)
+            release = prep.release
+        if prep.plan is None or prep.pool is None:
+            assert prep.result is not None
+            if prep.reply:
+                writer.write(prep.reply)
+            if started is None:
+                await discard_body(down)
+            return prep.result
+        return await forward(req, down, writer, prep.pool, prep.plan, started)
+    finally:
+        if release is not None:
+            release()
+
+
+async def discard_body(down: EventStream) -> None:
+    """Read the rest of a request answered locally, so the next one can be parsed."""
+    while True:
+        ev = down.poll() or await down.next()
+        if type(ev) is EndOfMessage:
+            return
+
+
 class _Overflow(Outcome):
     """Marker outcome: the connection pool overflowed (no attempt was made)."""
 
@@ -148,7 +223,7 @@ class _Overflow(Outcome):
 _OVERFLOW = _Overflow()
 
 
-def _request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) -> bytes:
+def request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) -> bytes:
     if req.upgrade is not None:
         headers = [(n, v) for n, v in req.headers if n.lower() not in plan.remove_request_headers]
     else:
@@ -178,19 +253,30 @@ async def _read_body(down: EventStream, limit: int) -> tuple[list[bytes], bool, 
 
 
 async def forward(
-    req: Request, down: EventStream, dwriter: Channel, pool: Pool, plan: Plan
+    req: Request,
+    down: EventStream,
+    dwriter: Channel,
+    pool: Pool,
+    plan: Plan,
+    started: Started | None = None,
 ) -> Result:
-    """Forward `req` (its head already parsed from `down`) and stream the response back."""
+    """Forward `req` (its head already parsed from `down`) and stream the response back;
+    `started`: what the fast path already did (the body is then read already)."""
     start = time.monotonic()
     deadline = start + plan.timeout_s if plan.timeout_s else None
-    if req.expect_continue:
-        # Envoy answers 100-continue itself and does not pass Expect upstream: the body is
-        # then read here (into the replay buffer) before an upstream is even chosen.
-        dwriter.write(CONTINUE)
     has_body = req.chunked or (req.content_length or 0) > 0
-    pieces, complete, _ = await _read_body(down, REPLAY_LIMIT) if has_body else ([], True, False)
-    if not has_body and down.poll() is None:
-        await down.next()  # the EndOfMessage of a body-less request
+    if started is not None:
+        pieces, complete = [started.body], True
+    else:
+        if req.expect_continue:
+            # Envoy answers 100-continue itself and does not pass Expect upstream: the body
+            # is then read here (into the replay buffer) before an upstream is even chosen.
+            dwriter.write(CONTINUE)
+        pieces, complete, _ = (
+            await _read_body(down, REPLAY_LIMIT) if has_body else ([], True, False)
+        )
+        if not has_body and down.poll() is None:
+            await down.next()  # the EndOfMessage of a body-less request
     body = b"".join(pieces)
     replayable = complete
     if plan.mirror is not None and complete:
@@ -216,23 +302,31 @@ async def forward(
                 break
             await asyncio.sleep(delay)
         attempt += 1
-        target = plan.pick(exclude)
+        reported = False
+        if attempt == 1 and started is not None and started.target is not None:
+            target = started.target  # picked by the fast path (its balancer slot is taken)
+        else:
+            target = plan.pick(exclude)
         if target is None:
             last_flag, last_status = "UH", 503
             break
-        per_try = retry.per_try_timeout_s if retry else None
-        budget = _remaining(deadline)
-        try_timeout = (
-            min(x for x in (per_try, budget) if x is not None) if (per_try or budget) else None
-        )
         t0 = time.monotonic()
-        outcome, conn, resp = await _attempt(
-            req, plan, pool, target, body, complete, replayable, down, try_timeout, has_body
-        )
+        if attempt == 1 and started is not None and started.attempt is not None:
+            outcome, conn, resp = started.attempt
+            reported = True
+        else:
+            per_try = retry.per_try_timeout_s if retry else None
+            budget = _remaining(deadline)
+            try_timeout = (
+                min(x for x in (per_try, budget) if x is not None) if (per_try or budget) else None
+            )
+            outcome, conn, resp = await _attempt(
+                req, plan, pool, target, body, complete, replayable, down, try_timeout, has_body
+            )
         if outcome is _OVERFLOW:
             last_flag, last_status = "UO", 503
             break
-        if target.report is not None:
+        if target.report is not None and not reported:
             # The latency sample the balancer learns from starts when the request was sent:
             # a new connection's TCP and TLS set-up is not the endpoint's load, and counting
             # it would keep a fresh endpoint from ever being chosen by peak EWMA.
@@ -368,15 +462,15 @@ async def _attempt(
     try:
         w = conn.writer
         if complete:
-            head = _request_head(req, plan, len(body) if has_body else None, False)
+            head = request_head(req, plan, len(body) if has_body else None, False)
             w.write(head + body if body else head)
         elif req.content_length is not None:
             # Longer than the replay buffer: stream the rest, keeping Content-Length (apps
             # that cannot read chunked requests still work).
-            w.write(_request_head(req, plan, req.content_length, False) + body)
+            w.write(request_head(req, plan, req.content_length, False) + body)
             await _pump_body(down, w, chunked=False)
         else:
-            w.write(_request_head(req, plan, None, True) + encode_chunk(body))
+            w.write(request_head(req, plan, None, True) + encode_chunk(body))
             await _pump_body(down, w, chunked=True)
         if timeout is None:
             resp = await _response_head(conn)
@@ -460,6 +554,32 @@ async def _relay_response(
         parser = down.parser
         if isinstance(parser, RequestParser) and parser.paused:
             down.pending.extend(parser.resume())
+    head, chunk_out, keep, until_close = response_head(req, resp, plan, complete)
+    size = 0
+    try:
+        if deadline is None:
+            size = await _copy_body(conn, dwriter, chunk_out, head)
+        else:
+            # The route timeout covers the whole response (Envoy's route timeout): one
+            # timer for the body, not one per piece.
+            async with asyncio.timeout_at(_loop_deadline(deadline)):
+                size = await _copy_body(conn, dwriter, chunk_out, head)
+    except (TimeoutError, PeerClosed, ProtocolError, ConnectionError, OSError):
+        # Headers are gone already: the only honest signal left is to cut the connection.
+        conn.close()
+        return Result(resp.status, "UC", req_bytes, size, target_key, attempts, False)
+    if resp.keep_alive and not until_close and not refused_upgrade:
+        pool.put(conn, max_requests)
+    else:
+        conn.close()
+    return Result(resp.status, "-", req_bytes, size, target_key, attempts, keep)
+
+
+def response_head(
+    req: Request, resp: Response, plan: Plan, complete: bool
+) -> tuple[bytes, bool, bool, bool]:
+    """The head to send downstream for `resp`, re-framed: (head, chunk the body out,
+    downstream keep-alive, body runs until the upstream closes)."""
     headers = [(n, v) for n, v in strip_hop_by_hop(resp.headers) if n.lower() != b"content-length"]
     if plan.response_headers is not None:
         headers = plan.response_headers(headers)
@@ -480,25 +600,7 @@ async def _relay_response(
         headers.append((b"connection", b"close"))
     elif req.version == b"1.0":
         headers.append((b"connection", b"keep-alive"))  # RFC 9112 9.3: 1.0 must be told
-    head = render_response_head(resp.status, resp.reason, headers)
-    size = 0
-    try:
-        if deadline is None:
-            size = await _copy_body(conn, dwriter, chunk_out, head)
-        else:
-            # The route timeout covers the whole response (Envoy's route timeout): one
-            # timer for the body, not one per piece.
-            async with asyncio.timeout_at(_loop_deadline(deadline)):
-                size = await _copy_body(conn, dwriter, chunk_out, head)
-    except (TimeoutError, PeerClosed, ProtocolError, ConnectionError, OSError):
-        # Headers are gone already: the only honest signal left is to cut the connection.
-        conn.close()
-        return Result(resp.status, "UC", req_bytes, size, target_key, attempts, False)
-    if resp.keep_alive and not until_close and not refused_upgrade:
-        pool.put(conn, max_requests)
-    else:
-        conn.close()
-    return Result(resp.status, "-", req_bytes, size, target_key, attempts, keep)
+    return render_response_head(resp.status, resp.reason, headers), chunk_out, keep, until_close
 
 
 async def _splice(down: EventStream, dwriter: Channel, conn: Conn) -> None:

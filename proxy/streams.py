@@ -76,6 +76,9 @@ class Channel(asyncio.Protocol):
             if len(events.pending) > 64 and not self._paused_reading:
                 self._paused_reading = True  # a slow consumer: stop reading until it catches up
                 self.transport.pause_reading()
+            if events.listener is not None:
+                events.listener()  # the fast path (proxy.fastpath) takes it from here
+                return
         else:
             self._buffer += data
             if len(self._buffer) > 2 * self._limit and not self._paused_reading:
@@ -116,8 +119,16 @@ class Channel(asyncio.Protocol):
         if self._eof:
             return
         self._eof = True
-        if self.events is not None:
-            self.events.feed(b"")
+        events = self.events
+        if events is not None:
+            events.feed(b"")
+            if events.listener is not None:
+                events.listener()
+                return
+        self.wake()
+
+    def wake(self) -> None:
+        """Resume the coroutine waiting in `wait`, if any."""
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -126,11 +137,15 @@ class Channel(asyncio.Protocol):
 
     # -- reading -----------------------------------------------------------------------
 
-    async def wait(self) -> None:
-        """Until more bytes (or events), EOF or an error arrive."""
+    def resume(self) -> None:
+        """Read again if a backlog had paused reading (the consumer caught up)."""
         if self._paused_reading:
             self._paused_reading = False
             self.transport.resume_reading()
+
+    async def wait(self) -> None:
+        """Until more bytes (or events), EOF or an error arrive."""
+        self.resume()
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         await waiter
 
@@ -223,20 +238,28 @@ class Channel(asyncio.Protocol):
         return self.transport.get_extra_info(name, default)
 
 
+class Marker:
+    """Queued among a stream's events for its reader by proxy.fastpath (Handover, Close)."""
+
+    __slots__ = ()
+
+
 class EventStream:
     """Events from a parser that its Channel feeds as bytes arrive, one at a time."""
 
-    __slots__ = ("channel", "eof", "error", "parser", "pending", "timed_out")
+    __slots__ = ("channel", "eof", "error", "listener", "parser", "pending", "timed_out")
 
     def __init__(
         self, channel: Channel, parser: RequestParser | ResponseParser, initial: bytes = b""
     ) -> None:
         self.channel = channel
         self.parser = parser
-        self.pending: deque[Event] = deque()
+        self.pending: deque[Event | Marker] = deque()
         self.eof = False
         self.error: ProtocolError | None = None
         self.timed_out = False  # cut off by the header timeout (proxy.downstream.HeadWatch)
+        # Called instead of waking the reader when bytes or EOF arrive (proxy.fastpath).
+        self.listener: Callable[[], None] | None = None
         if initial:  # what protocol detection read: before anything the channel buffered
             self.feed(initial)
         channel.attach(self)
@@ -257,13 +280,13 @@ class EventStream:
         except ProtocolError as exc:
             self.error = exc
 
-    def poll(self) -> Event | None:
+    def poll(self) -> Event | Marker | None:
         """The next event if one is already parsed, without a coroutine (the hot path asks
         this first: a whole small request or response usually arrives in one read)."""
         pending = self.pending
         return pending.popleft() if pending else None
 
-    async def next(self) -> Event:
+    async def next(self) -> Event | Marker:
         pending = self.pending
         while not pending:
             if self.error is not None:

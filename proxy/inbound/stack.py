@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 from proxy.accept import first_byte, streams_for
 from proxy.detect import detect
 from proxy.downstream import serve_requests
-from proxy.forward import Plan, Result, Target, forward, local_reply
-from proxy.http1 import EndOfMessage, Request
+from proxy.forward import Plan, Prep, Result, Target, local_prep
+from proxy.http1 import Request
 from proxy.identity import parse_sni, peer_identity
 from proxy.intercept.origdst import original_dst
-from proxy.streams import Channel, EventStream, open_channel
+from proxy.streams import Channel, open_channel
 from proxy.tcp import relay, relay_framed
 from proxy.tracing import SERVER, TRACE_HEADERS, Hop
 from registry.ca import SpiffeId
@@ -149,15 +149,31 @@ class Inbound:
         me = str(proxy.identity.spiffe_id) if proxy.identity else ""
         xfcc = [(b"x-forwarded-client-cert", f"By={me};URI={peer}".encode())] if peer else []
         tracer = proxy.tracer
-        slot: list[Hop | None] = [None]  # the hop of the request in flight on this connection
+        counters = proxy.telemetry.counters
+        target = self._app_target(port)
 
-        async def handle(
-            req: Request, down: EventStream, w: Channel, snap: ProxySnapshot
-        ) -> Result:
-            hop = slot[0] = tracer.start(req.headers, SERVER)
-            return await self._handle(req, down, w, snap, port, peer, [*xfcc, *hop.headers])
+        def prepare(req: Request, snap: ProxySnapshot) -> Prep:
+            """Authorization, then the service's rate limit, then the app (no I/O)."""
+            hop = tracer.start(req.headers, SERVER)
+            if not proxy.authorize(peer, req, port):
+                counters["meshctl_proxy_authz_denied_total"] += 1
+                return local_prep(hop, 403, "RBAC", result_flag="-")
+            limited = proxy.rate_limited()
+            if limited is not None:
+                counters["meshctl_proxy_rate_limited_total"] += 1
+                return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % limited)])
+            plan = Plan(
+                pick=lambda exclude: target,
+                add_request_headers=[*xfcc, *hop.headers],
+                remove_request_headers=STRIP_AND_TRACE,
+                retry=None,
+                timeout_s=None,
+            )
+            return Prep(hop, plan=plan, pool=proxy.app_pool)
 
-        def done(snap: ProxySnapshot, result: Result, start: float, req: Request) -> None:
+        def done(
+            snap: ProxySnapshot, result: Result, start: float, req: Request, hop: Hop | None
+        ) -> None:
             proxy.record(
                 snap,
                 "destination",
@@ -166,50 +182,10 @@ class Inbound:
                 start,
                 req,
                 peer=peer,
-                hop=slot[0],
+                hop=hop,
             )
-            slot[0] = None
 
-        await serve_requests(proxy, reader, writer, handle, done, first)
-
-    async def _handle(
-        self,
-        req: Request,
-        down: EventStream,
-        writer: Channel,
-        snap: ProxySnapshot,
-        port: int,
-        peer: SpiffeId | None,
-        xfcc: list[tuple[bytes, bytes]],
-    ) -> Result:
-        proxy = self.proxy
-        decision = proxy.authorize(peer, req, port)
-        if not decision:
-            proxy.telemetry.counters["meshctl_proxy_authz_denied_total"] += 1
-            writer.write(local_reply(403, "RBAC"))
-            await _discard(down)
-            return Result(403, "-", 0, 0, "", 0, True)
-        limited = proxy.rate_limited()
-        if limited is not None:
-            proxy.telemetry.counters["meshctl_proxy_rate_limited_total"] += 1
-            writer.write(local_reply(429, "RL", extra=[(b"retry-after", b"%d" % limited)]))
-            await _discard(down)
-            return Result(429, "RL", 0, 0, "", 0, True)
-        target = self._app_target(port)
-        plan = Plan(
-            pick=lambda exclude: target,
-            add_request_headers=xfcc,
-            remove_request_headers=STRIP_AND_TRACE,
-            retry=None,
-            timeout_s=None,
-        )
-        return await forward(req, down, writer, proxy.app_pool, plan)
-
-
-async def _discard(down: EventStream) -> None:
-    while True:
-        if isinstance(await down.next(), EndOfMessage):
-            return
+        await serve_requests(proxy, reader, writer, prepare, done, first)
 
 
 def _original_port(sock: socket.socket) -> int | None:

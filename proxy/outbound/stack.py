@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from meshctl.aio import spawn
 from proxy.detect import detect
 from proxy.downstream import serve_requests
-from proxy.forward import Plan, Result, Target, forward, local_reply
+from proxy.forward import Plan, Prep, Result, Target, local_prep
 from proxy.http1 import (
     EndOfMessage,
     Request,
@@ -23,7 +23,7 @@ from proxy.http1 import (
 from proxy.identity import peer_identity, sni_for
 from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
-from proxy.streams import Channel, EventStream, open_channel
+from proxy.streams import Channel, open_channel
 from proxy.tcp import relay_framed
 from proxy.tracing import CLIENT, TRACE_HEADERS, Hop, without_trace_headers
 from registry.server.catalog import Endpoint
@@ -160,106 +160,77 @@ class Outbound:
         first: bytes = b"",
     ) -> None:
         proxy = self.proxy
-        tracer = proxy.tracer
-        # Requests on one connection are handled one after the other: the hop of the one in
-        # flight waits here for `done`.
-        slot: list[Hop | None] = [None]
 
-        async def handle(
-            req: Request, down: EventStream, w: Channel, snap: ProxySnapshot
-        ) -> Result:
-            hop = slot[0] = tracer.start(req.headers, CLIENT)
-            view = snap.services.get(service)
-            if view is None:  # the service left the config while the connection was open
-                w.write(local_reply(404, "NR", close=True))
-                return Result(404, "NR", 0, 0, "", 0, False)
-            return await self._route(req, down, w, snap, view, port, hop)
+        def prepare(req: Request, snap: ProxySnapshot) -> Prep:
+            return self._prepare(req, snap, service, port)
 
-        def done(snap: ProxySnapshot, result: Result, start: float, req: Request) -> None:
-            proxy.record(snap, "source", service, result, start, req, hop=slot[0])
-            slot[0] = None
+        def done(
+            snap: ProxySnapshot, result: Result, start: float, req: Request, hop: Hop | None
+        ) -> None:
+            proxy.record(snap, "source", service, result, start, req, hop=hop)
 
-        await serve_requests(proxy, reader, writer, handle, done, first)
+        await serve_requests(proxy, reader, writer, prepare, done, first)
 
-    async def _route(
-        self,
-        req: Request,
-        down: EventStream,
-        writer: Channel,
-        snap: ProxySnapshot,
-        view: ServiceView,
-        port: int,
-        hop: Hop,
-    ) -> Result:
+    def _prepare(self, req: Request, snap: ProxySnapshot, service: str, port: int) -> Prep:
+        """The route and its policies for one request, decided before any I/O."""
+        hop = self.proxy.tracer.start(req.headers, CLIENT)
+        view = snap.services.get(service)
+        if view is None:  # the service left the config while the connection was open
+            return local_prep(hop, 404, "NR", close=True)
         compiled = first_match(view.routes, req) if view.routes else view.default_route
         if compiled is None:
-            writer.write(local_reply(404, "NR"))
-            await _discard_body(down)
-            return Result(404, "NR", 0, 0, "", 0, True)
+            return local_prep(hop, 404, "NR")
         if compiled.rate_limit is not None:  # mesh.yaml routeRateLimits (Envoy local_ratelimit)
             wait = over_limit(compiled.rate_limit)
             if wait is not None:
                 self.proxy.telemetry.counters["meshctl_proxy_rate_limited_total"] += 1
-                writer.write(local_reply(429, "RL", extra=[(b"retry-after", b"%d" % wait)]))
-                await _discard_body(down)
-                return Result(429, "RL", 0, 0, "", 0, True)
+                return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % wait)])
         route = compiled.route
         index = compiled.pick()
         dest = route.route[index]
         dview = snap.services[dest.destination.host]
         cluster = dview.cluster(dest.destination.subset)
         if cluster is None:
-            writer.write(local_reply(503, "UH"))
-            await _discard_body(down)
-            return Result(503, "UH", 0, 0, "", 0, True)
-        if compiled.fault is not None:
-            aborted = await self.proxy.apply_fault(compiled.fault, writer)
-            if aborted is not None:
-                await _discard_body(down)
-                return Result(aborted, "FI", 0, 0, "", 0, True)
-        gauges = cluster.runtime.gauges
-        if not gauges.try_acquire_request():  # counted by Proxy.record (flag UO)
-            writer.write(local_reply(503, "UO"))
-            await _discard_body(down)
-            return Result(503, "UO", 0, 0, "", 0, True)
-        held_retries = [0]
-        try:
-            return await self._forward(
-                req,
-                down,
-                writer,
-                snap,
-                dview,
-                cluster,
-                compiled,
-                index,
-                dest.destination.port or port,
-                held_retries,
-                hop,
-            )
-        finally:
-            gauges.release_request()
-            for _ in range(held_retries[0]):
-                gauges.release_retry()
+            return local_prep(hop, 503, "UH")
+        dport = dest.destination.port or port
+        fault = compiled.fault
+        if fault is not None:
 
-    async def _forward(
+            async def after_fault(writer: Channel) -> Prep:
+                aborted = await self.proxy.apply_fault(fault, writer)  # writes its own reply
+                if aborted is not None:
+                    return Prep(hop, result=Result(aborted, "FI", 0, 0, "", 0, True))
+                return self._admit(req, snap, dview, cluster, compiled, index, dport, hop)
+
+            return Prep(hop, later=after_fault)
+        return self._admit(req, snap, dview, cluster, compiled, index, dport, hop)
+
+    def _admit(
         self,
         req: Request,
-        down: EventStream,
-        writer: Channel,
         snap: ProxySnapshot,
         dview: ServiceView,
         cluster: Cluster,
         compiled: CompiledRoute,
         index: int,
         dport: int,
-        held: list[int],
         hop: Hop,
-    ) -> Result:
+    ) -> Prep:
+        """Past the circuit breaker (the cluster's request gauge), the forwarding plan."""
+        rt = cluster.runtime
+        gauges = rt.gauges
+        if not gauges.try_acquire_request():  # counted by Proxy.record (flag UO)
+            return local_prep(hop, 503, "UO")
+        held = [0]  # retries holding the cluster's maxRetries gauge, until the request ends
+
+        def release() -> None:
+            gauges.release_request()
+            for _ in range(held[0]):
+                gauges.release_retry()
+
         add = [*compiled.add_request[index], *hop.headers]
         if req.get(b"x-request-id") is None:
             add.append((b"x-request-id", self.proxy.request_id()))
-        rt = cluster.runtime
         rt.budget.deposit()
         hash_key = req.get(rt.hash_header) if rt.hash_header else None
         counters = self.proxy.telemetry.counters
@@ -301,7 +272,7 @@ class Outbound:
             timeout_s=compiled.route.timeout_s,
             response_headers=compiled.response_ops[index],
         )
-        return await forward(req, down, writer, self.proxy.pool, plan)
+        return Prep(hop, plan=plan, pool=self.proxy.pool, release=release)
 
     async def _mirror(
         self,
@@ -349,10 +320,3 @@ _MIRROR_DROP = (
     | TRACE_HEADERS
 )
 _RNG = random.Random()
-
-
-async def _discard_body(down: EventStream) -> None:
-    while True:
-        ev = await down.next()
-        if isinstance(ev, EndOfMessage):
-            return

@@ -1,0 +1,319 @@
+"""The fast path: a complete, plain keep-alive request served from the channels' callbacks,
+with no coroutine step at all.
+
+Why: on this machine a coroutine resumed per arrival of bytes (downstream request, upstream
+response: two per request and hop) costs more CPU than everything else the proxy does for a
+small request (docs/http1.md, BENCHMARKS.md). So when a whole request is parsed while the
+connection's coroutine waits for a head, `FastConn.on_events` takes it right there: the
+stack's `prepare` (the same synchronous decisions the coroutine path makes), an idle pooled
+upstream connection, the request written; the upstream channel then calls `on_upstream`,
+which writes a complete, final, not-to-be-retried response downstream and finishes the
+request (telemetry included) in that same callback.
+
+Everything else is handed over to the coroutine path, which carries on from where the fast
+path stopped (`forward.Started`): no idle connection, a response to retry or to stream, an
+upstream failure, a local step that waits (a fault delay), Upgrade, 100-continue, bodies not
+complete or over the replay buffer, HTTP/1.0, `Connection: close`. The coroutine path alone
+serves every request when the fast path is off (MESH_FASTPATH=0), which is how the bench
+compares the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from proxy.forward import REPLAY_LIMIT, Prep, Result, Started, request_head, response_head
+from proxy.http1 import LAST_CHUNK, Data, EndOfMessage, ProtocolError, Request, Response
+from proxy.policy.retry import Outcome, should_retry
+from proxy.streams import Channel, Conn, EventStream, Marker
+from proxy.tracing import Hop
+
+if TYPE_CHECKING:
+    from proxy.main import Proxy
+    from proxy.snapshot import ProxySnapshot
+
+log = logging.getLogger("meshctl.proxy.fastpath")
+
+ENABLED = os.environ.get("MESH_FASTPATH", "1") != "0"
+
+Prepare = Callable[[Request, "ProxySnapshot"], Prep]
+Done = Callable[["ProxySnapshot", Result, float, Request, Hop | None], None]
+
+
+class Handover(Marker):
+    """Queued for the connection's coroutine: finish this request (`resume`)."""
+
+    __slots__ = ("prep", "req", "resume", "snap", "start")
+
+    def __init__(
+        self,
+        req: Request,
+        snap: ProxySnapshot,
+        start: float,
+        prep: Prep,
+        resume: Callable[[], Awaitable[Result]],
+    ) -> None:
+        self.req, self.snap, self.start, self.prep, self.resume = req, snap, start, prep, resume
+
+
+class Close(Marker):
+    """Queued for the connection's coroutine: the connection is done (close it)."""
+
+    __slots__ = ()
+
+
+CLOSE = Close()
+
+
+def _noop() -> None:
+    """The downstream listener while a request is in flight: bytes stay queued, in order."""
+
+
+class FastConn:
+    """The fast path of one downstream connection (see the module docstring)."""
+
+    __slots__ = (
+        "body",
+        "conn",
+        "done",
+        "down",
+        "prep",
+        "prepare",
+        "proxy",
+        "req",
+        "resume",
+        "snap",
+        "start",
+        "target",
+        "watch",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        down: EventStream,
+        writer: Channel,
+        prepare: Prepare,
+        done: Done,
+        resume: Callable[[Request, Prep, Started], Awaitable[Result]],
+        watch: object,
+    ) -> None:
+        self.proxy = proxy
+        self.down = down
+        self.writer = writer
+        self.prepare = prepare
+        self.done = done
+        self.resume = resume  # the coroutine path, from a Started request
+        self.watch = watch  # proxy.downstream.HeadWatch
+        self.conn: Conn | None = None
+
+    # -- downstream ----------------------------------------------------------------------
+
+    def on_events(self) -> None:
+        """The downstream listener while the coroutine waits for a head."""
+        try:
+            self._on_events()
+        except Exception:  # a bug here must not kill the event loop's callback
+            log.exception("fast path failed; the connection is closed")
+            self._close()
+
+    def _on_events(self) -> None:
+        down = self.down
+        pending = down.pending
+        if down.error is not None or down.eof or down.timed_out:
+            self._wake()  # the coroutine answers the error or sees the end
+            return
+        if not pending:
+            return  # the head is not complete yet
+        req = pending[0]
+        proxy = self.proxy
+        if (
+            type(req) is not Request
+            or req.upgrade is not None
+            or req.expect_continue
+            or not req.keep_alive
+            or req.version != b"1.1"
+            or proxy.draining
+        ):
+            self._wake()
+            return
+        end, size = 0, 0
+        for i in range(1, len(pending)):
+            ev = pending[i]
+            if type(ev) is EndOfMessage:
+                end = i
+                break
+            size += len(ev.data)  # type: ignore[union-attr]
+        if not end:
+            if size > REPLAY_LIMIT:
+                self._wake()  # a body to stream: the coroutine path
+            return  # the rest of the body is on its way
+        pending.popleft()
+        pieces = [pending.popleft() for _ in range(end - 1)]
+        body = b"".join([ev.data for ev in pieces if isinstance(ev, Data)]) if pieces else b""
+        pending.popleft()  # EndOfMessage (trailers of a complete body are not forwarded)
+        snap = proxy.snapshot
+        assert snap is not None
+        self.watch.waiting.pop(down, None)  # type: ignore[attr-defined]
+        down.listener = _noop
+        proxy.inflight += 1
+        self.req, self.snap, self.start, self.body = req, snap, time.monotonic(), body
+        prep = self.prep = self.prepare(req, snap)
+        plan = prep.plan
+        if plan is None or prep.pool is None or prep.later is not None:
+            if prep.later is not None:
+                self._handover(Started(body))
+                return
+            assert prep.result is not None
+            if prep.reply:
+                self.writer.write(prep.reply)
+            self._finish(prep.result)
+            return
+        if plan.mirror is not None or plan.timeout_s is not None:
+            self._handover(Started(body))
+            return
+        target = plan.pick(frozenset())
+        if target is None:
+            self._handover(Started(body))  # the coroutine answers 503 UH
+            return
+        conn = prep.pool.take_idle(target.key, target.idle_timeout_s)
+        if conn is None:
+            self._handover(Started(body, target))  # it connects (with its timeout)
+            return
+        self.target = target
+        self.conn = conn
+        conn.sent_at = time.monotonic()
+        conn.parser.expect(req.method, None)
+        has_body = req.chunked or (req.content_length or 0) > 0
+        conn.writer.write(request_head(req, plan, len(body) if has_body else None, False) + body)
+        conn.events.listener = self.on_upstream
+
+    # -- upstream ------------------------------------------------------------------------
+
+    def on_upstream(self) -> None:
+        """The upstream listener while this connection's request waits for its response."""
+        try:
+            self._on_upstream()
+        except Exception:
+            log.exception("fast path failed; the connection is closed")
+            if self.conn is not None:
+                self.conn.close()
+            self._close()
+
+    def _on_upstream(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        events = conn.events
+        pending = events.pending
+        while pending and type(first := pending[0]) is Response and first.informational:
+            pending.popleft()  # 1xx before the final response (as _response_head skips them)
+        target = self.target
+        if not pending:
+            if events.error is None and not events.eof:
+                return  # more to come
+            # The upstream broke framing (502) or went away before answering.
+            events.listener = None
+            conn.close()
+            outcome = (
+                Outcome(status=502, reset=True, bytes_sent_upstream=True)
+                if isinstance(events.error, ProtocolError)
+                else Outcome(reset=True, bytes_sent_upstream=True)
+            )
+            if target.report is not None:
+                target.report(outcome.status, True, time.monotonic() - conn.sent_at)
+            self.conn = None
+            self._handover(Started(self.body, target, (outcome, None, None)))
+            return
+        resp = pending[0]
+        assert type(resp) is Response
+        end, size = 0, 0
+        for i in range(1, len(pending)):
+            ev = pending[i]
+            if type(ev) is EndOfMessage:
+                end = i
+                break
+            size += len(ev.data)  # type: ignore[union-attr]
+        if not end and size < 65536 and events.error is None and not events.eof:
+            return  # a small body still arriving: wait for it here
+        pending.popleft()
+        events.listener = None
+        self.conn = None
+        req = self.req
+        if target.report is not None:
+            target.report(resp.status, False, time.monotonic() - conn.sent_at)
+        outcome = Outcome(status=resp.status, bytes_sent_upstream=True)
+        plan = self.prep.plan
+        assert plan is not None
+        retry = plan.retry
+        if (
+            not end
+            or resp.status == 101
+            or (
+                retry is not None
+                and retry.attempts
+                and should_retry(retry, outcome, req.method, True)
+            )
+        ):
+            # To retry, to stream, or a switch: the coroutine path from here.
+            self._handover(Started(self.body, target, (outcome, conn, resp)))
+            return
+        head, chunk_out, keep, until_close = response_head(req, resp, plan, True)
+        out = [head]
+        for _ in range(end - 1):
+            data = pending.popleft().data  # type: ignore[union-attr]
+            if data:
+                out.append(b"%x\r\n%s\r\n" % (len(data), data) if chunk_out else data)
+        pending.popleft()  # EndOfMessage
+        if chunk_out:
+            out.append(LAST_CHUNK)
+        self.writer.write(b"".join(out))
+        if resp.keep_alive and not until_close:
+            self.prep.pool.put(conn, target.max_requests)  # type: ignore[union-attr]
+        else:
+            conn.close()
+        self._finish(Result(resp.status, "-", len(self.body), size, conn.key, 1, keep))
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _finish(self, result: Result) -> None:
+        prep = self.prep
+        proxy = self.proxy
+        try:
+            if prep.release is not None:
+                prep.release()
+        finally:
+            proxy.inflight -= 1
+        self.done(self.snap, result, self.start, self.req, prep.hop)
+        down = self.down
+        if not result.keep_alive or proxy.draining:
+            self._close()
+            return
+        if down.pending or down.error is not None or down.eof:
+            down.listener = self.on_events
+            self._on_events()  # pipelined, or arrived meanwhile
+            return
+        self.watch.start(down, self.writer, time.monotonic())  # type: ignore[attr-defined]
+        down.listener = self.on_events
+        down.channel.resume()
+
+    def _handover(self, started: Started) -> None:
+        req, prep = self.req, self.prep
+
+        async def resume() -> Result:
+            return await self.resume(req, prep, started)
+
+        self.down.pending.appendleft(Handover(req, self.snap, self.start, prep, resume))
+        self._wake()
+
+    def _close(self) -> None:
+        self.down.pending.appendleft(CLOSE)
+        self._wake()
+
+    def _wake(self) -> None:
+        self.down.listener = None
+        self.down.channel.wake()
