@@ -1,7 +1,8 @@
 """`python -m bench`: the data-plane bench (meshctl vs HAProxy vs direct) and the report.
 
-    python -m bench                      # full run: 3 repetitions, HTTP and TCP, ~12 min
-    python -m bench --quick              # smoke run: 1 repetition, 3 s loads, HTTP only
+    python -m bench                      # full run: 3 repetitions, HTTP and TCP, ~12 min on
+                                         # 127.0.0.1, ~20 min with the netns topology (root)
+    python -m bench --quick              # smoke run: 1 repetition, 3 s loads, HTTP, loopback
     python -m bench --topology netns     # only the network-namespace systems (root)
     python -m bench --profile 10         # also py-spy the meshctl proxies under saturation
     python -m bench --compare OLD.json   # print what moved beyond the noise, run nothing
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="1 repetition, 3 s loads, HTTP only, no push bench (under a minute)")
+                   help="1 repetition, 3 s loads, HTTP only, no push bench, the loopback "
+                   "topology unless --topology says otherwise (under a minute)")
     p.add_argument("--reps", type=int, help="repetitions, interleaved (default 3)")
     p.add_argument("--fixed-seconds", type=float, help="fixed-rate load length (default 15)")
     p.add_argument("--saturate-seconds", type=float, help="closed-loop load length (default 10)")

@@ -150,3 +150,18 @@ def test_netns_table_has_no_plain_column_when_plain_was_not_run() -> None:
     assert lines[0] == ("| metric | unit | meshctl mTLS | HAProxy TLS | direct | "
                         "meshctl / HAProxy TLS |")
     assert all(line.count("|") == 7 for line in lines)
+
+
+def test_method_says_why_the_netns_topology_did_not_run() -> None:
+    from bench.report import _netns_method
+
+    skipped = {"meta": {"netns": {"skipped": "it needs root (network namespaces, iptables, "
+                                              "proxies as uid 1337)"}},
+               "settings": {"topologies": ["loopback"]}}
+    line = _netns_method(skipped)
+    assert "not run: it needs root" in line and "--topology netns" in line
+    ran = {"meta": {"netns": {"prefix": "bn12ab-", "network": {"bridge": "bn12ab-br0",
+                                                              "subnet": "10.250.9.0/24"}}},
+           "settings": {"topologies": ["loopback", "netns"]}}
+    line = _netns_method(ran)
+    assert "meshctl up" in line and "bn12ab-br0" in line and "SO_ORIGINAL_DST" in line
