@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from meshctl.aio import spawn
+from proxy.control.keygen import new_key_and_csr
 from proxy.httpio import Client, HttpError, Stream
 from proxy.identity import Identity
-from registry.ca.csr import build_csr, generate_key
-from registry.ca.spiffe import SpiffeId
 
 log = logging.getLogger("meshctl.proxy.control")
 HEARTBEAT_S = 10.0
@@ -135,9 +134,9 @@ class ControlClient:
         return r.status, data if isinstance(data, dict) else {}
 
     async def join(self, token: str) -> Identity:
-        key = generate_key()
+        key = self.files_dir / "svid.key.new"
         # The CSR carries only the key: the identity comes from the token, not from the CSR.
-        csr = build_csr(key, SpiffeId.parse("spiffe://join.invalid/pending"))
+        csr = await new_key_and_csr(key, "spiffe://join.invalid/pending")
         status, data = await self._post("/v1/join", {"token": token, "csr": csr.decode()})
         if status != 200:
             raise JoinError(
@@ -153,10 +152,9 @@ class ControlClient:
 
     async def renew(self) -> Identity:
         assert self.identity is not None
-        key = generate_key()
-        status, data = await self._post(
-            "/v1/renew", {"csr": build_csr(key, self.identity.spiffe_id).decode()}
-        )
+        key = self.files_dir / "svid.key.new"
+        csr = await new_key_and_csr(key, str(self.identity.spiffe_id))
+        status, data = await self._post("/v1/renew", {"csr": csr.decode()})
         if status != 200:
             raise JoinError(f"renewal refused (HTTP {status}): {data.get('error', data)}")
         ident = Identity.build(
