@@ -18,11 +18,14 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import shlex
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 from bench.systems import REPO
 
@@ -63,6 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(main_pid: int) -> Callable[[int, FrameType | None], None]:
+    """SIGTERM: unwind (sys.exit) in this process; exit at once in a fork of it.
+
+    pyroute2 forks this process without exec to create a network namespace and stops the
+    child with SIGTERM: unwinding there would run the lab's clean-up (meshctl down, delete
+    the namespaces) from a copy of our stack, under the running bench.
+    """
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
+        sys.exit(128 + signum)
+
+    return handler
+
+
 def _topologies(asked: str | None, quick: bool) -> tuple[tuple[str, ...] | None, str | None]:
     """(topologies to run, why the netns one is not run); (None, why) when it was asked for
     and cannot run."""
@@ -85,7 +103,7 @@ def _topologies(asked: str | None, quick: bool) -> tuple[tuple[str, ...] | None,
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the lab's `finally` stops every process it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
     from bench import compare, report, suite
 
     if args.compare:

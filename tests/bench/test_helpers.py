@@ -165,3 +165,25 @@ def test_method_says_why_the_netns_topology_did_not_run() -> None:
            "settings": {"topologies": ["loopback", "netns"]}}
     line = _netns_method(ran)
     assert "meshctl up" in line and "bn12ab-br0" in line and "SO_ORIGINAL_DST" in line
+
+
+def test_sigterm_in_a_fork_of_the_bench_exits_without_unwinding_its_stack() -> None:
+    """pyroute2 forks the bench (no exec) and SIGTERMs the child: the child must not run the
+    lab's clean-up (meshctl down, namespaces deleted) from its copy of the stack."""
+    import os
+
+    import pytest
+
+    from bench.__main__ import _on_sigterm
+
+    handler = _on_sigterm(os.getpid())
+    with pytest.raises(SystemExit):
+        handler(15, None)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            handler(15, None)
+        finally:
+            os._exit(99)  # only reached if the handler unwound
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 143
