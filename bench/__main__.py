@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.profile import profile_mesh
 
     result = suite.run(s, command.strip(), log=lambda m: print(m, flush=True),
-                       profile=profile_mesh, netns_note=netns_note)
+                       profile=profile_mesh, netns_note=netns_note,
+                       netns_optional=args.topology is None)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
     out = args.results_dir / f"{stamp}{'-quick' if s.quick else ''}.json"

@@ -66,7 +66,7 @@ def _table(result: dict[str, Any], variant: str, topo: str = "") -> list[str]:
 def _netns_method(result: dict[str, Any]) -> str:
     """The Method line on the network-namespace topology: what ran, or why it did not."""
     info = result["meta"].get("netns") or {}
-    if "netns" not in result["settings"].get("topologies", ("loopback",)):
+    if "skipped" in info or "netns" not in result["settings"].get("topologies", ("loopback",)):
         why = info.get("skipped") or "not asked for"
         return ("- Network namespaces (meshctl with iptables interception, built by `meshctl "
                 f"up`): not run: {why}. `sudo python -m bench --topology netns` runs it.")
@@ -278,11 +278,11 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         "",
     ]
     variants = st["variants"]
-    topologies = st.get("topologies", ("loopback",))
-    if "loopback" in topologies:
+    ran = result["summary"]
+    if any(not n.startswith("netns-") for n in ran):
         for variant in variants:
             lines += [f"## Data plane, {variant.upper()}", "", *_table(result, variant), ""]
-    if "netns" in topologies:
+    if any(n.startswith("netns-") for n in ran):
         for variant in variants:
             lines += [f"## Data plane in network namespaces, {variant.upper()}", "",
                       *_table(result, variant, "netns-"), ""]

@@ -212,15 +212,20 @@ def control_plane(quick: bool) -> dict[str, Any]:
 
 def run(s: Settings, command: str, log: Callable[[str], None] = print,
         profile: Callable[[Lab, Settings], dict[str, Any]] | None = None,
-        netns_note: str | None = None) -> dict[str, Any]:
-    """`netns_note`: why the netns topology was not run, for the report."""
+        netns_note: str | None = None, netns_optional: bool = False) -> dict[str, Any]:
+    """`netns_note`: why the netns topology was not run, for the report. `netns_optional`:
+    a netns topology that fails to build is dropped (and said so), not fatal."""
     names = system_names(s.variants, s.topologies)
     started = dt.datetime.now(dt.UTC)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     prof: dict[str, Any] = {}
-    with Lab(names) as lab:
+    with Lab(names, netns_optional=netns_optional) as lab:
         log(f"bench: building {', '.join(names)} in {lab.dir}")
         lab.start()
+        if lab.netns_error:
+            names = [n for n in names if n in lab.systems]
+            runs = {n: [] for n in names}
+            netns_note = f"it failed to build: {lab.netns_error}"
         log(f"bench: load generator, nginx, registry on CPU {lab.load_core}; "
             f"proxies on CPU {lab.proxy_core}")
         for rep in range(s.reps):

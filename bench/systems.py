@@ -177,8 +177,13 @@ def write_nginx(d: Path, listen: str) -> Path:
 class Lab:
     """Builds the systems in a temporary directory; `close()` stops every process it started."""
 
-    def __init__(self, names: list[str], keep: bool = False) -> None:
+    def __init__(self, names: list[str], keep: bool = False, netns_optional: bool = False
+                 ) -> None:
+        """`netns_optional`: when the netns topology cannot be built (say `meshctl up`
+        fails), drop its systems, say why in `netns_error`, and go on with the others."""
         self.names = names
+        self.netns_optional = netns_optional
+        self.netns_error: str | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="meshctl-bench-"))
         self.keep = keep
         self.procs: list[Proc] = []
@@ -208,13 +213,38 @@ class Lab:
         mesh_names = [n for n in self.names if n.startswith("meshctl-")]
         if mesh_names:
             self._mesh(mesh_names)
-        netns_names = [n for n in self.names if n.startswith(NETNS)]
-        if netns_names:
-            self._netns(netns_names)
         for system in self.systems.values():
             wait_until(functools.partial(system_ok, system),
                        what=f"{system.name}: first 200", timeout=30)
+        netns_names = [n for n in self.names if n.startswith(NETNS)]
+        if netns_names:
+            first = len(self.procs)
+            try:
+                self._netns(netns_names)
+                for name in netns_names:
+                    wait_until(functools.partial(system_ok, self.systems[name]),
+                               what=f"{name}: first 200", timeout=30)
+            except Exception as exc:
+                if not self.netns_optional:
+                    raise
+                self._drop_netns(netns_names, self.procs[first:], exc)
         return self.systems
+
+    def _drop_netns(self, names: list[str], procs: list[Proc], exc: Exception) -> None:
+        """The netns topology failed to build: remove what it made, keep the rest running."""
+        self.netns_error = f"{type(exc).__name__}: {str(exc).strip()[-600:]}"
+        print(f"bench: the netns topology is dropped from this run: {self.netns_error}",
+              file=sys.stderr, flush=True)
+        for proc in reversed(procs):
+            proc.stop()
+            self.procs.remove(proc)
+        for name in names:
+            self.systems.pop(name, None)
+        if self.netns is not None:
+            self.netns.close()
+            if self.netns.errors:  # something is left: that must not pass silently
+                raise RuntimeError("; ".join(self.netns.errors)) from exc
+            self.netns = None
 
     def _nginx(self) -> int:
         port = free_port()

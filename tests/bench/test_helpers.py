@@ -187,3 +187,22 @@ def test_sigterm_in_a_fork_of_the_bench_exits_without_unwinding_its_stack() -> N
             os._exit(99)  # only reached if the handler unwound
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 143
+
+
+def test_a_netns_topology_that_fails_to_build_is_dropped_when_optional(monkeypatch: Any) -> None:
+    import pytest
+
+    from bench import netns
+    from bench.systems import Lab, system_names
+
+    def fail(self: Any, config: Any) -> None:
+        raise RuntimeError("meshctl up failed (rc 1): boom")
+
+    monkeypatch.setattr(netns.NetnsMesh, "up", fail)
+    names = system_names(("http",), ("netns",))
+    with Lab(names, netns_optional=True) as lab:
+        assert lab.start() == {}
+        assert lab.netns_error is not None and "boom" in lab.netns_error
+        assert lab.netns is None
+    with Lab(names) as lab, pytest.raises(RuntimeError, match="boom"):
+        lab.start()
