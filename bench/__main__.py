@@ -1,7 +1,9 @@
 """`python -m bench`: the data-plane bench (meshctl vs HAProxy vs direct) and the report.
 
-    python -m bench                      # full run: 3 repetitions, HTTP and TCP, ~12 min
-    python -m bench --quick              # smoke run: 1 repetition, 3 s loads, HTTP only
+    python -m bench                      # full run: 3 repetitions, HTTP and TCP, ~12 min on
+                                         # 127.0.0.1, ~20 min with the netns topology (root)
+    python -m bench --quick              # smoke run: 1 repetition, 3 s loads, HTTP, loopback
+    python -m bench --topology netns     # only the network-namespace systems (root)
     python -m bench --profile 10         # also py-spy the meshctl proxies under saturation
     python -m bench --compare OLD.json   # print what moved beyond the noise, run nothing
     python -m bench --compare OLD.json --against NEW.json
@@ -16,11 +18,14 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import shlex
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 from bench.systems import REPO
 
@@ -29,12 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="1 repetition, 3 s loads, HTTP only, no push bench (under a minute)")
+                   help="1 repetition, 3 s loads, HTTP only, no push bench, the loopback "
+                   "topology unless --topology says otherwise (under a minute)")
     p.add_argument("--reps", type=int, help="repetitions, interleaved (default 3)")
     p.add_argument("--fixed-seconds", type=float, help="fixed-rate load length (default 15)")
     p.add_argument("--saturate-seconds", type=float, help="closed-loop load length (default 10)")
     p.add_argument("--rate", type=int, help="fixed rate, requests/s (default 1000)")
     p.add_argument("--variants", choices=("http", "tcp", "both"), help="default: both")
+    p.add_argument("--topology", choices=("loopback", "netns", "both"),
+                   help="loopback: every hop on 127.0.0.1 (meshctl in explicit mode); netns: "
+                   "client and upstream in two network namespaces, meshctl with iptables "
+                   "interception via `meshctl up` (root). Default: both as root, loopback "
+                   "without root and in --quick")
     p.add_argument("--no-control-plane", action="store_true",
                    help="skip bench.ca_issuance and bench.push_latency")
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
@@ -55,10 +66,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(main_pid: int) -> Callable[[int, FrameType | None], None]:
+    """SIGTERM: unwind (sys.exit) in this process; exit at once in a fork of it.
+
+    pyroute2 forks this process without exec to create a network namespace and stops the
+    child with SIGTERM: unwinding there would run the lab's clean-up (meshctl down, delete
+    the namespaces) from a copy of our stack, under the running bench.
+    """
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
+        sys.exit(128 + signum)
+
+    return handler
+
+
+def _topologies(asked: str | None, quick: bool) -> tuple[tuple[str, ...] | None, str | None]:
+    """(topologies to run, why the netns one is not run); (None, why) when it was asked for
+    and cannot run."""
+    if asked == "loopback":
+        return ("loopback",), "not asked for (--topology loopback)"
+    from bench import netns
+
+    why = netns.reason_unavailable()
+    if asked is None:
+        if why:
+            return ("loopback",), why
+        if quick:
+            return ("loopback",), "not in --quick (add --topology netns or both)"
+        return ("loopback", "netns"), None
+    if why:
+        return None, why
+    return (("netns",) if asked == "netns" else ("loopback", "netns")), None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the lab's `finally` stops every process it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
     from bench import compare, report, suite
 
     if args.compare:
@@ -88,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     changes = {k: v for k, v in overrides.items() if v is not None}
     if args.variants:
         changes["variants"] = ("http", "tcp") if args.variants == "both" else (args.variants,)
+    topologies, netns_note = _topologies(args.topology, s.quick)
+    if topologies is None:
+        print(f"bench: --topology {args.topology} cannot run here: {netns_note}",
+              file=sys.stderr)
+        return 2
+    changes["topologies"] = topologies
+    if netns_note:
+        print(f"bench: the netns topology is not run: {netns_note}", flush=True)
     if args.no_control_plane:
         changes["control_plane"] = False
     if args.profile:
@@ -97,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.profile import profile_mesh
 
     result = suite.run(s, command.strip(), log=lambda m: print(m, flush=True),
-                       profile=profile_mesh)
+                       profile=profile_mesh, netns_note=netns_note,
+                       netns_optional=args.topology is None)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%SZ")
     out = args.results_dir / f"{stamp}{'-quick' if s.quick else ''}.json"

@@ -70,8 +70,11 @@ class Sampler:
             self.foreign_share = max(0.0, busy - sum(self.cpu_s.values())) / wall
 
 
-def _wrk(argv: list[str], core: int, timeout: float) -> dict[str, object]:
+def _wrk(argv: list[str], core: int, timeout: float, netns: str | None = None
+         ) -> dict[str, object]:
     cmd = ["taskset", "-c", str(core), *argv]
+    if netns is not None:  # wrk inside the client's namespace, as an app there
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     for line in out.stdout.splitlines():
         if line.startswith("BENCHJSON "):
@@ -85,19 +88,20 @@ def _secs(seconds: float) -> int:
     return max(1, round(seconds))
 
 
-def fixed_rate(url: str, core: int, rate: int, connections: int, seconds: float
-               ) -> dict[str, object]:
+def fixed_rate(url: str, core: int, rate: int, connections: int, seconds: float,
+               netns: str | None = None) -> dict[str, object]:
     """Open loop at `rate` requests/s over `connections` keep-alive connections."""
     period_us = connections * 1e6 / rate
     return _wrk(["wrk", f"-t{connections}", f"-c{connections}", f"-d{_secs(seconds)}s",
                  "--timeout", "5s", "-s", str(LUA / "paced.lua"), url, "--",
-                 f"{period_us:.3f}", str(connections)], core, seconds + 60)
+                 f"{period_us:.3f}", str(connections)], core, seconds + 60, netns)
 
 
-def saturate(url: str, core: int, connections: int, seconds: float) -> dict[str, object]:
+def saturate(url: str, core: int, connections: int, seconds: float, netns: str | None = None
+             ) -> dict[str, object]:
     """Closed loop: `connections` keep-alive connections, each sending as soon as answered."""
     return _wrk(["wrk", "-t1", f"-c{connections}", f"-d{_secs(seconds)}s", "--timeout", "5s",
-                 "-s", str(LUA / "saturate.lua"), url], core, seconds + 60)
+                 "-s", str(LUA / "saturate.lua"), url], core, seconds + 60, netns)
 
 
 def measured(run: object, procs: dict[str, Proc], core: int | None = None

@@ -11,7 +11,14 @@ COLOURS = {"direct": "#7f7f7f", "meshctl-mtls": "#d62728", "haproxy-tls": "#1f77
 
 
 def _kind(name: str) -> str:
+    """The colour key: the system without its variant and its topology (`netns-`)."""
+    name = name.removeprefix("netns-")
     return name if name == "direct" else name.rsplit("-", 1)[0]
+
+
+def _hatch(name: str) -> str | None:
+    return ("." if name.startswith("netns-") else "") + ("//" if name.endswith("-tcp") else "") \
+        or None
 
 
 def write(result: dict[str, Any], out: Path) -> list[Path] | str:
@@ -38,7 +45,7 @@ def write(result: dict[str, Any], out: Path) -> list[Path] | str:
         ax.bar(xs, med, width, yerr=[lo, hi], capsize=1.5, label=name,
                error_kw={"elinewidth": 0.7, "ecolor": "#444444"},
                color=COLOURS.get(_kind(name)),
-               hatch="//" if name.endswith("-tcp") else None, edgecolor="white", linewidth=0.3)
+               hatch=_hatch(name), edgecolor="white", linewidth=0.3)
     ax.set_xticks(range(len(PERCENTILES)), [p.removesuffix("_ms") for p in PERCENTILES])
     ax.set_yscale("log")
     ax.set_ylabel("ms (log scale)")

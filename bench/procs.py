@@ -117,3 +117,24 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait()
+
+
+@dataclass
+class Adopted(Proc):
+    """A process someone else started and stops (meshctl's supervisor): watched by pid only."""
+
+    known_pid: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.known_pid
+
+    def alive(self) -> bool:
+        try:
+            raw = Path(f"/proc/{self.known_pid}/stat").read_text()
+        except OSError:
+            return False
+        return raw[raw.rindex(")") + 2:].split()[0] not in ("Z", "X")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        return None  # its owner stops it (`meshctl down`)

@@ -39,21 +39,56 @@ def _cell(m: dict[str, float] | None) -> str:
     return _fmt(m["median"])
 
 
-def _table(result: dict[str, Any], variant: str) -> list[str]:
+def _table(result: dict[str, Any], variant: str, topo: str = "") -> list[str]:
+    """One table per topology (`topo`: "" or "netns-") and variant.
+
+    The HAProxy plain column (and its ratio) is left out when the run has no such system
+    (the netns topology measures HAProxy with TLS only).
+    """
     s, r = result["summary"], result["ratios"]
-    cols = [f"meshctl-mtls-{variant}", f"haproxy-tls-{variant}", f"haproxy-plain-{variant}",
-            "direct"]
-    ra = r.get(f"meshctl-mtls-{variant} / haproxy-tls-{variant}", {})
-    rp = r.get(f"meshctl-mtls-{variant} / haproxy-plain-{variant}", {})
-    lines = ["| metric | unit | meshctl mTLS | HAProxy TLS | HAProxy plain | direct | "
-             "meshctl / HAProxy TLS | meshctl / HAProxy plain |",
-             "|---|---|---|---|---|---|---|---|"]
+    plain = f"{topo}haproxy-plain-{variant}" in s or not topo
+    cols = [f"{topo}meshctl-mtls-{variant}", f"{topo}haproxy-tls-{variant}",
+            *([f"{topo}haproxy-plain-{variant}"] if plain else []), f"{topo}direct"]
+    heads = ["meshctl mTLS", "HAProxy TLS", *(["HAProxy plain"] if plain else []), "direct",
+             "meshctl / HAProxy TLS", *(["meshctl / HAProxy plain"] if plain else [])]
+    pairs = [r.get(f"{topo}meshctl-mtls-{variant} / {topo}haproxy-{ref}-{variant}", {})
+             for ref in ("tls", *(["plain"] if plain else []))]
+    lines = ["| metric | unit | " + " | ".join(heads) + " |",
+             "|---|---|" + "---|" * len(heads)]
     for key in TABLE_METRICS:
         label, unit, _ = METRICS[key]
         cells = [_cell(s.get(c, {}).get(key)) for c in cols]
-        ratio = [f"{ra[key]:.2f}x" if key in ra else "-", f"{rp[key]:.2f}x" if key in rp else "-"]
+        ratio = [f"{p[key]:.2f}x" if key in p else "-" for p in pairs]
         lines.append(f"| {label} | {unit} | " + " | ".join(cells + ratio) + " |")
     return lines
+
+
+def _netns_method(result: dict[str, Any]) -> str:
+    """The Method line on the network-namespace topology: what ran, or why it did not."""
+    info = result["meta"].get("netns") or {}
+    if "skipped" in info or "netns" not in result["settings"].get("topologies", ("loopback",)):
+        why = info.get("skipped") or "not asked for"
+        return ("- Network namespaces (meshctl with iptables interception, built by `meshctl "
+                f"up`): not run: {why}. `sudo python -m bench --topology netns` runs it.")
+    net = info.get("network") or {}
+    where = f" (bridge {net.get('bridge')}, {net.get('subnet')})" if net else ""
+    return ("- Network namespaces (tables \"in network namespaces\"): `meshctl up` (local "
+            "runtime, transparent mode) runs the bench config: the `client` service (an idle "
+            "app) and `upstream`/`upstream-tcp` (nginx, the same config) each in its own "
+            f"namespace on up's bridge{where}, joined by veth pairs; the supervisor installs "
+            "meshctl's iptables rules (proxy/intercept) and runs each proxy as uid 1337. wrk "
+            "runs inside the client's namespace and calls `http://upstream:8080/` as an app "
+            "would: /etc/netns hosts -> the service's VIP -> REDIRECT to proxy A's 15001 -> "
+            "SO_ORIGINAL_DST -> mTLS across veth/bridge/veth to B's 15006 -> nginx on "
+            "127.0.0.1 (the client's proxy is A for both variants, each upstream's is B). The "
+            "references cross the same bridge from two namespaces of their "
+            "own (without interception, made with meshctl.launch.netns): netns-direct is wrk "
+            "-> nginx in the other namespace; HAProxy TLS is wrk -> HAProxy A on 127.0.0.1 "
+            "(wrk's namespace) -> TLS 1.3 with client certificates -> HAProxy B (nginx's "
+            "namespace) -> nginx on 127.0.0.1. Added latency is against netns-direct. Same "
+            "pinning; the registry, the supervisor (it checks each namespace's rules every "
+            "second with iptables-save) and the apps on the load core. `meshctl down` removes "
+            "it all afterwards.")
 
 
 def _goals(result: dict[str, Any]) -> list[str]:
@@ -209,7 +244,8 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         "",
         "## Method",
         "",
-        "- Path: client (wrk) -> proxy A -> proxy B -> nginx (1 kB static body, keep-alive, one "
+        "- Path (tables without \"in network namespaces\": every hop on 127.0.0.1): client "
+        "(wrk) -> proxy A -> proxy B -> nginx (1 kB static body, keep-alive, one "
         "worker). meshctl: A is the `client` service's proxy in explicit mode (a local "
         "plaintext listener per upstream), B the upstream service's, TLS 1.3 with SVIDs "
         "(EC P-256) on both sides between them. HAProxy 2 instances, `nbthread 1`, same path, "
@@ -239,13 +275,18 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         "loads (/proc/stat for that core minus the proxies' own CPU). The machine is shared; "
         "a repetition with a high share is the one to distrust, and the CPU-per-request "
         "figures (the kernel's accounting of each proxy) hold best under it.",
-        "- Not measured yet: the meshctl proxies with iptables interception in network "
-        "namespaces (explicit mode only here), `meshctl up` to ready.",
+        _netns_method(result),
         "",
     ]
     variants = st["variants"]
-    for variant in variants:
-        lines += [f"## Data plane, {variant.upper()}", "", *_table(result, variant), ""]
+    ran = result["summary"]
+    if any(not n.startswith("netns-") for n in ran):
+        for variant in variants:
+            lines += [f"## Data plane, {variant.upper()}", "", *_table(result, variant), ""]
+    if any(n.startswith("netns-") for n in ran):
+        for variant in variants:
+            lines += [f"## Data plane in network namespaces, {variant.upper()}", "",
+                      *_table(result, variant, "netns-"), ""]
     goals = _goals(result)
     if goals:
         lines += ["## Goals", "", *goals, ""]
@@ -279,10 +320,10 @@ def write(result: dict[str, Any], report: Path, plots_dir: Path, results_path: P
 def console_table(result: dict[str, Any]) -> str:
     keys = ("added_p50_ms", "added_p99_ms", "p99.9_ms", "cpu_ms_per_1k", "rss_mib_sidecar",
             "max_rps")
-    head = f"{'system':22s}" + "".join(f"{k:>16s}" for k in keys)
+    head = f"{'system':24s}" + "".join(f"{k:>16s}" for k in keys)
     rows = [head]
     for name, metrics in result["summary"].items():
-        rows.append(f"{name:22s}" + "".join(
+        rows.append(f"{name:24s}" + "".join(
             f"{_fmt(metrics[k]['median']) if k in metrics else '-':>16s}" for k in keys))
     for pair, r in result["ratios"].items():
         rows.append(f"{pair}: cpu {r.get('cpu_ms_per_1k', 0):.2f}x, "

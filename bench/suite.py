@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import load
 from bench.procs import cpus
-from bench.systems import REPO, VARIANTS, Lab, System, system_names
+from bench.systems import NETNS, REPO, VARIANTS, Lab, System, direct_of, system_names
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class Settings:
     saturate_s: float = 10.0
     warmup_s: float = 2.0
     variants: tuple[str, ...] = VARIANTS
+    # loopback: everything on 127.0.0.1; netns: across two network namespaces (root only)
+    topologies: tuple[str, ...] = ("loopback",)
     control_plane: bool = True
     profile_s: float = 0.0  # > 0: py-spy the meshctl HTTP proxies under saturation
     quick: bool = False
@@ -103,11 +105,12 @@ def tool_versions() -> dict[str, Any]:
 
 def _one(system: System, lab: Lab, s: Settings) -> dict[str, Any]:
     core = lab.load_core
+    ns = system.netns
     if s.warmup_s > 0:  # connections, pools, TLS sessions and caches warm before we time
-        load.fixed_rate(system.url, core, s.rate, s.connections, s.warmup_s)
+        load.fixed_rate(system.url, core, s.rate, s.connections, s.warmup_s, ns)
     fixed = load.measured(lambda: load.fixed_rate(system.url, core, s.rate, s.connections,
-                                                  s.fixed_s), system.proxies, lab.proxy_core)
-    sat = load.measured(lambda: load.saturate(system.url, core, s.connections, s.saturate_s),
+                                                  s.fixed_s, ns), system.proxies, lab.proxy_core)
+    sat = load.measured(lambda: load.saturate(system.url, core, s.connections, s.saturate_s, ns),
                         system.proxies, lab.proxy_core)
     for proc in system.proxies.values():
         proc.check()
@@ -141,7 +144,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict
     per: dict[str, dict[str, list[float]]] = {}
     for name, reps in runs.items():
         for i, raw in enumerate(reps):
-            direct = runs["direct"][i] if "direct" in runs and name != "direct" else None
+            ref = direct_of(name)
+            direct = runs[ref][i] if ref in runs and name != ref else None
             for key, value in _figures(raw, direct).items():
                 per.setdefault(name, {}).setdefault(key, []).append(value)
     return {name: {key: {"median": round(statistics.median(vals), 4), "min": min(vals),
@@ -150,20 +154,21 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict
 
 
 def ratios(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """meshctl / HAProxy on medians, per variant, against HAProxy with TLS and plain."""
+    """meshctl / HAProxy on medians, per topology and variant, against HAProxy TLS and plain."""
     out: dict[str, dict[str, float]] = {}
-    for variant in VARIANTS:
-        mesh = summary.get(f"meshctl-mtls-{variant}")
-        if not mesh:
-            continue
-        for ref in ("tls", "plain"):
-            other = summary.get(f"haproxy-{ref}-{variant}")
-            if not other:
+    for topo in ("", NETNS):
+        for variant in VARIANTS:
+            mesh = summary.get(f"{topo}meshctl-mtls-{variant}")
+            if not mesh:
                 continue
-            out[f"meshctl-mtls-{variant} / haproxy-{ref}-{variant}"] = {
-                k: round(mesh[k]["median"] / other[k]["median"], 3)
-                for k in mesh if k in other and other[k]["median"] not in (0, 0.0)
-                and k not in NOT_COMPARED}
+            for ref in ("tls", "plain"):
+                other = summary.get(f"{topo}haproxy-{ref}-{variant}")
+                if not other:
+                    continue
+                out[f"{topo}meshctl-mtls-{variant} / {topo}haproxy-{ref}-{variant}"] = {
+                    k: round(mesh[k]["median"] / other[k]["median"], 3)
+                    for k in mesh if k in other and other[k]["median"] not in (0, 0.0)
+                    and k not in NOT_COMPARED}
     return out
 
 
@@ -206,21 +211,28 @@ def control_plane(quick: bool) -> dict[str, Any]:
 
 
 def run(s: Settings, command: str, log: Callable[[str], None] = print,
-        profile: Callable[[Lab, Settings], dict[str, Any]] | None = None) -> dict[str, Any]:
-    names = system_names(s.variants)
+        profile: Callable[[Lab, Settings], dict[str, Any]] | None = None,
+        netns_note: str | None = None, netns_optional: bool = False) -> dict[str, Any]:
+    """`netns_note`: why the netns topology was not run, for the report. `netns_optional`:
+    a netns topology that fails to build is dropped (and said so), not fatal."""
+    names = system_names(s.variants, s.topologies)
     started = dt.datetime.now(dt.UTC)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     prof: dict[str, Any] = {}
-    with Lab(names) as lab:
+    with Lab(names, netns_optional=netns_optional) as lab:
         log(f"bench: building {', '.join(names)} in {lab.dir}")
         lab.start()
+        if lab.netns_error:
+            names = [n for n in names if n in lab.systems]
+            runs = {n: [] for n in names}
+            netns_note = f"it failed to build: {lab.netns_error}"
         log(f"bench: load generator, nginx, registry on CPU {lab.load_core}; "
             f"proxies on CPU {lab.proxy_core}")
         for rep in range(s.reps):
             for name in names:  # interleaved: every system once per repetition, same order
                 raw = _one(lab.systems[name], lab, s)
                 runs[name].append(raw)
-                log(f"bench: rep {rep + 1}/{s.reps} {name:22s} "
+                log(f"bench: rep {rep + 1}/{s.reps} {name:24s} "
                     f"p50 {raw['fixed']['corrected_us']['p50'] / 1000:.3f} ms  "
                     f"p99 {raw['fixed']['corrected_us']['p99'] / 1000:.3f} ms  "
                     f"max {raw['saturate']['rps']:.0f} req/s")
@@ -233,6 +245,10 @@ def run(s: Settings, command: str, log: Callable[[str], None] = print,
                  "machine": machine(), "tools": tool_versions(),
                  "pinning": {"load_generator_nginx_registry": lab.load_core,
                              "proxies": lab.proxy_core},
+                 "netns": ({"prefix": lab.netns.prefix,
+                            "network": lab.netns.up_result.get("network"),
+                            "teardown_warnings": lab.netns.warnings}
+                           if lab.netns is not None else {"skipped": netns_note}),
                  "duration_s": round((dt.datetime.now(dt.UTC) - started)
                                      .total_seconds(), 1)},
         "settings": asdict(s), "runs": runs, "summary": summary, "ratios": ratios(summary),

@@ -4,6 +4,8 @@
     meshctl-mtls-{http,tcp}  wrk -> proxy A (explicit upstream listener) -> mTLS -> proxy B -> nginx
     haproxy-plain-{http,tcp} wrk -> haproxy A -> haproxy B -> nginx
     haproxy-tls-{http,tcp}   wrk -> haproxy A -> TLS 1.3, client certificates -> haproxy B -> nginx
+    netns-*                  the same across two network namespaces, meshctl with iptables
+                             interception, built by `meshctl up` (bench/netns.py; root only)
 
 Pinning, the same for every system: the load generator, nginx and the mesh registry on one
 core; every proxy (both hops) on the other. So "per proxy core" figures mean both hops
@@ -22,6 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.certs import make_tls_files
 from bench.procs import Proc, cpus, free_port, port_open, wait_until
@@ -31,14 +34,28 @@ BODY_BYTES = 1024
 
 KINDS = ("direct", "meshctl-mtls", "haproxy-plain", "haproxy-tls")
 VARIANTS = ("http", "tcp")
+TOPOLOGIES = ("loopback", "netns")
+NETNS = "netns-"  # the prefix of the netns topology's systems (bench/netns.py)
 
 
-def system_names(variants: tuple[str, ...] = VARIANTS) -> list[str]:
+def system_names(variants: tuple[str, ...] = VARIANTS,
+                 topologies: tuple[str, ...] = ("loopback",)) -> list[str]:
     """Every system of a run, in the order they are interleaved."""
-    names = ["direct"]
-    for variant in variants:
-        names += [f"{kind}-{variant}" for kind in KINDS[1:]]
+    from bench import netns
+
+    names = []
+    if "loopback" in topologies:
+        names.append("direct")
+        for variant in variants:
+            names += [f"{kind}-{variant}" for kind in KINDS[1:]]
+    if "netns" in topologies:
+        names += netns.names(variants)
     return names
+
+
+def direct_of(name: str) -> str:
+    """The direct system of `name`'s topology: what its added latency is measured against."""
+    return f"{NETNS}direct" if name.startswith(NETNS) else "direct"
 
 
 @dataclass
@@ -46,6 +63,7 @@ class System:
     name: str
     url: str
     proxies: dict[str, Proc] = field(default_factory=dict)  # role ("A", "B") -> process
+    netns: str | None = None  # the network namespace wrk runs in (netns topology)
 
 
 MESH_YAML = """\
@@ -78,7 +96,7 @@ http {{
   keepalive_requests 100000000;
   keepalive_timeout 600s;
   server {{
-    listen 127.0.0.1:{port};
+    listen {listen};
     root {d}/html;
     location / {{ try_files /1k =404; }}
   }}
@@ -100,8 +118,12 @@ HAPROXY_HTTP_OPTS = "  option http-keep-alive\n  http-reuse always\n"
 
 
 def haproxy_configs(variant: str, tls: bool, port_a: int, port_b: int, upstream: int,
-                    certs: dict[str, Path] | None) -> tuple[str, str]:
-    """The two HAProxy configs (hop A, hop B) for one variant, plain or with mTLS between them."""
+                    certs: dict[str, Path] | None, b_host: str = "127.0.0.1"
+                    ) -> tuple[str, str]:
+    """The two HAProxy configs (hop A, hop B) for one variant, plain or with mTLS between them.
+
+    `b_host`: where B listens and A sends (B's namespace's address in the netns topology).
+    """
     head = HAPROXY_HEAD.format(mode=variant,
                                http_opts=HAPROXY_HTTP_OPTS if variant == "http" else "")
     client_tls = server_tls = ""
@@ -112,8 +134,8 @@ def haproxy_configs(variant: str, tls: bool, port_a: int, port_b: int, upstream:
         server_tls = (f" ssl crt {certs['server']} ca-file {certs['ca']} verify required"
                       " ssl-min-ver TLSv1.3")
     a = (head + f"frontend a\n  bind 127.0.0.1:{port_a}\n  default_backend b\n"
-         f"backend b\n  server b 127.0.0.1:{port_b}{client_tls}\n")
-    b = (head + f"frontend b\n  bind 127.0.0.1:{port_b}{server_tls}\n  default_backend up\n"
+         f"backend b\n  server b {b_host}:{port_b}{client_tls}\n")
+    b = (head + f"frontend b\n  bind {b_host}:{port_b}{server_tls}\n  default_backend up\n"
          f"backend up\n  server up 127.0.0.1:{upstream}\n")
     return a, b
 
@@ -129,11 +151,39 @@ def http_ok(url: str) -> bool:
         return r.status == 200 and len(r.read()) == BODY_BYTES
 
 
+def system_ok(system: System) -> bool:
+    """A first 200 with the whole body, asked from where wrk will run."""
+    if system.netns is None:
+        return http_ok(system.url)
+    from bench.netns import http_ok_in
+
+    return http_ok_in(system.netns, system.url, BODY_BYTES)
+
+
+def write_nginx(d: Path, listen: str) -> Path:
+    """nginx's files in `d` (the 1 kB body, temp dir, config listening on `listen`)."""
+    html = d / "html"
+    html.mkdir(parents=True)
+    (d / "tmp").mkdir()
+    (html / "1k").write_bytes(b"x" * (BODY_BYTES - 1) + b"\n")
+    # nginx may drop to `nobody` when run as root: let it read its files.
+    os.chmod(d, 0o755)
+    os.chmod(html, 0o755)
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=d, listen=listen))
+    return conf
+
+
 class Lab:
     """Builds the systems in a temporary directory; `close()` stops every process it started."""
 
-    def __init__(self, names: list[str], keep: bool = False) -> None:
+    def __init__(self, names: list[str], keep: bool = False, netns_optional: bool = False
+                 ) -> None:
+        """`netns_optional`: when the netns topology cannot be built (say `meshctl up`
+        fails), drop its systems, say why in `netns_error`, and go on with the others."""
         self.names = names
+        self.netns_optional = netns_optional
+        self.netns_error: str | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="meshctl-bench-"))
         self.keep = keep
         self.procs: list[Proc] = []
@@ -143,6 +193,7 @@ class Lab:
         self.load_core = cores[0]
         self.proxy_core = cores[1] if len(cores) > 1 else cores[0]
         self.mesh: object | None = None
+        self.netns: Any = None  # bench.netns.NetnsMesh, when the netns topology runs
 
     # -- building -------------------------------------------------------------------------
     def _start(self, proc: Proc) -> Proc:
@@ -150,8 +201,11 @@ class Lab:
         return proc.start()
 
     def start(self) -> dict[str, System]:
-        self.nginx_port = self._nginx()
-        for name in self.names:
+        os.chmod(self.dir, 0o755)  # nginx as `nobody`, the proxies as uid 1337 read below it
+        loopback = [n for n in self.names if not n.startswith(NETNS)]
+        if loopback:
+            self.nginx_port = self._nginx()
+        for name in loopback:
             if name == "direct":
                 self.systems[name] = System(name, f"http://127.0.0.1:{self.nginx_port}/")
             elif name.startswith("haproxy-"):
@@ -160,34 +214,55 @@ class Lab:
         if mesh_names:
             self._mesh(mesh_names)
         for system in self.systems.values():
-            wait_until(functools.partial(http_ok, system.url),
+            wait_until(functools.partial(system_ok, system),
                        what=f"{system.name}: first 200", timeout=30)
+        netns_names = [n for n in self.names if n.startswith(NETNS)]
+        if netns_names:
+            first = len(self.procs)
+            try:
+                self._netns(netns_names)
+                for name in netns_names:
+                    wait_until(functools.partial(system_ok, self.systems[name]),
+                               what=f"{name}: first 200", timeout=30)
+            except Exception as exc:
+                if not self.netns_optional:
+                    raise
+                self._drop_netns(netns_names, self.procs[first:], exc)
         return self.systems
 
+    def _drop_netns(self, names: list[str], procs: list[Proc], exc: Exception) -> None:
+        """The netns topology failed to build: remove what it made, keep the rest running."""
+        self.netns_error = f"{type(exc).__name__}: {str(exc).strip()[-600:]}"
+        print(f"bench: the netns topology is dropped from this run: {self.netns_error}",
+              file=sys.stderr, flush=True)
+        for proc in reversed(procs):
+            proc.stop()
+            self.procs.remove(proc)
+        for name in names:
+            self.systems.pop(name, None)
+        if self.netns is not None:
+            self.netns.close()
+            if self.netns.errors:  # something is left: that must not pass silently
+                raise RuntimeError("; ".join(self.netns.errors)) from exc
+            self.netns = None
+
     def _nginx(self) -> int:
-        html = self.dir / "html"
-        html.mkdir()
-        (self.dir / "tmp").mkdir()
-        (html / "1k").write_bytes(b"x" * (BODY_BYTES - 1) + b"\n")
-        # nginx may drop to `nobody` when run as root: let it read its files.
-        os.chmod(self.dir, 0o755)
-        os.chmod(html, 0o755)
         port = free_port()
-        conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(d=self.dir, port=port))
+        conf = write_nginx(self.dir, f"127.0.0.1:{port}")
         proc = self._start(Proc("nginx", ["nginx", "-p", str(self.dir), "-c", str(conf)],
                                 self.dir / "nginx.log", core=self.load_core))
         wait_until(functools.partial(_listening, port, proc), what="nginx listening")
         return port
 
+    def _certs(self) -> dict[str, Path]:
+        if not hasattr(self, "certs"):
+            (self.dir / "pki").mkdir()
+            self.certs = make_tls_files(self.dir / "pki")
+        return self.certs
+
     def _haproxy(self, name: str) -> System:
         _, mode, variant = name.split("-")
-        certs = None
-        if mode == "tls":
-            if not hasattr(self, "certs"):
-                (self.dir / "pki").mkdir()
-                self.certs = make_tls_files(self.dir / "pki")
-            certs = self.certs
+        certs = self._certs() if mode == "tls" else None
         port_a, port_b = free_port(), free_port()
         a, b = haproxy_configs(variant, mode == "tls", port_a, port_b, self.nginx_port, certs)
         system = System(name, f"http://127.0.0.1:{port_a}/")
@@ -230,6 +305,69 @@ class Lab:
                               "B": self._wrap(b["proc"], f"{name}-B")}
             self.systems[name] = system
 
+    def _netns(self, names: list[str]) -> None:
+        """The netns topology: `meshctl up` for meshctl, two hosts of ours for the references."""
+        from bench import netns
+
+        variants = tuple(v for v in VARIANTS if any(n.endswith(f"-{v}") for n in names))
+        confs = {("upstream" if v == "http" else "upstream-tcp"):
+                 write_nginx(self.dir / f"nginx-{v}", f"127.0.0.1:{netns.SERVICE_PORT}")
+                 for v in variants or ("http",)}
+        config = self.dir / "netns-config"
+        config.mkdir()
+        (config / "mesh.yaml").write_text(
+            netns.mesh_config(variants or ("http",), confs))
+        self.netns = netns.NetnsMesh(self.dir, self.load_core)
+        self.netns.up(config)
+        client = self.netns.workload("client")
+        a = self.netns.proxy("client", "netns-client-proxy")
+        pin(a.pid, self.proxy_core)
+        for name in names:
+            if "-meshctl-" not in name:
+                continue
+            variant = name.rsplit("-", 1)[1]
+            service = "upstream" if variant == "http" else "upstream-tcp"
+            b = self.netns.proxy(service, f"{name}-B")
+            pin(b.pid, self.proxy_core)
+            self.systems[name] = System(name, f"http://{service}:{netns.SERVICE_PORT}/",
+                                        {"A": a, "B": b}, netns=client["netns"])
+        cli_ns, _ = self.netns.add_ref_host("ref-client", 0)
+        srv_ns, srv_ip = self.netns.add_ref_host("ref-server", 1)
+        conf = write_nginx(self.dir / "nginx-ref", f"0.0.0.0:{netns.SERVICE_PORT}")
+        nginx = self._start(netns.ref_proc(
+            "netns-nginx", srv_ns, ["nginx", "-p", str(conf.parent), "-c", str(conf)],
+            self.dir / "netns-nginx.log", self.load_core))
+        wait_until(functools.partial(netns.pid_listening, nginx, netns.SERVICE_PORT),
+                   what="netns nginx listening")
+        port = netns.HAPROXY_PORT0
+        for name in names:
+            if name == f"{NETNS}direct":
+                self.systems[name] = System(name, f"http://{srv_ip}:{netns.SERVICE_PORT}/",
+                                            netns=cli_ns)
+            elif "-haproxy-" in name:
+                self.systems[name] = self._netns_haproxy(name, cli_ns, srv_ns, srv_ip, port)
+                port += 2
+
+    def _netns_haproxy(self, name: str, cli_ns: str, srv_ns: str, srv_ip: str, port: int
+                       ) -> System:
+        from bench import netns
+
+        _, _, mode, variant = name.split("-")
+        tls = mode == "tls"
+        a, b = haproxy_configs(variant, tls, port, port + 1, netns.SERVICE_PORT,
+                               self._certs() if tls else None, b_host=srv_ip)
+        system = System(name, f"http://127.0.0.1:{port}/", netns=cli_ns)
+        for role, text, ns, listen in (("B", b, srv_ns, port + 1), ("A", a, cli_ns, port)):
+            cfg = self.dir / f"{name}-{role}.cfg"
+            cfg.write_text(text)
+            proc = self._start(netns.ref_proc(f"{name}-{role}", ns,
+                                              ["haproxy", "-db", "-f", str(cfg)],
+                                              self.dir / f"{name}-{role}.log", self.proxy_core))
+            wait_until(functools.partial(netns.pid_listening, proc, listen),
+                       what=f"{name} {role} listening")
+            system.proxies[role] = proc
+        return system
+
     def _adopt(self, mesh: object, core: int) -> None:
         """Pin the harness's processes not pinned yet, every thread of each, to `core`."""
         for hp in getattr(mesh, "procs", []):
@@ -250,6 +388,11 @@ class Lab:
                 proc.stop()
             except Exception as exc:
                 errors.append(exc)
+        if self.netns is not None:
+            self.netns.close()  # our hosts, then `meshctl down`; then checks nothing is left
+            errors += [RuntimeError(e) for e in self.netns.errors]
+            for warning in self.netns.warnings:
+                print(f"bench: warning: {warning}", file=sys.stderr, flush=True)
         if self.mesh is not None:
             self.mesh.close()  # type: ignore[attr-defined]
         if not self.keep:

@@ -8,8 +8,10 @@ The folder tree is the request path:
       policy/       pure decision logic, one module per policy, each with an injected clock
       outbound/     app -> proxy: detect protocol, route, retry, balance, mTLS to the peer proxy
       inbound/      peer proxy -> proxy: verify SPIFFE identity, authorize, hand to the app
-      control/      the registry client: join, renew, config stream, ACK/NACK
-      admin/        localhost admin (15000) and Prometheus metrics (15090)
+      control/      the registry client: join, renew, config stream, ACK/NACK; keygen child
+      admin.py      localhost admin (15000) and Prometheus metrics (15090)
+      httpio.py     the side channels' HTTP/1.1 client and server (admin, registry, OTLP)
+      run.py        the process's entry: `meshctl proxy` / `python -m proxy` options
 
 Config arrives as immutable versioned snapshots; each stack is built once per snapshot and
 swapped atomically, so a request reads its snapshot once and finishes on it.

@@ -1,5 +1,5 @@
-"""`python -m proxy ...` is `meshctl proxy ...`."""
+"""`python -m proxy ...` is `meshctl proxy ...` (lean: no Typer unless --help or a usage error)."""
 
-from meshctl.commands.proxy import app
+from proxy.run import main
 
-app()
+main()

@@ -10,7 +10,6 @@ request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -19,12 +18,11 @@ from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
 from meshctl.promtext import MetricWriter
 from meshctl.state import atomic_write
 from proxy.forward import Result
 from proxy.http1 import Request
+from proxy.httpio import ChunkWriter, Handler, Reply, Server, ServerRequest, json_reply, text_reply
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
@@ -179,15 +177,15 @@ def _clusters(proxy: Proxy) -> list[dict[str, Any]]:
     return out
 
 
-def admin_app(proxy: Proxy) -> web.Application:
-    async def ready(_: web.Request) -> web.Response:
+def admin_routes(proxy: Proxy) -> dict[str, Handler]:
+    async def ready(_: ServerRequest) -> Reply:
         ok = proxy.snapshot is not None and proxy.identity is not None
-        return web.Response(status=200 if ok else 503, text="LIVE\n" if ok else "NOT READY\n")
+        return text_reply("LIVE\n" if ok else "NOT READY\n", 200 if ok else 503)
 
-    async def config_dump(_: web.Request) -> web.Response:
-        return web.json_response(_dump(proxy), dumps=lambda o: json.dumps(o, indent=1))
+    async def config_dump(_: ServerRequest) -> Reply:
+        return json_reply(_dump(proxy), indent=1)
 
-    async def stats(_: web.Request) -> web.Response:
+    async def stats(_: ServerRequest) -> Reply:
         t = proxy.telemetry
         body = {
             **t.counters,
@@ -195,13 +193,13 @@ def admin_app(proxy: Proxy) -> web.Application:
             "upstream_connections_opened": proxy.pool.opened,
             "requests_total": sum(t.requests.values()),
         }
-        return web.json_response(body)
+        return json_reply(body)
 
-    async def certs(_: web.Request) -> web.Response:
+    async def certs(_: ServerRequest) -> Reply:
         ident = proxy.identity
         if ident is None:
-            return web.json_response({"error": "no certificate yet"}, status=503)
-        return web.json_response(
+            return json_reply({"error": "no certificate yet"}, status=503)
+        return json_reply(
             {
                 "spiffe_id": str(ident.spiffe_id),
                 "not_after": ident.not_after.isoformat(),
@@ -214,50 +212,43 @@ def admin_app(proxy: Proxy) -> web.Application:
             }
         )
 
-    async def tap(request: web.Request) -> web.StreamResponse:
+    async def tap(request: ServerRequest) -> Reply:
         hub = proxy.tap
         if hub.clients >= TAP_MAX_CLIENTS:
-            return web.json_response({"error": "too many tap clients"}, status=429)
+            return json_reply({"error": "too many tap clients"}, status=429)
         try:
             limit = int(request.query.get("max", "0"))
         except ValueError:
-            return web.json_response({"error": "`max` must be an integer"}, status=400)
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        q = hub.subscribe(tap_filter(request.query))
-        sent = 0
-        try:
-            # The first line says the tap is live: a client may start traffic after it.
-            hello = {"type": "tap", "proxy": proxy.proxy_id, "service": proxy.opts.service}
-            await resp.write(json.dumps(hello).encode() + b"\n")
-            while not limit or sent < limit:
-                try:
-                    event = await asyncio.wait_for(q.get(), 15.0)
-                except TimeoutError:
-                    await resp.write(b'{"type":"ping"}\n')  # finds a client that left
-                    continue
-                await resp.write(json.dumps({"type": "request", **event}).encode() + b"\n")
-                sent += 1
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            hub.unsubscribe(q)
-        with contextlib.suppress(ConnectionResetError):
-            await resp.write_eof()
-        return resp
+            return json_reply({"error": "`max` must be an integer"}, status=400)
+        accept = tap_filter(request.query)
 
-    app = web.Application()
-    app.add_routes(
-        [
-            web.get("/ready", ready),
-            web.get("/config_dump", config_dump),
-            web.get("/stats", stats),
-            web.get("/certs", certs),
-            web.get("/tap", tap),
-        ]
-    )
-    return app
+        async def stream(out: ChunkWriter) -> None:
+            q = hub.subscribe(accept)
+            sent = 0
+            try:
+                # The first line says the tap is live: a client may start traffic after it.
+                hello = {"type": "tap", "proxy": proxy.proxy_id, "service": proxy.opts.service}
+                await out.write(json.dumps(hello).encode() + b"\n")
+                while not limit or sent < limit:
+                    try:
+                        event = await asyncio.wait_for(q.get(), 15.0)
+                    except TimeoutError:
+                        await out.write(b'{"type":"ping"}\n')  # finds a client that left
+                        continue
+                    await out.write(json.dumps({"type": "request", **event}).encode() + b"\n")
+                    sent += 1
+            finally:
+                hub.unsubscribe(q)
+
+        return Reply(200, content_type="application/x-ndjson", stream=stream)
+
+    return {
+        "/ready": ready,
+        "/config_dump": config_dump,
+        "/stats": stats,
+        "/certs": certs,
+        "/tap": tap,
+    }
 
 
 def health_metrics(proxy: Proxy) -> str:
@@ -316,29 +307,39 @@ def health_metrics(proxy: Proxy) -> str:
     return w.text()
 
 
-def metrics_app(proxy: Proxy) -> web.Application:
-    async def metrics(_: web.Request) -> web.Response:
+def metrics_routes(proxy: Proxy) -> dict[str, Handler]:
+    async def metrics(_: ServerRequest) -> Reply:
         tel = proxy.telemetry
         tel.gauges["meshctl_proxy_registry_connected"] = 1 if proxy.control.connected else 0
         if proxy.identity is not None:
             tel.gauges["meshctl_proxy_certificate_seconds_left"] = proxy.identity.lifetime_left()
-        text = tel.render(health_metrics(proxy))
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return text_reply(tel.render(health_metrics(proxy)))
 
-    app = web.Application()
-    app.add_routes([web.get("/metrics", metrics), web.get("/stats/prometheus", metrics)])
-    return app
+    return {"/metrics": metrics, "/stats/prometheus": metrics}
 
 
-def write_discovery(proxy: Proxy, runners: Sequence[web.AppRunner]) -> Path | None:
+async def start_servers(proxy: Proxy) -> list[Server]:
+    """The admin listener, then the Prometheus one."""
+    servers = []
+    for name, routes, (host, port) in (
+        ("admin", admin_routes(proxy), proxy.opts.admin),
+        ("metrics", metrics_routes(proxy), proxy.opts.metrics),
+    ):
+        server = Server(routes, name)
+        await server.start(host, port)
+        servers.append(server)
+    return servers
+
+
+def write_discovery(proxy: Proxy, servers: Sequence[Server]) -> Path | None:
     """MESH_HOME/proxies/<id>/admin.json: where the CLI (tap, stat, check, proxy-config)
     finds this proxy's admin and metrics listeners. The registry's endpoint record has no
     field for them yet; this file serves every proxy on this host meanwhile."""
     opts = proxy.opts
 
     def bound(i: int, fallback: tuple[str, int]) -> str:
-        addrs = runners[i].addresses if len(runners) > i else []
-        host, port = (addrs[0][0], addrs[0][1]) if addrs else fallback
+        addr = servers[i].address if len(servers) > i else None
+        host, port = addr or fallback
         if host in ("0.0.0.0", "::", ""):
             host = opts.advertise
         return f"{host}:{port}"

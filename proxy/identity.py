@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from meshctl.state import atomic_write, ensure_dir
-from registry.ca import SpiffeId
-from registry.ca.csr import build_csr, cert_expiry, key_pem, spiffe_id_of
+from proxy import certinfo
+from registry.ca.spiffe import SpiffeId
 
 # Every proxy-to-proxy hop is TLS 1.3 with certificates on both sides (mTLS).
 TLS_MIN = ssl.TLSVersion.TLSv1_3
@@ -28,7 +26,6 @@ class Identity:
     """
 
     spiffe_id: SpiffeId
-    key: ec.EllipticCurvePrivateKey = field(repr=False)
     cert_pem: bytes = field(repr=False)
     bundle_pem: bytes = field(repr=False)
     not_after: datetime
@@ -36,27 +33,23 @@ class Identity:
     server_ctx: ssl.SSLContext = field(repr=False)
 
     @classmethod
-    def build(
-        cls, key: ec.EllipticCurvePrivateKey, cert_pem: bytes, bundle_pem: bytes, files_dir: Path
-    ) -> Identity:
-        """Write key (0600) and chain where OpenSSL can load them, and make both contexts."""
+    def build(cls, key_file: Path, cert_pem: bytes, bundle_pem: bytes, files_dir: Path) -> Identity:
+        """Move the new key (written 0600 by proxy/control/keygen.py) beside its certificate
+        and the bundle, where OpenSSL loads them, and make both contexts."""
         ensure_dir(files_dir)
         key_path, cert_path = files_dir / "svid.key", files_dir / "svid.crt"
-        atomic_write(key_path, key_pem(key), mode=0o600)
+        info = certinfo.read(cert_pem)
+        os.replace(key_file, key_path)
         atomic_write(cert_path, cert_pem, mode=0o644)
         atomic_write(files_dir / "bundle.crt", bundle_pem, mode=0o644)
         return cls(
-            spiffe_id=spiffe_id_of(cert_pem),
-            key=key,
+            spiffe_id=_one_spiffe_id(info),
             cert_pem=cert_pem,
             bundle_pem=bundle_pem,
-            not_after=cert_expiry(cert_pem),
+            not_after=info.not_after,
             client_ctx=_context(ssl.PROTOCOL_TLS_CLIENT, cert_path, key_path, bundle_pem),
             server_ctx=_context(ssl.PROTOCOL_TLS_SERVER, cert_path, key_path, bundle_pem),
         )
-
-    def csr(self) -> bytes:
-        return build_csr(self.key, self.spiffe_id)
 
     def lifetime_left(self, now: datetime | None = None) -> float:
         return (self.not_after - (now or datetime.now(UTC))).total_seconds()
@@ -120,8 +113,8 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId 
     if der in _PEER_CACHE:
         return _PEER_CACHE[der]
     try:
-        ident: SpiffeId | None = _workload_identity(x509.load_der_x509_certificate(der))
-    except (ValueError, TypeError):
+        ident: SpiffeId | None = _workload_identity(certinfo.read(der))
+    except ValueError:
         ident = None
     if len(_PEER_CACHE) > 4096:
         _PEER_CACHE.clear()
@@ -129,14 +122,18 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId 
     return ident
 
 
-def _workload_identity(cert: x509.Certificate) -> SpiffeId | None:
+def _workload_identity(cert: certinfo.CertInfo) -> SpiffeId | None:
     """An X509-SVID leaf names a workload: never a CA (cA must be false, X509-SVID 4.1) and
     never the bare trust domain (a SPIFFE ID with a path, 2.)."""
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if bc.ca:
-            return None
-    except x509.ExtensionNotFound:
-        pass
-    ident = spiffe_id_of(cert)
+    if cert.is_ca:
+        return None
+    ident = _one_spiffe_id(cert)
     return ident if ident.is_workload else None
+
+
+def _one_spiffe_id(cert: certinfo.CertInfo) -> SpiffeId:
+    """The SPIFFE ID in the one URI SAN (X509-SVID 2: exactly one, else reject), as
+    registry/ca/csr.py spiffe_id_of reads it on the registry's side."""
+    if len(cert.uris) != 1:
+        raise ValueError(f"certificate has {len(cert.uris)} URI SANs; an SVID has exactly one")
+    return SpiffeId.parse(cert.uris[0])

@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from meshctl.aio import spawn
 from proxy.accept import Connections, accept_loop, listen, streams_for
 from proxy.accesslog import AccessLog
-from proxy.admin import TapHub, tap_event, write_discovery
+from proxy.admin import TapHub, start_servers, tap_event, write_discovery
 from proxy.control.client import ControlClient, View
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
+from proxy.httpio import Server
 from proxy.identity import TLS_MIN, Identity
 from proxy.inbound.authz import decide, decide_tcp
 from proxy.inbound.stack import Inbound
@@ -135,7 +134,7 @@ class Proxy:
         self.route_limits = RouteLimits()  # outbound, per (service, route): routeRateLimits
         self._listeners: list[socket.socket] = []
         self._tasks: list[asyncio.Task[Any]] = []
-        self._runners: list[web.AppRunner] = []
+        self._servers: list[Server] = []  # admin, metrics
         # Contexts are long-lived; a renewal loads the new chain into them, so new
         # handshakes use it and open connections keep theirs.
         self.server_ctx = _fresh_ctx(True)
@@ -493,7 +492,7 @@ class Proxy:
         self._tasks.append(spawn(self._flush_loop(), name="flush"))
         if self.exporter is not None:
             self._tasks.append(spawn(self.exporter.run(), name="otlp-export"))
-        self.discovery_file = write_discovery(self, self._runners)
+        self.discovery_file = write_discovery(self, self._servers)
         log.info(
             "proxy %s ready: inbound %s:%d, config version %d",
             self.proxy_id,
@@ -507,16 +506,7 @@ class Proxy:
         return {"inbound": self._listeners[0].getsockname()[1]} if self._listeners else {}
 
     async def _start_admin(self) -> None:
-        from proxy.admin import admin_app, metrics_app
-
-        for app, (host, port) in (
-            (admin_app(self), self.opts.admin),
-            (metrics_app(self), self.opts.metrics),
-        ):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
-            self._runners.append(runner)
+        self._servers = await start_servers(self)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -542,8 +532,8 @@ class Proxy:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for r in self._runners:
-            await r.cleanup()
+        for server in self._servers:
+            await server.close()
         self.pool.close_all()
         self.app_pool.close_all()
         self.access_log.flush()

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import os
-import signal
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from meshctl.state import mesh_home
-
 app = typer.Typer(add_completion=False)
-
-
-def _hostport(value: str, default_host: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not port.isdigit():
-        raise typer.BadParameter(f"`{value}` is not HOST:PORT or PORT")
-    return (host or default_host), int(port)
 
 
 @app.command()
@@ -90,50 +75,33 @@ def proxy(
     ] = 5.0,
 ) -> None:
     """Run a sidecar proxy: join the registry, follow its config, serve mTLS traffic."""
-    from proxy.main import Proxy, ProxyOptions, Upstream
+    # The process normally starts in proxy/run.py, which parses these same options without
+    # importing Typer (RSS) and comes here only for --help and usage errors.
+    from proxy.run import UsageError, run
 
-    ups = []
-    for u in upstream:
-        left, _, right = u.partition("=")
-        svc, _, port = left.partition(":")
-        if not (svc and port.isdigit() and right):
-            raise typer.BadParameter(f"--upstream `{u}`: expected SERVICE:PORT=[HOST:]LOCALPORT")
-        host, lport = _hostport(right, "127.0.0.1")
-        ups.append(Upstream(svc, int(port), host, lport))
-    apps = {}
-    for a in app_addr:
-        port, _, target = a.partition("=")
-        if not port.isdigit():
-            raise typer.BadParameter(f"--app `{a}`: expected PORT=HOST:PORT")
-        apps[int(port)] = _hostport(target, "127.0.0.1")
-    home = mesh_home() / "proxies" / (proxy_id or service)
-    opts = ProxyOptions(
-        registry_url=registry,
-        ca_file=ca_file or mesh_home() / "registry" / "ca" / "ca.crt",
-        token=token_file.read_text().strip(),
-        service=service,
-        home=home,
-        version=version,
-        advertise=advertise,
-        inbound=_hostport(inbound, "0.0.0.0"),
-        outbound=_hostport(outbound, "127.0.0.1") if outbound else None,
-        upstreams=tuple(ups),
-        apps=apps,
-        admin=_hostport(admin, "127.0.0.1"),
-        metrics=_hostport(metrics, "0.0.0.0"),
-        proxy_id=proxy_id,
-        header_timeout_s=header_timeout,
-        max_connections=max_connections,
-        drain_s=drain,
-        trace_sampling=trace_sampling,
-        otlp_endpoint=otlp_endpoint,
-    )
-    logging.basicConfig(
-        level=getattr(logging, os.environ.get("MESH_LOG", "INFO")),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
     try:
-        _event_loop_run(_run(Proxy(opts)))
+        run(
+            service=service,
+            registry=registry,
+            token_file=token_file,
+            ca_file=ca_file,
+            version=version,
+            advertise=advertise,
+            inbound=inbound,
+            outbound=outbound,
+            upstream=upstream,
+            app_addr=app_addr,
+            admin=admin,
+            metrics=metrics,
+            proxy_id=proxy_id,
+            header_timeout=header_timeout,
+            max_connections=max_connections,
+            trace_sampling=trace_sampling,
+            otlp_endpoint=otlp_endpoint,
+            drain=drain,
+        )
+    except UsageError as exc:
+        raise typer.BadParameter(str(exc)) from None
     except Exception as exc:
         from proxy.control.client import JoinError
 
@@ -141,27 +109,3 @@ def proxy(
             typer.echo(f"meshctl proxy: {exc}", err=True)
             raise typer.Exit(1) from None
         raise
-
-
-def _event_loop_run(coro: Coroutine[Any, Any, None]) -> None:
-    """uvloop when installed (a C-speed loop for the hot path), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
-
-
-async def _run(p: object) -> None:
-    from proxy.main import Proxy
-
-    assert isinstance(p, Proxy)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await p.start()
-    await stop.wait()
-    await p.stop()

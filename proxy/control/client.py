@@ -9,17 +9,15 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from meshctl.aio import spawn
+from proxy.control.keygen import new_key_and_csr
+from proxy.httpio import Client, HttpError, Stream
 from proxy.identity import Identity
-from registry.ca.csr import build_csr, generate_key
-from registry.ca.spiffe import SpiffeId
 
 log = logging.getLogger("meshctl.proxy.control")
 HEARTBEAT_S = 10.0
@@ -57,13 +55,10 @@ def _registry_ctx(bundle: Path | bytes, identity: Identity | None) -> ssl.SSLCon
     return ctx
 
 
-async def _ack_lines(acks: asyncio.Queue[bytes]) -> AsyncIterator[bytes]:
+async def _send_acks(stream: Stream, acks: asyncio.Queue[bytes]) -> None:
     """The body of POST /v1/stream: ACK lines as the proxy produces them, for ever."""
-    # aiohttp holds a request's head back to send it with the first chunk of the body: an
-    # empty line (the registry skips it) sends it at once, so the views start flowing.
-    yield b"\n"
     while True:
-        yield await acks.get()
+        await stream.send(await acks.get())
 
 
 _FILES: dict[int, tuple[Path, Path]] = {}
@@ -95,8 +90,8 @@ class ControlClient:
         self._on_ack: list[Callable[[int, bool], None]] = []
         self._duplex = True  # ACKs on the stream, until a registry says it cannot
         self._acks: asyncio.Queue[bytes] | None = None  # the open stream's ACK lines
-        self._sess: aiohttp.ClientSession | None = None
-        self._sess_key = 0
+        self._client: Client | None = None
+        self._client_key = 0
 
     def on_identity(self, fn: Callable[[Identity], None]) -> None:
         self._on_identity.append(fn)
@@ -111,43 +106,37 @@ class ControlClient:
         for fn in self._on_identity:
             fn(ident)
 
-    def _new_session(self) -> aiohttp.ClientSession:
-        ctx = _registry_ctx(self.ca_file, self.identity)
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ctx, limit=4),
-            timeout=aiohttp.ClientTimeout(total=None, connect=5),
-        )
+    def _new_client(self) -> Client:
+        return Client(self.url, _registry_ctx(self.ca_file, self.identity), connect_timeout=5)
 
-    def _session(self) -> aiohttp.ClientSession:
-        """The kept-alive session for short calls (ACKs, heartbeats): one TLS handshake, not
-        one per call. Rebuilt when the certificate changes."""
+    def _session(self) -> Client:
+        """The kept-alive connection for short calls (ACKs, heartbeats): one TLS handshake,
+        not one per call. Rebuilt when the certificate changes."""
         key = id(self.identity)
-        if self._sess is None or self._sess_key != key or self._sess.closed:
-            if self._sess is not None and not self._sess.closed:
-                spawn(self._sess.close())
-            self._sess, self._sess_key = self._new_session(), key
-        return self._sess
+        if self._client is None or self._client_key != key:
+            if self._client is not None:
+                spawn(self._client.close())
+            self._client, self._client_key = self._new_client(), key
+        return self._client
 
     async def close(self) -> None:
-        if self._sess is not None:
-            await self._sess.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def _post(
         self, path: str, body: dict[str, Any], method: str = "POST", timeout: float = 10.0
     ) -> tuple[int, dict[str, Any]]:
-        async with self._session().request(
-            method, self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as r:
-            try:
-                data = await r.json(content_type=None)
-            except (ValueError, aiohttp.ContentTypeError):
-                data = {"error": (await r.text())[:500]}
-            return r.status, data if isinstance(data, dict) else {}
+        r = await self._session().request(method, path, json_body=body, timeout=timeout)
+        try:
+            data = r.json()
+        except ValueError:
+            data = {"error": r.text()[:500]}
+        return r.status, data if isinstance(data, dict) else {}
 
     async def join(self, token: str) -> Identity:
-        key = generate_key()
+        key = self.files_dir / "svid.key.new"
         # The CSR carries only the key: the identity comes from the token, not from the CSR.
-        csr = build_csr(key, SpiffeId.parse("spiffe://join.invalid/pending"))
+        csr = await new_key_and_csr(key, "spiffe://join.invalid/pending")
         status, data = await self._post("/v1/join", {"token": token, "csr": csr.decode()})
         if status != 200:
             raise JoinError(
@@ -163,10 +152,9 @@ class ControlClient:
 
     async def renew(self) -> Identity:
         assert self.identity is not None
-        key = generate_key()
-        status, data = await self._post(
-            "/v1/renew", {"csr": build_csr(key, self.identity.spiffe_id).decode()}
-        )
+        key = self.files_dir / "svid.key.new"
+        csr = await new_key_and_csr(key, str(self.identity.spiffe_id))
+        status, data = await self._post("/v1/renew", {"csr": csr.decode()})
         if status != 200:
             raise JoinError(f"renewal refused (HTTP {status}): {data.get('error', data)}")
         ident = Identity.build(
@@ -188,7 +176,7 @@ class ControlClient:
             try:
                 await self.renew()
                 backoff = BACKOFF_MIN_S
-            except (OSError, aiohttp.ClientError, JoinError, TimeoutError) as exc:
+            except (OSError, JoinError, TimeoutError) as exc:
                 self.renew_failures += 1
                 backoff = min(BACKOFF_MAX_S * 6, backoff * 2)
                 log.warning("certificate renewal failed (%s); retrying in %.1fs", exc, backoff)
@@ -200,7 +188,7 @@ class ControlClient:
             try:
                 await self._stream_once(apply)
                 backoff = BACKOFF_MIN_S
-            except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 if self.connected:
                     log.warning(
                         "registry stream lost (%s): serving on config version %d",
@@ -226,28 +214,29 @@ class ControlClient:
         # line each way instead of an HTTP request per view. A registry that predates it
         # answers 405; then the stream is a GET and each ACK a POST /v1/ack, as before.
         acks: asyncio.Queue[bytes] | None = asyncio.Queue() if self._duplex else None
-        async with (
-            self._new_session() as s,
-            s.request(
-                "GET" if acks is None else "POST",
-                self.url + "/v1/stream",
-                params=params,
-                data=None if acks is None else _ack_lines(acks),
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=45),
-            ) as r,
-        ):
+        client = self._new_client()
+        async with await client.open_stream(
+            "GET" if acks is None else "POST", "/v1/stream", query=params, duplex=acks is not None
+        ) as r:
             if acks is not None and r.status in (404, 405):
                 self._duplex = False
                 log.info("registry %s takes no ACKs on the stream (HTTP %d): using POST /v1/ack",
                          self.url, r.status)
                 return
             if r.status != 200:
-                raise aiohttp.ClientError(f"stream refused: HTTP {r.status} {await r.text()}")
+                text = (await r.read(500)).decode("utf-8", "replace")
+                raise HttpError(f"stream refused: HTTP {r.status} {text}")
             self.connected = True
             self._acks = acks
+            sender = spawn(_send_acks(r, acks), name="acks") if acks is not None else None
             try:
-                async for raw in r.content:
+                # A ping line comes every 15 s: 45 s of silence means the registry is gone.
+                async for raw in r.lines(read_timeout=45):
+                    if sender is not None and sender.done():
+                        sender.result()  # the ACK half failed: raise its error
                     self.last_contact = time.time()
+                    if not raw.strip():
+                        continue
                     msg = json.loads(raw)
                     kind = msg.get("type")
                     if kind == "ack":
@@ -271,6 +260,9 @@ class ControlClient:
                     await self._ack(view.config_version, error)
             finally:
                 self._acks = None
+                if sender is not None:
+                    sender.cancel()
+                    await asyncio.gather(sender, return_exceptions=True)
 
     async def _ack(self, version: int, error: str | None) -> None:
         body: dict[str, Any] = {
@@ -315,10 +307,10 @@ class ControlClient:
                     registered = status == 200
                     if not registered:
                         continue
-            except (OSError, aiohttp.ClientError, TimeoutError):
+            except (OSError, TimeoutError):
                 registered = False
             await asyncio.sleep(HEARTBEAT_S if registered else BACKOFF_MAX_S)
 
     async def deregister(self, endpoint_id: str) -> None:
-        with contextlib.suppress(OSError, aiohttp.ClientError, TimeoutError):
+        with contextlib.suppress(OSError, TimeoutError):
             await self._post(f"/v1/endpoints/{endpoint_id}", {}, method="DELETE", timeout=2)

@@ -21,8 +21,7 @@ from collections import deque
 from collections.abc import MutableMapping
 from typing import Any
 
-import aiohttp
-
+from proxy.httpio import Client
 from proxy.tracing.span import Attr, SpanRecord
 
 log = logging.getLogger("meshctl.proxy.tracing")
@@ -109,6 +108,7 @@ class OtlpExporter:
         self.timeout_s = timeout_s
         self._queue: deque[SpanRecord] = deque()
         self._full: asyncio.Event | None = None
+        self._client: Client | None = None  # one kept-alive connection to the collector
 
     def offer(self, span: SpanRecord) -> None:
         """On the request path: O(1), never waits. A full queue drops the span."""
@@ -127,30 +127,35 @@ class OtlpExporter:
     async def run(self) -> None:
         """Flush every `flush_s`, or sooner when a full batch is waiting; until cancelled."""
         self._full = asyncio.Event()
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s, connect=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            try:
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), self.flush_s)
-                    self._full.clear()
-                    while self._queue:
-                        await self._export(session, self.take())
-            finally:
-                # On stop: one last bounded attempt for what is queued.
-                if self._queue:
-                    with contextlib.suppress(Exception):
-                        await self._export(session, self.take())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.flush_s)
+                self._full.clear()
+                while self._queue:
+                    await self._export(self.take())
+        finally:
+            # On stop: one last bounded attempt for what is queued.
+            if self._queue:
+                with contextlib.suppress(Exception):
+                    await self._export(self.take())
+            if self._client is not None:
+                await self._client.close()
 
-    async def _export(self, session: aiohttp.ClientSession, batch: list[SpanRecord]) -> None:
+    async def _export(self, batch: list[SpanRecord]) -> None:
         body = encode(self.resource, batch)
         try:
-            async with session.post(
-                self.endpoint, data=body, headers={"Content-Type": "application/json"}
-            ) as resp:
-                await resp.read()
-                ok = 200 <= resp.status < 300
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if self._client is None:  # a bad URL fails here, as every export (counted)
+                self._client = Client(self.endpoint, connect_timeout=self.timeout_s)
+            resp = await self._client.request(
+                "POST",
+                "",
+                body=body,
+                headers={"Content-Type": "application/json"},
+                timeout=self.timeout_s,
+            )
+            ok = 200 <= resp.status < 300
+        except (OSError, TimeoutError, ValueError) as exc:
             log.debug("OTLP export to %s failed: %r", self.endpoint, exc)
             ok = False
         if ok:

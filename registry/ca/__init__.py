@@ -10,9 +10,35 @@ Flow: `meshctl join` redeems a token (tokens.py) for an identity, the proxy send
 current SVID instead of a token (`CertificateAuthority.verify_svid`). See docs/security-ca.md.
 """
 
-from registry.ca.authority import CaError, CertificateAuthority, CsrError, SvidError
+from typing import TYPE_CHECKING, Any
+
 from registry.ca.spiffe import SpiffeId
-from registry.ca.tokens import TokenError, TokenStore
+
+if TYPE_CHECKING:
+    from registry.ca.authority import CaError, CertificateAuthority, CsrError, SvidError
+    from registry.ca.tokens import TokenError, TokenStore
+
+# The authority and the token store (and `cryptography` under them) are imported on first
+# use: a proxy only needs SpiffeId, and would otherwise carry the X.509 library in its RSS.
+_LAZY = {
+    "CaError": "registry.ca.authority",
+    "CertificateAuthority": "registry.ca.authority",
+    "CsrError": "registry.ca.authority",
+    "SvidError": "registry.ca.authority",
+    "TokenError": "registry.ca.tokens",
+    "TokenStore": "registry.ca.tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = ["CaError", "CertificateAuthority", "CsrError", "SpiffeId", "SvidError", "TokenError",
            "TokenStore"]

@@ -11,9 +11,10 @@ It never raises for bad input. The snapshot travels to proxies as `to_wire()` JS
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from registry.config.diagnostics import Diagnostic, Source
 from registry.config.duration import parse_duration
-from registry.config.loader import LoadResult, load_directory
 from registry.config.model import (
     AuthorizationPolicy,
     DestinationRule,
@@ -25,7 +26,29 @@ from registry.config.model import (
     VirtualService,
     Workload,
 )
-from registry.config.summary import summary_lines
+
+if TYPE_CHECKING:
+    from registry.config.loader import LoadResult, load_directory
+    from registry.config.summary import summary_lines
+
+# The loader (and PyYAML under it) is imported on first use: a proxy only needs the model,
+# and a sidecar would otherwise carry the YAML parser in its RSS for nothing.
+_LAZY = {
+    "LoadResult": "registry.config.loader",
+    "load_directory": "registry.config.loader",
+    "summary_lines": "registry.config.summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AuthorizationPolicy",

@@ -81,3 +81,128 @@ def test_haproxy_tls_hop_requires_client_certificates_both_ways() -> None:
     assert "bind 127.0.0.1:2 ssl crt /c/s.pem ca-file /c/ca.crt verify required" in b
     a, b = haproxy_configs("tcp", False, 1, 2, 3, None)
     assert "mode tcp" in a and "ssl" not in a + b and "server up 127.0.0.1:3" in b
+
+
+def test_netns_systems_are_named_apart_and_measured_against_their_own_direct() -> None:
+    from bench.systems import direct_of, system_names
+
+    assert system_names(("http",), ("netns",)) == [
+        "netns-direct", "netns-meshctl-mtls-http", "netns-haproxy-tls-http"]
+    both = system_names(("http", "tcp"), ("loopback", "netns"))
+    assert both[0] == "direct" and "netns-haproxy-tls-tcp" in both and len(both) == 12
+    assert system_names() == system_names(("http", "tcp"), ("loopback",))
+    assert direct_of("netns-meshctl-mtls-http") == "netns-direct"
+    assert direct_of("meshctl-mtls-http") == "direct"
+    runs = {"direct": [_raw(100, 9000)], "netns-direct": [_raw(300, 9000)],
+            "netns-meshctl-mtls-http": [_raw(800, 1000, 0.2)],
+            "netns-haproxy-tls-http": [_raw(500, 4000, 0.1)]}
+    s = summarise(runs)
+    assert s["netns-meshctl-mtls-http"]["added_p50_ms"]["median"] == 0.5  # 800 - 300 us
+    r = ratios(s)
+    assert list(r) == ["netns-meshctl-mtls-http / netns-haproxy-tls-http"]
+    assert r["netns-meshctl-mtls-http / netns-haproxy-tls-http"]["max_rps"] == 0.25
+
+
+def test_haproxy_b_listens_on_the_other_namespace_address() -> None:
+    from pathlib import Path
+    certs = {"ca": Path("/c/ca.crt"), "server": Path("/c/s.pem"), "client": Path("/c/c.pem")}
+    a, b = haproxy_configs("http", True, 10001, 10002, 8080, certs, b_host="10.250.3.252")
+    assert "bind 127.0.0.1:10001\n" in a and "server b 10.250.3.252:10002 ssl" in a
+    assert "bind 10.250.3.252:10002 ssl" in b and "server up 127.0.0.1:8080" in b
+
+
+def test_netns_mesh_config_is_valid_for_the_registry(tmp_path: Any) -> None:
+    from bench.netns import mesh_config
+    from registry.config import load_directory
+
+    confs = {"upstream": tmp_path / "n1" / "nginx.conf",
+             "upstream-tcp": tmp_path / "n2" / "nginx.conf"}
+    (tmp_path / "mesh.yaml").write_text(mesh_config(("http", "tcp"), confs))
+    loaded = load_directory(tmp_path)
+    assert not loaded.errors and loaded.config is not None
+    services = {s.name: s for s in loaded.config.services}
+    assert set(services) == {"client", "upstream", "upstream-tcp"}
+    assert services["upstream-tcp"].ports[0].protocol == "tcp"
+    assert services["upstream"].workloads[0].command[:2] == ("nginx", "-p")
+
+
+def test_topology_defaults_and_the_note_without_root(monkeypatch: Any) -> None:
+    from bench import netns
+    from bench.__main__ import _topologies
+
+    monkeypatch.setattr(netns, "reason_unavailable", lambda: "it needs root")
+    assert _topologies(None, quick=False) == (("loopback",), "it needs root")
+    assert _topologies("netns", quick=False) == (None, "it needs root")
+    assert _topologies("loopback", quick=False)[0] == ("loopback",)
+    monkeypatch.setattr(netns, "reason_unavailable", lambda: None)
+    assert _topologies(None, quick=False) == (("loopback", "netns"), None)
+    assert _topologies(None, quick=True)[0] == ("loopback",)
+    assert _topologies("both", quick=True) == (("loopback", "netns"), None)
+
+
+def test_netns_table_has_no_plain_column_when_plain_was_not_run() -> None:
+    from bench.report import _table
+
+    runs = {"netns-direct": [_raw(300, 9000)], "netns-meshctl-mtls-http": [_raw(800, 1000, 0.2)],
+            "netns-haproxy-tls-http": [_raw(500, 4000, 0.1)]}
+    s = summarise(runs)
+    lines = _table({"summary": s, "ratios": ratios(s)}, "http", "netns-")
+    assert lines[0] == ("| metric | unit | meshctl mTLS | HAProxy TLS | direct | "
+                        "meshctl / HAProxy TLS |")
+    assert all(line.count("|") == 7 for line in lines)
+
+
+def test_method_says_why_the_netns_topology_did_not_run() -> None:
+    from bench.report import _netns_method
+
+    skipped = {"meta": {"netns": {"skipped": "it needs root (network namespaces, iptables, "
+                                              "proxies as uid 1337)"}},
+               "settings": {"topologies": ["loopback"]}}
+    line = _netns_method(skipped)
+    assert "not run: it needs root" in line and "--topology netns" in line
+    ran = {"meta": {"netns": {"prefix": "bn12ab-", "network": {"bridge": "bn12ab-br0",
+                                                              "subnet": "10.250.9.0/24"}}},
+           "settings": {"topologies": ["loopback", "netns"]}}
+    line = _netns_method(ran)
+    assert "meshctl up" in line and "bn12ab-br0" in line and "SO_ORIGINAL_DST" in line
+
+
+def test_sigterm_in_a_fork_of_the_bench_exits_without_unwinding_its_stack() -> None:
+    """pyroute2 forks the bench (no exec) and SIGTERMs the child: the child must not run the
+    lab's clean-up (meshctl down, namespaces deleted) from its copy of the stack."""
+    import os
+
+    import pytest
+
+    from bench.__main__ import _on_sigterm
+
+    handler = _on_sigterm(os.getpid())
+    with pytest.raises(SystemExit):
+        handler(15, None)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            handler(15, None)
+        finally:
+            os._exit(99)  # only reached if the handler unwound
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 143
+
+
+def test_a_netns_topology_that_fails_to_build_is_dropped_when_optional(monkeypatch: Any) -> None:
+    import pytest
+
+    from bench import netns
+    from bench.systems import Lab, system_names
+
+    def fail(self: Any, config: Any) -> None:
+        raise RuntimeError("meshctl up failed (rc 1): boom")
+
+    monkeypatch.setattr(netns.NetnsMesh, "up", fail)
+    names = system_names(("http",), ("netns",))
+    with Lab(names, netns_optional=True) as lab:
+        assert lab.start() == {}
+        assert lab.netns_error is not None and "boom" in lab.netns_error
+        assert lab.netns is None
+    with Lab(names) as lab, pytest.raises(RuntimeError, match="boom"):
+        lab.start()
