@@ -179,7 +179,7 @@ def _clusters(proxy: Proxy) -> list[dict[str, Any]]:
 
 def admin_routes(proxy: Proxy) -> dict[str, Handler]:
     async def ready(_: ServerRequest) -> Reply:
-        ok = proxy.snapshot is not None and proxy.identity is not None
+        ok = proxy.started and proxy.snapshot is not None and proxy.identity is not None
         return text_reply("LIVE\n" if ok else "NOT READY\n", 200 if ok else 503)
 
     async def config_dump(_: ServerRequest) -> Reply:

@@ -152,6 +152,9 @@ class Proxy:
         self._last_view: View | None = None
         self.inflight = 0
         self.draining = False
+        # Set once start() is through (discovery file written): /ready waits for it, so
+        # whoever sees ready also finds the proxy's admin.json.
+        self.started = False
         self.connections = Connections(opts.max_connections)
         self.access_log = AccessLog("off")
         self.tap = TapHub(self.telemetry.counters)
@@ -493,6 +496,7 @@ class Proxy:
         if self.exporter is not None:
             self._tasks.append(spawn(self.exporter.run(), name="otlp-export"))
         self.discovery_file = write_discovery(self, self._servers)
+        self.started = True
         log.info(
             "proxy %s ready: inbound %s:%d, config version %d",
             self.proxy_id,
