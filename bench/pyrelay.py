@@ -17,6 +17,7 @@ import asyncio
 import ssl
 import sys
 from pathlib import Path
+from typing import cast
 
 import uvloop
 
@@ -29,8 +30,7 @@ class _Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         assert self.down.transport is not None
@@ -51,8 +51,7 @@ class _Downstream(asyncio.Protocol):
         self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         spawn(self._connect())
 
     async def _connect(self) -> None:

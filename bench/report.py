@@ -14,6 +14,7 @@ from typing import Any
 
 from bench import plots
 from bench.suite import METRICS
+from bench.systems import FLOOR
 
 KEEP_START, KEEP_END = "<!-- bench:keep:start -->", "<!-- bench:keep:end -->"
 TABLE_METRICS = ("added_p50_ms", "added_p99_ms", "p50_ms", "p90_ms", "p99_ms", "p99.9_ms",
@@ -47,12 +48,19 @@ def _table(result: dict[str, Any], variant: str, topo: str = "") -> list[str]:
     """
     s, r = result["summary"], result["ratios"]
     plain = f"{topo}haproxy-plain-{variant}" in s or not topo
+    floor = not topo and variant == "http" and FLOOR in s
     cols = [f"{topo}meshctl-mtls-{variant}", f"{topo}haproxy-tls-{variant}",
-            *([f"{topo}haproxy-plain-{variant}"] if plain else []), f"{topo}direct"]
-    heads = ["meshctl mTLS", "HAProxy TLS", *(["HAProxy plain"] if plain else []), "direct",
-             "meshctl / HAProxy TLS", *(["meshctl / HAProxy plain"] if plain else [])]
+            *([f"{topo}haproxy-plain-{variant}"] if plain else []),
+            *([FLOOR] if floor else []), f"{topo}direct"]
+    heads = ["meshctl mTLS", "HAProxy TLS", *(["HAProxy plain"] if plain else []),
+             *(["Python floor (bare relay, TLS)"] if floor else []), "direct",
+             "meshctl / HAProxy TLS", *(["meshctl / HAProxy plain"] if plain else []),
+             *(["meshctl / floor", "floor / HAProxy TLS"] if floor else [])]
     pairs = [r.get(f"{topo}meshctl-mtls-{variant} / {topo}haproxy-{ref}-{variant}", {})
              for ref in ("tls", *(["plain"] if plain else []))]
+    if floor:
+        pairs += [r.get(f"meshctl-mtls-http / {FLOOR}", {}),
+                  r.get(f"{FLOOR} / haproxy-tls-http", {})]
     lines = ["| metric | unit | " + " | ".join(heads) + " |",
              "|---|---|" + "---|" * len(heads)]
     for key in TABLE_METRICS:
@@ -252,6 +260,12 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         "plain or TLS 1.3 with client certificates (throwaway CA, EC P-256) between them; HTTP "
         "variant in `mode http` with `http-reuse always`, TCP variant in `mode tcp` (meshctl: "
         "a service whose port has `protocol: tcp`). direct: wrk -> nginx.",
+        "- Python floor (HTTP table): bench/pyrelay.py as hop A and hop B, a bare uvloop "
+        "byte relay with TLS 1.3 and client certificates between them (the HAProxy TLS "
+        "certificates), no HTTP parsing, no policy, one upstream connection per downstream "
+        "one. Not a product: what any Python proxy costs before it does a proxy's work; "
+        "meshctl / floor is what our per-request work costs, floor / HAProxy TLS what the "
+        "language and the event loop cost.",
         "- meshctl plaintext proxy-to-proxy is not measured: there is no plaintext hop mode "
         "yet (PeerAuthentication DISABLE is accepted by config but the outbound always uses "
         "mTLS).",

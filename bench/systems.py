@@ -36,6 +36,8 @@ KINDS = ("direct", "meshctl-mtls", "haproxy-plain", "haproxy-tls")
 VARIANTS = ("http", "tcp")
 TOPOLOGIES = ("loopback", "netns")
 NETNS = "netns-"  # the prefix of the netns topology's systems (bench/netns.py)
+# The floor of a Python proxy: a bare uvloop byte relay, TLS between the hops (bench/pyrelay.py).
+FLOOR = "pyrelay-tls-http"
 
 
 def system_names(variants: tuple[str, ...] = VARIANTS,
@@ -48,6 +50,8 @@ def system_names(variants: tuple[str, ...] = VARIANTS,
         names.append("direct")
         for variant in variants:
             names += [f"{kind}-{variant}" for kind in KINDS[1:]]
+            if variant == "http":
+                names.append(FLOOR)
     if "netns" in topologies:
         names += netns.names(variants)
     return names
@@ -210,6 +214,8 @@ class Lab:
                 self.systems[name] = System(name, f"http://127.0.0.1:{self.nginx_port}/")
             elif name.startswith("haproxy-"):
                 self.systems[name] = self._haproxy(name)
+            elif name == FLOOR:
+                self.systems[name] = self._pyrelay(name)
         mesh_names = [n for n in self.names if n.startswith("meshctl-")]
         if mesh_names:
             self._mesh(mesh_names)
@@ -271,6 +277,22 @@ class Lab:
             cfg.write_text(text)
             proc = self._start(Proc(f"{name}-{role}", ["haproxy", "-db", "-f", str(cfg)],
                                     self.dir / f"{name}-{role}.log", core=self.proxy_core))
+            wait_until(functools.partial(_listening, port, proc),
+                       what=f"{name} {role} listening")
+            system.proxies[role] = proc
+        return system
+
+    def _pyrelay(self, name: str) -> System:
+        """The floor reference: bench/pyrelay.py as hop A and hop B, TLS with client
+        certificates between them (the HAProxy TLS system's certificates)."""
+        certs = self._certs()
+        port_a, port_b = free_port(), free_port()
+        system = System(name, f"http://127.0.0.1:{port_a}/")
+        for role, port, upstream in (("B", port_b, self.nginx_port), ("A", port_a, port_b)):
+            argv = [sys.executable, "-m", "bench.pyrelay", role, str(port), str(upstream),
+                    str(certs["ca"].parent)]
+            proc = self._start(Proc(f"{name}-{role}", argv, self.dir / f"{name}-{role}.log",
+                                    core=self.proxy_core, cwd=REPO))
             wait_until(functools.partial(_listening, port, proc),
                        what=f"{name} {role} listening")
             system.proxies[role] = proc
