@@ -272,6 +272,7 @@ class FastConn:
         if chunk_out:
             out.append(LAST_CHUNK)
         self.writer.write(b"".join(out))
+        self.proxy.telemetry.counters["meshctl_proxy_fast_path_requests_total"] += 1
         if resp.keep_alive and not until_close:
             self.prep.pool.put(conn, target.max_requests)  # type: ignore[union-attr]
         else:
@@ -303,6 +304,7 @@ class FastConn:
 
     def _handover(self, started: Started) -> None:
         req, prep = self.req, self.prep
+        self.proxy.telemetry.counters["meshctl_proxy_fast_path_handovers_total"] += 1
 
         async def resume() -> Result:
             return await self.resume(req, prep, started)

@@ -35,9 +35,14 @@ pytestmark = pytest.mark.slow
 GET = b"GET %s HTTP/1.1\r\nHost: echo\r\n\r\n"
 
 
-@pytest.fixture(scope="module")
-def hop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoHop]:
-    with two_hop(tmp_path_factory.mktemp("semantics")) as h:
+@pytest.fixture(scope="module", params=["fast-path", "coroutine-path"])
+def hop(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+        ) -> Iterator[TwoHop]:
+    """Every test twice: with the fast path (the default: proxy/fastpath.py serves whole
+    plain requests from the channels' callbacks and hands the rest over) and with the
+    coroutine path alone (MESH_FASTPATH=0). The wire must not tell them apart."""
+    env = {"MESH_FASTPATH": "0"} if request.param == "coroutine-path" else {}
+    with two_hop(tmp_path_factory.mktemp("semantics"), env) as h:
         yield h
 
 
@@ -343,3 +348,51 @@ def test_long_response_and_websocket_survive_config_swaps(own_hop: TwoHop) -> No
             assert _recv_until(ws, b"ping%d" % i).endswith(b"ping%d" % i)
         body = _recv_until(slow, b"helloworld")
         assert body.startswith(b"HTTP/1.1 200 ") and body.endswith(b"helloworld")
+
+
+def _stats(proxy: dict[str, object]) -> dict[str, float]:
+    status, body, _ = http_get(f"http://127.0.0.1:{proxy['admin']}/stats")
+    assert status == 200
+    return dict(json.loads(body))
+
+
+def test_which_path_served_what(hop: TwoHop) -> None:
+    """The fast path serves plain whole requests on both hops and hands over what it must
+    not finish itself (a response to retry, a body to stream); the coroutine path, when it
+    is the only one, counts nothing of the kind. Either way the answers are the same."""
+    fast = "MESH_FASTPATH" not in hop.mesh.env
+    proxies = (hop.client_proxy, hop.echo_proxy)
+    before = [_stats(p) for p in proxies]
+    hop.new_case()
+    with connect(hop.port) as sock:
+        for i in range(10):
+            send(sock, GET % b"/plain/%d" % i)
+            assert read(sock, [b"GET"]).statuses == [200]
+    after = [_stats(p) for p in proxies]
+    pairs = list(zip(after, before, strict=True))
+    served = [a.get("meshctl_proxy_fast_path_requests_total", 0)
+              - b.get("meshctl_proxy_fast_path_requests_total", 0) for a, b in pairs]
+    handed = [a.get("meshctl_proxy_fast_path_handovers_total", 0)
+              - b.get("meshctl_proxy_fast_path_handovers_total", 0) for a, b in pairs]
+    # The first request on a new upstream connection is handed over (the coroutine connects).
+    assert served == ([10, 10] if fast else [0, 0]) or (fast and min(served) >= 9), served
+    assert handed == [0, 0] or (fast and max(handed) <= 1), handed
+    # A body bigger than the fast path waits for is handed over and streamed, intact.
+    big = bytes(range(256)) * 1200  # 300 KiB
+    hop.new_case(lambda seen: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                    % (len(big), big)))
+    with connect(hop.port) as sock:
+        send(sock, GET % b"/big")
+        got = _recv_until(sock, b"\r\n\r\n")
+        head, _, rest = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        while len(rest) < len(big):
+            data = sock.recv(65536)
+            assert data, "connection closed before the whole body"
+            rest += data
+        assert rest == big
+    streamed = [_stats(p) for p in proxies]
+    grew = [s.get("meshctl_proxy_fast_path_handovers_total", 0)
+            - a.get("meshctl_proxy_fast_path_handovers_total", 0)
+            for s, a in zip(streamed, after, strict=True)]
+    assert grew == ([1, 1] if fast else [0, 0]), grew
