@@ -123,22 +123,12 @@ async def serve_requests(
             return
         if down.timed_out:
             return
-        kind = type(ev)
-        if kind is Handover:  # the fast path began it: finish it here
+        if type(ev) is Close:
+            return
+        if type(ev) is Handover:  # the fast path began it (and counted it in flight)
             assert isinstance(ev, Handover)
             req, snap, start, prep = ev.req, ev.snap, ev.start, ev.prep
-            try:
-                result = await ev.resume()
-            except ProtocolError as exc:
-                writer.write(local_reply(exc.status, "DPE", close=True))
-                counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
-                return
-            except (PeerClosed, ConnectionError):
-                return
-            finally:
-                proxy.inflight -= 1
-        elif kind is Close:
-            return
+            job = ev.resume()
         else:
             assert isinstance(ev, Request)
             req = ev
@@ -146,18 +136,19 @@ async def serve_requests(
             assert current is not None
             snap = current
             start = time.monotonic()
+            prep = prepare(req, snap)
             proxy.inflight += 1
-            try:
-                prep = prepare(req, snap)
-                result = await complete(req, down, writer, prep, None)
-            except ProtocolError as exc:
-                writer.write(local_reply(exc.status, "DPE", close=True))
-                counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
-                return
-            except (PeerClosed, ConnectionError):
-                return
-            finally:
-                proxy.inflight -= 1
+            job = complete(req, down, writer, prep, None)
+        try:
+            result = await job
+        except ProtocolError as exc:
+            writer.write(local_reply(exc.status, "DPE", close=True))
+            counters["meshctl_proxy_downstream_protocol_errors_total"] += 1
+            return
+        except (PeerClosed, ConnectionError):
+            return
+        finally:
+            proxy.inflight -= 1
         done(snap, result, start, req, prep.hop)
         if not result.keep_alive or not req.keep_alive or proxy.draining:
             return

@@ -23,11 +23,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from proxy.forward import REPLAY_LIMIT, Prep, Result, Started, request_head, response_head
-from proxy.http1 import LAST_CHUNK, Data, EndOfMessage, ProtocolError, Request, Response
+from proxy.http1 import LAST_CHUNK, Data, EndOfMessage, Event, ProtocolError, Request, Response
 from proxy.policy.retry import Outcome, should_retry
 from proxy.streams import Channel, Conn, EventStream, Marker
 from proxy.tracing import Hop
@@ -67,6 +68,19 @@ class Close(Marker):
 
 
 CLOSE = Close()
+
+
+def _whole(pending: deque[Event | Marker]) -> tuple[int, int]:
+    """(index of the EndOfMessage of the head at pending[0], 0 if not there yet; the body
+    bytes queued after the head)."""
+    size = 0
+    for i in range(1, len(pending)):
+        ev = pending[i]
+        if type(ev) is EndOfMessage:
+            return i, size
+        if isinstance(ev, Data):
+            size += len(ev.data)
+    return 0, size
 
 
 def _noop() -> None:
@@ -142,13 +156,7 @@ class FastConn:
         ):
             self._wake()
             return
-        end, size = 0, 0
-        for i in range(1, len(pending)):
-            ev = pending[i]
-            if type(ev) is EndOfMessage:
-                end = i
-                break
-            size += len(ev.data)  # type: ignore[union-attr]
+        end, size = _whole(pending)
         if not end:
             if size > REPLAY_LIMIT:
                 self._wake()  # a body to stream: the coroutine path
@@ -231,13 +239,7 @@ class FastConn:
             return
         resp = pending[0]
         assert type(resp) is Response
-        end, size = 0, 0
-        for i in range(1, len(pending)):
-            ev = pending[i]
-            if type(ev) is EndOfMessage:
-                end = i
-                break
-            size += len(ev.data)  # type: ignore[union-attr]
+        end, size = _whole(pending)
         if not end and size < 65536 and events.error is None and not events.eof:
             return  # a small body still arriving: wait for it here
         pending.popleft()

@@ -84,11 +84,7 @@ class Channel(asyncio.Protocol):
             if len(self._buffer) > 2 * self._limit and not self._paused_reading:
                 self._paused_reading = True
                 self.transport.pause_reading()
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.wake()
 
     def eof_received(self) -> bool:
         self._set_eof()
@@ -176,16 +172,7 @@ class Channel(asyncio.Protocol):
             await self.wait()
         if not self._buffer:
             return b""
-        if n < 0 or n >= len(self._buffer):
-            data = bytes(self._buffer)
-            self._buffer.clear()
-        else:
-            data = bytes(self._buffer[:n])
-            del self._buffer[:n]
-        if self._paused_reading and len(self._buffer) <= self._limit:
-            self._paused_reading = False
-            self.transport.resume_reading()
-        return data
+        return self._take(n if 0 <= n < len(self._buffer) else len(self._buffer))
 
     async def readexactly(self, n: int) -> bytes:
         while len(self._buffer) < n:
@@ -194,6 +181,9 @@ class Channel(asyncio.Protocol):
                 self._buffer.clear()
                 raise asyncio.IncompleteReadError(partial, n)
             await self.wait()
+        return self._take(n)
+
+    def _take(self, n: int) -> bytes:
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         if self._paused_reading and len(self._buffer) <= self._limit:
