@@ -128,7 +128,10 @@ class Client:
         self.host = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
         self.prefix = parts.path.rstrip("/")
-        self.authority = parts.netloc.encode("idna")
+        try:  # ASCII, as every registry or collector address is: no idna codec to import
+            self.authority = parts.netloc.encode("ascii")
+        except UnicodeEncodeError:
+            self.authority = parts.netloc.encode("idna")
         self.ssl_ctx = (ssl_ctx or ssl.create_default_context()) if self.tls else None
         self.connect_timeout = connect_timeout
         self._idle: list[_Conn] = []
