@@ -231,7 +231,8 @@ def admin_routes(proxy: Proxy) -> dict[str, Handler]:
                 await out.write(json.dumps(hello).encode() + b"\n")
                 while not limit or sent < limit:
                     try:
-                        event = await asyncio.wait_for(q.get(), 15.0)
+                        async with asyncio.timeout(15.0):  # not wait_for: see httpio
+                            event = await q.get()
                     except TimeoutError:
                         await out.write(b'{"type":"ping"}\n')  # finds a client that left
                         continue

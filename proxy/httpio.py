@@ -86,7 +86,11 @@ class _Conn:
 
     async def next_event(self, timeout: float | None = None) -> Event:
         while not self.events:
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation
+            # that arrives as the read completes (a view pushed as the proxy stops), and
+            # the task it should have ended reads on.
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_SIZE)
             self.received = self.received or bool(data)
             try:
                 self.events = self.parser.feed(data)
@@ -124,21 +128,22 @@ class Client:
         self.host = parts.hostname
         self.port = parts.port or (443 if self.tls else 80)
         self.prefix = parts.path.rstrip("/")
-        self.authority = parts.netloc.encode("idna")
+        try:  # ASCII, as every registry or collector address is: no idna codec to import
+            self.authority = parts.netloc.encode("ascii")
+        except UnicodeEncodeError:
+            self.authority = parts.netloc.encode("idna")
         self.ssl_ctx = (ssl_ctx or ssl.create_default_context()) if self.tls else None
         self.connect_timeout = connect_timeout
         self._idle: list[_Conn] = []
 
     async def _connect(self) -> _Conn:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        async with asyncio.timeout(self.connect_timeout):
+            reader, writer = await asyncio.open_connection(
                 self.host,
                 self.port,
                 ssl=self.ssl_ctx,
                 server_hostname=self.host if self.tls else None,
-            ),
-            self.connect_timeout,
-        )
+            )
         return _Conn(reader, writer)
 
     def _head(
@@ -387,7 +392,8 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -444,7 +450,8 @@ class Server:
                         head.method.decode("latin-1"), path, query, head.headers, b"".join(body)
                     )
                     return req, head.keep_alive
-            data = await asyncio.wait_for(reader.read(READ_SIZE), KEEPALIVE_S)
+            async with asyncio.timeout(KEEPALIVE_S):
+                data = await reader.read(READ_SIZE)
             events.extend(parser.feed(data))
             if not data and not events:
                 return None, False

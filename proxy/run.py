@@ -2,7 +2,7 @@
 
 The documented command is the Typer one (meshctl/commands/proxy.py: its `--help`, its
 error messages). Importing Typer and Rich costs a sidecar ~15 MiB of RSS it would keep
-for its whole life, so the process parses the same options with argparse first; only
+for its whole life, so the process parses the same options itself first; only
 `--help`, or options it cannot take as they are (a missing or unknown option, a bad
 value), go to the Typer command, which then says what is wrong exactly as documented.
 tests/commands/test_proxy_entry.py checks that both parsers know the same options.
@@ -10,7 +10,6 @@ tests/commands/test_proxy_entry.py checks that both parsers know the same option
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -69,31 +68,39 @@ class _Refused(Exception):
     """The lean parser will not take these arguments: the Typer command reports why."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise _Refused(message)
-
-
 def parse(argv: Sequence[str]) -> dict[str, Any]:
-    """The options as keyword arguments of `run`; _Refused for anything but a plain run."""
-    if any(a in ("-h", "--help") or a.startswith("--help") for a in argv):
-        raise _Refused("help")
-    ap = _Parser(add_help=False, allow_abbrev=False)
-    for o in OPTIONS:
-        env = os.environ.get(o.envvar) if o.envvar else None
-        ap.add_argument(
-            o.flag,
-            dest=o.dest,
-            action="append" if o.multiple else "store",
-            default=[] if o.multiple else env if env is not None else o.default,
-        )
-    ns = ap.parse_args(argv)
+    """The options as keyword arguments of `run`; _Refused for anything but a plain run.
+
+    By hand rather than with argparse, whose formatter imports shutil (and bz2 and lzma
+    under it, ~1 MiB of RSS): `--flag VALUE` or `--flag=VALUE`, nothing else.
+    """
+    by_flag = {o.flag: o for o in OPTIONS}
+    values: dict[str, Any] = {o.dest: [] for o in OPTIONS if o.multiple}
+    i = 0
+    while i < len(argv):
+        flag, eq, raw = argv[i].partition("=")
+        o = by_flag.get(flag)
+        if o is None:
+            raise _Refused(f"not an option: {argv[i]}")  # --help, an unknown one, a stray
+        if not eq:
+            i += 1
+            if i == len(argv):
+                raise _Refused(f"{flag} needs a value")
+            raw = argv[i]
+        i += 1
+        if o.multiple:
+            values[o.dest].append(raw)
+        else:
+            values[o.dest] = raw
     kwargs: dict[str, Any] = {}
     for o in OPTIONS:
-        value = getattr(ns, o.dest)
+        value = values.get(o.dest)
+        if value is None and o.envvar:
+            value = os.environ.get(o.envvar)
         if value is None:
             if o.required:
                 raise _Refused(f"missing {o.flag}")
+            value = o.default
         elif not o.multiple:
             try:
                 value = o.type(value)

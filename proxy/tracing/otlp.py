@@ -129,8 +129,10 @@ class OtlpExporter:
         self._full = asyncio.Event()
         try:
             while True:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can drop the stop's cancel.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.flush_s)
+                    async with asyncio.timeout(self.flush_s):
+                        await self._full.wait()
                 self._full.clear()
                 while self._queue:
                     await self._export(self.take())

@@ -44,7 +44,7 @@ def test_parse_gives_what_typer_gives(tmp_path: Path, monkeypatch: pytest.Monkey
     token.write_text("t")
     argv = ["--service", "orders", "--registry", "https://r:1", "--token-file", str(token),
             "--upstream", "a:80=9001", "--upstream", "b:80=9002", "--app", "8080=127.0.0.1:9",
-            "--drain", "2.5", "--max-connections", "7"]  # fmt: skip
+            "--drain", "2.5", "--max-connections", "7", "--metrics=127.0.0.1:9"]  # fmt: skip
     got = parse(argv)
     seen: dict[str, object] = {}
     command = typer.main.get_command(app)
@@ -54,7 +54,7 @@ def test_parse_gives_what_typer_gives(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("MESH_TRACE_SAMPLING", "12.5")
     assert parse(argv)["trace_sampling"] == 12.5
     for bad in (["--help"], argv[:2], [*argv, "--nope", "x"], [*argv, "--drain", "soon"],
-                [*argv[:4], "--token-file", str(tmp_path / "missing")],
+                [*argv[:4], "--token-file", str(tmp_path / "missing")], [*argv, "--drain"],
                 [*argv, "--trace-sampling", "101"]):  # fmt: skip
         with pytest.raises(_Refused):
             parse(bad)

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from meshctl.aio import spawn
 from proxy.http1 import Data, EndOfMessage, RequestParser, encode_chunk
 from proxy.httpio import (
     ChunkWriter,
@@ -24,6 +25,8 @@ from proxy.httpio import (
     Reply,
     Server,
     ServerRequest,
+    Stream,
+    _Conn,
     json_reply,
     text_reply,
 )
@@ -254,3 +257,25 @@ async def test_tls_is_verified_against_the_given_ca(tmp_path: Path) -> None:
             await Client(url, ssl.create_default_context(cafile=str(other))).request("GET", "/")
     finally:
         await app.close()
+
+
+async def test_a_cancel_as_a_line_arrives_is_not_lost() -> None:
+    """A proxy stopping while the registry pushes a view: the stream task must end. (Python
+    3.11's wait_for returned the read's result and dropped such a cancel.)"""
+    reader = asyncio.StreamReader()
+    conn = _Conn(reader, None)  # type: ignore[arg-type]  # nothing is written
+    conn.parser.expect(b"GET")
+    reader.feed_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    stream = Stream(conn, await conn.head())
+    got: list[bytes] = []
+
+    async def follow() -> None:
+        async for line in stream.lines(read_timeout=45):
+            got.append(line)
+
+    task = spawn(follow())
+    await asyncio.sleep(0)  # the task waits for the next read
+    reader.feed_data(encode_chunk(b"view\n"))  # the read completes...
+    task.cancel()  # ...and the stop's cancel arrives in the same turn of the loop
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
