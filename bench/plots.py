@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 PERCENTILES = ("p50_ms", "p90_ms", "p99_ms", "p99.9_ms")
-COLOURS = {"direct": "#7f7f7f", "meshctl-mtls": "#d62728", "haproxy-tls": "#1f77b4",
-           "haproxy-plain": "#9ecae1"}
+COLOURS = {"direct": "#7f7f7f", "meshctl-mtls": "#d62728", "meshctl-plain": "#ff9896",
+           "haproxy-tls": "#1f77b4", "haproxy-plain": "#9ecae1", "pyrelay-tls": "#2ca02c"}
 
 
 def _kind(name: str) -> str:

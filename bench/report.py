@@ -49,15 +49,22 @@ def _table(result: dict[str, Any], variant: str, topo: str = "") -> list[str]:
     s, r = result["summary"], result["ratios"]
     plain = f"{topo}haproxy-plain-{variant}" in s or not topo
     floor = not topo and variant == "http" and FLOOR in s
-    cols = [f"{topo}meshctl-mtls-{variant}", f"{topo}haproxy-tls-{variant}",
+    mplain = f"{topo}meshctl-plain-{variant}" in s
+    cols = [f"{topo}meshctl-mtls-{variant}",
+            *([f"{topo}meshctl-plain-{variant}"] if mplain else []),
+            f"{topo}haproxy-tls-{variant}",
             *([f"{topo}haproxy-plain-{variant}"] if plain else []),
             *([FLOOR] if floor else []), f"{topo}direct"]
-    heads = ["meshctl mTLS", "HAProxy TLS", *(["HAProxy plain"] if plain else []),
+    heads = ["meshctl mTLS", *(["meshctl plain"] if mplain else []), "HAProxy TLS",
+             *(["HAProxy plain"] if plain else []),
              *(["Python floor (bare relay, TLS)"] if floor else []), "direct",
              "meshctl / HAProxy TLS", *(["meshctl / HAProxy plain"] if plain else []),
+             *(["meshctl plain / HAProxy plain"] if mplain and plain else []),
              *(["meshctl / floor", "floor / HAProxy TLS"] if floor else [])]
     pairs = [r.get(f"{topo}meshctl-mtls-{variant} / {topo}haproxy-{ref}-{variant}", {})
              for ref in ("tls", *(["plain"] if plain else []))]
+    if mplain and plain:
+        pairs.append(r.get(f"{topo}meshctl-plain-{variant} / {topo}haproxy-plain-{variant}", {}))
     if floor:
         pairs += [r.get(f"meshctl-mtls-http / {FLOOR}", {}),
                   r.get(f"{FLOOR} / haproxy-tls-http", {})]
@@ -266,9 +273,9 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         "one. Not a product: what any Python proxy costs before it does a proxy's work; "
         "meshctl / floor is what our per-request work costs, floor / HAProxy TLS what the "
         "language and the event loop cost.",
-        "- meshctl plaintext proxy-to-proxy is not measured: there is no plaintext hop mode "
-        "yet (PeerAuthentication DISABLE is accepted by config but the outbound always uses "
-        "mTLS).",
+        "- meshctl plain: the same two proxies with plaintext between them (the upstream's "
+        "DestinationRule says `tls.mode: DISABLE`, its PeerAuthentication PERMISSIVE): "
+        "compare with HAProxy plain.",
         f"- Pinning, the same for every system: wrk, nginx and the registry on CPU "
         f"{meta['pinning']['load_generator_nginx_registry']}, both proxy hops on CPU "
         f"{meta['pinning']['proxies']} (taskset; every thread of the meshctl proxies).",

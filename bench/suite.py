@@ -158,17 +158,18 @@ def ratios(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[st
     out: dict[str, dict[str, float]] = {}
     for topo in ("", NETNS):
         for variant in VARIANTS:
-            mesh = summary.get(f"{topo}meshctl-mtls-{variant}")
-            if not mesh:
-                continue
-            for ref in ("tls", "plain"):
-                other = summary.get(f"{topo}haproxy-{ref}-{variant}")
-                if not other:
+            for mine, refs in (("mtls", ("tls", "plain")), ("plain", ("plain",))):
+                mesh = summary.get(f"{topo}meshctl-{mine}-{variant}")
+                if not mesh:
                     continue
-                out[f"{topo}meshctl-mtls-{variant} / {topo}haproxy-{ref}-{variant}"] = {
-                    k: round(mesh[k]["median"] / other[k]["median"], 3)
-                    for k in mesh if k in other and other[k]["median"] not in (0, 0.0)
-                    and k not in NOT_COMPARED}
+                for ref in refs:
+                    other = summary.get(f"{topo}haproxy-{ref}-{variant}")
+                    if not other:
+                        continue
+                    out[f"{topo}meshctl-{mine}-{variant} / {topo}haproxy-{ref}-{variant}"] = {
+                        k: round(mesh[k]["median"] / other[k]["median"], 3)
+                        for k in mesh if k in other and other[k]["median"] not in (0, 0.0)
+                        and k not in NOT_COMPARED}
     # The Python floor (bench/pyrelay.py): meshctl over it, and it over HAProxy TLS.
     floor, mesh, tls = (summary.get(n) for n in (FLOOR, "meshctl-mtls-http", "haproxy-tls-http"))
     for a, b, name in ((mesh, floor, f"meshctl-mtls-http / {FLOOR}"),

@@ -2,6 +2,8 @@
 
     direct                   wrk -> nginx
     meshctl-mtls-{http,tcp}  wrk -> proxy A (explicit upstream listener) -> mTLS -> proxy B -> nginx
+    meshctl-plain-{http,tcp} the same with plaintext between the proxies (DestinationRule
+                             tls.mode DISABLE, PeerAuthentication PERMISSIVE on the upstream)
     haproxy-plain-{http,tcp} wrk -> haproxy A -> haproxy B -> nginx
     haproxy-tls-{http,tcp}   wrk -> haproxy A -> TLS 1.3, client certificates -> haproxy B -> nginx
     netns-*                  the same across two network namespaces, meshctl with iptables
@@ -32,7 +34,7 @@ from bench.procs import Proc, cpus, free_port, port_open, wait_until
 REPO = Path(__file__).resolve().parents[1]
 BODY_BYTES = 1024
 
-KINDS = ("direct", "meshctl-mtls", "haproxy-plain", "haproxy-tls")
+KINDS = ("direct", "meshctl-mtls", "meshctl-plain", "haproxy-plain", "haproxy-tls")
 VARIANTS = ("http", "tcp")
 TOPOLOGIES = ("loopback", "netns")
 NETNS = "netns-"  # the prefix of the netns topology's systems (bench/netns.py)
@@ -84,7 +86,33 @@ services:
   upstream-tcp:
     ports:
       - {port: 8080, protocol: tcp, name: tcp}
+  upstream-plain:
+    ports:
+      - {port: 8080, protocol: http, name: http}
+  upstream-plain-tcp:
+    ports:
+      - {port: 8080, protocol: tcp, name: tcp}
 """
+
+# The plaintext hop (meshctl-plain-*): the client's proxy sends plaintext to these two
+# upstreams, whose proxies accept it.
+PLAIN_YAML = "".join(f"""---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {svc}}}
+spec:
+  host: {svc}
+  trafficPolicy:
+    tls: {{mode: DISABLE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: {svc}}}
+spec:
+  selector:
+    matchLabels: {{app: {svc}}}
+  mtls: {{mode: PERMISSIVE}}
+""" for svc in ("upstream-plain", "upstream-plain-tcp"))
 
 NGINX_CONF = """\
 daemon off;
@@ -306,6 +334,7 @@ class Lab:
         config = self.dir / "mesh-config"
         config.mkdir()
         (config / "mesh.yaml").write_text(MESH_YAML)
+        (config / "plaintext.yaml").write_text(PLAIN_YAML)
         mesh = Mesh(self.dir / "mesh", config)
         self.mesh = mesh
         mesh.env["MESH_LOG"] = os.environ.get("MESH_LOG", "WARNING")
@@ -316,6 +345,8 @@ class Lab:
         for name in names:
             variant = name.rsplit("-", 1)[1]
             service = "upstream" if variant == "http" else "upstream-tcp"
+            if name.startswith("meshctl-plain-"):
+                service = "upstream-plain" if variant == "http" else "upstream-plain-tcp"
             local = free_port()
             try:
                 b = mesh.proxy(service, "v1", app_port=self.nginx_port)

@@ -28,7 +28,16 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from proxy.forward import REPLAY_LIMIT, Prep, Result, Started, request_head, response_head
-from proxy.http1 import LAST_CHUNK, Data, EndOfMessage, Event, ProtocolError, Request, Response
+from proxy.http1 import (
+    LAST_CHUNK,
+    Data,
+    EndOfMessage,
+    Event,
+    ProtocolError,
+    Request,
+    Response,
+    UpstreamClosed,
+)
 from proxy.policy.retry import Outcome, should_retry
 from proxy.streams import Channel, Conn, EventStream, Marker
 from proxy.tracing import Hop
@@ -230,6 +239,7 @@ class FastConn:
             outcome = (
                 Outcome(status=502, reset=True, bytes_sent_upstream=True)
                 if isinstance(events.error, ProtocolError)
+                and not isinstance(events.error, UpstreamClosed)
                 else Outcome(reset=True, bytes_sent_upstream=True)
             )
             if target.report is not None:

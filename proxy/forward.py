@@ -22,6 +22,7 @@ from proxy.http1 import (
     Request,
     RequestParser,
     Response,
+    UpstreamClosed,
     encode_chunk,
     render_request_head,
     render_response_head,
@@ -484,7 +485,7 @@ async def _attempt(
     except TimeoutError:
         conn.close()
         return Outcome(timed_out=True, bytes_sent_upstream=True), None, None
-    except (PeerClosed, ConnectionError, OSError) as exc:
+    except (PeerClosed, ConnectionError, OSError, UpstreamClosed) as exc:
         log.debug("upstream %s reset: %r", target.key, exc)
         conn.close()
         return Outcome(reset=True, bytes_sent_upstream=True), None, None

@@ -50,6 +50,12 @@ class Cluster:
         return 10.0  # Istio's connectTimeout default
 
     @property
+    def mtls(self) -> bool:
+        """mTLS to the peer proxies unless the DestinationRule says tls.mode DISABLE."""
+        pol = self.policy
+        return pol is None or pol.tls_mode != "DISABLE"
+
+    @property
     def http(self) -> HTTPSettings:
         pol = self.policy
         if pol is not None and pol.connection_pool is not None:

@@ -8,7 +8,16 @@ proxy re-frames bodies itself, so it renders heads with ``render_*`` after dropp
 hop-by-hop fields with ``strip_hop_by_hop``. docs/http1.md lists each refusal and its RFC.
 """
 
-from proxy.http1.events import Data, EndOfMessage, Event, Headers, ProtocolError, Request, Response
+from proxy.http1.events import (
+    Data,
+    EndOfMessage,
+    Event,
+    Headers,
+    ProtocolError,
+    Request,
+    Response,
+    UpstreamClosed,
+)
 from proxy.http1.render import (
     LAST_CHUNK,
     encode_chunk,
@@ -30,6 +39,7 @@ __all__ = [
     "RequestParser",
     "Response",
     "ResponseParser",
+    "UpstreamClosed",
     "encode_chunk",
     "render_request_head",
     "render_response_head",

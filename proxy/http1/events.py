@@ -94,3 +94,8 @@ class ProtocolError(Exception):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+
+
+class UpstreamClosed(ProtocolError):
+    """The upstream closed the connection before any byte of the response it owed: a reset
+    (Envoy's UC, 503), not a malformed response (UPE, 502)."""

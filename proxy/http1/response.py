@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from proxy.http1.events import Event, ProtocolError, Response
+from proxy.http1.events import Event, ProtocolError, Response, UpstreamClosed
 from proxy.http1.grammar import STATUS_LINE, content_length, is_chunked, list_tokens, parse_fields
 from proxy.http1.stream import CHUNK_SIZE, CLOSED, HEAD, LENGTH, PAUSED, UNTIL_CLOSE, StreamParser
 
@@ -44,7 +44,7 @@ class ResponseParser(StreamParser):
         if pending:
             raise ProtocolError(502, "upstream closed in the middle of a response head")
         if self._expected:
-            raise ProtocolError(502, "upstream closed before responding")
+            raise UpstreamClosed(502, "upstream closed before responding")
         return []
 
     def _head(self, buf: bytes, start: int, end: int, events: list[Event]) -> None:

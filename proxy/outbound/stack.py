@@ -24,7 +24,7 @@ from proxy.identity import peer_identity, sni_for
 from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import Channel, open_channel
-from proxy.tcp import relay_framed
+from proxy.tcp import relay, relay_framed
 from proxy.tracing import CLIENT, TRACE_HEADERS, Hop, without_trace_headers
 from registry.server.catalog import Endpoint
 
@@ -60,7 +60,8 @@ class Outbound:
         ident = proxy.identity
         # A Target per (endpoint, port, protocol, certificate), built once per snapshot:
         # the runtime drops them when the next snapshot updates it.
-        key = (ep.id, port, tcp, id(ident))
+        mtls = cluster.mtls
+        key = (ep.id, port, tcp, id(ident) if mtls else 0)
         cached = rt.targets.get(key)
         if cached is not None:
             rt.balancer.on_start(cached.host)
@@ -69,6 +70,8 @@ class Outbound:
         sni = sni_for(view.service.name, port, snap.config.namespace, tcp)
 
         async def connect(ep: Endpoint = ep) -> Channel:
+            if not mtls:  # DestinationRule tls.mode DISABLE: plaintext to the peer proxy
+                return await open_channel(ep.address, ep.inbound_port)
             assert ident is not None
             w = await open_channel(
                 ep.address, ep.inbound_port, ssl=ident.client_ctx, server_hostname=sni
@@ -92,7 +95,7 @@ class Outbound:
         # The pool key includes the identity in use: after a renewal new connections
         # present the new certificate while open ones finish on the old.
         target = rt.targets[key] = Target(
-            f"{host}/{port}/{id(ident)}",
+            f"{host}/{port}/{id(ident) if mtls else 'plain'}",
             connect,
             cluster.connect_timeout_s,
             max_requests=http.max_requests_per_connection,
@@ -147,7 +150,14 @@ class Outbound:
             return
         proxy = self.proxy
         proxy.record_tcp(snap, "source", view.service.name, None, opened=True)
-        sent, received = await relay_framed(reader, writer, up, up, first)
+        if cluster is not None and not cluster.mtls:
+            # Plaintext to the peer proxy: raw bytes, a real half-close (no frames needed).
+            if first:
+                up.write(first)
+            sent, received = await relay(reader, writer, up, up)
+            sent += len(first)
+        else:
+            sent, received = await relay_framed(reader, writer, up, up, first)
         up.close()
         proxy.record_tcp(snap, "source", view.service.name, None, sent=sent, received=received)
 

@@ -46,6 +46,18 @@ def parse_destination_rule(
             continue
         subsets.append(s)
     export = spec.get("exportTo", export_to, EMPTY)
+    svc = (scope.services or {}).get(host or "")
+    if svc is not None and len(svc.ports) > 1:
+        for key, pol in (("trafficPolicy", policy),
+                         *(("subsets", sub.traffic_policy) for sub in subsets)):
+            if pol is not None and pol.tls_mode == "DISABLE":
+                # Plaintext between the proxies carries no SNI, so the inbound proxy could
+                # not tell which of the ports was meant: refused rather than guessed.
+                cx.error(spec.value_node(key), spec.sub(key),
+                         f"tls.mode DISABLE for `{host}`, a service with {len(svc.ports)} "
+                         "ports, is not supported yet: a plaintext hop does not carry the "
+                         "port; use ISTIO_MUTUAL (the default)")
+                break
     if host is None or bad_policy or export is None or not spec.ok:
         return None
     return DestinationRule(name, host, policy, tuple(subsets), export, source)
@@ -75,7 +87,7 @@ def _traffic_policy(cx: Cx, node: Node, path: str) -> TrafficPolicy | None:
                 ("clientCertificate", "privateKey", "caCertificates", "credentialName",
                  "subjectAltNames", "sni", "insecureSkipVerify", "caCrl"))
     if tls is not None:
-        tls_mode = tls.require("mode", one_of(("ISTIO_MUTUAL",), ("DISABLE", "SIMPLE", "MUTUAL")))
+        tls_mode = tls.require("mode", one_of(("ISTIO_MUTUAL", "DISABLE"), ("SIMPLE", "MUTUAL")))
     failed = any(k in o and v is None for k, v in (
         ("loadBalancer", lb), ("connectionPool", pool), ("outlierDetection", outlier),
         ("tls", tls_mode)))

@@ -241,7 +241,9 @@ class TrafficPolicy:
     load_balancer: LoadBalancer | None
     connection_pool: ConnectionPool | None
     outlier_detection: OutlierDetection | None
-    tls_mode: str | None  # "ISTIO_MUTUAL" or None
+    # "ISTIO_MUTUAL" (what None means too) or "DISABLE": plaintext to the peer proxies,
+    # which then accept it only where PeerAuthentication is PERMISSIVE or DISABLE.
+    tls_mode: str | None
 
 
 @dataclass(frozen=True, slots=True)

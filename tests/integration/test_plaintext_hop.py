@@ -1,0 +1,122 @@
+"""DestinationRule tls.mode DISABLE: the outbound proxy talks plaintext to the peer proxy,
+which accepts it only where PeerAuthentication allows plaintext (PERMISSIVE or DISABLE);
+under STRICT the same request fails and nothing reaches the app. HTTP and opaque TCP (with
+its half-close, which plaintext carries as a real FIN)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Mesh, Proc, free_port, http_get, wait_until
+from tests.integration.test_overload_and_tcp import ECHO
+
+pytestmark = pytest.mark.slow
+
+MESH_YAML = """\
+trustDomain: test.local
+namespace: default
+services:
+  client:
+    ports: [{port: 8080, protocol: http, name: http}]
+  web:
+    ports: [{port: 8080, protocol: http, name: http}]
+  db:
+    ports: [{port: 5432, protocol: tcp, name: tcp}]
+"""
+
+RULES = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy:
+    tls: {mode: DISABLE}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: db
+  trafficPolicy:
+    tls: {mode: DISABLE}
+"""
+
+PEER = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default}
+spec: {mtls: {mode: %s}}
+"""
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mesh.yaml").write_text(MESH_YAML)
+    (src / "rules.yaml").write_text(RULES)
+    (src / "peer.yaml").write_text(PEER % "PERMISSIVE")
+    m = Mesh(tmp_path, src)
+    m.start_registry()
+    yield m
+    m.close()
+
+
+def _stats(px: dict[str, object]) -> dict[str, float]:
+    return dict(json.loads(http_get(f"http://127.0.0.1:{px['admin']}/stats")[1]))
+
+
+def test_http_goes_plaintext_where_permissive_and_fails_where_strict(mesh: Mesh) -> None:
+    app_proc, app = mesh.app("web", "v1")
+    web = mesh.proxy("web", "v1", app_port=app)
+    local = free_port()
+    mesh.proxy("client", "v1", upstreams={"web:8080": local})
+    wait_until(lambda: http_get(f"http://127.0.0.1:{local}/echo")[0] == 200, what="route")
+    status, body, _ = http_get(f"http://127.0.0.1:{local}/echo")
+    assert status == 200
+    headers = {k.lower(): v for k, v in json.loads(body)["headers"].items()}
+    # No certificate on the hop, so no identity for the app: the inbound proxy saw plaintext.
+    assert "x-forwarded-client-cert" not in headers
+    assert _stats(web).get("meshctl_proxy_inbound_plaintext_total", 0) >= 1
+    # The server side tightens to STRICT: a new plaintext hop is refused (connections
+    # accepted before stay, as Envoy keeps them) and the app sees nothing of it.
+    (mesh.config / "peer.yaml").write_text(PEER % "STRICT")
+    wait_until(lambda: _stats(web).get("meshctl_proxy_config_version", 0) >= 2,
+               what="STRICT reaches the web proxy")
+    fresh = free_port()
+    mesh.proxy("client", "v2", upstreams={"web:8080": fresh})
+    status, _, _ = http_get(f"http://127.0.0.1:{fresh}/strict-check")
+    assert status == 503
+    refused = _stats(web)  # no plaintext port left: the bytes fail the TLS handshake
+    assert (refused.get("meshctl_proxy_inbound_plaintext_refused_total", 0)
+            + refused.get("meshctl_proxy_inbound_tls_failures_total", 0)) >= 1
+    assert "/strict-check" not in app_proc.log.read_text()
+
+
+def test_opaque_tcp_goes_plaintext_with_its_half_close(mesh: Mesh, tmp_path: Path) -> None:
+    port = free_port()
+    echo = Proc([sys.executable, "-c", ECHO, str(port)], mesh.env, tmp_path / "echo.log")
+    mesh.procs.append(echo.start())
+    db = mesh.proxy("db", "v1", app_port=port, service_port=5432)
+    local = free_port()
+    mesh.proxy("client", "v1", upstreams={"db:5432": local})
+    wait_until(
+        lambda: any(e["service"] == "db" for e in mesh.api("GET", "/v1/catalog")["endpoints"]),
+        what="db",
+    )
+    payload = bytes(range(256)) * 1024  # 256 KiB, binary
+    with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)  # the echo answers only after this FIN
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got == b"echo:" + payload
+    assert _stats(db).get("meshctl_proxy_inbound_plaintext_total", 0) >= 1
