@@ -101,7 +101,9 @@ async def serve_requests(
         try:
             # The whole head must arrive within the header timeout: a client sending one
             # byte a second (slow loris) is cut off instead of holding the slot forever.
-            ev = down.poll()
+            # With the fast path on, even an already parsed request (the first one of a new
+            # connection usually is, pipelined ones too) is offered to it first.
+            ev = down.poll() if fast is None else None
             if ev is None:
                 watch.start(down, writer, time.monotonic())
                 if fast is not None:

@@ -178,6 +178,7 @@ class FastConn:
         assert snap is not None
         self.watch.waiting.pop(down, None)  # type: ignore[attr-defined]
         down.listener = _noop
+        down.busy = True
         proxy.inflight += 1
         self.req, self.snap, self.start, self.body = req, snap, time.monotonic(), body
         prep = self.prep = self.prepare(req, snap)
@@ -296,6 +297,7 @@ class FastConn:
     def _finish(self, result: Result) -> None:
         prep = self.prep
         proxy = self.proxy
+        self.down.busy = False
         try:
             if prep.release is not None:
                 prep.release()
@@ -329,5 +331,7 @@ class FastConn:
         self._wake()
 
     def _wake(self) -> None:
+        """Give the connection (the request at the head of the queue) to the coroutine."""
+        self.down.busy = False
         self.down.listener = None
         self.down.channel.wake()

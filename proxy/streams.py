@@ -237,7 +237,7 @@ class Marker:
 class EventStream:
     """Events from a parser that its Channel feeds as bytes arrive, one at a time."""
 
-    __slots__ = ("channel", "eof", "error", "listener", "parser", "pending", "timed_out")
+    __slots__ = ("busy", "channel", "eof", "error", "listener", "parser", "pending", "timed_out")
 
     def __init__(
         self, channel: Channel, parser: RequestParser | ResponseParser, initial: bytes = b""
@@ -250,6 +250,9 @@ class EventStream:
         self.timed_out = False  # cut off by the header timeout (proxy.downstream.HeadWatch)
         # Called instead of waking the reader when bytes or EOF arrive (proxy.fastpath).
         self.listener: Callable[[], None] | None = None
+        # A request of this stream is in the fast path's hands: the reader waits, whatever
+        # is queued (pipelined requests are the fast path's to take next, in order).
+        self.busy = False
         if initial:  # what protocol detection read: before anything the channel buffered
             self.feed(initial)
         channel.attach(self)
@@ -278,14 +281,15 @@ class EventStream:
 
     async def next(self) -> Event | Marker:
         pending = self.pending
-        while not pending:
-            if self.error is not None:
-                raise self.error
-            if self.eof:
-                exc = self.channel.exception()
-                if isinstance(exc, ConnectionError):
-                    raise exc
-                raise PeerClosed()
+        while not pending or self.busy:
+            if not self.busy:
+                if self.error is not None:
+                    raise self.error
+                if self.eof:
+                    exc = self.channel.exception()
+                    if isinstance(exc, ConnectionError):
+                        raise exc
+                    raise PeerClosed()
             await self.channel.wait()
         return pending.popleft()
 

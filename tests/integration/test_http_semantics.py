@@ -377,10 +377,11 @@ def test_which_path_served_what(hop: TwoHop) -> None:
     # The first request on a new upstream connection is handed over (the coroutine connects).
     assert served == ([10, 10] if fast else [0, 0]) or (fast and min(served) >= 9), served
     assert handed == [0, 0] or (fast and max(handed) <= 1), handed
-    # A body bigger than the fast path waits for is handed over and streamed, intact.
+    # A body bigger than the fast path waits for, its end still to come, is handed over
+    # and streamed, intact: 100 KiB now, the rest 0.3 s later (so on both hops).
     big = bytes(range(256)) * 1200  # 300 KiB
-    hop.new_case(lambda seen: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                    % (len(big), big)))
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big)
+    hop.new_case(lambda seen: Reply(head + big[:102400], late=big[102400:], late_delay_s=0.3))
     with connect(hop.port) as sock:
         send(sock, GET % b"/big")
         got = _recv_until(sock, b"\r\n\r\n")
@@ -395,4 +396,7 @@ def test_which_path_served_what(hop: TwoHop) -> None:
     grew = [s.get("meshctl_proxy_fast_path_handovers_total", 0)
             - a.get("meshctl_proxy_fast_path_handovers_total", 0)
             for s, a in zip(streamed, after, strict=True)]
-    assert grew == ([1, 1] if fast else [0, 0]), grew
+    served_now = [s.get("meshctl_proxy_fast_path_requests_total", 0)
+                  - a.get("meshctl_proxy_fast_path_requests_total", 0)
+                  for s, a in zip(streamed, after, strict=True)]
+    assert grew == ([1, 1] if fast else [0, 0]), (grew, served_now)
