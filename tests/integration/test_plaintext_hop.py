@@ -14,21 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Mesh, Proc, free_port, http_get, wait_until
-from tests.integration.test_overload_and_tcp import ECHO
+from tests.integration.test_overload_and_tcp import ECHO, MESH_YAML  # client, web, db
 
 pytestmark = pytest.mark.slow
-
-MESH_YAML = """\
-trustDomain: test.local
-namespace: default
-services:
-  client:
-    ports: [{port: 8080, protocol: http, name: http}]
-  web:
-    ports: [{port: 8080, protocol: http, name: http}]
-  db:
-    ports: [{port: 5432, protocol: tcp, name: tcp}]
-"""
 
 RULES = """\
 apiVersion: networking.istio.io/v1
