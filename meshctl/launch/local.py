@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -221,7 +222,31 @@ def load_config(directory: Path) -> MeshConfig:
     return result.config
 
 
+_RNG = random.SystemRandom()
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections (ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A free port for a listener, below the ephemeral range: a port from bind(0) is one
+    the kernel may give to any outgoing connection before our proxy binds it (seen as
+    EADDRINUSE at start in CI), a port below the range only to an explicit bind."""
+    floor = _ephemeral_floor()
+    if floor > 11000:
+        for _ in range(200):
+            port = _RNG.randrange(10000, floor)
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
