@@ -8,23 +8,18 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshctl.aio import spawn
 from proxy import fastpath
-from proxy.fastpath import Close, FastConn, Handover
+from proxy.fastpath import Close, Done, FastConn, Handover, Prepare
 from proxy.forward import Prep, Result, Started, complete, local_reply
 from proxy.http1 import ProtocolError, Request, RequestParser
 from proxy.streams import Channel, EventStream, PeerClosed
-from proxy.tracing import Hop
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
-    from proxy.snapshot import ProxySnapshot
 
-Prepare = Callable[[Request, "ProxySnapshot"], Prep]
-Done = Callable[["ProxySnapshot", Result, float, Request, Hop | None], None]
 
 
 class HeadWatch:

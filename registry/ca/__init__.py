@@ -10,9 +10,10 @@ Flow: `meshctl join` redeems a token (tokens.py) for an identity, the proxy send
 current SVID instead of a token (`CertificateAuthority.verify_svid`). See docs/security-ca.md.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from registry.ca.spiffe import SpiffeId
+from registry.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from registry.ca.authority import CaError, CertificateAuthority, CsrError, SvidError
@@ -30,15 +31,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = ["CaError", "CertificateAuthority", "CsrError", "SpiffeId", "SvidError", "TokenError",
            "TokenStore"]

@@ -11,7 +11,7 @@ It never raises for bad input. The snapshot travels to proxies as `to_wire()` JS
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from registry.config.diagnostics import Diagnostic, Source
 from registry.config.duration import parse_duration
@@ -26,6 +26,7 @@ from registry.config.model import (
     VirtualService,
     Workload,
 )
+from registry.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from registry.config.loader import LoadResult, load_directory
@@ -40,15 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "AuthorizationPolicy",
