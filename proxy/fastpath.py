@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshctl.proxy.fastpath")
 
 ENABLED = os.environ.get("MESH_FASTPATH", "1") != "0"
+_now = time.monotonic
+_NO_EXCLUDE: frozenset[str] = frozenset()
 
 Prepare = Callable[[Request, "ProxySnapshot"], Prep]
 Done = Callable[["ProxySnapshot", Result, float, Request, Hop | None], None]
@@ -102,6 +104,7 @@ class FastConn:
     __slots__ = (
         "body",
         "conn",
+        "counters",
         "done",
         "down",
         "prep",
@@ -134,6 +137,7 @@ class FastConn:
         self.resume = resume  # the coroutine path, from a Started request
         self.watch = watch  # proxy.downstream.HeadWatch
         self.conn: Conn | None = None
+        self.counters = proxy.telemetry.counters  # the same dict for the proxy's life
 
     # -- downstream ----------------------------------------------------------------------
 
@@ -165,22 +169,26 @@ class FastConn:
         ):
             self._wake()
             return
-        end, size = _whole(pending)
-        if not end:
-            if size > REPLAY_LIMIT:
-                self._wake()  # a body to stream: the coroutine path
-            return  # the rest of the body is on its way
-        pending.popleft()
-        pieces = [pending.popleft() for _ in range(end - 1)]
-        body = b"".join([ev.data for ev in pieces if isinstance(ev, Data)]) if pieces else b""
-        pending.popleft()  # EndOfMessage (trailers of a complete body are not forwarded)
+        if len(pending) == 2 and type(pending[1]) is EndOfMessage:  # no body: the usual
+            pending.clear()
+            body = b""
+        else:
+            end, size = _whole(pending)
+            if not end:
+                if size > REPLAY_LIMIT:
+                    self._wake()  # a body to stream: the coroutine path
+                return  # the rest of the body is on its way
+            pending.popleft()
+            pieces = [pending.popleft() for _ in range(end - 1)]
+            body = b"".join([ev.data for ev in pieces if type(ev) is Data]) if pieces else b""
+            pending.popleft()  # EndOfMessage (trailers of a complete body are not forwarded)
         snap = proxy.snapshot
         assert snap is not None
         self.watch.waiting.pop(down, None)  # type: ignore[attr-defined]
         down.listener = _noop
         down.busy = True
         proxy.inflight += 1
-        self.req, self.snap, self.start, self.body = req, snap, time.monotonic(), body
+        self.req, self.snap, self.start, self.body = req, snap, _now(), body
         prep = self.prep = self.prepare(req, snap)
         plan = prep.plan
         if plan is None or prep.pool is None or prep.later is not None:
@@ -195,7 +203,7 @@ class FastConn:
         if plan.mirror is not None or plan.timeout_s is not None:
             self._handover(Started(body))
             return
-        target = plan.pick(frozenset())
+        target = plan.pick(_NO_EXCLUDE)
         if target is None:
             self._handover(Started(body))  # the coroutine answers 503 UH
             return
@@ -205,8 +213,8 @@ class FastConn:
             return
         self.target = target
         self.conn = conn
-        conn.sent_at = time.monotonic()
-        conn.parser.expect(req.method, None)
+        conn.sent_at = _now()
+        conn.events.parser.expect(req.method, None)  # type: ignore[union-attr]
         has_body = req.chunked or (req.content_length or 0) > 0
         conn.writer.write(request_head(req, plan, len(body) if has_body else None, False) + body)
         conn.events.listener = self.on_upstream
@@ -250,7 +258,13 @@ class FastConn:
             return
         resp = pending[0]
         assert type(resp) is Response
-        end, size = _whole(pending)
+        n = len(pending)
+        if n == 3 and type(pending[2]) is EndOfMessage and type(ev := pending[1]) is Data:
+            end, size = 2, len(ev.data)  # the usual: a small body in the same read
+        elif n == 2 and type(pending[1]) is EndOfMessage:
+            end, size = 1, 0
+        else:
+            end, size = _whole(pending)
         if not end and size < 65536 and events.error is None and not events.eof:
             return  # a small body still arriving: wait for it here
         pending.popleft()
@@ -258,34 +272,41 @@ class FastConn:
         self.conn = None
         req = self.req
         if target.report is not None:
-            target.report(resp.status, False, time.monotonic() - conn.sent_at)
-        outcome = Outcome(status=resp.status, bytes_sent_upstream=True)
+            target.report(resp.status, False, _now() - conn.sent_at)
         plan = self.prep.plan
         assert plan is not None
         retry = plan.retry
+        status = resp.status
         if (
             not end
-            or resp.status == 101
+            or status == 101
             or (
                 retry is not None
+                and status >= retry.status_floor  # a 2xx never gets this far
                 and retry.attempts
-                and should_retry(retry, outcome, req.method, True)
+                and should_retry(retry, Outcome(status=status), req.method, True)
             )
         ):
             # To retry, to stream, or a switch: the coroutine path from here.
+            outcome = Outcome(status=status, bytes_sent_upstream=True)
             self._handover(Started(self.body, target, (outcome, conn, resp)))
             return
         head, chunk_out, keep, until_close = response_head(req, resp, plan, True)
-        out = [head]
-        for _ in range(end - 1):
-            data = pending.popleft().data  # type: ignore[union-attr]
-            if data:
-                out.append(b"%x\r\n%s\r\n" % (len(data), data) if chunk_out else data)
-        pending.popleft()  # EndOfMessage
-        if chunk_out:
-            out.append(LAST_CHUNK)
-        self.writer.write(b"".join(out))
-        self.proxy.telemetry.counters["meshctl_proxy_fast_path_requests_total"] += 1
+        if end == len(pending) and not chunk_out and end <= 2:
+            # The usual: [Data, EndOfMessage] or [EndOfMessage] left, nothing after them.
+            self.writer.write(head + pending[0].data if end == 2 else head)  # type: ignore[union-attr]
+            pending.clear()
+        else:
+            out = [head]
+            for _ in range(end - 1):
+                data = pending.popleft().data  # type: ignore[union-attr]
+                if data:
+                    out.append(b"%x\r\n%s\r\n" % (len(data), data) if chunk_out else data)
+            pending.popleft()  # EndOfMessage
+            if chunk_out:
+                out.append(LAST_CHUNK)
+            self.writer.write(b"".join(out))
+        self.counters["meshctl_proxy_fast_path_requests_total"] += 1
         if resp.keep_alive and not until_close:
             self.prep.pool.put(conn, target.max_requests)  # type: ignore[union-attr]
         else:
@@ -318,7 +339,7 @@ class FastConn:
 
     def _handover(self, started: Started) -> None:
         req, prep = self.req, self.prep
-        self.proxy.telemetry.counters["meshctl_proxy_fast_path_handovers_total"] += 1
+        self.counters["meshctl_proxy_fast_path_handovers_total"] += 1
 
         async def resume() -> Result:
             return await self.resume(req, prep, started)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from proxy.http1 import (
+    HOP_BY_HOP,
     LAST_CHUNK,
     Data,
     EndOfMessage,
@@ -224,12 +225,36 @@ class _Overflow(Outcome):
 _OVERFLOW = _Overflow()
 
 
+def _request_drop(remove: frozenset[bytes]) -> frozenset[bytes]:
+    """What never goes upstream from a request: the route's removals, the framing the proxy
+    re-does, the hop-by-hop fields. One set per route's removals, cached (a frozenset
+    caches its hash: one dict lookup per request)."""
+    got = _DROP.get(remove)
+    if got is None:
+        if len(_DROP) > 4096:  # snapshots come and go; keep the cache bounded
+            _DROP.clear()
+        got = _DROP[remove] = remove | _REFRAMED | HOP_BY_HOP
+    return got
+
+
+_DROP: dict[frozenset[bytes], frozenset[bytes]] = {}
+# Never passed on from a response: the hop-by-hop fields; Content-Length is re-rendered.
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+
+
 def request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) -> bytes:
+    names = req.lowered()
     if req.upgrade is not None:
-        headers = [(n, v) for n, v in req.headers if n.lower() not in plan.remove_request_headers]
+        remove = plan.remove_request_headers
+        headers = (
+            list(req.headers)
+            if remove.isdisjoint(names)
+            else [f for f, n in zip(req.headers, names, strict=True) if n not in remove]
+        )
     else:
-        drop = plan.remove_request_headers | _REFRAMED
-        headers = [(n, v) for n, v in strip_hop_by_hop(req.headers) if n.lower() not in drop]
+        headers = strip_hop_by_hop(
+            req.headers, names, _request_drop(plan.remove_request_headers)
+        )
         if body_len is not None:
             headers.append((b"content-length", b"%d" % body_len))
         elif chunked:
@@ -581,7 +606,7 @@ def response_head(
 ) -> tuple[bytes, bool, bool, bool]:
     """The head to send downstream for `resp`, re-framed: (head, chunk the body out,
     downstream keep-alive, body runs until the upstream closes)."""
-    headers = [(n, v) for n, v in strip_hop_by_hop(resp.headers) if n.lower() != b"content-length"]
+    headers = strip_hop_by_hop(resp.headers, resp.lowered(), _RESPONSE_DROP)
     if plan.response_headers is not None:
         headers = plan.response_headers(headers)
     no_body = req.method == b"HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200

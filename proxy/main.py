@@ -144,6 +144,7 @@ class Proxy:
 
         self.server_ctx.sni_callback = _remember_sni
         self._rid = secrets.randbits(32)
+        self._rid_prefix = self.proxy_id.encode()[-24:]  # request ids: prefix-counter
         self.clusters = Clusters()
         self._label_cache: dict[tuple[object, ...], tuple[str, ...]] = {}
         self._epoch = ""
@@ -248,7 +249,7 @@ class Proxy:
 
     def request_id(self) -> bytes:
         self._rid += 1
-        return b"%s-%08x" % (self.proxy_id.encode()[-24:], self._rid & 0xFFFFFFFF)
+        return b"%s-%08x" % (self._rid_prefix, self._rid & 0xFFFFFFFF)
 
     def limiter(self, rt: ClusterRuntime) -> ConnLimiter:
         """The connection limiter of a cluster, following its current limits."""

@@ -72,7 +72,11 @@ class Channel(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         events = self.events
         if events is not None:
-            events.feed(data)
+            if events.error is None and not events.eof:  # EventStream.feed, inlined
+                try:
+                    events.pending.extend(events.parser.feed(data))
+                except ProtocolError as exc:
+                    events.error = exc
             if len(events.pending) > 64 and not self._paused_reading:
                 self._paused_reading = True  # a slow consumer: stop reading until it catches up
                 self.transport.pause_reading()
@@ -441,7 +445,14 @@ class Pool:
         now = time.monotonic()
         while idle:
             c = idle.pop()
-            if c.reusable() and now - c.last_used < max_idle_age:
+            events = c.events  # Conn.reusable, inlined (once per request)
+            if (
+                not events.eof
+                and events.error is None
+                and not events.pending
+                and not events.channel.transport.is_closing()
+                and now - c.last_used < max_idle_age
+            ):
                 return c
             c.close()
         return None

@@ -13,12 +13,15 @@ from proxy.http1.events import (
     EndOfMessage,
     Event,
     Headers,
+    Names,
     ProtocolError,
     Request,
     Response,
     UpstreamClosed,
+    lower_names,
 )
 from proxy.http1.render import (
+    HOP_BY_HOP,
     LAST_CHUNK,
     encode_chunk,
     render_request_head,
@@ -29,11 +32,13 @@ from proxy.http1.request import RequestParser
 from proxy.http1.response import ResponseParser
 
 __all__ = [
+    "HOP_BY_HOP",
     "LAST_CHUNK",
     "Data",
     "EndOfMessage",
     "Event",
     "Headers",
+    "Names",
     "ProtocolError",
     "Request",
     "RequestParser",
@@ -41,6 +46,7 @@ __all__ = [
     "ResponseParser",
     "UpstreamClosed",
     "encode_chunk",
+    "lower_names",
     "render_request_head",
     "render_response_head",
     "strip_hop_by_hop",

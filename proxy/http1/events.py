@@ -11,17 +11,30 @@ from __future__ import annotations
 from typing import NamedTuple
 
 Headers = list[tuple[bytes, bytes]]
+Names = list[bytes]
 
 
-def _get(headers: Headers, name_lower: bytes) -> bytes | None:
-    for name, value in headers:
-        if name.lower() == name_lower:
-            return value
+def lower_names(headers: Headers) -> Names:
+    """The field names of ``headers`` in lower case, in order. The parsers hand this out
+    with every head, so nothing per request lowers a name again: lookups and filters are
+    ``in``, ``index`` and set operations on this list."""
+    return [name.lower() for name, _ in headers]
+
+
+def _get(headers: Headers, names: Names | None, name_lower: bytes) -> bytes | None:
+    if names is None:
+        names = lower_names(headers)
+    if name_lower in names:
+        return headers[names.index(name_lower)][1]
     return None
 
 
-def _get_all(headers: Headers, name_lower: bytes) -> list[bytes]:
-    return [value for name, value in headers if name.lower() == name_lower]
+def _get_all(headers: Headers, names: Names | None, name_lower: bytes) -> list[bytes]:
+    if names is None:
+        names = lower_names(headers)
+    if name_lower not in names:
+        return []
+    return [field[1] for field, name in zip(headers, names, strict=True) if name == name_lower]
 
 
 class Request(NamedTuple):
@@ -37,14 +50,22 @@ class Request(NamedTuple):
     upgrade: bytes | None  # the Upgrade value, only when Connection lists "upgrade"
     expect_continue: bool
     host: bytes | None
+    # The header names in lower case, parallel to ``headers`` (the parser sets it; None in
+    # a Request built by hand: the helpers then lower the names themselves).
+    names: Names | None = None
 
     def get(self, name_lower: bytes) -> bytes | None:
         """The first value of header ``name_lower`` (give the name in lower case)."""
-        return _get(self.headers, name_lower)
+        return _get(self.headers, self.names, name_lower)
 
     def get_all(self, name_lower: bytes) -> list[bytes]:
         """Every value of header ``name_lower``, in order received."""
-        return _get_all(self.headers, name_lower)
+        return _get_all(self.headers, self.names, name_lower)
+
+    def lowered(self) -> Names:
+        """``names``, computed if the Request was built by hand."""
+        names = self.names
+        return names if names is not None else lower_names(self.headers)
 
 
 class Response(NamedTuple):
@@ -58,14 +79,20 @@ class Response(NamedTuple):
     chunked: bool
     keep_alive: bool
     informational: bool
+    names: Names | None = None  # as Request.names
 
     def get(self, name_lower: bytes) -> bytes | None:
         """The first value of header ``name_lower`` (give the name in lower case)."""
-        return _get(self.headers, name_lower)
+        return _get(self.headers, self.names, name_lower)
 
     def get_all(self, name_lower: bytes) -> list[bytes]:
         """Every value of header ``name_lower``, in order received."""
-        return _get_all(self.headers, name_lower)
+        return _get_all(self.headers, self.names, name_lower)
+
+    def lowered(self) -> Names:
+        """``names``, computed if the Response was built by hand."""
+        names = self.names
+        return names if names is not None else lower_names(self.headers)
 
 
 class Data(NamedTuple):

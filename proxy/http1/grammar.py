@@ -69,6 +69,56 @@ def parse_fields(
     return fields
 
 
+def values_of(fields: Headers, names: list[bytes], key: bytes) -> list[bytes] | None:
+    """Every value of the field ``key`` (lower case), None when absent: C-level scans of
+    the lowered ``names`` for the usual zero or one occurrence."""
+    n = names.count(key)
+    if not n:
+        return None
+    if n == 1:
+        return [fields[names.index(key)][1]]
+    return [field[1] for field, name in zip(fields, names, strict=True) if name == key]
+
+
+def body_framing(
+    fields: Headers, names: list[bytes], version: bytes, bad: int, unsupported: int
+) -> tuple[int | None, bool, list[bytes], bool]:
+    """(Content-Length, chunked, Connection tokens, keep-alive) of a request or response
+    head (RFC 9112 6.1-6.3, 9.3). Refusals are ``bad`` (400 or 502), an unknown transfer
+    coding ``unsupported`` (501 or 502)."""
+    chunked = False
+    length = None
+    te = values_of(fields, names, b"transfer-encoding") if b"transfer-encoding" in names else None
+    cl = values_of(fields, names, b"content-length")
+    if te is not None:
+        if cl is not None:
+            # RFC 9112 6.1 allows TE to win, but that is the classic smuggling vector:
+            # refused, as Envoy does unless allow_chunked_length is set.
+            raise ProtocolError(bad, "both Content-Length and Transfer-Encoding (RFC 9112 6.1)")
+        if version == b"1.0":
+            raise ProtocolError(bad, "Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1)")
+        # For a response RFC 9112 6.3 would read a non-chunked final coding until close;
+        # refused instead.
+        chunked = is_chunked(te, bad, unsupported)
+    elif cl is not None:
+        if len(cl) == 1 and cl[0].isdigit() and len(cl[0]) <= 18:
+            length = int(cl[0])  # the usual: one plain value (what content_length accepts)
+        else:
+            length = content_length(cl, bad)  # refused, with the reason
+    connection = values_of(fields, names, b"connection") if b"connection" in names else None
+    if connection is None:
+        tokens = []
+    elif len(connection) == 1 and b"," not in connection[0]:
+        tokens = [connection[0].lower()]  # the usual single token, already OWS-stripped
+    else:
+        tokens = list_tokens(connection)
+    if version == b"1.1":
+        keep_alive = b"close" not in tokens
+    else:  # RFC 9112 9.3: HTTP/1.0 persists only with "keep-alive".
+        keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    return length, chunked, tokens, keep_alive
+
+
 def _diagnose(block: bytes) -> str:
     """Say which field line of a refused block is wrong and why (slow path: errors only)."""
     for number, line in enumerate(block.split(b"\r\n")[:-1], start=1):

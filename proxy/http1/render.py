@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy.http1.events import Headers
-from proxy.http1.grammar import list_tokens
+from proxy.http1.events import Headers, Names, lower_names
+from proxy.http1.grammar import list_tokens, values_of
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -57,17 +57,26 @@ def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def strip_hop_by_hop(headers: Headers) -> Headers:
-    """The fields to forward: all but the hop-by-hop ones (RFC 9110 7.6.1)."""
-    kept = []
-    listed = []
-    for field in headers:
-        key = field[0].lower()
-        if key not in HOP_BY_HOP:
-            kept.append(field)
-        elif key == b"connection":
-            listed.append(field[1])
-    extra = HOP_BY_HOP.union(list_tokens(listed)) if listed else HOP_BY_HOP
-    if extra is HOP_BY_HOP or extra == HOP_BY_HOP:  # usually "keep-alive": nothing more to drop
-        return kept
-    return [field for field in kept if field[0].lower() not in extra]
+def strip_hop_by_hop(
+    headers: Headers, names: Names | None = None, drop: frozenset[bytes] = HOP_BY_HOP
+) -> Headers:
+    """The fields to forward: all but the hop-by-hop ones (RFC 9110 7.6.1), those the
+    Connection field lists, and any other in ``drop`` (a superset of HOP_BY_HOP: callers
+    pass a set built once, not per request). ``names``: the lowered names, as the parsers
+    give them (computed when not given). Always a new list: callers append to it."""
+    if names is None:
+        names = lower_names(headers)
+    if b"connection" in names:
+        values = values_of(headers, names, b"connection") or []
+        if len(values) == 1 and b"," not in values[0]:
+            listed = [values[0].lower()]  # the usual single token, already OWS-stripped
+        else:
+            listed = list_tokens(values)
+        # Only listed names that are present and not dropped anyway change anything
+        # (usually none: "keep-alive" or "close").
+        extra = [name for name in listed if name in names and name not in drop]
+        if extra:
+            drop = drop.union(extra)
+    if drop.isdisjoint(names):
+        return list(headers)
+    return [field for field, name in zip(headers, names, strict=True) if name not in drop]

@@ -5,24 +5,22 @@ from __future__ import annotations
 import re
 from typing import NoReturn
 
-from proxy.http1.events import Event, ProtocolError, Request
+from proxy.http1.events import Event, Headers, ProtocolError, Request, lower_names
 from proxy.http1.grammar import (
     ABSOLUTE_FORM,
     AUTHORITY_FORM,
     HOST,
     REQUEST_LINE,
     TOKEN,
-    content_length,
-    is_chunked,
-    list_tokens,
+    body_framing,
     parse_fields,
+    values_of,
 )
 from proxy.http1.stream import CHUNK_SIZE, CLOSED, HEAD, LENGTH, PAUSED, StreamParser
 
-# The header fields whose meaning the parser itself must read; the rest pass through.
-_SPECIAL = frozenset(
-    (b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect")
-)
+# The header fields whose meaning the parser itself must read besides Host; the rest
+# pass through.
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection", b"expect"))
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 
 
@@ -74,70 +72,31 @@ class RequestParser(StreamParser):
         if version != b"1.1" and version != b"1.0":
             raise ProtocolError(505, f"HTTP/{version.decode()} is not supported, only 1.0 and 1.1")
         fields = parse_fields(buf, line.end(), end, self.max_headers, 400, 431)
-        special: dict[bytes, list[bytes]] = {}
-        for name, value in fields:
-            key = name.lower()
-            if key in _SPECIAL:
-                if key in special:
-                    special[key].append(value)
-                else:
-                    special[key] = [value]
+        names = lower_names(fields)
+        framing = not _FRAMING.isdisjoint(names)  # usually only Host among the special ones
         connect = method == b"CONNECT"
         if target[0] != 47 or connect:  # not origin-form "/...": RFC 9112 3.2
             _check_target(method, target)
 
         # RFC 9112 3.2: 400 for HTTP/1.1 without Host, for two Host lines, for a bad Host.
-        hosts = special.get(b"host")
+        hosts = names.count(b"host")
         host = None
-        if hosts is not None:
-            if len(hosts) > 1:
+        if hosts:
+            if hosts > 1:
                 raise ProtocolError(400, "more than one Host header (RFC 9112 3.2)")
-            host = hosts[0]
+            host = fields[names.index(b"host")][1]
             if not HOST.fullmatch(host):
                 raise ProtocolError(400, f"invalid Host {host[:40]!r} (RFC 9112 3.2)")
         elif version == b"1.1":
             raise ProtocolError(400, "HTTP/1.1 request without Host (RFC 9112 3.2)")
 
-        # RFC 9112 6.3: the body length.
-        chunked = False
-        length = None
-        te = special.get(b"transfer-encoding")
-        cl = special.get(b"content-length")
-        if te is not None:
-            if cl is not None:
-                # RFC 9112 6.1 allows TE to win, but that is the classic smuggling vector:
-                # refused, as Envoy does unless allow_chunked_length is set.
-                raise ProtocolError(400, "both Content-Length and Transfer-Encoding (RFC 9112 6.1)")
-            if version == b"1.0":
-                raise ProtocolError(400, "Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1)")
-            chunked = is_chunked(te, 400, 501)
-        elif cl is not None:
-            length = content_length(cl, 400)
-        if connect and (chunked or length):
-            raise ProtocolError(400, "CONNECT with content (RFC 9110 9.3.6)")
-
-        connection = special.get(b"connection")
-        if connection is None:
-            tokens = []
-        elif len(connection) == 1 and b"," not in connection[0]:
-            tokens = [connection[0].lower()]  # the usual single token, already OWS-stripped
-        else:
-            tokens = list_tokens(connection)
-        if version == b"1.1":
-            keep_alive = b"close" not in tokens
-        else:  # RFC 9112 9.3: HTTP/1.0 persists only with "keep-alive".
-            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
-        upgrade = None
-        # RFC 9110 7.8: Upgrade only counts when listed in Connection; ignored in HTTP/1.0.
-        if b"upgrade" in special and b"upgrade" in tokens and version == b"1.1":
-            upgrade = b", ".join(special[b"upgrade"])
-        # RFC 9110 10.1.1: 100-continue is ignored in an HTTP/1.0 request.
-        expect = special.get(b"expect")
-        expect_continue = (
-            expect is not None
-            and version == b"1.1"
-            and any(v.lower() == b"100-continue" for v in expect)
-        )
+        if framing:
+            length, chunked, keep_alive, upgrade, expect_continue = _framing(
+                fields, names, version, connect
+            )
+        else:  # no body, no Connection, no Expect: the usual GET
+            length, chunked, upgrade, expect_continue = None, False, None, False
+            keep_alive = version == b"1.1"  # RFC 9112 9.3: HTTP/1.0 only with "keep-alive"
         events.append(
             Request(
                 method,
@@ -150,6 +109,7 @@ class RequestParser(StreamParser):
                 upgrade,
                 expect_continue,
                 host,
+                names,
             )
         )
         self._keep = HEAD if keep_alive else CLOSED
@@ -159,6 +119,28 @@ class RequestParser(StreamParser):
         else:
             self._state = LENGTH
             self._remaining = length or 0
+
+
+def _framing(
+    fields: Headers, names: list[bytes], version: bytes, connect: bool
+) -> tuple[int | None, bool, bool, bytes | None, bool]:
+    """(Content-Length, chunked, keep-alive, upgrade, 100-continue) of a request that has
+    any of Content-Length, Transfer-Encoding, Connection or Expect."""
+    length, chunked, tokens, keep_alive = body_framing(fields, names, version, 400, 501)
+    if connect and (chunked or length):
+        raise ProtocolError(400, "CONNECT with content (RFC 9110 9.3.6)")
+    upgrade = None
+    # RFC 9110 7.8: Upgrade only counts when listed in Connection; ignored in HTTP/1.0.
+    if b"upgrade" in tokens and b"upgrade" in names and version == b"1.1":
+        upgrade = b", ".join(values_of(fields, names, b"upgrade") or ())
+    # RFC 9110 10.1.1: 100-continue is ignored in an HTTP/1.0 request.
+    expect = values_of(fields, names, b"expect")
+    expect_continue = (
+        expect is not None
+        and version == b"1.1"
+        and any(v.lower() == b"100-continue" for v in expect)
+    )
+    return length, chunked, keep_alive, upgrade, expect_continue
 
 
 def _check_target(method: bytes, target: bytes) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections import deque
 
-from proxy.http1.events import Event, ProtocolError, Response, UpstreamClosed
-from proxy.http1.grammar import STATUS_LINE, content_length, is_chunked, list_tokens, parse_fields
+from proxy.http1.events import Event, ProtocolError, Response, UpstreamClosed, lower_names
+from proxy.http1.grammar import (
+    STATUS_LINE,
+    body_framing,
+    parse_fields,
+)
 from proxy.http1.stream import CHUNK_SIZE, CLOSED, HEAD, LENGTH, PAUSED, UNTIL_CLOSE, StreamParser
-
-_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 
 class ResponseParser(StreamParser):
@@ -59,39 +61,9 @@ class ResponseParser(StreamParser):
         if status < 100 or status > 599:
             raise ProtocolError(502, f"status {status} outside 100-599 (RFC 9110 15)")
         fields = parse_fields(buf, line.end(), end, self.max_headers, 502, 502)
-        special: dict[bytes, list[bytes]] = {}
-        for name, value in fields:
-            key = name.lower()
-            if key in _SPECIAL:
-                if key in special:
-                    special[key].append(value)
-                else:
-                    special[key] = [value]
+        names = lower_names(fields)
 
-        chunked = False
-        length = None
-        te = special.get(b"transfer-encoding")
-        cl = special.get(b"content-length")
-        if te is not None:
-            if cl is not None:
-                raise ProtocolError(502, "both Content-Length and Transfer-Encoding (RFC 9112 6.1)")
-            if version == b"1.0":
-                raise ProtocolError(502, "Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1)")
-            # RFC 9112 6.3 would read a non-chunked final coding until close; refused instead.
-            chunked = is_chunked(te, 502, 502)
-        elif cl is not None:
-            length = content_length(cl, 502)
-        connection = special.get(b"connection")
-        if connection is None:
-            tokens = []
-        elif len(connection) == 1 and b"," not in connection[0]:
-            tokens = [connection[0].lower()]  # the usual single token, already OWS-stripped
-        else:
-            tokens = list_tokens(connection)
-        if version == b"1.1":
-            keep_alive = b"close" not in tokens
-        else:
-            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+        length, chunked, _, keep_alive = body_framing(fields, names, version, 502, 502)
 
         method, upgrade = self._expected[0]
         self._state = LENGTH
@@ -99,7 +71,9 @@ class ResponseParser(StreamParser):
         if status < 200:
             if status != 101:  # RFC 9110 15.2: 1xx are interim; the final response follows.
                 events.append(
-                    Response(status, reason or b"", version, fields, None, False, False, True)
+                    Response(
+                        status, reason or b"", version, fields, None, False, False, True, names
+                    )
                 )
                 self._state = HEAD
                 return
@@ -129,5 +103,7 @@ class ResponseParser(StreamParser):
             self._then = CLOSED
         self._expected.popleft()
         events.append(
-            Response(status, reason or b"", version, fields, length, chunked, keep_alive, False)
+            Response(
+                status, reason or b"", version, fields, length, chunked, keep_alive, False, names
+            )
         )

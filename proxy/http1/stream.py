@@ -27,6 +27,9 @@ PAUSED, CLOSED, EOF, DEAD = range(7, 11)
 MAX_CHUNK_LINE = 4096
 # RFC 9110 6.5.1: trailers must not carry message framing or routing: refused outright.
 FORBIDDEN_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host"))
+# The end of a message without trailers (nearly all): one shared event (nothing mutates
+# an event's trailers).
+_END = EndOfMessage([])
 
 
 class StreamParser:
@@ -95,7 +98,7 @@ class StreamParser:
     # -- the loop --------------------------------------------------------------------
 
     def _end(self, events: list[Event], trailers: Headers) -> None:
-        events.append(EndOfMessage(trailers))
+        events.append(EndOfMessage(trailers) if trailers else _END)
         self._state = self._then
 
     def _parse(self, buf: bytes, events: list[Event]) -> None:
@@ -113,8 +116,15 @@ class StreamParser:
                     break
                 self._head(buf, pos, end, events)
                 pos = end + 2
-                if self._remaining == 0 and self._state == LENGTH:
-                    self._end(events, [])
+                if self._state == LENGTH:
+                    remaining = self._remaining
+                    if remaining and remaining <= size - pos:  # the whole body came too
+                        events.append(Data(buf[pos : pos + remaining]))
+                        pos += remaining
+                        self._remaining = remaining = 0
+                    if not remaining:
+                        events.append(_END)  # _end, inlined
+                        self._state = self._then
             elif state in (LENGTH, CHUNK_DATA):
                 take = min(size - pos, self._remaining)
                 events.append(Data(buf if take == size else buf[pos : pos + take]))
@@ -122,7 +132,8 @@ class StreamParser:
                 self._remaining -= take
                 if self._remaining == 0:
                     if state == LENGTH:
-                        self._end(events, [])
+                        events.append(_END)  # _end, inlined
+                        self._state = self._then
                     else:
                         self._state = CHUNK_CRLF
             elif state == CHUNK_SIZE:
@@ -191,6 +202,10 @@ class StreamParser:
         reading, since a hop that accepts bare LF and one that does not split differently).
         """
         scanned = self._scanned
+        if not scanned:  # the usual case: a whole head in one read
+            found = buf.find(b"\r\n\r\n", pos)
+            if found >= 0 and found + 4 - pos <= self.max_head_bytes:
+                return found + 2
         found = buf.find(b"\r\n\r\n", max(pos, pos + scanned - 3))
         if found >= 0:
             self._scanned = 0

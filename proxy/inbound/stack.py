@@ -152,9 +152,12 @@ class Inbound:
         counters = proxy.telemetry.counters
         target = self._app_target(port)
 
+        def pick(exclude: frozenset[str]) -> Target:
+            return target  # the app: one target for the whole connection
+
         def prepare(req: Request, snap: ProxySnapshot) -> Prep:
             """Authorization, then the service's rate limit, then the app (no I/O)."""
-            hop = tracer.start(req.headers, SERVER)
+            hop = tracer.start(req.headers, SERVER, req.names)
             if not proxy.authorize(peer, req, port):
                 counters["meshctl_proxy_authz_denied_total"] += 1
                 return local_prep(hop, 403, "RBAC", result_flag="-")
@@ -163,7 +166,7 @@ class Inbound:
                 counters["meshctl_proxy_rate_limited_total"] += 1
                 return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % limited)])
             plan = Plan(
-                pick=lambda exclude: target,
+                pick=pick,
                 add_request_headers=[*xfcc, *hop.headers],
                 remove_request_headers=STRIP_AND_TRACE,
                 retry=None,

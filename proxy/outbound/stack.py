@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from functools import partial
 from typing import TYPE_CHECKING
 
 from meshctl.aio import spawn
@@ -21,6 +22,8 @@ from proxy.http1 import (
     strip_hop_by_hop,
 )
 from proxy.identity import peer_identity, sni_for
+from proxy.outbound.cluster import ClusterRuntime
+from proxy.policy.limits import Gauges
 from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import Channel, open_channel
@@ -89,9 +92,6 @@ class Outbound:
         rt.balancer.on_start(host)
         http = cluster.http
 
-        def report(status: int | None, local_failure: bool, latency_s: float) -> None:
-            rt.report(host, status, local_failure, latency_s)
-
         # The pool key includes the identity in use: after a renewal new connections
         # present the new certificate while open ones finish on the old.
         target = rt.targets[key] = Target(
@@ -101,7 +101,7 @@ class Outbound:
             max_requests=http.max_requests_per_connection,
             limiter=proxy.limiter(rt),
             idle_timeout_s=http.idle_timeout_s,
-            report=report,
+            report=partial(rt.report, host),
             host=host,
         )
         return target
@@ -183,7 +183,7 @@ class Outbound:
 
     def _prepare(self, req: Request, snap: ProxySnapshot, service: str, port: int) -> Prep:
         """The route and its policies for one request, decided before any I/O."""
-        hop = self.proxy.tracer.start(req.headers, CLIENT)
+        hop = self.proxy.tracer.start(req.headers, CLIENT, req.names)
         view = snap.services.get(service)
         if view is None:  # the service left the config while the connection was open
             return local_prep(hop, 404, "NR", close=True)
@@ -231,36 +231,14 @@ class Outbound:
         gauges = rt.gauges
         if not gauges.try_acquire_request():  # counted by Proxy.record (flag UO)
             return local_prep(hop, 503, "UO")
-        held = [0]  # retries holding the cluster's maxRetries gauge, until the request ends
-
-        def release() -> None:
-            gauges.release_request()
-            for _ in range(held[0]):
-                gauges.release_retry()
-
+        proxy = self.proxy
         add = [*compiled.add_request[index], *hop.headers]
-        if req.get(b"x-request-id") is None:
-            add.append((b"x-request-id", self.proxy.request_id()))
+        names = req.names
+        if b"x-request-id" not in (names if names is not None else req.lowered()):
+            add.append((b"x-request-id", proxy.request_id()))
         rt.budget.deposit()
         hash_key = req.get(rt.hash_header) if rt.hash_header else None
-        counters = self.proxy.telemetry.counters
-
-        def may_retry() -> bool:
-            # DestinationRule http.maxRetries: concurrent retries in the cluster, held until
-            # the request ends; then Linkerd's budget: at most 20 % more than requests.
-            if not rt.gauges.try_acquire_retry():
-                counters["meshctl_proxy_retry_overflow_total"] += 1
-                hop.event("retry refused", ("meshctl.retry.reason", "max_retries"))
-                return False
-            held[0] += 1
-            if not rt.budget.try_withdraw():
-                counters["meshctl_proxy_retry_budget_exhausted_total"] += 1
-                hop.event("retry refused", ("meshctl.retry.reason", "budget"))
-                return False
-            counters["meshctl_proxy_retries_total"] += 1
-            hop.event("retry", ("http.request.resend_count", held[0]))
-            return True
-
+        admission = _Admission(rt, gauges, proxy.telemetry.counters, hop)
         mirror = None
         route = compiled.route
         if route.mirror is not None and _RNG.random() * 100.0 < route.mirror_percentage:
@@ -274,15 +252,15 @@ class Outbound:
 
         plan = Plan(
             mirror=mirror,
-            pick=lambda exclude: self._target(snap, dview, cluster, dport, exclude, hash_key),
-            may_retry=may_retry,
+            pick=partial(self._target, snap, dview, cluster, dport, hash_key=hash_key),
+            may_retry=admission.may_retry,
             add_request_headers=add,
             remove_request_headers=without_trace_headers(compiled.remove_request[index]),
             retry=compiled.retry,
             timeout_s=compiled.route.timeout_s,
             response_headers=compiled.response_ops[index],
         )
-        return Prep(hop, plan=plan, pool=self.proxy.pool, release=release)
+        return Prep(hop, plan=plan, pool=proxy.pool, release=admission.release)
 
     async def _mirror(
         self,
@@ -322,6 +300,41 @@ class Outbound:
             counters["meshctl_proxy_mirror_sent_total"] += 1
         except Exception:
             counters["meshctl_proxy_mirror_failed_total"] += 1
+
+
+class _Admission:
+    """One admitted request's hold on its cluster: the request gauge (the circuit breaker)
+    and the retries it took, released together when the request ends."""
+
+    __slots__ = ("counters", "gauges", "held", "hop", "rt")
+
+    def __init__(
+        self, rt: ClusterRuntime, gauges: Gauges, counters: dict[str, float], hop: Hop
+    ) -> None:
+        self.rt, self.gauges, self.counters, self.hop = rt, gauges, counters, hop
+        self.held = 0  # retries holding the cluster's maxRetries gauge
+
+    def release(self) -> None:
+        self.gauges.release_request()
+        for _ in range(self.held):
+            self.gauges.release_retry()
+
+    def may_retry(self) -> bool:
+        """DestinationRule http.maxRetries: concurrent retries in the cluster, held until
+        the request ends; then Linkerd's budget: at most 20 % more than requests."""
+        counters, hop = self.counters, self.hop
+        if not self.rt.gauges.try_acquire_retry():
+            counters["meshctl_proxy_retry_overflow_total"] += 1
+            hop.event("retry refused", ("meshctl.retry.reason", "max_retries"))
+            return False
+        self.held += 1
+        if not self.rt.budget.try_withdraw():
+            counters["meshctl_proxy_retry_budget_exhausted_total"] += 1
+            hop.event("retry refused", ("meshctl.retry.reason", "budget"))
+            return False
+        counters["meshctl_proxy_retries_total"] += 1
+        hop.event("retry", ("http.request.resend_count", self.held))
+        return True
 
 
 # The copy carries the route's headers and our trace context (`add`), not the caller's.

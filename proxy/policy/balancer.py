@@ -45,6 +45,8 @@ def _random_index(endpoints: Sequence[str], exclude: frozenset[str], rng: random
     """Index of a uniformly random endpoint outside ``exclude``, or of any endpoint if all are
     excluded. ``endpoints`` must not be empty."""
     n = len(endpoints)
+    if n == 1:
+        return 0  # the only one, excluded or not (no random draw)
     i = rng.randrange(n)
     if not exclude or endpoints[i] not in exclude:
         return i
@@ -252,13 +254,18 @@ class PeakEwma:
         return b if self.cost(b) < self.cost(a) else a
 
     def on_start(self, ep: str) -> None:
-        self._get(ep, self._clock()).pending += 1
+        state = self._state.get(ep)  # (no clock read unless the endpoint is new)
+        if state is None:
+            state = self._get(ep, self._clock())
+        state.pending += 1
 
     def on_end(self, ep: str, latency_s: float, ok: bool) -> None:
         # Failures count like successes, as in Linkerd: a fast-failing endpoint is for outlier
         # detection to eject, not for the latency estimate to judge.
         now = self._clock()
-        state = self._get(ep, now)
+        state = self._state.get(ep)
+        if state is None:
+            state = self._get(ep, now)
         if state.pending > 0:
             state.pending -= 1
         self._update(state, latency_s, now)

@@ -106,6 +106,10 @@ class RetryParams:
     _on_4xx: bool = field(init=False, repr=False, compare=False, default=False)
     _codes: frozenset[int] = field(init=False, repr=False, compare=False, default=frozenset())
     _grpc: frozenset[int] = field(init=False, repr=False, compare=False, default=frozenset())
+    # The lowest response status any status condition here retries (600: none): an Outcome
+    # with a lower status and no grpc_status is final without asking should_retry (the hot
+    # path's check for a 2xx).
+    status_floor: int = field(init=False, repr=False, compare=False, default=600)
 
     def __post_init__(self) -> None:
         if self.attempts < 0:
@@ -136,6 +140,12 @@ class RetryParams:
         setattr_(
             self, "_grpc", frozenset(GRPC_CONDITIONS[c] for c in conditions if c in GRPC_CONDITIONS)
         )
+        floors = [*codes, *RETRIABLE_4XX] if "retriable-4xx" in conditions else [*codes]
+        if on_5xx or on_gateway:
+            floors.append(500 if on_5xx else min(GATEWAY_ERRORS))
+        # (gRPC conditions read an Outcome's grpc_status, not the HTTP status: an Outcome
+        # without one, as the HTTP/1.1 paths make, is decided by the status alone.)
+        setattr_(self, "status_floor", min(floors, default=600))
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ _B3_MULTI_NAMES = (
 )
 # Replaced on every hop (the parent id changes); tracestate and baggage pass through.
 TRACE_HEADERS = frozenset((b"traceparent", b"b3", *_B3_MULTI_NAMES))
+_NOT_W3C = TRACE_HEADERS - {b"traceparent"}
 _HEX = frozenset(b"0123456789abcdef")
 
 Headers = list[tuple[bytes, bytes]]
@@ -100,14 +101,22 @@ def _parse_b3_single(v: bytes) -> tuple[int, int, bool | None] | None:
     return tid, sid, _sampled_b3(parts[2]) if len(parts) > 2 else None
 
 
-def extract(headers: Headers) -> Parent | None:
-    """The incoming context, or None when the request carries none (one pass, no parse)."""
+def extract(headers: Headers, names: list[bytes] | None = None) -> Parent | None:
+    """The incoming context, or None when the request carries none (one pass, no parse).
+    ``names``: the lowered names as the parser gives them, to answer None with one C call."""
+    if names is None:
+        found = [(n, v) for n, v in ((n.lower(), v) for n, v in headers) if n in TRACE_HEADERS]
+    elif TRACE_HEADERS.isdisjoint(names):
+        return None
+    elif b"traceparent" in names and _NOT_W3C.isdisjoint(names):
+        # Only W3C (what the proxies send each other): its first value, no loop.
+        got = _parse_traceparent(headers[names.index(b"traceparent")][1])
+        return Parent(got[0], got[1], got[2], W3C) if got is not None else Parent(0, 0, None, W3C)
+    else:
+        found = [(n, headers[i][1]) for i, n in enumerate(names) if n in TRACE_HEADERS]
     tp = b3 = None
     multi: dict[bytes, bytes] | None = None
-    for name, value in headers:
-        n = name.lower()
-        if n not in TRACE_HEADERS:
-            continue
+    for n, value in found:
         if n == b"traceparent":
             tp = value if tp is None else tp
         elif n == b"b3":

@@ -15,13 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.tracing.context import Headers, Parent, extract, render
+from proxy.tracing.context import B3_MULTI, B3_SINGLE, Headers, Parent, extract, render
 
 # OTLP Span.SpanKind values (opentelemetry-proto trace.proto).
 SERVER = 2
 CLIENT = 3
 
 Attr = tuple[str, Any]
+_B3 = B3_SINGLE | B3_MULTI
+_FLAGS = {False: b"00", True: b"01"}
 
 
 class Hop:
@@ -94,10 +96,11 @@ class Tracer:
         self.sink = sink  # None: spans are never recorded (no collector configured)
         self._rng = rng or random.Random()
 
-    def start(self, headers: Headers, kind: int) -> Hop:
-        """A new span id under the incoming context, or a new trace when there is none."""
+    def start(self, headers: Headers, kind: int, names: list[bytes] | None = None) -> Hop:
+        """A new span id under the incoming context, or a new trace when there is none.
+        ``names``: the request's lowered header names, when the parser gave them."""
         bits = self._rng.getrandbits
-        parent: Parent | None = extract(headers)
+        parent: Parent | None = extract(headers, names)
         if parent is None or parent.trace_id == 0:
             trace_id, parent_id = bits(128) or 1, 0
             formats = parent.formats if parent is not None else 0
@@ -112,10 +115,12 @@ class Tracer:
         if decided is None:
             decided = self.sampling > 0.0 and self._rng.random() < self.sampling
         span_id = bits(64) or 1
-        return Hop(
-            trace_id, span_id, parent_id, decided and self.sink is not None, kind,
-            render(trace_id, span_id, decided, formats),
-        )  # fmt: skip
+        headers = (
+            render(trace_id, span_id, decided, formats)
+            if formats & _B3
+            else [(b"traceparent", b"00-%032x-%016x-%s" % (trace_id, span_id, _FLAGS[decided]))]
+        )  # W3C only (the usual): context.render's first header, without the call
+        return Hop(trace_id, span_id, parent_id, decided and self.sink is not None, kind, headers)
 
     def finish(
         self,

@@ -115,3 +115,20 @@ def test_remove_set_is_cached_per_route_set() -> None:
     base = frozenset((b"x-a",))
     assert without_trace_headers(base) is without_trace_headers(frozenset((b"x-a",)))
     assert b"traceparent" in without_trace_headers(base) and b"tracestate" not in base
+
+
+def test_extract_with_the_parsers_names_agrees_with_extract_without() -> None:
+    from proxy.http1 import Request, RequestParser
+
+    heads = [
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTraceParent: " + TP + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-B3-TraceId: 80f198ee56343ba864fe8b2a57d3eff7\r\n"
+        b"X-B3-SpanId: e457b5a2e4d86bd1\r\nX-B3-Sampled: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nb3: 0\r\ntraceparent: " + TP + b"\r\n\r\n",
+    ]
+    for head in heads:
+        req = RequestParser().feed(head)[0]
+        assert isinstance(req, Request) and req.names is not None
+        assert extract(req.headers, req.names) == extract(req.headers)
+    assert extract([(b"Host", b"a")], [b"host"]) is None

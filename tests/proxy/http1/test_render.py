@@ -69,3 +69,34 @@ def test_strip_hop_by_hop() -> None:
         (b"X-Kept", b"2"),
     ]
     assert strip_hop_by_hop(headers) == [(b"Host", b"a"), (b"X-Kept", b"2")]
+
+
+def test_strip_hop_by_hop_with_parsed_names_and_a_drop_set() -> None:
+    # What the proxy does per request: the parser's lowered names, a drop set built once.
+    head = (
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Secret\r\nx-secret: 1\r\n"
+        b"X-Route-Removed: 2\r\nX-Kept: 3\r\n\r\n"
+    )
+    req = RequestParser().feed(head)[0]
+    assert isinstance(req, Request) and req.names is not None
+    drop = frozenset({b"x-route-removed"}) | frozenset(
+        (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+         b"transfer-encoding", b"upgrade")
+    )
+    kept = strip_hop_by_hop(req.headers, req.names, drop)
+    assert kept == [(b"Host", b"a"), (b"X-Kept", b"3")]
+    # The same answer without the names (computed) and with the default set.
+    assert strip_hop_by_hop(req.headers) == [(b"Host", b"a"), (b"X-Route-Removed", b"2"),
+                                             (b"X-Kept", b"3")]
+    # A new list every time, never the parsed one (callers append to it).
+    plain = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")[0]
+    assert isinstance(plain, Request)
+    out = strip_hop_by_hop(plain.headers, plain.names)
+    assert out == plain.headers and out is not plain.headers
+
+
+def test_connection_listing_an_absent_field_drops_nothing_more() -> None:
+    headers = [(b"Host", b"a"), (b"Connection", b"close"), (b"Close", b"x"), (b"X", b"1")]
+    # "close" names a field here: it is dropped; with no such field nothing else goes.
+    assert strip_hop_by_hop(headers) == [(b"Host", b"a"), (b"X", b"1")]
+    assert strip_hop_by_hop([(b"Connection", b"close"), (b"X", b"1")]) == [(b"X", b"1")]

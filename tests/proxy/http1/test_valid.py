@@ -37,6 +37,7 @@ def test_simple_get_keep_alive() -> None:
             None,
             False,
             b"a:80",
+            [b"host", b"x-a"],  # the names lowered once, for lookups and filters
         ),
         EndOfMessage([]),
     ]
@@ -211,7 +212,10 @@ def _responses(data: bytes, *expect: tuple[bytes, bytes | None], eof: bool = Fal
 def test_response_content_length() -> None:
     events = _responses(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", (b"GET", None))
     assert events == [
-        Response(200, b"OK", b"1.1", [(b"Content-Length", b"2")], 2, False, True, False),
+        Response(
+            200, b"OK", b"1.1", [(b"Content-Length", b"2")], 2, False, True, False,
+            [b"content-length"],
+        ),
         Data(b"hi"),
         EndOfMessage([]),
     ]
@@ -324,3 +328,20 @@ def test_every_split_point_response() -> None:
     assert isinstance(whole, list) and len(whole) == 7
     for cut in range(1, len(data)):
         assert parse([data[:cut], data[cut:]]) == whole, cut
+
+
+def test_names_are_the_lowered_field_names_and_lookups_agree_without_them() -> None:
+    req = _one(b"GET / HTTP/1.1\r\nHost: a\r\nX-Multi: 1\r\nACCEPT: */*\r\nx-multi: 2\r\n\r\n")
+    assert req.names == [b"host", b"x-multi", b"accept", b"x-multi"]
+    by_hand = req._replace(names=None)  # a Request built without the parser's names
+    for r in (req, by_hand):
+        assert r.get(b"accept") == b"*/*"
+        assert r.get_all(b"x-multi") == [b"1", b"2"]
+        assert r.get(b"missing") is None and r.get_all(b"missing") == []
+        assert r.lowered() == req.names
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    out = parser.feed(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+    r0 = out[0]
+    assert isinstance(r0, Response) and r0.names == [b"x-a", b"x-a"]
+    assert r0.get_all(b"x-a") == [b"1", b"2"] and r0.lowered() == r0.names

@@ -156,3 +156,27 @@ def test_backoff_is_reproducible_with_a_seed() -> None:
     a = [backoff(i, random.Random(1)) for i in range(5)]
     b = [backoff(i, random.Random(1)) for i in range(5)]
     assert a == b
+
+
+@pytest.mark.parametrize(
+    "retry_on",
+    [
+        DEFAULT_RETRY_ON,
+        frozenset({"5xx"}),
+        frozenset({"gateway-error"}),
+        frozenset({"retriable-4xx", "connect-failure"}),
+        frozenset({"connect-failure", "refused-stream", "reset"}),
+        frozenset({"retriable-status-codes", "404"}),
+        frozenset({"unavailable", "cancelled"}),
+    ],
+)
+def test_status_floor_is_below_every_status_that_retries(retry_on: frozenset[str]) -> None:
+    # The fast path skips should_retry for a status under the floor: that must never skip a
+    # retry (an Outcome from a response carries no grpc_status on the HTTP/1.1 paths).
+    p = RetryParams(retry_on=retry_on, retriable_status_codes=frozenset({418}))
+    retried = [s for s in range(100, 600) if should_retry(p, status(s), b"GET", True)]
+    assert all(s >= p.status_floor for s in retried)
+    if retried:
+        assert min(retried) == p.status_floor  # and it is the lowest such status, not lower
+    else:
+        assert p.status_floor == 600

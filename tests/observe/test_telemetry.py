@@ -1,0 +1,38 @@
+"""Telemetry.record_request (the per-request path) against its exposition text."""
+
+from __future__ import annotations
+
+from proxy.telemetry import REQUEST_LABELS, Telemetry
+
+
+def _sample(text: str, prefix: str) -> float:
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, (prefix, lines)
+    return float(lines[0].rsplit(" ", 1)[1])
+
+
+def test_record_request_counts_sums_and_buckets() -> None:
+    tel = Telemetry()
+    a = tuple(f"a{i}" for i in range(len(REQUEST_LABELS)))
+    b = tuple(f"b{i}" for i in range(len(REQUEST_LABELS)))
+    for ms, req, resp in ((0.3, 0, 1024), (7.0, 10, 1024), (70000.0, 5000, 0)):
+        tel.record_request(a, ms, req, resp)
+    tel.record_request(b, 1.0, 1, 1)
+    text = tel.render()
+    sel = 'reporter="a0"'
+    assert _sample(text, f"istio_requests_total{{{sel}") == 3
+    assert _sample(text, f"istio_request_duration_milliseconds_count{{{sel}") == 3
+    assert _sample(text, f"istio_request_duration_milliseconds_sum{{{sel}") == 70007.3
+    assert _sample(text, f"istio_request_bytes_sum{{{sel}") == 5010
+    assert _sample(text, f"istio_response_bytes_count{{{sel}") == 3
+    # Cumulative buckets: 0.3 <= 0.5; 7 <= 10; 70000 only under +Inf.
+    dur = "istio_request_duration_milliseconds_bucket{" + sel
+    buckets = {
+        line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(dur)
+    }
+    assert buckets["0.5"] == 1 and buckets["5"] == 1 and buckets["10"] == 2
+    assert buckets["60000"] == 2 and buckets["+Inf"] == 3
+    # The other label set is its own series.
+    assert _sample(text, 'istio_request_duration_milliseconds_count{reporter="b0"') == 1
