@@ -323,7 +323,10 @@ class _Admission:
         """DestinationRule http.maxRetries: concurrent retries in the cluster, held until
         the request ends; then Linkerd's budget: at most 20 % more than requests."""
         counters, hop = self.counters, self.hop
-        if not self.rt.gauges.try_acquire_retry():
+        # The gauges the request was admitted on, which release() releases: after a config
+        # change replaced the cluster's gauges, a retry taken on the new ones was never
+        # given back.
+        if not self.gauges.try_acquire_retry():
             counters["meshctl_proxy_retry_overflow_total"] += 1
             hop.event("retry refused", ("meshctl.retry.reason", "max_retries"))
             return False
