@@ -8,7 +8,7 @@ Request is built per request on the proxy's hot path (see docs/http1.md).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 Headers = list[tuple[bytes, bytes]]
 Names = list[bytes]
@@ -21,20 +21,33 @@ def lower_names(headers: Headers) -> Names:
     return [name.lower() for name, _ in headers]
 
 
-def _get(headers: Headers, names: Names | None, name_lower: bytes) -> bytes | None:
-    if names is None:
-        names = lower_names(headers)
+class _Head(Protocol):
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def names(self) -> Names | None: ...
+
+
+def _lowered(head: _Head) -> Names:
+    """``names``, computed when the head was built by hand (``names`` None)."""
+    names = head.names
+    return names if names is not None else lower_names(head.headers)
+
+
+def _get(head: _Head, name_lower: bytes) -> bytes | None:
+    """The first value of header ``name_lower`` (give the name in lower case)."""
+    names = _lowered(head)
     if name_lower in names:
-        return headers[names.index(name_lower)][1]
+        return head.headers[names.index(name_lower)][1]
     return None
 
 
-def _get_all(headers: Headers, names: Names | None, name_lower: bytes) -> list[bytes]:
-    if names is None:
-        names = lower_names(headers)
+def _get_all(head: _Head, name_lower: bytes) -> list[bytes]:
+    """Every value of header ``name_lower``, in order received."""
+    names = _lowered(head)
     if name_lower not in names:
         return []
-    return [field[1] for field, name in zip(headers, names, strict=True) if name == name_lower]
+    return [f[1] for f, name in zip(head.headers, names, strict=True) if name == name_lower]
 
 
 class Request(NamedTuple):
@@ -55,17 +68,13 @@ class Request(NamedTuple):
     names: Names | None = None
 
     def get(self, name_lower: bytes) -> bytes | None:
-        """The first value of header ``name_lower`` (give the name in lower case)."""
-        return _get(self.headers, self.names, name_lower)
+        return _get(self, name_lower)  # the helpers carry the docstrings
 
     def get_all(self, name_lower: bytes) -> list[bytes]:
-        """Every value of header ``name_lower``, in order received."""
-        return _get_all(self.headers, self.names, name_lower)
+        return _get_all(self, name_lower)
 
     def lowered(self) -> Names:
-        """``names``, computed if the Request was built by hand."""
-        names = self.names
-        return names if names is not None else lower_names(self.headers)
+        return _lowered(self)
 
 
 class Response(NamedTuple):
@@ -82,17 +91,13 @@ class Response(NamedTuple):
     names: Names | None = None  # as Request.names
 
     def get(self, name_lower: bytes) -> bytes | None:
-        """The first value of header ``name_lower`` (give the name in lower case)."""
-        return _get(self.headers, self.names, name_lower)
+        return _get(self, name_lower)  # the helpers carry the docstrings
 
     def get_all(self, name_lower: bytes) -> list[bytes]:
-        """Every value of header ``name_lower``, in order received."""
-        return _get_all(self.headers, self.names, name_lower)
+        return _get_all(self, name_lower)
 
     def lowered(self) -> Names:
-        """``names``, computed if the Response was built by hand."""
-        names = self.names
-        return names if names is not None else lower_names(self.headers)
+        return _lowered(self)
 
 
 class Data(NamedTuple):
