@@ -80,7 +80,7 @@ def _print(a: dict[str, Any]) -> None:
     if route is None:
         out.print("  [red]no route matches[/]")
     elif route.get("default"):
-        out.print("  no VirtualService route: default route (round robin, no subset)")
+        out.print("  no VirtualService route: default route (every endpoint, no subset)")
     else:
         out.print(f"  [bold]route[/] {route['name']} (index {route['index']})")
     if route and "retries" in route:
@@ -91,7 +91,7 @@ def _print(a: dict[str, Any]) -> None:
         )
     for d in a.get("destinations", []):
         sub = f" subset {d['subset']}" if d["subset"] else ""
-        out.print(f"  -> {d['service']}{sub} weight {d['weight']}%")
+        out.print(f"  -> {d['service']}{sub} weight {d['weight']}%, balancer {d['balancer']}")
         for e in d["endpoints"]:
             ej = " [red](ejected)[/]" if e["ejected"] else ""
             out.print(f"       {e['address']} {e['id']}{ej}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from proxy.http1 import Request
 from proxy.inbound.authz import decide
+from proxy.outbound.cluster import balancer_name
 from proxy.routing import CompiledRoute, first_match
 from proxy.snapshot import ProxySnapshot, ServiceView, build_snapshot
 from registry.ca import SpiffeId
@@ -54,7 +55,7 @@ def _route_wire(compiled: CompiledRoute, index: int, default: bool) -> dict[str,
     return {
         "index": None if default else index,
         "name": r.name or (None if default else f"route-{index}"),
-        "default": default,  # no VirtualService: every request, round robin, no subset
+        "default": default,  # no VirtualService: every request, no subset
         "match": [to_wire(m) for m in r.match],
         "timeout_s": r.timeout_s,
         "retries": {
@@ -91,6 +92,7 @@ def _cluster_wire(
             for e in eps
         ],
         "traffic_policy": to_wire(pol) if pol is not None else None,
+        "balancer": balancer_name(pol),
     }
 
 
@@ -136,7 +138,7 @@ def explain(
         },
     }
     if proto.protocol == "tcp":
-        answer["route"] = {"default": True, "note": "TCP: no HTTP routing, round robin"}
+        answer["route"] = {"default": True, "note": "TCP: no HTTP routing"}
         answer["destinations"] = [_cluster_wire(view, None, 100, ejected or {})]
     else:
         compiled = first_match(view.routes, req) if view.routes else view.default_route

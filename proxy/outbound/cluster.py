@@ -42,6 +42,18 @@ def _balancer(policy: TrafficPolicy | None) -> tuple[object, lb.Balancer, bytes 
     return key, lb.PeakEwma(_RNG, time.monotonic), None
 
 
+def balancer_name(policy: TrafficPolicy | None) -> str:
+    """The balancer `_balancer` builds for `policy`, as `meshctl why` shows it."""
+    _, _, header = _balancer(policy)
+    if header is not None:
+        return f"consistentHash on header {header.decode()}"
+    cfg = policy.load_balancer if policy is not None else None
+    simple = cfg.simple if cfg is not None else None
+    if simple in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"):
+        return simple
+    return "peak EWMA, power of two choices (the default, as Linkerd's)"
+
+
 def _outlier_params(policy: TrafficPolicy | None) -> OutlierParams | None:
     od = policy.outlier_detection if policy is not None else None
     if od is None:

@@ -67,3 +67,21 @@ def test_no_endpoint_no_subset_and_denials(config: dict[str, Any]) -> None:
     assert ok["authorization"][0]["policy"] == "payments-allow-orders"
     with pytest.raises(ExplainError, match="no port 9"):
         explain(config, [], "orders", "payments", port=9)
+
+
+def test_each_destination_names_the_balancer_it_uses(config: dict[str, Any], tmp_path: Path
+                                                     ) -> None:
+    # No loadBalancer anywhere: the proxy's default, peak EWMA (not round robin).
+    a = explain(config, [EP], "orders", "inventory")
+    assert a["route"]["default"] is False  # inventory has a VirtualService here
+    assert [d["balancer"] for d in a["destinations"]] == [
+        "peak EWMA, power of two choices (the default, as Linkerd's)"
+    ]
+    # A DestinationRule's loadBalancer is what the destination then shows.
+    (tmp_path / "mesh" / "inventory-dr.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        "metadata: {name: inventory}\nspec:\n  host: inventory\n"
+        "  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n"
+    )
+    rr = explain(load_config(tmp_path / "mesh").to_wire(), [EP], "orders", "inventory")
+    assert [d["balancer"] for d in rr["destinations"]] == ["ROUND_ROBIN"]
