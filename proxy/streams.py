@@ -63,11 +63,15 @@ class Channel(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self.events: EventStream | None = None  # the attached parser's stream, if any
+        self._half_close = True
 
     # -- protocol callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # TLS cannot half-close: its transport closes after EOF whatever eof_received
+        # answers, and asyncio warns when it answers True (once per connection closed).
+        self._half_close = transport.get_extra_info("sslcontext") is None
 
     def data_received(self, data: bytes) -> None:
         events = self.events
@@ -92,7 +96,8 @@ class Channel(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._set_eof()
-        return True  # keep the write side open: half-close is the relays' to pass on
+        # Keep the write side open: half-close is the relays' to pass on (plain TCP only).
+        return self._half_close
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._error is None:
