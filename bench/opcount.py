@@ -1,6 +1,8 @@
-"""Python work per request, counted rather than timed: bytecodes executed and Python calls
-made by each of the two meshctl proxies (A: the caller's, B: the upstream's) per request of
-the bench's HTTP path, with the functions that execute the most.
+"""The Python work per request of both meshctl proxies, counted rather than timed.
+
+Bytecodes executed and Python calls made by each of the two proxies (A: the caller's, B:
+the upstream's) per request of the bench's HTTP path, with the functions that execute the
+most.
 
     python -m bench.opcount                   # 500 requests after a warm-up, top 25
     python -m bench.opcount --requests 1000 --top 40 --json out.json
