@@ -48,8 +48,6 @@ log = logging.getLogger("meshctl.proxy.forward")
 REPLAY_LIMIT = 64 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RNG = random.Random()
-# The proxy re-frames every body itself: the received framing headers never pass through.
-_REFRAMED = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -134,7 +132,8 @@ class Plan:
 
     pick: Callable[[frozenset[str]], Target | None]
     add_request_headers: Headers
-    remove_request_headers: frozenset[bytes]
+    remove_request_headers: frozenset[bytes]  # what an Upgrade request drops (route only)
+    drop_request_headers: frozenset[bytes]  # what any other drops (proxy.http1.request_drop)
     retry: RetryParams | None
     timeout_s: float | None
     response_headers: Callable[[Headers], Headers] | None = None
@@ -225,19 +224,6 @@ class _Overflow(Outcome):
 _OVERFLOW = _Overflow()
 
 
-def _request_drop(remove: frozenset[bytes]) -> frozenset[bytes]:
-    """What never goes upstream from a request: the route's removals, the framing the proxy
-    re-does, the hop-by-hop fields. One set per route's removals, cached (a frozenset
-    caches its hash: one dict lookup per request)."""
-    got = _DROP.get(remove)
-    if got is None:
-        if len(_DROP) > 4096:  # snapshots come and go; keep the cache bounded
-            _DROP.clear()
-        got = _DROP[remove] = remove | _REFRAMED | HOP_BY_HOP
-    return got
-
-
-_DROP: dict[frozenset[bytes], frozenset[bytes]] = {}
 # Never passed on from a response: the hop-by-hop fields; Content-Length is re-rendered.
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 
@@ -252,9 +238,7 @@ def request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) 
             else [f for f, n in zip(req.headers, names, strict=True) if n not in remove]
         )
     else:
-        headers = strip_hop_by_hop(
-            req.headers, names, _request_drop(plan.remove_request_headers)
-        )
+        headers = strip_hop_by_hop(req.headers, names, plan.drop_request_headers)
         if body_len is not None:
             headers.append((b"content-length", b"%d" % body_len))
         elif chunked:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from proxy.http1 import Request
+from proxy.http1 import Request, request_drop
 from proxy.policy.clock import Clock
 from proxy.policy.fault import FaultParams
 from proxy.policy.ratelimit import TokenBucket
@@ -116,6 +116,8 @@ class CompiledRoute:
     # Per destination index: request headers to add, names to remove (route + destination).
     add_request: tuple[HeaderList, ...]
     remove_request: tuple[frozenset[bytes], ...]
+    # remove_request plus what never goes upstream (proxy.http1.request_drop), per index.
+    drop_request: tuple[frozenset[bytes], ...]
     response_ops: tuple[Callable[[HeaderList], HeaderList] | None, ...]
     fault: FaultParams | None
     # mesh.yaml `routeRateLimits` of the destination service for this route, put here by
@@ -177,6 +179,7 @@ def compile_route(route: HTTPRoute, spoofable: frozenset[bytes] = frozenset()) -
         retry=_retry_params(route),
         add_request=tuple(adds),
         remove_request=tuple(removes),
+        drop_request=tuple(request_drop(r) for r in removes),
         response_ops=tuple(resp),
         fault=_fault_params(route.fault),
     )

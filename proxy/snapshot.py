@@ -16,6 +16,7 @@ from proxy.inbound.authz import compile_policies
 from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.policy.weights import WeightedPicker
 from proxy.routing import CompiledRoute, compile_route
+from proxy.tracing import TRACE_HEADERS
 from registry.config import MeshConfig
 from registry.config.model import (
     AuthorizationPolicy,
@@ -30,6 +31,9 @@ from registry.server.catalog import Endpoint
 # Headers a client must never set on a hop we vouch for: identity is the verified
 # certificate's only (Istio's forwardClientCertDetails SANITIZE_SET).
 SPOOFABLE = frozenset((b"x-forwarded-client-cert",))
+# What a route removes from every request besides its own removals: the spoofable fields,
+# and the caller's trace headers (the outbound stack renders the next hop's from its span).
+ROUTE_REMOVES = SPOOFABLE | TRACE_HEADERS
 
 
 @dataclass(slots=True)
@@ -204,7 +208,7 @@ def build_snapshot(
                     _subset_policy(dr, sub.name),
                 )
         vs = config.virtual_service_for(svc.name)
-        routes = tuple(compile_route(r, SPOOFABLE) for r in vs.http) if vs is not None else ()
+        routes = tuple(compile_route(r, ROUTE_REMOVES) for r in vs.http) if vs is not None else ()
         tcp_routes = tuple(
             TcpRoute(frozenset(t.match_ports), tuple(d.destination.subset for d in t.route),
                      WeightedPicker([d.weight for d in t.route]) if len(t.route) > 1 else None)
@@ -215,7 +219,7 @@ def build_snapshot(
             vip=vip,
             routes=routes,
             clusters=clusters,
-            default_route=compile_route(_default_route(svc.name), SPOOFABLE),
+            default_route=compile_route(_default_route(svc.name), ROUTE_REMOVES),
             tcp_routes=tcp_routes,
         )
         for p in svc.ports:

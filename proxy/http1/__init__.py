@@ -23,9 +23,11 @@ from proxy.http1.events import (
 from proxy.http1.render import (
     HOP_BY_HOP,
     LAST_CHUNK,
+    REFRAMED,
     encode_chunk,
     render_request_head,
     render_response_head,
+    request_drop,
     strip_hop_by_hop,
 )
 from proxy.http1.request import RequestParser
@@ -34,6 +36,7 @@ from proxy.http1.response import ResponseParser
 __all__ = [
     "HOP_BY_HOP",
     "LAST_CHUNK",
+    "REFRAMED",
     "Data",
     "EndOfMessage",
     "Event",
@@ -49,5 +52,6 @@ __all__ = [
     "lower_names",
     "render_request_head",
     "render_response_head",
+    "request_drop",
     "strip_hop_by_hop",
 ]

@@ -20,6 +20,16 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     )
 )
+# Never forwarded from a request either: the proxy re-frames every body itself (and answers
+# 100-continue itself), so the received framing fields do not pass through.
+REFRAMED = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+
+
+def request_drop(remove: frozenset[bytes]) -> frozenset[bytes]:
+    """All a request's fields not to forward besides Connection-listed ones: `remove` (a
+    route's removals), the re-framed and the hop-by-hop ones. Built with the snapshot (a
+    route's plan) or once per module, never per request."""
+    return remove | REFRAMED | HOP_BY_HOP
 
 
 def render_request_head(

@@ -14,7 +14,7 @@ from proxy.accept import first_byte, streams_for
 from proxy.detect import detect
 from proxy.downstream import serve_requests
 from proxy.forward import Plan, Prep, Result, Target, local_prep
-from proxy.http1 import Request
+from proxy.http1 import Request, request_drop
 from proxy.identity import parse_sni, peer_identity
 from proxy.intercept.origdst import original_dst
 from proxy.streams import Channel, open_channel
@@ -32,6 +32,7 @@ log = logging.getLogger("meshctl.proxy.inbound")
 STRIP = frozenset((b"x-forwarded-client-cert",))
 # The trace headers are re-rendered for the app: the server span becomes its parent.
 STRIP_AND_TRACE = STRIP | TRACE_HEADERS
+_DROP = request_drop(STRIP_AND_TRACE)
 
 
 class Inbound:
@@ -169,6 +170,7 @@ class Inbound:
                 pick=pick,
                 add_request_headers=[*xfcc, *hop.headers],
                 remove_request_headers=STRIP_AND_TRACE,
+                drop_request_headers=_DROP,
                 retry=None,
                 timeout_s=None,
             )

@@ -28,7 +28,7 @@ from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import Channel, open_channel
 from proxy.tcp import relay, relay_framed
-from proxy.tracing import CLIENT, TRACE_HEADERS, Hop, without_trace_headers
+from proxy.tracing import CLIENT, TRACE_HEADERS, Hop
 from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:
@@ -255,7 +255,8 @@ class Outbound:
             pick=partial(self._target, snap, dview, cluster, dport, hash_key=hash_key),
             may_retry=admission.may_retry,
             add_request_headers=add,
-            remove_request_headers=without_trace_headers(compiled.remove_request[index]),
+            remove_request_headers=compiled.remove_request[index],
+            drop_request_headers=compiled.drop_request[index],
             retry=compiled.retry,
             timeout_s=compiled.route.timeout_s,
             response_headers=compiled.response_ops[index],

@@ -17,7 +17,6 @@ from proxy.tracing.context import (
     Parent,
     extract,
     render,
-    without_trace_headers,
 )
 from proxy.tracing.span import CLIENT, SERVER, Hop, Tracer
 
@@ -30,5 +29,4 @@ __all__ = [
     "Tracer",
     "extract",
     "render",
-    "without_trace_headers",
 ]

@@ -163,17 +163,3 @@ def render(trace_id: int, span_id: int, sampled: bool, formats: int) -> Headers:
         if formats & B3_MULTI:
             out += [(b"x-b3-traceid", tid), (b"x-b3-spanid", sid), (b"x-b3-sampled", s)]
     return out
-
-
-_WITHOUT: dict[frozenset[bytes], frozenset[bytes]] = {}
-
-
-def without_trace_headers(remove: frozenset[bytes]) -> frozenset[bytes]:
-    """`remove` plus the trace headers, cached: routes' remove sets are built per snapshot,
-    and a frozenset caches its hash, so this is one dict lookup per request."""
-    got = _WITHOUT.get(remove)
-    if got is None:
-        if len(_WITHOUT) > 4096:  # snapshots come and go; keep the cache bounded
-            _WITHOUT.clear()
-        got = _WITHOUT[remove] = remove | TRACE_HEADERS
-    return got

@@ -113,6 +113,21 @@ def test_header_operations_are_prebuilt_as_bytes() -> None:
     r = compile_route(route("r", headers=ops), frozenset((b"x-forwarded-client-cert",)))
     assert r.add_request[0] == [(b"x-a", b"1"), (b"x-b", b"2")]
     assert {b"x-c", b"x-a", b"x-forwarded-client-cert"} <= r.remove_request[0]
+    # Built with the route, for every request: its removals, the framing the proxy redoes,
+    # the hop-by-hop fields; the Upgrade set keeps Connection and Upgrade.
+    drop = r.drop_request[0]
+    assert r.remove_request[0] | {b"content-length", b"expect", b"connection", b"te"} <= drop
+    assert b"connection" not in r.remove_request[0]
     apply = r.response_ops[0]
     assert apply is not None
     assert apply([(b"Server", b"x"), (b"a", b"b")]) == [(b"a", b"b")]
+
+
+def test_snapshot_routes_remove_the_callers_trace_headers() -> None:
+    # The outbound stack renders the next hop's trace context from its own span: every
+    # route of a snapshot, the default one included, drops the caller's.
+    from proxy.snapshot import ROUTE_REMOVES
+
+    r = compile_route(route("r"), ROUTE_REMOVES)
+    for header in (b"traceparent", b"b3", b"x-b3-traceid", b"x-forwarded-client-cert"):
+        assert header in r.remove_request[0] and header in r.drop_request[0]
