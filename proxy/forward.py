@@ -452,15 +452,13 @@ async def _attempt(
     has_body: bool,
 ) -> tuple[Outcome, Conn | None, Response | None]:
     try:
-        conn = pool.take_idle(target.key, target.idle_timeout_s)
-        if conn is None:
-            conn, _reused = await pool.get(
-                target.key,
-                target.connect,
-                target.connect_timeout_s,
-                target.limiter,
-                target.idle_timeout_s,
-            )
+        conn, _reused = await pool.get(
+            target.key,
+            target.connect,
+            target.connect_timeout_s,
+            target.limiter,
+            target.idle_timeout_s,
+        )
     except PoolOverflow:
         return _OVERFLOW, None, None
     except (OSError, TimeoutError, ConnectionError):

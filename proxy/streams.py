@@ -76,11 +76,7 @@ class Channel(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         events = self.events
         if events is not None:
-            if events.error is None and not events.eof:  # EventStream.feed, inlined
-                try:
-                    events.pending.extend(events.parser.feed(data))
-                except ProtocolError as exc:
-                    events.error = exc
+            events.feed(data)
             if len(events.pending) > 64 and not self._paused_reading:
                 self._paused_reading = True  # a slow consumer: stop reading until it catches up
                 self.transport.pause_reading()
@@ -413,22 +409,14 @@ class Pool:
         idle_timeout_s: float | None = None,
     ) -> tuple[Conn, bool]:
         """A connection for `key`: (conn, reused). Connect errors and PoolOverflow propagate."""
-        c = self.take_idle(key, idle_timeout_s)
-        if c is not None:
-            return c, True
         deadline = time.monotonic() + timeout
-        max_idle_age = idle_timeout_s or self.idle_timeout_s
         while True:
-            idle = self._idle.get(key)
-            now = time.monotonic()
-            while idle:
-                c = idle.pop()
-                if c.reusable() and now - c.last_used < max_idle_age:
-                    return c, True
-                c.close()
+            c = self.take_idle(key, idle_timeout_s)
+            if c is not None:
+                return c, True
             if limiter is None or limiter.try_open():
                 break
-            await limiter.wait(max(0.001, deadline - now))
+            await limiter.wait(max(0.001, deadline - time.monotonic()))
         try:
             channel = await asyncio.wait_for(connect(), max(0.001, deadline - time.monotonic()))
         except BaseException:
@@ -450,14 +438,7 @@ class Pool:
         now = time.monotonic()
         while idle:
             c = idle.pop()
-            events = c.events  # Conn.reusable, inlined (once per request)
-            if (
-                not events.eof
-                and events.error is None
-                and not events.pending
-                and not events.channel.transport.is_closing()
-                and now - c.last_used < max_idle_age
-            ):
+            if c.reusable() and now - c.last_used < max_idle_age:
                 return c
             c.close()
         return None
