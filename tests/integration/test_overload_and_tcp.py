@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,24 +54,31 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     m.close()
 
 
-def test_opaque_tcp_with_half_close_crosses_two_proxies(mesh: Mesh, tmp_path: Path) -> None:
+def echo_through_db(mesh: Mesh, tmp_path: Path, payload: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Start the echo app behind a `db` proxy and a `client` proxy in front, send `payload`
+    through both, half-close, and read to the end: (what came back, the db proxy)."""
     port = free_port()
     echo = Proc([sys.executable, "-c", ECHO, str(port)], mesh.env, tmp_path / "echo.log")
     mesh.procs.append(echo.start())
-    mesh.proxy("db", "v1", app_port=port, service_port=5432)
+    db = mesh.proxy("db", "v1", app_port=port, service_port=5432)
     local = free_port()
     mesh.proxy("client", "v1", upstreams={"db:5432": local})
     wait_until(
         lambda: any(e["service"] == "db" for e in mesh.api("GET", "/v1/catalog")["endpoints"]),
         what="db",
     )
-    payload = bytes(range(256)) * 4096  # 1 MiB, binary
     with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
         s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
+        s.shutdown(socket.SHUT_WR)  # the echo answers only after this FIN
         got = b""
         while chunk := s.recv(65536):
             got += chunk
+    return got, db
+
+
+def test_opaque_tcp_with_half_close_crosses_two_proxies(mesh: Mesh, tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB, binary
+    got, _ = echo_through_db(mesh, tmp_path, payload)
     assert got == b"echo:" + payload
 
 

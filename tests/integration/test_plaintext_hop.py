@@ -6,15 +6,13 @@ its half-close, which plaintext carries as a real FIN)."""
 from __future__ import annotations
 
 import json
-import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Mesh, Proc, free_port, http_get, wait_until
-from tests.integration.test_overload_and_tcp import ECHO, MESH_YAML  # client, web, db
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
+from tests.integration.test_overload_and_tcp import MESH_YAML, echo_through_db  # client, web, db
 
 pytestmark = pytest.mark.slow
 
@@ -89,22 +87,7 @@ def test_http_goes_plaintext_where_permissive_and_fails_where_strict(mesh: Mesh)
 
 
 def test_opaque_tcp_goes_plaintext_with_its_half_close(mesh: Mesh, tmp_path: Path) -> None:
-    port = free_port()
-    echo = Proc([sys.executable, "-c", ECHO, str(port)], mesh.env, tmp_path / "echo.log")
-    mesh.procs.append(echo.start())
-    db = mesh.proxy("db", "v1", app_port=port, service_port=5432)
-    local = free_port()
-    mesh.proxy("client", "v1", upstreams={"db:5432": local})
-    wait_until(
-        lambda: any(e["service"] == "db" for e in mesh.api("GET", "/v1/catalog")["endpoints"]),
-        what="db",
-    )
     payload = bytes(range(256)) * 1024  # 256 KiB, binary
-    with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)  # the echo answers only after this FIN
-        got = b""
-        while chunk := s.recv(65536):
-            got += chunk
+    got, db = echo_through_db(mesh, tmp_path, payload)
     assert got == b"echo:" + payload
     assert _stats(db).get("meshctl_proxy_inbound_plaintext_total", 0) >= 1
