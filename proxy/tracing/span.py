@@ -15,15 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.tracing.context import B3_MULTI, B3_SINGLE, Headers, Parent, extract, render
+from proxy.tracing.context import Headers, Parent, extract, render
 
 # OTLP Span.SpanKind values (opentelemetry-proto trace.proto).
 SERVER = 2
 CLIENT = 3
 
 Attr = tuple[str, Any]
-_B3 = B3_SINGLE | B3_MULTI
-_FLAGS = {False: b"00", True: b"01"}
 
 
 class Hop:
@@ -115,11 +113,7 @@ class Tracer:
         if decided is None:
             decided = self.sampling > 0.0 and self._rng.random() < self.sampling
         span_id = bits(64) or 1
-        headers = (
-            render(trace_id, span_id, decided, formats)
-            if formats & _B3
-            else [(b"traceparent", b"00-%032x-%016x-%s" % (trace_id, span_id, _FLAGS[decided]))]
-        )  # W3C only (the usual): context.render's first header, without the call
+        headers = render(trace_id, span_id, decided, formats)
         return Hop(trace_id, span_id, parent_id, decided and self.sink is not None, kind, headers)
 
     def finish(
