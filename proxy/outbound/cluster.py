@@ -25,10 +25,16 @@ from registry.server.catalog import Endpoint
 _RNG = random.Random()
 
 
-def _balancer(policy: TrafficPolicy | None) -> tuple[object, lb.Balancer, bytes | None]:
+def _lb_choice(policy: TrafficPolicy | None) -> tuple[str | None, str | None]:
+    """(loadBalancer.simple, consistentHash header) of a DestinationRule policy."""
     cfg = policy.load_balancer if policy is not None else None
-    simple = cfg.simple if cfg is not None else None
-    header = cfg.consistent_hash_header if cfg is not None else None
+    if cfg is None:
+        return None, None
+    return cfg.simple, cfg.consistent_hash_header
+
+
+def _balancer(policy: TrafficPolicy | None) -> tuple[object, lb.Balancer, bytes | None]:
+    simple, header = _lb_choice(policy)
     key: object = (simple, header)
     if header is not None:
         return key, lb.ConsistentHash(_RNG), header.encode()
@@ -44,11 +50,9 @@ def _balancer(policy: TrafficPolicy | None) -> tuple[object, lb.Balancer, bytes 
 
 def balancer_name(policy: TrafficPolicy | None) -> str:
     """The balancer `_balancer` builds for `policy`, as `meshctl why` shows it."""
-    _, _, header = _balancer(policy)
+    simple, header = _lb_choice(policy)
     if header is not None:
-        return f"consistentHash on header {header.decode()}"
-    cfg = policy.load_balancer if policy is not None else None
-    simple = cfg.simple if cfg is not None else None
+        return f"consistentHash on header {header}"
     if simple in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"):
         return simple
     return "peak EWMA, power of two choices (the default, as Linkerd's)"
