@@ -24,10 +24,12 @@ done
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # What the mesh itself needs: iptables for interception, iproute2 for network namespaces,
-# python3-venv for the virtualenv. What the tests and benchmarks add: real peers and
+# python3-venv for the virtualenv, a C compiler and the Python headers to compile the
+# proxy's request path (proxy/compiled: mypyc; without them the proxy runs as pure Python). What the tests and benchmarks add: real peers and
 # reference points (HAProxy, nginx, wrk, h2load, curl, Prometheus), a Docker engine and
 # debootstrap to build the example image locally, openssl to inspect certificates.
-BASE_PKGS=(python3 python3-venv python3-pip iptables iproute2 ca-certificates)
+BASE_PKGS=(python3 python3-venv python3-pip python3-dev gcc libc6-dev iptables iproute2
+           ca-certificates)
 TEST_PKGS=(docker.io docker-compose haproxy nginx-light wrk nghttp2-client curl prometheus
            debootstrap openssl procps systemd util-linux)
 
@@ -67,9 +69,32 @@ fi
 say "installing meshctl into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -U pip >/dev/null 2>&1 || true
 if [ "$TEST" = 1 ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[core,test]'
 else
-  .venv/bin/pip install -q --disable-pip-version-check -e .
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[core]'
+fi
+
+# The compiled core: the proxy's request path built with mypyc into build/core/ (about
+# 90 s). A proxy uses it only while it matches the sources (an edit falls back to pure
+# Python until the next build); MESH_COMPILED=0 skips it here and turns it off at run time.
+if [ "${MESH_COMPILED:-1}" != 0 ]; then
+  if .venv/bin/python -m proxy.compiled status >/dev/null 2>&1; then
+    say "compiled core is current"
+  else
+    say "compiling the proxy's request path (mypyc, about 90 s)"
+    mkdir -p build
+    if .venv/bin/python -m proxy.compiled build >build/core-build.log 2>&1; then
+      tail -n 1 build/core-build.log
+    elif [ "$TEST" = 1 ]; then
+      echo "install.sh: the compiled core did not build; see build/core-build.log" >&2
+      exit 1
+    else
+      echo "install.sh: the compiled core did not build (build/core-build.log);" \
+           "the proxy runs as pure Python" >&2
+    fi
+  fi
+  # The tests check that what was built is what the proxies run.
+  .venv/bin/python -m proxy.compiled status >/dev/null 2>&1 && export MESH_EXPECT_COMPILED=1
 fi
 say "meshctl installed: $(.venv/bin/meshctl --version)"
 

@@ -20,7 +20,9 @@ everything runs ~100x slower, so the proxies here serve one request at a time.
 How: each proxy runs under `sys.settrace` with opcode events (the `--wrap` mode of this
 module), counters are reset after a warm-up (SIGUSR1), then `curl` sends N sequential
 keep-alive requests through A -> mTLS -> B -> nginx (bench.systems' config and 1 kB body),
-and each proxy writes its counts when it exits (SIGTERM: its own clean shutdown).
+and each proxy writes its counts when it exits (SIGTERM: its own clean shutdown). The
+proxies run the plain Python modules (MESH_COMPILED=0): the compiled core's C emits no
+trace events, and what is counted is the source's work, which both cores execute.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def measure(requests: int, warmup: int = 50) -> dict[str, Any]:
     mesh = CountingMesh(tmp / "mesh", tmp / "config")
     mesh.env["MESH_LOG"] = "WARNING"
     mesh.env["PYTHONPATH"] = str(REPO)  # the proxies run this tree, wherever we were started
+    # The Python source's work: compiled modules (proxy/compiled) emit no trace events.
+    mesh.env["MESH_COMPILED"] = "0"
     counts = {role: tmp / f"opcount-{role}.json" for role in "AB"}
     procs = []
     try:

@@ -251,7 +251,8 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         f"{meta['tools']['wrk'].split(' Copyright')[0]}; "
         f"meshctl at {meta['tools']['meshctl_commit']}"
         + (f" with uncommitted changes in {', '.join(meta['tools']['meshctl_uncommitted'])}"
-           if meta["tools"].get("meshctl_uncommitted") else ""),
+           if meta["tools"].get("meshctl_uncommitted") else "")
+        + (f", core {meta['tools']['meshctl_core']}" if meta["tools"].get("meshctl_core") else ""),
         f"- Raw results: `{rel(results_path)}` (compare runs with "
         f"`python -m bench --compare OLD.json`)",
         f"- Repetitions: {st['reps']}, interleaved (every system once per repetition, same "

@@ -100,7 +100,18 @@ def tool_versions() -> dict[str, Any]:
         dirty = []
     return {"haproxy": _version(["haproxy", "-v"]), "nginx": _version(["nginx", "-v"]),
             "wrk": _version(["wrk", "--version"]), "meshctl_commit": commit,
-            "meshctl_uncommitted": [ln[3:] for ln in dirty if ln.strip()]}
+            "meshctl_uncommitted": [ln[3:] for ln in dirty if ln.strip()],
+            "meshctl_core": meshctl_core()}
+
+
+def meshctl_core() -> str:
+    """Which core the proxies run (proxy/compiled): they inherit this environment."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "proxy.compiled", "status"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return out.stdout.strip() or out.stderr.strip() or "unknown"
 
 
 def _one(system: System, lab: Lab, s: Settings) -> dict[str, Any]:

@@ -49,7 +49,9 @@ def build() -> typer.Typer:
 
     def _version(value: bool) -> None:
         if value:
-            typer.echo(f"meshctl {__version__}")
+            from proxy.compiled import STATUS
+
+            typer.echo(f"meshctl {__version__}\nproxy core: {STATUS}")
             raise typer.Exit()
 
     @app.callback()

@@ -9,6 +9,7 @@ The folder tree is the request path:
       outbound/     app -> proxy: detect protocol, route, retry, balance, mTLS to the peer proxy
       inbound/      peer proxy -> proxy: verify SPIFFE identity, authorize, hand to the app
       control/      the registry client: join, renew, config stream, ACK/NACK; keygen child
+      compiled/     the request path compiled with mypyc (build/core/), used only while current
       admin.py      localhost admin (15000) and Prometheus metrics (15090)
       httpio.py     the side channels' HTTP/1.1 client and server (admin, registry, OTLP)
       run.py        the process's entry: `meshctl proxy` / `python -m proxy` options
@@ -16,3 +17,7 @@ The folder tree is the request path:
 Config arrives as immutable versioned snapshots; each stack is built once per snapshot and
 swapped atomically, so a request reads its snapshot once and finishes on it.
 """
+
+from proxy import compiled as _compiled
+
+_compiled.activate()

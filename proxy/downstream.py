@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import weakref
 from typing import TYPE_CHECKING
 
 from meshctl.aio import spawn
@@ -59,13 +58,10 @@ class HeadWatch:
             self.task = None
 
 
-_WATCHES: weakref.WeakKeyDictionary[Proxy, HeadWatch] = weakref.WeakKeyDictionary()
-
-
 def head_watch(proxy: Proxy) -> HeadWatch:
-    watch = _WATCHES.get(proxy)
+    watch = proxy.head_watch
     if watch is None:
-        watch = _WATCHES[proxy] = HeadWatch(proxy)
+        watch = proxy.head_watch = HeadWatch(proxy)
     return watch
 
 

@@ -486,9 +486,9 @@ async def _attempt(
             async with asyncio.timeout(timeout):
                 resp = await _response_head(conn)
         return Outcome(status=resp.status, bytes_sent_upstream=True), conn, resp
-    except DownstreamError as exc:
+    except DownstreamError as down_err:
         conn.close()  # the upstream saw a partial request: that connection is done
-        raise exc.error from None
+        raise down_err.error from None
     except TimeoutError:
         conn.close()
         return Outcome(timed_out=True, bytes_sent_upstream=True), None, None
@@ -496,8 +496,8 @@ async def _attempt(
         log.debug("upstream %s reset: %r", target.key, exc)
         conn.close()
         return Outcome(reset=True, bytes_sent_upstream=True), None, None
-    except ProtocolError as exc:
-        log.info("upstream %s protocol error: %s", target.key, exc)
+    except ProtocolError as perr:
+        log.info("upstream %s protocol error: %s", target.key, perr)
         conn.close()
         return Outcome(status=502, reset=True, bytes_sent_upstream=True), None, None
 

@@ -17,6 +17,13 @@ from registry.ca.spiffe import SpiffeId
 TLS_MIN = ssl.TLSVersion.TLSv1_3
 
 
+class PeerIdentityError(ConnectionError):
+    """The peer proxy's certificate names another workload than the one dialled.
+
+    Defined here, outside the compiled core (proxy/compiled.py): mypyc cannot compile a
+    subclass of ConnectionError, and a ConnectionError is what the connect path handles."""
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """One issued SVID with its key. Immutable: a renewal makes a new Identity and new contexts.

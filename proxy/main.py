@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from meshctl.aio import spawn
-from proxy import certinfo
+from proxy import certinfo, compiled
 from proxy.accept import Connections, accept_loop, listen, streams_for
 from proxy.accesslog import AccessLog
 from proxy.admin import TapHub, start_servers, tap_event, write_discovery
 from proxy.control.client import ControlClient, View
+from proxy.downstream import HeadWatch
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
 from proxy.httpio import Server
@@ -130,6 +131,7 @@ class Proxy:
         self.outbound = Outbound(self)
         self.inbound = Inbound(self)
         self.ready = asyncio.Event()
+        self.head_watch: HeadWatch | None = None  # the header-timeout sweeper, on first use
         self._bucket: TokenBucket | None = None
         self._bucket_key: object = None
         self.route_limits = RouteLimits()  # outbound, per (service, route): routeRateLimits
@@ -500,11 +502,12 @@ class Proxy:
         self.discovery_file = write_discovery(self, self._servers)
         self.started = True
         log.info(
-            "proxy %s ready: inbound %s:%d, config version %d",
+            "proxy %s ready: inbound %s:%d, config version %d, core %s",
             self.proxy_id,
             opts.inbound[0],
             inbound_port,
             self.snapshot.version if self.snapshot else 0,
+            compiled.STATUS,
         )
 
     @property

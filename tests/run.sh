@@ -25,5 +25,13 @@ fi
 
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
+# The run above used the compiled core when install.sh built it (the proxies' default);
+# the pure-Python modules are the fallback whenever it is stale or off, so the request
+# path's own tests run once more on them.
+if [ $# = 0 ] && .venv/bin/python -m proxy.compiled status >/dev/null 2>&1; then
+  echo "tests/run.sh: the request path again as pure Python (MESH_COMPILED=0)"
+  MESH_COMPILED=0 .venv/bin/python -m pytest -q -p no:cacheprovider \
+    tests/proxy tests/integration/test_http_semantics.py || rc=$((rc ? rc : 1))
+fi
 # pytest's 5 means "no tests collected": that is a failure of the suite, not a pass.
 exit $rc

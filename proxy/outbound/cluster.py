@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from proxy.forward import Target
@@ -93,7 +93,7 @@ class ClusterRuntime:
     endpoints: dict[str, Endpoint]
     hosts: tuple[str, ...]
     balancer: lb.Balancer
-    balancer_key: object
+    balancer_key: Hashable
     hash_header: bytes | None
     outlier: OutlierDetector | None
     gauges: Gauges

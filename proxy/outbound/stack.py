@@ -21,7 +21,7 @@ from proxy.http1 import (
     render_request_head,
     strip_hop_by_hop,
 )
-from proxy.identity import peer_identity, sni_for
+from proxy.identity import PeerIdentityError, peer_identity, sni_for
 from proxy.outbound.cluster import ClusterRuntime
 from proxy.policy.limits import Gauges
 from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
     from proxy.main import Proxy
 
 log = logging.getLogger("meshctl.proxy.outbound")
-
-
-class PeerIdentityError(ConnectionError):
-    pass
 
 
 class Outbound:

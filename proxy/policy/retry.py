@@ -73,7 +73,7 @@ def parse_retry_on(value: str) -> tuple[frozenset[str], frozenset[int]]:
         elif part in HTTP_CONDITIONS or part in GRPC_CONDITIONS:
             conditions.add(part)
         else:
-            known = ", ".join(sorted(HTTP_CONDITIONS | GRPC_CONDITIONS.keys()))
+            known = ", ".join(sorted(HTTP_CONDITIONS.union(GRPC_CONDITIONS)))
             raise ValueError(
                 f"retryOn: unknown condition {part!r}; expected a status code or one of {known}"
             )

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import time
-from types import SimpleNamespace
-from typing import Any
-
+from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import _Admission
-from proxy.policy.budget import RetryBudget
 from proxy.policy.limits import Gauges, PoolLimits
 from proxy.tracing import CLIENT, Tracer
 
 
-def _admitted(rt: Any, counters: dict[str, float]) -> _Admission:
+def _admitted(rt: ClusterRuntime, counters: dict[str, float]) -> _Admission:
     gauges = rt.gauges
     assert gauges.try_acquire_request()
     return _Admission(rt, gauges, counters, Tracer().start([], CLIENT))
 
 
 def test_retries_are_held_until_release_on_the_gauges_of_admission() -> None:
-    rt = SimpleNamespace(gauges=Gauges(PoolLimits(max_retries=2)),
-                         budget=RetryBudget(clock=time.monotonic))
+    # A real runtime (the compiled core checks types): no policy, no endpoints.
+    rt = Clusters().get("orders", None, None, [])
+    rt.gauges = Gauges(PoolLimits(max_retries=2))
     counters: dict[str, float] = {"meshctl_proxy_retries_total": 0,
                                   "meshctl_proxy_retry_overflow_total": 0}
     first = _admitted(rt, counters)

@@ -1,0 +1,176 @@
+"""The compiled core: the request path's modules built with mypyc, used only while current.
+
+The request path's modules (MODULES) are plain, strictly typed Python; mypyc compiles the
+same files to C extensions, which run the same code with less interpreter work per
+request (docs/performance.md has the figures). There is one source: nothing here is a
+second implementation.
+
+- `python -m proxy.compiled build` compiles MODULES into build/core/ (install.sh runs it)
+  and writes build/core/manifest.json: each module's extension file and the sha256 of the
+  source it was built from.
+- At import, proxy/__init__ calls `activate()`. When the manifest was built for this
+  interpreter's extension ABI and every source file still has the digest it was built
+  from, one finder on sys.meta_path serves those modules from build/core/. Otherwise
+  nothing is installed and the .py modules load as always; `STATUS` says which core runs
+  and why (a source edited since the build, another Python, no build, switched off).
+  An edit is never shadowed by a stale build, and a half-compiled mix never runs: it is
+  all of MODULES or none.
+- `MESH_COMPILED=0` in the environment runs the pure-Python modules; `MESH_CORE_DIR`
+  points at another build directory.
+
+`python -m proxy.compiled status` prints which core a proxy started now would run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from importlib.machinery import EXTENSION_SUFFIXES, ExtensionFileLoader, ModuleSpec
+from importlib.util import spec_from_file_location
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+# The request path, compiled as one group. Left out: package __init__ files (re-exports),
+# the side channels (admin, httpio, control, certinfo, OTLP: not per request), interception
+# (root tools), identity (its ConnectionError subclass is beyond mypyc) and the retry
+# budget (mypyc cannot compile a keyword-only argument without default after defaulted
+# ones, RetryBudget.__init__'s `clock`).
+MODULES: tuple[str, ...] = (
+    "proxy.accept",
+    "proxy.accesslog",
+    "proxy.detect",
+    "proxy.downstream",
+    "proxy.fastpath",
+    "proxy.forward",
+    "proxy.http1.events",
+    "proxy.http1.grammar",
+    "proxy.http1.render",
+    "proxy.http1.request",
+    "proxy.http1.response",
+    "proxy.http1.stream",
+    "proxy.inbound.authz",
+    "proxy.inbound.stack",
+    "proxy.main",
+    "proxy.outbound.cluster",
+    "proxy.outbound.stack",
+    "proxy.policy.authz",
+    "proxy.policy.balancer",
+    "proxy.policy.clock",
+    "proxy.policy.fault",
+    "proxy.policy.limits",
+    "proxy.policy.outlier",
+    "proxy.policy.ratelimit",
+    "proxy.policy.retry",
+    "proxy.policy.weights",
+    "proxy.routing",
+    "proxy.snapshot",
+    "proxy.streams",
+    "proxy.tcp",
+    "proxy.telemetry",
+    "proxy.tracing.attributes",
+    "proxy.tracing.context",
+    "proxy.tracing.span",
+)
+
+ROOT = Path(__file__).resolve().parents[2]  # where `proxy/` is: sources are ROOT/proxy/...
+MANIFEST = "manifest.json"
+REBUILD = "python -m proxy.compiled build"
+
+
+@dataclass(frozen=True)
+class Status:
+    compiled: bool
+    detail: str  # what runs and why, for logs and `meshctl --version`
+
+    def __str__(self) -> str:
+        return f"{'compiled' if self.compiled else 'pure Python'} ({self.detail})"
+
+
+STATUS = Status(False, "not activated")
+
+
+def core_dir() -> Path:
+    return Path(os.environ.get("MESH_CORE_DIR") or ROOT / "build" / "core")
+
+
+def source_of(module: str, root: Path = ROOT) -> Path:
+    return root.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _Finder:
+    """Serves the compiled modules (and mypyc's shared runtime module) from the build."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+
+    def find_spec(
+        self, fullname: str, path: object = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        file = self.files.get(fullname)
+        if file is None:
+            return None
+        return spec_from_file_location(fullname, file, loader=ExtensionFileLoader(fullname, file))
+
+
+def check(directory: Path, root: Path = ROOT) -> tuple[dict[str, str] | None, str]:
+    """(module -> extension file, detail) when the build in `directory` is current, else
+    (None, why not). Reads the manifest and hashes the sources; imports nothing."""
+    try:
+        manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None, f"no compiled core in {directory}; `{REBUILD}` makes one"
+    except (OSError, ValueError) as exc:
+        return None, f"{directory / MANIFEST}: unreadable ({exc}); `{REBUILD}` remakes it"
+    suffix = manifest.get("suffix")
+    if suffix not in EXTENSION_SUFFIXES:
+        return None, (
+            f"built for {suffix!r}, this Python loads {EXTENSION_SUFFIXES[0]!r}; `{REBUILD}`"
+        )
+    files: dict[str, str] = {}
+    modules: dict[str, dict[str, str]] = manifest.get("modules", {})
+    if sorted(modules) != sorted(MODULES):
+        return None, f"built for another module list than this source's; `{REBUILD}`"
+    for name, entry in modules.items():
+        src = source_of(name, root)
+        try:
+            current = digest(src)
+        except OSError:
+            return None, f"{src} is missing"
+        if current != entry.get("sha256"):
+            rel = src.relative_to(root) if src.is_relative_to(root) else src
+            return None, f"{rel} changed since the compiled core was built; `{REBUILD}`"
+        files[name] = str(directory / entry["file"])
+    for name, file in manifest.get("support", {}).items():
+        files[name] = str(directory / file)
+    missing = [f for f in files.values() if not os.path.exists(f)]
+    if missing:
+        return None, f"{missing[0]} is missing; `{REBUILD}`"
+    built = manifest.get("built", "?")
+    return files, f"mypyc {manifest.get('mypy', '?')}, {len(modules)} modules, built {built}"
+
+
+def activate() -> Status:
+    """Install the finder when the build is current; idempotent. Called by proxy/__init__."""
+    global STATUS
+    if any(isinstance(f, _Finder) for f in sys.meta_path):
+        return STATUS
+    if os.environ.get("MESH_COMPILED", "1") == "0":
+        STATUS = Status(False, "MESH_COMPILED=0")
+        return STATUS
+    already = [m for m in MODULES if m in sys.modules]
+    if already:  # too late to swap: they would run as a mix
+        STATUS = Status(False, f"{already[0]} was imported before proxy/__init__")
+        return STATUS
+    files, detail = check(core_dir())
+    if files is not None:
+        sys.meta_path.insert(0, _Finder(files))
+    STATUS = Status(files is not None, detail)
+    return STATUS
