@@ -23,6 +23,8 @@ keep-alive requests through A -> mTLS -> B -> nginx (bench.systems' config and 1
 and each proxy writes its counts when it exits (SIGTERM: its own clean shutdown). The
 proxies run the plain Python modules (MESH_COMPILED=0): the compiled core's C emits no
 trace events, and what is counted is the source's work, which both cores execute.
+`--compiled` runs them on the compiled core instead: what is counted then is the Python
+that stays interpreted beside it (library code, uncompiled modules, generated __init__s).
 """
 
 from __future__ import annotations
@@ -54,19 +56,25 @@ def _wrap(out: str, module: str, argv: list[str]) -> None:
     ops: collections.Counter[tuple[str, int, str]] = collections.Counter()
     calls: collections.Counter[tuple[str, int, str]] = collections.Counter()
 
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "opcode":
-            code = frame.f_code
-            ops[(code.co_filename, code.co_firstlineno, code.co_name)] += 1
-        return local
-
     def tracer(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "call":
-            code = frame.f_code
-            calls[(code.co_filename, code.co_firstlineno, code.co_name)] += 1
-            frame.f_trace_opcodes = True
+        if event != "call":
+            return None
+        code = frame.f_code
+        name = code.co_name
+        if code.co_filename == "<string>" and code.co_argcount:
+            # Generated code (a dataclass's __init__, a NamedTuple's __new__): name its class.
+            first = frame.f_locals.get(code.co_varnames[0])
+            name = f"{(first if isinstance(first, type) else type(first)).__name__}.{name}"
+        key = (code.co_filename, code.co_firstlineno, name)
+        calls[key] += 1
+        frame.f_trace_opcodes = True
+
+        def local(frame: FrameType, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                ops[key] += 1
             return local
-        return None
+
+        return local
 
     def dump() -> None:
         sys.settrace(None)
@@ -97,7 +105,7 @@ def _short(filename: str) -> str:
 
 # -- the run ---------------------------------------------------------------------------------
 
-def measure(requests: int, warmup: int = 50) -> dict[str, Any]:
+def measure(requests: int, warmup: int = 50, compiled: bool = False) -> dict[str, Any]:
     """Build registry, proxies A and B and nginx; count per request; tear it all down."""
     sys.path.insert(0, str(REPO))
     from bench.systems import MESH_YAML, write_nginx
@@ -122,7 +130,8 @@ def measure(requests: int, warmup: int = 50) -> dict[str, Any]:
     mesh.env["MESH_LOG"] = "WARNING"
     mesh.env["PYTHONPATH"] = str(REPO)  # the proxies run this tree, wherever we were started
     # The Python source's work: compiled modules (proxy/compiled) emit no trace events.
-    mesh.env["MESH_COMPILED"] = "0"
+    # With `compiled`, what is counted is what stays interpreted next to the compiled core.
+    mesh.env["MESH_COMPILED"] = "1" if compiled else "0"
     counts = {role: tmp / f"opcount-{role}.json" for role in "AB"}
     procs = []
     try:
@@ -185,8 +194,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json", type=Path, help="write the whole result here")
+    p.add_argument("--compiled", action="store_true",
+                   help="run the proxies on the compiled core (proxy/compiled): count what "
+                        "stays interpreted beside it")
     args = p.parse_args(argv)
-    result = measure(args.requests)
+    result = measure(args.requests, compiled=args.compiled)
     for role, name in (("A", "the caller's proxy"), ("B", "the upstream's proxy")):
         r = result[role]
         print(f"{role} ({name}): {r['opcodes_per_request']:.0f} bytecodes and "

@@ -115,7 +115,12 @@ class Target:
     host: str = ""  # the endpoint ("ip:port") the balancer knows it by
 
 
-@dataclass(slots=True)
+# Result, Plan, Prep and Started are built once per request: each writes its __init__ out
+# (init=False), which mypyc compiles to C; the one @dataclass generates stays interpreted
+# even in the compiled core (proxy/compiled, docs/performance.md).
+
+
+@dataclass(slots=True, init=False)
 class Result:
     status: int
     flags: str
@@ -125,8 +130,26 @@ class Result:
     attempts: int
     keep_alive: bool  # the downstream connection may carry another request
 
+    def __init__(
+        self,
+        status: int,
+        flags: str,
+        req_bytes: int,
+        resp_bytes: int,
+        upstream: str,
+        attempts: int,
+        keep_alive: bool,
+    ) -> None:
+        self.status = status
+        self.flags = flags
+        self.req_bytes = req_bytes
+        self.resp_bytes = resp_bytes
+        self.upstream = upstream
+        self.attempts = attempts
+        self.keep_alive = keep_alive
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Plan:
     """Per-request decisions made by the stack before forwarding (from the route)."""
 
@@ -142,8 +165,30 @@ class Plan:
     # Called once with the whole body when it fit the replay buffer (traffic mirroring).
     mirror: Callable[[Request, bytes], None] | None = None
 
+    def __init__(
+        self,
+        pick: Callable[[frozenset[str]], Target | None],
+        add_request_headers: Headers,
+        remove_request_headers: frozenset[bytes],
+        drop_request_headers: frozenset[bytes],
+        retry: RetryParams | None,
+        timeout_s: float | None,
+        response_headers: Callable[[Headers], Headers] | None = None,
+        may_retry: Callable[[], bool] | None = None,
+        mirror: Callable[[Request, bytes], None] | None = None,
+    ) -> None:
+        self.pick = pick
+        self.add_request_headers = add_request_headers
+        self.remove_request_headers = remove_request_headers
+        self.drop_request_headers = drop_request_headers
+        self.retry = retry
+        self.timeout_s = timeout_s
+        self.response_headers = response_headers
+        self.may_retry = may_retry
+        self.mirror = mirror
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Prep:
     """A request's decisions, made synchronously before any I/O by the stack's `prepare`
     (shared by the coroutine path and proxy.fastpath): the plan to forward it by, or the
@@ -157,6 +202,24 @@ class Prep:
     result: Result | None = None
     release: Callable[[], None] | None = None
     later: Callable[[Channel], Awaitable[Prep]] | None = None
+
+    def __init__(
+        self,
+        hop: Hop | None,
+        plan: Plan | None = None,
+        pool: Pool | None = None,
+        reply: bytes = b"",
+        result: Result | None = None,
+        release: Callable[[], None] | None = None,
+        later: Callable[[Channel], Awaitable[Prep]] | None = None,
+    ) -> None:
+        self.hop = hop
+        self.plan = plan
+        self.pool = pool
+        self.reply = reply
+        self.result = result
+        self.release = release
+        self.later = later
 
 
 def local_prep(
@@ -176,7 +239,7 @@ def local_prep(
     )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Started:
     """What the fast path (proxy.fastpath) already did with a request it hands over: the
     whole body read, maybe a target picked for attempt 1, maybe that attempt's outcome
@@ -185,6 +248,16 @@ class Started:
     body: bytes
     target: Target | None = None
     attempt: tuple[Outcome, Conn | None, Response | None] | None = None
+
+    def __init__(
+        self,
+        body: bytes,
+        target: Target | None = None,
+        attempt: tuple[Outcome, Conn | None, Response | None] | None = None,
+    ) -> None:
+        self.body = body
+        self.target = target
+        self.attempt = attempt
 
 
 async def complete(

@@ -36,9 +36,9 @@ from typing import Any
 
 # The request path, compiled as one group. Left out: package __init__ files (re-exports),
 # the side channels (admin, httpio, control, certinfo, OTLP: not per request), interception
-# (root tools), identity (its ConnectionError subclass is beyond mypyc) and the retry
-# budget (mypyc cannot compile a keyword-only argument without default after defaulted
-# ones, RetryBudget.__init__'s `clock`).
+# (root tools) and identity (its ConnectionError subclass is beyond mypyc). mypyc cannot
+# compile a required keyword-only argument after defaulted ones: RetryBudget takes `clock`
+# first.
 MODULES: tuple[str, ...] = (
     "proxy.accept",
     "proxy.accesslog",
@@ -59,6 +59,7 @@ MODULES: tuple[str, ...] = (
     "proxy.outbound.stack",
     "proxy.policy.authz",
     "proxy.policy.balancer",
+    "proxy.policy.budget",
     "proxy.policy.clock",
     "proxy.policy.fault",
     "proxy.policy.limits",

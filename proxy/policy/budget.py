@@ -37,11 +37,11 @@ class RetryBudget:
 
     def __init__(
         self,
+        *,
+        clock: Clock,
         ratio: float = 0.2,
         min_per_s: int = 10,
         ttl_s: float = 10.0,
-        *,
-        clock: Clock,
     ) -> None:
         if not 1.0 <= ttl_s <= 60.0:
             raise ValueError(f"retry budget ttl must be within 1..60 s, got {ttl_s}")

@@ -21,7 +21,7 @@ reads B3 keeps working.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from dataclasses import dataclass
 
 W3C = 1
 B3_SINGLE = 2
@@ -42,13 +42,23 @@ _HEX = frozenset(b"0123456789abcdef")
 Headers = list[tuple[bytes, bytes]]
 
 
-class Parent(NamedTuple):
-    """The context a request arrived with. trace_id 0: none (only a sampling decision)."""
+@dataclass(slots=True, init=False)
+class Parent:
+    """The context a request arrived with. trace_id 0: none (only a sampling decision).
+
+    One per request that carries a context: the written __init__ compiles to C (see
+    proxy/http1/events.py)."""
 
     trace_id: int
     span_id: int
     sampled: bool | None  # None: the caller left the decision to us
     formats: int  # bit set of W3C | B3_SINGLE | B3_MULTI seen on the request
+
+    def __init__(self, trace_id: int, span_id: int, sampled: bool | None, formats: int) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.sampled = sampled
+        self.formats = formats
 
 
 def _hex(raw: bytes, sizes: tuple[int, ...]) -> int:
