@@ -75,13 +75,13 @@ else
 fi
 
 # The compiled core: the proxy's request path built with mypyc into build/core/ (about
-# 90 s). A proxy uses it only while it matches the sources (an edit falls back to pure
+# a minute). A proxy uses it only while it matches the sources (an edit falls back to pure
 # Python until the next build); MESH_COMPILED=0 skips it here and turns it off at run time.
 if [ "${MESH_COMPILED:-1}" != 0 ]; then
   if .venv/bin/python -m proxy.compiled status >/dev/null 2>&1; then
     say "compiled core is current"
   else
-    say "compiling the proxy's request path (mypyc, about 90 s)"
+    say "compiling the proxy's request path (mypyc, about a minute)"
     mkdir -p build
     if .venv/bin/python -m proxy.compiled build >build/core-build.log 2>&1; then
       tail -n 1 build/core-build.log

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench import plots
 from bench.suite import METRICS
-from bench.systems import FLOOR
+from bench.systems import FLOOR, INTERPRETED
 
 KEEP_START, KEEP_END = "<!-- bench:keep:start -->", "<!-- bench:keep:end -->"
 TABLE_METRICS = ("added_p50_ms", "added_p99_ms", "p50_ms", "p90_ms", "p99_ms", "p99.9_ms",
@@ -49,18 +49,22 @@ def _table(result: dict[str, Any], variant: str, topo: str = "") -> list[str]:
     s, r = result["summary"], result["ratios"]
     plain = f"{topo}haproxy-plain-{variant}" in s or not topo
     floor = not topo and variant == "http" and FLOOR in s
+    interp = not topo and variant == "http" and INTERPRETED in s
     mplain = f"{topo}meshctl-plain-{variant}" in s
     cols = [f"{topo}meshctl-mtls-{variant}",
+            *([INTERPRETED] if interp else []),
             *([f"{topo}meshctl-plain-{variant}"] if mplain else []),
             f"{topo}haproxy-tls-{variant}",
             *([f"{topo}haproxy-plain-{variant}"] if plain else []),
             *([FLOOR] if floor else []), f"{topo}direct"]
-    heads = ["meshctl mTLS", *(["meshctl plain"] if mplain else []), "HAProxy TLS",
+    heads = ["meshctl mTLS", *(["meshctl mTLS, interpreted"] if interp else []),
+             *(["meshctl plain"] if mplain else []), "HAProxy TLS",
              *(["HAProxy plain"] if plain else []),
              *(["Python floor (bare relay, TLS)"] if floor else []), "direct",
              "meshctl / HAProxy TLS", *(["meshctl / HAProxy plain"] if plain else []),
              *(["meshctl plain / HAProxy plain"] if mplain and plain else []),
-             *(["meshctl / floor", "floor / HAProxy TLS"] if floor else [])]
+             *(["meshctl / floor", "floor / HAProxy TLS"] if floor else []),
+             *(["compiled / interpreted"] if interp else [])]
     pairs = [r.get(f"{topo}meshctl-mtls-{variant} / {topo}haproxy-{ref}-{variant}", {})
              for ref in ("tls", *(["plain"] if plain else []))]
     if mplain and plain:
@@ -68,6 +72,8 @@ def _table(result: dict[str, Any], variant: str, topo: str = "") -> list[str]:
     if floor:
         pairs += [r.get(f"meshctl-mtls-http / {FLOOR}", {}),
                   r.get(f"{FLOOR} / haproxy-tls-http", {})]
+    if interp:
+        pairs.append(r.get(f"meshctl-mtls-http / {INTERPRETED}", {}))
     lines = ["| metric | unit | " + " | ".join(heads) + " |",
              "|---|---|" + "---|" * len(heads)]
     for key in TABLE_METRICS:
@@ -274,6 +280,10 @@ def render(result: dict[str, Any], report: Path, plot_paths: list[Path] | str,
         "one. Not a product: what any Python proxy costs before it does a proxy's work; "
         "meshctl / floor is what our per-request work costs, floor / HAProxy TLS what the "
         "language and the event loop cost.",
+        "- meshctl mTLS runs the proxies' compiled core (proxy/compiled: the request path "
+        "built with mypyc, see the Tools line); meshctl mTLS, interpreted (HTTP table) is the "
+        "same path with both proxies on the plain Python modules (`MESH_COMPILED=0`): "
+        "compiled / interpreted is what the compiled core buys.",
         "- meshctl plain: the same two proxies with plaintext between them (the upstream's "
         "DestinationRule says `tls.mode: DISABLE`, its PeerAuthentication PERMISSIVE): "
         "compare with HAProxy plain.",

@@ -21,7 +21,17 @@ from typing import Any
 
 from bench import load
 from bench.procs import cpus
-from bench.systems import FLOOR, NETNS, REPO, VARIANTS, Lab, System, direct_of, system_names
+from bench.systems import (
+    FLOOR,
+    INTERPRETED,
+    NETNS,
+    REPO,
+    VARIANTS,
+    Lab,
+    System,
+    direct_of,
+    system_names,
+)
 
 
 @dataclass(frozen=True)
@@ -183,8 +193,10 @@ def ratios(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[st
                         and k not in NOT_COMPARED}
     # The Python floor (bench/pyrelay.py): meshctl over it, and it over HAProxy TLS.
     floor, mesh, tls = (summary.get(n) for n in (FLOOR, "meshctl-mtls-http", "haproxy-tls-http"))
+    interp = summary.get(INTERPRETED)
     for a, b, name in ((mesh, floor, f"meshctl-mtls-http / {FLOOR}"),
-                       (floor, tls, f"{FLOOR} / haproxy-tls-http")):
+                       (floor, tls, f"{FLOOR} / haproxy-tls-http"),
+                       (mesh, interp, f"meshctl-mtls-http / {INTERPRETED}")):
         if a and b:
             out[name] = {k: round(a[k]["median"] / b[k]["median"], 3) for k in a
                          if k in b and b[k]["median"] not in (0, 0.0) and k not in NOT_COMPARED}

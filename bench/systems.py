@@ -4,6 +4,8 @@
     meshctl-mtls-{http,tcp}  wrk -> proxy A (explicit upstream listener) -> mTLS -> proxy B -> nginx
     meshctl-plain-{http,tcp} the same with plaintext between the proxies (DestinationRule
                              tls.mode DISABLE, PeerAuthentication PERMISSIVE on the upstream)
+    meshctl-interpreted-http meshctl-mtls-http with both proxies on the interpreted modules
+                             (MESH_COMPILED=0): what the compiled core (proxy/compiled) buys
     haproxy-plain-{http,tcp} wrk -> haproxy A -> haproxy B -> nginx
     haproxy-tls-{http,tcp}   wrk -> haproxy A -> TLS 1.3, client certificates -> haproxy B -> nginx
     netns-*                  the same across two network namespaces, meshctl with iptables
@@ -40,6 +42,8 @@ TOPOLOGIES = ("loopback", "netns")
 NETNS = "netns-"  # the prefix of the netns topology's systems (bench/netns.py)
 # The floor of a Python proxy: a bare uvloop byte relay, TLS between the hops (bench/pyrelay.py).
 FLOOR = "pyrelay-tls-http"
+# meshctl mTLS HTTP with the proxies' compiled core off (MESH_COMPILED=0), in the same run.
+INTERPRETED = "meshctl-interpreted-http"
 
 
 def system_names(variants: tuple[str, ...] = VARIANTS,
@@ -53,7 +57,7 @@ def system_names(variants: tuple[str, ...] = VARIANTS,
         for variant in variants:
             names += [f"{kind}-{variant}" for kind in KINDS[1:]]
             if variant == "http":
-                names.append(FLOOR)
+                names += [FLOOR, INTERPRETED]
     if "netns" in topologies:
         names += netns.names(variants)
     return names
@@ -348,10 +352,14 @@ class Lab:
             if name.startswith("meshctl-plain-"):
                 service = "upstream-plain" if variant == "http" else "upstream-plain-tcp"
             local = free_port()
+            env = mesh.env
+            if name == INTERPRETED:
+                mesh.env = {**env, "MESH_COMPILED": "0"}
             try:
                 b = mesh.proxy(service, "v1", app_port=self.nginx_port)
                 a = mesh.proxy("client", "v1", upstreams={f"{service}:8080": local})
             finally:
+                mesh.env = env
                 self._adopt(mesh, self.proxy_core)
             system = System(name, f"http://127.0.0.1:{local}/")
             system.proxies = {"A": self._wrap(a["proc"], f"{name}-A"),

@@ -42,12 +42,15 @@ def test_plain_and_floor_ratios() -> None:
             "meshctl-mtls-http": [_raw(600, 1000, 0.2)],
             "haproxy-plain-http": [_raw(200, 8000, 0.1)],
             "haproxy-tls-http": [_raw(300, 4000, 0.1)],
-            "pyrelay-tls-http": [_raw(240, 5000, 0.1)]}
+            "pyrelay-tls-http": [_raw(240, 5000, 0.1)],
+            "meshctl-interpreted-http": [_raw(750, 800, 0.2)]}
     r = ratios(summarise(runs))
     assert r["meshctl-plain-http / haproxy-plain-http"]["cpu_ms_per_1k"] == 2.0
     assert "meshctl-plain-http / haproxy-tls-http" not in r  # plain is compared with plain
     assert r["meshctl-mtls-http / pyrelay-tls-http"]["max_rps"] == 0.2
     assert r["pyrelay-tls-http / haproxy-tls-http"]["max_rps"] == 1.25
+    # The compiled core against the same path on the interpreted modules.
+    assert r["meshctl-mtls-http / meshctl-interpreted-http"]["max_rps"] == 1.25
 
 
 def _summary(median: float, lo: float, hi: float) -> dict[str, Any]:
@@ -102,7 +105,8 @@ def test_netns_systems_are_named_apart_and_measured_against_their_own_direct() -
     assert system_names(("http",), ("netns",)) == [
         "netns-direct", "netns-meshctl-mtls-http", "netns-haproxy-tls-http"]
     both = system_names(("http", "tcp"), ("loopback", "netns"))
-    assert both[0] == "direct" and "netns-haproxy-tls-tcp" in both and len(both) == 15
+    assert both[0] == "direct" and "netns-haproxy-tls-tcp" in both and len(both) == 16
+    assert "meshctl-interpreted-http" in both  # loopback HTTP only
     assert system_names() == system_names(("http", "tcp"), ("loopback",))
     assert direct_of("netns-meshctl-mtls-http") == "netns-direct"
     assert direct_of("meshctl-mtls-http") == "direct"
