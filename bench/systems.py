@@ -96,7 +96,21 @@ services:
   upstream-plain-tcp:
     ports:
       - {port: 8080, protocol: tcp, name: tcp}
+  upstream-interpreted:
+    ports:
+      - {port: 8080, protocol: http, name: http}
 """
+
+
+def upstream_service(name: str) -> str:
+    """The upstream service of a loopback meshctl system. One each: two systems sharing a
+    service would balance each other's requests across both their B proxies."""
+    variant = name.rsplit("-", 1)[1]
+    if name == INTERPRETED:
+        return "upstream-interpreted"
+    if name.startswith("meshctl-plain-"):
+        return "upstream-plain" if variant == "http" else "upstream-plain-tcp"
+    return "upstream" if variant == "http" else "upstream-tcp"
 
 # The plaintext hop (meshctl-plain-*): the client's proxy sends plaintext to these two
 # upstreams, whose proxies accept it.
@@ -347,10 +361,7 @@ class Lab:
         finally:
             self._adopt(mesh, self.load_core)
         for name in names:
-            variant = name.rsplit("-", 1)[1]
-            service = "upstream" if variant == "http" else "upstream-tcp"
-            if name.startswith("meshctl-plain-"):
-                service = "upstream-plain" if variant == "http" else "upstream-plain-tcp"
+            service = upstream_service(name)
             local = free_port()
             env = mesh.env
             if name == INTERPRETED:

@@ -99,6 +99,17 @@ def test_haproxy_tls_hop_requires_client_certificates_both_ways() -> None:
     assert "mode tcp" in a and "ssl" not in a + b and "server up 127.0.0.1:3" in b
 
 
+def test_every_loopback_meshctl_system_has_an_upstream_service_of_its_own() -> None:
+    """Two systems on one service would share their B proxies: the balancer would send part
+    of one system's requests to the other's B, whose CPU then counts as noise."""
+    from bench.systems import MESH_YAML, system_names, upstream_service
+
+    mesh = [n for n in system_names() if n.startswith("meshctl-")]
+    services = [upstream_service(n) for n in mesh]
+    assert len(set(services)) == len(mesh) == 5
+    assert all(f"  {s}:\n" in MESH_YAML for s in services)
+
+
 def test_netns_systems_are_named_apart_and_measured_against_their_own_direct() -> None:
     from bench.systems import direct_of, system_names
 
