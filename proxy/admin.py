@@ -1,4 +1,5 @@
-"""Admin (localhost 15000: /ready, /config_dump, /stats, /certs, /tap); Prometheus (/metrics).
+"""Admin (localhost 15000: /ready, /config_dump, /stats, /certs, /server_info, /tap);
+Prometheus (/metrics).
 
 `/tap` streams the requests this proxy finishes as NDJSON, for `meshctl tap` and `meshctl
 top`. It is fed from `Proxy.record` through `TapHub`: with nobody tapping, the hub is
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshctl.promtext import MetricWriter
 from meshctl.state import atomic_write
+from proxy import compiled
 from proxy.forward import Result
 from proxy.http1 import Request
 from proxy.httpio import ChunkWriter, Handler, Reply, Server, ServerRequest, json_reply, text_reply
@@ -212,6 +214,18 @@ def admin_routes(proxy: Proxy) -> dict[str, Handler]:
             }
         )
 
+    async def server_info(_: ServerRequest) -> Reply:
+        # As Envoy's /server_info: what this process is. `core`: the compiled request path
+        # (proxy/compiled) or the interpreted modules, and why.
+        core = compiled.STATUS
+        return json_reply(
+            {
+                "proxy_id": proxy.proxy_id,
+                "pid": os.getpid(),
+                "core": {"compiled": core.compiled, "detail": core.detail},
+            }
+        )
+
     async def tap(request: ServerRequest) -> Reply:
         hub = proxy.tap
         if hub.clients >= TAP_MAX_CLIENTS:
@@ -248,6 +262,7 @@ def admin_routes(proxy: Proxy) -> dict[str, Handler]:
         "/config_dump": config_dump,
         "/stats": stats,
         "/certs": certs,
+        "/server_info": server_info,
         "/tap": tap,
     }
 

@@ -54,6 +54,8 @@ class Facts:
     mode: str | None = None
     netns: list[str] = field(default_factory=list)  # transparent mode's namespaces
     iptables: dict[str, bool | str] = field(default_factory=dict)  # netns -> installed / error
+    # proxy id -> (runs the compiled core, why or why not), from its /server_info
+    cores: dict[str, tuple[bool, str]] = field(default_factory=dict)
 
 
 def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
@@ -76,6 +78,12 @@ def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
         left = certs.get("seconds_left") if isinstance(certs, dict) else None
         if isinstance(left, (int, float)):
             facts.local_not_after[p.proxy_id] = time.time() + float(left)
+        try:
+            core = p.admin_json("/server_info", timeout=3).get("core")
+        except (ObserveError, AttributeError):
+            continue
+        if isinstance(core, dict):
+            facts.cores[p.proxy_id] = (core.get("compiled") is True, str(core.get("detail")))
     _plan(home, facts)
     if facts.netns:
         check = iptables or _iptables_installed
@@ -133,6 +141,7 @@ def evaluate(f: Facts) -> list[Result]:
     out.extend(_proxies(st, version, f.lifetimes, f.local_time))
     out.extend(_skew(f))
     out.extend(_iptables(f))
+    out.extend(_cores(f))
     return out
 
 
@@ -203,6 +212,18 @@ def _iptables(f: Facts) -> Iterable[Result]:
             yield Result("iptables", ns, FAIL, "interception rules missing: `meshctl up` again")
         else:
             yield Result("iptables", ns, WARN, f"cannot tell: {got}")
+
+
+def _cores(f: Facts) -> Iterable[Result]:
+    """Which request path each local proxy runs: interpreted works, at more CPU per request
+    (docs/performance.md), so it is a warning unless asked for."""
+    for pid, (compiled, detail) in sorted(f.cores.items()):
+        if compiled:
+            yield Result("core", pid, OK, f"compiled ({detail})")
+        elif detail == "MESH_COMPILED=0":
+            yield Result("core", pid, OK, "interpreted, as asked (MESH_COMPILED=0)")
+        else:
+            yield Result("core", pid, WARN, f"interpreted, more CPU per request: {detail}")
 
 
 def worst(results: Iterable[Result]) -> str:

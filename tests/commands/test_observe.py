@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from meshctl.commands import check, proxy_config, stat, tap, top, why
 from meshctl.observe.promtext import parse
+from proxy import compiled
 from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.slow
@@ -230,6 +231,12 @@ def test_check_passes_then_fails_on_a_config_error(live: Live) -> None:
         assert checks[("proxy", pid)]["status"] == "ok"
         assert checks[("certificate", pid)]["status"] == "ok"
         assert "100%" in checks[("certificate", pid)]["detail"]
+        # Which request path the proxy runs (its /server_info): the same as this process.
+        core = checks[("core", pid)]
+        if compiled.STATUS.compiled:
+            assert core["status"] == "ok" and core["detail"].startswith("compiled ("), core
+        else:
+            assert core["detail"].startswith("interpreted"), core
     (live.mesh.config / "broken.yaml").write_text(
         "kind: VirtualService\napiVersion: networking.istio.io/v1\n"
         "metadata: {name: x}\nspec:\n  hosts: [nope]\n"

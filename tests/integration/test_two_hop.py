@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy import compiled
 from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.slow
@@ -40,6 +41,11 @@ def test_request_crosses_two_proxies_with_mtls_identity(mesh: Mesh) -> None:
     text = metrics.decode()
     assert 'istio_requests_total{reporter="source"' in text
     assert 'destination_service_name="orders"' in text and 'response_code="200"' in text
+    # /server_info names the request path the proxy runs: the compiled core exactly when
+    # it is current for this tree and not switched off (the test runner sees the same).
+    info = json.loads(http_get(f"http://127.0.0.1:{front['admin']}/server_info")[1])
+    assert info["proxy_id"] == front["id"]
+    assert info["core"]["compiled"] is compiled.STATUS.compiled, (info, compiled.STATUS)
 
 
 def test_spoofed_identity_header_is_replaced(mesh: Mesh) -> None:

@@ -82,3 +82,20 @@ def test_check_judges_proxies_certificates_and_skew() -> None:
     assert got[("clock", "registry")].status == WARN
     assert worst(got.values()) == FAIL
     assert evaluate(Facts(registry_error="down"))[0].status == FAIL
+
+
+def test_check_says_which_core_each_proxy_runs() -> None:
+    facts = Facts(
+        status={"config_version": 1, "proxies": []},
+        registry_date=1.0,
+        local_time=1.0,
+        cores={
+            "a": (True, "mypyc 1.0, 35 modules, built now"),
+            "b": (False, "proxy/fastpath.py changed since the compiled core was built"),
+            "c": (False, "MESH_COMPILED=0"),
+        },
+    )
+    got = {r.subject: r for r in evaluate(facts) if r.check == "core"}
+    assert got["a"].status == OK and got["a"].detail.startswith("compiled (mypyc")
+    assert got["b"].status == WARN and "proxy/fastpath.py changed" in got["b"].detail
+    assert got["c"].status == OK and "as asked" in got["c"].detail
