@@ -176,3 +176,17 @@ def test_the_installed_build_is_current_and_runs() -> None:
     compiled, file, detail = probe()
     assert compiled, detail
     assert file == files["proxy.fastpath"] and file.endswith(SUFFIX)
+
+
+def test_the_core_extra_has_the_stubs_the_type_check_needs() -> None:
+    """mypyc type-checks all the request path imports: the stub packages the test extra
+    installs for mypy must come with the `core` extra too, or `install.sh --run` (which
+    installs only `core`) builds nothing and the proxies run interpreted."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    stubs = {d for d in extras["test"] if d.startswith("types-")}
+    assert stubs and stubs <= set(extras["core"]), (stubs, extras["core"])
+    assert any(d.startswith("mypy") for d in extras["core"])
