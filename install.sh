@@ -25,9 +25,10 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # What the mesh itself needs: iptables for interception, iproute2 for network namespaces,
 # python3-venv for the virtualenv, a C compiler and the Python headers to compile the
-# proxy's request path (proxy/compiled: mypyc; without them the proxy runs as pure Python). What the tests and benchmarks add: real peers and
-# reference points (HAProxy, nginx, wrk, h2load, curl, Prometheus), a Docker engine and
-# debootstrap to build the example image locally, openssl to inspect certificates.
+# proxy's request path (proxy/compiled: mypyc; without them the proxy runs as pure Python).
+# What the tests and benchmarks add: real peers and reference points (HAProxy, nginx, wrk,
+# h2load, curl, Prometheus), a Docker engine and debootstrap to build the example image
+# locally, openssl to inspect certificates.
 BASE_PKGS=(python3 python3-venv python3-pip python3-dev gcc libc6-dev iptables iproute2
            ca-certificates)
 TEST_PKGS=(docker.io docker-compose haproxy nginx-light wrk nghttp2-client curl prometheus

@@ -112,6 +112,7 @@ def upstream_service(name: str) -> str:
         return "upstream-plain" if variant == "http" else "upstream-plain-tcp"
     return "upstream" if variant == "http" else "upstream-tcp"
 
+
 # The plaintext hop (meshctl-plain-*): the client's proxy sends plaintext to these two
 # upstreams, whose proxies accept it.
 PLAIN_YAML = "".join(f"""---

@@ -20,7 +20,7 @@ TLS_MIN = ssl.TLSVersion.TLSv1_3
 class PeerIdentityError(ConnectionError):
     """The peer proxy's certificate names another workload than the one dialled.
 
-    Defined here, outside the compiled core (proxy/compiled.py): mypyc cannot compile a
+    Defined here, outside the compiled core (proxy/compiled): mypyc cannot compile a
     subclass of ConnectionError, and a ConnectionError is what the connect path handles."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.observe.proxies import ObserveError, local_proxies
+from proxy.compiled import OFF
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 CERT_WARN_FRACTION = 0.25
@@ -220,8 +221,8 @@ def _cores(f: Facts) -> Iterable[Result]:
     for pid, (compiled, detail) in sorted(f.cores.items()):
         if compiled:
             yield Result("core", pid, OK, f"compiled ({detail})")
-        elif detail == "MESH_COMPILED=0":
-            yield Result("core", pid, OK, "interpreted, as asked (MESH_COMPILED=0)")
+        elif detail == OFF:
+            yield Result("core", pid, OK, f"interpreted, as asked ({OFF})")
         else:
             yield Result("core", pid, WARN, f"interpreted, more CPU per request: {detail}")
 

@@ -80,6 +80,7 @@ MODULES: tuple[str, ...] = (
 ROOT = Path(__file__).resolve().parents[2]  # where `proxy/` is: sources are ROOT/proxy/...
 MANIFEST = "manifest.json"
 REBUILD = "python -m proxy.compiled build"
+OFF = "MESH_COMPILED=0"  # Status.detail when the compiled core is switched off on purpose
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def check(directory: Path, root: Path = ROOT) -> tuple[dict[str, str] | None, st
         except OSError:
             return None, f"{src} is missing"
         if current != entry.get("sha256"):
-            rel = src.relative_to(root) if src.is_relative_to(root) else src
+            rel = src.relative_to(root)
             return None, f"{rel} changed since the compiled core was built; `{REBUILD}`"
         files[name] = str(directory / entry["file"])
     for name, file in manifest.get("support", {}).items():
@@ -158,20 +159,26 @@ def check(directory: Path, root: Path = ROOT) -> tuple[dict[str, str] | None, st
     return files, f"mypyc {manifest.get('mypy', '?')}, {len(modules)} modules, built {built}"
 
 
+def assess(directory: Path | None = None) -> tuple[dict[str, str] | None, Status]:
+    """What a proxy started now would run: the extension files to load (None: the .py
+    modules) and the Status saying so. For `activate` and `python -m proxy.compiled status`."""
+    if os.environ.get("MESH_COMPILED", "1") == "0":
+        return None, Status(False, OFF)
+    files, detail = check(directory or core_dir())
+    return files, Status(files is not None, detail)
+
+
 def activate() -> Status:
     """Install the finder when the build is current; idempotent. Called by proxy/__init__."""
     global STATUS
     if any(isinstance(f, _Finder) for f in sys.meta_path):
         return STATUS
-    if os.environ.get("MESH_COMPILED", "1") == "0":
-        STATUS = Status(False, "MESH_COMPILED=0")
-        return STATUS
-    already = [m for m in MODULES if m in sys.modules]
-    if already:  # too late to swap: they would run as a mix
-        STATUS = Status(False, f"{already[0]} was imported before proxy/__init__")
-        return STATUS
-    files, detail = check(core_dir())
+    files, status = assess()
     if files is not None:
-        sys.meta_path.insert(0, _Finder(files))
-    STATUS = Status(files is not None, detail)
+        already = [m for m in MODULES if m in sys.modules]
+        if already:  # too late to swap: they would run as a mix
+            status = Status(False, f"{already[0]} was imported before proxy/__init__")
+        else:
+            sys.meta_path.insert(0, _Finder(files))
+    STATUS = status
     return STATUS

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from proxy.compiled import MODULES, Status, check, core_dir
+from proxy.compiled import MODULES, assess, core_dir
 from proxy.compiled.build import build
 
 
@@ -26,10 +25,9 @@ def main(argv: list[str]) -> int:
         took = time.monotonic() - started
         print(f"compiled core: {manifest.parent} ({len(MODULES)} modules, {took:.0f} s)")
         return 0
-    files, detail = check(args.out or core_dir())
-    off = os.environ.get("MESH_COMPILED", "1") == "0"
-    print(Status(files is not None and not off, "MESH_COMPILED=0" if off else detail))
-    return 0 if files is not None and not off else 1
+    _, status = assess(args.out)
+    print(status)
+    return 0 if status.compiled else 1
 
 
 if __name__ == "__main__":
