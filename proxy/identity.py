@@ -37,8 +37,7 @@ class Identity:
     cert_pem: bytes = field(repr=False)
     bundle_pem: bytes = field(repr=False)
     not_after: datetime
-    client_ctx: ssl.SSLContext = field(repr=False)
-    server_ctx: ssl.SSLContext = field(repr=False)
+    client_ctx: ssl.SSLContext = field(repr=False)  # outbound: pools are keyed by Identity
 
     @classmethod
     def build(cls, key_file: Path, cert_pem: bytes, bundle_pem: bytes, files_dir: Path) -> Identity:
@@ -55,8 +54,7 @@ class Identity:
             cert_pem=cert_pem,
             bundle_pem=bundle_pem,
             not_after=info.not_after,
-            client_ctx=_context(ssl.PROTOCOL_TLS_CLIENT, cert_path, key_path, bundle_pem),
-            server_ctx=_context(ssl.PROTOCOL_TLS_SERVER, cert_path, key_path, bundle_pem),
+            client_ctx=_client_context(cert_path, key_path, bundle_pem),
         )
 
     def lifetime_left(self, now: datetime | None = None) -> float:
@@ -69,10 +67,10 @@ class DirectSSLObject(ssl.SSLObject):
 
     The stdlib's `SSLObject.read`/`write`/`pending` are Python functions that only pass the
     call on. The event loop's TLS layer (uvloop's and asyncio's sslproto) calls them once or
-    twice per record each way, so per request and hop they cost two to four Python frames,
-    about a tenth of a compiled proxy's CPU at saturation (perf, docs/performance.md).
-    Bound to the instance, the same calls go straight to C with the same arguments,
-    results and exceptions. `SSLContext.sslobject_class` is the documented hook for the
+    twice per record each way: two to four interpreted frames per request and hop, about
+    1.3 % of a compiled proxy's CPU at saturation (perf), and the last interpreted code on
+    proxy A's path. Bound to the instance, the same calls go straight to C with the same
+    arguments, results and exceptions. `SSLContext.sslobject_class` is the documented hook for the
     class; `_create` is the stdlib's constructor for it (3.7 to 3.13), extended here."""
 
     @classmethod
@@ -85,18 +83,25 @@ class DirectSSLObject(ssl.SSLObject):
         return self
 
 
-def _context(proto: int, cert: Path, key: Path, bundle_pem: bytes) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(proto)
+def tls_context(server: bool) -> ssl.SSLContext:
+    """A proxy-to-proxy TLS context with no certificate yet: TLS 1.3 only, the peer's
+    certificate required, the SNI remembered on the server side, DirectSSLObject."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.sslobject_class = DirectSSLObject
     ctx.minimum_version = TLS_MIN
-    ctx.load_cert_chain(cert, key)
-    ctx.load_verify_locations(cadata=bundle_pem.decode())
     ctx.verify_mode = ssl.CERT_REQUIRED
     # SVIDs carry no DNS names: the peer is checked by its SPIFFE ID (peer_identity), not by
     # hostname, as every SPIFFE-aware TLS client does.
     ctx.check_hostname = False
-    if proto == ssl.PROTOCOL_TLS_SERVER:
+    if server:
         ctx.sni_callback = _remember_sni
+    return ctx
+
+
+def _client_context(cert: Path, key: Path, bundle_pem: bytes) -> ssl.SSLContext:
+    ctx = tls_context(server=False)
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(cadata=bundle_pem.decode())
     return ctx
 
 

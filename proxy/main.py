@@ -10,7 +10,6 @@ import os
 import random
 import secrets
 import socket
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from proxy.downstream import HeadWatch
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
 from proxy.httpio import Server
-from proxy.identity import TLS_MIN, Identity
+from proxy.identity import Identity, tls_context
 from proxy.inbound.authz import decide, decide_tcp
 from proxy.inbound.stack import Inbound
 from proxy.outbound.cluster import ClusterRuntime, Clusters
@@ -103,14 +102,6 @@ def _env_percent(name: str) -> float:
     return value
 
 
-def _fresh_ctx(server: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = TLS_MIN
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 class Proxy:
     def __init__(self, opts: ProxyOptions) -> None:
         self.opts = opts
@@ -138,13 +129,10 @@ class Proxy:
         self._listeners: list[socket.socket] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._servers: list[Server] = []  # admin, metrics
-        # Contexts are long-lived; a renewal loads the new chain into them, so new
-        # handshakes use it and open connections keep theirs.
-        self.server_ctx = _fresh_ctx(True)
-        self.client_ctx = _fresh_ctx(False)
-        from proxy.identity import _remember_sni
-
-        self.server_ctx.sni_callback = _remember_sni
+        # The inbound context is long-lived; a renewal loads the new chain into it, so new
+        # handshakes use it and open connections keep theirs. (Outbound connections use
+        # the Identity's own client context: the pool keys them by identity.)
+        self.server_ctx = tls_context(server=True)
         self._rid = secrets.randbits(32)
         self._rid_prefix = self.proxy_id.encode()[-24:]  # request ids: prefix-counter
         self.clusters = Clusters()
@@ -180,9 +168,8 @@ class Proxy:
 
     def _on_identity(self, ident: Identity) -> None:
         cert, key = self.opts.home / "tls" / "svid.crt", self.opts.home / "tls" / "svid.key"
-        for ctx in (self.server_ctx, self.client_ctx):
-            ctx.load_cert_chain(cert, key)
-            ctx.load_verify_locations(cadata=ident.bundle_pem.decode())
+        self.server_ctx.load_cert_chain(cert, key)
+        self.server_ctx.load_verify_locations(cadata=ident.bundle_pem.decode())
         self.identity = ident
         gauges = self.telemetry.gauges
         gauges["meshctl_proxy_certificate_expiry_seconds"] = ident.not_after.timestamp()
