@@ -28,11 +28,12 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # proxy's request path (proxy/compiled: mypyc; without them the proxy runs as pure Python).
 # What the tests and benchmarks add: real peers and reference points (HAProxy, nginx, wrk,
 # h2load, curl, Prometheus), a Docker engine and debootstrap to build the example image
-# locally, openssl to inspect certificates.
+# locally, openssl to inspect certificates, valgrind to count instructions per request
+# (bench.instructions).
 BASE_PKGS=(python3 python3-venv python3-pip python3-dev gcc libc6-dev iptables iproute2
            ca-certificates)
 TEST_PKGS=(docker.io docker-compose haproxy nginx-light wrk nghttp2-client curl prometheus
-           debootstrap openssl procps systemd util-linux)
+           debootstrap openssl procps systemd util-linux valgrind)
 
 missing_pkgs() {
   local p out=()

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -106,68 +107,93 @@ def _short(filename: str) -> str:
 # -- the run ---------------------------------------------------------------------------------
 
 def measure(requests: int, warmup: int = 50, compiled: bool = False) -> dict[str, Any]:
-    """Build registry, proxies A and B and nginx; count per request; tear it all down."""
+    """Bytecodes and Python calls per request of proxies A and B (see the module doc)."""
+    counts: dict[str, Path] = {}
+
+    def wrap(role: str, argv: list[str], tmp: Path) -> list[str]:
+        counts[role] = tmp / f"opcount-{role}.json"
+        # [python, -m, meshctl, ...] -> [python, -m, bench.opcount, --wrap, FILE, meshctl, ...]
+        return [argv[0], "-m", "bench.opcount", "--wrap", str(counts[role]), *argv[2:]]
+
+    def start(procs: dict[str, Any]) -> None:
+        for p in procs.values():
+            p.p.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+
+    def stop(procs: dict[str, Any]) -> None:
+        for p in procs.values():  # each writes its counts at its own clean shutdown
+            p.p.send_signal(signal.SIGTERM)
+            p.p.wait(60)
+
+    two_hop(requests, warmup, compiled, wrap, start, stop)
+    result: dict[str, Any] = {"requests": requests}
+    for role in "AB":
+        rows = json.loads(counts[role].read_text())
+        result[role] = {
+            "opcodes_per_request": sum(r["opcodes"] for r in rows) / requests,
+            "calls_per_request": sum(r["calls"] for r in rows) / requests,
+            "functions": [
+                {**r, "opcodes": r["opcodes"] / requests, "calls": r["calls"] / requests}
+                for r in rows
+            ],
+        }
+    return result
+
+
+Wrap = Callable[[str, list[str], Path], list[str]]  # (role, proxy argv, run dir) -> argv
+Hook = Callable[[dict[str, Any]], None]  # called with {"A": Proc, "B": Proc}
+
+
+def two_hop(requests: int, warmup: int, compiled: bool, wrap: Wrap, start: Hook, stop: Hook,
+            ready_timeout: float = 30) -> None:
+    """Build registry, nginx and proxies A and B (each started through `wrap`), warm up,
+    call `start`, send `requests` sequential keep-alive requests through A -> mTLS -> B ->
+    nginx (bench.systems' config and 1 kB body), call `stop`; tear it all down. `stop`
+    must end the proxies (their counts are written then or before)."""
     sys.path.insert(0, str(REPO))
     from bench.systems import MESH_YAML, write_nginx
-    from tests.integration.harness import Mesh, Proc, free_port, wait_until
+    from tests.integration.harness import Mesh, Proc, free_port, http_get, wait_until
 
-    tmp = Path(tempfile.mkdtemp(prefix="meshctl-opcount-"))
+    tmp = Path(tempfile.mkdtemp(prefix="meshctl-count-"))
     (tmp / "config").mkdir()
     (tmp / "config" / "mesh.yaml").write_text(MESH_YAML)
     port = free_port()
     nginx = Proc(["nginx", "-p", str(tmp), "-c", str(write_nginx(tmp, f"127.0.0.1:{port}"))],
                  dict(os.environ), tmp / "nginx.log")
+
     class CountingMesh(Mesh):
-        counts_file: Path | None = None  # set: the next proxy started runs under --wrap
+        role: str | None = None  # set: the next proxy started runs through `wrap`
 
         def meshctl(self, *args: str) -> list[str]:
-            if self.counts_file is None:
-                return super().meshctl(*args)
-            return [sys.executable, "-m", "bench.opcount", "--wrap", str(self.counts_file),
-                    "meshctl", *args]
+            argv = super().meshctl(*args)
+            return argv if self.role is None else wrap(self.role, argv, tmp)
 
     mesh = CountingMesh(tmp / "mesh", tmp / "config")
     mesh.env["MESH_LOG"] = "WARNING"
     mesh.env["PYTHONPATH"] = str(REPO)  # the proxies run this tree, wherever we were started
-    # The Python source's work: compiled modules (proxy/compiled) emit no trace events.
-    # With `compiled`, what is counted is what stays interpreted next to the compiled core.
     mesh.env["MESH_COMPILED"] = "1" if compiled else "0"
-    counts = {role: tmp / f"opcount-{role}.json" for role in "AB"}
-    procs = []
     try:
         nginx.start()
         mesh.start_registry()
-        mesh.counts_file = counts["B"]
-        b = mesh.proxy("upstream", "v1", app_port=port)
+        mesh.role = "B"
+        b = mesh.proxy("upstream", "v1", app_port=port, wait=False)
         local = free_port()
-        mesh.counts_file = counts["A"]
-        a = mesh.proxy("client", "v1", upstreams={"upstream:8080": local})
-        mesh.counts_file = None
-        procs = [a["proc"], b["proc"]]
+        mesh.role = "A"
+        a = mesh.proxy("client", "v1", upstreams={"upstream:8080": local}, wait=False)
+        mesh.role = None
+        procs = {"A": a["proc"], "B": b["proc"]}
+        for info in (a, b):
+            wait_until(lambda info=info: http_get(f"http://127.0.0.1:{info['admin']}/ready")[0]
+                       == 200, timeout=ready_timeout, what=f"proxy {info['id']} ready")
         url = f"http://127.0.0.1:{local}/"
-        wait_until(lambda: _curl(url, 1), timeout=30, what="a request through both proxies")
+        wait_until(lambda: _curl(url, 1), timeout=ready_timeout,
+                   what="a request through both proxies")
         _curl(url, warmup)  # pools, caches and label sets in place before counting
-        for p in procs:
-            p.p.send_signal(signal.SIGUSR1)
-        time.sleep(0.5)
+        start(procs)
         if not _curl(url, requests):
-            logs = "\n".join(f"{p.log}: {p.log.read_text()[-2000:]}" for p in procs)
+            logs = "\n".join(f"{p.log}: {p.log.read_text()[-2000:]}" for p in procs.values())
             raise RuntimeError(f"requests failed while counting\n{logs}")
-        for p in procs:
-            p.p.send_signal(signal.SIGTERM)
-            p.p.wait(60)
-        result: dict[str, Any] = {"requests": requests}
-        for role in "AB":
-            rows = json.loads(counts[role].read_text())
-            result[role] = {
-                "opcodes_per_request": sum(r["opcodes"] for r in rows) / requests,
-                "calls_per_request": sum(r["calls"] for r in rows) / requests,
-                "functions": [
-                    {**r, "opcodes": r["opcodes"] / requests, "calls": r["calls"] / requests}
-                    for r in rows
-                ],
-            }
-        return result
+        stop(procs)
     finally:
         mesh.close()
         nginx.stop()
@@ -199,15 +225,23 @@ def main(argv: list[str]) -> int:
                         "stays interpreted beside it")
     args = p.parse_args(argv)
     result = measure(args.requests, compiled=args.compiled)
-    for role, name in (("A", "the caller's proxy"), ("B", "the upstream's proxy")):
-        r = result[role]
-        print(f"{role} ({name}): {r['opcodes_per_request']:.0f} bytecodes and "
-              f"{r['calls_per_request']:.1f} Python calls per request")
-        for f in r["functions"][: args.top]:
-            print(f"  {f['opcodes']:8.1f} {f['calls']:6.2f}  {f['function']}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    report(result, args.top, args.json,
+           lambda r: f"{r['opcodes_per_request']:.0f} bytecodes and "
+                     f"{r['calls_per_request']:.1f} Python calls per request",
+           lambda f: f"{f['opcodes']:8.1f} {f['calls']:6.2f}  {f['function']}")
     return 0
+
+
+def report(result: dict[str, Any], top: int, json_path: Path | None,
+           headline: Callable[[dict[str, Any]], str], row: Callable[[dict[str, Any]], str]
+           ) -> None:
+    """Print each proxy's `headline` and its `top` functions (`row`); save all as JSON."""
+    for role, name in (("A", "the caller's proxy"), ("B", "the upstream's proxy")):
+        print(f"{role} ({name}): {headline(result[role])}")
+        for f in result[role]["functions"][:top]:
+            print(f"  {row(f)}")
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
