@@ -2,12 +2,12 @@
 
 The request path's modules (MODULES) are plain, strictly typed Python; mypyc compiles the
 same files to C extensions, which run the same code with less interpreter work per
-request (docs/performance.md has the figures). There is one source: nothing here is a
-second implementation.
+request (docs/performance.md has the figures). The only second implementations are the
+NATIVE modules: the hottest loops in C, each beside the pure-Python twin it must agree with.
 
-- `python -m proxy.compiled build` compiles MODULES into build/core/ (install.sh runs it)
-  and writes build/core/manifest.json: each module's extension file and the sha256 of the
-  source it was built from.
+- `python -m proxy.compiled build` compiles MODULES into build/core/ (install.sh runs it),
+  with the few hand-written C modules (NATIVE), and writes build/core/manifest.json: each
+  module's extension file and the sha256 of the source it was built from.
 - At import, proxy/__init__ calls `activate()`. When the manifest was built for this
   interpreter's extension ABI and every source file still has the digest it was built
   from, one finder on sys.meta_path serves those modules from build/core/. Otherwise
@@ -77,6 +77,12 @@ MODULES: tuple[str, ...] = (
     "proxy.tracing.span",
 )
 
+# Written in C by hand, built with the same command and loaded on the same terms: module ->
+# its source from ROOT. Each has a pure-Python twin that runs when the core is interpreted,
+# and tests hold the two to the same answers (the C file's first comment names them).
+NATIVE: dict[str, str] = {"proxy.http1._speedups": "proxy/http1/_speedups.c"}
+CORE: tuple[str, ...] = (*MODULES, *NATIVE)  # every module a build holds
+
 ROOT = Path(__file__).resolve().parents[2]  # where `proxy/` is: sources are ROOT/proxy/...
 MANIFEST = "manifest.json"
 REBUILD = "python -m proxy.compiled build"
@@ -100,6 +106,8 @@ def core_dir() -> Path:
 
 
 def source_of(module: str, root: Path = ROOT) -> Path:
+    if module in NATIVE:
+        return root / NATIVE[module]
     return root.joinpath(*module.split(".")).with_suffix(".py")
 
 
@@ -138,7 +146,7 @@ def check(directory: Path, root: Path = ROOT) -> tuple[dict[str, str] | None, st
         )
     files: dict[str, str] = {}
     modules: dict[str, dict[str, str]] = manifest.get("modules", {})
-    if sorted(modules) != sorted(MODULES):
+    if sorted(modules) != sorted(CORE):
         return None, f"built for another module list than this source's; `{REBUILD}`"
     for name, entry in modules.items():
         src = source_of(name, root)
@@ -156,7 +164,11 @@ def check(directory: Path, root: Path = ROOT) -> tuple[dict[str, str] | None, st
     if missing:
         return None, f"{missing[0]} is missing; `{REBUILD}`"
     built = manifest.get("built", "?")
-    return files, f"mypyc {manifest.get('mypy', '?')}, {len(modules)} modules, built {built}"
+    native = sum(1 for m in modules if m in NATIVE)
+    return files, (
+        f"mypyc {manifest.get('mypy', '?')}, {len(modules) - native} modules"
+        f" and {native} in C, built {built}"
+    )
 
 
 def assess(directory: Path | None = None) -> tuple[dict[str, str] | None, Status]:

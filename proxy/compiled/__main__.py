@@ -7,14 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from proxy.compiled import MODULES, assess, core_dir
+from proxy.compiled import MODULES, NATIVE, assess, core_dir
 from proxy.compiled.build import build
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m proxy.compiled",
-        description="Build or inspect the proxy's compiled core (mypyc).",
+        description="Build or inspect the proxy's compiled core (mypyc, and the C modules).",
     )
     ap.add_argument("command", choices=["build", "status"])
     ap.add_argument("--out", type=Path, help=f"build directory (default {core_dir()})")
@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         manifest = build(args.out)
         took = time.monotonic() - started
-        print(f"compiled core: {manifest.parent} ({len(MODULES)} modules, {took:.0f} s)")
+        print(f"compiled core: {manifest.parent} ({len(MODULES)} modules and {len(NATIVE)} in C,"
+              f" {took:.0f} s)")
         return 0
     _, status = assess(args.out)
     print(status)

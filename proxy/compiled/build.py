@@ -13,11 +13,16 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
-from proxy.compiled import MANIFEST, MODULES, ROOT, core_dir, digest, source_of
+from proxy.compiled import MANIFEST, MODULES, NATIVE, ROOT, core_dir, digest, source_of
 
 
-def build(out: Path | None = None, modules: tuple[str, ...] = MODULES) -> Path:
-    """Compile `modules` with mypyc into `out` (default core_dir()); returns the manifest.
+def build(
+    out: Path | None = None,
+    modules: tuple[str, ...] = MODULES,
+    native: tuple[str, ...] = (*NATIVE,),
+) -> Path:
+    """Compile `modules` with mypyc and the C modules `native` into `out` (default
+    core_dir()); returns the manifest.
 
     Needs mypy (its mypyc), a C compiler and the Python headers. The sources are hashed
     before the compile, so an edit made during the build makes the result stale, not wrong.
@@ -27,11 +32,11 @@ def build(out: Path | None = None, modules: tuple[str, ...] = MODULES) -> Path:
     from mypyc.build import mypycify
 
     # setuptools ships no type information; it is only the driver of the C compiler here.
-    distribution: Any = importlib.import_module("setuptools").Distribution
+    setuptools: Any = importlib.import_module("setuptools")
 
     out = out or core_dir()
     out.parent.mkdir(parents=True, exist_ok=True)
-    sources = {m: source_of(m) for m in modules}
+    sources = {m: source_of(m) for m in (*modules, *native)}
     digests = {m: digest(p) for m, p in sources.items()}
     with tempfile.TemporaryDirectory(prefix=".core-", dir=out.parent) as tmp:
         work = Path(tmp)
@@ -39,14 +44,19 @@ def build(out: Path | None = None, modules: tuple[str, ...] = MODULES) -> Path:
         os.chdir(ROOT)  # mypycify names modules by their path from here
         try:
             exts = mypycify(
-                [str(p.relative_to(ROOT)) for p in sources.values()],
+                [str(sources[m].relative_to(ROOT)) for m in modules],
                 opt_level="3",
                 # One C file per module: about half the compile time of one large file
                 # (mypyc's multi-file mode cannot build a group of a single module).
                 multi_file=len(modules) > 1,
                 target_dir=str(work / "c"),
             )
-            dist = distribution({"name": "meshctl-core", "ext_modules": exts})
+            exts += [
+                setuptools.Extension(m, [str(sources[m].relative_to(ROOT))],
+                                     extra_compile_args=["-O2", "-Wall"])
+                for m in native
+            ]
+            dist = setuptools.Distribution({"name": "meshctl-core", "ext_modules": exts})
             cmd: Any = dist.get_command_obj("build_ext")
             cmd.build_lib = str(work / "lib")
             cmd.build_temp = str(work / "obj")
@@ -65,7 +75,7 @@ def build(out: Path | None = None, modules: tuple[str, ...] = MODULES) -> Path:
                 entries[name] = {"file": rel, "sha256": digests[name]}
             else:  # mypyc's runtime module shared by the group
                 support[name] = rel
-        missing = sorted(set(modules) - set(entries))
+        missing = sorted(set(sources) - set(entries))
         if missing:
             raise RuntimeError(f"mypyc built no extension for {', '.join(missing)}")
         manifest = {

@@ -9,8 +9,18 @@ only once a block has already been refused, to say which line and why.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from types import ModuleType
 
-from proxy.http1.events import Headers, ProtocolError
+from proxy.http1.events import Headers, Names, ProtocolError, lower_names
+
+_native: ModuleType | None
+try:  # the C twins, built with the compiled core (proxy/compiled); absent when interpreted
+    from proxy.http1 import _speedups
+
+    _native = _speedups
+except ImportError:
+    _native = None
 
 # RFC 9110 5.6.2: token = 1*tchar.
 _TCHAR = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
@@ -20,7 +30,7 @@ TOKEN = re.compile(_TCHAR + rb"+")
 # no CTL but HTAB, so CR, LF and NUL can never get in. MULTILINE anchors each match at a line
 # start, so a line matches whole or not at all: the block is valid iff the number of matches
 # equals the number of lines. Possessive quantifiers: no backtracking, ~1.5 µs for 8 lines.
-# Trailing OWS is left in the value here and stripped by parse_fields when present (rare).
+# Trailing OWS is left in the value here and stripped by split_fields_py when present (rare).
 FIELD_LINE = re.compile(
     rb"^(" + _TCHAR + rb"++):[ \t]*+([\t\x20-\x7e\x80-\xff]*+)\r\n", re.MULTILINE
 )
@@ -54,19 +64,44 @@ AUTHORITY_FORM = re.compile(_URI_HOST + rb":[0-9]{1,5}")
 ABSOLUTE_FORM = re.compile(rb"[A-Za-z][-A-Za-z0-9+.]*:")
 
 
-def parse_fields(
-    buf: bytes, start: int, end: int, max_headers: int, bad: int, too_big: int
-) -> Headers:
-    """Split the CRLF-ended field lines in ``buf[start:end]``; refuse any malformed line."""
+MALFORMED, TOO_MANY = 0, 1  # what split_fields answers instead of (fields, names)
+
+
+def split_fields_py(buf: bytes, start: int, end: int, max_headers: int
+                    ) -> tuple[Headers, Names] | int:
+    """The CRLF-ended field lines of ``buf[start:end]``: (fields, lowered names), with OWS
+    stripped from each value; TOO_MANY when there are more than ``max_headers`` lines,
+    MALFORMED when any line is not ``token ":" OWS value OWS CRLF``. The block must end
+    with a CRLF (the parsers cut it before the empty line). proxy/http1/_speedups.c does
+    the same in C for the compiled core; tests/proxy/http1/test_speedups.py holds the two
+    to the same answers."""
     lines = buf.count(b"\n", start, end)
     if lines > max_headers:
-        raise ProtocolError(too_big, f"more than {max_headers} header fields")
+        return TOO_MANY
     fields: Headers = FIELD_LINE.findall(buf, start, end)
     if len(fields) != lines:
-        raise ProtocolError(bad, _diagnose(buf[start:end]))
+        return MALFORMED
     if buf.find(b" \r\n", start, end) >= 0 or buf.find(b"\t\r\n", start, end) >= 0:
-        return [(name, value.rstrip(b" \t")) for name, value in fields]
-    return fields
+        fields = [(name, value.rstrip(b" \t")) for name, value in fields]
+    return fields, lower_names(fields)
+
+
+split_fields: Callable[[bytes, int, int, int], tuple[Headers, Names] | int] = (
+    _native.split_fields if _native is not None else split_fields_py
+)
+
+
+def parse_fields(
+    buf: bytes, start: int, end: int, max_headers: int, bad: int, too_big: int
+) -> tuple[Headers, Names]:
+    """Split the CRLF-ended field lines in ``buf[start:end]``: (fields, lowered names);
+    refuse any malformed line (``bad``) or more than ``max_headers`` (``too_big``)."""
+    got = split_fields(buf, start, end, max_headers)
+    if isinstance(got, tuple):
+        return got
+    if got == TOO_MANY:
+        raise ProtocolError(too_big, f"more than {max_headers} header fields")
+    raise ProtocolError(bad, _diagnose(buf[start:end]))
 
 
 def values_of(fields: Headers, names: list[bytes], key: bytes) -> list[bytes] | None:

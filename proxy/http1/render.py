@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from proxy.http1.events import Headers, Names, lower_names
-from proxy.http1.grammar import list_tokens, values_of
+from proxy.http1.grammar import _native, list_tokens, values_of
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -32,22 +34,45 @@ def request_drop(remove: frozenset[bytes]) -> frozenset[bytes]:
     return remove | REFRAMED | HOP_BY_HOP
 
 
+def render_request_py(method: bytes, target: bytes, version: bytes, headers: Headers) -> bytes:
+    """``method SP target SP HTTP/version CRLF``, the field lines, the empty line; ValueError
+    when CR, LF or NUL is inside any part. proxy/http1/_speedups.c renders the same in C
+    for the compiled core (None there: a part that is not bytes, left to this function)."""
+    fields = b"\r\n".join(map(b": ".join, headers))  # no Python-level loop per field
+    head = b"%s %s HTTP/%s\r\n%s\r\n\r\n" if headers else b"%s %s HTTP/%s\r\n%s\r\n"
+    return _checked(head % (method, target, version, fields), headers)
+
+
+def render_response_py(version: bytes, status: int, reason: bytes, headers: Headers) -> bytes:
+    """``HTTP/version SP status SP reason CRLF``, the field lines, the empty line (as
+    render_request_py; _speedups.c's twin for the compiled core)."""
+    fields = b"\r\n".join(map(b": ".join, headers))
+    head = b"HTTP/%s %d %s\r\n%s\r\n\r\n" if headers else b"HTTP/%s %d %s\r\n%s\r\n"
+    return _checked(head % (version, status, reason, fields), headers)
+
+
+_c_request: Callable[[bytes, bytes, bytes, Headers], bytes | None] | None = (
+    _native.render_request if _native is not None else None
+)
+_c_response: Callable[[bytes, int, bytes, Headers], bytes | None] | None = (
+    _native.render_response if _native is not None else None
+)
+
+
 def render_request_head(
     method: bytes, target: bytes, headers: Headers, version: bytes = b"1.1"
 ) -> bytes:
     """``method SP target SP HTTP/version CRLF``, the field lines, the empty line."""
-    fields = b"\r\n".join(map(b": ".join, headers))  # no Python-level loop per field
-    head = b"%s %s HTTP/%s\r\n%s\r\n\r\n" if headers else b"%s %s HTTP/%s\r\n%s\r\n"
-    return _checked(head % (method, target, version, fields), headers)
+    head = _c_request(method, target, version, headers) if _c_request is not None else None
+    return head if head is not None else render_request_py(method, target, version, headers)
 
 
 def render_response_head(
     status: int, reason: bytes, headers: Headers, version: bytes = b"1.1"
 ) -> bytes:
     """``HTTP/version SP status SP reason CRLF``, the field lines, the empty line."""
-    fields = b"\r\n".join(map(b": ".join, headers))
-    head = b"HTTP/%s %d %s\r\n%s\r\n\r\n" if headers else b"HTTP/%s %d %s\r\n%s\r\n"
-    return _checked(head % (version, status, reason, fields), headers)
+    head = _c_response(version, status, reason, headers) if _c_response is not None else None
+    return head if head is not None else render_response_py(version, status, reason, headers)
 
 
 def _checked(head: bytes, headers: Headers) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import NoReturn
 
-from proxy.http1.events import Event, Headers, ProtocolError, Request, lower_names
+from proxy.http1.events import Event, Headers, ProtocolError, Request
 from proxy.http1.grammar import (
     ABSOLUTE_FORM,
     AUTHORITY_FORM,
@@ -71,8 +71,7 @@ class RequestParser(StreamParser):
         method, target, version = line.groups()
         if version != b"1.1" and version != b"1.0":
             raise ProtocolError(505, f"HTTP/{version.decode()} is not supported, only 1.0 and 1.1")
-        fields = parse_fields(buf, line.end(), end, self.max_headers, 400, 431)
-        names = lower_names(fields)
+        fields, names = parse_fields(buf, line.end(), end, self.max_headers, 400, 431)
         framing = not _FRAMING.isdisjoint(names)  # usually only Host among the special ones
         connect = method == b"CONNECT"
         if target[0] != 47 or connect:  # not origin-form "/...": RFC 9112 3.2

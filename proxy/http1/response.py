@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from proxy.http1.events import Event, ProtocolError, Response, UpstreamClosed, lower_names
+from proxy.http1.events import Event, ProtocolError, Response, UpstreamClosed
 from proxy.http1.grammar import (
     STATUS_LINE,
     body_framing,
@@ -60,8 +60,7 @@ class ResponseParser(StreamParser):
         status = int(code)
         if status < 100 or status > 599:
             raise ProtocolError(502, f"status {status} outside 100-599 (RFC 9110 15)")
-        fields = parse_fields(buf, line.end(), end, self.max_headers, 502, 502)
-        names = lower_names(fields)
+        fields, names = parse_fields(buf, line.end(), end, self.max_headers, 502, 502)
 
         length, chunked, _, keep_alive = body_framing(fields, names, version, 502, 502)
 

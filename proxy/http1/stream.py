@@ -175,7 +175,9 @@ class StreamParser:
                 end = self._find_block(buf, pos, size)
                 if end < 0:
                     break
-                trailers = parse_fields(buf, pos, end, self.max_headers, self._bad, self._too_big)
+                trailers, _ = parse_fields(
+                    buf, pos, end, self.max_headers, self._bad, self._too_big
+                )
                 for name, _ in trailers:
                     if name.lower() in FORBIDDEN_TRAILERS:
                         raise ProtocolError(

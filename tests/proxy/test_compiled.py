@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from proxy.compiled import MANIFEST, MODULES, ROOT, Status, check, core_dir, digest, source_of
+from proxy.compiled import (
+    CORE,
+    MANIFEST,
+    MODULES,
+    ROOT,
+    Status,
+    check,
+    core_dir,
+    digest,
+    source_of,
+)
 
 SUFFIX = EXTENSION_SUFFIXES[0]
 
@@ -42,7 +52,7 @@ def probe(**env: str) -> tuple[bool, str, str]:
 def fake_core(directory: Path, *, suffix: str = SUFFIX, wrong: str | None = None) -> None:
     """A manifest as `build` writes it, over empty files: enough for every check but a load."""
     modules = {}
-    for name in MODULES:
+    for name in CORE:
         rel = name.replace(".", "/") + suffix
         (directory / rel).parent.mkdir(parents=True, exist_ok=True)
         (directory / rel).write_bytes(b"")
@@ -63,7 +73,8 @@ def test_current_manifest_serves_every_module_from_the_build(tmp_path: Path) -> 
     fake_core(tmp_path)
     files, detail = check(tmp_path)
     assert files is not None, detail
-    assert set(files) == {*MODULES, "abc__mypyc"}
+    assert set(files) == {*CORE, "abc__mypyc"}
+    assert files["proxy.http1._speedups"] == str(tmp_path / f"proxy/http1/_speedups{SUFFIX}")
     assert files["proxy.fastpath"] == str(tmp_path / f"proxy/fastpath{SUFFIX}")
     assert f"{len(MODULES)} modules" in detail
 

@@ -1,0 +1,128 @@
+"""proxy/http1/_speedups.c against its pure-Python twins: the same answer for every input.
+
+The C module is part of the compiled core; these tests run where it is loaded (CI builds it
+and sets MESH_EXPECT_COMPILED=1, so there they must run). The parsers' and renderers' own
+tests (the framing matrix) run on whichever core is active: CI runs them both ways."""
+
+from __future__ import annotations
+
+import os
+import random
+from types import ModuleType
+
+import pytest
+
+from proxy.http1.grammar import MALFORMED, TOO_MANY, split_fields_py
+from proxy.http1.render import render_request_py, render_response_py
+
+
+def _native() -> ModuleType:
+    try:
+        from proxy.http1 import _speedups
+    except ImportError:
+        from proxy import compiled
+
+        if os.environ.get("MESH_EXPECT_COMPILED") == "1":
+            pytest.fail(f"MESH_EXPECT_COMPILED=1 but _speedups is not loaded: {compiled.STATUS}")
+        pytest.skip(f"the C module is part of the compiled core: {compiled.STATUS}")
+    return _speedups
+
+
+# Bytes that matter to the grammar: token characters of both cases, the separators, OWS,
+# the line ends, and the octets a field value may not hold (CTLs, NUL, DEL) or may (obs-text).
+_NAME = b"abcXYZ-_0!~`|"
+_VALUE = b"aZ09 \t/;=,\"()\x80\xff"
+_BAD = b"\r\n\x00\x01\x1f\x7f :@"
+
+
+def _line(rng: random.Random) -> bytes:
+    name = bytes(rng.choice(_NAME) for _ in range(rng.randint(1, 6)))
+    value = bytes(rng.choice(_VALUE) for _ in range(rng.randint(0, 12)))
+    line = name + b":" + rng.choice([b"", b" ", b"\t", b"  "]) + value
+    line += rng.choice([b"", b"", b"", b" ", b"\t \t"])
+    if rng.random() < 0.25:  # one damaged byte somewhere in the line
+        at = rng.randint(0, len(line))
+        line = line[:at] + bytes([rng.choice(_BAD)]) + line[at + 1 :]
+    if rng.random() < 0.03:
+        line = b" " + line  # obs-fold
+    return line + b"\r\n"
+
+
+def _block(rng: random.Random) -> tuple[bytes, int, int]:
+    """(buf, start, end): a head's field block cut as the parsers cut it, ending in CRLF."""
+    prefix = rng.choice([b"", b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n"])
+    block = b"".join(_line(rng) for _ in range(rng.randint(0, 8)))
+    if rng.random() < 0.05:
+        block += b"\r\n"  # an empty line inside the block
+    buf = prefix + block + b"\r\n" + rng.choice([b"", b"body", b"\r\n"])
+    return buf, len(prefix), len(prefix) + len(block)
+
+
+def test_split_fields_agrees_with_the_python_twin() -> None:
+    native = _native()
+    rng = random.Random(20261126)
+    seen = {"ok": 0, MALFORMED: 0, TOO_MANY: 0}
+    for _ in range(30_000):
+        buf, start, end = _block(rng)
+        max_headers = rng.choice([100, 100, 3, 0])
+        want = split_fields_py(buf, start, end, max_headers)
+        got = native.split_fields(buf, start, end, max_headers)
+        assert got == want, (buf, start, end, max_headers)
+        seen["ok" if isinstance(want, tuple) else want] += 1
+    assert min(seen.values()) > 1000, seen  # every outcome well covered
+
+
+def test_split_fields_examples() -> None:
+    native = _native()
+    buf = b"Host: a\r\nX-A:  b \t\r\nx-b:\r\nETag: \"\x80\"\r\n"
+    fields, names = native.split_fields(buf, 0, len(buf), 100)
+    assert fields == [(b"Host", b"a"), (b"X-A", b"b"), (b"x-b", b""), (b"ETag", b"\"\x80\"")]
+    assert names == [b"host", b"x-a", b"x-b", b"etag"]
+    assert native.split_fields(buf, 0, len(buf), 3) == TOO_MANY
+    for bad in (b"Host : a\r\n", b"Host: a\nX: b\r\n", b"Ho\x00st: a\r\n", b"X: a\rb\r\n",
+                b" X: folded\r\n", b"X: \x7f\r\n", b": empty name\r\n", b"\r\n"):
+        assert native.split_fields(bad, 0, len(bad), 100) == MALFORMED, bad
+        assert split_fields_py(bad, 0, len(bad), 100) == MALFORMED, bad
+
+
+def _part(rng: random.Random, alphabet: bytes, n: int) -> bytes:
+    part = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, n)))
+    if rng.random() < 0.05:
+        at = rng.randint(0, len(part))
+        part = part[:at] + bytes([rng.choice(b"\r\n\x00")]) + part[at:]
+    return part
+
+
+def _outcome(render: object, *args: object) -> object:
+    try:
+        return render(*args)  # type: ignore[operator]
+    except ValueError as exc:
+        return ("ValueError", str(exc))
+
+
+def test_render_agrees_with_the_python_twins() -> None:
+    native = _native()
+    rng = random.Random(7)
+    raised = 0
+    for _ in range(20_000):
+        headers = [(_part(rng, _NAME, 8), _part(rng, _VALUE, 16))
+                   for _ in range(rng.randint(0, 6))]
+        version = rng.choice([b"1.1", b"1.0"])
+        method, target = _part(rng, b"GETPOST", 6), b"/" + _part(rng, b"abc/?=&%", 20)
+        want = _outcome(render_request_py, method, target, version, headers)
+        assert _outcome(native.render_request, method, target, version, headers) == want
+        status, reason = rng.choice([200, 204, 404, 503, 101, 7, 1000]), _part(rng, b"OK ", 8)
+        want_r = _outcome(render_response_py, version, status, reason, headers)
+        assert _outcome(native.render_response, version, status, reason, headers) == want_r
+        raised += isinstance(want, tuple) + isinstance(want_r, tuple)
+    assert raised > 1000  # the CR/LF/NUL refusal is well covered
+
+
+def test_render_leaves_other_types_to_python() -> None:
+    native = _native()
+    assert native.render_request(b"GET", b"/", b"1.1", [(b"a", bytearray(b"b"))]) is None
+    assert native.render_request(b"GET", b"/", b"1.1", [[b"a", b"b"]]) is None
+    assert native.render_response(b"1.1", 2**70, b"OK", []) is None
+    assert native.render_response(b"1.1", 200, b"OK", ((b"a", b"b"),)) == (
+        b"HTTP/1.1 200 OK\r\na: b\r\n\r\n"
+    )
