@@ -1,4 +1,5 @@
-# proxy/http1/_speedups.c: the C twins of grammar.split_fields_py and render.render_*_py.
+# proxy/http1/_speedups.c: the C twins of grammar.split_fields_py, render.keep_fields_py
+# and render.render_*_py.
 def split_fields(
     buf: bytes, start: int, end: int, max_headers: int, /
 ) -> tuple[list[tuple[bytes, bytes]], list[bytes]] | int: ...
@@ -8,3 +9,6 @@ def render_request(
 def render_response(
     version: bytes, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], /
 ) -> bytes | None: ...
+def keep_fields(
+    headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes], /
+) -> list[tuple[bytes, bytes]] | None: ...

@@ -57,6 +57,9 @@ _c_request: Callable[[bytes, bytes, bytes, Headers], bytes | None] | None = (
 _c_response: Callable[[bytes, int, bytes, Headers], bytes | None] | None = (
     _native.render_response if _native is not None else None
 )
+_c_keep: Callable[[Headers, Names, frozenset[bytes]], Headers | None] | None = (
+    _native.keep_fields if _native is not None else None
+)
 
 
 def render_request_head(
@@ -112,6 +115,14 @@ def strip_hop_by_hop(
         extra = [name for name in listed if name in names and name not in drop]
         if extra:
             drop = drop.union(extra)
+    fields = _c_keep(headers, names, drop) if _c_keep is not None else None
+    return fields if fields is not None else keep_fields_py(headers, names, drop)
+
+
+def keep_fields_py(headers: Headers, names: Names, drop: frozenset[bytes]) -> Headers:
+    """The fields of ``headers`` whose lowered name (``names``) is not in ``drop``, in a new
+    list (proxy/http1/_speedups.c: the C twin, for the compiled core)."""
     if drop.isdisjoint(names):
         return list(headers)
     return [field for field, name in zip(headers, names, strict=True) if name not in drop]
+

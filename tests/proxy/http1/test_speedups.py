@@ -126,3 +126,22 @@ def test_render_leaves_other_types_to_python() -> None:
     assert native.render_response(b"1.1", 200, b"OK", ((b"a", b"b"),)) == (
         b"HTTP/1.1 200 OK\r\na: b\r\n\r\n"
     )
+
+
+def test_keep_fields_agrees_with_the_python_twin() -> None:
+    from proxy.http1.render import HOP_BY_HOP, keep_fields_py
+
+    native = _native()
+    rng = random.Random(11)
+    drops = [HOP_BY_HOP, frozenset(), frozenset((b"a", b"x-b")), frozenset((b"c",))]
+    for _ in range(5_000):
+        names = [rng.choice([b"a", b"x-b", b"c", b"connection", b"te", b"host"])
+                 for _ in range(rng.randint(0, 8))]
+        headers = [(n.upper() if rng.random() < 0.5 else n, b"v%d" % i)
+                   for i, n in enumerate(names)]
+        drop = rng.choice(drops)
+        got = native.keep_fields(headers, names, drop)
+        assert got == keep_fields_py(headers, names, drop)
+        assert got is not headers  # always a new list: callers append to it
+    assert native.keep_fields([(b"a", b"1")], [], HOP_BY_HOP) is None  # lengths differ
+    assert native.keep_fields(((b"a", b"1"),), [b"a"], HOP_BY_HOP) is None  # not a list
