@@ -38,7 +38,7 @@ from proxy.routing import RouteLimits, new_bucket, over_limit
 from proxy.snapshot import ProxySnapshot, build_snapshot
 from proxy.streams import ByteReader, ByteWriter, ConnLimiter, Pool
 from proxy.tcp import relay
-from proxy.telemetry import Telemetry
+from proxy.telemetry import Series, Telemetry, observe_request
 from proxy.tracing import Hop, Tracer
 from proxy.tracing.attributes import http_span
 from proxy.tracing.otlp import OtlpExporter
@@ -136,7 +136,9 @@ class Proxy:
         self._rid = secrets.randbits(32)
         self._rid_prefix = self.proxy_id.encode()[-24:]  # request ids: prefix-counter
         self.clusters = Clusters()
-        self._label_cache: dict[tuple[object, ...], tuple[str, ...]] = {}
+        # (config version, reporter, service, peer, status, flags) -> the label set's
+        # histograms: the 19 Istio labels are made and hashed once per combination.
+        self._label_cache: dict[tuple[object, ...], Series] = {}
         self._epoch = ""
         self._epoch_endpoints: list[Endpoint] = []
         self._grace_endpoints: list[Endpoint] = []
@@ -301,14 +303,14 @@ class Proxy:
         # The 19 Istio labels of a request depend on few things: computed once per
         # combination and config version, not per request.
         key = (snap.version, reporter, dest_service, peer, result.status, result.flags)
-        labels = self._label_cache.get(key)
-        if labels is None:
+        series = self._label_cache.get(key)
+        tel = self.telemetry
+        if series is None:
             if len(self._label_cache) > 4096:
                 self._label_cache.clear()
-            labels = self._label_cache[key] = self._labels(
-                snap, reporter, dest_service, peer, result)
-        tel = self.telemetry
-        tel.record_request(labels, ms, result.req_bytes, result.resp_bytes)
+            series = self._label_cache[key] = tel.series(
+                self._labels(snap, reporter, dest_service, peer, result))
+        observe_request(series, ms, result.req_bytes, result.resp_bytes)
         if result.flags == "UO":  # a circuit breaker: the cluster's gauges or its pool
             tel.counters["meshctl_proxy_upstream_overflow_total"] += 1
         if self.access_log.enabled:

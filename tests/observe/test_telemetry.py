@@ -36,3 +36,15 @@ def test_record_request_counts_sums_and_buckets() -> None:
     assert buckets["60000"] == 2 and buckets["+Inf"] == 3
     # The other label set is its own series.
     assert _sample(text, 'istio_request_duration_milliseconds_count{reporter="b0"') == 1
+
+
+def test_bucket_is_bisect_left() -> None:
+    """The forward scan answers what bisect_left does, at and around every bound."""
+    from bisect import bisect_left
+
+    from proxy.telemetry import DURATION_BUCKETS_MS, SIZE_BUCKETS, bucket
+
+    for buckets in (DURATION_BUCKETS_MS, SIZE_BUCKETS):
+        for bound in buckets:
+            for v in (bound - 0.001, bound, bound + 0.001, 0.0, -1.0, 1e12):
+                assert bucket(buckets, v) == bisect_left(buckets, v), (buckets, v)
