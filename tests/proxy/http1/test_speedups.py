@@ -145,3 +145,20 @@ def test_keep_fields_agrees_with_the_python_twin() -> None:
         assert got is not headers  # always a new list: callers append to it
     assert native.keep_fields([(b"a", b"1")], [], HOP_BY_HOP) is None  # lengths differ
     assert native.keep_fields(((b"a", b"1"),), [b"a"], HOP_BY_HOP) is None  # not a list
+
+
+def test_split_fields_reuses_name_objects() -> None:
+    """Names repeat across requests: the same objects come back (bounded cache), so a
+    lowered name's hash is computed once; long names are made afresh each time."""
+    native = _native()
+    one = native.split_fields(b"Content-Type: a\r\n", 0, 17, 100)
+    two = native.split_fields(b"Content-Type: b\r\n", 0, 17, 100)
+    assert one[0][0][0] is two[0][0][0] and one[1][0] is two[1][0]
+    assert one[1] == [b"content-type"] and one[0][0][1] == b"a" and two[0][0][1] == b"b"
+    lower = native.split_fields(b"host: x\r\n", 0, 9, 100)
+    assert lower[0][0][0] is lower[1][0]  # already lower case: one object for both
+    long_name = b"X-" + b"a" * 60
+    block = long_name + b": v\r\n"
+    three = native.split_fields(block, 0, len(block), 100)
+    four = native.split_fields(block, 0, len(block), 100)
+    assert three == four and three[0][0][0] is not four[0][0][0]
