@@ -25,6 +25,7 @@ from proxy.control.client import ControlClient, View
 from proxy.downstream import HeadWatch
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
+from proxy.http1.render import hex_id
 from proxy.httpio import Server
 from proxy.identity import Identity, tls_context
 from proxy.inbound.authz import decide, decide_tcp
@@ -134,7 +135,7 @@ class Proxy:
         # the Identity's own client context: the pool keys them by identity.)
         self.server_ctx = tls_context(server=True)
         self._rid = secrets.randbits(32)
-        self._rid_prefix = self.proxy_id.encode()[-24:]  # request ids: prefix-counter
+        self._rid_prefix = self.proxy_id.encode()[-24:] + b"-"  # request ids: prefix-counter
         self.clusters = Clusters()
         # (config version, reporter, service, peer, status, flags) -> the label set's
         # histograms: the 19 Istio labels are made and hashed once per combination.
@@ -240,7 +241,7 @@ class Proxy:
 
     def request_id(self) -> bytes:
         self._rid += 1
-        return b"%s-%08x" % (self._rid_prefix, self._rid & 0xFFFFFFFF)
+        return self._rid_prefix + hex_id(self._rid & 0xFFFFFFFF, 8)
 
     def limiter(self, rt: ClusterRuntime) -> ConnLimiter:
         """The connection limiter of a cluster, following its current limits."""

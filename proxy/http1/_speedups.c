@@ -6,6 +6,8 @@
 
      split_fields   <-> proxy.http1.grammar.split_fields_py
      keep_fields    <-> proxy.http1.render.keep_fields_py
+     hex_id         <-> proxy.http1.render.hex_id_py
+     traceparent    <-> proxy.tracing.context.traceparent_py
      render_request <-> proxy.http1.render.render_request_py
      render_response<-> proxy.http1.render.render_response_py
 
@@ -219,6 +221,65 @@ keep_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* -- hex ids ----------------------------------------------------------------------------- */
+
+static const char HEX[] = "0123456789abcdef";
+
+/* `digits` lower-case hex digits of `value` (0 <= value < 16**digits) at `out`; 0 when the
+   value is not such an int (the caller returns None: the Python twin decides). */
+static int
+put_hex(PyObject *value, int digits, char *out)
+{
+    unsigned char raw[16];
+    int nbytes = digits / 2;
+    if (!PyLong_CheckExact(value) || digits % 2 || nbytes > (int)sizeof raw) return 0;
+    if (_PyLong_AsByteArray((PyLongObject *)value, raw, (size_t)nbytes, 0, 0) < 0) {
+        PyErr_Clear(); /* negative or too large */
+        return 0;
+    }
+    for (int i = 0; i < nbytes; i++) {
+        out[2 * i] = HEX[raw[i] >> 4];
+        out[2 * i + 1] = HEX[raw[i] & 15];
+    }
+    return 1;
+}
+
+/* hex_id(value, digits) -> bytes | None: b"%0{digits}x" % value, for 0 <= value <
+   16**digits and an even `digits` up to 32; None otherwise. */
+static PyObject *
+hex_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "hex_id(value, digits)");
+        return NULL;
+    }
+    long digits = PyLong_AsLong(args[1]);
+    if (digits == -1 && PyErr_Occurred()) return NULL;
+    char buf[32];
+    if (digits < 2 || digits > 32 || !put_hex(args[0], (int)digits, buf)) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(buf, digits);
+}
+
+/* traceparent(trace_id, span_id, sampled) -> bytes | None: the W3C header value
+   b"00-%032x-%016x-%s" % (trace_id, span_id, b"01" if sampled else b"00"). */
+static PyObject *
+traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "traceparent(trace_id, span_id, sampled)");
+        return NULL;
+    }
+    char buf[55] = "00-";
+    int sampled = PyObject_IsTrue(args[2]);
+    if (sampled < 0) return NULL;
+    if (!put_hex(args[0], 32, buf + 3) || !put_hex(args[1], 16, buf + 36)) Py_RETURN_NONE;
+    buf[35] = '-';
+    buf[52] = '-';
+    buf[53] = '0';
+    buf[54] = sampled ? '1' : '0';
+    return PyBytes_FromStringAndSize(buf, 55);
+}
+
 /* -- rendering --------------------------------------------------------------------------- */
 
 /* A part of a head: bytes with no CR, LF or NUL (a value that could split the head). */
@@ -340,6 +401,10 @@ static PyMethodDef methods[] = {
      "(too many lines)"},
     {"keep_fields", (PyCFunction)(void (*)(void))keep_fields, METH_FASTCALL,
      "keep_fields(headers, names, drop) -> list | None"},
+    {"hex_id", (PyCFunction)(void (*)(void))hex_id, METH_FASTCALL,
+     "hex_id(value, digits) -> bytes | None"},
+    {"traceparent", (PyCFunction)(void (*)(void))traceparent, METH_FASTCALL,
+     "traceparent(trace_id, span_id, sampled) -> bytes | None"},
     {"render_request", (PyCFunction)(void (*)(void))render_request, METH_FASTCALL,
      "render_request(method, target, version, headers) -> bytes | None"},
     {"render_response", (PyCFunction)(void (*)(void))render_response, METH_FASTCALL,

@@ -14,13 +14,15 @@ from types import ModuleType
 
 from proxy.http1.events import Headers, Names, ProtocolError, lower_names
 
-_native: ModuleType | None
-try:  # the C twins, built with the compiled core (proxy/compiled); absent when interpreted
+# proxy/http1/_speedups.c, the C twins of a few functions here and in render.py and
+# tracing: built with the compiled core (proxy/compiled), absent when it is interpreted.
+native: ModuleType | None
+try:
     from proxy.http1 import _speedups
 
-    _native = _speedups
+    native = _speedups
 except ImportError:
-    _native = None
+    native = None
 
 # RFC 9110 5.6.2: token = 1*tchar.
 _TCHAR = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
@@ -87,7 +89,7 @@ def split_fields_py(buf: bytes, start: int, end: int, max_headers: int
 
 
 split_fields: Callable[[bytes, int, int, int], tuple[Headers, Names] | int] = (
-    _native.split_fields if _native is not None else split_fields_py
+    native.split_fields if native is not None else split_fields_py
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from proxy.http1.events import Headers, Names, lower_names
-from proxy.http1.grammar import _native, list_tokens, values_of
+from proxy.http1.grammar import list_tokens, native, values_of
 
 LAST_CHUNK = b"0\r\n\r\n"
 
@@ -52,13 +52,13 @@ def render_response_py(version: bytes, status: int, reason: bytes, headers: Head
 
 
 _c_request: Callable[[bytes, bytes, bytes, Headers], bytes | None] | None = (
-    _native.render_request if _native is not None else None
+    native.render_request if native is not None else None
 )
 _c_response: Callable[[bytes, int, bytes, Headers], bytes | None] | None = (
-    _native.render_response if _native is not None else None
+    native.render_response if native is not None else None
 )
 _c_keep: Callable[[Headers, Names, frozenset[bytes]], Headers | None] | None = (
-    _native.keep_fields if _native is not None else None
+    native.keep_fields if native is not None else None
 )
 
 
@@ -86,6 +86,20 @@ def _checked(head: bytes, headers: Headers) -> bytes:
     if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\x00" in head:
         raise ValueError(f"CR, LF or NUL inside a head being rendered: {head[:200]!r}")
     return head
+
+
+def hex_id_py(value: int, digits: int) -> bytes:
+    """``value`` as ``digits`` lower-case hex digits, zero-padded (request ids): the twin of
+    _speedups.hex_id, which answers None outside 0 <= value < 16**digits, even digits."""
+    return b"%0*x" % (digits, value)
+
+
+_c_hex: Callable[[int, int], bytes | None] | None = native.hex_id if native is not None else None
+
+
+def hex_id(value: int, digits: int) -> bytes:
+    out = _c_hex(value, digits) if _c_hex is not None else None
+    return out if out is not None else hex_id_py(value, digits)
 
 
 def encode_chunk(data: bytes) -> bytes:

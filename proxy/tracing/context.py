@@ -21,7 +21,10 @@ reads B3 keeps working.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from proxy.http1.grammar import native
 
 W3C = 1
 B3_SINGLE = 2
@@ -160,10 +163,20 @@ def extract(headers: Headers, names: list[bytes] | None = None) -> Parent | None
     return Parent(0, 0, None, formats)
 
 
+def traceparent_py(trace_id: int, span_id: int, sampled: bool) -> bytes:
+    """The W3C traceparent value (version 00); _speedups.traceparent is its C twin."""
+    return b"00-%032x-%016x-%s" % (trace_id, span_id, b"01" if sampled else b"00")
+
+
+_c_traceparent: Callable[[int, int, bool], bytes | None] | None = (
+    native.traceparent if native is not None else None
+)
+
+
 def render(trace_id: int, span_id: int, sampled: bool, formats: int) -> Headers:
     """Headers for the next hop: `span_id` becomes the callee's parent."""
-    flag = b"01" if sampled else b"00"
-    out = [(b"traceparent", b"00-%032x-%016x-%s" % (trace_id, span_id, flag))]
+    tp = _c_traceparent(trace_id, span_id, sampled) if _c_traceparent is not None else None
+    out = [(b"traceparent", tp if tp is not None else traceparent_py(trace_id, span_id, sampled))]
     if formats & (B3_SINGLE | B3_MULTI):
         tid = b"%016x" % trace_id if trace_id < 1 << 64 else b"%032x" % trace_id
         sid = b"%016x" % span_id

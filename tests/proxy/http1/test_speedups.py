@@ -162,3 +162,23 @@ def test_split_fields_reuses_name_objects() -> None:
     three = native.split_fields(block, 0, len(block), 100)
     four = native.split_fields(block, 0, len(block), 100)
     assert three == four and three[0][0][0] is not four[0][0][0]
+
+
+def test_hex_ids_agree_with_the_python_twins() -> None:
+    from proxy.http1.render import hex_id_py
+    from proxy.tracing.context import traceparent_py
+
+    native = _native()
+    rng = random.Random(3)
+    for _ in range(5_000):
+        t, s = rng.getrandbits(rng.choice([1, 64, 127, 128])), rng.getrandbits(rng.choice([1, 64]))
+        sampled = rng.random() < 0.5
+        assert native.traceparent(t, s, sampled) == traceparent_py(t, s, sampled)
+        digits = rng.choice([2, 8, 16, 32])
+        v = rng.getrandbits(4 * digits)
+        assert native.hex_id(v, digits) == hex_id_py(v, digits)
+    # Outside its range the C twin declines; the Python one answers (wider, as %x does).
+    assert native.traceparent(1 << 128, 1, True) is None
+    assert native.hex_id(-1, 8) is None and native.hex_id(1 << 32, 8) is None
+    assert native.hex_id(5, 3) is None and native.hex_id(True, 2) is None
+    assert hex_id_py(1 << 32, 8) == b"100000000"
