@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Final
 
 from proxy.streams import ByteReader
 
 # Linkerd's default opaque ports: server-first protocols that a sniffer would hang.
-OPAQUE_PORTS = frozenset((25, 587, 3306, 4444, 5432, 6379, 9300, 11211))
-DETECT_TIMEOUT_S = 0.3  # wait this long for the client's first bytes, then assume TCP
+OPAQUE_PORTS: Final = frozenset((25, 587, 3306, 4444, 5432, 6379, 9300, 11211))
+DETECT_TIMEOUT_S: Final = 0.3  # wait this long for the client's first bytes, then assume TCP
 # An HTTP/1.x request line starts with a method token and a space; the version comes
 # later, but the token and the space in the first bytes already tell (RFC 9112 3).
-_HTTP_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,20} ")
-_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE",
+_HTTP_START: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,20} ")
+_METHODS: Final = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE",
             b"PATCH")
 
 

@@ -25,7 +25,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.forward import REPLAY_LIMIT, Prep, Result, Started, request_head, response_head
 from proxy.http1 import (
@@ -48,9 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshctl.proxy.fastpath")
 
-ENABLED = os.environ.get("MESH_FASTPATH", "1") != "0"
-_now = time.monotonic
-_NO_EXCLUDE: frozenset[str] = frozenset()
+ENABLED: Final = os.environ.get("MESH_FASTPATH", "1") != "0"
+_now: Final = time.monotonic
+_NO_EXCLUDE: Final[frozenset[str]] = frozenset()
 
 Prepare = Callable[[Request, "ProxySnapshot"], Prep]
 Done = Callable[["ProxySnapshot", Result, float, Request, Hop | None], None]
@@ -78,7 +78,7 @@ class Close(Marker):
     __slots__ = ()
 
 
-CLOSE = Close()
+CLOSE: Final = Close()
 
 
 def _whole(pending: deque[Event | Marker]) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.http1 import (
     HOP_BY_HOP,
@@ -45,13 +46,13 @@ from proxy.tracing import Hop
 
 log = logging.getLogger("meshctl.proxy.forward")
 # Linkerd never retries a request whose body is over 64 KiB; we keep at most that much.
-REPLAY_LIMIT = 64 * 1024
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_RNG = random.Random()
+REPLAY_LIMIT: Final = 64 * 1024
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RNG: Final = random.Random()
 
 Headers = list[tuple[bytes, bytes]]
 
-LOCAL_TEXT = {
+LOCAL_TEXT: Final = {
     "UH": b"no healthy upstream",
     "UF": b"upstream connect error or disconnect/reset before headers. "
     b"reset reason: connection failure",
@@ -84,7 +85,7 @@ def local_reply(
     return render_response_head(status, _REASONS.get(status, b""), headers) + body
 
 
-_REASONS = {
+_REASONS: Final = {
     400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",
@@ -294,11 +295,11 @@ class _Overflow(Outcome):
     """Marker outcome: the connection pool overflowed (no attempt was made)."""
 
 
-_OVERFLOW = _Overflow()
+_OVERFLOW: Final = _Overflow()
 
 
 # Never passed on from a response: the hop-by-hop fields; Content-Length is re-rendered.
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
 
 
 def request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) -> bytes:

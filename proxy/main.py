@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from meshctl.aio import spawn
 from proxy import certinfo, compiled
@@ -48,8 +48,8 @@ from registry.config import MeshConfig
 from registry.server.catalog import Endpoint
 
 log = logging.getLogger("meshctl.proxy")
-EPOCH_GRACE_S = 30.0  # how long an empty catalog from a new registry epoch is not believed
-_RNG = random.Random()
+EPOCH_GRACE_S: Final = 30.0  # how long an empty catalog from a new registry epoch is not believed
+_RNG: Final = random.Random()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from meshctl.vip import service_vip
 from proxy.inbound.authz import compile_policies
@@ -33,7 +33,7 @@ from registry.server.catalog import Endpoint
 SPOOFABLE = frozenset((b"x-forwarded-client-cert",))
 # What a route removes from every request besides its own removals: the spoofable fields,
 # and the caller's trace headers (the outbound stack renders the next hop's from its span).
-ROUTE_REMOVES = SPOOFABLE | TRACE_HEADERS
+ROUTE_REMOVES: Final = SPOOFABLE | TRACE_HEADERS
 
 
 @dataclass(slots=True)
@@ -67,7 +67,7 @@ class Cluster:
         return _DEFAULT_HTTP
 
 
-_DEFAULT_HTTP = HTTPSettings()
+_DEFAULT_HTTP: Final = HTTPSettings()
 
 
 @dataclass(slots=True)

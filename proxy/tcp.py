@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from typing import Final
 
 from proxy.streams import ByteReader, ByteWriter
 
-_LEN = struct.Struct("!I")
-FIN = _LEN.pack(0)
-CHUNK = 65536
+_LEN: Final = struct.Struct("!I")
+FIN: Final = _LEN.pack(0)
+CHUNK: Final = 65536
 
 
 async def relay(

@@ -7,11 +7,12 @@ route and endpoint, so recording a request costs a few dict operations, no forma
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Final
 
 from meshctl.promtext import labels_text
 
 # Istio's default buckets for istio_request_duration_milliseconds.
-DURATION_BUCKETS_MS: tuple[float, ...] = (
+DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
     0.5,
     1.0,
     5.0,
@@ -32,9 +33,9 @@ DURATION_BUCKETS_MS: tuple[float, ...] = (
     1800000.0,
     3600000.0,
 )
-SIZE_BUCKETS: tuple[float, ...] = (1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
+SIZE_BUCKETS: Final[tuple[float, ...]] = (1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7)
 
-REQUEST_LABELS = (
+REQUEST_LABELS: Final = (
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -55,7 +56,9 @@ REQUEST_LABELS = (
     "response_flags",
     "connection_security_policy",
 )
-TCP_LABELS = tuple(n for n in REQUEST_LABELS if n not in ("response_code", "grpc_response_status"))
+TCP_LABELS: Final = tuple(
+    n for n in REQUEST_LABELS if n not in ("response_code", "grpc_response_status")
+)
 
 LabelValues = tuple[str, ...]
 
@@ -225,7 +228,7 @@ def _plain(out: list[str], kind: str, series: dict[str, float]) -> None:
 
 
 # What each proxy health series means (the families without labels or with a few).
-HELP = {
+HELP: Final = {
     "meshctl_proxy_config_version": "Config version in force (the registry's snapshot version).",
     "meshctl_proxy_catalog_version": "Catalog (endpoints) version in force.",
     "meshctl_proxy_config_rejected_total": "Config versions refused (NACKed); the previous stays.",

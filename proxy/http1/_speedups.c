@@ -5,6 +5,7 @@
    it does and runs when the core is interpreted:
 
      split_fields   <-> proxy.http1.grammar.split_fields_py
+     name_index     <-> proxy.http1.grammar.name_index_py
      keep_fields    <-> proxy.http1.render.keep_fields_py
      hex_id         <-> proxy.http1.render.hex_id_py
      traceparent    <-> proxy.tracing.context.traceparent_py
@@ -221,6 +222,33 @@ keep_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* name_index(names, key, start) -> int: the index of `key` in the list `names` from
+   `start`, -1 when absent, -2 when `names` is not a list of bytes (the twin decides).
+   `key in names` compares through PyObject_RichCompare, ~60 instructions an element; this
+   compares lengths, then bytes. */
+static PyObject *
+name_index(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t start;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "name_index(names, key, start)");
+        return NULL;
+    }
+    if (!ssize_arg(args[2], &start)) return NULL;
+    PyObject *names = args[0], *key = args[1];
+    if (!PyList_CheckExact(names) || !PyBytes_CheckExact(key)) return PyLong_FromLong(-2);
+    Py_ssize_t klen = PyBytes_GET_SIZE(key), n = PyList_GET_SIZE(names);
+    const char *k = PyBytes_AS_STRING(key);
+    for (Py_ssize_t i = start < 0 ? 0 : start; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(names, i);
+        if (!PyBytes_CheckExact(item)) return PyLong_FromLong(-2);
+        if (item == key || (PyBytes_GET_SIZE(item) == klen &&
+                            memcmp(PyBytes_AS_STRING(item), k, (size_t)klen) == 0))
+            return PyLong_FromSsize_t(i);
+    }
+    return PyLong_FromLong(-1);
+}
+
 /* -- hex ids ----------------------------------------------------------------------------- */
 
 static const char HEX[] = "0123456789abcdef";
@@ -401,6 +429,8 @@ static PyMethodDef methods[] = {
      "(too many lines)"},
     {"keep_fields", (PyCFunction)(void (*)(void))keep_fields, METH_FASTCALL,
      "keep_fields(headers, names, drop) -> list | None"},
+    {"name_index", (PyCFunction)(void (*)(void))name_index, METH_FASTCALL,
+     "name_index(names, key, start) -> int (-1: absent, -2: not a list of bytes)"},
     {"hex_id", (PyCFunction)(void (*)(void))hex_id, METH_FASTCALL,
      "hex_id(value, digits) -> bytes | None"},
     {"traceparent", (PyCFunction)(void (*)(void))traceparent, METH_FASTCALL,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from types import ModuleType
+from typing import Final
 
 from proxy.http1.events import Headers, Names, ProtocolError, lower_names
 
@@ -26,29 +27,31 @@ except ImportError:
 
 # RFC 9110 5.6.2: token = 1*tchar.
 _TCHAR = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
-TOKEN = re.compile(_TCHAR + rb"+")
+TOKEN: Final = re.compile(_TCHAR + rb"+")
 # RFC 9112 5: field-line = field-name ":" OWS field-value OWS, one per CRLF-ended line, and
 # RFC 9110 5.5: field-value = *( field-vchar / SP / HTAB ) with field-vchar = VCHAR / obs-text:
 # no CTL but HTAB, so CR, LF and NUL can never get in. MULTILINE anchors each match at a line
 # start, so a line matches whole or not at all: the block is valid iff the number of matches
 # equals the number of lines. Possessive quantifiers: no backtracking, ~1.5 µs for 8 lines.
 # Trailing OWS is left in the value here and stripped by split_fields_py when present (rare).
-FIELD_LINE = re.compile(
+FIELD_LINE: Final = re.compile(
     rb"^(" + _TCHAR + rb"++):[ \t]*+([\t\x20-\x7e\x80-\xff]*+)\r\n", re.MULTILINE
 )
 # RFC 9112 3: request-line = method SP request-target SP HTTP-version. The target is
 # visible ASCII only (RFC 3986 has no place for SP, CTLs or bytes >= 0x80).
-REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])\r\n")
+REQUEST_LINE: Final = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])\r\n")
 # RFC 9112 4: status-line = HTTP-version SP status-code SP [ reason-phrase ]. The SP before
 # an empty reason is often left out by servers; it carries no framing, so it is optional.
-STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n")
+STATUS_LINE: Final = re.compile(
+    rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n"
+)
 # RFC 9110 8.6: Content-Length = 1*DIGIT. 18 digits keep it below 2**63 (what Envoy and
 # every backend can represent); a longer one is refused rather than trusted.
-CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
+CONTENT_LENGTH: Final = re.compile(rb"[0-9]{1,18}")
 # RFC 9112 7.1: chunk-size = 1*HEXDIG (at most 16: 64 bits), chunk-ext = *( BWS ";" BWS
 # chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), chunk-ext-val = token / quoted-string.
 _QUOTED = rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"'
-CHUNK_LINE = re.compile(
+CHUNK_LINE: Final = re.compile(
     rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[ \t]*"
     + _TCHAR
     + rb"+(?:[ \t]*=[ \t]*(?:"
@@ -59,14 +62,15 @@ CHUNK_LINE = re.compile(
 )
 # RFC 9110 7.2: Host = uri-host [ ":" port ] (RFC 3986 reg-name or IP-literal); may be empty.
 _URI_HOST = rb"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)"
-HOST = re.compile(_URI_HOST + rb"(?::[0-9]*)?")
+HOST: Final = re.compile(_URI_HOST + rb"(?::[0-9]*)?")
 # RFC 9112 3.2.3: authority-form, for CONNECT only; RFC 9110 9.3.6 requires the port.
-AUTHORITY_FORM = re.compile(_URI_HOST + rb":[0-9]{1,5}")
+AUTHORITY_FORM: Final = re.compile(_URI_HOST + rb":[0-9]{1,5}")
 # RFC 9112 3.2.2: absolute-form starts with a scheme (RFC 3986 3.1).
-ABSOLUTE_FORM = re.compile(rb"[A-Za-z][-A-Za-z0-9+.]*:")
+ABSOLUTE_FORM: Final = re.compile(rb"[A-Za-z][-A-Za-z0-9+.]*:")
 
 
-MALFORMED, TOO_MANY = 0, 1  # what split_fields answers instead of (fields, names)
+MALFORMED: Final = 0  # what split_fields answers instead of (fields, names)
+TOO_MANY: Final = 1
 
 
 def split_fields_py(buf: bytes, start: int, end: int, max_headers: int
@@ -88,7 +92,7 @@ def split_fields_py(buf: bytes, start: int, end: int, max_headers: int
     return fields, lower_names(fields)
 
 
-split_fields: Callable[[bytes, int, int, int], tuple[Headers, Names] | int] = (
+split_fields: Final[Callable[[bytes, int, int, int], tuple[Headers, Names] | int]] = (
     native.split_fields if native is not None else split_fields_py
 )
 
@@ -106,14 +110,34 @@ def parse_fields(
     raise ProtocolError(bad, _diagnose(buf[start:end]))
 
 
+def name_index_py(names: Names, key: bytes, start: int = 0) -> int:
+    """The index of ``key`` in ``names`` from ``start``; -1 when absent. The twin of
+    _speedups.name_index, which answers -2 when ``names`` is not a list of bytes."""
+    if start <= 0:
+        return names.index(key) if key in names else -1
+    return next((i for i in range(start, len(names)) if names[i] == key), -1)
+
+
+_c_name_index: Final[Callable[[Names, bytes, int], int] | None] = (
+    native.name_index if native is not None else None
+)
+
+
+def index_of(names: Names, key: bytes, start: int = 0) -> int:
+    """Where the lowered name ``key`` is in ``names`` (from ``start``), -1 when absent: the
+    request path's `key in names`, without a rich comparison per name in the compiled core."""
+    i = _c_name_index(names, key, start) if _c_name_index is not None else -2
+    return i if i != -2 else name_index_py(names, key, start)
+
+
 def values_of(fields: Headers, names: list[bytes], key: bytes) -> list[bytes] | None:
-    """Every value of the field ``key`` (lower case), None when absent: C-level scans of
-    the lowered ``names`` for the usual zero or one occurrence."""
-    n = names.count(key)
-    if not n:
+    """Every value of the field ``key`` (lower case), None when absent: two scans of the
+    lowered ``names`` for the usual zero or one occurrence."""
+    i = index_of(names, key)
+    if i < 0:
         return None
-    if n == 1:
-        return [fields[names.index(key)][1]]
+    if index_of(names, key, i + 1) < 0:
+        return [fields[i][1]]
     return [field[1] for field, name in zip(fields, names, strict=True) if name == key]
 
 
@@ -125,7 +149,7 @@ def body_framing(
     coding ``unsupported`` (501 or 502)."""
     chunked = False
     length = None
-    te = values_of(fields, names, b"transfer-encoding") if b"transfer-encoding" in names else None
+    te = values_of(fields, names, b"transfer-encoding")
     cl = values_of(fields, names, b"content-length")
     if te is not None:
         if cl is not None:
@@ -142,7 +166,7 @@ def body_framing(
             length = int(cl[0])  # the usual: one plain value (what content_length accepts)
         else:
             length = content_length(cl, bad)  # refused, with the reason
-    connection = values_of(fields, names, b"connection") if b"connection" in names else None
+    connection = values_of(fields, names, b"connection")
     if connection is None:
         tokens = []
     elif len(connection) == 1 and b"," not in connection[0]:

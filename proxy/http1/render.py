@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from proxy.http1.events import Headers, Names, lower_names
 from proxy.http1.grammar import list_tokens, native, values_of
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 # RFC 9110 7.6.1: connection-specific fields a proxy must not forward, plus the names the
 # Connection field lists. Proxy-Connection is not standard but still sent by old clients.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     (
         b"connection",
         b"keep-alive",
@@ -24,7 +25,7 @@ HOP_BY_HOP = frozenset(
 )
 # Never forwarded from a request either: the proxy re-frames every body itself (and answers
 # 100-continue itself), so the received framing fields do not pass through.
-REFRAMED = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+REFRAMED: Final = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 
 
 def request_drop(remove: frozenset[bytes]) -> frozenset[bytes]:
@@ -51,13 +52,13 @@ def render_response_py(version: bytes, status: int, reason: bytes, headers: Head
     return _checked(head % (version, status, reason, fields), headers)
 
 
-_c_request: Callable[[bytes, bytes, bytes, Headers], bytes | None] | None = (
+_c_request: Final[Callable[[bytes, bytes, bytes, Headers], bytes | None] | None] = (
     native.render_request if native is not None else None
 )
-_c_response: Callable[[bytes, int, bytes, Headers], bytes | None] | None = (
+_c_response: Final[Callable[[bytes, int, bytes, Headers], bytes | None] | None] = (
     native.render_response if native is not None else None
 )
-_c_keep: Callable[[Headers, Names, frozenset[bytes]], Headers | None] | None = (
+_c_keep: Final[Callable[[Headers, Names, frozenset[bytes]], Headers | None] | None] = (
     native.keep_fields if native is not None else None
 )
 
@@ -94,7 +95,9 @@ def hex_id_py(value: int, digits: int) -> bytes:
     return b"%0*x" % (digits, value)
 
 
-_c_hex: Callable[[int, int], bytes | None] | None = native.hex_id if native is not None else None
+_c_hex: Final[Callable[[int, int], bytes | None] | None] = (
+    native.hex_id if native is not None else None
+)
 
 
 def hex_id(value: int, digits: int) -> bytes:
@@ -118,8 +121,8 @@ def strip_hop_by_hop(
     give them (computed when not given). Always a new list: callers append to it."""
     if names is None:
         names = lower_names(headers)
-    if b"connection" in names:
-        values = values_of(headers, names, b"connection") or []
+    values = values_of(headers, names, b"connection")
+    if values is not None:
         if len(values) == 1 and b"," not in values[0]:
             listed = [values[0].lower()]  # the usual single token, already OWS-stripped
         else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from proxy.http1.events import Event, Headers, ProtocolError, Request
 from proxy.http1.grammar import (
@@ -13,6 +13,7 @@ from proxy.http1.grammar import (
     REQUEST_LINE,
     TOKEN,
     body_framing,
+    index_of,
     parse_fields,
     values_of,
 )
@@ -20,8 +21,8 @@ from proxy.http1.stream import CHUNK_SIZE, CLOSED, HEAD, LENGTH, PAUSED, StreamP
 
 # The header fields whose meaning the parser itself must read besides Host; the rest
 # pass through.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection", b"expect"))
-_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_FRAMING: Final = frozenset((b"content-length", b"transfer-encoding", b"connection", b"expect"))
+_VERSION: Final = re.compile(rb"HTTP/[0-9]\.[0-9]")
 
 
 class RequestParser(StreamParser):
@@ -78,12 +79,12 @@ class RequestParser(StreamParser):
             _check_target(method, target)
 
         # RFC 9112 3.2: 400 for HTTP/1.1 without Host, for two Host lines, for a bad Host.
-        hosts = names.count(b"host")
+        at = index_of(names, b"host")
         host = None
-        if hosts:
-            if hosts > 1:
+        if at >= 0:
+            if index_of(names, b"host", at + 1) >= 0:
                 raise ProtocolError(400, "more than one Host header (RFC 9112 3.2)")
-            host = fields[names.index(b"host")][1]
+            host = fields[at][1]
             if not HOST.fullmatch(host):
                 raise ProtocolError(400, f"invalid Host {host[:40]!r} (RFC 9112 3.2)")
         elif version == b"1.1":

@@ -14,7 +14,7 @@ after the message.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from proxy.http1.events import Data, EndOfMessage, Event, Headers, ProtocolError
 from proxy.http1.grammar import CHUNK_LINE, parse_fields
@@ -24,12 +24,12 @@ PAUSED, CLOSED, EOF, DEAD = range(7, 11)
 
 # RFC 9112 7.1.1 puts no bound on a chunk-size line; a line with extensions longer than this
 # is refused rather than buffered (h11 and llhttp bound it too).
-MAX_CHUNK_LINE = 4096
+MAX_CHUNK_LINE: Final = 4096
 # RFC 9110 6.5.1: trailers must not carry message framing or routing: refused outright.
-FORBIDDEN_TRAILERS = frozenset((b"content-length", b"transfer-encoding", b"host"))
+FORBIDDEN_TRAILERS: Final = frozenset((b"content-length", b"transfer-encoding", b"host"))
 # The end of a message without trailers (nearly all): one shared event (nothing mutates
 # an event's trailers).
-_END = EndOfMessage([])
+_END: Final = EndOfMessage([])
 
 
 class StreamParser:

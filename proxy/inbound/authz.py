@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from proxy.http1 import Request
 from proxy.policy import authz
@@ -57,7 +58,7 @@ def _attrs(peer: SpiffeId | None, port: int, method: str = "", path: str = "", h
                               headers=headers or {})
 
 
-_NO_POLICY = authz.Decision(True, None, "no policy selects this workload")
+_NO_POLICY: Final = authz.Decision(True, None, "no policy selects this workload")
 
 
 def decide(

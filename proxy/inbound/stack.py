@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.accept import first_byte, streams_for
 from proxy.detect import detect
@@ -31,8 +31,8 @@ log = logging.getLogger("meshctl.proxy.inbound")
 # certificate only (Istio's forwardClientCertDetails SANITIZE_SET).
 STRIP = frozenset((b"x-forwarded-client-cert",))
 # The trace headers are re-rendered for the app: the server span becomes its parent.
-STRIP_AND_TRACE = STRIP | TRACE_HEADERS
-_DROP = request_drop(STRIP_AND_TRACE)
+STRIP_AND_TRACE: Final = STRIP | TRACE_HEADERS
+_DROP: Final = request_drop(STRIP_AND_TRACE)
 
 
 class Inbound:

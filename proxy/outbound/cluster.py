@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from proxy.forward import Target
 from proxy.policy import balancer as lb
@@ -22,7 +23,7 @@ from proxy.streams import ConnLimiter
 from registry.config.model import TrafficPolicy
 from registry.server.catalog import Endpoint
 
-_RNG = random.Random()
+_RNG: Final = random.Random()
 
 
 def _lb_choice(policy: TrafficPolicy | None) -> tuple[str | None, str | None]:

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import random
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from meshctl.aio import spawn
 from proxy.detect import detect
@@ -21,6 +21,7 @@ from proxy.http1 import (
     render_request_head,
     strip_hop_by_hop,
 )
+from proxy.http1.grammar import index_of
 from proxy.identity import PeerIdentityError, peer_identity, sni_for
 from proxy.outbound.cluster import ClusterRuntime
 from proxy.policy.limits import Gauges
@@ -230,7 +231,7 @@ class Outbound:
         proxy = self.proxy
         add = [*compiled.add_request[index], *hop.headers]
         names = req.names
-        if b"x-request-id" not in (names if names is not None else req.lowered()):
+        if index_of(names if names is not None else req.lowered(), b"x-request-id") < 0:
             add.append((b"x-request-id", proxy.request_id()))
         rt.budget.deposit()
         hash_key = req.get(rt.hash_header) if rt.hash_header else None
@@ -338,8 +339,8 @@ class _Admission:
 
 
 # The copy carries the route's headers and our trace context (`add`), not the caller's.
-_MIRROR_DROP = (
+_MIRROR_DROP: Final = (
     frozenset((b"content-length", b"transfer-encoding", b"expect", b"x-forwarded-client-cert"))
     | TRACE_HEADERS
 )
-_RNG = random.Random()
+_RNG: Final = random.Random()

@@ -24,6 +24,7 @@ import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 # -- string matching ----------------------------------------------------------------------------
 
@@ -196,8 +197,8 @@ def _ports(values: Sequence[str | int]) -> frozenset[int] | None:
     return frozenset(out)
 
 
-_HEADER_KEY = re.compile(r"request\.headers\[([^\]]+)\]\Z")
-_WHEN_KEYS = ("source.principal", "source.namespace", "destination.port")
+_HEADER_KEY: Final = re.compile(r"request\.headers\[([^\]]+)\]\Z")
+_WHEN_KEYS: Final = ("source.principal", "source.namespace", "destination.port")
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,12 +330,12 @@ def _audit(policies: Sequence[Policy], r: RequestAttrs) -> str | None:
 
 # -- path normalisation --------------------------------------------------------------------------
 
-_HEX = "0123456789abcdefABCDEF"
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX: Final = "0123456789abcdefABCDEF"
+_UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # RFC 3986 pchar minus pct-encoded, plus "/" (and "\\", turned into "/").
-_PATH_CHARS = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
+_PATH_CHARS: Final = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
 # Already normal: non-empty segments of plain pchars, none "." or "..", optional trailing "/".
-_ALREADY_NORMAL = re.compile(r"(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+/?|/")
+_ALREADY_NORMAL: Final = re.compile(r"(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+/?|/")
 
 
 def normalize_path(raw: bytes | str) -> str | None:

@@ -20,11 +20,11 @@ import hashlib
 import math
 import random
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.policy.clock import Clock
 
-_NO_EXCLUDE: frozenset[str] = frozenset()
+_NO_EXCLUDE: Final[frozenset[str]] = frozenset()
 
 
 class Balancer(Protocol):

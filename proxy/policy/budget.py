@@ -12,9 +12,11 @@ integers: with ratio 0.2 a request deposits 1 and a retry withdraws 5, and the r
 
 from __future__ import annotations
 
+from typing import Final
+
 from proxy.policy.clock import Clock
 
-_SLOTS = 10
+_SLOTS: Final = 10
 
 
 class RetryBudget:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +19,7 @@ class FaultDecision:
     abort_status: int | None = None
 
 
-NO_FAULT = FaultDecision()
+NO_FAULT: Final = FaultDecision()
 
 
 @dataclass(frozen=True, slots=True)

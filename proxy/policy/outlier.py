@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.policy.clock import Clock
 
-_GATEWAY_ERRORS = frozenset({502, 503, 504})
+_GATEWAY_ERRORS: Final = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Final
 
 # Envoy's HTTP retry_on conditions (router filter docs, x-envoy-retry-on) plus the gRPC ones
 # (x-envoy-retry-grpc-on). Istio accepts both kinds, and bare status codes, in one retryOn string.
-HTTP_CONDITIONS = frozenset(
+HTTP_CONDITIONS: Final = frozenset(
     {
         "5xx",
         "gateway-error",
@@ -29,19 +30,19 @@ HTTP_CONDITIONS = frozenset(
     }
 )
 # gRPC status carried in the response headers (grpc-status): name -> code (gRPC status codes).
-GRPC_CONDITIONS: dict[str, int] = {
+GRPC_CONDITIONS: Final[dict[str, int]] = {
     "cancelled": 1,
     "deadline-exceeded": 4,
     "resource-exhausted": 8,
     "internal": 13,
     "unavailable": 14,
 }
-GATEWAY_ERRORS = frozenset({502, 503, 504})
-RETRIABLE_4XX = frozenset({409})
+GATEWAY_ERRORS: Final = frozenset({502, 503, 504})
+RETRIABLE_4XX: Final = frozenset({409})
 
 # RFC 9110 9.2.2: methods whose repetition has the same effect as one request. Anything else
 # (POST, PATCH, CONNECT, and unknown extension methods) is treated as non-idempotent.
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Linkerd: request bodies over 64 KiB are not buffered for replay, so never retried.
 MAX_REPLAY_BODY_BYTES = 64 * 1024

@@ -16,10 +16,11 @@ import itertools
 import math
 import random
 from collections.abc import Sequence
+from typing import Final
 
 # Precompute the whole period when it is at most this long (Istio weights sum to 100, so the
 # period is at most 100); past it, run the O(n) algorithm per pick.
-_MAX_SCHEDULE = 10_000
+_MAX_SCHEDULE: Final = 10_000
 
 
 def _check(weights: Sequence[int]) -> tuple[int, ...]:

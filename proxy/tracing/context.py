@@ -23,12 +23,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-from proxy.http1.grammar import native
+from proxy.http1.grammar import index_of, native
 
-W3C = 1
-B3_SINGLE = 2
-B3_MULTI = 4
+W3C: Final = 1
+B3_SINGLE: Final = 2
+B3_MULTI: Final = 4
 
 _B3_MULTI_NAMES = (
     b"x-b3-traceid",
@@ -38,9 +39,9 @@ _B3_MULTI_NAMES = (
     b"x-b3-flags",
 )
 # Replaced on every hop (the parent id changes); tracestate and baggage pass through.
-TRACE_HEADERS = frozenset((b"traceparent", b"b3", *_B3_MULTI_NAMES))
-_NOT_W3C = TRACE_HEADERS - {b"traceparent"}
-_HEX = frozenset(b"0123456789abcdef")
+TRACE_HEADERS: Final = frozenset((b"traceparent", b"b3", *_B3_MULTI_NAMES))
+_NOT_W3C: Final = TRACE_HEADERS - {b"traceparent"}
+_HEX: Final = frozenset(b"0123456789abcdef")
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -85,7 +86,9 @@ def _sampled_b3(raw: bytes | None) -> bool | None:
     return None
 
 
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACEPARENT: Final = re.compile(
+    rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?"
+)
 
 
 def _parse_traceparent(v: bytes) -> tuple[int, int, bool] | None:
@@ -121,9 +124,9 @@ def extract(headers: Headers, names: list[bytes] | None = None) -> Parent | None
         found = [(n, v) for n, v in ((n.lower(), v) for n, v in headers) if n in TRACE_HEADERS]
     elif TRACE_HEADERS.isdisjoint(names):
         return None
-    elif b"traceparent" in names and _NOT_W3C.isdisjoint(names):
+    elif (at := index_of(names, b"traceparent")) >= 0 and _NOT_W3C.isdisjoint(names):
         # Only W3C (what the proxies send each other): its first value, no loop.
-        got = _parse_traceparent(headers[names.index(b"traceparent")][1])
+        got = _parse_traceparent(headers[at][1])
         return Parent(got[0], got[1], got[2], W3C) if got is not None else Parent(0, 0, None, W3C)
     else:
         found = [(n, headers[i][1]) for i, n in enumerate(names) if n in TRACE_HEADERS]
@@ -168,7 +171,7 @@ def traceparent_py(trace_id: int, span_id: int, sampled: bool) -> bytes:
     return b"00-%032x-%016x-%s" % (trace_id, span_id, b"01" if sampled else b"00")
 
 
-_c_traceparent: Callable[[int, int, bool], bytes | None] | None = (
+_c_traceparent: Final[Callable[[int, int, bool], bytes | None] | None] = (
     native.traceparent if native is not None else None
 )
 

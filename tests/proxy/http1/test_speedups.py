@@ -182,3 +182,18 @@ def test_hex_ids_agree_with_the_python_twins() -> None:
     assert native.hex_id(-1, 8) is None and native.hex_id(1 << 32, 8) is None
     assert native.hex_id(5, 3) is None and native.hex_id(True, 2) is None
     assert hex_id_py(1 << 32, 8) == b"100000000"
+
+
+def test_name_index_agrees_with_the_python_twin() -> None:
+    from proxy.http1.grammar import name_index_py
+
+    native = _native()
+    rng = random.Random(5)
+    pool = [b"host", b"connection", b"content-length", b"te", b"x-a", b""]
+    for _ in range(5_000):
+        names = [rng.choice(pool) for _ in range(rng.randint(0, 8))]
+        key = bytes(rng.choice(pool))  # equal bytes, not the same object
+        start = rng.choice([0, 0, 1, 3, 9])
+        assert native.name_index(names, key, start) == name_index_py(names, key, start)
+    assert native.name_index([b"a", "a"], b"b", 0) == -2  # not all bytes: the twin decides
+    assert native.name_index((b"a",), b"a", 0) == -2
