@@ -9,6 +9,7 @@
      keep_fields    <-> proxy.http1.render.keep_fields_py
      hex_id         <-> proxy.http1.render.hex_id_py
      traceparent    <-> proxy.tracing.context.traceparent_py
+     parse_traceparent <-> proxy.tracing.context.parse_traceparent_py
      render_request <-> proxy.http1.render.render_request_py
      render_response<-> proxy.http1.render.render_response_py
 
@@ -308,6 +309,65 @@ traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBytes_FromStringAndSize(buf, 55);
 }
 
+static int
+hexval(unsigned char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* `n` lower-case hex digits at `s` into n/2 bytes at `out`; 0 if any is not [0-9a-f]. */
+static int
+get_hex(const unsigned char *s, int n, unsigned char *out)
+{
+    for (int i = 0; i < n; i += 2) {
+        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+        if (hi < 0 || lo < 0) return 0;
+        out[i / 2] = (unsigned char)(hi << 4 | lo);
+    }
+    return 1;
+}
+
+static int
+is_space(unsigned char c) /* bytes.strip()'s ASCII whitespace */
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
+}
+
+/* parse_traceparent(value) -> (trace_id, span_id, sampled) | None: a W3C traceparent
+   `version-trace_id-parent_id-flags[-rest]` (lower-case hex; version ff refused, version 00
+   without a rest; zero ids refused), surrounding ASCII whitespace ignored. */
+static PyObject *
+parse_traceparent(PyObject *module, PyObject *value)
+{
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "parse_traceparent(value: bytes)");
+        return NULL;
+    }
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(value);
+    Py_ssize_t n = PyBytes_GET_SIZE(value);
+    while (n > 0 && is_space(s[n - 1])) n--;
+    while (n > 0 && is_space(s[0])) s++, n--;
+    unsigned char version, tid[16], sid[8], flags;
+    if (n < 55 || s[2] != '-' || s[35] != '-' || s[52] != '-' || !get_hex(s, 2, &version) ||
+        !get_hex(s + 3, 32, tid) || !get_hex(s + 36, 16, sid) || !get_hex(s + 53, 2, &flags))
+        Py_RETURN_NONE;
+    if (n > 55) { /* the rest: "-" then anything but LF (the regex's `(-.*)?`) */
+        if (s[55] != '-' || memchr(s + 56, '\n', (size_t)(n - 56)) != NULL || version == 0)
+            Py_RETURN_NONE;
+    }
+    if (version == 0xff) Py_RETURN_NONE;
+    int tid_zero = 1, sid_zero = 1;
+    for (int i = 0; i < 16; i++) tid_zero &= tid[i] == 0;
+    for (int i = 0; i < 8; i++) sid_zero &= sid[i] == 0;
+    if (tid_zero || sid_zero) Py_RETURN_NONE;
+    PyObject *t = _PyLong_FromByteArray(tid, 16, 0, 0);
+    PyObject *p = _PyLong_FromByteArray(sid, 8, 0, 0);
+    PyObject *out = (t && p) ? PyTuple_Pack(3, t, p, (flags & 1) ? Py_True : Py_False) : NULL;
+    Py_XDECREF(t);
+    Py_XDECREF(p);
+    return out;
+}
+
 /* -- rendering --------------------------------------------------------------------------- */
 
 /* A part of a head: bytes with no CR, LF or NUL (a value that could split the head). */
@@ -435,6 +495,8 @@ static PyMethodDef methods[] = {
      "hex_id(value, digits) -> bytes | None"},
     {"traceparent", (PyCFunction)(void (*)(void))traceparent, METH_FASTCALL,
      "traceparent(trace_id, span_id, sampled) -> bytes | None"},
+    {"parse_traceparent", (PyCFunction)parse_traceparent, METH_O,
+     "parse_traceparent(value) -> (trace_id, span_id, sampled) | None"},
     {"render_request", (PyCFunction)(void (*)(void))render_request, METH_FASTCALL,
      "render_request(method, target, version, headers) -> bytes | None"},
     {"render_response", (PyCFunction)(void (*)(void))render_response, METH_FASTCALL,

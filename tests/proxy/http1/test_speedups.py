@@ -197,3 +197,27 @@ def test_name_index_agrees_with_the_python_twin() -> None:
         assert native.name_index(names, key, start) == name_index_py(names, key, start)
     assert native.name_index([b"a", "a"], b"b", 0) == -2  # not all bytes: the twin decides
     assert native.name_index((b"a",), b"a", 0) == -2
+
+
+def test_parse_traceparent_agrees_with_the_python_twin() -> None:
+    from proxy.tracing.context import parse_traceparent_py
+
+    native = _native()
+    rng = random.Random(9)
+    hexd = b"0123456789abcdef"
+    seen_ok = 0
+    for _ in range(20_000):
+        version = rng.choice([b"00", b"01", b"ff", b"cc", b"0G"])
+        tid = bytes(rng.choice(hexd) for _ in range(32)) if rng.random() < 0.9 else b"0" * 32
+        sid = bytes(rng.choice(hexd) for _ in range(16)) if rng.random() < 0.9 else b"0" * 16
+        flags = rng.choice([b"00", b"01", b"03", b"ff"])
+        v = b"-".join((version, tid, sid, flags))
+        v += rng.choice([b"", b"", b"-x", b"-", b"-a\nb", b"x"])
+        v = rng.choice([b"", b" ", b"\t"]) + v + rng.choice([b"", b" ", b"\r\n"])
+        if rng.random() < 0.2:  # one damaged byte
+            at = rng.randrange(len(v))
+            v = v[:at] + bytes([rng.choice(b"A-xZ \n")]) + v[at + 1 :]
+        want = parse_traceparent_py(v)
+        assert native.parse_traceparent(v) == want, v
+        seen_ok += want is not None
+    assert seen_ok > 3000
