@@ -5,6 +5,9 @@
    it does and runs when the core is interpreted:
 
      split_fields   <-> proxy.http1.grammar.split_fields_py
+     request_line   <-> proxy.http1.grammar.request_line_py
+     status_line    <-> proxy.http1.grammar.status_line_py
+     valid_host     <-> proxy.http1.grammar.valid_host_py
      name_index     <-> proxy.http1.grammar.name_index_py
      keep_fields    <-> proxy.http1.render.keep_fields_py
      hex_id         <-> proxy.http1.render.hex_id_py
@@ -115,6 +118,25 @@ ssize_arg(PyObject *obj, Py_ssize_t *out)
     return !(*out == -1 && PyErr_Occurred());
 }
 
+/* The (buf, start, end, ...) arguments: the bytes, and the bounds clamped to them as
+   slicing clamps. 0 with TypeError (`usage`) or the int conversion's error set. */
+static int
+span_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *usage,
+          const unsigned char **s, Py_ssize_t *start, Py_ssize_t *end)
+{
+    if (nargs != want || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return 0;
+    }
+    if (!ssize_arg(args[1], start) || !ssize_arg(args[2], end)) return 0;
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    if (*start < 0) *start = 0;
+    if (*end > size) *end = size;
+    if (*end < *start) *end = *start;
+    *s = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    return 1;
+}
+
 /* split_fields(buf, start, end, max_headers) -> (fields, names) | 0 | 1
 
    The CRLF-ended field lines of buf[start:end] (RFC 9112 5: token ":" OWS value OWS):
@@ -123,20 +145,12 @@ ssize_arg(PyObject *obj, Py_ssize_t *out)
 static PyObject *
 split_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
+    const unsigned char *s;
     Py_ssize_t start, end, max_headers;
-    if (nargs != 4 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "split_fields(buf: bytes, start, end, max_headers)");
-        return NULL;
-    }
-    if (!ssize_arg(args[1], &start) || !ssize_arg(args[2], &end) ||
+    if (!span_args(args, nargs, 4, "split_fields(buf: bytes, start, end, max_headers)", &s,
+                   &start, &end) ||
         !ssize_arg(args[3], &max_headers))
         return NULL;
-    PyObject *buf = args[0];
-    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(buf);
-    Py_ssize_t size = PyBytes_GET_SIZE(buf);
-    if (start < 0) start = 0;
-    if (end > size) end = size;
-    if (end < start) end = start;
 
     Py_ssize_t lines = 0;
     for (const unsigned char *p = s + start, *e = s + end;
@@ -248,6 +262,134 @@ name_index(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return PyLong_FromSsize_t(i);
     }
     return PyLong_FromLong(-1);
+}
+
+/* -- start lines and Host ---------------------------------------------------------------- */
+
+static int
+is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* request_line(buf, start, end) -> (method, target, version, next) | None: RFC 9112 3,
+   `token SP 1*(%x21-7E) SP "HTTP/" DIGIT "." DIGIT CRLF` at buf[start:end], as
+   grammar.REQUEST_LINE.match; `next` is where the line ends (after its CRLF). */
+static PyObject *
+request_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    const unsigned char *s;
+    Py_ssize_t start, end;
+    if (!span_args(args, nargs, 3, "request_line(buf: bytes, start, end)", &s, &start, &end))
+        return NULL;
+    Py_ssize_t i = start;
+    while (i < end && TCHAR[s[i]]) i++;
+    Py_ssize_t method_end = i;
+    if (method_end == start || i >= end || s[i] != ' ') Py_RETURN_NONE;
+    Py_ssize_t target_start = ++i;
+    while (i < end && s[i] >= 0x21 && s[i] <= 0x7e) i++;
+    Py_ssize_t target_end = i;
+    if (target_end == target_start || end - i < 11 || memcmp(s + i, " HTTP/", 6) != 0 ||
+        !is_digit(s[i + 6]) || s[i + 7] != '.' || !is_digit(s[i + 8]) || s[i + 9] != '\r' ||
+        s[i + 10] != '\n')
+        Py_RETURN_NONE;
+    PyObject *method, *ignored;
+    if (!field_name(s + start, method_end - start, &method, &ignored)) return NULL;
+    Py_DECREF(ignored);
+    PyObject *target = PyBytes_FromStringAndSize((const char *)s + target_start,
+                                                 target_end - target_start);
+    PyObject *version = PyBytes_FromStringAndSize((const char *)s + i + 6, 3);
+    PyObject *next = PyLong_FromSsize_t(i + 11);
+    PyObject *out = (target && version && next) ? PyTuple_Pack(4, method, target, version, next)
+                                                : NULL;
+    Py_DECREF(method);
+    Py_XDECREF(target);
+    Py_XDECREF(version);
+    Py_XDECREF(next);
+    return out;
+}
+
+/* status_line(buf, start, end) -> (version, status, reason | None, next) | None: RFC 9112
+   4, `"HTTP/" DIGIT "." DIGIT SP 3DIGIT [ SP reason ] CRLF`, as grammar.STATUS_LINE.match
+   (the reason None when its SP is left out too). */
+static PyObject *
+status_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    const unsigned char *s;
+    Py_ssize_t start, end;
+    if (!span_args(args, nargs, 3, "status_line(buf: bytes, start, end)", &s, &start, &end))
+        return NULL;
+    const unsigned char *p = s + start;
+    if (end - start < 14 || memcmp(p, "HTTP/", 5) != 0 || !is_digit(p[5]) || p[6] != '.' ||
+        !is_digit(p[7]) || p[8] != ' ' || !is_digit(p[9]) || !is_digit(p[10]) ||
+        !is_digit(p[11]))
+        Py_RETURN_NONE;
+    Py_ssize_t i = start + 12, reason_start = -1;
+    if (s[i] == ' ') {
+        reason_start = ++i;
+        while (i < end && FVCHAR[s[i]]) i++;
+    }
+    if (end - i < 2 || s[i] != '\r' || s[i + 1] != '\n') Py_RETURN_NONE;
+    long status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    PyObject *version = PyBytes_FromStringAndSize((const char *)p + 5, 3);
+    PyObject *code = PyLong_FromLong(status);
+    PyObject *reason = reason_start < 0 ? Py_NewRef(Py_None)
+                                        : PyBytes_FromStringAndSize((const char *)s + reason_start,
+                                                                    i - reason_start);
+    PyObject *next = PyLong_FromSsize_t(i + 2);
+    PyObject *out = (version && code && reason && next)
+                        ? PyTuple_Pack(4, version, code, reason, next)
+                        : NULL;
+    Py_XDECREF(version);
+    Py_XDECREF(code);
+    Py_XDECREF(reason);
+    Py_XDECREF(next);
+    return out;
+}
+
+/* RFC 3986 reg-name characters (unreserved, sub-delims, pct-encoded's "%"). */
+static unsigned char REGNAME[256];
+/* An IP-literal's characters, as grammar.HOST takes them: hex digits, ":" and ".". */
+static unsigned char IPLIT[256];
+
+static void
+init_host_tables(void)
+{
+    const char *regname = "-._~!$&'()*+,;=%";
+    for (int c = '0'; c <= '9'; c++) REGNAME[c] = IPLIT[c] = 1;
+    for (int c = 'A'; c <= 'Z'; c++) REGNAME[c] = 1;
+    for (int c = 'a'; c <= 'z'; c++) REGNAME[c] = 1;
+    for (const char *q = regname; *q; q++) REGNAME[(unsigned char)*q] = 1;
+    for (int c = 'A'; c <= 'F'; c++) IPLIT[c] = 1;
+    for (int c = 'a'; c <= 'f'; c++) IPLIT[c] = 1;
+    IPLIT[':'] = IPLIT['.'] = 1;
+}
+
+/* valid_host(value) -> bool: RFC 9110 7.2 `uri-host [ ":" port ]` as grammar.HOST
+   fullmatches it (an empty host and an empty port are allowed). */
+static PyObject *
+valid_host(PyObject *module, PyObject *value)
+{
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "valid_host(value: bytes)");
+        return NULL;
+    }
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(value);
+    Py_ssize_t n = PyBytes_GET_SIZE(value), i = 0;
+    if (n > 0 && s[0] == '[') {
+        i = 1;
+        while (i < n && IPLIT[s[i]]) i++;
+        if (i == 1 || i >= n || s[i] != ']') Py_RETURN_FALSE;
+        i++;
+    } else {
+        while (i < n && REGNAME[s[i]]) i++;
+    }
+    if (i < n) {
+        if (s[i] != ':') Py_RETURN_FALSE;
+        i++;
+        while (i < n && is_digit(s[i])) i++;
+    }
+    return PyBool_FromLong(i == n);
 }
 
 /* -- hex ids ----------------------------------------------------------------------------- */
@@ -489,6 +631,11 @@ static PyMethodDef methods[] = {
      "(too many lines)"},
     {"keep_fields", (PyCFunction)(void (*)(void))keep_fields, METH_FASTCALL,
      "keep_fields(headers, names, drop) -> list | None"},
+    {"request_line", (PyCFunction)(void (*)(void))request_line, METH_FASTCALL,
+     "request_line(buf, start, end) -> (method, target, version, next) | None"},
+    {"status_line", (PyCFunction)(void (*)(void))status_line, METH_FASTCALL,
+     "status_line(buf, start, end) -> (version, status, reason, next) | None"},
+    {"valid_host", (PyCFunction)valid_host, METH_O, "valid_host(value) -> bool"},
     {"name_index", (PyCFunction)(void (*)(void))name_index, METH_FASTCALL,
      "name_index(names, key, start) -> int (-1: absent, -2: not a list of bytes)"},
     {"hex_id", (PyCFunction)(void (*)(void))hex_id, METH_FASTCALL,
@@ -514,6 +661,7 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     init_tables();
+    init_host_tables();
     SP = PyBytes_FromString(" ");
     HTTP_SLASH = PyBytes_FromString(" HTTP/");
     HTTP_ONLY = PyBytes_FromString("HTTP/");

@@ -130,6 +130,41 @@ def index_of(names: Names, key: bytes, start: int = 0) -> int:
     return i if i != -2 else name_index_py(names, key, start)
 
 
+def request_line_py(buf: bytes, start: int, end: int) -> tuple[bytes, bytes, bytes, int] | None:
+    """(method, target, version, where the line ends) of the request-line at ``start``,
+    None when it is not one (RFC 9112 3); _speedups.request_line is its C twin."""
+    m = REQUEST_LINE.match(buf, start, end)
+    if m is None:
+        return None
+    return m.group(1), m.group(2), m.group(3), m.end()
+
+
+def status_line_py(buf: bytes, start: int, end: int
+                   ) -> tuple[bytes, int, bytes | None, int] | None:
+    """(version, status, reason or None, where the line ends) of the status-line at
+    ``start``, None when it is not one (RFC 9112 4); _speedups.status_line is its C twin."""
+    m = STATUS_LINE.match(buf, start, end)
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2)), m.group(3), m.end()
+
+
+def valid_host_py(value: bytes) -> bool:
+    """RFC 9110 7.2 Host: uri-host [ ":" port ]; _speedups.valid_host is its C twin."""
+    return HOST.fullmatch(value) is not None
+
+
+request_line: Final[Callable[[bytes, int, int], tuple[bytes, bytes, bytes, int] | None]] = (
+    native.request_line if native is not None else request_line_py
+)
+status_line: Final[Callable[[bytes, int, int], tuple[bytes, int, bytes | None, int] | None]] = (
+    native.status_line if native is not None else status_line_py
+)
+valid_host: Final[Callable[[bytes], bool]] = (
+    native.valid_host if native is not None else valid_host_py
+)
+
+
 def values_of(fields: Headers, names: list[bytes], key: bytes) -> list[bytes] | None:
     """Every value of the field ``key`` (lower case), None when absent: two scans of the
     lowered ``names`` for the usual zero or one occurrence."""

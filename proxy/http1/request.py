@@ -9,12 +9,12 @@ from proxy.http1.events import Event, Headers, ProtocolError, Request
 from proxy.http1.grammar import (
     ABSOLUTE_FORM,
     AUTHORITY_FORM,
-    HOST,
-    REQUEST_LINE,
     TOKEN,
     body_framing,
     index_of,
     parse_fields,
+    request_line,
+    valid_host,
     values_of,
 )
 from proxy.http1.stream import CHUNK_SIZE, CLOSED, HEAD, LENGTH, PAUSED, StreamParser
@@ -66,13 +66,13 @@ class RequestParser(StreamParser):
         return []
 
     def _head(self, buf: bytes, start: int, end: int, events: list[Event]) -> None:
-        line = REQUEST_LINE.match(buf, start, end)
+        line = request_line(buf, start, end)
         if line is None:
             raise ProtocolError(400, _diagnose_request_line(buf[start : buf.find(b"\r\n", start)]))
-        method, target, version = line.groups()
+        method, target, version, fields_at = line
         if version != b"1.1" and version != b"1.0":
             raise ProtocolError(505, f"HTTP/{version.decode()} is not supported, only 1.0 and 1.1")
-        fields, names = parse_fields(buf, line.end(), end, self.max_headers, 400, 431)
+        fields, names = parse_fields(buf, fields_at, end, self.max_headers, 400, 431)
         framing = not _FRAMING.isdisjoint(names)  # usually only Host among the special ones
         connect = method == b"CONNECT"
         if target[0] != 47 or connect:  # not origin-form "/...": RFC 9112 3.2
@@ -85,7 +85,7 @@ class RequestParser(StreamParser):
             if index_of(names, b"host", at + 1) >= 0:
                 raise ProtocolError(400, "more than one Host header (RFC 9112 3.2)")
             host = fields[at][1]
-            if not HOST.fullmatch(host):
+            if not valid_host(host):
                 raise ProtocolError(400, f"invalid Host {host[:40]!r} (RFC 9112 3.2)")
         elif version == b"1.1":
             raise ProtocolError(400, "HTTP/1.1 request without Host (RFC 9112 3.2)")

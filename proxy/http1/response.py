@@ -11,9 +11,9 @@ from collections import deque
 
 from proxy.http1.events import Event, ProtocolError, Response, UpstreamClosed
 from proxy.http1.grammar import (
-    STATUS_LINE,
     body_framing,
     parse_fields,
+    status_line,
 )
 from proxy.http1.stream import CHUNK_SIZE, CLOSED, HEAD, LENGTH, PAUSED, UNTIL_CLOSE, StreamParser
 
@@ -50,17 +50,16 @@ class ResponseParser(StreamParser):
         return []
 
     def _head(self, buf: bytes, start: int, end: int, events: list[Event]) -> None:
-        line = STATUS_LINE.match(buf, start, end)
+        line = status_line(buf, start, end)
         if line is None:
             shown = buf[start : buf.find(b"\r\n", start)][:60]
             raise ProtocolError(502, f"malformed status line {shown!r} (RFC 9112 4)")
-        version, code, reason = line.groups()
+        version, status, reason, fields_at = line
         if version != b"1.1" and version != b"1.0":
             raise ProtocolError(502, f"upstream answered HTTP/{version.decode()}")
-        status = int(code)
         if status < 100 or status > 599:
             raise ProtocolError(502, f"status {status} outside 100-599 (RFC 9110 15)")
-        fields, names = parse_fields(buf, line.end(), end, self.max_headers, 502, 502)
+        fields, names = parse_fields(buf, fields_at, end, self.max_headers, 502, 502)
 
         length, chunked, _, keep_alive = body_framing(fields, names, version, 502, 502)
 

@@ -222,3 +222,40 @@ def test_parse_traceparent_agrees_with_the_python_twin() -> None:
         assert native.parse_traceparent(v) == want, v
         seen_ok += want is not None
     assert seen_ok > 3000
+
+
+def test_start_lines_and_host_agree_with_the_python_twins() -> None:
+    from proxy.http1.grammar import request_line_py, status_line_py, valid_host_py
+
+    native = _native()
+    rng = random.Random(13)
+    ok = {"request": 0, "status": 0, "host": 0}
+    for _ in range(20_000):
+        method = rng.choice([b"GET", b"POST", b"M-SEARCH", b"", b"G\x00T", b"get"])
+        target = rng.choice([b"/", b"/a?b=c", b"*", b"http://x/", b"", b"/\x7f", b"/\x80"])
+        version = rng.choice([b"1.1", b"1.0", b"2.0", b"1.x", b"11"])
+        line = method + b" " + target + b" HTTP/" + version + rng.choice([b"\r\n", b"\n", b""])
+        if rng.random() < 0.1:
+            line = line.replace(b" ", b"  ", 1)
+        prefix = rng.choice([b"", b"\r\n", b"xx"])
+        buf = prefix + line + b"Host: a\r\n\r\n"
+        start, end = len(prefix), rng.choice([len(buf), len(prefix) + len(line), len(buf) - 3])
+        want = request_line_py(buf, start, end)
+        assert native.request_line(buf, start, end) == want, (buf, start, end)
+        ok["request"] += want is not None
+
+        status = rng.choice([b"200", b"404", b"099", b"2000", b"20", b"abc"])
+        reason = rng.choice([b" OK", b" ", b"", b" Not Found", b" a\x00b", b" \x80\t", b"x"])
+        sline = b"HTTP/" + version + b" " + status + reason + rng.choice([b"\r\n", b"\n"])
+        sbuf = prefix + sline + b"\r\n"
+        want_s = status_line_py(sbuf, len(prefix), len(sbuf))
+        assert native.status_line(sbuf, len(prefix), len(sbuf)) == want_s, sbuf
+        ok["status"] += want_s is not None
+
+        host = rng.choice([b"", b"orders", b"orders:8080", b"[::1]", b"[::1]:80", b"a b",
+                           b"[]", b"[zz]", b":", b"x:", b"x:8a", b"%41.b", b"[::1", b"x]"])
+        if rng.random() < 0.2:
+            host += bytes([rng.choice(b"[]:@/ \x00-.9")])
+        assert native.valid_host(host) == valid_host_py(host), host
+        ok["host"] += valid_host_py(host)
+    assert min(ok.values()) > 1000, ok
