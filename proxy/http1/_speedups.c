@@ -1,26 +1,28 @@
-/* proxy.http1._speedups: the HTTP/1.1 core's two hottest loops, in C.
+/* proxy.http1._speedups: the request path's hottest byte loops, in C.
 
    Part of the compiled core (proxy/compiled: built by `python -m proxy.compiled build`,
    loaded only while current). Each function here has a pure-Python twin that defines what
    it does and runs when the core is interpreted:
 
-     split_fields   <-> proxy.http1.grammar.split_fields_py
-     request_line   <-> proxy.http1.grammar.request_line_py
-     status_line    <-> proxy.http1.grammar.status_line_py
-     valid_host     <-> proxy.http1.grammar.valid_host_py
-     name_index     <-> proxy.http1.grammar.name_index_py
-     keep_fields    <-> proxy.http1.render.keep_fields_py
-     hex_id         <-> proxy.http1.render.hex_id_py
-     traceparent    <-> proxy.tracing.context.traceparent_py
+     split_fields      <-> proxy.http1.grammar.split_fields_py
+     request_line      <-> proxy.http1.grammar.request_line_py
+     status_line       <-> proxy.http1.grammar.status_line_py
+     valid_host        <-> proxy.http1.grammar.valid_host_py
+     name_index        <-> proxy.http1.grammar.name_index_py
+     keep_fields       <-> proxy.http1.render.keep_fields_py
+     render_request    <-> proxy.http1.render.render_request_py
+     render_response   <-> proxy.http1.render.render_response_py
+     hex_id            <-> proxy.http1.render.hex_id_py
+     traceparent       <-> proxy.tracing.context.traceparent_py
      parse_traceparent <-> proxy.tracing.context.parse_traceparent_py
-     render_request <-> proxy.http1.render.render_request_py
-     render_response<-> proxy.http1.render.render_response_py
 
-   tests/proxy/http1/test_speedups.py feeds both the same inputs, generated and from the
-   framing test matrix, and requires the same result. Why C: counted with callgrind
-   (bench.instructions), splitting the header fields with a regex, filtering them and
-   rendering a head with bytes formatting were about a third of a compiled proxy's
-   instructions per request.
+   tests/proxy/http1/test_speedups.py feeds both the same generated inputs and requires the
+   same result; the framing test matrix runs on both cores in CI. A function that meets an
+   input it does not handle exactly (a part that is not bytes, an id out of range) answers
+   None or -2 and its caller asks the twin. Why C: counted with callgrind
+   (bench.instructions, docs/performance.md), these were about half of a compiled proxy's
+   instructions per request: the regex engine, match objects, bytes formatting and rich
+   comparisons cost more than the bytes they look at.
 
    Every loop is bounded by the buffer's end; nothing is written outside an object this
    file allocated with the size it computed first. */
@@ -653,7 +655,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "proxy.http1._speedups",
-    "The HTTP/1.1 core's hottest loops in C (see the source's first comment).", -1, methods,
+    "The request path's hottest byte loops in C (see the source's first comment).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
