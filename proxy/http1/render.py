@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Final
 
 from proxy.http1.events import Headers, Names, lower_names
-from proxy.http1.grammar import list_tokens, native, values_of
+from proxy.http1.grammar import index_of, list_tokens, native, values_of
 
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
@@ -129,7 +129,7 @@ def strip_hop_by_hop(
             listed = list_tokens(values)
         # Only listed names that are present and not dropped anyway change anything
         # (usually none: "keep-alive" or "close").
-        extra = [name for name in listed if name in names and name not in drop]
+        extra = [name for name in listed if name not in drop and index_of(names, name) >= 0]
         if extra:
             drop = drop.union(extra)
     fields = _c_keep(headers, names, drop) if _c_keep is not None else None

@@ -51,7 +51,8 @@ class RequestParser(StreamParser):
 
     def _before_head(self, buf: bytes, pos: int) -> int:
         # RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request-line.
-        while buf.startswith(b"\r\n", pos):
+        size = len(buf)
+        while pos + 1 < size and buf[pos] == 13 and buf[pos + 1] == 10:  # CRLF, no call
             pos += 2
         return pos
 

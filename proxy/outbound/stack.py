@@ -48,10 +48,12 @@ class Outbound:
         view: ServiceView,
         cluster: Cluster,
         port: int,
+        hash_key: bytes | None,
         exclude: frozenset[str],
-        hash_key: bytes | None = None,
         tcp: bool = False,
     ) -> Target | None:
+        """The target for one attempt, `exclude`d endpoints aside. A request's plan holds a
+        partial of it over everything but `exclude` (positional: no keyword dict per call)."""
         rt = cluster.runtime
         ep = rt.pick(exclude, hash_key)
         if ep is None:
@@ -135,7 +137,7 @@ class Outbound:
         first: bytes = b"",
     ) -> None:
         cluster = view.tcp_cluster(port)
-        target = (self._target(snap, view, cluster, port, frozenset(), tcp=True)
+        target = (self._target(snap, view, cluster, port, None, frozenset(), tcp=True)
                   if cluster else None)
         if target is None:
             self.proxy.telemetry.counters["meshctl_proxy_tcp_no_healthy_upstream_total"] += 1
@@ -249,7 +251,7 @@ class Outbound:
 
         plan = Plan(
             mirror=mirror,
-            pick=partial(self._target, snap, dview, cluster, dport, hash_key=hash_key),
+            pick=partial(self._target, snap, dview, cluster, dport, hash_key),
             may_retry=admission.may_retry,
             add_request_headers=add,
             remove_request_headers=compiled.remove_request[index],
@@ -273,7 +275,7 @@ class Outbound:
         """Istio `mirror`: fire and forget. The copy's Host gets `-shadow` (as Envoy does);
         its response and any failure are dropped and never touch the real request."""
         counters = self.proxy.telemetry.counters
-        target = self._target(snap, view, cluster, port, frozenset())
+        target = self._target(snap, view, cluster, port, None, frozenset())
         if target is None:
             counters["meshctl_proxy_mirror_failed_total"] += 1
             return
