@@ -14,6 +14,7 @@ from proxy.policy.ratelimit import TokenBucket
 from proxy.policy.retry import RetryParams
 from proxy.policy.weights import WeightedPicker
 from registry.config.model import (
+    Destination,
     Fault,
     HeaderOperations,
     HTTPMatch,
@@ -120,6 +121,13 @@ class CompiledRoute:
     drop_request: tuple[frozenset[bytes], ...]
     response_ops: tuple[Callable[[HeaderList], HeaderList] | None, ...]
     fault: FaultParams | None
+    # Per destination index: (host, subset, port) of route.route[i].destination, and the
+    # route's timeout and mirror: read per request, so copied out of the config objects
+    # (not compiled: each attribute read there is a generic lookup) once per snapshot.
+    dests: tuple[tuple[str, str | None, int | None], ...]
+    timeout_s: float | None
+    mirror: Destination | None
+    mirror_percentage: float
     # mesh.yaml `routeRateLimits` of the destination service for this route, put here by
     # RouteLimits.attach before the snapshot is swapped in.
     rate_limit: TokenBucket | None = None
@@ -182,6 +190,11 @@ def compile_route(route: HTTPRoute, spoofable: frozenset[bytes] = frozenset()) -
         drop_request=tuple(request_drop(r) for r in removes),
         response_ops=tuple(resp),
         fault=_fault_params(route.fault),
+        dests=tuple((d.destination.host, d.destination.subset, d.destination.port)
+                    for d in route.route),
+        timeout_s=route.timeout_s,
+        mirror=route.mirror,
+        mirror_percentage=route.mirror_percentage,
     )
 
 

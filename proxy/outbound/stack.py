@@ -194,14 +194,13 @@ class Outbound:
             if wait is not None:
                 self.proxy.telemetry.counters["meshctl_proxy_rate_limited_total"] += 1
                 return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % wait)])
-        route = compiled.route
         index = compiled.pick()
-        dest = route.route[index]
-        dview = snap.services[dest.destination.host]
-        cluster = dview.cluster(dest.destination.subset)
+        host, subset, dest_port = compiled.dests[index]
+        dview = snap.services[host]
+        cluster = dview.cluster(subset)
         if cluster is None:
             return local_prep(hop, 503, "UH")
-        dport = dest.destination.port or port
+        dport = dest_port or port
         fault = compiled.fault
         if fault is not None:
 
@@ -239,12 +238,12 @@ class Outbound:
         hash_key = req.get(rt.hash_header) if rt.hash_header else None
         admission = _Admission(rt, gauges, proxy.telemetry.counters, hop)
         mirror = None
-        route = compiled.route
-        if route.mirror is not None and _RNG.random() * 100.0 < route.mirror_percentage:
-            mview = snap.services.get(route.mirror.host)
-            mcluster = mview.cluster(route.mirror.subset) if mview else None
+        mirrored = compiled.mirror
+        if mirrored is not None and _RNG.random() * 100.0 < compiled.mirror_percentage:
+            mview = snap.services.get(mirrored.host)
+            mcluster = mview.cluster(mirrored.subset) if mview else None
             if mview is not None and mcluster is not None:
-                mport = route.mirror.port or dport
+                mport = mirrored.port or dport
 
                 def mirror(req: Request, body: bytes) -> None:
                     spawn(self._mirror(req, body, snap, mview, mcluster, mport, add))
@@ -257,7 +256,7 @@ class Outbound:
             remove_request_headers=compiled.remove_request[index],
             drop_request_headers=compiled.drop_request[index],
             retry=compiled.retry,
-            timeout_s=compiled.route.timeout_s,
+            timeout_s=compiled.timeout_s,
             response_headers=compiled.response_ops[index],
         )
         return Prep(hop, plan=plan, pool=proxy.pool, release=admission.release)
