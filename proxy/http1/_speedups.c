@@ -74,21 +74,21 @@ lowered(PyObject *name)
    a small direct-mapped cache hands out the same name object and its lowered twin, so a
    field costs one allocation fewer, or two, and the lowered name keeps its hash between
    requests (the set lookups that filter fields hash it once, not per request). Bounded:
-   NAME_SLOTS entries of at most NAME_MAX bytes; a collision replaces the slot. */
-#define NAME_SLOTS 256
-#define NAME_MAX 48
+   CACHED_NAME_SLOTS entries of at most CACHED_NAME_MAX bytes; a collision replaces the slot. */
+#define CACHED_NAME_SLOTS 256
+#define CACHED_NAME_MAX 48
 static struct {
     PyObject *name;
     PyObject *low;
-} names_cache[NAME_SLOTS];
+} names_cache[CACHED_NAME_SLOTS];
 
 static int
 field_name(const unsigned char *s, Py_ssize_t n, PyObject **name, PyObject **low)
 {
     unsigned int h = 2166136261u; /* FNV-1a */
     for (Py_ssize_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
-    int cacheable = n <= NAME_MAX;
-    int slot = (int)((h ^ (h >> 16)) & (NAME_SLOTS - 1));
+    int cacheable = n <= CACHED_NAME_MAX;
+    int slot = (int)((h ^ (h >> 16)) & (CACHED_NAME_SLOTS - 1));
     PyObject *cached = names_cache[slot].name;
     if (cacheable && cached != NULL && PyBytes_GET_SIZE(cached) == n &&
         memcmp(PyBytes_AS_STRING(cached), s, (size_t)n) == 0) {
@@ -133,6 +133,7 @@ span_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *
     if (!ssize_arg(args[1], start) || !ssize_arg(args[2], end)) return 0;
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
     if (*start < 0) *start = 0;
+    if (*start > size) *start = size;
     if (*end > size) *end = size;
     if (*end < *start) *end = *start;
     *s = (const unsigned char *)PyBytes_AS_STRING(args[0]);
@@ -214,7 +215,7 @@ error:
 
    The (name, value) pairs of `headers` whose lowered name (`names`, same order) is not in
    the set `drop`, in a new list. None when the arguments are not a list of that length
-   and a set (the Python twin then decides, and raises what it raises). */
+   (of bytes names) and a set: the Python twin then decides, and raises what it raises. */
 static PyObject *
 keep_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -226,12 +227,21 @@ keep_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_CheckExact(headers) || !PyList_CheckExact(names) ||
         !PyAnySet_CheckExact(drop) || PyList_GET_SIZE(headers) != PyList_GET_SIZE(names))
         Py_RETURN_NONE;
-    Py_ssize_t n = PyList_GET_SIZE(headers);
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        int dropped = PySet_Contains(drop, PyList_GET_ITEM(names, i));
-        if (dropped < 0 || (!dropped && PyList_Append(out, PyList_GET_ITEM(headers, i)) < 0)) {
+    /* The sizes are read again each turn: a set lookup may run Python code (an __eq__ in
+       `drop`), which could shrink the lists under us. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers) && i < PyList_GET_SIZE(names); i++) {
+        PyObject *name = PyList_GET_ITEM(names, i);
+        if (!PyBytes_CheckExact(name)) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        Py_INCREF(name);
+        int dropped = PySet_Contains(drop, name);
+        Py_DECREF(name);
+        if (dropped < 0 || (!dropped && i < PyList_GET_SIZE(headers) &&
+                            PyList_Append(out, PyList_GET_ITEM(headers, i)) < 0)) {
             Py_DECREF(out);
             return NULL;
         }

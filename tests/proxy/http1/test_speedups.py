@@ -259,3 +259,11 @@ def test_start_lines_and_host_agree_with_the_python_twins() -> None:
         assert native.valid_host(host) == valid_host_py(host), host
         ok["host"] += valid_host_py(host)
     assert min(ok.values()) > 1000, ok
+
+
+def test_bounds_past_the_buffer_are_clamped() -> None:
+    native = _native()
+    assert native.split_fields(b"a: b\r\n", 50, 80, 100) == ([], [])
+    assert native.request_line(b"GET / HTTP/1.1\r\n", 99, 120) is None
+    assert native.status_line(b"HTTP/1.1 200 OK\r\n", 99, 120) is None
+    assert native.keep_fields([(b"a", b"1")], ["a"], frozenset()) is None  # not bytes names
