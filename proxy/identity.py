@@ -54,7 +54,7 @@ class Identity:
             cert_pem=cert_pem,
             bundle_pem=bundle_pem,
             not_after=info.not_after,
-            client_ctx=_client_context(cert_path, key_path, bundle_pem),
+            client_ctx=load_identity(tls_context(server=False), cert_path, key_path, bundle_pem),
         )
 
     def lifetime_left(self, now: datetime | None = None) -> float:
@@ -98,8 +98,8 @@ def tls_context(server: bool) -> ssl.SSLContext:
     return ctx
 
 
-def _client_context(cert: Path, key: Path, bundle_pem: bytes) -> ssl.SSLContext:
-    ctx = tls_context(server=False)
+def load_identity(ctx: ssl.SSLContext, cert: Path, key: Path, bundle_pem: bytes) -> ssl.SSLContext:
+    """Give `ctx` the SVID (certificate chain and key) and the trust bundle; returns it."""
     ctx.load_cert_chain(cert, key)
     ctx.load_verify_locations(cadata=bundle_pem.decode())
     return ctx

@@ -27,7 +27,7 @@ from proxy.forward import Result, local_reply
 from proxy.http1 import Request
 from proxy.http1.render import hex_id
 from proxy.httpio import Server
-from proxy.identity import Identity, tls_context
+from proxy.identity import Identity, load_identity, tls_context
 from proxy.inbound.authz import decide, decide_tcp
 from proxy.inbound.stack import Inbound
 from proxy.outbound.cluster import ClusterRuntime, Clusters
@@ -171,8 +171,7 @@ class Proxy:
 
     def _on_identity(self, ident: Identity) -> None:
         cert, key = self.opts.home / "tls" / "svid.crt", self.opts.home / "tls" / "svid.key"
-        self.server_ctx.load_cert_chain(cert, key)
-        self.server_ctx.load_verify_locations(cadata=ident.bundle_pem.decode())
+        load_identity(self.server_ctx, cert, key, ident.bundle_pem)
         self.identity = ident
         gauges = self.telemetry.gauges
         gauges["meshctl_proxy_certificate_expiry_seconds"] = ident.not_after.timestamp()

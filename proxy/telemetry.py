@@ -77,10 +77,6 @@ class Histogram:
         not kept per observation)."""
         return sum(self.counts)
 
-    def observe(self, v: float) -> None:
-        self.counts[bucket(self.buckets, v)] += 1
-        self.sum += v
-
 
 def bucket(buckets: tuple[float, ...], v: float) -> int:
     """The index of the first bucket ``v`` falls in (le: v <= bound), len(buckets) for +Inf:
@@ -111,7 +107,8 @@ def observe_request(hs: Series, duration_ms: float, req_bytes: int, resp_bytes: 
 
 
 class Telemetry:
-    """All of one proxy's metrics. `record_request` is on the hot path; `render` is not."""
+    """All of one proxy's metrics. Per request, `observe_request` on a cached `series`;
+    `render` is not on the request path."""
 
     def __init__(self) -> None:
         self.durations: dict[LabelValues, Histogram] = {}
@@ -145,11 +142,6 @@ class Telemetry:
             )
             self.durations[labels], self.request_bytes[labels], self.response_bytes[labels] = hs
         return hs
-
-    def record_request(
-        self, labels: LabelValues, duration_ms: float, req_bytes: int, resp_bytes: int
-    ) -> None:
-        observe_request(self.series(labels), duration_ms, req_bytes, resp_bytes)
 
     def render(self, extra: str = "") -> str:
         """The exposition text; `extra` is appended (families rendered elsewhere)."""

@@ -142,4 +142,3 @@ def keep_fields_py(headers: Headers, names: Names, drop: frozenset[bytes]) -> He
     if drop.isdisjoint(names):
         return list(headers)
     return [field for field, name in zip(headers, names, strict=True) if name not in drop]
-

@@ -175,11 +175,11 @@ class StreamParser:
                 end = self._find_block(buf, pos, size)
                 if end < 0:
                     break
-                trailers, _ = parse_fields(
+                trailers, names = parse_fields(
                     buf, pos, end, self.max_headers, self._bad, self._too_big
                 )
-                for name, _ in trailers:
-                    if name.lower() in FORBIDDEN_TRAILERS:
+                for (name, _), lowered in zip(trailers, names, strict=True):
+                    if lowered in FORBIDDEN_TRAILERS:
                         raise ProtocolError(
                             self._bad, f"{name.decode()} in trailers (RFC 9110 6.5.1)"
                         )

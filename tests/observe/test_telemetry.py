@@ -1,8 +1,8 @@
-"""Telemetry.record_request (the per-request path) against its exposition text."""
+"""observe_request on a label set's series (the per-request path) against the exposition."""
 
 from __future__ import annotations
 
-from proxy.telemetry import REQUEST_LABELS, Telemetry
+from proxy.telemetry import REQUEST_LABELS, Telemetry, observe_request
 
 
 def _sample(text: str, prefix: str) -> float:
@@ -16,8 +16,8 @@ def test_record_request_counts_sums_and_buckets() -> None:
     a = tuple(f"a{i}" for i in range(len(REQUEST_LABELS)))
     b = tuple(f"b{i}" for i in range(len(REQUEST_LABELS)))
     for ms, req, resp in ((0.3, 0, 1024), (7.0, 10, 1024), (70000.0, 5000, 0)):
-        tel.record_request(a, ms, req, resp)
-    tel.record_request(b, 1.0, 1, 1)
+        observe_request(tel.series(a), ms, req, resp)
+    observe_request(tel.series(b), 1.0, 1, 1)
     text = tel.render()
     sel = 'reporter="a0"'
     assert _sample(text, f"istio_requests_total{{{sel}") == 3

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from bench.certs import make_tls_files
-from proxy.identity import DirectSSLObject, _client_context, tls_context
+from proxy.identity import DirectSSLObject, load_identity, tls_context
 
 
 def _contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     files = make_tls_files(tmp_path)
     bundle = files["ca"].read_bytes()
-    server = tls_context(server=True)  # as the proxy's inbound context is made
-    server.load_cert_chain(files["server"])
-    server.load_verify_locations(cadata=bundle.decode())
-    return server, _client_context(files["client"], files["client"], bundle)
+    # As the proxy makes its inbound context and an Identity its outbound one.
+    server = load_identity(tls_context(server=True), files["server"], files["server"], bundle)
+    client = load_identity(tls_context(server=False), files["client"], files["client"], bundle)
+    return server, client
 
 
 def _pump(src: ssl.MemoryBIO, dst: ssl.MemoryBIO) -> None:
