@@ -12,6 +12,9 @@
      keep_fields       <-> proxy.http1.render.keep_fields_py
      render_request    <-> proxy.http1.render.render_request_py
      render_response   <-> proxy.http1.render.render_response_py
+     block_end         <-> proxy.http1.grammar.block_end_py
+     request_head      <-> proxy.http1.request.request_head_py
+     response_head     <-> proxy.http1.response.response_head_py
      hex_id            <-> proxy.http1.render.hex_id_py
      traceparent       <-> proxy.tracing.context.traceparent_py
      parse_traceparent <-> proxy.tracing.context.parse_traceparent_py
@@ -27,6 +30,7 @@
    Every loop is bounded by the buffer's end; nothing is written outside an object this
    file allocated with the size it computed first. */
 
+#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
@@ -404,6 +408,224 @@ valid_host(PyObject *module, PyObject *value)
     return PyBool_FromLong(i == n);
 }
 
+/* -- whole heads ------------------------------------------------------------------------- */
+
+/* block_end(buf, pos) -> int: where the first CRLF CRLF at or after `pos` starts, -1 when
+   there is none: buf.find(b"\r\n\r\n", pos), without bytes.find's argument parsing. */
+static PyObject *
+block_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t pos;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "block_end(buf: bytes, pos)");
+        return NULL;
+    }
+    if (!ssize_arg(args[1], &pos)) return NULL;
+    const char *s = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    if (pos < 0) pos = pos + size < 0 ? 0 : pos + size; /* as bytes.find reads a start */
+    if (size - pos < 4) return PyLong_FromLong(-1);
+    const char *found = memmem(s + pos, (size_t)(size - pos), "\r\n\r\n", 4);
+    return PyLong_FromSsize_t(found == NULL ? -1 : found - s);
+}
+
+/* The field names a parser must read, by their lowered bytes. */
+enum { OTHER, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, EXPECT, UPGRADE };
+
+static int
+is_name(PyObject *low, const char *want, Py_ssize_t n)
+{
+    return PyBytes_GET_SIZE(low) == n && memcmp(PyBytes_AS_STRING(low), want, (size_t)n) == 0;
+}
+
+static int
+special(PyObject *low)
+{
+    switch (PyBytes_GET_SIZE(low)) {
+    case 4: return is_name(low, "host", 4) ? HOST : OTHER;
+    case 6: return is_name(low, "expect", 6) ? EXPECT : OTHER;
+    case 7: return is_name(low, "upgrade", 7) ? UPGRADE : OTHER;
+    case 10: return is_name(low, "connection", 10) ? CONNECTION : OTHER;
+    case 14: return is_name(low, "content-length", 14) ? CONTENT_LENGTH : OTHER;
+    case 17: return is_name(low, "transfer-encoding", 17) ? TRANSFER_ENCODING : OTHER;
+    default: return OTHER;
+    }
+}
+
+/* The bytes equal `want` (lower case) ignoring ASCII case. */
+static int
+equals_lower(PyObject *value, const char *want, Py_ssize_t n)
+{
+    if (PyBytes_GET_SIZE(value) != n) return 0;
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(value);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)want[i]) return 0;
+    }
+    return 1;
+}
+
+/* What grammar.body_framing answers for the heads it sees most, decided here in one pass
+   over the names: at most one Content-Length of 1-18 digits, or (HTTP/1.1) one
+   Transfer-Encoding that is exactly "chunked" and no Content-Length; at most one Connection
+   holding one token (no comma). Anything else (and every head body_framing would refuse)
+   is 0: the caller declines and the Python twin decides. `seen` gets the other special
+   names' counts (Host's index in host_at). */
+typedef struct {
+    PyObject *length; /* new reference: an int, or None */
+    int chunked, keep_alive, expect, upgrade_token, hosts;
+    Py_ssize_t host_at;
+} Framing;
+
+static int
+simple_framing(PyObject *fields, PyObject *names, int v11, Framing *f)
+{
+    Py_ssize_t n = PyList_GET_SIZE(names), cl = -1, te = -1, conn = -1;
+    f->length = NULL;
+    f->chunked = f->expect = f->upgrade_token = f->hosts = 0;
+    f->host_at = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        switch (special(PyList_GET_ITEM(names, i))) {
+        case HOST:
+            if (f->hosts++ == 0) f->host_at = i;
+            break;
+        case CONTENT_LENGTH:
+            if (cl >= 0) return 0;
+            cl = i;
+            break;
+        case TRANSFER_ENCODING:
+            if (te >= 0) return 0;
+            te = i;
+            break;
+        case CONNECTION:
+            if (conn >= 0) return 0;
+            conn = i;
+            break;
+        case EXPECT: f->expect = 1; break;
+        default: break;
+        }
+    }
+    if (te >= 0) {
+        if (cl >= 0 || !v11) return 0;
+        if (!equals_lower(PyTuple_GET_ITEM(PyList_GET_ITEM(fields, te), 1), "chunked", 7))
+            return 0;
+        f->chunked = 1;
+    }
+    if (cl >= 0) {
+        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(fields, cl), 1);
+        Py_ssize_t len = PyBytes_GET_SIZE(v);
+        const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(v);
+        if (len < 1 || len > 18) return 0;
+        long long value = 0;
+        for (Py_ssize_t i = 0; i < len; i++) {
+            if (!is_digit(d[i])) return 0;
+            value = value * 10 + (d[i] - '0');
+        }
+        f->length = PyLong_FromLongLong(value);
+        if (f->length == NULL) return -1;
+    }
+    int close = 0, keep = 0;
+    if (conn >= 0) {
+        PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(fields, conn), 1);
+        if (memchr(PyBytes_AS_STRING(v), ',', (size_t)PyBytes_GET_SIZE(v)) != NULL) goto decline;
+        close = equals_lower(v, "close", 5);
+        keep = equals_lower(v, "keep-alive", 10);
+        f->upgrade_token = equals_lower(v, "upgrade", 7);
+    }
+    f->keep_alive = v11 ? !close : keep;
+    if (f->length == NULL) f->length = Py_NewRef(Py_None);
+    return 1;
+decline:
+    Py_CLEAR(f->length);
+    return 0;
+}
+
+/* request_head(buf, start, end, max_headers) -> tuple | None
+
+   The head buf[start:end] (end excludes the final CRLF) as request.request_head_py answers
+   it, (method, target, version, fields, names, content_length, chunked, keep_alive, upgrade,
+   expect_continue, host), for the requests nearly all are: an origin-form target, HTTP/1.1
+   with one valid Host (or HTTP/1.0), body framing as simple_framing takes it, no Expect and
+   no Upgrade. None for anything else, refusals included: the twin decides those.
+
+   response_head(buf, start, end, max_headers) -> tuple | None
+
+   The head as response.response_head_py answers it, (version, status, reason, fields,
+   names, content_length, chunked, keep_alive), for HTTP/1.1 and 1.0 status lines with a
+   status in 100-599 and body framing as simple_framing takes it; None for anything else.
+
+   Both are one function: the start line differs, the rest is the same walk. */
+static PyObject *
+head(PyObject *module, PyObject *const *args, Py_ssize_t nargs, int request)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, request
+                                             ? "request_head(buf, start, end, max_headers)"
+                                             : "response_head(buf, start, end, max_headers)");
+        return NULL;
+    }
+    PyObject *line = request ? request_line(module, args, 3) : status_line(module, args, 3);
+    if (line == NULL || line == Py_None) return line;
+    /* request: (method, target, version, next); response: (version, status, reason, next) */
+    PyObject *version = PyTuple_GET_ITEM(line, request ? 2 : 0);
+    const char *ver = PyBytes_AS_STRING(version);
+    int v11 = memcmp(ver, "1.1", 3) == 0, usual = v11 || memcmp(ver, "1.0", 3) == 0;
+    if (request) {
+        usual = usual && PyBytes_AS_STRING(PyTuple_GET_ITEM(line, 1))[0] == '/' &&
+                !is_name(PyTuple_GET_ITEM(line, 0), "CONNECT", 7);
+    } else {
+        long code = PyLong_AsLong(PyTuple_GET_ITEM(line, 1)); /* three digits: no error */
+        usual = usual && code >= 100 && code <= 599;
+    }
+    PyObject *split = NULL, *out = NULL;
+    Framing f = {NULL, 0, 0, 0, 0, 0, -1};
+    int ok = 0;
+    if (usual) {
+        PyObject *split_args[4] = {args[0], PyTuple_GET_ITEM(line, 3), args[2], args[3]};
+        split = split_fields(module, split_args, 4);
+        ok = split == NULL ? -1 : PyTuple_Check(split) ? 1 : 0; /* an int: refused */
+    }
+    PyObject *fields = ok == 1 ? PyTuple_GET_ITEM(split, 0) : NULL;
+    PyObject *names = ok == 1 ? PyTuple_GET_ITEM(split, 1) : NULL;
+    if (ok == 1) ok = simple_framing(fields, names, v11, &f);
+    PyObject *host = Py_None;
+    if (ok == 1 && request) {
+        if (f.expect || f.upgrade_token || f.hosts > 1 || (v11 && f.hosts == 0)) ok = 0;
+        if (ok == 1 && f.hosts == 1) {
+            host = PyTuple_GET_ITEM(PyList_GET_ITEM(fields, f.host_at), 1);
+            PyObject *valid = valid_host(module, host);
+            ok = valid == NULL ? -1 : valid == Py_True;
+            Py_XDECREF(valid);
+        }
+    }
+    PyObject *chunked = f.chunked ? Py_True : Py_False;
+    PyObject *keep_alive = f.keep_alive ? Py_True : Py_False;
+    if (ok == 1 && request)
+        out = PyTuple_Pack(11, PyTuple_GET_ITEM(line, 0), PyTuple_GET_ITEM(line, 1), version,
+                           fields, names, f.length, chunked, keep_alive, Py_None, Py_False, host);
+    else if (ok == 1)
+        out = PyTuple_Pack(8, version, PyTuple_GET_ITEM(line, 1), PyTuple_GET_ITEM(line, 2),
+                           fields, names, f.length, chunked, keep_alive);
+    else if (ok == 0)
+        out = Py_NewRef(Py_None);
+    Py_XDECREF(f.length); /* simple_framing leaves it NULL or a new reference */
+    Py_XDECREF(split);
+    Py_DECREF(line);
+    return out;
+}
+
+static PyObject *
+request_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    return head(module, args, nargs, 1);
+}
+
+static PyObject *
+response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    return head(module, args, nargs, 0);
+}
+
 /* -- hex ids ----------------------------------------------------------------------------- */
 
 static const char HEX[] = "0123456789abcdef";
@@ -660,6 +882,12 @@ static PyMethodDef methods[] = {
      "render_request(method, target, version, headers) -> bytes | None"},
     {"render_response", (PyCFunction)(void (*)(void))render_response, METH_FASTCALL,
      "render_response(version, status, reason, headers) -> bytes | None"},
+    {"block_end", (PyCFunction)(void (*)(void))block_end, METH_FASTCALL,
+     "block_end(buf, pos) -> int (-1: no CRLF CRLF from pos)"},
+    {"request_head", (PyCFunction)(void (*)(void))request_head, METH_FASTCALL,
+     "request_head(buf, start, end, max_headers) -> tuple | None"},
+    {"response_head", (PyCFunction)(void (*)(void))response_head, METH_FASTCALL,
+     "response_head(buf, start, end, max_headers) -> tuple | None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final, NoReturn
 
-from proxy.http1.events import Event, Headers, ProtocolError, Request
+from proxy.http1.events import Event, Headers, Names, ProtocolError, Request
 from proxy.http1.grammar import (
     ABSOLUTE_FORM,
     AUTHORITY_FORM,
     TOKEN,
     body_framing,
     index_of,
+    native,
     parse_fields,
     request_line,
     valid_host,
@@ -67,37 +69,12 @@ class RequestParser(StreamParser):
         return []
 
     def _head(self, buf: bytes, start: int, end: int, events: list[Event]) -> None:
-        line = request_line(buf, start, end)
-        if line is None:
-            raise ProtocolError(400, _diagnose_request_line(buf[start : buf.find(b"\r\n", start)]))
-        method, target, version, fields_at = line
-        if version != b"1.1" and version != b"1.0":
-            raise ProtocolError(505, f"HTTP/{version.decode()} is not supported, only 1.0 and 1.1")
-        fields, names = parse_fields(buf, fields_at, end, self.max_headers, 400, 431)
-        framing = not _FRAMING.isdisjoint(names)  # usually only Host among the special ones
-        connect = method == b"CONNECT"
-        if target[0] != 47 or connect:  # not origin-form "/...": RFC 9112 3.2
-            _check_target(method, target)
-
-        # RFC 9112 3.2: 400 for HTTP/1.1 without Host, for two Host lines, for a bad Host.
-        at = index_of(names, b"host")
-        host = None
-        if at >= 0:
-            if index_of(names, b"host", at + 1) >= 0:
-                raise ProtocolError(400, "more than one Host header (RFC 9112 3.2)")
-            host = fields[at][1]
-            if not valid_host(host):
-                raise ProtocolError(400, f"invalid Host {host[:40]!r} (RFC 9112 3.2)")
-        elif version == b"1.1":
-            raise ProtocolError(400, "HTTP/1.1 request without Host (RFC 9112 3.2)")
-
-        if framing:
-            length, chunked, keep_alive, upgrade, expect_continue = _framing(
-                fields, names, version, connect
-            )
-        else:  # no body, no Connection, no Expect: the usual GET
-            length, chunked, upgrade, expect_continue = None, False, None, False
-            keep_alive = version == b"1.1"  # RFC 9112 9.3: HTTP/1.0 only with "keep-alive"
+        c_head = _c_request_head
+        head = c_head(buf, start, end, self.max_headers) if c_head is not None else None
+        if head is None:
+            head = request_head_py(buf, start, end, self.max_headers)
+        (method, target, version, fields, names, length, chunked, keep_alive, upgrade,
+         expect_continue, host) = head
         events.append(
             Request(
                 method,
@@ -114,12 +91,64 @@ class RequestParser(StreamParser):
             )
         )
         self._keep = HEAD if keep_alive else CLOSED
-        self._then = PAUSED if (connect or upgrade is not None) else self._keep
+        connect = upgrade is not None or method == b"CONNECT"
+        self._then = PAUSED if connect else self._keep
         if chunked:
             self._state = CHUNK_SIZE
         else:
             self._state = LENGTH
             self._remaining = length or 0
+
+
+# (method, target, version, fields, names, Content-Length, chunked, keep-alive, upgrade,
+# 100-continue, Host): what a request head says, before it becomes a Request.
+RequestHead = tuple[
+    bytes, bytes, bytes, Headers, Names, int | None, bool, bool, bytes | None, bool, bytes | None
+]
+
+
+def request_head_py(buf: bytes, start: int, end: int, max_headers: int) -> RequestHead:
+    """Parse the request head ``buf[start:end]`` (end excludes the final CRLF); raise
+    ProtocolError with the status to answer. _speedups.request_head is its C twin for the
+    usual requests (it answers None for the rest, and this decides)."""
+    line = request_line(buf, start, end)
+    if line is None:
+        raise ProtocolError(400, _diagnose_request_line(buf[start : buf.find(b"\r\n", start)]))
+    method, target, version, fields_at = line
+    if version != b"1.1" and version != b"1.0":
+        raise ProtocolError(505, f"HTTP/{version.decode()} is not supported, only 1.0 and 1.1")
+    fields, names = parse_fields(buf, fields_at, end, max_headers, 400, 431)
+    framing = not _FRAMING.isdisjoint(names)  # usually only Host among the special ones
+    connect = method == b"CONNECT"
+    if target[0] != 47 or connect:  # not origin-form "/...": RFC 9112 3.2
+        _check_target(method, target)
+
+    # RFC 9112 3.2: 400 for HTTP/1.1 without Host, for two Host lines, for a bad Host.
+    at = index_of(names, b"host")
+    host = None
+    if at >= 0:
+        if index_of(names, b"host", at + 1) >= 0:
+            raise ProtocolError(400, "more than one Host header (RFC 9112 3.2)")
+        host = fields[at][1]
+        if not valid_host(host):
+            raise ProtocolError(400, f"invalid Host {host[:40]!r} (RFC 9112 3.2)")
+    elif version == b"1.1":
+        raise ProtocolError(400, "HTTP/1.1 request without Host (RFC 9112 3.2)")
+
+    if framing:
+        length, chunked, keep_alive, upgrade, expect_continue = _framing(
+            fields, names, version, connect
+        )
+    else:  # no body, no Connection, no Expect: the usual GET
+        length, chunked, upgrade, expect_continue = None, False, None, False
+        keep_alive = version == b"1.1"  # RFC 9112 9.3: HTTP/1.0 only with "keep-alive"
+    return (method, target, version, fields, names, length, chunked, keep_alive, upgrade,
+            expect_continue, host)
+
+
+_c_request_head: Final[Callable[[bytes, int, int, int], RequestHead | None] | None] = (
+    native.request_head if native is not None else None
+)
 
 
 def _framing(

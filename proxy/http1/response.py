@@ -8,10 +8,13 @@ the proxy to answer downstream before it discards the upstream connection.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import Final
 
-from proxy.http1.events import Event, ProtocolError, Response, UpstreamClosed
+from proxy.http1.events import Event, Headers, Names, ProtocolError, Response, UpstreamClosed
 from proxy.http1.grammar import (
     body_framing,
+    native,
     parse_fields,
     status_line,
 )
@@ -50,18 +53,11 @@ class ResponseParser(StreamParser):
         return []
 
     def _head(self, buf: bytes, start: int, end: int, events: list[Event]) -> None:
-        line = status_line(buf, start, end)
-        if line is None:
-            shown = buf[start : buf.find(b"\r\n", start)][:60]
-            raise ProtocolError(502, f"malformed status line {shown!r} (RFC 9112 4)")
-        version, status, reason, fields_at = line
-        if version != b"1.1" and version != b"1.0":
-            raise ProtocolError(502, f"upstream answered HTTP/{version.decode()}")
-        if status < 100 or status > 599:
-            raise ProtocolError(502, f"status {status} outside 100-599 (RFC 9110 15)")
-        fields, names = parse_fields(buf, fields_at, end, self.max_headers, 502, 502)
-
-        length, chunked, _, keep_alive = body_framing(fields, names, version, 502, 502)
+        c_head = _c_response_head
+        head = c_head(buf, start, end, self.max_headers) if c_head is not None else None
+        if head is None:
+            head = response_head_py(buf, start, end, self.max_headers)
+        version, status, reason, fields, names, length, chunked, keep_alive = head
 
         method, upgrade = self._expected[0]
         self._state = LENGTH
@@ -105,3 +101,31 @@ class ResponseParser(StreamParser):
                 status, reason or b"", version, fields, length, chunked, keep_alive, False, names
             )
         )
+
+
+# (version, status, reason or None, fields, names, Content-Length, chunked, keep-alive):
+# what a response head says on its own, before the request it answers is taken into account.
+ResponseHead = tuple[bytes, int, bytes | None, Headers, Names, int | None, bool, bool]
+
+
+def response_head_py(buf: bytes, start: int, end: int, max_headers: int) -> ResponseHead:
+    """Parse the response head ``buf[start:end]`` (end excludes the final CRLF); raise
+    ProtocolError (502). _speedups.response_head is its C twin for the usual responses (it
+    answers None for the rest, and this decides)."""
+    line = status_line(buf, start, end)
+    if line is None:
+        shown = buf[start : buf.find(b"\r\n", start)][:60]
+        raise ProtocolError(502, f"malformed status line {shown!r} (RFC 9112 4)")
+    version, status, reason, fields_at = line
+    if version != b"1.1" and version != b"1.0":
+        raise ProtocolError(502, f"upstream answered HTTP/{version.decode()}")
+    if status < 100 or status > 599:
+        raise ProtocolError(502, f"status {status} outside 100-599 (RFC 9110 15)")
+    fields, names = parse_fields(buf, fields_at, end, max_headers, 502, 502)
+    length, chunked, _, keep_alive = body_framing(fields, names, version, 502, 502)
+    return version, status, reason, fields, names, length, chunked, keep_alive
+
+
+_c_response_head: Final[Callable[[bytes, int, int, int], ResponseHead | None] | None] = (
+    native.response_head if native is not None else None
+)

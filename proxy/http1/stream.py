@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Final, NoReturn
 
 from proxy.http1.events import Data, EndOfMessage, Event, Headers, ProtocolError
-from proxy.http1.grammar import CHUNK_LINE, parse_fields
+from proxy.http1.grammar import CHUNK_LINE, block_end, parse_fields
 
 HEAD, LENGTH, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS, UNTIL_CLOSE = range(7)
 PAUSED, CLOSED, EOF, DEAD = range(7, 11)
@@ -205,7 +205,7 @@ class StreamParser:
         """
         scanned = self._scanned
         if not scanned:  # the usual case: a whole head in one read
-            found = buf.find(b"\r\n\r\n", pos)
+            found = block_end(buf, pos)
             if found >= 0 and found + 4 - pos <= self.max_head_bytes:
                 return found + 2
         found = buf.find(b"\r\n\r\n", max(pos, pos + scanned - 3))

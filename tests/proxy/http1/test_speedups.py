@@ -267,3 +267,108 @@ def test_bounds_past_the_buffer_are_clamped() -> None:
     assert native.request_line(b"GET / HTTP/1.1\r\n", 99, 120) is None
     assert native.status_line(b"HTTP/1.1 200 OK\r\n", 99, 120) is None
     assert native.keep_fields([(b"a", b"1")], ["a"], frozenset()) is None  # not bytes names
+
+
+def test_block_end_agrees_with_bytes_find() -> None:
+    from proxy.http1.grammar import block_end_py
+
+    native = _native()
+    rng = random.Random(7)
+    for _ in range(20_000):
+        buf = bytes(rng.choice(b"\r\nab") for _ in range(rng.randint(0, 16)))
+        pos = rng.randint(-20, 20)
+        assert native.block_end(buf, pos) == block_end_py(buf, pos), (buf, pos)
+
+
+# Field lines that decide a head's framing, each as a client or a server might send it:
+# plain, in other cases, repeated, listed, malformed.
+_FRAMING_LINES = [
+    b"Content-Length: 5", b"content-length: 0", b"Content-Length: 007", b"Content-Length: ",
+    b"Content-Length: 5, 5", b"Content-Length: -1", b"Content-Length: 1234567890123456789",
+    b"Content-Length: 5a", b"Transfer-Encoding: chunked", b"Transfer-Encoding: Chunked",
+    b"transfer-encoding: gzip, chunked", b"Transfer-Encoding: chunked,", b"Transfer-Encoding: x",
+    b"Connection: close", b"Connection: Keep-Alive", b"Connection: keep-alive, Upgrade",
+    b"Connection: upgrade", b"Connection: ", b"Connection: TE", b"Upgrade: websocket",
+    b"Expect: 100-continue", b"Expect: x", b"Host: a", b"Host: orders:8080", b"HOST: b",
+    b"Host: a b", b"Host: ", b"X-A: 1", b"Accept: */*", b"Content-Type: text/plain",
+]
+
+
+_PLAIN_LINES = [b"X-A: 1", b"Accept: */*", b"Content-Length: 5", b"Connection: keep-alive"]
+
+
+def _head_lines(rng: random.Random) -> bytes:
+    lines = [
+        rng.choice(_FRAMING_LINES if rng.random() < 0.3 else _PLAIN_LINES)
+        for _ in range(rng.randint(0, 4))
+    ]
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def _agree(c_fn, twin, cases) -> None:  # type: ignore[no-untyped-def]
+    """Each (buf, start, end, max_headers) the C function takes gets the twin's answer; a
+    head the twin refuses (ProtocolError) must be declined (None). Both outcomes common."""
+    from proxy.http1.events import ProtocolError
+
+    taken = declined = 0
+    for args in cases:
+        try:
+            want = twin(*args)
+        except ProtocolError as error:
+            want = error
+        got = c_fn(*args)
+        if got is None:
+            declined += 1
+        else:
+            taken += 1
+            assert got == want, (args, got, want)
+    assert taken > 3000 and declined > 3000, (taken, declined)
+
+
+def _requests(rng: random.Random, n: int):  # type: ignore[no-untyped-def]
+    for _ in range(n):
+        method = rng.choice([b"GET", b"GET", b"POST", b"CONNECT", b"OPTIONS", b"get"])
+        target = rng.choice([b"/", b"/a?b", b"/", b"*", b"http://x/", b"x:1", b"/\x80"])
+        version = rng.choice([b"1.1", b"1.1", b"1.0", b"2.0"])
+        host = rng.choice([b"Host: orders\r\n"] * 4 + [b"", b"Host: a\r\nHost: a\r\n"])
+        block = method + b" " + target + b" HTTP/" + version + b"\r\n" + host + _head_lines(rng)
+        prefix = rng.choice([b"", b"xx"])
+        buf = prefix + block + b"\r\n"
+        yield buf, len(prefix), len(prefix) + len(block), rng.choice([100, 100, 2])
+
+
+def _responses(rng: random.Random, n: int):  # type: ignore[no-untyped-def]
+    for _ in range(n):
+        version = rng.choice([b"1.1", b"1.1", b"1.0", b"2.0"])
+        status = rng.choice([b"200", b"204", b"101", b"100", b"099", b"600", b"abc"])
+        reason = rng.choice([b" OK", b"", b" "])
+        block = b"HTTP/" + version + b" " + status + reason + b"\r\n" + _head_lines(rng)
+        yield block + b"\r\nbody", 0, len(block), rng.choice([100, 100, 2])
+
+
+def test_request_head_agrees_with_the_python_twin() -> None:
+    from proxy.http1.request import request_head_py
+
+    _agree(_native().request_head, request_head_py, _requests(random.Random(11), 30_000))
+
+
+def test_response_head_agrees_with_the_python_twin() -> None:
+    from proxy.http1.response import response_head_py
+
+    _agree(_native().response_head, response_head_py, _responses(random.Random(12), 30_000))
+
+
+def test_usual_heads_are_taken_in_c() -> None:
+    """The C twins decline what they do not handle; the heads nearly all traffic carries
+    must not be among those, or the parsers silently pay the Python path again."""
+    native = _native()
+    get = b"GET /api HTTP/1.1\r\nHost: orders:8080\r\nAccept: */*\r\nConnection: keep-alive\r\n"
+    assert native.request_head(get, 0, len(get), 100)[7] is True
+    post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1024\r\nX-Request-Id: 1\r\n"
+    assert native.request_head(post, 0, len(post), 100)[5] == 1024
+    ok = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 1024\r\nConnection: keep-alive\r\n"
+    assert native.response_head(ok, 0, len(ok), 100)[5:] == (1024, False, True)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    assert native.response_head(chunked, 0, len(chunked), 100)[5:] == (None, True, True)
+    closing = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n"
+    assert native.response_head(closing, 0, len(closing), 100)[5:] == (3, False, False)
