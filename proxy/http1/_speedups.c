@@ -9,7 +9,7 @@
      status_line       <-> proxy.http1.grammar.status_line_py
      valid_host        <-> proxy.http1.grammar.valid_host_py
      name_index        <-> proxy.http1.grammar.name_index_py
-     keep_fields       <-> proxy.http1.render.keep_fields_py
+     strip_fields      <-> proxy.http1.render.strip_fields_py
      render_request    <-> proxy.http1.render.render_request_py
      render_response   <-> proxy.http1.render.render_response_py
      block_end         <-> proxy.http1.grammar.block_end_py
@@ -213,44 +213,6 @@ error:
     Py_XDECREF(fields);
     Py_XDECREF(names);
     return NULL;
-}
-
-/* keep_fields(headers, names, drop) -> list | None
-
-   The (name, value) pairs of `headers` whose lowered name (`names`, same order) is not in
-   the set `drop`, in a new list. None when the arguments are not a list of that length
-   (of bytes names) and a set: the Python twin then decides, and raises what it raises. */
-static PyObject *
-keep_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "keep_fields(headers, names, drop)");
-        return NULL;
-    }
-    PyObject *headers = args[0], *names = args[1], *drop = args[2];
-    if (!PyList_CheckExact(headers) || !PyList_CheckExact(names) ||
-        !PyAnySet_CheckExact(drop) || PyList_GET_SIZE(headers) != PyList_GET_SIZE(names))
-        Py_RETURN_NONE;
-    PyObject *out = PyList_New(0);
-    if (out == NULL) return NULL;
-    /* The sizes are read again each turn: a set lookup may run Python code (an __eq__ in
-       `drop`), which could shrink the lists under us. */
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers) && i < PyList_GET_SIZE(names); i++) {
-        PyObject *name = PyList_GET_ITEM(names, i);
-        if (!PyBytes_CheckExact(name)) {
-            Py_DECREF(out);
-            Py_RETURN_NONE;
-        }
-        Py_INCREF(name);
-        int dropped = PySet_Contains(drop, name);
-        Py_DECREF(name);
-        if (dropped < 0 || (!dropped && i < PyList_GET_SIZE(headers) &&
-                            PyList_Append(out, PyList_GET_ITEM(headers, i)) < 0)) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    return out;
 }
 
 /* name_index(names, key, start) -> int: the index of `key` in the list `names` from
@@ -538,6 +500,75 @@ simple_framing(PyObject *fields, PyObject *names, int v11, Framing *f)
 decline:
     Py_CLEAR(f->length);
     return 0;
+}
+
+/* strip_fields(headers, names, drop) -> list | None
+
+   The (name, value) pairs of `headers` to forward: those whose lowered name (`names`, same
+   order) is not in the set `drop`, nor listed by the Connection field (RFC 9110 7.6.1), in
+   a new list, as render.strip_fields_py answers. Taken here: no Connection field, or one
+   whose value is a single token (no comma) that `drop` holds already or that names no
+   field present ("keep-alive", "close": nearly always). None for anything else, and when
+   the arguments are not a list of that length (of bytes names, of bytes pairs) and a set:
+   the Python twin then decides, and raises what it raises. */
+static PyObject *
+strip_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "strip_fields(headers, names, drop)");
+        return NULL;
+    }
+    PyObject *headers = args[0], *names = args[1], *drop = args[2];
+    if (!PyList_CheckExact(headers) || !PyList_CheckExact(names) ||
+        !PyAnySet_CheckExact(drop) || PyList_GET_SIZE(headers) != PyList_GET_SIZE(names))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(names), conn = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyList_GET_ITEM(names, i), *pair = PyList_GET_ITEM(headers, i);
+        if (!PyBytes_CheckExact(name) || !PyTuple_CheckExact(pair) ||
+            PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1)))
+            Py_RETURN_NONE;
+        if (special(name) == CONNECTION) {
+            if (conn >= 0) Py_RETURN_NONE; /* two Connection fields: the twin */
+            conn = i;
+        }
+    }
+    if (conn >= 0) {
+        PyObject *value = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, conn), 1);
+        const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
+        Py_ssize_t len = PyBytes_GET_SIZE(value);
+        if (memchr(v, ',', (size_t)len) != NULL) Py_RETURN_NONE;
+        PyObject *name, *token;
+        if (!field_name(v, len, &name, &token)) return NULL; /* the lowered token, cached */
+        Py_DECREF(name);
+        int dropped = PySet_Contains(drop, token);
+        int present = 0;
+        Py_ssize_t tlen = PyBytes_GET_SIZE(token);
+        for (Py_ssize_t i = 0; dropped == 0 && !present && i < n; i++) {
+            PyObject *other = PyList_GET_ITEM(names, i);
+            present = PyBytes_GET_SIZE(other) == tlen &&
+                      memcmp(PyBytes_AS_STRING(other), PyBytes_AS_STRING(token), (size_t)tlen) == 0;
+        }
+        Py_DECREF(token);
+        if (dropped < 0) return NULL;
+        if (present) Py_RETURN_NONE; /* it names a field to drop as well: the twin */
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    /* The sizes are read again each turn: a set lookup may run Python code (an __eq__ in
+       `drop`), which could shrink the lists under us. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers) && i < PyList_GET_SIZE(names); i++) {
+        PyObject *name = PyList_GET_ITEM(names, i);
+        Py_INCREF(name);
+        int dropped = PySet_Contains(drop, name);
+        Py_DECREF(name);
+        if (dropped < 0 || (!dropped && i < PyList_GET_SIZE(headers) &&
+                            PyList_Append(out, PyList_GET_ITEM(headers, i)) < 0)) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
 }
 
 /* request_head(buf, start, end, max_headers) -> tuple | None
@@ -863,8 +894,8 @@ static PyMethodDef methods[] = {
     {"split_fields", (PyCFunction)(void (*)(void))split_fields, METH_FASTCALL,
      "split_fields(buf, start, end, max_headers) -> (fields, names) | 0 (malformed) | 1 "
      "(too many lines)"},
-    {"keep_fields", (PyCFunction)(void (*)(void))keep_fields, METH_FASTCALL,
-     "keep_fields(headers, names, drop) -> list | None"},
+    {"strip_fields", (PyCFunction)(void (*)(void))strip_fields, METH_FASTCALL,
+     "strip_fields(headers, names, drop) -> list | None"},
     {"request_line", (PyCFunction)(void (*)(void))request_line, METH_FASTCALL,
      "request_line(buf, start, end) -> (method, target, version, next) | None"},
     {"status_line", (PyCFunction)(void (*)(void))status_line, METH_FASTCALL,

@@ -1,5 +1,5 @@
-# proxy/http1/_speedups.c: the C twins of grammar.split_fields_py, render.keep_fields_py
-# and render.render_*_py.
+# proxy/http1/_speedups.c: the C twins of the *_py functions in grammar.py, request.py,
+# response.py, render.py and tracing/context.py (the C file's first comment lists them).
 def split_fields(
     buf: bytes, start: int, end: int, max_headers: int, /
 ) -> tuple[list[tuple[bytes, bytes]], list[bytes]] | int: ...
@@ -9,9 +9,30 @@ def render_request(
 def render_response(
     version: bytes, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], /
 ) -> bytes | None: ...
-def keep_fields(
+def strip_fields(
     headers: list[tuple[bytes, bytes]], names: list[bytes], drop: frozenset[bytes], /
 ) -> list[tuple[bytes, bytes]] | None: ...
+def block_end(buf: bytes, pos: int, /) -> int: ...
+def request_head(
+    buf: bytes, start: int, end: int, max_headers: int, /
+) -> tuple[
+    bytes,
+    bytes,
+    bytes,
+    list[tuple[bytes, bytes]],
+    list[bytes],
+    int | None,
+    bool,
+    bool,
+    bytes | None,
+    bool,
+    bytes | None,
+] | None: ...
+def response_head(
+    buf: bytes, start: int, end: int, max_headers: int, /
+) -> tuple[
+    bytes, int, bytes | None, list[tuple[bytes, bytes]], list[bytes], int | None, bool, bool
+] | None: ...
 def hex_id(value: int, digits: int, /) -> bytes | None: ...
 def traceparent(trace_id: int, span_id: int, sampled: bool, /) -> bytes | None: ...
 def name_index(names: list[bytes], key: bytes, start: int, /) -> int: ...

@@ -58,8 +58,8 @@ _c_request: Final[Callable[[bytes, bytes, bytes, Headers], bytes | None] | None]
 _c_response: Final[Callable[[bytes, int, bytes, Headers], bytes | None] | None] = (
     native.render_response if native is not None else None
 )
-_c_keep: Final[Callable[[Headers, Names, frozenset[bytes]], Headers | None] | None] = (
-    native.keep_fields if native is not None else None
+_c_strip: Final[Callable[[Headers, Names, frozenset[bytes]], Headers | None] | None] = (
+    native.strip_fields if native is not None else None
 )
 
 
@@ -121,6 +121,13 @@ def strip_hop_by_hop(
     give them (computed when not given). Always a new list: callers append to it."""
     if names is None:
         names = lower_names(headers)
+    fields = _c_strip(headers, names, drop) if _c_strip is not None else None
+    return fields if fields is not None else strip_fields_py(headers, names, drop)
+
+
+def strip_fields_py(headers: Headers, names: Names, drop: frozenset[bytes]) -> Headers:
+    """strip_hop_by_hop with the lowered ``names`` given; _speedups.strip_fields is its C
+    twin for the usual heads (no Connection field, or one naming nothing else to drop)."""
     values = values_of(headers, names, b"connection")
     if values is not None:
         if len(values) == 1 and b"," not in values[0]:
@@ -132,13 +139,12 @@ def strip_hop_by_hop(
         extra = [name for name in listed if name not in drop and index_of(names, name) >= 0]
         if extra:
             drop = drop.union(extra)
-    fields = _c_keep(headers, names, drop) if _c_keep is not None else None
-    return fields if fields is not None else keep_fields_py(headers, names, drop)
+    return keep_fields_py(headers, names, drop)
 
 
 def keep_fields_py(headers: Headers, names: Names, drop: frozenset[bytes]) -> Headers:
     """The fields of ``headers`` whose lowered name (``names``) is not in ``drop``, in a new
-    list (proxy/http1/_speedups.c: the C twin, for the compiled core)."""
+    list."""
     if drop.isdisjoint(names):
         return list(headers)
     return [field for field, name in zip(headers, names, strict=True) if name not in drop]
