@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from proxy.http1.grammar import index_of, native
+from proxy.http1.grammar import native
 
 W3C: Final = 1
 B3_SINGLE: Final = 2
@@ -40,7 +40,6 @@ _B3_MULTI_NAMES = (
 )
 # Replaced on every hop (the parent id changes); tracestate and baggage pass through.
 TRACE_HEADERS: Final = frozenset((b"traceparent", b"b3", *_B3_MULTI_NAMES))
-_NOT_W3C: Final = TRACE_HEADERS - {b"traceparent"}
 _HEX: Final = frozenset(b"0123456789abcdef")
 
 Headers = list[tuple[bytes, bytes]]
@@ -129,13 +128,25 @@ def extract(headers: Headers, names: list[bytes] | None = None) -> Parent | None
     ``names``: the lowered names as the parser gives them, to answer None with one C call."""
     if names is None:
         found = [(n, v) for n, v in ((n.lower(), v) for n, v in headers) if n in TRACE_HEADERS]
-    elif TRACE_HEADERS.isdisjoint(names):
-        return None
-    elif (at := index_of(names, b"traceparent")) >= 0 and _NOT_W3C.isdisjoint(names):
-        # Only W3C (what the proxies send each other): its first value, no loop.
-        got = _parse_traceparent(headers[at][1])
-        return Parent(got[0], got[1], got[2], W3C) if got is not None else Parent(0, 0, None, W3C)
     else:
+        # One pass, set lookups on names whose hashes the parser's name cache keeps.
+        at = -1
+        other = False
+        for i in range(len(names)):
+            n = names[i]
+            if n in TRACE_HEADERS:
+                if n != b"traceparent":
+                    other = True
+                elif at < 0:
+                    at = i
+        if at < 0 and not other:
+            return None
+        if not other:
+            # Only W3C (what the proxies send each other): its first value.
+            got = _parse_traceparent(headers[at][1])
+            if got is None:
+                return Parent(0, 0, None, W3C)
+            return Parent(got[0], got[1], got[2], W3C)
         found = [(n, headers[i][1]) for i, n in enumerate(names) if n in TRACE_HEADERS]
     tp = b3 = None
     multi: dict[bytes, bytes] | None = None

@@ -93,11 +93,13 @@ class Tracer:
         self.sampling = sampling_percent / 100.0
         self.sink = sink  # None: spans are never recorded (no collector configured)
         self._rng = rng or random.Random()
+        self._bits = self._rng.getrandbits  # bound once: not a method object per request
+        self._random = self._rng.random
 
     def start(self, headers: Headers, kind: int, names: list[bytes] | None = None) -> Hop:
         """A new span id under the incoming context, or a new trace when there is none.
         ``names``: the request's lowered header names, when the parser gave them."""
-        bits = self._rng.getrandbits
+        bits = self._bits
         parent: Parent | None = extract(headers, names)
         if parent is None or parent.trace_id == 0:
             trace_id, parent_id = bits(128) or 1, 0
@@ -111,7 +113,7 @@ class Tracer:
                 parent.sampled,
             )
         if decided is None:
-            decided = self.sampling > 0.0 and self._rng.random() < self.sampling
+            decided = self.sampling > 0.0 and self._random() < self.sampling
         span_id = bits(64) or 1
         headers = render(trace_id, span_id, decided, formats)
         return Hop(trace_id, span_id, parent_id, decided and self.sink is not None, kind, headers)

@@ -383,3 +383,21 @@ def test_usual_heads_are_taken_in_c() -> None:
     assert native.response_head(chunked, 0, len(chunked), 100)[5:] == (None, True, True)
     closing = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n"
     assert native.response_head(closing, 0, len(closing), 100)[5:] == (3, False, False)
+
+
+def test_render_refuses_cr_lf_nul_at_every_offset() -> None:
+    """The C check reads eight bytes a turn, then the tail: a bad byte anywhere in a part
+    of any length, next to any other byte, is found (and only a bad byte)."""
+    native = _native()
+    for length in range(0, 20):
+        for at in range(length):
+            for bad in (b"\r", b"\n", b"\x00"):
+                for fill in (b"a", b"\x80", b"\x0e", b"\xff"):
+                    value = fill * at + bad + fill * (length - at - 1)
+                    with pytest.raises(ValueError):
+                        native.render_request(b"GET", b"/", b"1.1", [(b"x", value)])
+        for fill in (b"a", b"\x80", b"\x0e", b"\x0b", b"\x0c", b"\xff", b"\x01"):
+            value = fill * length
+            assert native.render_request(b"GET", b"/", b"1.1", [(b"x", value)]) == (
+                b"GET / HTTP/1.1\r\nx: " + value + b"\r\n\r\n"
+            )
