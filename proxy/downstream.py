@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from meshctl.aio import spawn
 from proxy import fastpath
@@ -15,6 +15,8 @@ from proxy.fastpath import Close, Done, FastConn, Handover, Prepare
 from proxy.forward import Prep, Result, Started, complete, local_reply
 from proxy.http1 import ProtocolError, Request, RequestParser
 from proxy.streams import Channel, EventStream, PeerClosed
+
+_now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
@@ -96,7 +98,7 @@ async def serve_requests(
             # connection usually is, pipelined ones too) is offered to it first.
             ev = down.poll() if fast is None else None
             if ev is None:
-                watch.start(down, writer, time.monotonic())
+                watch.start(down, writer, _now())
                 if fast is not None:
                     down.listener = fast.on_events
                     if down.pending or down.eof or down.error is not None:
@@ -128,7 +130,7 @@ async def serve_requests(
             current = proxy.snapshot  # read once: the request finishes on this snapshot
             assert current is not None
             snap = current
-            start = time.monotonic()
+            start = _now()
             prep = prepare(req, snap)
             proxy.inflight += 1
             job = complete(req, down, writer, prep, None)

@@ -43,6 +43,7 @@ from proxy.streams import Channel, Conn, EventStream, Marker
 from proxy.tracing import Hop
 
 if TYPE_CHECKING:
+    from proxy.downstream import HeadWatch
     from proxy.main import Proxy
     from proxy.snapshot import ProxySnapshot
 
@@ -98,6 +99,9 @@ def _noop() -> None:
     """The downstream listener while a request is in flight: bytes stay queued, in order."""
 
 
+_NOOP: Final = _noop  # a static: a module function used as a value is a dict lookup
+
+
 class FastConn:
     """The fast path of one downstream connection (see the module docstring)."""
 
@@ -127,7 +131,7 @@ class FastConn:
         prepare: Prepare,
         done: Done,
         resume: Callable[[Request, Prep, Started], Awaitable[Result]],
-        watch: object,
+        watch: HeadWatch,
     ) -> None:
         self.proxy = proxy
         self.down = down
@@ -135,7 +139,7 @@ class FastConn:
         self.prepare = prepare
         self.done = done
         self.resume = resume  # the coroutine path, from a Started request
-        self.watch = watch  # proxy.downstream.HeadWatch
+        self.watch = watch
         self.conn: Conn | None = None
         self.counters = proxy.telemetry.counters  # the same dict for the proxy's life
 
@@ -184,8 +188,8 @@ class FastConn:
             pending.popleft()  # EndOfMessage (trailers of a complete body are not forwarded)
         snap = proxy.snapshot
         assert snap is not None
-        self.watch.waiting.pop(down, None)  # type: ignore[attr-defined]
-        down.listener = _noop
+        self.watch.waiting.pop(down, None)
+        down.listener = _NOOP
         down.busy = True
         proxy.inflight += 1
         self.req, self.snap, self.start, self.body = req, snap, _now(), body
@@ -294,7 +298,11 @@ class FastConn:
         head, chunk_out, keep, until_close = response_head(req, resp, plan, True)
         if end == len(pending) and not chunk_out and end <= 2:
             # The usual: [Data, EndOfMessage] or [EndOfMessage] left, nothing after them.
-            self.writer.write(head + pending[0].data if end == 2 else head)  # type: ignore[union-attr]
+            if end == 2:
+                piece = pending[0]
+                assert type(piece) is Data
+                head += piece.data
+            self.writer.write(head)
             pending.clear()
         else:
             out = [head]
@@ -333,7 +341,7 @@ class FastConn:
             down.listener = self.on_events
             self._on_events()  # pipelined, or arrived meanwhile
             return
-        self.watch.start(down, self.writer, time.monotonic())  # type: ignore[attr-defined]
+        self.watch.start(down, self.writer, _now())
         down.listener = self.on_events
         down.channel.resume()
 

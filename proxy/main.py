@@ -47,6 +47,8 @@ from registry.ca import SpiffeId
 from registry.config import MeshConfig
 from registry.server.catalog import Endpoint
 
+_now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
+
 log = logging.getLogger("meshctl.proxy")
 EPOCH_GRACE_S: Final = 30.0  # how long an empty catalog from a new registry epoch is not believed
 _RNG: Final = random.Random()
@@ -299,7 +301,7 @@ class Proxy:
     ) -> None:
         """Metrics (Istio's labels), the access-log line, the span and the tap event for one
         finished request. The span and the tap cost nothing unless sampled / tapped."""
-        ms = (time.monotonic() - start) * 1000.0
+        ms = (_now() - start) * 1000.0
         # The 19 Istio labels of a request depend on few things: computed once per
         # combination and config version, not per request.
         key = (snap.version, reporter, dest_service, peer, result.status, result.flags)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
-from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from meshctl.aio import spawn
@@ -100,7 +100,7 @@ class Outbound:
             max_requests=http.max_requests_per_connection,
             limiter=proxy.limiter(rt),
             idle_timeout_s=http.idle_timeout_s,
-            report=partial(rt.report, host),
+            report=_partial(rt.report, host),
             host=host,
         )
         return target
@@ -250,7 +250,7 @@ class Outbound:
 
         plan = Plan(
             mirror=mirror,
-            pick=partial(self._target, snap, dview, cluster, dport, hash_key),
+            pick=_partial(self._target, snap, dview, cluster, dport, hash_key),
             may_retry=admission.may_retry,
             add_request_headers=add,
             remove_request_headers=compiled.remove_request[index],
@@ -345,3 +345,5 @@ _MIRROR_DROP: Final = (
     | TRACE_HEADERS
 )
 _RNG: Final = random.Random()
+# A static in the compiled core (an imported name is a module-dict lookup per use).
+_partial: Final = functools.partial

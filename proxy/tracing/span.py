@@ -13,13 +13,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from proxy.tracing.context import Headers, Parent, extract, render
 
 # OTLP Span.SpanKind values (opentelemetry-proto trace.proto).
-SERVER = 2
-CLIENT = 3
+SERVER: Final = 2
+CLIENT: Final = 3
 
 Attr = tuple[str, Any]
 
