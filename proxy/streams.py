@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from proxy.http1 import Event, ProtocolError, RequestParser, ResponseParser
+from proxy.http1 import Event, ProtocolError, ResponseParser
+from proxy.http1.stream import StreamParser  # typed so: a union of two parsers is a generic call
 
 _now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
@@ -246,9 +247,7 @@ class EventStream:
 
     __slots__ = ("busy", "channel", "eof", "error", "listener", "parser", "pending", "timed_out")
 
-    def __init__(
-        self, channel: Channel, parser: RequestParser | ResponseParser, initial: bytes = b""
-    ) -> None:
+    def __init__(self, channel: Channel, parser: StreamParser, initial: bytes = b"") -> None:
         self.channel = channel
         self.parser = parser
         self.pending: deque[Event | Marker] = deque()

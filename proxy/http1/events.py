@@ -106,7 +106,8 @@ class Request:
         return _get_all(self, name_lower)
 
     def lowered(self) -> Names:
-        return _lowered(self)
+        names = self.names  # read natively here: _lowered's protocol-typed reads are generic
+        return names if names is not None else lower_names(self.headers)
 
 
 @dataclass(slots=True, init=False)
@@ -152,7 +153,8 @@ class Response:
         return _get_all(self, name_lower)
 
     def lowered(self) -> Names:
-        return _lowered(self)
+        names = self.names  # read natively here: _lowered's protocol-typed reads are generic
+        return names if names is not None else lower_names(self.headers)
 
 
 @dataclass(slots=True, init=False)
