@@ -213,7 +213,7 @@ class FastConn:
         if plan.mirror is not None or plan.timeout_s is not None:
             self._handover(Started(body))
             return
-        target = plan.pick(_NO_EXCLUDE)
+        target = plan.admission.pick(_NO_EXCLUDE)
         if target is None:
             self._handover(Started(body))  # the coroutine answers 503 UH
             return
@@ -336,8 +336,8 @@ class FastConn:
         proxy = self.proxy
         self.down.busy = False
         try:
-            if prep.release is not None:
-                prep.release()
+            if prep.admission is not None:
+                prep.admission.release()
         finally:
             proxy.inflight -= 1
         self.done(self.snap, result, self.start, self.req, prep.hop)

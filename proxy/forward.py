@@ -150,42 +150,61 @@ class Result:
         self.keep_alive = keep_alive
 
 
+class Admission:
+    """What a request was admitted on, asked by both paths (the coroutine path and
+    proxy.fastpath): the target of each attempt (`pick`, with the endpoints already tried
+    in `exclude`), whether a retry may go (`may_retry`: budgets and gauges), and `release`,
+    called once when the request ends. Plans and Preps hold the object and call its
+    methods: a bound method or a partial made per request costs ~600 instructions each.
+    This base is a single fixed target with nothing to hold (the inbound app)."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: Target | None = None) -> None:
+        self.target = target
+
+    def pick(self, exclude: frozenset[str]) -> Target | None:
+        return self.target
+
+    def may_retry(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
 @dataclass(slots=True, init=False)
 class Plan:
     """Per-request decisions made by the stack before forwarding (from the route)."""
 
-    pick: Callable[[frozenset[str]], Target | None]
+    admission: Admission  # the target of each attempt; may a retry go
     add_request_headers: Headers
     remove_request_headers: frozenset[bytes]  # what an Upgrade request drops (route only)
     drop_request_headers: frozenset[bytes]  # what any other drops (proxy.http1.request_drop)
     retry: RetryParams | None
     timeout_s: float | None
     response_headers: Callable[[Headers], Headers] | None = None
-    # Asked before each retry: the retry budget and the cluster's maxRetries gauge.
-    may_retry: Callable[[], bool] | None = None
     # Called once with the whole body when it fit the replay buffer (traffic mirroring).
     mirror: Callable[[Request, bytes], None] | None = None
 
     def __init__(
         self,
-        pick: Callable[[frozenset[str]], Target | None],
+        admission: Admission,
         add_request_headers: Headers,
         remove_request_headers: frozenset[bytes],
         drop_request_headers: frozenset[bytes],
         retry: RetryParams | None,
         timeout_s: float | None,
         response_headers: Callable[[Headers], Headers] | None = None,
-        may_retry: Callable[[], bool] | None = None,
         mirror: Callable[[Request, bytes], None] | None = None,
     ) -> None:
-        self.pick = pick
+        self.admission = admission
         self.add_request_headers = add_request_headers
         self.remove_request_headers = remove_request_headers
         self.drop_request_headers = drop_request_headers
         self.retry = retry
         self.timeout_s = timeout_s
         self.response_headers = response_headers
-        self.may_retry = may_retry
         self.mirror = mirror
 
 
@@ -194,14 +213,14 @@ class Prep:
     """A request's decisions, made synchronously before any I/O by the stack's `prepare`
     (shared by the coroutine path and proxy.fastpath): the plan to forward it by, or the
     local reply it gets. `later` is an asynchronous step still to run first (a fault's
-    delay), giving the final Prep; `release` is called once when the request ends."""
+    delay), giving the final Prep; its `admission` is released once when the request ends."""
 
     hop: Hop | None
     plan: Plan | None = None
     pool: Pool | None = None
     reply: bytes = b""
     result: Result | None = None
-    release: Callable[[], None] | None = None
+    admission: Admission | None = None  # released once when the request ends
     later: Callable[[Channel], Awaitable[Prep]] | None = None
 
     def __init__(
@@ -211,7 +230,7 @@ class Prep:
         pool: Pool | None = None,
         reply: bytes = b"",
         result: Result | None = None,
-        release: Callable[[], None] | None = None,
+        admission: Admission | None = None,
         later: Callable[[Channel], Awaitable[Prep]] | None = None,
     ) -> None:
         self.hop = hop
@@ -219,7 +238,7 @@ class Prep:
         self.pool = pool
         self.reply = reply
         self.result = result
-        self.release = release
+        self.admission = admission
         self.later = later
 
 
@@ -265,11 +284,11 @@ async def complete(
     req: Request, down: EventStream, writer: Channel, prep: Prep, started: Started | None
 ) -> Result:
     """Carry a prepared request to its end on the coroutine path."""
-    release = prep.release
+    admission = prep.admission
     try:
         if prep.later is not None:  # a Prep with a later step holds nothing to release yet
             prep = await prep.later(writer)
-            release = prep.release
+            admission = prep.admission
         if prep.plan is None or prep.pool is None:
             assert prep.result is not None
             if prep.reply:
@@ -279,8 +298,8 @@ async def complete(
             return prep.result
         return await forward(req, down, writer, prep.pool, prep.plan, started)
     finally:
-        if release is not None:
-            release()
+        if admission is not None:
+            admission.release()
 
 
 async def discard_body(down: EventStream) -> None:
@@ -375,7 +394,7 @@ async def forward(
     target: Target | None = None
     while attempt < attempts_allowed:
         if attempt:
-            if plan.may_retry is not None and not plan.may_retry():
+            if not plan.admission.may_retry():
                 break  # retry budget or maxRetries exhausted: the last failure stands
             delay = (
                 backoff(attempt - 1, _RNG, retry.base_interval_s, retry.max_interval_s)
@@ -390,7 +409,7 @@ async def forward(
         if attempt == 1 and started is not None and started.target is not None:
             target = started.target  # picked by the fast path (its balancer slot is taken)
         else:
-            target = plan.pick(exclude)
+            target = plan.admission.pick(exclude)
         if target is None:
             last_flag, last_status = "UH", 503
             break

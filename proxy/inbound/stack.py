@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 from proxy.accept import first_byte, streams_for
 from proxy.detect import detect
 from proxy.downstream import serve_requests
-from proxy.forward import Plan, Prep, Result, Target, local_prep
+from proxy.forward import Admission, Plan, Prep, Result, Target, local_prep
 from proxy.http1 import Request, request_drop
 from proxy.identity import parse_sni, peer_identity
 from proxy.intercept.origdst import original_dst
@@ -151,10 +151,7 @@ class Inbound:
         xfcc = [(b"x-forwarded-client-cert", f"By={me};URI={peer}".encode())] if peer else []
         tracer = proxy.tracer
         counters = proxy.telemetry.counters
-        target = self._app_target(port)
-
-        def pick(exclude: frozenset[str]) -> Target:
-            return target  # the app: one target for the whole connection
+        app = Admission(self._app_target(port))  # the app: one target for the connection
 
         def prepare(req: Request, snap: ProxySnapshot) -> Prep:
             """Authorization, then the service's rate limit, then the app (no I/O)."""
@@ -167,7 +164,7 @@ class Inbound:
                 counters["meshctl_proxy_rate_limited_total"] += 1
                 return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % limited)])
             plan = Plan(
-                pick=pick,
+                admission=app,
                 add_request_headers=[*xfcc, *hop.headers],
                 remove_request_headers=STRIP_AND_TRACE,
                 drop_request_headers=_DROP,

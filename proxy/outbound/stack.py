@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 from meshctl.aio import spawn
 from proxy.detect import detect
 from proxy.downstream import serve_requests
-from proxy.forward import Plan, Prep, Result, Target, local_prep
+from proxy.forward import Admission, Plan, Prep, Result, Target, local_prep
 from proxy.http1 import (
     EndOfMessage,
     Request,
@@ -236,7 +236,8 @@ class Outbound:
             add.append((b"x-request-id", proxy.request_id()))
         rt.budget.deposit()
         hash_key = req.get(rt.hash_header) if rt.hash_header else None
-        admission = _Admission(rt, gauges, proxy.telemetry.counters, hop)
+        aim = (self, snap, dview, cluster, dport, hash_key)
+        admission = _Admission(rt, gauges, proxy.telemetry.counters, hop, aim)
         mirror = None
         mirrored = compiled.mirror
         if mirrored is not None and _RNG.random() * 100.0 < compiled.mirror_percentage:
@@ -250,8 +251,7 @@ class Outbound:
 
         plan = Plan(
             mirror=mirror,
-            pick=_partial(self._target, snap, dview, cluster, dport, hash_key),
-            may_retry=admission.may_retry,
+            admission=admission,
             add_request_headers=add,
             remove_request_headers=compiled.remove_request[index],
             drop_request_headers=compiled.drop_request[index],
@@ -259,7 +259,7 @@ class Outbound:
             timeout_s=compiled.timeout_s,
             response_headers=compiled.response_ops[index],
         )
-        return Prep(hop, plan=plan, pool=proxy.pool, release=admission.release)
+        return Prep(hop, plan=plan, pool=proxy.pool, admission=admission)
 
     async def _mirror(
         self,
@@ -301,17 +301,36 @@ class Outbound:
             counters["meshctl_proxy_mirror_failed_total"] += 1
 
 
-class _Admission:
-    """One admitted request's hold on its cluster: the request gauge (the circuit breaker)
-    and the retries it took, released together when the request ends."""
+# What an outbound request's targets are picked from: (stack, snapshot, service, cluster,
+# port, hash key), the arguments of Outbound._target but the endpoints to exclude.
+Aim = tuple["Outbound", ProxySnapshot, ServiceView, Cluster, int, bytes | None]
 
-    __slots__ = ("counters", "gauges", "held", "hop", "rt")
+
+class _Admission(Admission):
+    """One admitted request's hold on its cluster: the request gauge (the circuit breaker)
+    and the retries it took, released together when the request ends; and its targets
+    (`aim`), picked by the cluster's balancer among the endpoints not yet tried."""
+
+    __slots__ = ("aim", "counters", "gauges", "held", "hop", "rt")
 
     def __init__(
-        self, rt: ClusterRuntime, gauges: Gauges, counters: dict[str, float], hop: Hop
+        self,
+        rt: ClusterRuntime,
+        gauges: Gauges,
+        counters: dict[str, float],
+        hop: Hop,
+        aim: Aim | None = None,
     ) -> None:
+        super().__init__()
         self.rt, self.gauges, self.counters, self.hop = rt, gauges, counters, hop
+        self.aim = aim
         self.held = 0  # retries holding the cluster's maxRetries gauge
+
+    def pick(self, exclude: frozenset[str]) -> Target | None:
+        aim = self.aim
+        assert aim is not None, "an admission without an aim has no targets"
+        outbound, snap, dview, cluster, dport, hash_key = aim
+        return outbound._target(snap, dview, cluster, dport, hash_key, exclude)
 
     def release(self) -> None:
         self.gauges.release_request()
