@@ -401,3 +401,20 @@ def test_render_refuses_cr_lf_nul_at_every_offset() -> None:
             assert native.render_request(b"GET", b"/", b"1.1", [(b"x", value)]) == (
                 b"GET / HTTP/1.1\r\nx: " + value + b"\r\n\r\n"
             )
+
+
+def test_split_fields_finds_a_refused_octet_at_every_offset() -> None:
+    """Values are scanned eight bytes a turn, then byte by byte: a CTL, DEL or bare CR/LF
+    at any offset of a value of any length is refused, and every allowed octet (HTAB, SP,
+    VCHAR, obs-text) at any offset is kept, as the Python twin decides."""
+    native = _native()
+    fills = (b"a", b" ", b"\t", b"\x80", b"\xff", b"~", b"!")
+    octets = (b"\x00", b"\x01", b"\x1f", b"\x7f", b"\r", b"\n", b"\t", b"\x80", b"\x20")
+    for length in range(0, 20):
+        for at in range(length):
+            for octet in octets:
+                for fill in fills:
+                    value = fill * at + octet + fill * (length - at - 1)
+                    buf = b"X-A: " + value + b"\r\nB: c\r\n"
+                    want = split_fields_py(buf, 0, len(buf), 100)
+                    assert native.split_fields(buf, 0, len(buf), 100) == want, buf
