@@ -386,8 +386,8 @@ def test_usual_heads_are_taken_in_c() -> None:
 
 
 def test_render_refuses_cr_lf_nul_at_every_offset() -> None:
-    """The C check reads eight bytes a turn, then the tail: a bad byte anywhere in a part
-    of any length, next to any other byte, is found (and only a bad byte)."""
+    """The C check counts CRs and LFs over the whole rendered head: a bad byte anywhere in
+    a part of any length, next to any other byte, is found (and only a bad byte)."""
     native = _native()
     for length in range(0, 20):
         for at in range(length):
