@@ -20,25 +20,34 @@ import hashlib
 import math
 import random
 from collections.abc import Iterable, Sequence
-from typing import Final, Protocol
+from typing import Final
 
 from proxy.policy.clock import Clock
 
 _NO_EXCLUDE: Final[frozenset[str]] = frozenset()
 
 
-class Balancer(Protocol):
+class Balancer:
+    """What every balancer answers. A base class, not a Protocol: in the compiled core a
+    call through it is a native method call, through a Protocol a generic one (by name,
+    keywords in a dict) per request."""
+
+    __slots__ = ()
+
     def pick(
         self,
         endpoints: Sequence[str],
         *,
         exclude: frozenset[str] = _NO_EXCLUDE,
         key: bytes | None = None,
-    ) -> str | None: ...
+    ) -> str | None:
+        raise NotImplementedError
 
-    def on_start(self, ep: str) -> None: ...
+    def on_start(self, ep: str) -> None:
+        return None
 
-    def on_end(self, ep: str, latency_s: float, ok: bool) -> None: ...
+    def on_end(self, ep: str, latency_s: float, ok: bool) -> None:
+        return None
 
 
 def _random_index(endpoints: Sequence[str], exclude: frozenset[str], rng: random.Random) -> int:
@@ -80,19 +89,7 @@ def _two_choices(
     return a, a
 
 
-class _Base:
-    """Bookkeeping shared by the balancers that do not need request feedback."""
-
-    __slots__ = ()
-
-    def on_start(self, ep: str) -> None:
-        return None
-
-    def on_end(self, ep: str, latency_s: float, ok: bool) -> None:
-        return None
-
-
-class RoundRobin(_Base):
+class RoundRobin(Balancer):
     """Istio ROUND_ROBIN: the next endpoint in turn, skipping excluded ones."""
 
     __slots__ = ("_i",)
@@ -121,7 +118,7 @@ class RoundRobin(_Base):
         return endpoints[first]
 
 
-class Random(_Base):
+class Random(Balancer):
     """Istio RANDOM."""
 
     __slots__ = ("_rng",)
@@ -141,7 +138,7 @@ class Random(_Base):
         return _random_pick(endpoints, exclude, self._rng)
 
 
-class LeastRequest:
+class LeastRequest(Balancer):
     """Istio LEAST_REQUEST (its default): Envoy's P2C on active requests (choice_count 2)."""
 
     __slots__ = ("_active", "_rng")
@@ -186,7 +183,7 @@ class _Ewma:
         self.pending = 0
 
 
-class PeakEwma:
+class PeakEwma(Balancer):
     """Linkerd's balancer (tower ``PeakEwma`` + P2C), our default.
 
     cost = peak-EWMA latency x (pending + 1). A latency above the estimate replaces it (peak);
@@ -281,7 +278,7 @@ def _hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
-class ConsistentHash(_Base):
+class ConsistentHash(Balancer):
     """Istio ``consistentHash`` (httpHeaderName etc.): a ring hash (Ketama) as Envoy's
     RING_HASH, with a fixed ``points_per_host`` (Envoy sizes the whole ring to
     minimum_ring_size 1024, so removing a host also moves a few keys between the others; a
