@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
@@ -82,7 +81,7 @@ class Close(Marker):
 CLOSE: Final = Close()
 
 
-def _whole(pending: deque[Event | Marker]) -> tuple[int, int]:
+def _whole(pending: list[Event | Marker]) -> tuple[int, int]:
     """(index of the EndOfMessage of the head at pending[0], 0 if not there yet; the body
     bytes queued after the head)."""
     size = 0
@@ -188,10 +187,10 @@ class FastConn:
                 if size > REPLAY_LIMIT:
                     self._wake()  # a body to stream: the coroutine path
                 return  # the rest of the body is on its way
-            pending.popleft()
-            pieces = [pending.popleft() for _ in range(end - 1)]
+            pending.pop(0)
+            pieces = [pending.pop(0) for _ in range(end - 1)]
             body = b"".join([ev.data for ev in pieces if type(ev) is Data]) if pieces else b""
-            pending.popleft()  # EndOfMessage (trailers of a complete body are not forwarded)
+            pending.pop(0)  # EndOfMessage (trailers of a complete body are not forwarded)
         snap = proxy.snapshot
         assert snap is not None
         self.watch.waiting.pop(down, None)
@@ -247,7 +246,7 @@ class FastConn:
         events = conn.events
         pending = events.pending
         while pending and type(first := pending[0]) is Response and first.informational:
-            pending.popleft()  # 1xx before the final response (as _response_head skips them)
+            pending.pop(0)  # 1xx before the final response (as _response_head skips them)
         target = self.target
         if not pending:
             if events.error is None and not events.eof:
@@ -277,7 +276,7 @@ class FastConn:
             end, size = _whole(pending)
         if not end and size < 65536 and events.error is None and not events.eof:
             return  # a small body still arriving: wait for it here
-        pending.popleft()
+        pending.pop(0)
         events.listener = None
         self.conn = None
         req = self.req
@@ -313,10 +312,10 @@ class FastConn:
         else:
             out = [head]
             for _ in range(end - 1):
-                data = pending.popleft().data  # type: ignore[union-attr]
+                data = pending.pop(0).data  # type: ignore[union-attr]
                 if data:
                     out.append(b"%x\r\n%s\r\n" % (len(data), data) if chunk_out else data)
-            pending.popleft()  # EndOfMessage
+            pending.pop(0)  # EndOfMessage
             if chunk_out:
                 out.append(LAST_CHUNK)
             self.writer.write(b"".join(out))
@@ -360,11 +359,11 @@ class FastConn:
         async def resume() -> Result:
             return await self.resume(req, prep, started)
 
-        self.down.pending.appendleft(Handover(req, self.snap, self.start, prep, resume))
+        self.down.pending.insert(0, Handover(req, self.snap, self.start, prep, resume))
         self._wake()
 
     def _close(self) -> None:
-        self.down.pending.appendleft(CLOSE)
+        self.down.pending.insert(0, CLOSE)
         self._wake()
 
     def _wake(self) -> None:

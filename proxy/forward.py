@@ -503,7 +503,7 @@ async def _copy_body(
     out = [head]
     while True:
         while pending:
-            ev = pending.popleft()
+            ev = pending.pop(0)
             if type(ev) is EndOfMessage:
                 if chunk_out:
                     out.append(LAST_CHUNK)
@@ -518,7 +518,7 @@ async def _copy_body(
             out = []
             if transport.get_write_buffer_size() > 262144:
                 await dwriter.drain()
-        pending.appendleft(await events.next())  # next() took it from the front
+        pending.insert(0, await events.next())  # next() took it from the front
 
 
 def _loop_deadline(deadline: float | None) -> float | None:

@@ -7,7 +7,6 @@ the proxy to answer downstream before it discards the upstream connection.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -29,7 +28,8 @@ class ResponseParser(StreamParser):
 
     def __init__(self, max_headers: int = 100, max_head_bytes: int = 60 * 1024) -> None:
         super().__init__(max_headers, max_head_bytes)
-        self._expected: deque[tuple[bytes, bytes | None]] = deque()
+        # A list (native in the compiled core), short: one entry per request in flight.
+        self._expected: list[tuple[bytes, bytes | None]] = []
 
     def expect(self, method: bytes, upgrade: bytes | None = None) -> None:
         """Announce a request sent upstream: its method and its ``Request.upgrade``."""
@@ -95,7 +95,7 @@ class ResponseParser(StreamParser):
             self._state = UNTIL_CLOSE
             keep_alive = False
             self._then = CLOSED
-        self._expected.popleft()
+        self._expected.pop(0)
         events.append(
             Response(
                 status, reason or b"", version, fields, length, chunked, keep_alive, False, names
