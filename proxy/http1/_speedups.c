@@ -78,21 +78,47 @@ lowered(PyObject *name)
    a small direct-mapped cache hands out the same name object and its lowered twin, so a
    field costs one allocation fewer, or two, and the lowered name keeps its hash between
    requests (the set lookups that filter fields hash it once, not per request). Bounded:
-   CACHED_NAME_SLOTS entries of at most CACHED_NAME_MAX bytes; a collision replaces the slot. */
+   CACHED_NAME_SLOTS entries of at most CACHED_NAME_MAX bytes; a collision replaces the slot.
+
+   Whole fields repeat too (Server: nginx, Content-Type: text/html, Accept-Ranges): a slot
+   also keeps the last (name, value) pair seen under its name, and split_fields hands the
+   same tuple out when the next value is equal, saving a bytes object and a tuple. Only
+   values of at most CACHED_VALUE_MAX bytes, and never those of the fields that carry
+   credentials (Authorization, Proxy-Authorization, Cookie, Set-Cookie): no secret
+   outlives its request in the cache. */
 #define CACHED_NAME_SLOTS 256
 #define CACHED_NAME_MAX 48
+#define CACHED_VALUE_MAX 64
 static struct {
     PyObject *name;
     PyObject *low;
+    PyObject *pair; /* the last (name, value) under this name, or NULL */
+    int secret;     /* a credential-carrying field: its values are never kept */
 } names_cache[CACHED_NAME_SLOTS];
 
 static int
-field_name(const unsigned char *s, Py_ssize_t n, PyObject **name, PyObject **low)
+is_secret(PyObject *low)
+{
+    const char *s = PyBytes_AS_STRING(low);
+    switch (PyBytes_GET_SIZE(low)) {
+    case 6: return memcmp(s, "cookie", 6) == 0;
+    case 10: return memcmp(s, "set-cookie", 10) == 0;
+    case 13: return memcmp(s, "authorization", 13) == 0;
+    case 19: return memcmp(s, "proxy-authorization", 19) == 0;
+    default: return 0;
+    }
+}
+
+/* The name object and its lowered twin for s[0:n]; `slot` (when not NULL) gets the cache
+   slot that holds them, or -1 when the name is not cached. */
+static int
+field_name(const unsigned char *s, Py_ssize_t n, PyObject **name, PyObject **low, int *slot_out)
 {
     unsigned int h = 2166136261u; /* FNV-1a */
     for (Py_ssize_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
     int cacheable = n <= CACHED_NAME_MAX;
     int slot = (int)((h ^ (h >> 16)) & (CACHED_NAME_SLOTS - 1));
+    if (slot_out != NULL) *slot_out = cacheable ? slot : -1;
     PyObject *cached = names_cache[slot].name;
     if (cacheable && cached != NULL && PyBytes_GET_SIZE(cached) == n &&
         memcmp(PyBytes_AS_STRING(cached), s, (size_t)n) == 0) {
@@ -111,6 +137,8 @@ field_name(const unsigned char *s, Py_ssize_t n, PyObject **name, PyObject **low
     if (cacheable) {
         Py_XSETREF(names_cache[slot].name, Py_NewRef(nm));
         Py_XSETREF(names_cache[slot].low, Py_NewRef(lw));
+        Py_CLEAR(names_cache[slot].pair);
+        names_cache[slot].secret = is_secret(lw);
     }
     *name = nm;
     *low = lw;
@@ -201,18 +229,31 @@ split_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             value_end--;
         i += 2;
         PyObject *name, *low;
-        if (!field_name(s + name_start, name_end - name_start, &name, &low)) goto error;
-        PyObject *value = PyBytes_FromStringAndSize((const char *)s + value_start,
-                                                    value_end - value_start);
-        PyObject *pair = value == NULL ? NULL : PyTuple_New(2);
-        if (pair == NULL) {
-            Py_XDECREF(value);
+        int slot;
+        if (!field_name(s + name_start, name_end - name_start, &name, &low, &slot)) goto error;
+        Py_ssize_t vlen = value_end - value_start;
+        PyObject *kept = slot >= 0 ? names_cache[slot].pair : NULL, *pair;
+        if (kept != NULL && PyTuple_GET_ITEM(kept, 0) == name &&
+            PyBytes_GET_SIZE(PyTuple_GET_ITEM(kept, 1)) == vlen &&
+            memcmp(PyBytes_AS_STRING(PyTuple_GET_ITEM(kept, 1)), s + value_start,
+                   (size_t)vlen) == 0) {
+            pair = Py_NewRef(kept); /* the same field as last time */
             Py_DECREF(name);
-            Py_DECREF(low);
-            goto error;
+        } else {
+            PyObject *value = PyBytes_FromStringAndSize((const char *)s + value_start, vlen);
+            pair = value == NULL ? NULL : PyTuple_New(2);
+            if (pair == NULL) {
+                Py_XDECREF(value);
+                Py_DECREF(name);
+                Py_DECREF(low);
+                goto error;
+            }
+            PyTuple_SET_ITEM(pair, 0, name);
+            PyTuple_SET_ITEM(pair, 1, value);
+            if (slot >= 0 && vlen <= CACHED_VALUE_MAX && !names_cache[slot].secret &&
+                names_cache[slot].name == name)
+                Py_XSETREF(names_cache[slot].pair, Py_NewRef(pair));
         }
-        PyTuple_SET_ITEM(pair, 0, name);
-        PyTuple_SET_ITEM(pair, 1, value);
         PyList_SET_ITEM(fields, k, pair);
         PyList_SET_ITEM(names, k, low);
     }
@@ -290,7 +331,7 @@ request_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         s[i + 10] != '\n')
         Py_RETURN_NONE;
     PyObject *method, *ignored;
-    if (!field_name(s + start, method_end - start, &method, &ignored)) return NULL;
+    if (!field_name(s + start, method_end - start, &method, &ignored, NULL)) return NULL;
     Py_DECREF(ignored);
     PyObject *target = PyBytes_FromStringAndSize((const char *)s + target_start,
                                                  target_end - target_start);
@@ -562,7 +603,7 @@ strip_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t len = PyBytes_GET_SIZE(value);
         if (memchr(v, ',', (size_t)len) != NULL) Py_RETURN_NONE;
         PyObject *name, *token;
-        if (!field_name(v, len, &name, &token)) return NULL; /* the lowered token, cached */
+        if (!field_name(v, len, &name, &token, NULL)) return NULL; /* the lowered token */
         Py_DECREF(name);
         int dropped = PySet_Contains(drop, token);
         int present = 0;

@@ -176,6 +176,29 @@ def test_split_fields_reuses_name_objects() -> None:
     assert three == four and three[0][0][0] is not four[0][0][0]
 
 
+def test_split_fields_reuses_whole_fields_but_never_credentials() -> None:
+    """A field equal to the last one seen under its name comes back as the same tuple;
+    a changed value, a long value and the credential fields are made afresh (no secret
+    stays in the cache past its request)."""
+    native = _native()
+
+    def field(line: bytes) -> tuple[bytes, bytes]:
+        pair: tuple[bytes, bytes] = native.split_fields(line, 0, len(line), 100)[0][0]
+        return pair
+
+    assert field(b"Server: nginx\r\n") is field(b"Server: nginx\r\n")
+    first, other = field(b"Server: nginx\r\n"), field(b"Server: envoy\r\n")
+    assert other == (b"Server", b"envoy") and other is not first
+    assert field(b"Server: envoy\r\n") is other  # the slot now keeps the new value
+    assert field(b"Server:  envoy \r\n") is other  # OWS is not part of the value
+    long_value = b"X-Long: " + b"v" * 65 + b"\r\n"
+    assert field(long_value) == field(long_value) and field(long_value) is not field(long_value)
+    for name in (b"Authorization", b"proxy-authorization", b"Cookie", b"SET-COOKIE"):
+        line = name + b": Bearer x\r\n"
+        assert field(line) == (name, b"Bearer x")
+        assert field(line) is not field(line), name
+
+
 def test_hex_ids_agree_with_the_python_twins() -> None:
     from proxy.http1.render import hex_id_py
     from proxy.tracing.context import traceparent_py
