@@ -617,8 +617,12 @@ strip_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (dropped < 0) return NULL;
         if (present) Py_RETURN_NONE; /* it names a field to drop as well: the twin */
     }
-    PyObject *out = PyList_New(0);
+    /* Room for every field: the list is filled in place and its size set to what was kept
+       (the slots past it stay NULL, outside the list), not grown by appends. */
+    PyObject *out = PyList_New(n);
     if (out == NULL) return NULL;
+    Py_ssize_t kept = 0;
+    Py_SET_SIZE(out, 0);
     /* The sizes are read again each turn: a set lookup may run Python code (an __eq__ in
        `drop`), which could shrink the lists under us. */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers) && i < PyList_GET_SIZE(names); i++) {
@@ -626,10 +630,13 @@ strip_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(name);
         int dropped = PySet_Contains(drop, name);
         Py_DECREF(name);
-        if (dropped < 0 || (!dropped && i < PyList_GET_SIZE(headers) &&
-                            PyList_Append(out, PyList_GET_ITEM(headers, i)) < 0)) {
+        if (dropped < 0) {
             Py_DECREF(out);
             return NULL;
+        }
+        if (!dropped && i < PyList_GET_SIZE(headers) && kept < n) {
+            PyList_SET_ITEM(out, kept, Py_NewRef(PyList_GET_ITEM(headers, i)));
+            Py_SET_SIZE(out, ++kept);
         }
     }
     return out;
