@@ -250,8 +250,7 @@ split_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             PyTuple_SET_ITEM(pair, 0, name);
             PyTuple_SET_ITEM(pair, 1, value);
-            if (slot >= 0 && vlen <= CACHED_VALUE_MAX && !names_cache[slot].secret &&
-                names_cache[slot].name == name)
+            if (slot >= 0 && vlen <= CACHED_VALUE_MAX && !names_cache[slot].secret)
                 Py_XSETREF(names_cache[slot].pair, Py_NewRef(pair));
         }
         PyList_SET_ITEM(fields, k, pair);
@@ -456,7 +455,7 @@ block_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* The field names a parser must read, by their lowered bytes. */
-enum { OTHER, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, EXPECT, UPGRADE };
+enum { OTHER, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, EXPECT };
 
 static int
 is_name(PyObject *low, const char *want, Py_ssize_t n)
@@ -470,7 +469,6 @@ special(PyObject *low)
     switch (PyBytes_GET_SIZE(low)) {
     case 4: return is_name(low, "host", 4) ? HOST : OTHER;
     case 6: return is_name(low, "expect", 6) ? EXPECT : OTHER;
-    case 7: return is_name(low, "upgrade", 7) ? UPGRADE : OTHER;
     case 10: return is_name(low, "connection", 10) ? CONNECTION : OTHER;
     case 14: return is_name(low, "content-length", 14) ? CONTENT_LENGTH : OTHER;
     case 17: return is_name(low, "transfer-encoding", 17) ? TRANSFER_ENCODING : OTHER;
@@ -495,8 +493,8 @@ equals_lower(PyObject *value, const char *want, Py_ssize_t n)
    over the names: at most one Content-Length of 1-18 digits, or (HTTP/1.1) one
    Transfer-Encoding that is exactly "chunked" and no Content-Length; at most one Connection
    holding one token (no comma). Anything else (and every head body_framing would refuse)
-   is 0: the caller declines and the Python twin decides. `seen` gets the other special
-   names' counts (Host's index in host_at). */
+   is 0: the caller declines and the Python twin decides. Also counted for the request's
+   checks: the Host fields (the first one's index in host_at) and whether Expect is there. */
 typedef struct {
     PyObject *length; /* new reference: an int, or None */
     int chunked, keep_alive, expect, upgrade_token, hosts;

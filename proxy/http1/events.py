@@ -13,7 +13,6 @@ treat them as immutable (see docs/http1.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 Headers = list[tuple[bytes, bytes]]
 Names = list[bytes]
@@ -26,33 +25,18 @@ def lower_names(headers: Headers) -> Names:
     return [name.lower() for name, _ in headers]
 
 
-class _Head(Protocol):
-    @property
-    def headers(self) -> Headers: ...
-    @property
-    def names(self) -> Names | None: ...
-
-
-def _lowered(head: _Head) -> Names:
-    """``names``, computed when the head was built by hand (``names`` None)."""
-    names = head.names
-    return names if names is not None else lower_names(head.headers)
-
-
-def _get(head: _Head, name_lower: bytes) -> bytes | None:
+def _get(headers: Headers, names: Names, name_lower: bytes) -> bytes | None:
     """The first value of header ``name_lower`` (give the name in lower case)."""
-    names = _lowered(head)
     if name_lower in names:
-        return head.headers[names.index(name_lower)][1]
+        return headers[names.index(name_lower)][1]
     return None
 
 
-def _get_all(head: _Head, name_lower: bytes) -> list[bytes]:
+def _get_all(headers: Headers, names: Names, name_lower: bytes) -> list[bytes]:
     """Every value of header ``name_lower``, in order received."""
-    names = _lowered(head)
     if name_lower not in names:
         return []
-    return [f[1] for f, name in zip(head.headers, names, strict=True) if name == name_lower]
+    return [f[1] for f, name in zip(headers, names, strict=True) if name == name_lower]
 
 
 @dataclass(slots=True, init=False)
@@ -100,13 +84,14 @@ class Request:
         self.names = names
 
     def get(self, name_lower: bytes) -> bytes | None:
-        return _get(self, name_lower)  # the helpers carry the docstrings
+        return _get(self.headers, self.lowered(), name_lower)  # the helpers' docstrings
 
     def get_all(self, name_lower: bytes) -> list[bytes]:
-        return _get_all(self, name_lower)
+        return _get_all(self.headers, self.lowered(), name_lower)
 
     def lowered(self) -> Names:
-        names = self.names  # read natively here: _lowered's protocol-typed reads are generic
+        """``names``, computed when the head was built by hand (``names`` None)."""
+        names = self.names
         return names if names is not None else lower_names(self.headers)
 
 
@@ -147,13 +132,14 @@ class Response:
         self.names = names
 
     def get(self, name_lower: bytes) -> bytes | None:
-        return _get(self, name_lower)  # the helpers carry the docstrings
+        return _get(self.headers, self.lowered(), name_lower)  # the helpers' docstrings
 
     def get_all(self, name_lower: bytes) -> list[bytes]:
-        return _get_all(self, name_lower)
+        return _get_all(self.headers, self.lowered(), name_lower)
 
     def lowered(self) -> Names:
-        names = self.names  # read natively here: _lowered's protocol-typed reads are generic
+        """``names``, computed when the head was built by hand (``names`` None)."""
+        names = self.names
         return names if names is not None else lower_names(self.headers)
 
 

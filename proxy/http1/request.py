@@ -91,8 +91,8 @@ class RequestParser(StreamParser):
             )
         )
         self._keep = HEAD if keep_alive else CLOSED
-        connect = upgrade is not None or method == b"CONNECT"
-        self._then = PAUSED if connect else self._keep
+        switches = upgrade is not None or method == b"CONNECT"
+        self._then = PAUSED if switches else self._keep
         if chunked:
             self._state = CHUNK_SIZE
         else:

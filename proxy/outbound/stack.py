@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from meshctl.aio import spawn
@@ -52,8 +52,8 @@ class Outbound:
         exclude: frozenset[str],
         tcp: bool = False,
     ) -> Target | None:
-        """The target for one attempt, `exclude`d endpoints aside. A request's plan holds a
-        partial of it over everything but `exclude` (positional: no keyword dict per call)."""
+        """The target for one attempt, `exclude`d endpoints aside (a request's
+        `_Admission.pick` calls this with its aim)."""
         rt = cluster.runtime
         ep = rt.pick(exclude, hash_key)
         if ep is None:
@@ -100,7 +100,7 @@ class Outbound:
             max_requests=http.max_requests_per_connection,
             limiter=proxy.limiter(rt),
             idle_timeout_s=http.idle_timeout_s,
-            report=_partial(rt.report, host),
+            report=partial(rt.report, host),
             host=host,
         )
         return target
@@ -364,5 +364,3 @@ _MIRROR_DROP: Final = (
     | TRACE_HEADERS
 )
 _RNG: Final = random.Random()
-# A static in the compiled core (an imported name is a module-dict lookup per use).
-_partial: Final = functools.partial

@@ -125,7 +125,7 @@ def _parse_b3_single(v: bytes) -> tuple[int, int, bool | None] | None:
 
 def extract(headers: Headers, names: list[bytes] | None = None) -> Parent | None:
     """The incoming context, or None when the request carries none (one pass, no parse).
-    ``names``: the lowered names as the parser gives them, to answer None with one C call."""
+    ``names``: the lowered names as the parser gives them, to answer None in one pass."""
     if names is None:
         found = [(n, v) for n, v in ((n.lower(), v) for n, v in headers) if n in TRACE_HEADERS]
     else:
