@@ -14,6 +14,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,7 +89,9 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"nproc": os.cpu_count(), "cpus_allowed": cpus(), "cpu_model": model,
-            "kernel": platform.release(), "python": platform.python_version()}
+            "kernel": platform.release(), "python": platform.python_version(),
+            "python_executable": os.path.realpath(sys.executable),
+            "python_shared": bool(sysconfig.get_config_var("Py_ENABLE_SHARED"))}
 
 
 def _version(argv: list[str]) -> str:
