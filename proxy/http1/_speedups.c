@@ -111,11 +111,27 @@ is_secret(PyObject *low)
 
 /* The name object and its lowered twin for s[0:n]; `slot` (when not NULL) gets the cache
    slot that holds them, or -1 when the name is not cached. */
+#define FNV_START 2166136261u /* FNV-1a */
+#define FNV_STEP(h, c) (((h) ^ (c)) * 16777619u)
+
+static int
+hashed_field_name(const unsigned char *s, Py_ssize_t n, unsigned int h, PyObject **name,
+                  PyObject **low, int *slot_out);
+
 static int
 field_name(const unsigned char *s, Py_ssize_t n, PyObject **name, PyObject **low, int *slot_out)
 {
-    unsigned int h = 2166136261u; /* FNV-1a */
-    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
+    unsigned int h = FNV_START;
+    for (Py_ssize_t i = 0; i < n; i++) h = FNV_STEP(h, s[i]);
+    return hashed_field_name(s, n, h, name, low, slot_out);
+}
+
+/* field_name with the FNV-1a hash of s[0:n] already computed (split_fields hashes a name
+   while it checks its characters). */
+static int
+hashed_field_name(const unsigned char *s, Py_ssize_t n, unsigned int h, PyObject **name,
+                  PyObject **low, int *slot_out)
+{
     int cacheable = n <= CACHED_NAME_MAX;
     int slot = (int)((h ^ (h >> 16)) & (CACHED_NAME_SLOTS - 1));
     if (slot_out != NULL) *slot_out = cacheable ? slot : -1;
@@ -217,7 +233,8 @@ split_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t i = start;
     for (Py_ssize_t k = 0; k < lines; k++) {
         Py_ssize_t name_start = i;
-        while (i < end && TCHAR[s[i]]) i++;
+        unsigned int h = FNV_START;
+        while (i < end && TCHAR[s[i]]) h = FNV_STEP(h, s[i++]);
         if (i == name_start || i >= end || s[i] != ':') goto malformed;
         Py_ssize_t name_end = i++;
         while (i < end && (s[i] == ' ' || s[i] == '\t')) i++;
@@ -230,7 +247,8 @@ split_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         i += 2;
         PyObject *name, *low;
         int slot;
-        if (!field_name(s + name_start, name_end - name_start, &name, &low, &slot)) goto error;
+        if (!hashed_field_name(s + name_start, name_end - name_start, h, &name, &low, &slot))
+            goto error;
         Py_ssize_t vlen = value_end - value_start;
         PyObject *kept = slot >= 0 ? names_cache[slot].pair : NULL, *pair;
         if (kept != NULL && PyTuple_GET_ITEM(kept, 0) == name &&
@@ -308,6 +326,19 @@ is_digit(unsigned char c)
     return c >= '0' && c <= '9';
 }
 
+/* The bytes s[0:n], as the same object each time for the versions and the reason nearly
+   every start line carries (a bytes object is immutable: sharing one is invisible). */
+static PyObject *V11, *V10, *REASON_OK;
+
+static PyObject *
+common_bytes(const unsigned char *s, Py_ssize_t n)
+{
+    if (n == 3 && s[0] == '1' && s[1] == '.' && (s[2] == '1' || s[2] == '0'))
+        return Py_NewRef(s[2] == '1' ? V11 : V10);
+    if (n == 2 && s[0] == 'O' && s[1] == 'K') return Py_NewRef(REASON_OK);
+    return PyBytes_FromStringAndSize((const char *)s, n);
+}
+
 /* request_line(buf, start, end) -> (method, target, version, next) | None: RFC 9112 3,
    `token SP 1*(%x21-7E) SP "HTTP/" DIGIT "." DIGIT CRLF` at buf[start:end], as
    grammar.REQUEST_LINE.match; `next` is where the line ends (after its CRLF). */
@@ -334,7 +365,7 @@ request_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(ignored);
     PyObject *target = PyBytes_FromStringAndSize((const char *)s + target_start,
                                                  target_end - target_start);
-    PyObject *version = PyBytes_FromStringAndSize((const char *)s + i + 6, 3);
+    PyObject *version = common_bytes(s + i + 6, 3);
     PyObject *next = PyLong_FromSsize_t(i + 11);
     PyObject *out = (target && version && next) ? PyTuple_Pack(4, method, target, version, next)
                                                 : NULL;
@@ -367,11 +398,10 @@ status_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (end - i < 2 || s[i] != '\r' || s[i + 1] != '\n') Py_RETURN_NONE;
     long status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-    PyObject *version = PyBytes_FromStringAndSize((const char *)p + 5, 3);
+    PyObject *version = common_bytes(p + 5, 3);
     PyObject *code = PyLong_FromLong(status);
     PyObject *reason = reason_start < 0 ? Py_NewRef(Py_None)
-                                        : PyBytes_FromStringAndSize((const char *)s + reason_start,
-                                                                    i - reason_start);
+                                        : common_bytes(s + reason_start, i - reason_start);
     PyObject *next = PyLong_FromSsize_t(i + 2);
     PyObject *out = (version && code && reason && next)
                         ? PyTuple_Pack(4, version, code, reason, next)
@@ -1009,6 +1039,11 @@ PyInit__speedups(void)
     SP = PyBytes_FromString(" ");
     HTTP_SLASH = PyBytes_FromString(" HTTP/");
     HTTP_ONLY = PyBytes_FromString("HTTP/");
-    if (SP == NULL || HTTP_SLASH == NULL || HTTP_ONLY == NULL) return NULL;
+    V11 = PyBytes_FromString("1.1");
+    V10 = PyBytes_FromString("1.0");
+    REASON_OK = PyBytes_FromString("OK");
+    if (SP == NULL || HTTP_SLASH == NULL || HTTP_ONLY == NULL || V11 == NULL || V10 == NULL ||
+        REASON_OK == NULL)
+        return NULL;
     return PyModule_Create(&module_def);
 }
