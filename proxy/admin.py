@@ -190,7 +190,7 @@ def admin_routes(proxy: Proxy) -> dict[str, Handler]:
     async def stats(_: ServerRequest) -> Reply:
         t = proxy.telemetry
         body = {
-            **t.counters,
+            **t.health(),
             **t.gauges,
             "upstream_connections_opened": proxy.pool.opened,
             "requests_total": sum(t.requests.values()),

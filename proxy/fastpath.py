@@ -120,6 +120,7 @@ class FastConn:
         "snap",
         "start",
         "target",
+        "telemetry",
         "watch",
         "writer",
     )
@@ -143,6 +144,7 @@ class FastConn:
         self.watch = watch
         self.conn: Conn | None = None
         self.counters = proxy.telemetry.counters  # the same dict for the proxy's life
+        self.telemetry = proxy.telemetry
         # The listeners, bound once: a bound method made per request costs ~600 instructions
         # (a cycle with self, collected with the connection).
         self.on_events_cb: Callable[[], None] = self.on_events
@@ -319,7 +321,7 @@ class FastConn:
             if chunk_out:
                 out.append(LAST_CHUNK)
             self.writer.write(b"".join(out))
-        self.counters["meshctl_proxy_fast_path_requests_total"] += 1
+        self.telemetry.fast_path_requests += 1
         if resp.keep_alive and not until_close:
             pool = self.prep.pool
             assert pool is not None  # the fast path took the connection from it

@@ -48,3 +48,16 @@ def test_bucket_is_bisect_left() -> None:
         for bound in buckets:
             for v in (bound - 0.001, bound, bound + 0.001, 0.0, -1.0, 1e12):
                 assert bucket(buckets, v) == bisect_left(buckets, v), (buckets, v)
+
+
+def test_fast_path_counter_is_shown_with_the_health_counters() -> None:
+    t = Telemetry()
+    t.counters["meshctl_proxy_accept_errors_total"] += 2
+    assert t.health()["meshctl_proxy_fast_path_requests_total"] == 0  # shown before any
+    t.fast_path_requests += 3
+    health = t.health()
+    assert health["meshctl_proxy_fast_path_requests_total"] == 3
+    assert health["meshctl_proxy_accept_errors_total"] == 2
+    text = t.render()
+    assert "meshctl_proxy_fast_path_requests_total 3" in text
+    assert "meshctl_proxy_accept_errors_total 2" in text
