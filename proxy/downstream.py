@@ -144,7 +144,7 @@ async def serve_requests(
             return
         finally:
             proxy.inflight -= 1
-        done(snap, result, start, req, prep.hop)
+        done(snap, result, start, req, prep.hop, _now())
         if not result.keep_alive or not req.keep_alive or proxy.draining:
             return
         if transport.get_write_buffer_size():

@@ -53,7 +53,8 @@ _now: Final = time.monotonic
 _NO_EXCLUDE: Final[frozenset[str]] = frozenset()
 
 Prepare = Callable[[Request, "ProxySnapshot"], Prep]
-Done = Callable[["ProxySnapshot", Result, float, Request, Hop | None], None]
+# (snapshot, result, start, request, hop, end): start and end are time.monotonic() readings.
+Done = Callable[["ProxySnapshot", Result, float, Request, Hop | None, float], None]
 
 
 class Handover(Marker):
@@ -199,7 +200,10 @@ class FastConn:
         down.listener = _NOOP
         down.busy = True
         proxy.inflight += 1
-        self.req, self.snap, self.start, self.body = req, snap, _now(), body
+        # One clock reading for this callback: the request's start, the pool's idle check
+        # and the time it is sent upstream are the same moment to within microseconds.
+        now = _now()
+        self.req, self.snap, self.start, self.body = req, snap, now, body
         prep = self.prep = self.prepare(req, snap)
         plan = prep.plan
         if plan is None or prep.pool is None or prep.later is not None:
@@ -209,7 +213,7 @@ class FastConn:
             assert prep.result is not None
             if prep.reply:
                 self.writer.write(prep.reply)
-            self._finish(prep.result)
+            self._finish(prep.result, _now())
             return
         if plan.mirror is not None or plan.timeout_s is not None:
             self._handover(Started(body))
@@ -218,13 +222,13 @@ class FastConn:
         if target is None:
             self._handover(Started(body))  # the coroutine answers 503 UH
             return
-        conn = prep.pool.take_idle(target.key, target.idle_timeout_s)
+        conn = prep.pool.take_idle(target.key, target.idle_timeout_s, now)
         if conn is None:
             self._handover(Started(body, target))  # it connects (with its timeout)
             return
         self.target = target
         self.conn = conn
-        conn.sent_at = _now()
+        conn.sent_at = now
         conn.parser.expect(req.method, None)
         has_body = req.chunked or (req.content_length or 0) > 0
         conn.writer.write(request_head(req, plan, len(body) if has_body else None, False) + body)
@@ -282,8 +286,12 @@ class FastConn:
         events.listener = None
         self.conn = None
         req = self.req
+        # One clock reading for this callback: the response is complete here; writing it
+        # downstream is microseconds, so it also ends the request (its duration) and the
+        # connection's use (the pool's idle clock).
+        now = _now()
         if target.report is not None:
-            target.report(resp.status, False, _now() - conn.sent_at)
+            target.report(resp.status, False, now - conn.sent_at)
         plan = self.prep.plan
         assert plan is not None
         retry = plan.retry
@@ -325,14 +333,14 @@ class FastConn:
         if resp.keep_alive and not until_close:
             pool = self.prep.pool
             assert pool is not None  # the fast path took the connection from it
-            pool.put(conn, target.max_requests)
+            pool.put(conn, target.max_requests, now)
         else:
             conn.close()
-        self._finish(Result(resp.status, "-", len(self.body), size, conn.key, 1, keep))
+        self._finish(Result(resp.status, "-", len(self.body), size, conn.key, 1, keep), now)
 
     # -- endings -------------------------------------------------------------------------
 
-    def _finish(self, result: Result) -> None:
+    def _finish(self, result: Result, now: float) -> None:
         prep = self.prep
         proxy = self.proxy
         self.down.busy = False
@@ -341,7 +349,7 @@ class FastConn:
                 prep.admission.release()
         finally:
             proxy.inflight -= 1
-        self.done(self.snap, result, self.start, self.req, prep.hop)
+        self.done(self.snap, result, self.start, self.req, prep.hop, now)
         down = self.down
         if not result.keep_alive or proxy.draining:
             self._close()
@@ -350,7 +358,7 @@ class FastConn:
             down.listener = self.on_events_cb
             self._on_events()  # pipelined, or arrived meanwhile
             return
-        self.watch.start(down, self.writer, _now())
+        self.watch.start(down, self.writer, now)
         down.listener = self.on_events_cb
         down.channel.resume()
 

@@ -298,10 +298,12 @@ class Proxy:
         req: Request,
         peer: SpiffeId | None = None,
         hop: Hop | None = None,
+        end: float = -1.0,
     ) -> None:
         """Metrics (Istio's labels), the access-log line, the span and the tap event for one
-        finished request. The span and the tap cost nothing unless sampled / tapped."""
-        ms = (_now() - start) * 1000.0
+        finished request, which began at `start` and ended at `end` (time.monotonic(); read
+        now when not given). The span and the tap cost nothing unless sampled / tapped."""
+        ms = ((end if end >= 0.0 else _now()) - start) * 1000.0
         # The 19 Istio labels of a request depend on few things: computed once per
         # combination and config version, not per request.
         # The peer by its two strings: a SpiffeId hashes in interpreted Python (~1,300

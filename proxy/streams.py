@@ -431,14 +431,18 @@ class Pool:
             key, channel, channel, EventStream(channel, ResponseParser()), limiter=limiter
         ), False
 
-    def take_idle(self, key: str, idle_timeout_s: float | None = None) -> Conn | None:
+    def take_idle(
+        self, key: str, idle_timeout_s: float | None = None, now: float = -1.0
+    ) -> Conn | None:
         """An idle connection for `key` that is still good, without a coroutine (the hot
-        path tries this before `get`), or None."""
+        path tries this before `get`), or None. ``now``: the caller's clock reading, if
+        it has one (one read per callback)."""
         idle = self._idle.get(key)
         if not idle:
             return None
         max_idle_age = idle_timeout_s or self.idle_timeout_s
-        now = _now()
+        if now < 0.0:
+            now = _now()
         while idle:
             c = idle.pop()
             if c.reusable() and now - c.last_used < max_idle_age:
@@ -446,9 +450,9 @@ class Pool:
             c.close()
         return None
 
-    def put(self, conn: Conn, max_requests: int = 0) -> None:
+    def put(self, conn: Conn, max_requests: int = 0, now: float = -1.0) -> None:
         conn.requests += 1
-        conn.last_used = _now()
+        conn.last_used = now if now >= 0.0 else _now()
         if not conn.reusable() or (max_requests and conn.requests >= max_requests):
             conn.close()
             return

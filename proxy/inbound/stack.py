@@ -174,7 +174,12 @@ class Inbound:
             return Prep(hop, plan=plan, pool=proxy.app_pool)
 
         def done(
-            snap: ProxySnapshot, result: Result, start: float, req: Request, hop: Hop | None
+            snap: ProxySnapshot,
+            result: Result,
+            start: float,
+            req: Request,
+            hop: Hop | None,
+            end: float,
         ) -> None:
             proxy.record(
                 snap,
@@ -185,6 +190,7 @@ class Inbound:
                 req,
                 peer=peer,
                 hop=hop,
+                end=end,
             )
 
         await serve_requests(proxy, reader, writer, prepare, done, first)

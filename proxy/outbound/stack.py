@@ -174,9 +174,14 @@ class Outbound:
             return self._prepare(req, snap, service, port)
 
         def done(
-            snap: ProxySnapshot, result: Result, start: float, req: Request, hop: Hop | None
+            snap: ProxySnapshot,
+            result: Result,
+            start: float,
+            req: Request,
+            hop: Hop | None,
+            end: float,
         ) -> None:
-            proxy.record(snap, "source", service, result, start, req, hop=hop)
+            proxy.record(snap, "source", service, result, start, req, hop=hop, end=end)
 
         await serve_requests(proxy, reader, writer, prepare, done, first)
 
