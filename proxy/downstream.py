@@ -20,6 +20,9 @@ _now: Final = time.monotonic  # a static in the compiled core, not time's attrib
 
 if TYPE_CHECKING:
     from proxy.main import Proxy
+    from proxy.snapshot import ProxySnapshot
+    from proxy.tracing import Hop
+    from registry.ca import SpiffeId
 
 
 
@@ -65,6 +68,25 @@ def head_watch(proxy: Proxy) -> HeadWatch:
     if watch is None:
         watch = proxy.head_watch = HeadWatch(proxy)
     return watch
+
+
+def recorder(proxy: Proxy, reporter: str, service: str | None, peer: SpiffeId | None) -> Done:
+    """The `done` of serve_requests: each finished request recorded (Proxy.record) as
+    `reporter` ("source" or "destination") sees it, for `service` (None: this proxy's own
+    service in the request's snapshot), from `peer` (the caller's verified identity)."""
+
+    def done(
+        snap: ProxySnapshot,
+        result: Result,
+        start: float,
+        req: Request,
+        hop: Hop | None,
+        end: float,
+    ) -> None:
+        name = service if service is not None else (snap.me.name if snap.me else "")
+        proxy.record(snap, reporter, name, result, start, req, peer=peer, hop=hop, end=end)
+
+    return done
 
 
 async def serve_requests(

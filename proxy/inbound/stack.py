@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Final
 
 from proxy.accept import first_byte, streams_for
 from proxy.detect import detect
-from proxy.downstream import serve_requests
-from proxy.forward import Admission, Plan, Prep, Result, Target, local_prep
+from proxy.downstream import recorder, serve_requests
+from proxy.forward import Admission, Plan, Prep, Target, local_prep
 from proxy.http1 import Request, request_drop
 from proxy.identity import parse_sni, peer_identity
 from proxy.intercept.origdst import original_dst
 from proxy.streams import Channel, open_channel
 from proxy.tcp import relay, relay_framed
-from proxy.tracing import SERVER, TRACE_HEADERS, Hop
+from proxy.tracing import SERVER, TRACE_HEADERS
 from registry.ca import SpiffeId
 
 if TYPE_CHECKING:
@@ -173,26 +173,7 @@ class Inbound:
             )
             return Prep(hop, plan=plan, pool=proxy.app_pool)
 
-        def done(
-            snap: ProxySnapshot,
-            result: Result,
-            start: float,
-            req: Request,
-            hop: Hop | None,
-            end: float,
-        ) -> None:
-            proxy.record(
-                snap,
-                "destination",
-                snap.me.name if snap.me else "",
-                result,
-                start,
-                req,
-                peer=peer,
-                hop=hop,
-                end=end,
-            )
-
+        done = recorder(proxy, "destination", None, peer)
         await serve_requests(proxy, reader, writer, prepare, done, first)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from meshctl.aio import spawn
 from proxy.detect import detect
-from proxy.downstream import serve_requests
+from proxy.downstream import recorder, serve_requests
 from proxy.forward import Admission, Plan, Prep, Result, Target, local_prep
 from proxy.http1 import (
     EndOfMessage,
@@ -173,16 +173,7 @@ class Outbound:
         def prepare(req: Request, snap: ProxySnapshot) -> Prep:
             return self._prepare(req, snap, service, port)
 
-        def done(
-            snap: ProxySnapshot,
-            result: Result,
-            start: float,
-            req: Request,
-            hop: Hop | None,
-            end: float,
-        ) -> None:
-            proxy.record(snap, "source", service, result, start, req, hop=hop, end=end)
-
+        done = recorder(proxy, "source", service, None)
         await serve_requests(proxy, reader, writer, prepare, done, first)
 
     def _prepare(self, req: Request, snap: ProxySnapshot, service: str, port: int) -> Prep:
