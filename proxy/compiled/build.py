@@ -11,9 +11,11 @@ import tempfile
 import time
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from proxy.compiled import MANIFEST, MODULES, NATIVE, ROOT, core_dir, digest, source_of
+
+_HIDDEN: Final = ("-fvisibility=hidden",)
 
 
 def build(
@@ -51,9 +53,15 @@ def build(
                 multi_file=len(modules) > 1,
                 target_dir=str(work / "c"),
             )
+            # Hidden visibility: the calls between the group's C files (one module's
+            # function calling another's) bind directly, not through the PLT, and GCC may
+            # inline within a file; only the modules' init functions are exported (Python's
+            # PyMODINIT_FUNC marks them so), which is all an extension needs.
+            for ext in exts:
+                ext.extra_compile_args = [*ext.extra_compile_args, *_HIDDEN]
             exts += [
                 setuptools.Extension(m, [str(sources[m].relative_to(ROOT))],
-                                     extra_compile_args=["-O2", "-Wall"])
+                                     extra_compile_args=["-O2", "-Wall", *_HIDDEN])
                 for m in native
             ]
             dist = setuptools.Distribution({"name": "meshctl-core", "ext_modules": exts})
