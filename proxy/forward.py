@@ -30,6 +30,7 @@ from proxy.http1 import (
     render_response_head,
     strip_hop_by_hop,
 )
+from proxy.http1.render import forward_request_head, forward_response_head
 from proxy.policy.retry import Outcome, RetryParams, backoff, should_retry
 from proxy.streams import (
     Channel,
@@ -322,20 +323,22 @@ _RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
 
 
 def request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) -> bytes:
-    names = req.lowered()
-    if req.upgrade is not None:
-        remove = plan.remove_request_headers
-        headers = (
-            list(req.headers)
-            if remove.isdisjoint(names)
-            else [f for f, n in zip(req.headers, names, strict=True) if n not in remove]
-        )
-    else:
-        headers = strip_hop_by_hop(req.headers, names, plan.drop_request_headers)
+    if req.upgrade is None:
+        # The kept fields, the framing, then the plan's additions: stripped and rendered in
+        # one pass (forward_request_head).
+        extra = plan.add_request_headers
         if body_len is not None:
-            headers.append((b"content-length", b"%d" % body_len))
+            extra = [(b"content-length", b"%d" % body_len), *extra]
         elif chunked:
-            headers.append((b"transfer-encoding", b"chunked"))
+            extra = [(b"transfer-encoding", b"chunked"), *extra]
+        return forward_request_head(req, plan.drop_request_headers, extra)
+    names = req.lowered()
+    remove = plan.remove_request_headers
+    headers = (
+        list(req.headers)
+        if remove.isdisjoint(names)
+        else [f for f, n in zip(req.headers, names, strict=True) if n not in remove]
+    )
     headers.extend(plan.add_request_headers)
     return render_request_head(req.method, req.target, headers, req.version)
 
@@ -681,27 +684,33 @@ def response_head(
 ) -> tuple[bytes, bool, bool, bool]:
     """The head to send downstream for `resp`, re-framed: (head, chunk the body out,
     downstream keep-alive, body runs until the upstream closes)."""
-    headers = strip_hop_by_hop(resp.headers, resp.lowered(), _RESPONSE_DROP)
-    if plan.response_headers is not None:
-        headers = plan.response_headers(headers)
     no_body = req.method == b"HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
     client_11 = req.version == b"1.1"
     until_close = not no_body and resp.content_length is None and not resp.chunked
+    framing: list[tuple[bytes, bytes]] = []  # after the kept (and transformed) fields
     if resp.content_length is not None:
-        headers.append((b"content-length", b"%d" % resp.content_length))
+        framing.append((b"content-length", b"%d" % resp.content_length))
         chunk_out = False
     elif resp.chunked and not no_body:
         chunk_out = client_11
     else:
         chunk_out = until_close and client_11
     if chunk_out:
-        headers.append((b"transfer-encoding", b"chunked"))
+        framing.append((b"transfer-encoding", b"chunked"))
     keep = complete and req.keep_alive and (not until_close or chunk_out)
     if not keep:
-        headers.append((b"connection", b"close"))
+        framing.append((b"connection", b"close"))
     elif req.version == b"1.0":
-        headers.append((b"connection", b"keep-alive"))  # RFC 9112 9.3: 1.0 must be told
-    return render_response_head(resp.status, resp.reason, headers), chunk_out, keep, until_close
+        framing.append((b"connection", b"keep-alive"))  # RFC 9112 9.3: 1.0 must be told
+    if plan.response_headers is None:  # stripped and rendered in one pass
+        head = forward_response_head(resp, _RESPONSE_DROP, framing)
+    else:
+        headers = plan.response_headers(
+            strip_hop_by_hop(resp.headers, resp.lowered(), _RESPONSE_DROP)
+        )
+        headers.extend(framing)
+        head = render_response_head(resp.status, resp.reason, headers)
+    return head, chunk_out, keep, until_close
 
 
 async def _splice(down: EventStream, dwriter: Channel, conn: Conn) -> None:

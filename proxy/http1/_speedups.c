@@ -12,6 +12,8 @@
      strip_fields      <-> proxy.http1.render.strip_fields_py
      render_request    <-> proxy.http1.render.render_request_py
      render_response   <-> proxy.http1.render.render_response_py
+     forward_request   <-> proxy.http1.render.forward_request_head_py
+     forward_response  <-> proxy.http1.render.forward_response_head_py
      block_end         <-> proxy.http1.grammar.block_end_py
      request_head      <-> proxy.http1.request.request_head_py
      response_head     <-> proxy.http1.response.response_head_py
@@ -594,34 +596,28 @@ decline:
     return 0;
 }
 
-/* strip_fields(headers, names, drop) -> list | None
-
-   The (name, value) pairs of `headers` to forward: those whose lowered name (`names`, same
-   order) is not in the set `drop`, nor listed by the Connection field (RFC 9110 7.6.1), in
-   a new list, as render.strip_fields_py answers. Taken here: no Connection field, or one
+/* Which fields of `headers` to forward, in keep[0:n] (1: forward): those whose lowered name
+   (`names`, same order) is not in the set `drop`, nor listed by the Connection field (RFC
+   9110 7.6.1), as render.strip_fields_py decides. Decided here: no Connection field, or one
    whose value is a single token (no comma) that `drop` holds already or that names no
-   field present ("keep-alive", "close": nearly always). None for anything else, and when
-   the arguments are not a list of that length (of bytes names, of bytes pairs) and a set:
-   the Python twin then decides, and raises what it raises. */
-static PyObject *
-strip_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+   field present ("keep-alive", "close": nearly always). 0 for anything else, and when the
+   arguments are not a list of that length (of bytes names, of bytes pairs) and a set: the
+   Python twin then decides, and raises what it raises. -1 with an error set. */
+static int
+keep_mask(PyObject *headers, PyObject *names, PyObject *drop, char *keep)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "strip_fields(headers, names, drop)");
-        return NULL;
-    }
-    PyObject *headers = args[0], *names = args[1], *drop = args[2];
     if (!PyList_CheckExact(headers) || !PyList_CheckExact(names) ||
         !PyAnySet_CheckExact(drop) || PyList_GET_SIZE(headers) != PyList_GET_SIZE(names))
-        Py_RETURN_NONE;
+        return 0;
     Py_ssize_t n = PyList_GET_SIZE(names), conn = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *name = PyList_GET_ITEM(names, i), *pair = PyList_GET_ITEM(headers, i);
         if (!PyBytes_CheckExact(name) || !PyTuple_CheckExact(pair) ||
-            PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1)))
-            Py_RETURN_NONE;
+            PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1)))
+            return 0;
         if (special(name) == CONNECTION) {
-            if (conn >= 0) Py_RETURN_NONE; /* two Connection fields: the twin */
+            if (conn >= 0) return 0; /* two Connection fields: the twin */
             conn = i;
         }
     }
@@ -629,9 +625,9 @@ strip_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *value = PyTuple_GET_ITEM(PyList_GET_ITEM(headers, conn), 1);
         const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
         Py_ssize_t len = PyBytes_GET_SIZE(value);
-        if (memchr(v, ',', (size_t)len) != NULL) Py_RETURN_NONE;
+        if (memchr(v, ',', (size_t)len) != NULL) return 0;
         PyObject *name, *token;
-        if (!field_name(v, len, &name, &token, NULL)) return NULL; /* the lowered token */
+        if (!field_name(v, len, &name, &token, NULL)) return -1; /* the lowered token */
         Py_DECREF(name);
         int dropped = PySet_Contains(drop, token);
         int present = 0;
@@ -642,31 +638,57 @@ strip_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                       memcmp(PyBytes_AS_STRING(other), PyBytes_AS_STRING(token), (size_t)tlen) == 0;
         }
         Py_DECREF(token);
-        if (dropped < 0) return NULL;
-        if (present) Py_RETURN_NONE; /* it names a field to drop as well: the twin */
+        if (dropped < 0) return -1;
+        if (present) return 0; /* it names a field to drop as well: the twin */
     }
-    /* Room for every field: the list is filled in place and its size set to what was kept
-       (the slots past it stay NULL, outside the list), not grown by appends. */
-    PyObject *out = PyList_New(n);
-    if (out == NULL) return NULL;
-    Py_ssize_t kept = 0;
-    Py_SET_SIZE(out, 0);
-    /* The sizes are read again each turn: a set lookup may run Python code (an __eq__ in
-       `drop`), which could shrink the lists under us. */
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers) && i < PyList_GET_SIZE(names); i++) {
+    /* The set lookups may run Python code (an __eq__ in `drop`) that could change the
+       lists: the caller rechecks their sizes against n after this. */
+    for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *name = PyList_GET_ITEM(names, i);
         Py_INCREF(name);
         int dropped = PySet_Contains(drop, name);
         Py_DECREF(name);
-        if (dropped < 0) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        if (!dropped && i < PyList_GET_SIZE(headers) && kept < n) {
-            PyList_SET_ITEM(out, kept, Py_NewRef(PyList_GET_ITEM(headers, i)));
-            Py_SET_SIZE(out, ++kept);
-        }
+        if (dropped < 0) return -1;
+        keep[i] = !dropped;
+        if (PyList_GET_SIZE(names) != n || PyList_GET_SIZE(headers) != n) return 0;
     }
+    return 1;
+}
+
+/* A mask for n fields: on the stack for the usual heads, else from the heap. */
+#define MASK_ON_STACK 128
+
+/* strip_fields(headers, names, drop) -> list | None
+
+   The (name, value) pairs of `headers` to forward (keep_mask), in a new list, as
+   render.strip_fields_py answers; None where keep_mask declines. */
+static PyObject *
+strip_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "strip_fields(headers, names, drop)");
+        return NULL;
+    }
+    PyObject *headers = args[0], *names = args[1], *drop = args[2];
+    Py_ssize_t n = PyList_Check(names) ? PyList_GET_SIZE(names) : 0;
+    char stack[MASK_ON_STACK], *keep = n <= MASK_ON_STACK ? stack : PyMem_Malloc((size_t)n);
+    if (keep == NULL) return PyErr_NoMemory();
+    PyObject *out = NULL;
+    int ok = keep_mask(headers, names, drop, keep);
+    if (ok == 0) out = Py_NewRef(Py_None);
+    if (ok == 1) out = PyList_New(n);
+    if (ok == 1 && out != NULL) {
+        /* Filled in place and its size set to what was kept (the slots past it stay NULL,
+           outside the list), not grown by appends. */
+        Py_ssize_t kept = 0;
+        Py_SET_SIZE(out, 0);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (keep[i]) {
+                PyList_SET_ITEM(out, kept, Py_NewRef(PyList_GET_ITEM(headers, i)));
+                Py_SET_SIZE(out, ++kept);
+            }
+    }
+    if (keep != stack) PyMem_Free(keep);
     return out;
 }
 
@@ -795,19 +817,24 @@ hex_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBytes_FromStringAndSize(buf, digits);
 }
 
-/* traceparent(trace_id, span_id, sampled) -> bytes | None: the W3C header value
-   b"00-%032x-%016x-%s" % (trace_id, span_id, b"01" if sampled else b"00"). */
+/* traceparent(trace, span, sampled) -> bytes | None: the W3C header value
+   b"00-" + trace + b"-" + span + (b"-01" if sampled else b"-00") for a trace id of 32 and a
+   span id of 16 bytes (the hex digits); None for other arguments (the twin decides). */
 static PyObject *
 traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "traceparent(trace_id, span_id, sampled)");
+        PyErr_SetString(PyExc_TypeError, "traceparent(trace, span, sampled)");
         return NULL;
     }
     char buf[55] = "00-";
     int sampled = PyObject_IsTrue(args[2]);
     if (sampled < 0) return NULL;
-    if (!put_hex(args[0], 32, buf + 3) || !put_hex(args[1], 16, buf + 36)) Py_RETURN_NONE;
+    if (!PyBytes_CheckExact(args[0]) || PyBytes_GET_SIZE(args[0]) != 32 ||
+        !PyBytes_CheckExact(args[1]) || PyBytes_GET_SIZE(args[1]) != 16)
+        Py_RETURN_NONE;
+    memcpy(buf + 3, PyBytes_AS_STRING(args[0]), 32);
+    memcpy(buf + 36, PyBytes_AS_STRING(args[1]), 16);
     buf[35] = '-';
     buf[52] = '-';
     buf[53] = '0';
@@ -841,7 +868,8 @@ is_space(unsigned char c) /* bytes.strip()'s ASCII whitespace */
 
 /* parse_traceparent(value) -> (trace_id, span_id, sampled) | None: a W3C traceparent
    `version-trace_id-parent_id-flags[-rest]` (lower-case hex; version ff refused, version 00
-   without a rest; zero ids refused), surrounding ASCII whitespace ignored. */
+   without a rest; zero ids refused), surrounding ASCII whitespace ignored. The ids are
+   answered as the hex digits they arrived as (32 and 16 bytes). */
 static PyObject *
 parse_traceparent(PyObject *module, PyObject *value)
 {
@@ -866,8 +894,8 @@ parse_traceparent(PyObject *module, PyObject *value)
     for (int i = 0; i < 16; i++) tid_zero &= tid[i] == 0;
     for (int i = 0; i < 8; i++) sid_zero &= sid[i] == 0;
     if (tid_zero || sid_zero) Py_RETURN_NONE;
-    PyObject *t = _PyLong_FromByteArray(tid, 16, 0, 0);
-    PyObject *p = _PyLong_FromByteArray(sid, 8, 0, 0);
+    PyObject *t = PyBytes_FromStringAndSize((const char *)s + 3, 32);
+    PyObject *p = PyBytes_FromStringAndSize((const char *)s + 36, 16);
     PyObject *out = (t && p) ? PyTuple_Pack(3, t, p, (flags & 1) ? Py_True : Py_False) : NULL;
     Py_XDECREF(t);
     Py_XDECREF(p);
@@ -890,38 +918,35 @@ count_byte(const char *s, Py_ssize_t n, char c)
     return count;
 }
 
-/* `first` (the start line without its CRLF, `nfirst` pieces) then the fields then the
-   empty line. None when a piece or a field is not bytes (the caller's Python twin renders
-   those); ValueError, as the twin raises it, when CR, LF or NUL is inside any part. */
-static PyObject *
-render(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers)
+/* The size of the field lines of `fields` (a list or tuple of (bytes, bytes)) whose `keep`
+   flag is set (all when keep is NULL), added to *total, and their count to *lines; 0 when
+   `fields` or one of them is not of that shape. */
+static int
+measure(PyObject *fields, const char *keep, Py_ssize_t *total, Py_ssize_t *lines)
 {
-    if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) Py_RETURN_NONE;
-    Py_ssize_t nh = PySequence_Fast_GET_SIZE(headers);
-    PyObject **items = PySequence_Fast_ITEMS(headers);
-    Py_ssize_t total = 2 + 2; /* CRLF after the start line, the empty line */
-    for (Py_ssize_t j = 0; j < nfirst; j++) {
-        if (!PyBytes_CheckExact(first[j])) Py_RETURN_NONE;
-        total += PyBytes_GET_SIZE(first[j]);
-    }
+    if (!PyList_CheckExact(fields) && !PyTuple_CheckExact(fields)) return 0;
+    Py_ssize_t nh = PySequence_Fast_GET_SIZE(fields);
+    PyObject **items = PySequence_Fast_ITEMS(fields);
     for (Py_ssize_t j = 0; j < nh; j++) {
+        if (keep != NULL && !keep[j]) continue;
         PyObject *pair = items[j];
-        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) Py_RETURN_NONE;
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) return 0;
         PyObject *n = PyTuple_GET_ITEM(pair, 0), *v = PyTuple_GET_ITEM(pair, 1);
-        if (!PyBytes_CheckExact(n) || !PyBytes_CheckExact(v)) Py_RETURN_NONE;
-        total += PyBytes_GET_SIZE(n) + 2 + PyBytes_GET_SIZE(v) + 2;
+        if (!PyBytes_CheckExact(n) || !PyBytes_CheckExact(v)) return 0;
+        *total += PyBytes_GET_SIZE(n) + 2 + PyBytes_GET_SIZE(v) + 2;
+        *lines += 1;
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
-    if (out == NULL) return NULL;
-    char *d = PyBytes_AS_STRING(out);
-    for (Py_ssize_t j = 0; j < nfirst; j++) {
-        Py_ssize_t n = PyBytes_GET_SIZE(first[j]);
-        memcpy(d, PyBytes_AS_STRING(first[j]), (size_t)n);
-        d += n;
-    }
-    *d++ = '\r';
-    *d++ = '\n';
+    return 1;
+}
+
+/* Write the field lines `measure` counted at d; the end. */
+static char *
+put_fields(char *d, PyObject *fields, const char *keep)
+{
+    Py_ssize_t nh = PySequence_Fast_GET_SIZE(fields);
+    PyObject **items = PySequence_Fast_ITEMS(fields);
     for (Py_ssize_t j = 0; j < nh; j++) {
+        if (keep != NULL && !keep[j]) continue;
         PyObject *n = PyTuple_GET_ITEM(items[j], 0), *v = PyTuple_GET_ITEM(items[j], 1);
         memcpy(d, PyBytes_AS_STRING(n), (size_t)PyBytes_GET_SIZE(n));
         d += PyBytes_GET_SIZE(n);
@@ -932,12 +957,42 @@ render(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers)
         *d++ = '\r';
         *d++ = '\n';
     }
+    return d;
+}
+
+/* `first` (the start line without its CRLF, `nfirst` pieces) then the fields of `headers`
+   whose `keep` flag is set (all when NULL), then those of `extra` (when not NULL), then the
+   empty line. None when a piece or a field is not bytes (the caller's Python twin renders
+   those); ValueError, as the twin raises it, when CR, LF or NUL is inside any part. */
+static PyObject *
+render_parts(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers, const char *keep,
+             PyObject *extra)
+{
+    Py_ssize_t total = 2 + 2, lines = 2; /* CRLF after the start line, the empty line */
+    for (Py_ssize_t j = 0; j < nfirst; j++) {
+        if (!PyBytes_CheckExact(first[j])) Py_RETURN_NONE;
+        total += PyBytes_GET_SIZE(first[j]);
+    }
+    if (!measure(headers, keep, &total, &lines) ||
+        (extra != NULL && !measure(extra, NULL, &total, &lines)))
+        Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *d = PyBytes_AS_STRING(out);
+    for (Py_ssize_t j = 0; j < nfirst; j++) {
+        Py_ssize_t n = PyBytes_GET_SIZE(first[j]);
+        memcpy(d, PyBytes_AS_STRING(first[j]), (size_t)n);
+        d += n;
+    }
+    *d++ = '\r';
+    *d++ = '\n';
+    d = put_fields(d, headers, keep);
+    if (extra != NULL) d = put_fields(d, extra, NULL);
     *d++ = '\r';
     *d++ = '\n';
     /* We wrote one CR and one LF per line: any more came inside a part (it would split the
        head: RFC 9110 5.5), as would a NUL. Checked on the whole head, not per part. */
     const char *h = PyBytes_AS_STRING(out);
-    Py_ssize_t lines = nh + 2;
     if (count_byte(h, total, '\n') != lines || count_byte(h, total, '\r') != lines ||
         memchr(h, '\0', (size_t)total) != NULL) {
         PyObject *shown = PyBytes_FromStringAndSize(PyBytes_AS_STRING(out),
@@ -949,6 +1004,12 @@ render(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers)
         return NULL;
     }
     return out;
+}
+
+static PyObject *
+render(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers)
+{
+    return render_parts(first, nfirst, headers, NULL, NULL);
 }
 
 static PyObject *SP, *HTTP_SLASH, *HTTP_ONLY; /* " ", " HTTP/", "HTTP/" */
@@ -967,6 +1028,28 @@ render_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return render(first, 5, args[3]);
 }
 
+/* " 200 ": the status code between its spaces, the same object per code in 100-599. */
+static PyObject *CODES[600];
+
+static PyObject *
+status_code(PyObject *status)
+{
+    if (!PyLong_CheckExact(status)) return Py_NewRef(Py_None);
+    int overflow = 0;
+    long code = PyLong_AsLongAndOverflow(status, &overflow);
+    if (overflow || (code == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return Py_NewRef(Py_None);
+    }
+    int cached = code >= 100 && code < 600;
+    if (cached && CODES[code] != NULL) return Py_NewRef(CODES[code]);
+    char digits[32];
+    int n = snprintf(digits, sizeof digits, " %ld ", code);
+    PyObject *out = PyBytes_FromStringAndSize(digits, n);
+    if (out != NULL && cached) CODES[code] = Py_NewRef(out);
+    return out;
+}
+
 /* render_response(version, status, reason, headers) -> bytes | None:
    `HTTP/version SP status SP reason CRLF`, the fields, the empty line. */
 static PyObject *
@@ -976,19 +1059,63 @@ render_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "render_response(version, status, reason, headers)");
         return NULL;
     }
-    if (!PyLong_CheckExact(args[1])) Py_RETURN_NONE;
-    int overflow = 0;
-    long status = PyLong_AsLongAndOverflow(args[1], &overflow);
-    if (overflow || (status == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    char digits[32];
-    int n = snprintf(digits, sizeof digits, " %ld ", status);
-    PyObject *code = PyBytes_FromStringAndSize(digits, n);
-    if (code == NULL) return NULL;
+    PyObject *code = status_code(args[1]);
+    if (code == NULL || code == Py_None) return code;
     PyObject *first[4] = {HTTP_ONLY, args[0], code, args[2]};
     PyObject *out = render(first, 4, args[3]);
+    Py_DECREF(code);
+    return out;
+}
+
+/* The head: `first`, the fields of `headers` that keep_mask keeps, those of `extra`, the
+   empty line; None where keep_mask or render_parts declines. */
+static PyObject *
+forward(PyObject *const *first, Py_ssize_t nfirst, PyObject *const *args)
+{
+    PyObject *headers = args[0], *names = args[1], *drop = args[2], *extra = args[3];
+    Py_ssize_t n = PyList_Check(names) ? PyList_GET_SIZE(names) : 0;
+    char stack[MASK_ON_STACK], *keep = n <= MASK_ON_STACK ? stack : PyMem_Malloc((size_t)n);
+    if (keep == NULL) return PyErr_NoMemory();
+    int ok = keep_mask(headers, names, drop, keep);
+    /* keep_mask checked that the lists still hold n fields after its last set lookup, and
+       nothing runs Python code from there; render_parts checks each field's shape again. */
+    PyObject *out = ok == 1 ? render_parts(first, nfirst, headers, keep, extra)
+                    : ok == 0 ? Py_NewRef(Py_None) : NULL;
+    if (keep != stack) PyMem_Free(keep);
+    return out;
+}
+
+/* forward_request(method, target, version, headers, names, drop, extra) -> bytes | None:
+   render_request(method, target, version, strip_fields(headers, names, drop) + extra) in
+   one pass, with no list in between; None where either would answer None (the Python twin,
+   render.forward_request_head_py, then decides). */
+static PyObject *
+forward_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "forward_request(method, target, version, headers, names, drop, extra)");
+        return NULL;
+    }
+    PyObject *first[5] = {args[0], SP, args[1], HTTP_SLASH, args[2]};
+    return forward(first, 5, args + 3);
+}
+
+/* forward_response(version, status, reason, headers, names, drop, extra) -> bytes | None:
+   render_response(version, status, reason, strip_fields(headers, names, drop) + extra) in
+   one pass (twin: render.forward_response_head_py). */
+static PyObject *
+forward_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "forward_response(version, status, reason, headers, names, drop, extra)");
+        return NULL;
+    }
+    PyObject *code = status_code(args[1]);
+    if (code == NULL || code == Py_None) return code;
+    PyObject *first[4] = {HTTP_ONLY, args[0], code, args[2]};
+    PyObject *out = forward(first, 4, args + 3);
     Py_DECREF(code);
     return out;
 }
@@ -1009,13 +1136,17 @@ static PyMethodDef methods[] = {
     {"hex_id", (PyCFunction)(void (*)(void))hex_id, METH_FASTCALL,
      "hex_id(value, digits) -> bytes | None"},
     {"traceparent", (PyCFunction)(void (*)(void))traceparent, METH_FASTCALL,
-     "traceparent(trace_id, span_id, sampled) -> bytes | None"},
+     "traceparent(trace, span, sampled) -> bytes | None (ids as 32 and 16 hex digits)"},
     {"parse_traceparent", (PyCFunction)parse_traceparent, METH_O,
-     "parse_traceparent(value) -> (trace_id, span_id, sampled) | None"},
+     "parse_traceparent(value) -> (trace, span, sampled) | None (ids as hex digits)"},
     {"render_request", (PyCFunction)(void (*)(void))render_request, METH_FASTCALL,
      "render_request(method, target, version, headers) -> bytes | None"},
     {"render_response", (PyCFunction)(void (*)(void))render_response, METH_FASTCALL,
      "render_response(version, status, reason, headers) -> bytes | None"},
+    {"forward_request", (PyCFunction)(void (*)(void))forward_request, METH_FASTCALL,
+     "forward_request(method, target, version, headers, names, drop, extra) -> bytes | None"},
+    {"forward_response", (PyCFunction)(void (*)(void))forward_response, METH_FASTCALL,
+     "forward_response(version, status, reason, headers, names, drop, extra) -> bytes | None"},
     {"block_end", (PyCFunction)(void (*)(void))block_end, METH_FASTCALL,
      "block_end(buf, pos) -> int (-1: no CRLF CRLF from pos)"},
     {"request_head", (PyCFunction)(void (*)(void))request_head, METH_FASTCALL,

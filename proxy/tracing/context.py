@@ -2,7 +2,9 @@
 
 Sans-IO and allocation-light: `extract` makes one pass over the request headers and returns
 None for the common case of a request without context; `render` formats the headers for
-the next hop. Formats:
+the next hop. Ids stay the lower-case hex bytes they travel as (a trace id always 32
+digits, a span id 16): a proxy copies them from one header into the next, and turns them
+into ints only for a span it records. Formats:
 
 - W3C Trace Context (w3.org/TR/trace-context): `traceparent: 00-<32 hex>-<16 hex>-<2 hex>`,
   lower-case hex, all-zero ids invalid, version ff invalid, a later version may append
@@ -47,31 +49,41 @@ Headers = list[tuple[bytes, bytes]]
 
 @dataclass(slots=True, init=False)
 class Parent:
-    """The context a request arrived with. trace_id 0: none (only a sampling decision).
+    """The context a request arrived with: the trace id as 32 lower-case hex digits and the
+    caller's span id as 16, both b"" when there is none (only a sampling decision).
 
     One per request that carries a context: the written __init__ compiles to C (see
     proxy/http1/events.py)."""
 
-    trace_id: int
-    span_id: int
+    trace: bytes
+    span: bytes
     sampled: bool | None  # None: the caller left the decision to us
     formats: int  # bit set of W3C | B3_SINGLE | B3_MULTI seen on the request
 
-    def __init__(self, trace_id: int, span_id: int, sampled: bool | None, formats: int) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
+    def __init__(self, trace: bytes, span: bytes, sampled: bool | None, formats: int) -> None:
+        self.trace = trace
+        self.span = span
         self.sampled = sampled
         self.formats = formats
 
+    @property
+    def trace_id(self) -> int:
+        return int(self.trace, 16) if self.trace else 0
 
-def _hex(raw: bytes, sizes: tuple[int, ...]) -> int:
-    """A lower-case hex id of one of `sizes` characters, else 0 (invalid)."""
+    @property
+    def span_id(self) -> int:
+        return int(self.span, 16) if self.span else 0
+
+
+def _hex(raw: bytes, sizes: tuple[int, ...], width: int) -> bytes:
+    """A hex id of one of `sizes` characters, in lower case and zero-padded to `width`;
+    b"" when invalid or all zeros."""
     if len(raw) not in sizes:
-        return 0
+        return b""
     raw = raw.lower()  # B3 readers are lenient about case; W3C is checked before this
-    if not _HEX.issuperset(raw):
-        return 0
-    return int(raw, 16)
+    if not _HEX.issuperset(raw) or not raw.strip(b"0"):
+        return b""
+    return raw.rjust(width, b"0")
 
 
 def _sampled_b3(raw: bytes | None) -> bool | None:
@@ -90,35 +102,34 @@ _TRACEPARENT: Final = re.compile(
 )
 
 
-def parse_traceparent_py(v: bytes) -> tuple[int, int, bool] | None:
-    """(trace id, parent id, sampled) of a W3C traceparent value, None when invalid;
-    _speedups.parse_traceparent is its C twin."""
+def parse_traceparent_py(v: bytes) -> tuple[bytes, bytes, bool] | None:
+    """(trace id, parent id, sampled) of a W3C traceparent value, the ids as the hex digits
+    it carries (32 and 16), None when invalid; _speedups.parse_traceparent is its C twin."""
     m = _TRACEPARENT.fullmatch(v.strip())  # upper-case hex is invalid in W3C
     if m is None:
         return None
     version, tid_raw, sid_raw, flags_raw, rest = m.groups()
     if version == b"ff" or (version == b"00" and rest is not None):
         return None  # ff is forbidden; version 00 has exactly four fields
-    tid, sid = int(tid_raw, 16), int(sid_raw, 16)
-    if tid == 0 or sid == 0:
+    if int(tid_raw, 16) == 0 or int(sid_raw, 16) == 0:
         return None
-    return tid, sid, bool(int(flags_raw, 16) & 1)
+    return tid_raw, sid_raw, bool(int(flags_raw, 16) & 1)
 
 
-_parse_traceparent: Final[Callable[[bytes], tuple[int, int, bool] | None]] = (
+_parse_traceparent: Final[Callable[[bytes], tuple[bytes, bytes, bool] | None]] = (
     native.parse_traceparent if native is not None else parse_traceparent_py
 )
 
 
-def _parse_b3_single(v: bytes) -> tuple[int, int, bool | None] | None:
+def _parse_b3_single(v: bytes) -> tuple[bytes, bytes, bool | None] | None:
     parts = v.strip().split(b"-")
     if len(parts) == 1:  # a bare sampling decision
         s = _sampled_b3(parts[0])
-        return None if s is None else (0, 0, s)
+        return None if s is None else (b"", b"", s)
     if len(parts) > 4:
         return None
-    tid, sid = _hex(parts[0], (16, 32)), _hex(parts[1], (16,))
-    if tid == 0 or sid == 0:
+    tid, sid = _hex(parts[0], (16, 32), 32), _hex(parts[1], (16,), 16)
+    if not tid or not sid:
         return None
     return tid, sid, _sampled_b3(parts[2]) if len(parts) > 2 else None
 
@@ -145,7 +156,7 @@ def extract(headers: Headers, names: list[bytes] | None = None) -> Parent | None
             # Only W3C (what the proxies send each other): its first value.
             got = _parse_traceparent(headers[at][1])
             if got is None:
-                return Parent(0, 0, None, W3C)
+                return Parent(b"", b"", None, W3C)
             return Parent(got[0], got[1], got[2], W3C)
         found = [(n, headers[i][1]) for i, n in enumerate(names) if n in TRACE_HEADERS]
     tp = b3 = None
@@ -172,35 +183,39 @@ def extract(headers: Headers, names: list[bytes] | None = None) -> Parent | None
         if got_b3 is not None:
             return Parent(got_b3[0], got_b3[1], got_b3[2], formats)
     if multi is not None:
-        tid = _hex(multi.get(b"x-b3-traceid", b""), (16, 32))
-        sid = _hex(multi.get(b"x-b3-spanid", b""), (16,))
+        tid = _hex(multi.get(b"x-b3-traceid", b""), (16, 32), 32)
+        sid = _hex(multi.get(b"x-b3-spanid", b""), (16,), 16)
         sampled = True if multi.get(b"x-b3-flags", b"").strip() == b"1" else None
         if sampled is None:
             sampled = _sampled_b3(multi.get(b"x-b3-sampled"))
         if tid and sid:
             return Parent(tid, sid, sampled, formats)
         if sampled is not None:
-            return Parent(0, 0, sampled, formats)
-    return Parent(0, 0, None, formats)
+            return Parent(b"", b"", sampled, formats)
+    return Parent(b"", b"", None, formats)
 
 
-def traceparent_py(trace_id: int, span_id: int, sampled: bool) -> bytes:
-    """The W3C traceparent value (version 00); _speedups.traceparent is its C twin."""
-    return b"00-%032x-%016x-%s" % (trace_id, span_id, b"01" if sampled else b"00")
+def traceparent_py(trace: bytes, span: bytes, sampled: bool) -> bytes:
+    """The W3C traceparent value (version 00) of a trace id and a span id in hex (32 and 16
+    digits); _speedups.traceparent is its C twin."""
+    return b"00-" + trace + b"-" + span + (b"-01" if sampled else b"-00")
 
 
-_c_traceparent: Final[Callable[[int, int, bool], bytes | None] | None] = (
+_c_traceparent: Final[Callable[[bytes, bytes, bool], bytes | None] | None] = (
     native.traceparent if native is not None else None
 )
+_HALF_ZERO: Final = b"0" * 16
 
 
-def render(trace_id: int, span_id: int, sampled: bool, formats: int) -> Headers:
-    """Headers for the next hop: `span_id` becomes the callee's parent."""
-    tp = _c_traceparent(trace_id, span_id, sampled) if _c_traceparent is not None else None
-    out = [(b"traceparent", tp if tp is not None else traceparent_py(trace_id, span_id, sampled))]
+def render(trace: bytes, span: bytes, sampled: bool, formats: int) -> Headers:
+    """Headers for the next hop: `span` (16 hex digits) becomes the callee's parent; `trace`
+    is 32 hex digits."""
+    tp = _c_traceparent(trace, span, sampled) if _c_traceparent is not None else None
+    out = [(b"traceparent", tp if tp is not None else traceparent_py(trace, span, sampled))]
     if formats & (B3_SINGLE | B3_MULTI):
-        tid = b"%016x" % trace_id if trace_id < 1 << 64 else b"%032x" % trace_id
-        sid = b"%016x" % span_id
+        # B3 writes a 64-bit trace id in 16 digits (what a 16-digit B3 id arrived as).
+        tid = trace[16:] if trace.startswith(_HALF_ZERO) else trace
+        sid = span
         s = b"1" if sampled else b"0"
         if formats & B3_SINGLE:
             out.append((b"b3", b"%s-%s-%s" % (tid, sid, s)))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from proxy.http1.render import hex_id
 from proxy.tracing.context import Headers, Parent, extract, render
 
 # OTLP Span.SpanKind values (opentelemetry-proto trace.proto).
@@ -25,22 +26,24 @@ Attr = tuple[str, Any]
 
 
 class Hop:
-    """One request's place in its trace, as this proxy forwards it."""
+    """One request's place in its trace, as this proxy forwards it: the ids in the lower-case
+    hex they travel as (trace 32 digits, spans 16; `parent` b"" when this hop starts the
+    trace), as ints through the properties (for a span recorded)."""
 
-    __slots__ = ("events", "headers", "kind", "parent_id", "recording", "span_id", "trace_id")
+    __slots__ = ("events", "headers", "kind", "parent", "recording", "span", "trace")
 
     def __init__(
         self,
-        trace_id: int,
-        span_id: int,
-        parent_id: int,
+        trace: bytes,
+        span: bytes,
+        parent: bytes,
         recording: bool,
         kind: int,
         headers: Headers,
     ) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
+        self.trace = trace
+        self.span = span
+        self.parent = parent
         self.recording = recording  # sampled, and a collector is configured
         self.kind = kind
         self.headers = headers  # for the next hop: our span is its parent
@@ -55,8 +58,20 @@ class Hop:
         self.events.append((time.time_ns(), name, attrs))
 
     @property
+    def trace_id(self) -> int:
+        return int(self.trace, 16)
+
+    @property
+    def span_id(self) -> int:
+        return int(self.span, 16)
+
+    @property
+    def parent_id(self) -> int:
+        return int(self.parent, 16) if self.parent else 0
+
+    @property
     def trace_hex(self) -> str:
-        return f"{self.trace_id:032x}"
+        return self.trace.decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,22 +116,22 @@ class Tracer:
         ``names``: the request's lowered header names, when the parser gave them."""
         bits = self._bits
         parent: Parent | None = extract(headers, names)
-        if parent is None or parent.trace_id == 0:
-            trace_id, parent_id = bits(128) or 1, 0
+        if parent is None or not parent.trace:
+            trace, parent_span = hex_id(bits(128) or 1, 32), b""
             formats = parent.formats if parent is not None else 0
             decided = parent.sampled if parent is not None else None
         else:
-            trace_id, parent_id, formats, decided = (
-                parent.trace_id,
-                parent.span_id,
+            trace, parent_span, formats, decided = (
+                parent.trace,
+                parent.span,
                 parent.formats,
                 parent.sampled,
             )
         if decided is None:
             decided = self.sampling > 0.0 and self._random() < self.sampling
-        span_id = bits(64) or 1
-        headers = render(trace_id, span_id, decided, formats)
-        return Hop(trace_id, span_id, parent_id, decided and self.sink is not None, kind, headers)
+        span = hex_id(bits(64) or 1, 16)
+        headers = render(trace, span, decided, formats)
+        return Hop(trace, span, parent_span, decided and self.sink is not None, kind, headers)
 
     def finish(
         self,

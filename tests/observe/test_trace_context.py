@@ -72,7 +72,7 @@ def test_w3c_wins_over_b3() -> None:
     st.sampled_from([W3C, W3C | B3_SINGLE, W3C | B3_MULTI, W3C | B3_SINGLE | B3_MULTI]),
 )
 def test_render_then_extract_round_trips(tid: int, sid: int, sampled: bool, fmts: int) -> None:
-    headers = render(tid, sid, sampled, fmts)
+    headers = render(b"%032x" % tid, b"%016x" % sid, sampled, fmts)
     p = extract(headers)
     assert p is not None and (p.trace_id, p.span_id, p.sampled) == (tid, sid, sampled)
     assert p.formats == fmts
@@ -97,6 +97,10 @@ def test_tracer_new_trace_and_child_hop() -> None:
     server = tracer.start(client.headers, SERVER)
     assert server.trace_id == client.trace_id and server.parent_id == client.span_id
     assert server.span_id != client.span_id
+    # The ids travel as hex and are copied, not converted: the trace as 32 digits.
+    assert server.trace == client.trace and len(server.trace) == 32 and len(server.span) == 16
+    assert dict(server.headers)[b"traceparent"] == b"00-%s-%s-01" % (server.trace, server.span)
+    assert server.trace_hex == f"{server.trace_id:032x}"
     server.event("retry", ("n", 1))
     tracer.finish(server, "GET x", 1.5, (("a", 1),), False)
     assert len(got) == 1

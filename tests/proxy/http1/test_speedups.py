@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -159,6 +160,75 @@ def test_strip_fields_agrees_with_the_python_twin() -> None:
     assert native.strip_fields([(b"a", 1)], [b"a"], HOP_BY_HOP) is None  # not bytes
 
 
+def _raised(f: Callable[..., object], *args: object) -> object:
+    """f(*args), or the type and message of the ValueError it raised."""
+    try:
+        return f(*args)
+    except ValueError as exc:
+        return (type(exc), str(exc))
+
+
+def test_forward_heads_agree_with_the_python_twins() -> None:
+    """forward_request/forward_response strip and render in one pass: the same bytes as
+    strip_fields then render, wherever they answer; the same refusal for a CR, LF or NUL."""
+    from proxy.http1.events import Request, Response
+    from proxy.http1.render import (
+        HOP_BY_HOP,
+        forward_request_head_py,
+        forward_response_head_py,
+    )
+
+    native = _native()
+    rng = random.Random(13)
+    drops = [HOP_BY_HOP, frozenset(), frozenset((b"a", b"x-b")), frozenset((b"c",))]
+    conn_values = [b"close", b"Keep-Alive", b"x-b", b"A", b"te, x-b", b"", b"upgrade", b"c"]
+    extras: list[list[tuple[bytes, bytes]]] = [
+        [], [(b"content-length", b"12")], [(b"x-request-id", b"ab"), (b"traceparent", b"00-1")],
+        [(b"bad", b"a\r\nb")], [(b"nul", b"a\x00")],
+    ]
+    taken = 0
+    for i in range(20_000):
+        names = [rng.choice([b"a", b"x-b", b"c", b"connection", b"te", b"host"])
+                 for _ in range(rng.randint(0, 8))]
+        headers = [(n.upper() if rng.random() < 0.5 else n,
+                    rng.choice(conn_values) if n == b"connection" else
+                    rng.choice([b"v%d" % j, b"v%d" % j, b"v\n"]))
+                   for j, n in enumerate(names)]
+        drop = rng.choice(drops)
+        extra = rng.choice(extras)
+        if i % 2:
+            req = Request(b"GET", b"/p?q", b"1.1", headers, None, False, True, None, False,
+                          None, names)
+            got = _raised(native.forward_request, req.method, req.target, req.version,
+                          headers, names, drop, extra)
+            want = _raised(forward_request_head_py, req, drop, extra)
+        else:
+            resp = Response(rng.choice([200, 404, 503, 599]), rng.choice([b"OK", b""]), b"1.1",
+                            headers, None, False, True, False, names)
+            got = _raised(native.forward_response, b"1.1", resp.status, resp.reason, headers,
+                          names, drop, extra)
+            want = _raised(forward_response_head_py, resp, drop, extra)
+        if got is None:
+            continue
+        taken += 1
+        assert got == want, (headers, drop, extra)
+    assert taken > 10_000, taken
+    # Declined: what strip_fields declines, and what render declines.
+    headers = [(b"Connection", b"x-b"), (b"X-B", b"1"), (b"Y", b"2")]
+    names = [b"connection", b"x-b", b"y"]
+    assert native.forward_request(b"GET", b"/", b"1.1", headers, names, HOP_BY_HOP, []) is None
+    assert native.forward_response(b"1.1", 200, b"OK", [(b"a", 1)], [b"a"], HOP_BY_HOP,
+                                   []) is None
+    assert native.forward_response(b"1.1", "200", b"OK", [], [], HOP_BY_HOP, []) is None
+    assert native.forward_request(b"GET", b"/", b"1.1", [], [], HOP_BY_HOP, [("a", b"")]) is None
+    # Past the mask kept on the stack (128 fields): the same answer.
+    many = [(b"f%d" % j, b"v") for j in range(300)]
+    many_names = [n for n, _ in many]
+    big = Request(b"GET", b"/", b"1.1", many, None, False, True, None, False, None, many_names)
+    assert native.forward_request(b"GET", b"/", b"1.1", many, many_names, HOP_BY_HOP, []) == (
+        forward_request_head_py(big, HOP_BY_HOP, []))
+
+
 def test_split_fields_reuses_name_objects() -> None:
     """Names repeat across requests: the same objects come back (bounded cache), so a
     lowered name's hash is computed once; long names are made afresh each time."""
@@ -207,13 +277,19 @@ def test_hex_ids_agree_with_the_python_twins() -> None:
     rng = random.Random(3)
     for _ in range(5_000):
         t, s = rng.getrandbits(rng.choice([1, 64, 127, 128])), rng.getrandbits(rng.choice([1, 64]))
+        th, sh = native.hex_id(t, 32), native.hex_id(s, 16)
+        assert th == b"%032x" % t and sh == b"%016x" % s
         sampled = rng.random() < 0.5
-        assert native.traceparent(t, s, sampled) == traceparent_py(t, s, sampled)
+        tp = native.traceparent(th, sh, sampled)
+        assert tp == traceparent_py(th, sh, sampled) == b"00-%032x-%016x-%s" % (
+            t, s, b"01" if sampled else b"00")
         digits = rng.choice([2, 8, 16, 32])
         v = rng.getrandbits(4 * digits)
         assert native.hex_id(v, digits) == hex_id_py(v, digits)
     # Outside its range the C twin declines; the Python one answers (wider, as %x does).
-    assert native.traceparent(1 << 128, 1, True) is None
+    assert native.traceparent(b"1" * 33, b"1" * 16, True) is None
+    assert native.traceparent(b"1" * 32, b"1" * 15, True) is None
+    assert native.traceparent(1, 1, True) is None  # not bytes
     assert native.hex_id(-1, 8) is None and native.hex_id(1 << 32, 8) is None
     assert native.hex_id(5, 3) is None and native.hex_id(True, 2) is None
     assert hex_id_py(1 << 32, 8) == b"100000000"
