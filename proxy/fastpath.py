@@ -310,10 +310,15 @@ class FastConn:
             outcome = Outcome(status=status, bytes_sent_upstream=True)
             self._handover(Started(self.body, target, (outcome, conn, resp)))
             return
-        head, chunk_out, keep, until_close = response_head(req, resp, plan, True)
+        body = b""
+        if end == 2 and len(pending) == 2 and resp.content_length is not None:
+            piece = pending[0]  # the usual: the whole body, sent as it came
+            assert type(piece) is Data
+            body = piece.data  # rendered after the head into one buffer (no concatenation)
+        head, chunk_out, keep, until_close = response_head(req, resp, plan, True, body)
         if end == len(pending) and not chunk_out and end <= 2:
             # The usual: [Data, EndOfMessage] or [EndOfMessage] left, nothing after them.
-            if end == 2:
+            if end == 2 and not body:
                 piece = pending[0]
                 assert type(piece) is Data
                 head += piece.data

@@ -680,10 +680,12 @@ async def _relay_response(
 
 
 def response_head(
-    req: Request, resp: Response, plan: Plan, complete: bool
+    req: Request, resp: Response, plan: Plan, complete: bool, body: bytes = b""
 ) -> tuple[bytes, bool, bool, bool]:
     """The head to send downstream for `resp`, re-framed: (head, chunk the body out,
-    downstream keep-alive, body runs until the upstream closes)."""
+    downstream keep-alive, body runs until the upstream closes). `body`: a whole
+    Content-Length body, returned after the head in the same bytes (one buffer, one
+    write)."""
     no_body = req.method == b"HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
     client_11 = req.version == b"1.1"
     until_close = not no_body and resp.content_length is None and not resp.chunked
@@ -703,13 +705,13 @@ def response_head(
     elif req.version == b"1.0":
         framing.append((b"connection", b"keep-alive"))  # RFC 9112 9.3: 1.0 must be told
     if plan.response_headers is None:  # stripped and rendered in one pass
-        head = forward_response_head(resp, _RESPONSE_DROP, framing)
+        head = forward_response_head(resp, _RESPONSE_DROP, framing, body)
     else:
         headers = plan.response_headers(
             strip_hop_by_hop(resp.headers, resp.lowered(), _RESPONSE_DROP)
         )
         headers.extend(framing)
-        head = render_response_head(resp.status, resp.reason, headers)
+        head = render_response_head(resp.status, resp.reason, headers) + body
     return head, chunk_out, keep, until_close
 
 

@@ -41,6 +41,8 @@
 static unsigned char TCHAR[256];
 /* RFC 9110 5.5: field-value octets: HTAB, SP, VCHAR, obs-text (no CTL, no DEL). */
 static unsigned char FVCHAR[256];
+/* The value of a lower-case hex digit, -1 for any other byte. */
+static signed char HEXV[256];
 
 static void
 init_tables(void)
@@ -50,6 +52,9 @@ init_tables(void)
     for (int c = 'A'; c <= 'Z'; c++) TCHAR[c] = 1;
     for (int c = 'a'; c <= 'z'; c++) TCHAR[c] = 1;
     for (const char *p = extra; *p; p++) TCHAR[(unsigned char)*p] = 1;
+    memset(HEXV, -1, sizeof HEXV);
+    for (int c = '0'; c <= '9'; c++) HEXV[c] = (signed char)(c - '0');
+    for (int c = 'a'; c <= 'f'; c++) HEXV[c] = (signed char)(c - 'a' + 10);
     FVCHAR['\t'] = 1;
     for (int c = 0x20; c <= 0x7e; c++) FVCHAR[c] = 1;
     for (int c = 0x80; c <= 0xff; c++) FVCHAR[c] = 1;
@@ -842,22 +847,18 @@ traceparent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyBytes_FromStringAndSize(buf, 55);
 }
 
-static int
-hexval(unsigned char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* `n` lower-case hex digits at `s` into n/2 bytes at `out`; 0 if any is not [0-9a-f]. */
+/* `n` lower-case hex digits at `s` into n/2 bytes at `out`; 0 if any is not [0-9a-f].
+   No branch per digit: a -1 anywhere makes the OR of all of them negative. */
 static int
 get_hex(const unsigned char *s, int n, unsigned char *out)
 {
+    int bad = 0;
     for (int i = 0; i < n; i += 2) {
-        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
-        if (hi < 0 || lo < 0) return 0;
-        out[i / 2] = (unsigned char)(hi << 4 | lo);
+        int hi = HEXV[s[i]], lo = HEXV[s[i + 1]];
+        bad |= hi | lo;
+        out[i / 2] = (unsigned char)(((unsigned)hi << 4) | (unsigned)lo);
     }
-    return 1;
+    return bad >= 0;
 }
 
 static int
@@ -962,11 +963,12 @@ put_fields(char *d, PyObject *fields, const char *keep)
 
 /* `first` (the start line without its CRLF, `nfirst` pieces) then the fields of `headers`
    whose `keep` flag is set (all when NULL), then those of `extra` (when not NULL), then the
-   empty line. None when a piece or a field is not bytes (the caller's Python twin renders
-   those); ValueError, as the twin raises it, when CR, LF or NUL is inside any part. */
+   empty line, then the bytes `tail` (when not NULL: a body sent with the head, unchecked).
+   None when a piece or a field is not bytes (the caller's Python twin renders those);
+   ValueError, as the twin raises it, when CR, LF or NUL is inside any part of the head. */
 static PyObject *
 render_parts(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers, const char *keep,
-             PyObject *extra)
+             PyObject *extra, PyObject *tail)
 {
     Py_ssize_t total = 2 + 2, lines = 2; /* CRLF after the start line, the empty line */
     for (Py_ssize_t j = 0; j < nfirst; j++) {
@@ -974,9 +976,11 @@ render_parts(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers, const
         total += PyBytes_GET_SIZE(first[j]);
     }
     if (!measure(headers, keep, &total, &lines) ||
-        (extra != NULL && !measure(extra, NULL, &total, &lines)))
+        (extra != NULL && !measure(extra, NULL, &total, &lines)) ||
+        (tail != NULL && !PyBytes_CheckExact(tail)))
         Py_RETURN_NONE;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    Py_ssize_t ntail = tail != NULL ? PyBytes_GET_SIZE(tail) : 0;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total + ntail);
     if (out == NULL) return NULL;
     char *d = PyBytes_AS_STRING(out);
     for (Py_ssize_t j = 0; j < nfirst; j++) {
@@ -990,6 +994,7 @@ render_parts(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers, const
     if (extra != NULL) d = put_fields(d, extra, NULL);
     *d++ = '\r';
     *d++ = '\n';
+    if (ntail) memcpy(d, PyBytes_AS_STRING(tail), (size_t)ntail);
     /* We wrote one CR and one LF per line: any more came inside a part (it would split the
        head: RFC 9110 5.5), as would a NUL. Checked on the whole head, not per part. */
     const char *h = PyBytes_AS_STRING(out);
@@ -1009,7 +1014,7 @@ render_parts(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers, const
 static PyObject *
 render(PyObject *const *first, Py_ssize_t nfirst, PyObject *headers)
 {
-    return render_parts(first, nfirst, headers, NULL, NULL);
+    return render_parts(first, nfirst, headers, NULL, NULL, NULL);
 }
 
 static PyObject *SP, *HTTP_SLASH, *HTTP_ONLY; /* " ", " HTTP/", "HTTP/" */
@@ -1070,7 +1075,7 @@ render_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* The head: `first`, the fields of `headers` that keep_mask keeps, those of `extra`, the
    empty line; None where keep_mask or render_parts declines. */
 static PyObject *
-forward(PyObject *const *first, Py_ssize_t nfirst, PyObject *const *args)
+forward(PyObject *const *first, Py_ssize_t nfirst, PyObject *const *args, PyObject *tail)
 {
     PyObject *headers = args[0], *names = args[1], *drop = args[2], *extra = args[3];
     Py_ssize_t n = PyList_Check(names) ? PyList_GET_SIZE(names) : 0;
@@ -1079,7 +1084,7 @@ forward(PyObject *const *first, Py_ssize_t nfirst, PyObject *const *args)
     int ok = keep_mask(headers, names, drop, keep);
     /* keep_mask checked that the lists still hold n fields after its last set lookup, and
        nothing runs Python code from there; render_parts checks each field's shape again. */
-    PyObject *out = ok == 1 ? render_parts(first, nfirst, headers, keep, extra)
+    PyObject *out = ok == 1 ? render_parts(first, nfirst, headers, keep, extra, tail)
                     : ok == 0 ? Py_NewRef(Py_None) : NULL;
     if (keep != stack) PyMem_Free(keep);
     return out;
@@ -1098,24 +1103,24 @@ forward_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *first[5] = {args[0], SP, args[1], HTTP_SLASH, args[2]};
-    return forward(first, 5, args + 3);
+    return forward(first, 5, args + 3, NULL);
 }
 
-/* forward_response(version, status, reason, headers, names, drop, extra) -> bytes | None:
-   render_response(version, status, reason, strip_fields(headers, names, drop) + extra) in
-   one pass (twin: render.forward_response_head_py). */
+/* forward_response(version, status, reason, headers, names, drop, extra, body) -> bytes |
+   None: render_response(version, status, reason, strip_fields(headers, names, drop) + extra)
+   + body in one pass, one buffer (twin: render.forward_response_head_py). */
 static PyObject *
 forward_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError,
-                        "forward_response(version, status, reason, headers, names, drop, extra)");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "forward_response(version, status, reason, headers, "
+                                         "names, drop, extra, body)");
         return NULL;
     }
     PyObject *code = status_code(args[1]);
     if (code == NULL || code == Py_None) return code;
     PyObject *first[4] = {HTTP_ONLY, args[0], code, args[2]};
-    PyObject *out = forward(first, 4, args + 3);
+    PyObject *out = forward(first, 4, args + 3, args[7]);
     Py_DECREF(code);
     return out;
 }
@@ -1146,7 +1151,8 @@ static PyMethodDef methods[] = {
     {"forward_request", (PyCFunction)(void (*)(void))forward_request, METH_FASTCALL,
      "forward_request(method, target, version, headers, names, drop, extra) -> bytes | None"},
     {"forward_response", (PyCFunction)(void (*)(void))forward_response, METH_FASTCALL,
-     "forward_response(version, status, reason, headers, names, drop, extra) -> bytes | None"},
+     "forward_response(version, status, reason, headers, names, drop, extra, body) -> bytes | "
+     "None"},
     {"block_end", (PyCFunction)(void (*)(void))block_end, METH_FASTCALL,
      "block_end(buf, pos) -> int (-1: no CRLF CRLF from pos)"},
     {"request_head", (PyCFunction)(void (*)(void))request_head, METH_FASTCALL,

@@ -27,6 +27,7 @@ def forward_response(
     names: list[bytes],
     drop: frozenset[bytes],
     extra: list[tuple[bytes, bytes]],
+    body: bytes,
     /,
 ) -> bytes | None: ...
 def strip_fields(

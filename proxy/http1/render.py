@@ -126,11 +126,13 @@ def forward_request_head_py(req: Request, drop: frozenset[bytes], extra: Headers
     return render_request_py(req.method, req.target, req.version, fields)
 
 
-def forward_response_head_py(resp: Response, drop: frozenset[bytes], extra: Headers) -> bytes:
-    """As forward_request_head_py, for a response sent on as HTTP/1.1
-    (_speedups.forward_response's twin)."""
+def forward_response_head_py(
+    resp: Response, drop: frozenset[bytes], extra: Headers, body: bytes = b""
+) -> bytes:
+    """As forward_request_head_py, for a response sent on as HTTP/1.1, followed by `body`
+    in the same bytes (_speedups.forward_response's twin)."""
     fields = _kept_py(resp.headers, resp.lowered(), drop, extra)
-    return render_response_py(b"1.1", resp.status, resp.reason, fields)
+    return render_response_py(b"1.1", resp.status, resp.reason, fields) + body
 
 
 _c_forward_request: Final[
@@ -138,7 +140,7 @@ _c_forward_request: Final[
     | None
 ] = native.forward_request if native is not None else None
 _c_forward_response: Final[
-    Callable[[bytes, int, bytes, Headers, Names, frozenset[bytes], Headers], bytes | None]
+    Callable[[bytes, int, bytes, Headers, Names, frozenset[bytes], Headers, bytes], bytes | None]
     | None
 ] = native.forward_response if native is not None else None
 
@@ -163,17 +165,19 @@ def forward_request_head(req: Request, drop: frozenset[bytes], extra: Headers) -
     return head
 
 
-def forward_response_head(resp: Response, drop: frozenset[bytes], extra: Headers) -> bytes:
+def forward_response_head(
+    resp: Response, drop: frozenset[bytes], extra: Headers, body: bytes = b""
+) -> bytes:
     """What forward_response_head_py answers, in one C call for the usual heads."""
     c, names = _c_forward_response, resp.lowered()
     head = (
-        c(b"1.1", resp.status, resp.reason, resp.headers, names, drop, extra)
+        c(b"1.1", resp.status, resp.reason, resp.headers, names, drop, extra, body)
         if c is not None
         else None
     )
     if head is None:
         fields = _kept(resp.headers, names, drop, extra)
-        head = render_response_head(resp.status, resp.reason, fields)
+        head = render_response_head(resp.status, resp.reason, fields) + body
     return head
 
 

@@ -205,9 +205,10 @@ def test_forward_heads_agree_with_the_python_twins() -> None:
         else:
             resp = Response(rng.choice([200, 404, 503, 599]), rng.choice([b"OK", b""]), b"1.1",
                             headers, None, False, True, False, names)
+            body = rng.choice([b"", b"x", b"a body\r\n\r\nwith\x00anything"])  # never checked
             got = _raised(native.forward_response, b"1.1", resp.status, resp.reason, headers,
-                          names, drop, extra)
-            want = _raised(forward_response_head_py, resp, drop, extra)
+                          names, drop, extra, body)
+            want = _raised(forward_response_head_py, resp, drop, extra, body)
         if got is None:
             continue
         taken += 1
@@ -218,8 +219,11 @@ def test_forward_heads_agree_with_the_python_twins() -> None:
     names = [b"connection", b"x-b", b"y"]
     assert native.forward_request(b"GET", b"/", b"1.1", headers, names, HOP_BY_HOP, []) is None
     assert native.forward_response(b"1.1", 200, b"OK", [(b"a", 1)], [b"a"], HOP_BY_HOP,
-                                   []) is None
-    assert native.forward_response(b"1.1", "200", b"OK", [], [], HOP_BY_HOP, []) is None
+                                   [], b"") is None
+    assert native.forward_response(b"1.1", "200", b"OK", [], [], HOP_BY_HOP, [], b"") is None
+    assert native.forward_response(b"1.1", 200, b"OK", [], [], HOP_BY_HOP, [], "x") is None
+    assert native.forward_response(b"1.1", 204, b"", [], [], HOP_BY_HOP, [], b"\r\n") == (
+        b"HTTP/1.1 204 \r\n\r\n\r\n")
     assert native.forward_request(b"GET", b"/", b"1.1", [], [], HOP_BY_HOP, [("a", b"")]) is None
     # Past the mask kept on the stack (128 fields): the same answer.
     many = [(b"f%d" % j, b"v") for j in range(300)]
