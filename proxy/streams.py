@@ -277,7 +277,7 @@ class EventStream:
         if not data:
             self.eof = True
         try:
-            self.pending.extend(self.parser.feed(data))
+            self.parser.feed_into(data, self.pending)
         except ProtocolError as exc:
             self.error = exc
 

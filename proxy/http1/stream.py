@@ -14,7 +14,7 @@ after the message.
 
 from __future__ import annotations
 
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from proxy.http1.events import Data, EndOfMessage, Event, Headers, ProtocolError
 from proxy.http1.grammar import CHUNK_LINE, block_end, parse_fields
@@ -64,13 +64,20 @@ class StreamParser:
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse ``data`` (``b""`` means EOF); return the events it completes, in order."""
+        events: list[Event] = []
+        self.feed_into(data, events)
+        return events
+
+    def feed_into(self, data: bytes, events: list[Any]) -> None:
+        """As feed, appending the events to ``events`` (a caller's queue: no list per call).
+        On a ProtocolError none of this call's events stay appended, as feed returns none."""
         if self._state >= EOF:
             if self._error is not None:
                 raise ProtocolError(self._error.status, f"parser is dead: {self._error.reason}")
             if data:
                 raise ProtocolError(self._bad, "data after EOF")
-            return []
-        events: list[Event] = []
+            return
+        before = len(events)
         try:
             if data:
                 self._parse(self._buf + data if self._buf else data, events)
@@ -80,8 +87,8 @@ class StreamParser:
             self._error = error
             self._state = DEAD
             self._buf = b""
+            del events[before:]
             raise
-        return events
 
     def take_remaining(self) -> bytes:
         """Bytes buffered after the message that switched protocols, to relay raw."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.http1 import Data, EndOfMessage, Request, RequestParser, ResponseParser
+from proxy.http1 import Data, EndOfMessage, ProtocolError, Request, RequestParser, ResponseParser
 from proxy.http1.stream import MAX_CHUNK_LINE
 from tests.proxy.http1.helpers import run
 
@@ -66,3 +66,24 @@ def test_long_head_with_short_request_line_is_431_however_it_arrives(split: obje
     resp = ResponseParser()
     resp.expect(b"GET")
     assert run(resp, split(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 61 * 1024 + b"\r\n\r\n")) == 502
+
+
+def test_feed_into_appends_to_the_callers_queue_and_drops_a_failed_calls_events() -> None:
+    """feed_into (the proxy's path: EventStream.feed) queues as feed returns: events in
+    order after what the queue held; a call that ends in a framing error leaves none of its
+    own events behind (as feed returns none), and the parser is dead after it."""
+    p = RequestParser()
+    queue: list[object] = ["earlier"]
+    p.feed_into(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", queue)
+    assert queue[0] == "earlier" and type(queue[1]) is Request and type(queue[2]) is EndOfMessage
+    assert len(queue) == 3
+    # A valid request then a broken one in the same read: the call raises, its events go.
+    with pytest.raises(ProtocolError):
+        p.feed_into(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\nHost: y"
+                    b"\r\n\r\n", queue)
+    assert len(queue) == 3
+    with pytest.raises(ProtocolError, match="parser is dead"):
+        p.feed_into(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", queue)
+    # feed answers the same events as a list of its own.
+    assert [type(e) for e in RequestParser().feed(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")] == [
+        Request, EndOfMessage]
