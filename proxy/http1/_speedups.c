@@ -18,6 +18,7 @@
      request_head      <-> proxy.http1.request.request_head_py
      response_head     <-> proxy.http1.response.response_head_py
      hex_id            <-> proxy.http1.render.hex_id_py
+     random_hex        (no twin: the tracer's Random makes ids when interpreted)
      traceparent       <-> proxy.tracing.context.traceparent_py
      parse_traceparent <-> proxy.tracing.context.parse_traceparent_py
 
@@ -34,8 +35,10 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/random.h>
 
 /* RFC 9110 5.6.2: tchar. */
 static unsigned char TCHAR[256];
@@ -795,6 +798,16 @@ put_hex(PyObject *value, int digits, char *out)
     unsigned char raw[16];
     int nbytes = digits / 2;
     if (!PyLong_CheckExact(value) || digits % 2 || nbytes > (int)sizeof raw) return 0;
+    if (digits <= 16) { /* the usual ids: one machine word, no byte array */
+        unsigned long long v = PyLong_AsUnsignedLongLong(value);
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or too large */
+            return 0;
+        }
+        if (digits < 16 && v >> (4 * digits) != 0) return 0;
+        for (int i = digits - 1; i >= 0; i--, v >>= 4) out[i] = HEX[v & 15];
+        return 1;
+    }
     if (_PyLong_AsByteArray((PyLongObject *)value, raw, (size_t)nbytes, 0, 0) < 0) {
         PyErr_Clear(); /* negative or too large */
         return 0;
@@ -819,6 +832,71 @@ hex_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (digits == -1 && PyErr_Occurred()) return NULL;
     char buf[32];
     if (digits < 2 || digits > 32 || !put_hex(args[0], (int)digits, buf)) Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(buf, digits);
+}
+
+/* Random ids (trace and span ids: unique, not secret) without a Python int: xoshiro256**
+   seeded from getrandom(2) at import and again in a forked child (pthread_atfork), so two
+   processes never share a sequence. */
+static uint64_t RNG[4];
+
+static int
+seed_rng(void)
+{
+    for (int tries = 0; tries < 8; tries++) {
+        if (getrandom(RNG, sizeof RNG, 0) == (ssize_t)sizeof RNG &&
+            (RNG[0] | RNG[1] | RNG[2] | RNG[3]) != 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void
+reseed_in_child(void)
+{
+    if (!seed_rng()) RNG[0] ^= (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL;
+}
+
+static uint64_t
+rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t
+next_random(void)
+{
+    uint64_t out = rotl(RNG[1] * 5, 7) * 9, t = RNG[1] << 17;
+    RNG[2] ^= RNG[0];
+    RNG[3] ^= RNG[1];
+    RNG[1] ^= RNG[2];
+    RNG[0] ^= RNG[3];
+    RNG[2] ^= t;
+    RNG[3] = rotl(RNG[3], 45);
+    return out;
+}
+
+/* random_hex(digits) -> bytes: 16 or 32 lower-case hex digits of fresh random bits, never
+   all zeros (W3C: an all-zero id is invalid). */
+static PyObject *
+random_hex(PyObject *module, PyObject *arg)
+{
+    long digits = PyLong_AsLong(arg);
+    if (digits == -1 && PyErr_Occurred()) return NULL;
+    if (digits != 16 && digits != 32) {
+        PyErr_SetString(PyExc_ValueError, "random_hex(digits): 16 or 32");
+        return NULL;
+    }
+    char buf[32];
+    uint64_t words[2], any = 0;
+    do {
+        any = 0;
+        for (int w = 0; w < digits / 16; w++) any |= words[w] = next_random();
+    } while (any == 0);
+    for (int w = 0; w < digits / 16; w++) {
+        uint64_t v = words[w];
+        for (int i = 15; i >= 0; i--, v >>= 4) buf[16 * w + i] = HEX[v & 15];
+    }
     return PyBytes_FromStringAndSize(buf, digits);
 }
 
@@ -1138,6 +1216,8 @@ static PyMethodDef methods[] = {
     {"valid_host", (PyCFunction)valid_host, METH_O, "valid_host(value) -> bool"},
     {"name_index", (PyCFunction)(void (*)(void))name_index, METH_FASTCALL,
      "name_index(names, key, start) -> int (-1: absent, -2: not a list of bytes)"},
+    {"random_hex", (PyCFunction)random_hex, METH_O,
+     "random_hex(digits) -> bytes (16 or 32 hex digits of fresh random bits, not all zero)"},
     {"hex_id", (PyCFunction)(void (*)(void))hex_id, METH_FASTCALL,
      "hex_id(value, digits) -> bytes | None"},
     {"traceparent", (PyCFunction)(void (*)(void))traceparent, METH_FASTCALL,
@@ -1173,6 +1253,14 @@ PyInit__speedups(void)
 {
     init_tables();
     init_host_tables();
+    if (!seed_rng()) {
+        PyErr_SetString(PyExc_OSError, "getrandom() gave no seed for trace ids");
+        return NULL;
+    }
+    if (pthread_atfork(NULL, NULL, reseed_in_child) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
     SP = PyBytes_FromString(" ");
     HTTP_SLASH = PyBytes_FromString(" HTTP/");
     HTTP_ONLY = PyBytes_FromString("HTTP/");

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from proxy.http1.grammar import native
 from proxy.http1.render import hex_id
 from proxy.tracing.context import Headers, Parent, extract, render
 
@@ -23,6 +24,10 @@ SERVER: Final = 2
 CLIENT: Final = 3
 
 Attr = tuple[str, Any]
+
+_c_random_hex: Final[Callable[[int], bytes] | None] = (
+    native.random_hex if native is not None else None
+)
 
 
 class Hop:
@@ -93,8 +98,10 @@ class SpanRecord:
 class Tracer:
     """Sampling (a percentage for new traces; a caller's decision is kept) and id generation.
 
-    Ids come from a Mersenne Twister seeded from the OS: trace ids need uniqueness, not
-    secrecy, and `getrandbits` is several times cheaper than `secrets`.
+    Ids need uniqueness, not secrecy. With the compiled core they come as hex straight from
+    _speedups.random_hex (xoshiro256** seeded from the OS, reseeded in a forked child: no
+    Python int per id); otherwise, or when a `rng` is given (tests), from a Mersenne
+    Twister seeded from the OS (`getrandbits` is several times cheaper than `secrets`).
     """
 
     def __init__(
@@ -110,14 +117,16 @@ class Tracer:
         self._rng = rng or random.Random()
         self._bits = self._rng.getrandbits  # bound once: not a method object per request
         self._random = self._rng.random
+        self._hex: Callable[[int], bytes] | None = _c_random_hex if rng is None else None
 
     def start(self, headers: Headers, kind: int, names: list[bytes] | None = None) -> Hop:
         """A new span id under the incoming context, or a new trace when there is none.
         ``names``: the request's lowered header names, when the parser gave them."""
-        bits = self._bits
+        bits, fresh = self._bits, self._hex
         parent: Parent | None = extract(headers, names)
         if parent is None or not parent.trace:
-            trace, parent_span = hex_id(bits(128) or 1, 32), b""
+            trace = fresh(32) if fresh is not None else hex_id(bits(128) or 1, 32)
+            parent_span = b""
             formats = parent.formats if parent is not None else 0
             decided = parent.sampled if parent is not None else None
         else:
@@ -129,7 +138,7 @@ class Tracer:
             )
         if decided is None:
             decided = self.sampling > 0.0 and self._random() < self.sampling
-        span = hex_id(bits(64) or 1, 16)
+        span = fresh(16) if fresh is not None else hex_id(bits(64) or 1, 16)
         headers = render(trace, span, decided, formats)
         return Hop(trace, span, parent_span, decided and self.sink is not None, kind, headers)
 

@@ -521,3 +521,39 @@ def test_split_fields_finds_a_refused_octet_at_every_offset() -> None:
                     buf = b"X-A: " + value + b"\r\nB: c\r\n"
                     want = split_fields_py(buf, 0, len(buf), 100)
                     assert native.split_fields(buf, 0, len(buf), 100) == want, buf
+
+
+def test_random_hex_ids_are_hex_nonzero_distinct_and_differ_after_fork() -> None:
+    native = _native()
+    seen = set()
+    for digits in (16, 32):
+        for _ in range(2_000):
+            v = native.random_hex(digits)
+            assert len(v) == digits and set(v) <= set(b"0123456789abcdef") and v.strip(b"0")
+            seen.add(v)
+    assert len(seen) == 4_000  # 64 and 128 random bits: a repeat means a broken generator
+    with pytest.raises(ValueError):
+        native.random_hex(8)
+    # A forked child is reseeded: its next id is not the parent's next id.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id up the pipe, then out without any cleanup
+        os.write(write, native.random_hex(32))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child != native.random_hex(32)
+
+
+def test_hex_id_word_sized_values_at_their_edges() -> None:
+    from proxy.http1.render import hex_id_py
+
+    native = _native()
+    for digits in (2, 8, 16):
+        top = (1 << (4 * digits)) - 1
+        for v in (0, 1, top, top >> 1, 0x0123456789ABCDEF & top):
+            assert native.hex_id(v, digits) == hex_id_py(v, digits)
+        assert native.hex_id(top + 1, digits) is None  # the twin answers (wider)
+    assert native.hex_id(1 << 64, 16) is None and native.hex_id(-5, 16) is None
