@@ -196,7 +196,9 @@ class FastConn:
             pending.pop(0)  # EndOfMessage (trailers of a complete body are not forwarded)
         snap = proxy.snapshot
         assert snap is not None
-        self.watch.waiting.pop(down, None)
+        waiting = self.watch.waiting
+        if down in waiting:  # a dict's pop with a default is a generic call in compiled code
+            del waiting[down]
         down.listener = _NOOP
         down.busy = True
         proxy.inflight += 1

@@ -19,6 +19,7 @@
      response_head     <-> proxy.http1.response.response_head_py
      hex_id            <-> proxy.http1.render.hex_id_py
      random_hex        (no twin: the tracer's Random makes ids when interpreted)
+     trace_names       <-> proxy.tracing.context.trace_names_py
      traceparent       <-> proxy.tracing.context.traceparent_py
      parse_traceparent <-> proxy.tracing.context.parse_traceparent_py
 
@@ -326,6 +327,36 @@ name_index(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return PyLong_FromSsize_t(i);
     }
     return PyLong_FromLong(-1);
+}
+
+/* trace_names(names) -> int: where the trace context is among the lowered `names`, as
+   tracing.context.trace_names_py answers: (index of the first "traceparent" + 1) * 2, plus
+   1 when a B3 name (b3, x-b3-traceid, -spanid, -parentspanid, -sampled, -flags) is there;
+   0 for none; -2 when `names` is not a list of bytes (the twin decides). */
+static PyObject *
+trace_names(PyObject *module, PyObject *names)
+{
+    if (!PyList_CheckExact(names)) return PyLong_FromLong(-2);
+    Py_ssize_t at = -1, n = PyList_GET_SIZE(names);
+    int other = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(names, i);
+        if (!PyBytes_CheckExact(item)) return PyLong_FromLong(-2);
+        const char *s = PyBytes_AS_STRING(item);
+        Py_ssize_t len = PyBytes_GET_SIZE(item);
+        if (len == 11 && memcmp(s, "traceparent", 11) == 0) {
+            if (at < 0) at = i;
+        } else if ((len == 2 && memcmp(s, "b3", 2) == 0) ||
+                   (len >= 10 && memcmp(s, "x-b3-", 5) == 0 &&
+                    ((len == 12 && memcmp(s + 5, "traceid", 7) == 0) ||
+                     (len == 11 && memcmp(s + 5, "spanid", 6) == 0) ||
+                     (len == 17 && memcmp(s + 5, "parentspanid", 12) == 0) ||
+                     (len == 12 && memcmp(s + 5, "sampled", 7) == 0) ||
+                     (len == 10 && memcmp(s + 5, "flags", 5) == 0)))) {
+            other = 1;
+        }
+    }
+    return PyLong_FromSsize_t((at + 1) * 2 + other);
 }
 
 /* -- start lines and Host ---------------------------------------------------------------- */
@@ -1216,6 +1247,8 @@ static PyMethodDef methods[] = {
     {"valid_host", (PyCFunction)valid_host, METH_O, "valid_host(value) -> bool"},
     {"name_index", (PyCFunction)(void (*)(void))name_index, METH_FASTCALL,
      "name_index(names, key, start) -> int (-1: absent, -2: not a list of bytes)"},
+    {"trace_names", (PyCFunction)trace_names, METH_O,
+     "trace_names(names) -> int ((first traceparent's index + 1) * 2 + any B3 name; -2)"},
     {"random_hex", (PyCFunction)random_hex, METH_O,
      "random_hex(digits) -> bytes (16 or 32 hex digits of fresh random bits, not all zero)"},
     {"hex_id", (PyCFunction)(void (*)(void))hex_id, METH_FASTCALL,

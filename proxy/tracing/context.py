@@ -134,24 +134,41 @@ def _parse_b3_single(v: bytes) -> tuple[bytes, bytes, bool | None] | None:
     return tid, sid, _sampled_b3(parts[2]) if len(parts) > 2 else None
 
 
+def trace_names_py(names: list[bytes]) -> int:
+    """Where the trace context is among lowered ``names``, as one int: (index of the first
+    `traceparent` + 1) * 2 + (1 if any B3 name is there); 0 when none of TRACE_HEADERS is.
+    _speedups.trace_names is its C twin (-2 there: not a list of bytes, ask this)."""
+    at = -1
+    other = 0
+    for i in range(len(names)):
+        n = names[i]
+        if n in TRACE_HEADERS:
+            if n != b"traceparent":
+                other = 1
+            elif at < 0:
+                at = i
+    return (at + 1) * 2 + other
+
+
+_c_trace_names: Final[Callable[[list[bytes]], int] | None] = (
+    native.trace_names if native is not None else None
+)
+
+
 def extract(headers: Headers, names: list[bytes] | None = None) -> Parent | None:
     """The incoming context, or None when the request carries none (one pass, no parse).
     ``names``: the lowered names as the parser gives them, to answer None in one pass."""
     if names is None:
         found = [(n, v) for n, v in ((n.lower(), v) for n, v in headers) if n in TRACE_HEADERS]
     else:
-        # One pass, set lookups on names whose hashes the parser's name cache keeps.
-        at = -1
-        other = False
-        for i in range(len(names)):
-            n = names[i]
-            if n in TRACE_HEADERS:
-                if n != b"traceparent":
-                    other = True
-                elif at < 0:
-                    at = i
-        if at < 0 and not other:
+        # One pass over the names (in C: length and byte compares, no set lookups).
+        c = _c_trace_names
+        where = c(names) if c is not None else -2
+        if where == -2:
+            where = trace_names_py(names)
+        if where == 0:
             return None
+        at, other = (where >> 1) - 1, where & 1
         if not other:
             # Only W3C (what the proxies send each other): its first value.
             got = _parse_traceparent(headers[at][1])

@@ -557,3 +557,22 @@ def test_hex_id_word_sized_values_at_their_edges() -> None:
             assert native.hex_id(v, digits) == hex_id_py(v, digits)
         assert native.hex_id(top + 1, digits) is None  # the twin answers (wider)
     assert native.hex_id(1 << 64, 16) is None and native.hex_id(-5, 16) is None
+
+
+def test_trace_names_agrees_with_the_python_twin() -> None:
+    from proxy.tracing.context import TRACE_HEADERS, trace_names_py
+
+    native = _native()
+    rng = random.Random(17)
+    near = [b"traceparent2", b"tracestate", b"b", b"b4", b"x-b3-", b"x-b3-trace", b"x-b3-spanids",
+            b"x-b4-traceid", b"host", b"x-request-id", b""]
+    pool = sorted(TRACE_HEADERS) + near
+    seen = set()
+    for _ in range(20_000):
+        names = [bytes(rng.choice(pool)) for _ in range(rng.randint(0, 7))]  # not the same objects
+        want = trace_names_py(names)
+        assert native.trace_names(names) == want, names
+        seen.add(want % 2)
+        seen.add(min(want, 2))
+    assert seen == {0, 1, 2}
+    assert native.trace_names([b"a", "traceparent"]) == -2 and native.trace_names((b"b3",)) == -2
