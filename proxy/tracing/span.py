@@ -51,7 +51,9 @@ class Hop:
         self.parent = parent
         self.recording = recording  # sampled, and a collector is configured
         self.kind = kind
-        self.headers = headers  # for the next hop: our span is its parent
+        # For the next hop (our span is its parent): a list of this request's own, which
+        # the stacks extend with their additions instead of copying it.
+        self.headers = headers
         self.events: list[tuple[int, str, tuple[Attr, ...]]] | None = None
 
     def event(self, name: str, *attrs: Attr) -> None:
