@@ -15,6 +15,7 @@ from proxy.fastpath import Close, Done, FastConn, Handover, Prepare
 from proxy.forward import Prep, Result, Started, complete, local_reply
 from proxy.http1 import ProtocolError, Request, RequestParser
 from proxy.streams import Channel, EventStream, PeerClosed
+from proxy.telemetry import SeriesMemo
 
 _now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
@@ -74,6 +75,7 @@ def recorder(proxy: Proxy, reporter: str, service: str | None, peer: SpiffeId | 
     """The `done` of serve_requests: each finished request recorded (Proxy.record) as
     `reporter` ("source" or "destination") sees it, for `service` (None: this proxy's own
     service in the request's snapshot), from `peer` (the caller's verified identity)."""
+    memo = SeriesMemo()  # one per connection: its label set repeats from request to request
 
     def done(
         snap: ProxySnapshot,
@@ -84,7 +86,9 @@ def recorder(proxy: Proxy, reporter: str, service: str | None, peer: SpiffeId | 
         end: float,
     ) -> None:
         name = service if service is not None else (snap.me.name if snap.me else "")
-        proxy.record(snap, reporter, name, result, start, req, peer=peer, hop=hop, end=end)
+        proxy.record(
+            snap, reporter, name, result, start, req, peer=peer, hop=hop, end=end, memo=memo
+        )
 
     return done
 

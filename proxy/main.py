@@ -39,7 +39,7 @@ from proxy.routing import RouteLimits, new_bucket, over_limit
 from proxy.snapshot import ProxySnapshot, build_snapshot
 from proxy.streams import ByteReader, ByteWriter, ConnLimiter, Pool
 from proxy.tcp import relay
-from proxy.telemetry import Series, Telemetry, observe_request
+from proxy.telemetry import Series, SeriesMemo, Telemetry, observe_request
 from proxy.tracing import Hop, Tracer
 from proxy.tracing.attributes import http_span
 from proxy.tracing.otlp import OtlpExporter
@@ -299,11 +299,51 @@ class Proxy:
         peer: SpiffeId | None = None,
         hop: Hop | None = None,
         end: float = -1.0,
+        memo: SeriesMemo | None = None,
     ) -> None:
         """Metrics (Istio's labels), the access-log line, the span and the tap event for one
         finished request, which began at `start` and ended at `end` (time.monotonic(); read
-        now when not given). The span and the tap cost nothing unless sampled / tapped."""
+        now when not given). The span and the tap cost nothing unless sampled / tapped.
+        `memo`: the caller's (one connection's, whose reporter, service and peer do not
+        change) last label set, reused while the snapshot, status and flags repeat."""
         ms = ((end if end >= 0.0 else _now()) - start) * 1000.0
+        if (
+            memo is not None
+            and memo.series is not None
+            and memo.version == snap.version
+            and memo.status == result.status
+            and memo.flags == result.flags
+        ):
+            series = memo.series
+        else:
+            series = self._series_of(snap, reporter, dest_service, peer, result)
+            if memo is not None:
+                memo.version, memo.status, memo.flags = snap.version, result.status, result.flags
+                memo.series = series
+        observe_request(series, ms, result.req_bytes, result.resp_bytes)
+        tel = self.telemetry
+        if result.flags == "UO":  # a circuit breaker: the cluster's gauges or its pool
+            tel.counters["meshctl_proxy_upstream_overflow_total"] += 1
+        if self.access_log.enabled:
+            self.access_log.write(
+                req, result, time.time() - ms / 1000.0, ms, str(peer) if peer else None, reporter
+            )
+        if hop is not None and hop.recording:
+            peer_id = self._peer_of(snap, reporter, dest_service, peer)
+            name, attrs, error = http_span(hop, reporter, dest_service, result, req, peer_id)
+            self.tracer.finish(hop, name, ms, attrs, error)
+        if self.tap.active:
+            peer_id = self._peer_of(snap, reporter, dest_service, peer)
+            self.tap.publish(tap_event(self, reporter, dest_service, result, ms, req, peer_id, hop))
+
+    def _series_of(
+        self,
+        snap: ProxySnapshot,
+        reporter: str,
+        dest_service: str,
+        peer: SpiffeId | None,
+        result: Result,
+    ) -> Series:
         # The 19 Istio labels of a request depend on few things: computed once per
         # combination and config version, not per request.
         # The peer by its two strings: a SpiffeId hashes in interpreted Python (~1,300
@@ -318,26 +358,12 @@ class Proxy:
             result.flags,
         )
         series = self._label_cache.get(key)
-        tel = self.telemetry
         if series is None:
             if len(self._label_cache) > 4096:
                 self._label_cache.clear()
-            series = self._label_cache[key] = tel.series(
+            series = self._label_cache[key] = self.telemetry.series(
                 self._labels(snap, reporter, dest_service, peer, result))
-        observe_request(series, ms, result.req_bytes, result.resp_bytes)
-        if result.flags == "UO":  # a circuit breaker: the cluster's gauges or its pool
-            tel.counters["meshctl_proxy_upstream_overflow_total"] += 1
-        if self.access_log.enabled:
-            self.access_log.write(
-                req, result, time.time() - ms / 1000.0, ms, str(peer) if peer else None, reporter
-            )
-        if hop is not None and hop.recording:
-            peer_id = self._peer_of(snap, reporter, dest_service, peer)
-            name, attrs, error = http_span(hop, reporter, dest_service, result, req, peer_id)
-            self.tracer.finish(hop, name, ms, attrs, error)
-        if self.tap.active:
-            peer_id = self._peer_of(snap, reporter, dest_service, peer)
-            self.tap.publish(tap_event(self, reporter, dest_service, result, ms, req, peer_id, hop))
+        return series
 
     def _peer_of(
         self, snap: ProxySnapshot, reporter: str, dest_service: str, peer: SpiffeId | None

@@ -93,6 +93,20 @@ def bucket(buckets: tuple[float, ...], v: float) -> int:
 Series = tuple[Histogram, Histogram, Histogram]  # duration, request bytes, response bytes
 
 
+class SeriesMemo:
+    """One connection's last label set for Proxy.record: on a connection the reporter, the
+    service and the peer are fixed, so while the config version, the status and the flags
+    repeat (nearly always) the series is the one before, with no key built and hashed."""
+
+    __slots__ = ("flags", "series", "status", "version")
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.status = 0
+        self.flags = ""
+        self.series: Series | None = None
+
+
 def observe_request(hs: Series, duration_ms: float, req_bytes: int, resp_bytes: int) -> None:
     """One request into its label set's histograms (Histogram.observe, inlined)."""
     h = hs[0]
