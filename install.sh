@@ -77,6 +77,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
   say "creating the virtualenv .venv with $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
   "$PY" -m venv .venv
+else
+  have=$(readlink -f .venv/bin/python); want=$(readlink -f "$(command -v "$PY")")
+  if [ "$have" != "$want" ]; then
+    say "note: .venv runs $have, not $want; remove .venv and run this again to switch"
+  fi
 fi
 say "installing meshctl into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -U pip >/dev/null 2>&1 || true
