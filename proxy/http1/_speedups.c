@@ -820,6 +820,8 @@ response_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* -- hex ids ----------------------------------------------------------------------------- */
 
 static const char HEX[] = "0123456789abcdef";
+/* HEX2[2b], HEX2[2b+1]: the two lower-case hex digits of the byte b (init_tables). */
+static char HEX2[512];
 
 /* `digits` lower-case hex digits of `value` (0 <= value < 16**digits) at `out`; 0 when the
    value is not such an int (the caller returns None: the Python twin decides). */
@@ -924,9 +926,9 @@ random_hex(PyObject *module, PyObject *arg)
         any = 0;
         for (int w = 0; w < digits / 16; w++) any |= words[w] = next_random();
     } while (any == 0);
-    for (int w = 0; w < digits / 16; w++) {
+    for (int w = 0; w < digits / 16; w++) { /* a byte, two digits, a turn */
         uint64_t v = words[w];
-        for (int i = 15; i >= 0; i--, v >>= 4) buf[16 * w + i] = HEX[v & 15];
+        for (int i = 14; i >= 0; i -= 2, v >>= 8) memcpy(buf + 16 * w + i, HEX2 + 2 * (v & 255), 2);
     }
     return PyBytes_FromStringAndSize(buf, digits);
 }
@@ -1286,6 +1288,10 @@ PyInit__speedups(void)
 {
     init_tables();
     init_host_tables();
+    for (int b = 0; b < 256; b++) {
+        HEX2[2 * b] = HEX[b >> 4];
+        HEX2[2 * b + 1] = HEX[b & 15];
+    }
     if (!seed_rng()) {
         PyErr_SetString(PyExc_OSError, "getrandom() gave no seed for trace ids");
         return NULL;
