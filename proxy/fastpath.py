@@ -108,7 +108,6 @@ class FastConn:
     __slots__ = (
         "body",
         "conn",
-        "counters",
         "done",
         "down",
         "on_events_cb",
@@ -144,7 +143,6 @@ class FastConn:
         self.resume = resume  # the coroutine path, from a Started request
         self.watch = watch
         self.conn: Conn | None = None
-        self.counters = proxy.telemetry.counters  # the same dict for the proxy's life
         self.telemetry = proxy.telemetry
         # The listeners, bound once: a bound method made per request costs ~600 instructions
         # (a cycle with self, collected with the connection).
@@ -371,7 +369,7 @@ class FastConn:
 
     def _handover(self, started: Started) -> None:
         req, prep = self.req, self.prep
-        self.counters["meshctl_proxy_fast_path_handovers_total"] += 1
+        self.telemetry.counters["meshctl_proxy_fast_path_handovers_total"] += 1
 
         async def resume() -> Result:
             return await self.resume(req, prep, started)

@@ -14,7 +14,7 @@ from proxy.accept import first_byte, streams_for
 from proxy.detect import detect
 from proxy.downstream import recorder, serve_requests
 from proxy.forward import Admission, Plan, Prep, Target, local_prep
-from proxy.http1 import Headers, Request, request_drop
+from proxy.http1 import Request, request_drop
 from proxy.identity import parse_sni, peer_identity
 from proxy.intercept.origdst import original_dst
 from proxy.streams import Channel, open_channel
@@ -165,7 +165,7 @@ class Inbound:
                 return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % limited)])
             plan = Plan(
                 admission=app,
-                add_request_headers=_with(xfcc, hop.headers),
+                add_request_headers=hop.headers_after(xfcc),
                 remove_request_headers=STRIP_AND_TRACE,
                 drop_request_headers=_DROP,
                 retry=None,
@@ -175,13 +175,6 @@ class Inbound:
 
         done = recorder(proxy, "destination", None, peer)
         await serve_requests(proxy, reader, writer, prepare, done, first)
-
-
-def _with(first: Headers, headers: Headers) -> Headers:
-    """`first` then `headers`, in `headers` (a list made for this request: Tracer.start)."""
-    if first:
-        headers[:0] = first
-    return headers
 
 
 def _original_port(sock: socket.socket) -> int | None:

@@ -226,12 +226,7 @@ class Outbound:
         if not gauges.try_acquire_request():  # counted by Proxy.record (flag UO)
             return local_prep(hop, 503, "UO")
         proxy = self.proxy
-        # The hop's trace headers are a list made for this request (Tracer.start): it becomes
-        # the plan's additions, the route's own going in front of them.
-        add = hop.headers
-        route_add = compiled.add_request[index]
-        if route_add:
-            add[:0] = route_add
+        add = hop.headers_after(compiled.add_request[index])  # the plan's additions
         names = req.names
         if index_of(names if names is not None else req.lowered(), b"x-request-id") < 0:
             add.append((b"x-request-id", proxy.request_id()))

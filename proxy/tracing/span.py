@@ -51,9 +51,7 @@ class Hop:
         self.parent = parent
         self.recording = recording  # sampled, and a collector is configured
         self.kind = kind
-        # For the next hop (our span is its parent): a list of this request's own, which
-        # the stacks extend with their additions instead of copying it.
-        self.headers = headers
+        self.headers = headers  # for the next hop (our span is its parent): headers_after
         self.events: list[tuple[int, str, tuple[Attr, ...]]] | None = None
 
     def event(self, name: str, *attrs: Attr) -> None:
@@ -63,6 +61,14 @@ class Hop:
         if self.events is None:
             self.events = []
         self.events.append((time.time_ns(), name, attrs))
+
+    def headers_after(self, first: Headers) -> Headers:
+        """The headers for the next hop with `first` in front: this hop's own list (made
+        for this request by Tracer.start), handed over to be extended, not copied."""
+        headers = self.headers
+        if first:
+            headers[:0] = first
+        return headers
 
     @property
     def trace_id(self) -> int:

@@ -130,3 +130,14 @@ def test_extract_with_the_parsers_names_agrees_with_extract_without() -> None:
         assert isinstance(req, Request) and req.names is not None
         assert extract(req.headers, req.names) == extract(req.headers)
     assert extract([(b"Host", b"a")], [b"host"]) is None
+
+
+def test_headers_after_puts_additions_in_front_of_the_hops_own_list() -> None:
+    hop = Tracer(0.0, None, random.Random(2)).start([], CLIENT)
+    own = hop.headers
+    assert [n for n, _ in own] == [b"traceparent"]
+    got = hop.headers_after([(b"x-route", b"1")])
+    assert got is own  # handed over, not copied
+    assert [n for n, _ in got] == [b"x-route", b"traceparent"]
+    empty = Tracer(0.0, None).start([], CLIENT)
+    assert empty.headers_after([]) is empty.headers and len(empty.headers) == 1
