@@ -26,7 +26,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
-from proxy.forward import REPLAY_LIMIT, Prep, Result, Started, request_head, response_head
+from proxy.forward import (
+    REPLAY_LIMIT,
+    RESPONSE_DROP,
+    Prep,
+    Result,
+    Started,
+    request_head,
+    response_head,
+)
 from proxy.http1 import (
     LAST_CHUNK,
     Data,
@@ -111,6 +119,7 @@ class FastConn:
         "done",
         "down",
         "on_events_cb",
+        "on_raw_cb",
         "on_upstream_cb",
         "prep",
         "prepare",
@@ -148,6 +157,7 @@ class FastConn:
         # (a cycle with self, collected with the connection).
         self.on_events_cb: Callable[[], None] = self.on_events
         self.on_upstream_cb: Callable[[], None] = self.on_upstream
+        self.on_raw_cb: Callable[[bytes], bool] = self.on_raw
 
     # -- downstream ----------------------------------------------------------------------
 
@@ -232,7 +242,57 @@ class FastConn:
         conn.parser.expect(req.method, None)
         has_body = req.chunked or (req.content_length or 0) > 0
         conn.writer.write(request_head(req, plan, len(body) if has_body else None, False) + body)
-        conn.events.listener = self.on_upstream_cb
+        events = conn.events
+        events.listener = self.on_upstream_cb
+        if plan.response_headers is None:  # a whole response can go on as it came
+            events.raw = self.on_raw_cb
+
+    # -- upstream: a whole response in one read ------------------------------------------
+
+    def on_raw(self, data: bytes) -> bool:
+        """Offered the upstream's bytes before its parser (`EventStream.raw`): True when
+        they were one whole, plain response (ResponseParser.whole) and it went downstream
+        here, with no event made; False leaves them to the parser and `on_upstream`."""
+        try:
+            return self._on_raw(data)
+        except Exception:
+            log.exception("fast path failed; the connection is closed")
+            if self.conn is not None:
+                self.conn.close()
+            self._close()
+            return True
+
+    def _on_raw(self, data: bytes) -> bool:
+        conn = self.conn
+        assert conn is not None
+        events = conn.events
+        if events.pending or events.error is not None or events.eof:
+            return False
+        parser = conn.parser
+        whole = parser.whole(data, RESPONSE_DROP)
+        if whole is None:
+            return False
+        status, out, keep_alive, size = whole
+        plan = self.prep.plan
+        assert plan is not None
+        retry = plan.retry
+        if (
+            retry is not None
+            and status >= retry.status_floor
+            and retry.attempts
+            and should_retry(retry, Outcome(status=status), self.req.method, True)
+        ):
+            return False  # on_upstream decides, from the events
+        parser.answered(keep_alive)
+        events.listener = events.raw = None
+        self.conn = None
+        now = _now()
+        target = self.target
+        if target.report is not None:
+            target.report(status, False, now - conn.sent_at)
+        self.telemetry.fast_path_whole_responses += 1
+        self._sent(conn, status, out, keep_alive, size, True, now)
+        return True
 
     # -- upstream ------------------------------------------------------------------------
 
@@ -258,7 +318,7 @@ class FastConn:
             if events.error is None and not events.eof:
                 return  # more to come
             # The upstream broke framing (502) or went away before answering.
-            events.listener = None
+            events.listener = events.raw = None
             conn.close()
             outcome = (
                 Outcome(status=502, reset=True, bytes_sent_upstream=True)
@@ -283,7 +343,7 @@ class FastConn:
         if not end and size < 65536 and events.error is None and not events.eof:
             return  # a small body still arriving: wait for it here
         pending.pop(0)
-        events.listener = None
+        events.listener = events.raw = None
         self.conn = None
         req = self.req
         # One clock reading for this callback: the response is complete here; writing it
@@ -322,7 +382,6 @@ class FastConn:
                 piece = pending[0]
                 assert type(piece) is Data
                 head += piece.data
-            self.writer.write(head)
             pending.clear()
         else:
             out = [head]
@@ -333,15 +392,24 @@ class FastConn:
             pending.pop(0)  # EndOfMessage
             if chunk_out:
                 out.append(LAST_CHUNK)
-            self.writer.write(b"".join(out))
+            head = b"".join(out)
+        self._sent(conn, status, head, resp.keep_alive and not until_close, size, keep, now)
+
+    def _sent(
+        self, conn: Conn, status: int, out: bytes, reuse: bool, size: int, keep: bool, now: float
+    ) -> None:
+        """The response (`out`: all of it) goes downstream and the request ends: the
+        upstream connection (reported, detached) back to the pool (`reuse`) or closed."""
+        target = self.target
+        self.writer.write(out)
         self.telemetry.fast_path_requests += 1
-        if resp.keep_alive and not until_close:
+        if reuse:
             pool = self.prep.pool
             assert pool is not None  # the fast path took the connection from it
             pool.put(conn, target.max_requests, now)
         else:
             conn.close()
-        self._finish(Result(resp.status, "-", len(self.body), size, conn.key, 1, keep), now)
+        self._finish(Result(status, "-", len(self.body), size, conn.key, 1, keep), now)
 
     # -- endings -------------------------------------------------------------------------
 

@@ -319,7 +319,7 @@ _OVERFLOW: Final = _Overflow()
 
 
 # Never passed on from a response: the hop-by-hop fields; Content-Length is re-rendered.
-_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
+RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length"}
 
 
 def request_head(req: Request, plan: Plan, body_len: int | None, chunked: bool) -> bytes:
@@ -705,10 +705,10 @@ def response_head(
     elif req.version == b"1.0":
         framing.append((b"connection", b"keep-alive"))  # RFC 9112 9.3: 1.0 must be told
     if plan.response_headers is None:  # stripped and rendered in one pass
-        head = forward_response_head(resp, _RESPONSE_DROP, framing, body)
+        head = forward_response_head(resp, RESPONSE_DROP, framing, body)
     else:
         headers = plan.response_headers(
-            strip_hop_by_hop(resp.headers, resp.lowered(), _RESPONSE_DROP)
+            strip_hop_by_hop(resp.headers, resp.lowered(), RESPONSE_DROP)
         )
         headers.extend(framing)
         head = render_response_head(resp.status, resp.reason, headers) + body

@@ -78,6 +78,9 @@ class Channel(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         events = self.events
         if events is not None:
+            raw = events.raw
+            if raw is not None and raw(data):
+                return  # the fast path took a whole response as it came (proxy.fastpath)
             events.feed(data)
             if len(events.pending) > 64 and not self._paused_reading:
                 self._paused_reading = True  # a slow consumer: stop reading until it catches up
@@ -244,7 +247,17 @@ class Marker:
 class EventStream:
     """Events from a parser that its Channel feeds as bytes arrive, one at a time."""
 
-    __slots__ = ("busy", "channel", "eof", "error", "listener", "parser", "pending", "timed_out")
+    __slots__ = (
+        "busy",
+        "channel",
+        "eof",
+        "error",
+        "listener",
+        "parser",
+        "pending",
+        "raw",
+        "timed_out",
+    )
 
     def __init__(self, channel: Channel, parser: StreamParser, initial: bytes = b"") -> None:
         self.channel = channel
@@ -258,6 +271,8 @@ class EventStream:
         self.timed_out = False  # cut off by the header timeout (proxy.downstream.HeadWatch)
         # Called instead of waking the reader when bytes or EOF arrive (proxy.fastpath).
         self.listener: Callable[[], None] | None = None
+        # Offered the bytes before the parser; True: it took them all (proxy.fastpath).
+        self.raw: Callable[[bytes], bool] | None = None
         # A request of this stream is in the fast path's hands: the reader waits, whatever
         # is queued (pipelined requests are the fast path's to take next, in order).
         self.busy = False

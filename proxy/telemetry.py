@@ -140,11 +140,15 @@ class Telemetry:
         # The one health counter counted per request: a native int (a dict entry costs a
         # lookup, a float add and a store), shown among `health()`'s counters.
         self.fast_path_requests = 0
+        # Of those, the ones whose response went downstream as it came, in one C call with
+        # no event made (proxy.fastpath.FastConn.on_raw).
+        self.fast_path_whole_responses = 0
 
     def health(self) -> dict[str, float]:
         """The health counters by name, as /metrics and the admin's /stats show them."""
         out = dict(self.counters)
         out["meshctl_proxy_fast_path_requests_total"] = self.fast_path_requests
+        out["meshctl_proxy_fast_path_whole_responses_total"] = self.fast_path_whole_responses
         return out
 
     @property

@@ -22,6 +22,7 @@
      trace_names       <-> proxy.tracing.context.trace_names_py
      traceparent       <-> proxy.tracing.context.traceparent_py
      parse_traceparent <-> proxy.tracing.context.parse_traceparent_py
+     relay_response    <-> the event path: ResponseParser, then forward.response_head
 
    tests/proxy/http1/test_speedups.py feeds both the same generated inputs and requires the
    same result; the framing test matrix runs on both cores in CI. A function that meets an
@@ -1236,6 +1237,234 @@ forward_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* -- a whole response relayed in one call --------------------------------------------- */
+
+/* The names relay_response drops (forward.RESPONSE_DROP): copied from the frozenset the
+   caller passes, rebuilt only when another set comes (a frozenset cannot change, so the
+   copy stays true while the set is the same object, which holds it alive). */
+#define DROP_MAX 32
+#define DROP_NAME_MAX 48
+static PyObject *drop_owner;
+static Py_ssize_t drop_count;
+static struct {
+    Py_ssize_t n;
+    char name[DROP_NAME_MAX];
+} drop_names[DROP_MAX];
+
+/* 1: the table holds `drop`; 0: a set this table cannot hold (the caller declines). */
+static int
+load_drop(PyObject *drop)
+{
+    if (drop == drop_owner) return 1;
+    if (!PyFrozenSet_CheckExact(drop) || PySet_GET_SIZE(drop) > DROP_MAX) return 0;
+    PyObject *it = PyObject_GetIter(drop), *key;
+    if (it == NULL) return -1;
+    Py_ssize_t k = 0;
+    int ok = 1;
+    while (ok && (key = PyIter_Next(it)) != NULL) {
+        if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) > DROP_NAME_MAX) ok = 0;
+        else {
+            drop_names[k].n = PyBytes_GET_SIZE(key);
+            memcpy(drop_names[k].name, PyBytes_AS_STRING(key), (size_t)drop_names[k].n);
+            k++;
+        }
+        Py_DECREF(key);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred()) return -1;
+    if (!ok) {
+        Py_CLEAR(drop_owner);
+        return 0;
+    }
+    drop_count = k;
+    Py_XSETREF(drop_owner, Py_NewRef(drop));
+    return 1;
+}
+
+/* s[0:n] in lower case equals `low` (which is compared as it is: an upper-case byte in it
+   never matches, as a lowered name never equals it). */
+static int
+lower_equals(const unsigned char *s, Py_ssize_t n, const char *low, Py_ssize_t m)
+{
+    if (n != m) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)low[i]) return 0;
+    }
+    return 1;
+}
+
+static int
+dropped(const unsigned char *s, Py_ssize_t n)
+{
+    for (Py_ssize_t k = 0; k < drop_count; k++)
+        if (lower_equals(s, n, drop_names[k].name, drop_names[k].n)) return 1;
+    return 0;
+}
+
+typedef struct {
+    Py_ssize_t name, name_len, value, value_len;
+} Span;
+
+/* relay_response(buf, max_headers, max_head_bytes, drop) -> (status, out, keep_alive,
+   length) | None
+
+   `buf` as one whole response to a request that is not HEAD: a status line of HTTP/1.1 or
+   1.0 with a final status that has a body (200-599 but 204 and 304), the field lines, one
+   Content-Length (1-18 digits) and exactly that many body bytes, nothing after them. `out`
+   is what the event path sends downstream for it (ResponseParser's events, then
+   forward.response_head with `drop` and the body): the status line as HTTP/1.1, the fields
+   whose lowered name is not in `drop` nor the Connection field's token, their values
+   without OWS, "content-length: N", the empty line, the body. `keep_alive`: the upstream
+   connection may carry another request. None for anything else: no Transfer-Encoding, at
+   most one Connection field holding one token that `drop` holds or that names no field
+   present; a head ResponseParser would refuse is declined too, so the event path refuses
+   it with its message. The twin is that event path (tests/proxy/http1/test_speedups.py
+   compares the two). */
+static PyObject *
+relay_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t max_headers, max_head;
+    if (nargs != 4 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "relay_response(buf: bytes, max_headers, max_head_bytes, drop)");
+        return NULL;
+    }
+    if (!ssize_arg(args[1], &max_headers) || !ssize_arg(args[2], &max_head)) return NULL;
+    int loaded = load_drop(args[3]);
+    if (loaded <= 0) return loaded < 0 ? NULL : Py_NewRef(Py_None);
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+
+    /* The status line, as status_line reads it. */
+    if (size < 16 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '1' && s[7] != '0') ||
+        s[8] != ' ' || !is_digit(s[9]) || !is_digit(s[10]) || !is_digit(s[11]))
+        Py_RETURN_NONE;
+    int v11 = s[7] == '1';
+    long status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+    if (status < 200 || status > 599 || status == 204 || status == 304) Py_RETURN_NONE;
+    Py_ssize_t i = 12, reason = 12;
+    if (s[12] == ' ') {
+        reason = ++i;
+        while (i < size && FVCHAR[s[i]]) i++;
+    }
+    Py_ssize_t reason_len = i - reason;
+    if (size - i < 2 || s[i] != '\r' || s[i + 1] != '\n') Py_RETURN_NONE;
+    i += 2;
+
+    /* The head's end: the first CRLF CRLF (block_end), within max_head_bytes. */
+    const unsigned char *p = s + i - 2, *e = s + size, *blank = NULL;
+    while (e - p >= 4 && (p = memchr(p, '\r', (size_t)(e - p - 3))) != NULL) {
+        if (p[1] == '\n' && p[2] == '\r' && p[3] == '\n') {
+            blank = p;
+            break;
+        }
+        p++;
+    }
+    if (blank == NULL) Py_RETURN_NONE;
+    Py_ssize_t fields_end = blank - s + 2, body = fields_end + 2;
+    if (body > max_head) Py_RETURN_NONE;
+
+    /* The field lines, as split_fields reads them. */
+    Span spans[MASK_ON_STACK];
+    char keep[MASK_ON_STACK];
+    Py_ssize_t n = 0, cl = -1, conn = -1, out_size = 0;
+    while (i < fields_end) {
+        if (n == MASK_ON_STACK || n == max_headers) Py_RETURN_NONE;
+        Span *f = &spans[n];
+        f->name = i;
+        while (i < fields_end && TCHAR[s[i]]) i++;
+        f->name_len = i - f->name;
+        if (f->name_len == 0 || i >= fields_end || s[i] != ':') Py_RETURN_NONE;
+        i++;
+        while (i < fields_end && (s[i] == ' ' || s[i] == '\t')) i++;
+        f->value = i;
+        i = value_run(s, i, fields_end);
+        if (i + 1 >= fields_end || s[i] != '\r' || s[i + 1] != '\n') Py_RETURN_NONE;
+        Py_ssize_t value_end = i;
+        while (value_end > f->value && (s[value_end - 1] == ' ' || s[value_end - 1] == '\t'))
+            value_end--;
+        f->value_len = value_end - f->value;
+        i += 2;
+        const unsigned char *name = s + f->name;
+        if (lower_equals(name, f->name_len, "transfer-encoding", 17)) Py_RETURN_NONE;
+        if (lower_equals(name, f->name_len, "content-length", 14)) {
+            if (cl >= 0) Py_RETURN_NONE;
+            cl = n;
+        } else if (lower_equals(name, f->name_len, "connection", 10)) {
+            if (conn >= 0) Py_RETURN_NONE;
+            conn = n;
+        }
+        keep[n] = !dropped(name, f->name_len);
+        if (keep[n]) out_size += f->name_len + 2 + f->value_len + 2;
+        n++;
+    }
+    if (cl < 0 || spans[cl].value_len < 1 || spans[cl].value_len > 18) Py_RETURN_NONE;
+    long long length = 0;
+    for (Py_ssize_t k = 0; k < spans[cl].value_len; k++) {
+        unsigned char c = s[spans[cl].value + k];
+        if (!is_digit(c)) Py_RETURN_NONE;
+        length = length * 10 + (c - '0');
+    }
+    if (size - body != length) Py_RETURN_NONE; /* not all there, or more after it */
+    int keep_alive = v11;
+    if (conn >= 0) {
+        const unsigned char *v = s + spans[conn].value;
+        Py_ssize_t len = spans[conn].value_len;
+        if (memchr(v, ',', (size_t)len) != NULL) Py_RETURN_NONE;
+        if (lower_equals(v, len, "close", 5)) keep_alive = 0;
+        else if (lower_equals(v, len, "keep-alive", 10)) keep_alive = 1;
+        if (!dropped(v, len)) { /* a listed name: only one that names no field present */
+            for (Py_ssize_t k = 0; k < n; k++)
+                if (spans[k].name_len == len &&
+                    lower_equals(s + spans[k].name, len, (const char *)v, len))
+                    Py_RETURN_NONE;
+            /* the token in lower case compares with lowered names: a token with an
+               upper-case letter is left to the event path */
+            for (Py_ssize_t k = 0; k < len; k++)
+                if (v[k] >= 'A' && v[k] <= 'Z') Py_RETURN_NONE;
+        }
+    }
+
+    char digits[24];
+    int ndigits = snprintf(digits, sizeof digits, "%lld", length);
+    out_size += 9 + 3 + 1 + reason_len + 2 + 16 + ndigits + 2 + 2 + length;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, out_size);
+    if (out == NULL) return NULL;
+    char *d = PyBytes_AS_STRING(out);
+    memcpy(d, "HTTP/1.1 ", 9);
+    memcpy(d + 9, s + 9, 3);
+    d[12] = ' ';
+    memcpy(d + 13, s + reason, (size_t)reason_len);
+    d += 13 + reason_len;
+    *d++ = '\r';
+    *d++ = '\n';
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (!keep[k]) continue;
+        memcpy(d, s + spans[k].name, (size_t)spans[k].name_len);
+        d += spans[k].name_len;
+        *d++ = ':';
+        *d++ = ' ';
+        memcpy(d, s + spans[k].value, (size_t)spans[k].value_len);
+        d += spans[k].value_len;
+        *d++ = '\r';
+        *d++ = '\n';
+    }
+    memcpy(d, "content-length: ", 16);
+    memcpy(d + 16, digits, (size_t)ndigits);
+    d += 16 + ndigits;
+    memcpy(d, "\r\n\r\n", 4);
+    memcpy(d + 4, s + body, (size_t)length);
+    PyObject *code = PyLong_FromLong(status), *len_obj = PyLong_FromLongLong(length);
+    PyObject *result = code && len_obj ? PyTuple_Pack(4, code, out, keep_alive ? Py_True : Py_False,
+                                                      len_obj)
+                                       : NULL;
+    Py_XDECREF(code);
+    Py_XDECREF(len_obj);
+    Py_DECREF(out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"split_fields", (PyCFunction)(void (*)(void))split_fields, METH_FASTCALL,
      "split_fields(buf, start, end, max_headers) -> (fields, names) | 0 (malformed) | 1 "
@@ -1274,6 +1503,9 @@ static PyMethodDef methods[] = {
      "request_head(buf, start, end, max_headers) -> tuple | None"},
     {"response_head", (PyCFunction)(void (*)(void))response_head, METH_FASTCALL,
      "response_head(buf, start, end, max_headers) -> tuple | None"},
+    {"relay_response", (PyCFunction)(void (*)(void))relay_response, METH_FASTCALL,
+     "relay_response(buf, max_headers, max_head_bytes, drop) -> (status, out, keep_alive, "
+     "length) | None"},
     {NULL, NULL, 0, NULL},
 };
 

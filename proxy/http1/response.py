@@ -35,6 +35,25 @@ class ResponseParser(StreamParser):
         """Announce a request sent upstream: its method and its ``Request.upgrade``."""
         self._expected.append((method, upgrade))
 
+    def whole(self, data: bytes, drop: frozenset[bytes]) -> tuple[int, bytes, bool, int] | None:
+        """`data` as one whole response to the one request outstanding, taken in one C call
+        (_speedups.relay_response): (status, what to send downstream with `drop` left out,
+        keep-alive, body length); None for anything else, and when this parser holds
+        bytes or state of its own: feed() the data then. Changes nothing: ``answered``
+        commits the response once the caller takes it."""
+        relay = _c_relay
+        if relay is None or self._state != HEAD or self._buf or len(self._expected) != 1:
+            return None
+        method = self._expected[0][0]
+        if method == b"HEAD" or method == b"CONNECT":
+            return None
+        return relay(data, self.max_headers, self.max_head_bytes, drop)
+
+    def answered(self, keep_alive: bool) -> None:
+        """The response ``whole`` took was sent on: as if it had been fed."""
+        self._expected.pop(0)
+        self._state = HEAD if keep_alive else CLOSED
+
     @property
     def outstanding(self) -> int:
         """Requests announced with expect() whose final response has not started yet."""
@@ -126,6 +145,9 @@ def response_head_py(buf: bytes, start: int, end: int, max_headers: int) -> Resp
     return version, status, reason, fields, names, length, chunked, keep_alive
 
 
+_c_relay: Final[
+    Callable[[bytes, int, int, frozenset[bytes]], tuple[int, bytes, bool, int] | None] | None
+] = native.relay_response if native is not None else None
 _c_response_head: Final[Callable[[bytes, int, int, int], ResponseHead | None] | None] = (
     native.response_head if native is not None else None
 )

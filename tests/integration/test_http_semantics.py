@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.http1.grammar import native
 from tests.integration.harness import http_get, wait_until
 from tests.integration.recorder import (
     Reply,
@@ -374,8 +375,14 @@ def test_which_path_served_what(hop: TwoHop) -> None:
               - b.get("meshctl_proxy_fast_path_requests_total", 0) for a, b in pairs]
     handed = [a.get("meshctl_proxy_fast_path_handovers_total", 0)
               - b.get("meshctl_proxy_fast_path_handovers_total", 0) for a, b in pairs]
+    whole = [a.get("meshctl_proxy_fast_path_whole_responses_total", 0)
+             - b.get("meshctl_proxy_fast_path_whole_responses_total", 0) for a, b in pairs]
     # The first request on a new upstream connection is handed over (the coroutine connects).
     assert served == ([10, 10] if fast else [0, 0]) or (fast and min(served) >= 9), served
+    # Plain whole responses go on as they came, in one C call (with the compiled core).
+    # The proxies load the same core as this process (same environment, same build).
+    relayed = fast and native is not None
+    assert whole == (served if relayed else [0, 0]), (whole, served)
     assert handed == [0, 0] or (fast and max(handed) <= 1), handed
     # A body bigger than the fast path waits for, its end still to come, is handed over
     # and streamed, intact: 100 KiB now, the rest 0.3 s later (so on both hops).

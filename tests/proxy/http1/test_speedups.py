@@ -576,3 +576,160 @@ def test_trace_names_agrees_with_the_python_twin() -> None:
         seen.add(min(want, 2))
     assert seen == {0, 1, 2}
     assert native.trace_names([b"a", "traceparent"]) == -2 and native.trace_names((b"b3",)) == -2
+
+
+# Lines a server's whole response may carry, for relay_response: the hop-by-hop fields the
+# proxy drops, Connection fields (one listing a field present), plain ones, and now and
+# then one that decides or breaks the framing.
+_RELAY_LINES = [
+    b"Keep-Alive: timeout=5", b"TE: trailers", b"Trailer: X-T", b"Proxy-Connection: close",
+    b"Connection: keep-alive", b"Connection: close", b"Connection: Keep-Alive",
+    b"Connection: x-a", b"Connection: X-Gone", b"Connection: proxy-connection",
+    b"Server: nginx", b"Date: Tue, 01 Jan 2030 00:00:00 GMT", b"ETag: \"5f-1\"",
+    b"X-Empty:", b"X-Ows:  \t v \t ", b"x-a: 2", b"Set-Cookie: a=b", b"Upgrade: h2c",
+]
+
+
+def _whole_responses(rng: random.Random, n: int):  # type: ignore[no-untyped-def]
+    """(buf, method, max_headers, max_head_bytes): whole responses as a server sends them,
+    mostly well-formed, with a Content-Length that is right, missing, wrong or repeated."""
+    for _ in range(n):
+        version = rng.choice([b"1.1"] * 6 + [b"1.0", b"2.0"])
+        status = rng.choice([b"200"] * 6 + [b"201", b"404", b"503", b"599", b"204", b"304",
+                                             b"101", b"100", b"199", b"600", b"20x"])
+        reason = rng.choice([b" OK", b" OK", b"", b" ", b" Not Found", b" a\tb ", b" \x80"])
+        body = bytes(rng.choice(b"ab\r\n\x00") for _ in range(rng.choice([0, 1, 5, 40])))
+        lines = [rng.choice(_FRAMING_LINES if rng.random() < 0.1 else _RELAY_LINES)
+                 for _ in range(rng.randint(0, 5))]
+        if rng.random() < 0.1:
+            lines.append(_line(rng)[:-2])  # a random line, perhaps malformed
+        length = rng.choice([len(body)] * 6 + [len(body) + 1, max(len(body) - 1, 0), None])
+        if length is not None:
+            lines.insert(rng.randint(0, len(lines)), b"Content-Length: %d" % length)
+        head = b"HTTP/" + version + b" " + status + reason + b"\r\n"
+        head += b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+        tail = rng.choice([b""] * 16 + [b"HTTP/1.1 200 OK\r\n", b"x"])
+        method = rng.choice([b"GET", b"GET", b"POST", b"HEAD", b"CONNECT"])
+        limits = rng.choice([(100, 60 * 1024)] * 10 + [(2, 60 * 1024), (100, 40)])
+        yield head + body + tail, method, *limits
+
+
+def _event_path(buf: bytes, method: bytes, max_headers: int, max_head: int
+                ) -> tuple[int, bytes, bool, int] | None:
+    """What the proxy sends downstream for `buf` without relay_response: ResponseParser's
+    events, then forward.response_head (a plain HTTP/1.1 keep-alive request, no response
+    header rewrite). None when that is not one whole final response with a
+    Content-Length body taking all of `buf`; ProtocolError as the parser raises it."""
+    from proxy.forward import Admission, Plan, response_head
+    from proxy.http1.events import Data, EndOfMessage, Request, Response
+    from proxy.http1.response import ResponseParser
+
+    parser = ResponseParser(max_headers, max_head)
+    parser.expect(method)
+    events = parser.feed(buf)
+    if not events or type(events[0]) is not Response or events[0].informational:
+        return None
+    resp = events[0]
+    rest = events[1:]
+    body = b"".join(ev.data for ev in rest if type(ev) is Data)
+    if not rest or type(rest[-1]) is not EndOfMessage or resp.content_length is None:
+        return None
+    if parser.take_remaining() or resp.status == 101:
+        return None
+    req = Request(method, b"/", b"1.1", [], None, False, True, None, False, b"a")
+    plan = Plan(Admission(), [], frozenset(), frozenset(), None, None)
+    head, chunk_out, keep, until_close = response_head(req, resp, plan, True, body)
+    assert keep and not chunk_out and not until_close
+    return resp.status, head, resp.keep_alive, resp.content_length
+
+
+def test_relay_response_agrees_with_the_event_path() -> None:
+    """Wherever relay_response takes a response, its bytes, status, keep-alive and length
+    are the event path's; whatever the event path refuses (a 502) or does not finish in
+    one piece, it declines, so the parser answers as before."""
+    from proxy.forward import RESPONSE_DROP
+    from proxy.http1.events import ProtocolError
+    from proxy.http1.response import ResponseParser
+
+    relay = _native().relay_response
+    taken = declined = 0
+    for buf, method, max_headers, max_head in _whole_responses(random.Random(13), 40_000):
+        try:
+            want: object = _event_path(buf, method, max_headers, max_head)
+        except ProtocolError as error:
+            want = error
+        parser = ResponseParser(max_headers, max_head)
+        parser.expect(method)
+        got = parser.whole(buf, RESPONSE_DROP)
+        if got is None:
+            declined += 1
+            continue
+        taken += 1
+        assert got == want, (buf, method, got, want)
+        assert relay(buf, max_headers, max_head, RESPONSE_DROP) == got
+    assert taken > 4000 and declined > 4000, (taken, declined)
+
+
+def test_usual_responses_are_relayed_whole() -> None:
+    """The responses nearly all traffic carries are taken (else the fast path silently
+    pays for the events again); what the parser holds on to is never skipped."""
+    from proxy.forward import RESPONSE_DROP
+    from proxy.http1.response import ResponseParser
+
+    relay = _native().relay_response
+    nginx = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT"
+             b"\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+             b"Keep-Alive: timeout=5\r\nETag: \"1\"\r\n\r\nhello")
+    status, out, keep_alive, length = relay(nginx, 100, 61440, RESPONSE_DROP)
+    assert (status, keep_alive, length) == (200, True, 5)
+    assert out == (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n"
+                   b"Date: Tue, 01 Jan 2030 00:00:00 GMT\r\nContent-Type: text/plain\r\n"
+                   b"ETag: \"1\"\r\ncontent-length: 5\r\n\r\nhello")
+    closing = b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    assert relay(closing, 100, 61440, RESPONSE_DROP)[::2] == (404, False)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    assert relay(chunked, 100, 61440, RESPONSE_DROP) is None
+    # Another drop set is read afresh, not the last one's copy.
+    other = RESPONSE_DROP | {b"server"}
+    assert b"Server" not in relay(nginx, 100, 61440, other)[1]
+    assert b"Server" in relay(nginx, 100, 61440, RESPONSE_DROP)[1]
+    assert relay(nginx, 100, 61440, set(RESPONSE_DROP)) is None  # a mutable set: declined
+
+    parser = ResponseParser()
+    parser.expect(b"HEAD")
+    assert parser.whole(nginx, RESPONSE_DROP) is None  # no body to a HEAD: the events
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    parser.expect(b"GET")
+    assert parser.whole(nginx, RESPONSE_DROP) is None  # two outstanding: the events
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    assert parser.feed(nginx[:20]) == []
+    assert parser.whole(nginx[20:], RESPONSE_DROP) is None  # bytes held: the events
+
+
+def test_a_relayed_response_leaves_the_parser_as_feeding_it_would() -> None:
+    from proxy.forward import RESPONSE_DROP
+    from proxy.http1.events import ProtocolError, Response
+    from proxy.http1.response import ResponseParser
+
+    _native()
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    assert parser.whole(ok, RESPONSE_DROP) is not None
+    assert parser.outstanding == 1  # whole() changes nothing
+    parser.answered(True)
+    assert parser.outstanding == 0
+    with pytest.raises(ProtocolError):  # nothing outstanding: as after feeding it
+        parser.feed(b"HTTP/1.1 200 OK\r\n")
+    parser = ResponseParser()
+    parser.expect(b"GET")
+    parser.answered(True)
+    parser.expect(b"GET")
+    events = parser.feed(ok)
+    assert type(events[0]) is Response and events[0].status == 200
+    closed = ResponseParser()
+    closed.expect(b"GET")
+    closed.answered(False)
+    assert closed.feed(b"anything") == []  # after "close" nothing more is read (RFC 9112 9.6)
