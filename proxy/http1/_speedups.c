@@ -1246,6 +1246,7 @@ forward_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 #define DROP_NAME_MAX 48
 static PyObject *drop_owner;
 static Py_ssize_t drop_count;
+static uint64_t drop_lengths; /* bit n: a name of n bytes is in the table (n < 64) */
 static struct {
     Py_ssize_t n;
     char name[DROP_NAME_MAX];
@@ -1261,11 +1262,13 @@ load_drop(PyObject *drop)
     if (it == NULL) return -1;
     Py_ssize_t k = 0;
     int ok = 1;
+    uint64_t lengths = 0;
     while (ok && (key = PyIter_Next(it)) != NULL) {
         if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) > DROP_NAME_MAX) ok = 0;
         else {
             drop_names[k].n = PyBytes_GET_SIZE(key);
             memcpy(drop_names[k].name, PyBytes_AS_STRING(key), (size_t)drop_names[k].n);
+            lengths |= 1ULL << drop_names[k].n;
             k++;
         }
         Py_DECREF(key);
@@ -1277,6 +1280,7 @@ load_drop(PyObject *drop)
         return 0;
     }
     drop_count = k;
+    drop_lengths = lengths;
     Py_XSETREF(drop_owner, Py_NewRef(drop));
     return 1;
 }
@@ -1297,6 +1301,7 @@ lower_equals(const unsigned char *s, Py_ssize_t n, const char *low, Py_ssize_t m
 static int
 dropped(const unsigned char *s, Py_ssize_t n)
 {
+    if (n > DROP_NAME_MAX || !(drop_lengths >> n & 1)) return 0;
     for (Py_ssize_t k = 0; k < drop_count; k++)
         if (lower_equals(s, n, drop_names[k].name, drop_names[k].n)) return 1;
     return 0;
@@ -1387,13 +1392,23 @@ relay_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         f->value_len = value_end - f->value;
         i += 2;
         const unsigned char *name = s + f->name;
-        if (lower_equals(name, f->name_len, "transfer-encoding", 17)) Py_RETURN_NONE;
-        if (lower_equals(name, f->name_len, "content-length", 14)) {
-            if (cl >= 0) Py_RETURN_NONE;
-            cl = n;
-        } else if (lower_equals(name, f->name_len, "connection", 10)) {
-            if (conn >= 0) Py_RETURN_NONE;
-            conn = n;
+        switch (f->name_len) {
+        case 10:
+            if (lower_equals(name, 10, "connection", 10)) {
+                if (conn >= 0) Py_RETURN_NONE;
+                conn = n;
+            }
+            break;
+        case 14:
+            if (lower_equals(name, 14, "content-length", 14)) {
+                if (cl >= 0) Py_RETURN_NONE;
+                cl = n;
+            }
+            break;
+        case 17:
+            if (lower_equals(name, 17, "transfer-encoding", 17)) Py_RETURN_NONE;
+            break;
+        default: break;
         }
         keep[n] = !dropped(name, f->name_len);
         if (keep[n]) out_size += f->name_len + 2 + f->value_len + 2;
@@ -1427,7 +1442,12 @@ relay_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
     char digits[24];
-    int ndigits = snprintf(digits, sizeof digits, "%lld", length);
+    int ndigits = 0;
+    long long v = length;
+    do { /* the decimal digits, written from the end of `digits` */
+        digits[23 - ndigits++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
     out_size += 9 + 3 + 1 + reason_len + 2 + 16 + ndigits + 2 + 2 + length;
     PyObject *out = PyBytes_FromStringAndSize(NULL, out_size);
     if (out == NULL) return NULL;
@@ -1451,7 +1471,7 @@ relay_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         *d++ = '\n';
     }
     memcpy(d, "content-length: ", 16);
-    memcpy(d + 16, digits, (size_t)ndigits);
+    memcpy(d + 16, digits + 24 - ndigits, (size_t)ndigits);
     d += 16 + ndigits;
     memcpy(d, "\r\n\r\n", 4);
     memcpy(d + 4, s + body, (size_t)length);
