@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from proxy import tls
 from proxy.http1 import Event, ProtocolError, ResponseParser
 from proxy.http1.stream import StreamParser  # typed so: a union of two parsers is a generic call
 
@@ -489,18 +490,25 @@ class Pool:
 async def open_channel(
     host: str, port: int, *, ssl: _ssl.SSLContext | None = None, server_hostname: str | None = None
 ) -> Channel:
-    """asyncio.open_connection, as one Channel (TCP_NODELAY, as asyncio sets it too)."""
-    channel = Channel()  # made here: with TLS, uvloop hands back its own SSL protocol
+    """asyncio.open_connection, as one Channel (TCP_NODELAY, as asyncio sets it too); over
+    TLS (`ssl`) after the handshake, with proxy.tls's transport."""
+    channel = Channel()
+    if ssl is not None and tls.ENABLED:
+        await tls.connect(host, port, ssl, server_hostname, channel)
+        return channel
     await asyncio.get_running_loop().create_connection(
         lambda: channel, host, port, ssl=ssl, server_hostname=server_hostname
     )
     return channel
 
 
-async def accept_channel(sock: socket.socket, tls: _ssl.SSLContext | None) -> Channel:
-    """An accepted socket as a Channel, after the TLS handshake when `tls` is given."""
+async def accept_channel(sock: socket.socket, ctx: _ssl.SSLContext | None) -> Channel:
+    """An accepted socket as a Channel, after the TLS handshake when `ctx` is given."""
     channel = Channel()
+    if ctx is not None and tls.ENABLED:
+        await tls.accept(sock, ctx, channel, 10.0)
+        return channel
     await asyncio.get_running_loop().connect_accepted_socket(
-        lambda: channel, sock, ssl=tls, ssl_handshake_timeout=10 if tls else None
+        lambda: channel, sock, ssl=ctx, ssl_handshake_timeout=10 if ctx else None
     )
     return channel

@@ -72,6 +72,7 @@ MODULES: tuple[str, ...] = (
     "proxy.streams",
     "proxy.tcp",
     "proxy.telemetry",
+    "proxy.tls",
     "proxy.tracing.attributes",
     "proxy.tracing.context",
     "proxy.tracing.span",

@@ -48,6 +48,24 @@ def test_request_crosses_two_proxies_with_mtls_identity(mesh: Mesh) -> None:
     assert info["core"]["compiled"] is compiled.STATUS.compiled, (info, compiled.STATUS)
 
 
+def test_proxies_on_either_tls_transport_talk_mtls(mesh: Mesh) -> None:
+    """The caller's proxy on the event loop's TLS (MESH_OWN_TLS=0), the callee's on
+    proxy.tls: the handshake, the verified identity and keep-alive requests across."""
+    for version in ("v1", "v2"):  # both subsets of the canary split served
+        _, orders_app = mesh.app("orders", version)
+        mesh.proxy("orders", version, app_port=orders_app)
+    mesh.env["MESH_OWN_TLS"] = "0"
+    local = free_port()
+    mesh.proxy("frontend", "v1", upstreams={"orders:8080": local})
+    wait_until(lambda: len(mesh.api("GET", "/v1/catalog")["endpoints"]) == 3, what="endpoints")
+    wait_until(lambda: http_get(f"http://127.0.0.1:{local}/")[0] == 200, what="first request")
+    for _ in range(12):
+        status, body, _ = http_get(f"http://127.0.0.1:{local}/echo")
+        assert status == 200
+        xfcc = {k.lower(): v for k, v in json.loads(body)["headers"].items()}
+        assert "URI=spiffe://shop.local/ns/default/sa/frontend" in xfcc["x-forwarded-client-cert"]
+
+
 def test_spoofed_identity_header_is_replaced(mesh: Mesh) -> None:
     _, orders_app = mesh.app("orders", "v1")
     mesh.proxy("orders", "v1", app_port=orders_app)
