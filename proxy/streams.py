@@ -67,11 +67,16 @@ class Channel(asyncio.Protocol):
         self._closed: asyncio.Future[None] | None = None
         self.events: EventStream | None = None  # the attached parser's stream, if any
         self._half_close = True
+        # The same object as `transport` when it is proxy.tls's: called natively in the
+        # compiled core (through `transport`, a generic method call: ~300 instructions).
+        self._tls: tls.TLSTransport | None = None
 
     # -- protocol callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if isinstance(transport, tls.TLSTransport):
+            self._tls = transport
         # TLS cannot half-close: its transport closes after EOF whatever eof_received
         # answers, and asyncio warns when it answers True (once per connection closed).
         self._half_close = transport.get_extra_info("sslcontext") is None
@@ -205,7 +210,11 @@ class Channel(asyncio.Protocol):
     # -- writing (the StreamWriter subset) ---------------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        t = self._tls
+        if t is not None:
+            t.write(data)
+        else:
+            self.transport.write(data)
 
     async def drain(self) -> None:
         if self.transport.is_closing():
@@ -223,7 +232,8 @@ class Channel(asyncio.Protocol):
         self.transport.write_eof()
 
     def is_closing(self) -> bool:
-        return self.transport.is_closing()
+        t = self._tls
+        return t.is_closing() if t is not None else self.transport.is_closing()
 
     def close(self) -> None:
         self.transport.close()
