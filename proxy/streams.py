@@ -498,13 +498,22 @@ class Pool:
 
 
 async def open_channel(
-    host: str, port: int, *, ssl: _ssl.SSLContext | None = None, server_hostname: str | None = None
+    host: str,
+    port: int,
+    *,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    resume: tls.Resumption | None = None,
 ) -> Channel:
     """asyncio.open_connection, as one Channel (TCP_NODELAY, as asyncio sets it too); over
-    TLS (`ssl`) after the handshake, with proxy.tls's transport."""
+    TLS (`ssl`) after the handshake, with proxy.tls's transport, resuming the session
+    `resume` holds and leaving this connection's there for the next."""
     channel = Channel()
     if ssl is not None and tls.ENABLED:
-        await tls.connect(host, port, ssl, server_hostname, channel)
+        session = resume.session() if resume is not None else None
+        await tls.connect(host, port, ssl, server_hostname, channel, 60.0, session)
+        if resume is not None:
+            resume.last = channel.get_extra_info("ssl_object")
         return channel
     await asyncio.get_running_loop().create_connection(
         lambda: channel, host, port, ssl=ssl, server_hostname=server_hostname

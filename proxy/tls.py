@@ -61,16 +61,26 @@ class TLSTransport:
         server_hostname: str | None,
         app: Channel,
         handshake_timeout: float,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         self._context = context
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(
-            self._incoming,
-            self._outgoing,
-            server_side=server_side,
-            server_hostname=server_hostname,
-        )
+        try:
+            self._ssl = context.wrap_bio(
+                self._incoming,
+                self._outgoing,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                session=session,
+            )
+        except ValueError:  # a session of another context (renewed since): a full handshake
+            self._ssl = context.wrap_bio(
+                self._incoming,
+                self._outgoing,
+                server_side=server_side,
+                server_hostname=server_hostname,
+            )
         # The C object under ssl.SSLObject: its read/write/pending are C methods, where
         # SSLObject's are Python functions around them (one more frame per call).
         self._raw: Any = getattr(self._ssl, "_sslobj", self._ssl)
@@ -302,10 +312,12 @@ async def connect(
     server_hostname: str | None,
     app: Channel,
     handshake_timeout: float = 60.0,
+    session: ssl.SSLSession | None = None,
 ) -> None:
-    """A TLS client connection to host:port for `app`, after its handshake."""
+    """A TLS client connection to host:port for `app`, after its handshake; resuming
+    `session` (a Resumption's) when the server still takes it."""
     loop = asyncio.get_running_loop()
-    tls = TLSTransport(context, False, server_hostname, app, handshake_timeout)
+    tls = TLSTransport(context, False, server_hostname, app, handshake_timeout, session)
     await loop.create_connection(lambda: cast(asyncio.Protocol, tls), host, port)
     await _handshaken(tls)
 
@@ -326,3 +338,24 @@ async def _handshaken(tls: TLSTransport) -> None:
     except BaseException:
         tls.abort()  # a failed handshake, or the caller gave up (a timeout, a cancel)
         raise
+
+
+class Resumption:
+    """The TLS session to offer on the next connection to one peer (a client's side): the
+    last connection's, once the server has sent it a ticket (TLS 1.3 sends tickets after
+    the handshake). A resumed handshake skips the certificate signatures and checks on
+    both sides, which is most of a handshake's CPU; the peer's certificate, verified when
+    the session began, comes back with it, so identity checks read it as before. One per
+    peer and client context: a session of another context is not offered."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: ssl.SSLObject | None = None
+
+    def session(self) -> ssl.SSLSession | None:
+        last = self.last
+        if last is None:
+            return None
+        session = last.session
+        return session if session is not None and session.has_ticket else None

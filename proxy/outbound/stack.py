@@ -29,6 +29,7 @@ from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.streams import Channel, open_channel
 from proxy.tcp import relay, relay_framed
+from proxy.tls import Resumption
 from proxy.tracing import CLIENT, TRACE_HEADERS, Hop
 from registry.server.catalog import Endpoint
 
@@ -71,15 +72,22 @@ class Outbound:
         expected = snap.config.spiffe_id(view.service.name)
         sni = sni_for(view.service.name, port, snap.config.namespace, tcp)
 
+        resume = Resumption()  # this target's (endpoint, port, protocol, certificate)
+
         async def connect(ep: Endpoint = ep) -> Channel:
             if not mtls:  # DestinationRule tls.mode DISABLE: plaintext to the peer proxy
                 return await open_channel(ep.address, ep.inbound_port)
             assert ident is not None
             w = await open_channel(
-                ep.address, ep.inbound_port, ssl=ident.client_ctx, server_hostname=sni
+                ep.address,
+                ep.inbound_port,
+                ssl=ident.client_ctx,
+                server_hostname=sni,
+                resume=resume,
             )
             peer = peer_identity(w.get_extra_info("ssl_object"))
             if peer is None or str(peer) != expected:
+                resume.last = None  # nothing of this peer's to resume
                 w.close()
                 proxy.telemetry.counters["meshctl_proxy_peer_identity_mismatch_total"] += 1
                 raise PeerIdentityError(

@@ -27,18 +27,26 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
-def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server, client) contexts with client certificates required, as between proxies."""
-    files = make_tls_files(tmp_path_factory.mktemp("tls"))
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(files["server"])
-    server.load_verify_locations(files["ca"])
-    server.verify_mode = ssl.CERT_REQUIRED
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+def _client_ctx(files: dict[str, Path]) -> ssl.SSLContext:
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.load_cert_chain(files["client"])
     client.load_verify_locations(files["ca"])
     client.check_hostname = False
-    return server, client
+    return client
+
+
+@pytest.fixture(scope="module")
+def contexts(files: dict[str, Path]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts with client certificates required, as between proxies."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(files["server"])
+    server.load_verify_locations(files["ca"])
+    server.verify_mode = ssl.CERT_REQUIRED
+    return server, _client_ctx(files)
 
 
 def _run(loop: str, main: Callable[[], Awaitable[T]]) -> T:
@@ -276,3 +284,41 @@ def test_handshake_timeout_and_abrupt_close(
         lsock.close()
 
     asyncio.run(main())
+
+
+def test_a_session_is_resumed_and_the_peer_still_known(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext], files: dict[str, Path]
+) -> None:
+    """The second connection to a peer resumes the first one's session (no certificate
+    signatures); both ends still read the peer's verified certificate; a session of
+    another client context is not offered (a full handshake instead)."""
+    server_ctx, client_ctx = contexts
+    renewed = _client_ctx(files)  # the client's context after a renewal: another object
+
+    async def main() -> list[tuple[bool, bool, bool]]:
+        listener = await Listener().start(server_ctx, True)
+        resume = tls.Resumption()
+        seen = []
+        for ctx in (client_ctx, client_ctx, client_ctx, renewed):
+            ch = await open_channel("127.0.0.1", listener.port, ssl=ctx, resume=resume)
+            peer = await asyncio.wait_for(listener.accepted.get(), 10)
+            ch.write(b"ping")  # a round trip: the server's tickets reach the client
+            assert await peer.readexactly(4) == b"ping"
+            peer.write(b"pong")
+            assert await ch.readexactly(4) == b"pong"
+            ssl_object = ch.get_extra_info("ssl_object")
+            server_side = peer.get_extra_info("ssl_object")
+            seen.append((
+                ssl_object.session_reused,
+                ssl_object.getpeercert(binary_form=True) is not None,
+                server_side.getpeercert(binary_form=True) is not None,
+            ))
+            ch.close()
+            peer.close()
+        await listener.close()
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen[0] == (False, True, True)  # a full handshake
+    assert seen[1] == (True, True, True) and seen[2] == (True, True, True)  # resumed
+    assert seen[3][0] is False  # another context: not offered, a full handshake
