@@ -85,11 +85,12 @@ else
 fi
 say "installing meshctl into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -U pip >/dev/null 2>&1 || true
-if [ "$TEST" = 1 ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[core,test]'
-else
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[core]'
-fi
+# setuptools prints a banner on every editable install ("Editable installation ... may take
+# precedence during imports"): a notice, not a fault, so it is filtered from this output.
+# Real errors still fail the install.
+extras=core; [ "$TEST" = 1 ] && extras=core,test
+PYTHONWARNINGS=ignore::UserWarning \
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
 
 # The compiled core: the proxy's request path built with mypyc into build/core/ (about
 # a minute). A proxy uses it only while it matches the sources (an edit falls back to pure
