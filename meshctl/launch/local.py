@@ -400,6 +400,18 @@ def _registry_ready(paths: LaunchPaths, plan: Plan, proc: subprocess.Popen[bytes
     raise LaunchError(f"the registry did not answer within {REGISTRY_START_S:.0f}s; see {log}")
 
 
+def _restarted_registry(home: Path) -> dict[str, Any] | None:
+    """A supervisor runs but the registry does not: it is restarting it (with backoff);
+    wait for that one rather than start a second that would race it for the ports."""
+    deadline = time.monotonic() + REGISTRY_START_S
+    while time.monotonic() < deadline:
+        registry = running_registry(home)
+        if registry is not None:
+            return registry
+        time.sleep(0.1)
+    return None
+
+
 def _registry_answers(home: Path, endpoint: dict[str, Any] | None) -> None:
     """A registry that runs must answer before anything is asked of it."""
     try:
@@ -443,6 +455,8 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
         mode, note = choose_mode(opts.force_explicit)
     registry = running_registry(home)
     supervisor = running_pid(paths)
+    if registry is None and supervisor is not None:
+        registry = _restarted_registry(home)  # not a second one beside the supervisor's
     previous, generation = _previous(paths)
     if registry and Path(str(registry.get("config_dir"))) != config_dir:
         raise LaunchError(

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -49,11 +50,18 @@ def test_a_killed_registry_comes_back_and_status_tells_the_truth_meanwhile() -> 
             assert f"{workloads} workloads running" in first["detail"], first
         finally:
             os.kill(sup, signal.SIGCONT)
+        # `up` at once: it waits for the supervisor's registry instead of racing it with
+        # a second one for the ports.
+        again = cli.json("up", str(EXAMPLE / "mesh"), "--runtime", "local", "--timeout", "30")
+        assert again["started"] == again["stopped"] == again["restarted"] == []
 
         def answering() -> bool:
             return cli.run("status", check=False).returncode == 0
 
         wait_until(answering, 30, "the supervisor to bring the registry back")
+        registries = [p for p in cli.processes()
+                      if b"registry" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")]
+        assert len(registries) == 1, registries  # fmt: skip
         st = cli.json("status")
         assert st["registry"]["pid"] != old and pid_alive(st["registry"]["pid"])
         assert st["config_version"] >= version  # versions never go backwards
