@@ -151,7 +151,8 @@ def outage(home: Path, why: str) -> dict[str, Any]:
         at = f" at {_clock(when)}" if isinstance(when, (int, float)) and when > time.time() else ""
         who = f"the supervisor (pid {sup}) is restarting it{at}; see {log}"
     problem = (f"registry not answering at {url} ({where}; {who}); "
-               f"{len(running)} workloads running (from state.json)")  # fmt: skip
+               f"{len(running)} workload{'' if len(running) == 1 else 's'} running "
+               "(from state.json)")  # fmt: skip
     return {
         "registry": {"url": url, "pid": pid, "config_dir": plan.config_dir if plan else None,
                      "answering": False, "problem": problem, "restarts": seen.get("restarts")},
