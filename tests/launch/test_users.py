@@ -118,3 +118,14 @@ def test_up_refuses_an_app_its_user_cannot_reach(private_dir: Path) -> None:
         assert done.returncode == 1
         assert "cannot find or run `no-such-program-x`" in done.stderr, done.stderr
         assert cli.processes() == []
+
+
+def test_up_in_explicit_mode_refuses_user_and_starts_nothing(tmp_path: Path) -> None:
+    _example(tmp_path / "mesh", "daemon")
+    with mesh_home() as cli:
+        cli.env["MESH_FORCE_EXPLICIT"] = "1"
+        done = cli.run("up", str(tmp_path / "mesh"), "--runtime", "local", check=False)
+        assert done.returncode == 1
+        assert "mesh.yaml:32:15: `user: daemon` needs transparent mode" in done.stderr
+        assert "nothing was started" in done.stderr
+        assert cli.processes() == []

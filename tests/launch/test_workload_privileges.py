@@ -137,7 +137,12 @@ def test_keys_belong_to_their_owners_only(mesh: Mesh) -> None:
         return st.st_uid, stat.S_IMODE(st.st_mode)
 
     assert owner_mode(home / "registry" / "ca" / "ca.key") == (0, 0o600)
-    assert owner_mode(home / "registry") == (0, 0o700)
+    for private in ("registry", "registry/ca", "logs", "launch"):
+        assert owner_mode(home / private) == (0, 0o700), private
+    for shared in (home, home / "proxies"):  # root and the proxies' group may enter
+        assert owner_mode(shared) == (0, 0o710) and shared.stat().st_gid == 1337
+    assert owner_mode(home / "registry" / "operator.token") == (0, 0o600)
+    assert owner_mode(home / "state.json") == (0, 0o600)
     for w in mesh.up["workloads"]:
         pdir = home / "proxies" / w["name"]
         wait_until(lambda p=pdir: (p / "tls" / "svid.key").exists(), 10, f"{pdir} key")
