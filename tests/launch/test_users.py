@@ -15,7 +15,7 @@ import pytest
 from meshctl.launch import plan as pm
 from meshctl.launch import users
 from registry.config import MeshConfig, load_directory
-from tests.commands.support import EXAMPLE, mesh_home
+from tests.commands.support import EXAMPLE, free_port, mesh_home
 
 PAYMENTS = '"--service", "payments", "--version", "v1"]'
 
@@ -103,7 +103,8 @@ def private_dir() -> Iterator[Path]:
 def test_up_refuses_an_app_its_user_cannot_reach(private_dir: Path) -> None:
     assert os.stat(private_dir).st_mode & 0o777 == 0o700
     with mesh_home() as cli:
-        done = cli.run("up", str(private_dir / "mesh"), "--runtime", "local", check=False)
+        done = cli.run("up", str(private_dir / "mesh"), "--runtime", "local",
+                       "--monitor-port", str(free_port()), check=False)  # fmt: skip
         assert done.returncode == 1
         line = done.stderr.strip()
         assert "runs as uid 65534, which cannot enter its working directory" in line, line
@@ -114,7 +115,8 @@ def test_up_refuses_an_app_its_user_cannot_reach(private_dir: Path) -> None:
     mesh_yaml.write_text(mesh_yaml.read_text().replace('["python3", "apps/shop.py"',
                                                        '["no-such-program-x", "apps/shop.py"'))
     with mesh_home() as cli:
-        done = cli.run("up", str(private_dir / "mesh"), "--runtime", "local", check=False)
+        done = cli.run("up", str(private_dir / "mesh"), "--runtime", "local",
+                       "--monitor-port", str(free_port()), check=False)  # fmt: skip
         assert done.returncode == 1
         assert "cannot find or run `no-such-program-x`" in done.stderr, done.stderr
         assert cli.processes() == []
