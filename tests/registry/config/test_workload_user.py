@@ -65,3 +65,21 @@ def test_user_needs_a_command(example_copy: Path) -> None:
     assert len(errors) == 1, errors
     assert errors[0].startswith("mesh.yaml:32:9: services.payments.workloads[0].user: ")
     assert "a container runs as its image's or its compose service's `user:`" in errors[0]
+
+
+def test_a_snapshot_saved_before_user_existed_still_loads(example_copy: Path) -> None:
+    """The registry restores its last snapshot from disk: one written by an older version
+    has no `user` fields, which take their defaults; a field without a default is still
+    required."""
+    from registry.config import MeshConfig
+
+    cfg = load_directory(example_copy).config
+    assert cfg is not None
+    wire = cfg.to_wire()
+    for svc in wire["services"]:
+        for w in svc["workloads"]:
+            del w["user"], w["user_source"]
+    assert MeshConfig.from_wire(wire) == cfg
+    del wire["services"][0]["workloads"][0]["version"]
+    with pytest.raises(ValueError, match=r"version: missing"):
+        MeshConfig.from_wire(wire)
