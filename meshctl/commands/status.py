@@ -40,11 +40,16 @@ def status(
     except LaunchError as exc:
         typer.echo(f"meshctl status: {exc}", err=True)
         raise typer.Exit(1) from None
+    reg = st["registry"]
     if output == Output.json:
         typer.echo(json.dumps(st))
+        if not reg["answering"]:
+            raise typer.Exit(1)
         return
     out = Console(highlight=False)
-    reg = st["registry"]
+    if not reg["answering"]:
+        _outage(out, st)
+        raise typer.Exit(1)
     out.print(
         f"registry {reg['url']} (pid {reg['pid']}), config {reg['config_dir']}, "
         f"version [bold]{st['config_version']}[/], mode {st['mode'] or '-'}"
@@ -94,3 +99,15 @@ def status(
             out.print(f"  {line}", markup=False)
     else:
         out.print("no config errors")
+
+
+def _outage(out: Console, st: dict[str, Any]) -> None:
+    """The registry is down: say so (stderr), and show what still runs (stdout)."""
+    typer.echo(f"meshctl status: {st['registry']['problem']}", err=True)
+    table = Table(title="workloads (from state.json)", title_justify="left")
+    for column in ("workload", "app pid", "proxy pid", "error"):
+        table.add_column(column)
+    for w in st["workloads"]:
+        table.add_row(w["name"], str(w["app_pid"] or "[red]not running[/]"),
+                      str(w["proxy_pid"] or "[red]not running[/]"), w["error"] or "")  # fmt: skip
+    out.print(table)

@@ -41,8 +41,8 @@ from meshctl.launch.procs import (
     stop_pids,
     write_json,
 )
-from meshctl.launch.supervisor import record_owned, running_pid
-from meshctl.state import atomic_write, ensure_dir
+from meshctl.launch.supervisor import record_owned, running_pid, start_registry
+from meshctl.state import ensure_dir
 from registry.config import MeshConfig, load_directory
 from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT
 
@@ -215,6 +215,36 @@ def choose_mode(force_explicit: bool) -> tuple[str, str | None]:
     return TRANSPARENT, None
 
 
+def _app_users(config: MeshConfig, directory: Path, mode: str) -> dict[tuple[str, str], Any]:
+    """Each workload's app user (transparent mode); mesh.yaml errors as ConfigInvalid."""
+    from meshctl.launch import users
+
+    if mode != TRANSPARENT:
+        errors = users.explicit_mode_errors(config)
+        if errors:
+            raise ConfigInvalid(directory, errors)
+        return {}
+    found, errors = users.app_users(config)
+    if errors:
+        raise ConfigInvalid(directory, errors)
+    return {key: (u.uid, u.gid) for key, u in found.items()}
+
+
+def _check_app_dirs(plan: Plan) -> None:
+    """Every app's user can enter its working directory (a 0700 home or tmp dir cannot)."""
+    from meshctl.launch import users
+
+    checks = {
+        (w.run_as, w.cwd, path, w.app_argv[0]): w.name
+        for w in plan.workloads
+        if w.run_as and w.app_argv
+        for path in [users.session_env(w.run_as[0], dict(w.app_env))["PATH"]]
+    }
+    problems = users.unreachable((name, *key) for key, name in checks.items())
+    if problems:
+        raise LaunchError(problems[0])
+
+
 def load_config(directory: Path) -> MeshConfig:
     result = load_directory(directory)
     if result.config is None or result.errors:
@@ -275,8 +305,11 @@ def _check_home_reachable(home: Path) -> None:
                 f"is not searchable by others; chmod o+x {parent}, or use a MESH_HOME "
                 "elsewhere (the default is /var/lib/meshctl)"
             )
-    ensure_dir(home, 0o711)  # traverse only: registry/ (with the CA key) stays 0700
-    ensure_dir(home / "proxies", 0o711)
+    # Root and the proxies' group only (traverse): apps, which run as other users, cannot
+    # enter MESH_HOME at all; registry/ (the CA key), logs/ and launch/ stay root's 0700.
+    for path in (home, home / "proxies"):
+        ensure_dir(path, 0o710)
+        os.chown(path, 0, PROXY_UID)
 
 
 def _probe_proxy_python() -> subprocess.Popen[bytes]:
@@ -346,28 +379,6 @@ def _ensure_bridge(paths: LaunchPaths, network: Network) -> bool:
 # --- the registry ----------------------------------------------------------------------------
 
 
-def _start_registry(paths: LaunchPaths, plan: Plan) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "meshctl",
-        "registry",
-        "--config",
-        plan.config_dir,
-        "--listen",
-        plan.registry_listen,
-        "--port",
-        str(plan.registry_port),
-        "--monitor-port",
-        str(plan.monitor_port),
-        "--san",
-        plan.registry_listen,
-    ]
-    proc = spawn(argv, log=paths.log("registry"), env=marked_env(paths.home), cwd="/")
-    atomic_write(paths.pid_file("registry"), f"{proc.pid}\n", mode=0o644)
-    return proc
-
-
 def _registry_ready(paths: LaunchPaths, plan: Plan, proc: subprocess.Popen[bytes]) -> None:
     """Wait until the registry we started answers on its monitor port."""
     log = paths.log("registry")
@@ -387,6 +398,18 @@ def _registry_ready(paths: LaunchPaths, plan: Plan, proc: subprocess.Popen[bytes
         time.sleep(0.05)
     stop_pids([proc.pid])
     raise LaunchError(f"the registry did not answer within {REGISTRY_START_S:.0f}s; see {log}")
+
+
+def _restarted_registry(home: Path) -> dict[str, Any] | None:
+    """A supervisor runs but the registry does not: it is restarting it (with backoff);
+    wait for that one rather than start a second that would race it for the ports."""
+    deadline = time.monotonic() + REGISTRY_START_S
+    while time.monotonic() < deadline:
+        registry = running_registry(home)
+        if registry is not None:
+            return registry
+        time.sleep(0.1)
+    return None
 
 
 def _registry_answers(home: Path, endpoint: dict[str, Any] | None) -> None:
@@ -432,6 +455,8 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
         mode, note = choose_mode(opts.force_explicit)
     registry = running_registry(home)
     supervisor = running_pid(paths)
+    if registry is None and supervisor is not None:
+        registry = _restarted_registry(home)  # not a second one beside the supervisor's
     previous, generation = _previous(paths)
     if registry and Path(str(registry.get("config_dir"))) != config_dir:
         raise LaunchError(
@@ -483,6 +508,7 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
                 )
     new: Plan | None = None
     if runtime == LOCAL:
+        app_users = _app_users(config, config_dir, mode)
         try:
             new = planmod.build_plan(
                 config,
@@ -494,6 +520,7 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
                 prefix=opts.prefix,
                 previous=previous,
                 alloc_port=free_port,
+                users=app_users,
             )
         except planmod.PlanError as exc:
             raise LaunchError(str(exc)) from None
@@ -501,6 +528,8 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
     try:
         if probe is not None:
             _probe_result(probe)
+        if new is not None:
+            _check_app_dirs(new)
         if new is None:  # docker: may start the compose project, so inside the clean-up
             listen = previous.registry_listen if previous and registry else None
             new, skipped = _docker_plan(opts, config, compose, config_dir, paths, previous,
@@ -512,7 +541,7 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
         write_json(paths.plan, {"generation": generation, "plan": planmod.to_wire(new)})
         # The registry and the supervisor start side by side: namespaces and interception
         # are set up while the registry loads; the supervisor mints tokens once it answers.
-        started = _start_registry(paths, new) if registry is None else None
+        started = start_registry(paths, new) if registry is None else None
         if supervisor is None:
             argv = [sys.executable, "-m", "meshctl.launch.supervisor", "--home", str(home)]
             spawn(argv, log=paths.log("supervisor"), env=marked_env(home), cwd="/")

@@ -24,6 +24,7 @@ from typing import Any
 
 from meshctl.vip import service_vip
 from registry.config import MeshConfig
+from registry.config.mesh_file import PROXY_UID as PROXY_UID  # the launcher takes it from here
 
 TRANSPARENT = "transparent"  # namespaces + iptables REDIRECT (root)
 EXPLICIT = "explicit"  # 127.0.0.1, one local listener per upstream (no privileges)
@@ -31,7 +32,6 @@ MODES = (TRANSPARENT, EXPLICIT)
 LOCAL = "local"  # workloads are processes the supervisor starts
 DOCKER = "docker"  # workloads are containers someone else starts (meshctl.launch.docker)
 
-PROXY_UID = 1337  # as Istio: the interception rules let this uid's traffic through
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 ADMIN_PORT = 15000
@@ -81,6 +81,7 @@ class Workload:
     hosts: tuple[tuple[str, str], ...] = ()  # /etc/netns/NAME/hosts: service -> VIP
     container: str = ""  # docker runtime: the container's id (its name is `name`)
     pid: int = 0  # docker runtime: the container's init process, /proc/PID/ns/net
+    run_as: tuple[int, int] | None = None  # the app's (uid, gid); None: meshctl's own
 
     def port(self, role: str) -> int | None:
         return dict(self.ports).get(role)
@@ -198,8 +199,10 @@ def build_plan(
     prefix: str = "",
     previous: Plan | None = None,
     alloc_port: Callable[[], int] | None = None,
+    users: Mapping[tuple[str, str], tuple[int, int]] | None = None,
 ) -> Plan:
-    """Lay out every workload of `config` (see the module docstring)."""
+    """Lay out every workload of `config` (see the module docstring). `users`: each
+    (service, version)'s app (uid, gid) (meshctl.launch.users), when meshctl drops to it."""
     if mode not in MODES:
         raise PlanError(f"mode {mode!r}: want one of {', '.join(MODES)}")
     check_prefix(prefix)
@@ -287,6 +290,7 @@ def build_plan(
                 inbound_ports=ports,
                 ports=allocated,
                 hosts=wl_hosts,
+                run_as=(users or {}).get((svc.name, wl.version)),
             )
         )
     return Plan(
@@ -344,6 +348,7 @@ def to_wire(plan: Plan) -> dict[str, Any]:
                 "hosts": dict(w.hosts),
                 "container": w.container,
                 "pid": w.pid,
+                "run_as": list(w.run_as) if w.run_as else None,
             }
             for w in plan.workloads
         ],
@@ -406,6 +411,7 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
                 hosts=tuple(sorted(w["hosts"].items())),
                 container=str(w.get("container", "")),
                 pid=int(w.get("pid", 0)),
+                run_as=(int(w["run_as"][0]), int(w["run_as"][1])) if w.get("run_as") else None,
             )
             for w in d["workloads"]
         ),

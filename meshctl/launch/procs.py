@@ -138,6 +138,13 @@ def spawn(
         )
 
 
+def drop_to(uid: int, gid: int, *, no_new_privs: bool = False) -> list[str]:
+    """The argv prefix that runs a command as `uid`:`gid`, no supplementary groups (and,
+    for an app, no way back up through setuid or file-capability binaries)."""
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    return [*argv, "--no-new-privs", "--"] if no_new_privs else [*argv, "--"]
+
+
 def marked_pids(home: Path) -> list[int]:
     """Processes whose environment carries this mesh's mark (those we may read)."""
     needle = f"{MARK}={mesh_id(home)}".encode()

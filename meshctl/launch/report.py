@@ -1,31 +1,41 @@
-"""`meshctl status`: the registry's view joined with the supervisor's state (any runtime)."""
+"""`meshctl status`: the registry's view joined with the supervisor's state (any runtime).
+
+While the registry does not answer, status says so, and what still runs (from state.json
+and /proc): never "no mesh is running" while this mesh's processes run.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
-from meshctl.launch.procs import LaunchError, LaunchPaths, read_json, running_registry
+from meshctl.launch.procs import (
+    LaunchError,
+    LaunchPaths,
+    pid_alive,
+    read_json,
+    read_pid,
+    running_registry,
+)
 from meshctl.launch.supervisor import running_pid
 
 # --- status --------------------------------------------------------------------------------------
 
 
 def status(home: Path) -> dict[str, Any]:
-    """Services, endpoints, proxies (config version, certificate expiry), last config error."""
+    """Services, endpoints, proxies (config version, certificate expiry), last config error.
+    With the registry down: `registry.answering` false, `registry.problem` says what runs."""
     paths = LaunchPaths(home)
     reg = running_registry(home)
-    if reg is None:
-        raise LaunchError(f"no mesh is running for MESH_HOME={home}: start one with `meshctl up`")
     try:
+        if reg is None:
+            raise RegistryUnavailable("it is not running")
         st = RegistryClient.from_home(home).call("GET", "/v1/status", timeout=5)
     except (RegistryUnavailable, RegistryError) as exc:
-        raise LaunchError(
-            f"the registry (pid {reg['pid']}) does not answer: {exc}; see "
-            f"{paths.log('registry')}, or `meshctl down` and `meshctl up` again"
-        ) from None
+        return outage(home, str(exc))
     state = read_json(paths.state) or {}
     plan_raw = state.get("plan") or (read_json(paths.plan) or {}).get("plan")
     plan = planmod.from_wire(plan_raw) if plan_raw else None
@@ -61,6 +71,8 @@ def status(home: Path) -> dict[str, Any]:
             "url": reg.get("url"),
             "pid": reg.get("pid"),
             "config_dir": reg.get("config_dir"),
+            "answering": True,
+            "problem": None,
         },
         "mode": plan.mode if plan else None,
         "runtime": plan.runtime if plan else None,
@@ -85,18 +97,73 @@ def status(home: Path) -> dict[str, Any]:
             for e in endpoints
         ],
         "proxies": proxies,
-        "workloads": [
-            {
-                "name": w.name,
-                "service": w.service,
-                "version": w.version,
-                "address": w.address,
-                "netns": w.netns,
-                "container": w.container or None,
-                "app_pid": actual.get(w.name, {}).get("app_pid"),
-                "proxy_pid": actual.get(w.name, {}).get("proxy_pid"),
-                "error": actual.get(w.name, {}).get("error"),
-            }
-            for w in (plan.workloads if plan else ())
-        ],
+        "workloads": _workloads(plan, actual),
     }
+
+
+def _workloads(plan: planmod.Plan | None, actual: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's workloads with the supervisor's pids (those still alive) and errors."""
+    out = []
+    for w in plan.workloads if plan else ():
+        a = actual.get(w.name, {})
+        pids = {k: a[k] if isinstance(a.get(k), int) and pid_alive(a[k]) else None
+                for k in ("app_pid", "proxy_pid")}  # fmt: skip
+        out.append({"name": w.name, "service": w.service, "version": w.version,
+                    "address": w.address, "netns": w.netns, "container": w.container or None,
+                    **pids, "error": a.get("error")})  # fmt: skip
+    return out
+
+
+def _clock(wall: object) -> str:
+    return time.strftime("%H:%M:%SZ", time.gmtime(wall)) if isinstance(wall, (int, float)) else "?"
+
+
+def outage(home: Path, why: str) -> dict[str, Any]:
+    """Status while the registry does not answer, from the files and /proc: what runs, and
+    who brings the registry back. LaunchError "no mesh is running" only when nothing runs."""
+    paths = LaunchPaths(home)
+    state = read_json(paths.state) or {}
+    plan_raw = state.get("plan") or (read_json(paths.plan) or {}).get("plan")
+    plan = planmod.from_wire(plan_raw) if plan_raw else None
+    workloads = _workloads(plan, state.get("workloads", {}))
+    running = [w for w in workloads if w["app_pid"] or w["proxy_pid"]]
+    sup = running_pid(paths)
+    endpoint = read_json(home / "registry" / "endpoint.json") or {}
+    pid = read_pid(paths.pid_file("registry")) or endpoint.get("pid")
+    alive = isinstance(pid, int) and pid_alive(pid)
+    if not (running or sup or alive):
+        raise LaunchError(f"no mesh is running for MESH_HOME={home}: start one with `meshctl up`")
+    url = plan.registry_url if plan else endpoint.get("url", "?")
+    seen = state.get("registry") or {}
+    if alive:
+        where = f"pid {pid} running but not answering: {why}"
+    elif seen.get("down_at"):
+        where = f"pid {pid} dead since {_clock(seen['down_at'])}"
+    else:
+        where = f"pid {pid} dead"
+    log = paths.log("registry")
+    if sup is None:
+        who = f"no supervisor runs to restart it: see {log}, then `meshctl up` again"
+    elif alive:
+        who = f"the supervisor (pid {sup}) watches it; see {log}"
+    else:
+        when = seen.get("next_start_wall")
+        at = f" at {_clock(when)}" if isinstance(when, (int, float)) and when > time.time() else ""
+        who = f"the supervisor (pid {sup}) is restarting it{at}; see {log}"
+    problem = (f"registry not answering at {url} ({where}; {who}); "
+               f"{len(running)} workload{'' if len(running) == 1 else 's'} running "
+               "(from state.json)")  # fmt: skip
+    return {
+        "registry": {"url": url, "pid": pid, "config_dir": plan.config_dir if plan else None,
+                     "answering": False, "problem": problem, "restarts": seen.get("restarts")},
+        "mode": plan.mode if plan else None,
+        "runtime": plan.runtime if plan else None,
+        "compose_project": plan.docker.project if plan and plan.docker else None,
+        "config_version": None,
+        "last_config_error": None,
+        "supervisor_pid": sup,
+        "services": {},
+        "endpoints": [],
+        "proxies": [],
+        "workloads": workloads,
+    }  # fmt: skip

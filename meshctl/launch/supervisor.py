@@ -9,12 +9,16 @@ For each workload, in this order:
      the interception rules, installed before anything runs in it, so the app's very
      first connection goes through the proxy (or fails closed until the proxy listens);
   2. the proxy, with a fresh one-time join token, as uid 1337 inside the namespace;
-  3. the app, with its command and environment.
+  3. the app, with its command and environment, as its own unprivileged user (mesh.yaml
+     `user:`, default nobody: meshctl.launch.users), never root nor uid 1337.
 
 Then it watches, every 100 ms: a proxy or app that exited is started again at once (the
 first restart is immediate, a crash loop backs off up to 5 s), and every second the
 interception rules are checked and re-installed if someone removed them. Interception is
-never removed when a proxy dies: the mesh fails closed, as an Istio pod does.
+never removed when a proxy dies: the mesh fails closed, as an Istio pod does. The registry
+that `up` started is watched the same way, by its pid, and restarted with the same backoff:
+it resumes from its files under MESH_HOME/registry (the CA, tokens, the last config
+version), and the proxies, which keep serving on their last config, reconnect to it.
 
 The docker runtime (meshctl.launch.docker) uses the same loop with containers for
 workloads: the plan names which containers to mesh, the engine's event stream (and a
@@ -44,9 +48,11 @@ from typing import Any
 
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
+from meshctl.launch import users
 from meshctl.launch.plan import DOCKER, PROXY_UID, TRANSPARENT, Plan, Workload
 from meshctl.launch.procs import (
     LaunchPaths,
+    drop_to,
     marked_env,
     marked_pids,
     pid_alive,
@@ -76,7 +82,7 @@ RESOLV_CONF = (
 class Proc:
     """One supervised process (an app or a proxy) and its restart bookkeeping."""
 
-    role: str  # "app" | "proxy"
+    role: str  # "app" | "proxy" | "registry"
     popen: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0  # monotonic
     started_wall: float = 0.0  # time.time(), comparable with the registry's timestamps
@@ -143,6 +149,9 @@ class Supervisor:
         self._client: RegistryClient | None = None
         self.started = time.monotonic()
         self.docker: Any = None  # meshctl.launch.docker.DockerWatch, for the docker runtime
+        self.registry = Proc("registry")
+        self.registry_pid: int | None = None  # the registry's pid, ours or the one up started
+        self.registry_down_at: float | None = None  # time.time() when we found it dead
 
     # -- signals and the loop ------------------------------------------------------------
 
@@ -166,6 +175,7 @@ class Supervisor:
                     self.reload = False
                     self.reconcile()
                 now = time.monotonic()
+                self._tend_registry(now)
                 for run in list(self.runs.values()):
                     self._tend(run, now)
                 if self.dirty:
@@ -309,21 +319,7 @@ class Supervisor:
             if popen is not None and popen.poll() is None:
                 continue
             if popen is not None:  # it exited: count it, maybe back off
-                proc.last_exit = popen.returncode
-                proc.popen = None
-                quick = now - proc.started_at < STABLE_S
-                proc.quick_exits = proc.quick_exits + 1 if quick else 0
-                backoff = 0.0 if proc.quick_exits <= 1 else 0.25 * 2 ** (proc.quick_exits - 2)
-                proc.next_start = now + min(MAX_BACKOFF_S, backoff)
-                proc.restarts += 1
-                log.warning(
-                    "%s of %s exited (status %s): restarting%s",
-                    proc.role,
-                    run.spec.name,
-                    popen.returncode,
-                    f" in {proc.next_start - now:.2f}s" if proc.next_start > now else "",
-                )
-                self.dirty = True
+                self._exited(proc, popen.returncode, now, f"{proc.role} of {run.spec.name}")
             if now >= proc.next_start:
                 self._start(run, proc, now)
                 if proc.role == "app":
@@ -332,6 +328,62 @@ class Supervisor:
         if not run.app_listening and app_pid is not None:
             run.app_listening = listening(app_pid, app_ports(run.spec))
             self.dirty |= run.app_listening
+
+    def _exited(self, proc: Proc, status: int | None, now: float, what: str) -> None:
+        """Count an exit and choose when to start again: at once, unless it keeps exiting
+        within STABLE_S of its start (then 0.25 s, doubling, up to MAX_BACKOFF_S)."""
+        proc.last_exit = status
+        proc.popen = None
+        quick = now - proc.started_at < STABLE_S
+        proc.quick_exits = proc.quick_exits + 1 if quick else 0
+        backoff = 0.0 if proc.quick_exits <= 1 else 0.25 * 2 ** (proc.quick_exits - 2)
+        proc.next_start = now + min(MAX_BACKOFF_S, backoff)
+        proc.restarts += 1
+        log.warning(
+            "%s exited (status %s): restarting%s",
+            what,
+            "unknown" if status is None else status,
+            f" in {proc.next_start - now:.2f}s" if proc.next_start > now else "",
+        )
+        self.dirty = True
+
+    # -- the registry --------------------------------------------------------------------
+
+    def _tend_registry(self, now: float) -> None:
+        """Restart a registry that died, like an app or a proxy. The one `up` started is not
+        our child: it is watched by its pid (its exit status is unknown)."""
+        plan, proc = self.plan, self.registry
+        if plan is None or self.stopping:
+            return
+        if proc.popen is not None:
+            if proc.popen.poll() is None:
+                return
+            self._exited(proc, proc.popen.returncode, now, "the registry")
+            self.registry_down_at = time.time()
+        pid = read_pid(self.paths.pid_file("registry"))
+        if pid is not None and pid_alive(pid):
+            if pid != self.registry_pid:  # the one `up` started (at first, or again)
+                self.registry_pid, proc.started_at = pid, now
+                self.registry_down_at = None
+                self.dirty = True
+            return
+        if self.registry_down_at is None:
+            if self.registry_pid is None and now - self.started < 10:
+                return  # `up` writes the pid file as it starts the registry: not yet
+            self._exited(proc, None, now, "the registry")
+            self.registry_down_at = time.time()
+        if now < proc.next_start:
+            return
+        try:
+            proc.popen = start_registry(self.paths, plan)
+        except OSError as exc:
+            log.error("starting the registry: %s", exc)
+            proc.next_start = now + 1.0
+            return
+        proc.started_at, proc.started_wall = now, time.time()
+        self.registry_pid, self.registry_down_at = proc.popen.pid, None
+        self._client = None  # ask the new one for tokens
+        self.dirty = True
 
     def _check_interception(self, run: Run, plan: Plan) -> None:
         from proxy.intercept import iptables
@@ -411,7 +463,7 @@ class Supervisor:
         # The proxy's own uid: the rules let its traffic out unredirected.
         for path in (pdir, *pdir.rglob("*")):
             os.chown(path, PROXY_UID, PROXY_UID)
-        drop = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
+        drop = drop_to(PROXY_UID, PROXY_UID)
         if spec.container:  # only the network namespace: the proxy runs from the host's files
             enter = ["nsenter", f"--net=/proc/{spec.pid}/ns/net", "--"]
         else:
@@ -421,6 +473,10 @@ class Supervisor:
     def _app_command(self, spec: Workload) -> tuple[list[str], dict[str, str], str]:
         env = marked_env(self.home, dict(spec.app_env))
         argv = list(spec.app_argv)
+        if spec.run_as is not None:  # after `ip netns exec`, which needs root
+            uid, gid = spec.run_as
+            env.update(users.session_env(uid, dict(spec.app_env)))
+            argv = [*drop_to(uid, gid, no_new_privs=True), *argv]
         if spec.netns is not None:
             argv = ["ip", "netns", "exec", spec.netns, *argv]
         return argv, env, spec.cwd
@@ -480,10 +536,43 @@ class Supervisor:
                 "updated_at": time.time(),
                 "plan": planmod.to_wire(self.plan) if self.plan else None,
                 "workloads": {name: run.to_wire() for name, run in self.runs.items()},
+                "registry": {
+                    "pid": self.registry_pid,
+                    "restarts": self.registry.restarts,
+                    "last_exit": self.registry.last_exit,
+                    "down_at": self.registry_down_at,
+                    "next_start_wall": (
+                        time.time() + max(0.0, self.registry.next_start - time.monotonic())
+                        if self.registry_down_at is not None
+                        else None
+                    ),
+                },
             },
-            mode=0o644,
         )
         self.dirty = False
+
+
+def start_registry(paths: LaunchPaths, plan: Plan) -> subprocess.Popen[bytes]:
+    """`meshctl registry` for this plan, detached, its pid in logs/registry.pid."""
+    argv = [
+        sys.executable,
+        "-m",
+        "meshctl",
+        "registry",
+        "--config",
+        plan.config_dir,
+        "--listen",
+        plan.registry_listen,
+        "--port",
+        str(plan.registry_port),
+        "--monitor-port",
+        str(plan.monitor_port),
+        "--san",
+        plan.registry_listen,
+    ]
+    proc = spawn(argv, log=paths.log("registry"), env=marked_env(paths.home), cwd="/")
+    atomic_write(paths.pid_file("registry"), f"{proc.pid}\n", mode=0o644)
+    return proc
 
 
 def app_ports(spec: Workload) -> set[int]:

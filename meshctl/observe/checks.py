@@ -2,7 +2,8 @@
 
 Each check yields a `Result` with a status: ok, warn (works, but act soon) or fail (broken
 now; `meshctl check` exits 1). What each judges:
-- registry: reachable with the operator credential.
+- registry: reachable with the operator credential; when not, what still runs and whether
+  the supervisor is restarting it (as `meshctl status` says).
 - proxies: each one the registry knows is connected (config stream open) and has ACKed the
   config version in force; a NACK is shown with its reason.
 - certificates: not expired; warn below 25 % of lifetime left (renewal happens at 50 %, so a
@@ -67,7 +68,7 @@ def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
         facts.registry_date = _date_of(client)
         facts.local_time = time.time()
     except (RegistryUnavailable, RegistryError) as exc:
-        facts.registry_error = str(exc)
+        facts.registry_error = _outage(home, str(exc))
     for p in local_proxies(home):
         try:
             certs = p.admin_json("/certs", timeout=3)
@@ -94,6 +95,18 @@ def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
             except Exception as exc:  # not root, no iptables: say so, do not crash
                 facts.iptables[ns] = f"{type(exc).__name__}: {exc}"
     return facts
+
+
+def _outage(home: Path, why: str) -> str:
+    """What `meshctl status` says of the outage (who restarts it, what still runs), or
+    `why` alone when nothing of a local mesh runs here."""
+    from meshctl.launch.procs import LaunchError
+    from meshctl.launch.report import outage
+
+    try:
+        return str(outage(home, why)["registry"]["problem"])
+    except LaunchError:
+        return why
 
 
 def _date_of(client: RegistryClient) -> float | None:

@@ -29,6 +29,7 @@ from registry.config.reader import (
     join,
     mapping_items,
     one_of,
+    scalar_text,
 )
 
 __all__ = ["MeshFile", "check_route_rate_limits", "parse_mesh_file"]
@@ -36,6 +37,10 @@ __all__ = ["MeshFile", "check_route_rate_limits", "parse_mesh_file"]
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+# `user:` as Docker's: a name or a uid, optionally `:group` or `:gid` (shadow-utils' names).
+_ID = r"(?:[a-z_][a-z0-9_.-]{0,31}|[0-9]{1,10})"
+_USER = re.compile(rf"{_ID}(?::{_ID})?")
+PROXY_UID = 1337  # the sidecars' uid: interception lets its traffic out unredirected
 # Istio protocol names (port name prefixes / appProtocol) that we cannot proxy yet.
 _PROTOCOLS_UNSUPPORTED = (
     "http2", "grpc", "grpc-web", "https", "tls", "mongo", "mysql", "redis", "udp", "h2c",
@@ -214,14 +219,42 @@ def _port(cx: Cx, node: Node, path: str, earlier: list[Port]) -> Port | None:
     return Port(number, protocol, name)
 
 
+def _user(cx: Cx, node: Node, path: str) -> str | None:
+    """Who the app runs as. Only the syntax here; names are resolved on the host at `up`."""
+    v = scalar_text(cx, node, path)
+    if v is None:
+        return None
+    if not _USER.fullmatch(v):
+        cx.error(node, path, f"user `{v}`: give a user name or uid, optionally with "
+                 "`:group` or `:gid` (as Docker's `user:`), e.g. `app` or `1000:1000`")
+        return None
+    for part in v.split(":"):
+        if part in ("root", "0"):
+            cx.error(node, path, f"user `{v}` runs the app as root (id 0): workloads are not "
+                     "trusted (SECURITY.md); choose an unprivileged user, or leave `user:` out "
+                     "for the default (nobody)")
+            return None
+        if part == str(PROXY_UID):
+            cx.error(node, path, f"user `{v}`: id {PROXY_UID} is the proxies' (its traffic "
+                     "bypasses interception and it reads the proxies' keys); choose another")
+            return None
+    return v
+
+
 def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
-    o = Obj(cx, node, path, ("version", "command", "image", "env", "replicas", "labels"))
+    o = Obj(cx, node, path,
+            ("version", "command", "image", "env", "replicas", "labels", "user"))  # fmt: skip
     version = o.require("version", _label_value)
     command = o.get("command", as_str_list, EMPTY)
     image = o.get("image", as_str, None)
     env = o.get("env", as_str_map, EMPTY)
     replicas = o.get("replicas", int_in(0, 1000, "replicas"), 1)
     labels = o.get("labels", as_str_map, EMPTY)
+    user = o.get("user", _user, "")
+    if "user" in o and "command" not in o:
+        cx.error(o.key_node("user"), o.sub("user"), "`user:` is for a workload with a "
+                 "`command` (the local runtime starts it); a container runs as its image's or "
+                 "its compose service's `user:`")
     if "command" not in o and "image" not in o:
         cx.error(node, path, "a workload needs a `command` (local runtime) or an `image` (docker)")
     if command == () and "command" in o:
@@ -233,7 +266,11 @@ def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
             return None
     if not isinstance(version, str) or command is None or env is None or replicas is None:
         return None
-    if labels is None:
+    if labels is None or user is None:
         return None
     all_labels = tuple(sorted({**dict(labels), "app": service, "version": version}.items()))
-    return Workload(version, command, image, env, replicas, all_labels)
+    where = None
+    if user:
+        mark = o.value_node("user").start_mark
+        where = Source(cx.file, mark.line + 1, mark.column + 1)
+    return Workload(version, command, image, env, replicas, all_labels, user, where)

@@ -69,6 +69,10 @@ class Workload:
     env: Pairs
     replicas: int
     labels: Pairs  # includes the implied app=<service> and version=<version>
+    # Local runtime, transparent mode: who the app runs as (`name`, `uid`, `name:group`,
+    # `uid:gid`, as Docker's `user:`); "" is the default (meshctl.launch.users).
+    user: str = ""
+    user_source: Source | None = None  # where `user:` is, for errors found at `up`
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ __all__ = [
     "join",
     "mapping_items",
     "one_of",
+    "scalar_text",
 ]
 
 T = TypeVar("T")
@@ -108,6 +109,13 @@ def _scalar(cx: Cx, node: Node, path: str, tags: tuple[str, ...], want: str) -> 
 def as_str(cx: Cx, node: Node, path: str) -> str | None:
     v = _scalar(cx, node, path, (_STR,), "a string")
     return v if isinstance(v, str) else None
+
+
+def scalar_text(cx: Cx, node: Node, path: str) -> str | None:
+    """A string or an integer, as its text (an id written either way: `1000` or "1000")."""
+    if isinstance(node, ScalarNode) and node.tag == _INT:
+        return str(node.value)
+    return as_str(cx, node, path)
 
 
 def as_bool(cx: Cx, node: Node, path: str) -> bool | None:
