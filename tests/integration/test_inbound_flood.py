@@ -141,18 +141,21 @@ def test_idle_and_stalled_tls_connections_are_cut_and_memory_comes_back(
     socks = flood(client["inbound"], FLOOD // 2, ["127.0.0.2"])
     socks += flood(client["inbound"], FLOOD // 2, ["127.0.0.2"], send=b"\x16")
     peak = rss_mb(pid)
+
+    def all_closed() -> bool:
+        nonlocal peak
+        peak = max(peak, rss_mb(pid))
+        return all(closed_by_proxy(s) for s in socks)
+
     try:
         during = [get_status(f"http://127.0.0.1:{to_web}/") for _ in range(10)]
-        wait_until(lambda: all(closed_by_proxy(s) for s in socks), timeout=60,
-                   what="every flood connection closed by the proxy")
+        wait_until(all_closed, timeout=60, what="every flood connection closed by the proxy")
         timeouts = counter(client, "meshctl_proxy_inbound_handshake_timeouts_total")
     finally:
         for s in socks:
             s.close()
     name = "meshctl_proxy_memory_trims_total"
     wait_until(lambda: counter(client, name) >= 1, timeout=30, what="memory trimmed")
-    for _ in range(3):
-        peak = max(peak, rss_mb(pid))
     after = rss_mb(pid)
     record_property("rss_mb", {"baseline": round(base, 1), "peak": round(peak, 1),
                                "after": round(after, 1)})
