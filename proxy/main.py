@@ -84,8 +84,8 @@ class ProxyOptions:
     metrics: tuple[str, int] = ("0.0.0.0", 15090)
     proxy_id: str = ""
     header_timeout_s: float = 60.0  # a request head must arrive within this (slow loris)
-    # Connection budgets, one per listener (docs/policies.md "Connection limits"): past a
-    # ceiling a new connection is accepted and closed at once.
+    # Connection budgets, one per listener, past which a new connection is accepted and
+    # closed at once (docs/policies.md "Downstream connection limits").
     max_connections: int = 10_000  # each outbound listener (transparent, each upstream)
     max_inbound_connections: int = 10_000  # the inbound listener (at most a quarter of fds)
     max_connections_per_source: int = 1024  # inbound, per source address (0: no limit)
