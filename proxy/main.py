@@ -611,7 +611,7 @@ def _fd_budget(inbound_limit: int) -> int:
     if soft == resource.RLIM_INFINITY or inbound_limit <= soft // 4:
         return inbound_limit
     budget = max(16, soft // 4)
-    log.warning("inbound connection limit %d lowered to %d: a quarter of the fd limit (%d)",
+    log.info("inbound connection limit %d lowered to %d: a quarter of the fd limit (%d)",
                 inbound_limit, budget, soft)
     return budget
 
