@@ -23,9 +23,11 @@ def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return s
 
 
-async def streams_for(sock: socket.socket, tls: ssl.SSLContext | None) -> tuple[Channel, Channel]:
+async def streams_for(
+    sock: socket.socket, tls: ssl.SSLContext | None, handshake_timeout: float = 10.0
+) -> tuple[Channel, Channel]:
     """(reader, writer) of an accepted connection: one Channel, as both."""
-    channel = await accept_channel(sock, tls)
+    channel = await accept_channel(sock, tls, handshake_timeout)
     return channel, channel
 
 
@@ -47,21 +49,49 @@ async def first_byte(sock: socket.socket, timeout: float) -> bytes:
 
 
 class Connections:
-    """Open downstream connections across a proxy's listeners, with a ceiling: past it a new
-    connection is accepted and closed at once, so the ones already open keep being served."""
+    """The open downstream connections of one listener, with a ceiling and, on inbound, a
+    ceiling per source address. Past either a new connection is accepted and closed at
+    once, so the ones already open keep being served. Each listener has its own: a flood of
+    the inbound port cannot use up the app's outbound listeners (issue 19, item 6), and
+    one source cannot use up the inbound port for the others."""
 
-    __slots__ = ("limit", "open")
+    __slots__ = ("by_source", "limit", "open", "per_source")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_source: int = 0) -> None:
         self.limit = limit
+        self.per_source = per_source  # 0: no limit per source
         self.open = 0
+        # Source address -> its open connections; only sources with one open (bounded by
+        # `limit`), so a sweep of addresses leaves nothing behind.
+        self.by_source: dict[str, int] = {}
+
+    def admit(self, source: str, counters: dict[str, float]) -> bool:
+        if self.open >= self.limit:
+            counters["meshctl_proxy_connections_refused_total"] += 1
+            return False
+        if self.per_source:
+            held = self.by_source.get(source, 0)
+            if held >= self.per_source:
+                counters["meshctl_proxy_connections_refused_total"] += 1
+                counters["meshctl_proxy_connections_source_refused_total"] += 1
+                return False
+            self.by_source[source] = held + 1
+        self.open += 1
+        return True
+
+    def release(self, source: str) -> None:
+        self.open -= 1
+        if self.per_source:
+            held = self.by_source.pop(source) - 1
+            if held:
+                self.by_source[source] = held
 
 
-async def _tracked(conns: Connections, coro: Coroutine[Any, Any, None]) -> None:
+async def _tracked(conns: Connections, source: str, coro: Coroutine[Any, Any, None]) -> None:
     try:
         await coro
     finally:
-        conns.open -= 1
+        conns.release(source)
 
 
 async def accept_loop(
@@ -75,16 +105,15 @@ async def accept_loop(
     counters = telemetry.counters
     while True:
         try:
-            conn, _ = await loop.sock_accept(lsock)
+            conn, addr = await loop.sock_accept(lsock)
         except OSError:  # EMFILE and friends: back off instead of spinning
             counters["meshctl_proxy_accept_errors_total"] += 1
             await asyncio.sleep(0.05)
             continue
-        if conns.open >= conns.limit:
-            counters["meshctl_proxy_connections_refused_total"] += 1
+        source = addr[0] if isinstance(addr, tuple) else ""
+        if not conns.admit(source, counters):
             conn.close()
             continue
-        conns.open += 1
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        spawn(_tracked(conns, on_conn(conn)))
+        spawn(_tracked(conns, source, on_conn(conn)))

@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import random
+import resource
 import secrets
 import socket
 import time
@@ -30,6 +31,7 @@ from proxy.httpio import Server
 from proxy.identity import Identity, load_identity, tls_context
 from proxy.inbound.authz import decide, decide_tcp
 from proxy.inbound.stack import Inbound
+from proxy.memory import Trimmer
 from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import Outbound
 from proxy.policy.fault import FaultParams
@@ -82,7 +84,12 @@ class ProxyOptions:
     metrics: tuple[str, int] = ("0.0.0.0", 15090)
     proxy_id: str = ""
     header_timeout_s: float = 60.0  # a request head must arrive within this (slow loris)
-    max_connections: int = 10_000  # per listener; past it new connections are refused
+    # Connection budgets, one per listener, past which a new connection is accepted and
+    # closed at once (docs/policies.md "Downstream connection limits").
+    max_connections: int = 10_000  # each outbound listener (transparent, each upstream)
+    max_inbound_connections: int = 10_000  # the inbound listener (at most a quarter of fds)
+    max_connections_per_source: int = 1024  # inbound, per source address (0: no limit)
+    inbound_handshake_timeout_s: float = 5.0  # first byte + TLS handshake, inbound
     drain_s: float = 5.0  # on SIGTERM: how long in-flight requests get to finish
     # Tracing: percentage of new traces sampled, and the OTLP/HTTP collector (None: no spans,
     # only trace-context propagation). mesh.yaml has no field for these yet; the defaults
@@ -152,7 +159,10 @@ class Proxy:
         # Set once start() is through (discovery file written): /ready waits for it, so
         # whoever sees ready also finds the proxy's admin.json.
         self.started = False
-        self.connections = Connections(opts.max_connections)
+        self.trimmer = Trimmer()  # memory back to the system after an inbound flood
+        self.inbound_connections = Connections(
+            _fd_budget(opts.max_inbound_connections), opts.max_connections_per_source
+        )
         self.access_log = AccessLog("off")
         self.tap = TapHub(self.telemetry.counters)
         self.discovery_file: Path | None = None
@@ -496,7 +506,9 @@ class Proxy:
         s = listen(*opts.inbound)
         self._listeners.append(s)
         self._tasks.append(
-            spawn(accept_loop(s, self.inbound.on_connection, self.connections, self.telemetry))
+            spawn(accept_loop(
+                s, self.inbound.on_connection, self.inbound_connections, self.telemetry
+            ))
         )
         inbound_port = s.getsockname()[1]
         for up in opts.upstreams:
@@ -505,7 +517,10 @@ class Proxy:
             self._tasks.append(
                 spawn(
                     accept_loop(
-                        us, functools.partial(self._explicit, up), self.connections, self.telemetry
+                        us,
+                        functools.partial(self._explicit, up),
+                        Connections(opts.max_connections),
+                        self.telemetry,
                     )
                 )
             )
@@ -513,7 +528,9 @@ class Proxy:
             os_ = listen(*opts.outbound)
             self._listeners.append(os_)
             self._tasks.append(
-                spawn(accept_loop(os_, self._transparent, self.connections, self.telemetry))
+                spawn(accept_loop(
+                    os_, self._transparent, Connections(opts.max_connections), self.telemetry
+                ))
             )
         await self._start_admin()
         self.endpoint = {
@@ -550,6 +567,8 @@ class Proxy:
         while True:
             await asyncio.sleep(1.0)
             self.access_log.flush()
+            if self.trimmer.tick(self.inbound_connections.open):
+                self.telemetry.counters["meshctl_proxy_memory_trims_total"] += 1
 
     async def stop(self) -> None:
         """Graceful drain (SIGTERM): stop accepting, tell the registry we are draining so peers
@@ -577,6 +596,24 @@ class Proxy:
         self.access_log.flush()
         self.access_log.close()
         await self.control.close()
+
+
+def _fd_budget(inbound_limit: int) -> int:
+    """The inbound ceiling, within a quarter of the file descriptors (the soft limit raised
+    to the hard one first, as Go's runtime does): a flood of the inbound port must leave
+    descriptors for the app's outbound connections, upstream pools and files. Envoy's
+    advice is to keep all listener limits under half the fd limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY or inbound_limit <= soft // 4:
+        return inbound_limit
+    budget = max(16, soft // 4)
+    log.info("inbound connection limit %d lowered to %d: a quarter of the fd limit (%d)",
+                inbound_limit, budget, soft)
+    return budget
 
 
 def _lifetime_s(cert_pem: bytes) -> float:

@@ -58,6 +58,12 @@ OPTIONS = (
     Opt("--proxy-id", "proxy_id", default=""),
     Opt("--header-timeout", "header_timeout", float, default=60.0),
     Opt("--max-connections", "max_connections", int, default=10_000),
+    Opt("--max-inbound-connections", "max_inbound_connections", int, default=10_000,
+        envvar="MESH_PROXY_MAX_INBOUND_CONNECTIONS"),
+    Opt("--max-connections-per-source", "max_connections_per_source", int, default=1024,
+        envvar="MESH_PROXY_MAX_CONNECTIONS_PER_SOURCE"),
+    Opt("--inbound-handshake-timeout", "inbound_handshake_timeout", float, default=5.0,
+        envvar="MESH_PROXY_INBOUND_HANDSHAKE_TIMEOUT"),
     Opt("--trace-sampling", "trace_sampling", float, default=0.0, envvar="MESH_TRACE_SAMPLING"),
     Opt("--otlp-endpoint", "otlp_endpoint", envvar="MESH_OTLP_ENDPOINT"),
     Opt("--drain", "drain", float, default=5.0),
@@ -108,7 +114,13 @@ def parse(argv: Sequence[str]) -> dict[str, Any]:
                 raise _Refused(f"{o.flag}: {exc}") from None
         kwargs[o.dest] = value
     token = kwargs["token_file"]
-    if not token.is_file() or not 0.0 <= kwargs["trace_sampling"] <= 100.0:
+    if (
+        not token.is_file()
+        or not 0.0 <= kwargs["trace_sampling"] <= 100.0
+        or kwargs["max_inbound_connections"] < 1
+        or kwargs["max_connections_per_source"] < 0
+        or kwargs["inbound_handshake_timeout"] <= 0
+    ):
         raise _Refused("a value the Typer command checks")
     return kwargs
 
@@ -137,6 +149,9 @@ def run(
     proxy_id: str,
     header_timeout: float,
     max_connections: int,
+    max_inbound_connections: int,
+    max_connections_per_source: int,
+    inbound_handshake_timeout: float,
     trace_sampling: float,
     otlp_endpoint: str | None,
     drain: float,
@@ -177,6 +192,9 @@ def run(
         proxy_id=proxy_id,
         header_timeout_s=header_timeout,
         max_connections=max_connections,
+        max_inbound_connections=max_inbound_connections,
+        max_connections_per_source=max_connections_per_source,
+        inbound_handshake_timeout_s=inbound_handshake_timeout,
         drain_s=drain,
         trace_sampling=trace_sampling,
         otlp_endpoint=otlp_endpoint,

@@ -521,13 +521,15 @@ async def open_channel(
     return channel
 
 
-async def accept_channel(sock: socket.socket, ctx: _ssl.SSLContext | None) -> Channel:
+async def accept_channel(
+    sock: socket.socket, ctx: _ssl.SSLContext | None, handshake_timeout: float = 10.0
+) -> Channel:
     """An accepted socket as a Channel, after the TLS handshake when `ctx` is given."""
     channel = Channel()
     if ctx is not None and tls.ENABLED:
-        await tls.accept(sock, ctx, channel, 10.0)
+        await tls.accept(sock, ctx, channel, handshake_timeout)
         return channel
     await asyncio.get_running_loop().connect_accepted_socket(
-        lambda: channel, sock, ssl=ctx, ssl_handshake_timeout=10 if ctx else None
+        lambda: channel, sock, ssl=ctx, ssl_handshake_timeout=handshake_timeout if ctx else None
     )
     return channel

@@ -58,8 +58,23 @@ def proxy(
         float, typer.Option(help="Seconds a request head may take to arrive (slow loris).")
     ] = 60.0,
     max_connections: Annotated[
-        int, typer.Option(help="Open downstream connections before new ones are refused.")
+        int, typer.Option(help="Open connections per outbound listener before new ones are "
+                               "refused.")
     ] = 10_000,
+    max_inbound_connections: Annotated[
+        int, typer.Option(min=1, envvar="MESH_PROXY_MAX_INBOUND_CONNECTIONS",
+                          help="Open inbound connections before new ones are refused (at most "
+                               "a quarter of the fd limit).")
+    ] = 10_000,
+    max_connections_per_source: Annotated[
+        int, typer.Option(min=0, envvar="MESH_PROXY_MAX_CONNECTIONS_PER_SOURCE",
+                          help="Open inbound connections per source address (0: no limit).")
+    ] = 1024,
+    inbound_handshake_timeout: Annotated[
+        float, typer.Option(min=0.001, envvar="MESH_PROXY_INBOUND_HANDSHAKE_TIMEOUT",
+                            help="Seconds an inbound connection gets to send its first byte "
+                                 "and finish TLS.")
+    ] = 5.0,
     trace_sampling: Annotated[
         float,
         typer.Option(min=0.0, max=100.0, envvar="MESH_TRACE_SAMPLING",
@@ -96,6 +111,9 @@ def proxy(
             proxy_id=proxy_id,
             header_timeout=header_timeout,
             max_connections=max_connections,
+            max_inbound_connections=max_inbound_connections,
+            max_connections_per_source=max_connections_per_source,
+            inbound_handshake_timeout=inbound_handshake_timeout,
             trace_sampling=trace_sampling,
             otlp_endpoint=otlp_endpoint,
             drain=drain,

@@ -47,11 +47,18 @@ class Inbound:
             return
         tel = proxy.telemetry.counters
         plain_port: int | None = None
+        # One deadline for the first byte and the TLS handshake (Envoy's
+        # transport_socket_connect_timeout): a connection that never starts or never
+        # finishes TLS holds its slot that long at most. Nothing is allocated for TLS until
+        # the first byte is there, so idle connections cost a socket and a task.
+        timeout = proxy.opts.inbound_handshake_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            tls = True
-            if snap.may_be_plaintext:
-                b = await first_byte(sock, 10.0)
-                tls = b == b"\x16"
+            b = await first_byte(sock, timeout)
+            if not b:
+                sock.close()  # closed before sending anything
+                return
+            tls = b == b"\x16" or not snap.may_be_plaintext  # STRICT: TLS, or it fails
             if not tls:
                 # Which port the plaintext client wanted: the original destination when
                 # iptables redirected it here, else the service's first port (explicit mode).
@@ -60,8 +67,14 @@ class Inbound:
                     tel["meshctl_proxy_inbound_plaintext_refused_total"] += 1
                     sock.close()
                     return
-            reader, writer = await streams_for(sock, proxy.server_ctx if tls else None)
+            reader, writer = await streams_for(
+                sock,
+                proxy.server_ctx if tls else None,
+                max(0.001, deadline - asyncio.get_running_loop().time()),
+            )
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
+            if isinstance(exc, TimeoutError):
+                tel["meshctl_proxy_inbound_handshake_timeouts_total"] += 1
             tel["meshctl_proxy_inbound_tls_failures_total"] += 1
             log.debug("inbound handshake failed: %s", exc)
             sock.close()

@@ -13,6 +13,7 @@ from meshctl.aio import spawn
 from registry.ca import CsrError, TokenError
 from registry.server.auth import Caller, caller_of
 from registry.server.catalog import HEALTH_STATES, Endpoint
+from registry.server.proxies import NotYours
 
 if TYPE_CHECKING:
     from registry.server.main import Registry
@@ -22,6 +23,7 @@ REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 STREAM_PING_S = 15.0
 MAX_BODY = 64 * 1024
 MAX_ACK_LINE = 16 * 1024  # an ACK line on POST /v1/stream; a NACK's error is cut at 2000
+PROXY_ID_MAX = 253  # a DNS name's length: ids are workload, container or host names
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -45,6 +47,14 @@ async def _body(request: web.Request) -> dict[str, Any]:
 def _auth(request: web.Request) -> Caller:
     reg = request.app[REGISTRY]
     return caller_of(request, reg.ca, reg.operator_token)
+
+
+def _proxy_id_problem(proxy_id: object) -> str | None:
+    if not isinstance(proxy_id, str) or not proxy_id:
+        return "field `proxy_id` is required (a non-empty string)"
+    if len(proxy_id) > PROXY_ID_MAX or not proxy_id.isascii() or not proxy_id.isprintable():
+        return f"`proxy_id` must be at most {PROXY_ID_MAX} printable ASCII characters"
+    return None
 
 
 def _require_str(d: dict[str, Any], key: str) -> str:
@@ -125,13 +135,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
         return _error(400, "`config` and `catalog` must be integers")
     if request.method == "POST" and not proxy_id:
         return _error(400, "POST /v1/stream carries ACKs: `proxy_id` is required")
+    if proxy_id and (problem := _proxy_id_problem(proxy_id)) is not None:
+        return _error(400, problem)
     if request.query.get("epoch") != reg.epoch:
         have_cfg, have_cat = 0, -1  # another registry state: start over
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     service = caller.service or "operator"
+    identity = str(caller.identity or "operator")
     if proxy_id:
-        identity = str(caller.identity or "operator")
         reg.proxies.stream_opened(proxy_id, identity, service)
         snap_now = reg.store.current
         if snap_now is not None and have_cfg == snap_now.version:
@@ -161,7 +173,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         if acks is not None:
             acks.cancel()
         if proxy_id:
-            reg.proxies.stream_closed(proxy_id)
+            reg.proxies.stream_closed(proxy_id, identity)
     return resp
 
 
@@ -183,7 +195,8 @@ async def _stream_acks(request: web.Request, resp: web.StreamResponse, caller: C
                 elif body.setdefault("proxy_id", proxy_id) != proxy_id:
                     problem = f"ACK for `{body['proxy_id']}` on the stream of `{proxy_id}`"
                 else:
-                    problem = record_ack(reg, caller, body)
+                    refused = record_ack(reg, caller, body)
+                    problem = None if refused is None else refused[1]
             reply: dict[str, Any] = (
                 {"type": "ack", "config_version": body["config_version"],
                  "ok": bool(body.get("ok", True))}
@@ -200,25 +213,34 @@ async def _stream_acks(request: web.Request, resp: web.StreamResponse, caller: C
             request.transport.close()
 
 
-def record_ack(reg: Registry, caller: Caller, body: dict[str, Any]) -> str | None:
-    """Record one ACK or NACK, however it came; returns what is wrong with it, or None."""
+def record_ack(reg: Registry, caller: Caller, body: dict[str, Any]) -> tuple[int, str] | None:
+    """Record one ACK or NACK, however it came; None, or (HTTP status, what is wrong).
+
+    The row is the caller's: its identity comes from its verified certificate (or is
+    `operator`), so a proxy reports only on itself; an id another identity holds is 403.
+    """
     version = body.get("config_version")
     if not isinstance(version, int):
-        return "field `config_version` is required (an integer)"
+        return 400, "field `config_version` is required (an integer)"
     proxy_id = body.get("proxy_id")
-    if not isinstance(proxy_id, str) or not proxy_id:
-        return "field `proxy_id` is required (a non-empty string)"
+    if (problem := _proxy_id_problem(proxy_id)) is not None:
+        return 400, problem
+    assert isinstance(proxy_id, str)
     ok = bool(body.get("ok", True))
     not_after = body.get("cert_not_after")
-    st = reg.proxies.ack(
-        proxy_id,
-        str(caller.identity or "operator"),
-        caller.service or "operator",
-        version,
-        ok=ok,
-        error=str(body.get("error", "")),
-        cert_not_after=float(not_after) if isinstance(not_after, (int, float)) else None,
-    )
+    try:
+        st = reg.proxies.ack(
+            proxy_id,
+            str(caller.identity or "operator"),
+            caller.service or "operator",
+            version,
+            ok=ok,
+            error=str(body.get("error", "")),
+            cert_not_after=float(not_after) if isinstance(not_after, (int, float)) else None,
+        )
+    except NotYours as exc:
+        reg.metrics["acks_refused"] += 1
+        return 403, f"ACK refused: {exc}"
     if not ok:
         log.warning("proxy %s NACKed config version %d: %s", st.proxy_id, version, st.nack_error)
     # No notifier.notify() here: streams wait for config and catalog changes, not ACKs, and
@@ -230,9 +252,9 @@ async def ack(request: web.Request) -> web.Response:
     """A proxy says it runs `version` (ok) or refused it (ok=false, with the error)."""
     reg = request.app[REGISTRY]
     caller = _auth(request)
-    problem = record_ack(reg, caller, await _body(request))
-    if problem is not None:
-        return _error(400, problem)
+    refused = record_ack(reg, caller, await _body(request))
+    if refused is not None:
+        return _error(*refused)
     return _json({"ok": True})
 
 

@@ -300,6 +300,8 @@ class Registry:
             gone = self.catalog.expire(self.endpoint_ttl_s)
             if gone:
                 log.info("endpoints expired (no heartbeat): %s", ", ".join(gone))
+            if forgotten := self.proxies.expire(self.endpoint_ttl_s):
+                log.info("%d proxies forgotten (no stream, no report)", len(forgotten))
             self.tokens.purge_expired()
 
     async def _metrics(self, request: web.Request) -> web.Response:

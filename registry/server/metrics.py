@@ -36,6 +36,11 @@ def render_metrics(reg: Registry) -> str:
         "Proxies with an open config stream.",
         reg.proxies.connected(),
     )
+    w.gauge(
+        "meshctl_registry_proxies",
+        "Proxies the registry tracks (with a stream or reporting; bounded per identity).",
+        len(reg.proxies),
+    )
     latest = snap.version if snap else 0
     w.gauge(
         "meshctl_registry_proxies_stale",
@@ -49,5 +54,10 @@ def render_metrics(reg: Registry) -> str:
     )
     w.counter(
         "meshctl_registry_join_refused_total", "Join attempts refused.", reg.metrics["join_refused"]
+    )
+    w.counter(
+        "meshctl_registry_acks_refused_total",
+        "ACKs refused: about a proxy of another identity.",
+        reg.metrics["acks_refused"],
     )
     return w.text()
