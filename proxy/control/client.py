@@ -162,18 +162,36 @@ class ControlClient:
         try:
             return await self.renew()
         except (OSError, TimeoutError) as exc:
-            # The registry is down: the proxy serves with the certificate it has (still
-            # valid), and renew_loop keeps trying, as after any failed renewal.
-            log.warning("registry unreachable (%s): using the certificate kept from the last "
-                        "run (valid until %s)", exc, cached.not_after)
-            return cached
-        except JoinError as refused:
-            log.warning("the kept certificate was refused (%s): joining with the token", refused)
-            try:
-                return await self.join(token)
-            except JoinError as exc:
-                raise JoinError(f"{exc}; and the certificate kept in {self.files_dir} was "
-                                f"refused: {refused}") from None
+            # A registry that does not trust the certificate (the mesh was made again, with
+            # another CA) ends the TLS 1.3 handshake after it seems done: the client sees a
+            # closed connection, as it would a registry going down. Tell them apart by
+            # asking again without the certificate.
+            if not await self._answers_without_certificate():
+                # The registry is down: the proxy serves with the certificate it has (still
+                # valid), and renew_loop keeps trying, as after any failed renewal.
+                log.warning("registry unreachable (%s): using the certificate kept from the "
+                            "last run (valid until %s)", exc, cached.not_after)
+                return cached
+            refused: Exception = exc
+        except JoinError as exc:
+            refused = exc
+        log.warning("the kept certificate was refused (%s): joining with the token", refused)
+        self.identity = None  # the join's TLS presents no certificate
+        try:
+            return await self.join(token)
+        except JoinError as exc:
+            raise JoinError(f"{exc}; and the certificate kept in {self.files_dir} was "
+                            f"refused: {refused}") from None
+
+    async def _answers_without_certificate(self) -> bool:
+        client = Client(self.url, _registry_ctx(self.ca_file, None), connect_timeout=5)
+        try:
+            r = await client.request("GET", "/healthz", timeout=5)
+            return r.status == 200
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            await client.close()
 
     def _cached(self, service: str) -> Identity | None:
         """The kept SVID if it is this service's and valid for another minute, else None."""

@@ -4,6 +4,7 @@ token: join strings (CA pin), `--registry HOST:PORT`, clear errors, the kept SVI
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -296,3 +297,31 @@ def test_sigterm_stops_the_registry_with_streams_open(mesh: Mesh) -> None:
     finally:
         for s in streams:
             s.close()
+
+
+def test_a_kept_svid_from_another_ca_gives_way_to_a_new_token(mesh: Mesh, tmp_path: Path) -> None:
+    """The mesh was made again (a new CA): the kept SVID is refused, the new token joins."""
+    mesh.start_registry()
+    home = tmp_path / "vm"
+    admin = free_port()
+    args = ("--service", "orders", "--token-file")
+    p = _proxy(mesh, home, *args, str(_join_string(mesh, "orders")), admin=admin)
+    wait_until(lambda: http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200, timeout=30,
+               what="proxy ready")  # fmt: skip
+    p.kill()
+    _finish(p)
+    assert mesh.registry is not None
+    mesh.registry.stop()
+    shutil.rmtree(mesh.home / "registry")  # a new mesh: another CA
+    mesh.start_registry()
+    p = _proxy(mesh, home, *args, str(_join_string(mesh, "orders")), admin=admin)
+    try:
+        wait_until(lambda: p.poll() is None and
+                   http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200,
+                   timeout=30, what="proxy ready in the new mesh")  # fmt: skip
+    except AssertionError:
+        p.kill()
+        raise AssertionError(_finish(p)[1][-3000:]) from None
+    p.send_signal(signal.SIGTERM)
+    out = _finish(p)[1]
+    assert "was refused" in out and "joined as" in out, out
