@@ -65,7 +65,11 @@ def proxy(
     ] = [],  # noqa: B006
     admin: Annotated[str, typer.Option(help="Admin listener (localhost).")] = "127.0.0.1:15000",
     metrics: Annotated[str, typer.Option(help="Prometheus listener.")] = "0.0.0.0:15090",
-    proxy_id: Annotated[str, typer.Option(help="Stable id of this proxy (default: derived).")] = "",
+    proxy_id: Annotated[
+        str,
+        typer.Option(help="Id of this proxy in the registry (default: SERVICE-HOSTNAME, the "
+                     "same across restarts, so a restart replaces its entry)."),
+    ] = "",
     header_timeout: Annotated[
         float, typer.Option(help="Seconds a request head may take to arrive (slow loris).")
     ] = 60.0,

@@ -9,7 +9,6 @@ systemd's Restart= tries again.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import socket
 import ssl
 from dataclasses import dataclass
@@ -73,6 +72,8 @@ def route_source(url: str) -> str:
 
 
 def _https_get(url: str, path: str, ctx: ssl.SSLContext) -> bytes:
+    import http.client  # only for the first join (its email parser costs the sidecar RSS)
+
     parts = urlsplit(url)
     conn = http.client.HTTPSConnection(
         parts.hostname or "", parts.port or 443, context=ctx, timeout=CONNECT_TIMEOUT_S
@@ -81,11 +82,13 @@ def _https_get(url: str, path: str, ctx: ssl.SSLContext) -> bytes:
         conn.request("GET", path)
         r = conn.getresponse()
         body = r.read(64 * 1024)
-        if r.status != 200:
-            raise OSError(f"HTTP {r.status} for {path}")
-        return body
+    except http.client.HTTPException as exc:  # not an HTTP answer: as a network failure
+        raise OSError(f"bad answer to GET {path}: {exc!r}") from None
     finally:
         conn.close()
+    if r.status != 200:
+        raise OSError(f"HTTP {r.status} for {path}")
+    return body
 
 
 def fetch_pinned_ca(urls: tuple[str, ...], pin: str, dest: Path) -> str:
@@ -99,7 +102,7 @@ def fetch_pinned_ca(urls: tuple[str, ...], pin: str, dest: Path) -> str:
     for url in urls:
         try:
             bundle = _https_get(url, "/v1/ca", ctx).decode("ascii", "replace")
-        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+        except OSError as exc:  # ssl.SSLError included
             problems.append(f"{url}: {exc}")
             continue
         cert = pinned(bundle, pin)
