@@ -44,17 +44,30 @@ class Identity:
         """Move the new key (written 0600 by proxy/control/keygen.py) beside its certificate
         and the bundle, where OpenSSL loads them, and make both contexts."""
         ensure_dir(files_dir)
-        key_path, cert_path = files_dir / "svid.key", files_dir / "svid.crt"
-        info = certinfo.read(cert_pem)
-        os.replace(key_file, key_path)
-        atomic_write(cert_path, cert_pem, mode=0o644)
+        certinfo.read(cert_pem)  # a malformed certificate is refused before anything moves
+        os.replace(key_file, files_dir / "svid.key")
+        atomic_write(files_dir / "svid.crt", cert_pem, mode=0o644)
         atomic_write(files_dir / "bundle.crt", bundle_pem, mode=0o644)
+        return cls.load(files_dir)
+
+    @classmethod
+    def load(cls, files_dir: Path) -> Identity:
+        """The SVID a previous run left in `files_dir` (by `build`), to reuse after a restart.
+        OSError or ValueError when it is missing or unreadable."""
+        key_path, cert_path = files_dir / "svid.key", files_dir / "svid.crt"
+        cert_pem = cert_path.read_bytes()
+        bundle_pem = (files_dir / "bundle.crt").read_bytes()
+        info = certinfo.read(cert_pem)
+        try:
+            ctx = load_identity(tls_context(server=False), cert_path, key_path, bundle_pem)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{files_dir}: the key does not fit the certificate ({exc})") from None
         return cls(
             spiffe_id=_one_spiffe_id(info),
             cert_pem=cert_pem,
             bundle_pem=bundle_pem,
             not_after=info.not_after,
-            client_ctx=load_identity(tls_context(server=False), cert_path, key_path, bundle_pem),
+            client_ctx=ctx,
         )
 
     def lifetime_left(self, now: datetime | None = None) -> float:

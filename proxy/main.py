@@ -115,7 +115,9 @@ def _env_percent(name: str) -> float:
 class Proxy:
     def __init__(self, opts: ProxyOptions) -> None:
         self.opts = opts
-        self.proxy_id = opts.proxy_id or f"{opts.service}-{socket.gethostname()}-{os.getpid()}"
+        # Stable across restarts (service + host, no pid): a restarted proxy replaces its
+        # own entry in the registry instead of leaving a dead one beside it.
+        self.proxy_id = opts.proxy_id or f"{opts.service}-{socket.gethostname()}"
         labels = {"app": opts.service, **dict(opts.labels)}
         if opts.version:
             labels["version"] = opts.version
@@ -499,7 +501,7 @@ class Proxy:
 
     async def start(self) -> None:
         opts = self.opts
-        await self.control.join(opts.token)
+        await self.control.resume_or_join(opts.token, opts.service)
         self._tasks.append(spawn(self.control.stream_loop(self.apply_view), name="stream"))
         self._tasks.append(spawn(self.control.renew_loop(), name="renew"))
         await asyncio.wait_for(self.ready.wait(), 30)

@@ -44,11 +44,11 @@ class Opt:
 # The same options as the Typer command, in its order: keep the two in step (a test does).
 OPTIONS = (
     Opt("--service", "service", required=True),
-    Opt("--registry", "registry", required=True, envvar="MESH_REGISTRY"),
+    Opt("--registry", "registry", envvar="MESH_REGISTRY"),
     Opt("--token-file", "token_file", Path, required=True),
     Opt("--ca-file", "ca_file", Path),
     Opt("--version", "version"),
-    Opt("--advertise", "advertise", default="127.0.0.1"),
+    Opt("--advertise", "advertise", default="auto"),
     Opt("--inbound", "inbound", default="0.0.0.0:15006"),
     Opt("--outbound", "outbound"),
     Opt("--upstream", "upstream", multiple=True),
@@ -135,7 +135,7 @@ def hostport(value: str, default_host: str) -> tuple[str, int]:
 def run(
     *,
     service: str,
-    registry: str,
+    registry: str | None,
     token_file: Path,
     ca_file: Path | None,
     version: str | None,
@@ -158,7 +158,9 @@ def run(
 ) -> None:
     """Build the proxy's options, then run it until SIGTERM. UsageError for a bad value;
     JoinError, OSError or TimeoutError when it cannot start."""
+    from proxy.control.bootstrap import BootstrapError, bootstrap, registry_url
     from proxy.main import Proxy, ProxyOptions, Upstream
+    from registry.ca import joinstring
 
     ups = []
     for u in upstream:
@@ -175,14 +177,31 @@ def run(
             raise UsageError(f"--app `{a}`: expected PORT=HOST:PORT")
         apps[int(port)] = hostport(target, "127.0.0.1")
     home = mesh_home() / "proxies" / (proxy_id or service)
+    if registry is not None:
+        try:
+            registry_url(registry)
+        except ValueError as exc:
+            raise UsageError(f"--registry: {exc}") from None
+    try:
+        join = joinstring.parse(token_file.read_text())
+    except ValueError as exc:
+        raise BootstrapError(f"{token_file}: {exc}") from None
+    boot = bootstrap(
+        join,
+        registry=registry,
+        ca_file=ca_file,
+        default_ca=mesh_home() / "registry" / "ca" / "ca.crt",
+        state_dir=home,
+        advertise=advertise,
+    )
     opts = ProxyOptions(
-        registry_url=registry,
-        ca_file=ca_file or mesh_home() / "registry" / "ca" / "ca.crt",
-        token=token_file.read_text().strip(),
+        registry_url=boot.registry_url,
+        ca_file=boot.ca_file,
+        token=join.token,
         service=service,
         home=home,
         version=version,
-        advertise=advertise,
+        advertise=boot.advertise,
         inbound=hostport(inbound, "0.0.0.0"),
         outbound=hostport(outbound, "127.0.0.1") if outbound else None,
         upstreams=tuple(ups),
@@ -217,6 +236,7 @@ def _event_loop_run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 async def _run(p: object) -> None:
+    from meshctl import sdnotify
     from proxy.main import Proxy
 
     assert isinstance(p, Proxy)
@@ -226,7 +246,13 @@ async def _run(p: object) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await p.start()
+    # Listeners bound and the first config in: a Type=notify unit is now "started", and
+    # systemd starts the app after it (sd_notify(3)).
+    with contextlib.suppress(OSError):
+        sdnotify.notify("READY=1")
     await stop.wait()
+    with contextlib.suppress(OSError):
+        sdnotify.notify("STOPPING=1")
     await p.stop()
 
 
@@ -252,9 +278,10 @@ def main(
     except UsageError:
         documented(args)  # says it the documented way, exit 2
     except Exception as exc:
+        from proxy.control.bootstrap import BootstrapError
         from proxy.control.client import JoinError
 
-        if isinstance(exc, (JoinError, OSError, TimeoutError)):
+        if isinstance(exc, (BootstrapError, JoinError, OSError, TimeoutError)):
             print(f"meshctl proxy: {exc}", file=sys.stderr)
             sys.exit(1)
         raise

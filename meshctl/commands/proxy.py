@@ -13,24 +13,36 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def proxy(
     service: Annotated[str, typer.Option(help="The service this proxy stands beside.")],
-    registry: Annotated[
-        str,
-        typer.Option(help="Registry URL, e.g. https://127.0.0.1:15012.", envvar="MESH_REGISTRY"),
-    ],
     token_file: Annotated[
         Path,
-        typer.Option(help="File holding the one-time join token.", exists=True, dir_okay=False),
+        typer.Option(
+            help="File holding the join string (`meshctl token create`) or a bare token.",
+            exists=True,
+            dir_okay=False,
+        ),
     ],
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            help="Registry HOST:PORT or https:// URL (default: the addresses in the join string).",
+            envvar="MESH_REGISTRY",
+        ),
+    ] = None,
     ca_file: Annotated[
         Path | None,
         typer.Option(
-            help="The mesh's root certificate (trust for the registry). Default: MESH_HOME's."
+            help="The mesh's root certificate (trust for the registry). Default: fetched and "
+            "checked against the join string's pin, or MESH_HOME's for a bare token."
         ),
     ] = None,
     version: Annotated[str | None, typer.Option(help="The workload's version label.")] = None,
     advertise: Annotated[
-        str, typer.Option(help="Address peers use to reach this proxy.")
-    ] = "127.0.0.1",
+        str,
+        typer.Option(
+            help="Address peers use to reach this proxy; `auto`: the source address of the "
+            "route towards the registry."
+        ),
+    ] = "auto",
     inbound: Annotated[
         str, typer.Option(help="Inbound mTLS listener HOST:PORT.")
     ] = "0.0.0.0:15006",
@@ -53,7 +65,11 @@ def proxy(
     ] = [],  # noqa: B006
     admin: Annotated[str, typer.Option(help="Admin listener (localhost).")] = "127.0.0.1:15000",
     metrics: Annotated[str, typer.Option(help="Prometheus listener.")] = "0.0.0.0:15090",
-    proxy_id: Annotated[str, typer.Option(help="Stable id of this proxy (default: derived).")] = "",
+    proxy_id: Annotated[
+        str,
+        typer.Option(help="Id of this proxy in the registry (default: SERVICE-HOSTNAME, the "
+                     "same across restarts, so a restart replaces its entry)."),
+    ] = "",
     header_timeout: Annotated[
         float, typer.Option(help="Seconds a request head may take to arrive (slow loris).")
     ] = 60.0,
@@ -121,9 +137,10 @@ def proxy(
     except UsageError as exc:
         raise typer.BadParameter(str(exc)) from None
     except Exception as exc:
+        from proxy.control.bootstrap import BootstrapError
         from proxy.control.client import JoinError
 
-        if isinstance(exc, (JoinError, OSError, TimeoutError)):
+        if isinstance(exc, (BootstrapError, JoinError, OSError, TimeoutError)):
             typer.echo(f"meshctl proxy: {exc}", err=True)
             raise typer.Exit(1) from None
         raise

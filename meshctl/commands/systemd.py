@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import os
-import pwd
 import shutil
 import sys
 from pathlib import Path
@@ -36,7 +35,25 @@ AppUnit = Annotated[
     str | None, typer.Option(help="The app's unit (proxy; default SERVICE.service).")
 ]
 Registry = Annotated[
-    str, typer.Option(help="Registry address HOST:PORT (proxy).", envvar="MESH_REGISTRY")
+    str | None,
+    typer.Option(
+        help="Registry HOST:PORT (proxy; default: the addresses in the token file's join string).",
+        envvar="MESH_REGISTRY",
+    ),
+]
+Advertise = Annotated[
+    str,
+    typer.Option(
+        help="Address peers reach the proxy at (proxy); `auto`: the source address of the "
+        "route towards the registry, found when the proxy starts."
+    ),
+]
+ProxyUser = Annotated[
+    str, typer.Option(help="System user of the proxy (proxy); install creates it.")
+]
+Sans = Annotated[
+    list[str] | None,
+    typer.Option("--san", help="Extra DNS name or IP for the API's certificate (registry)."),
 ]
 TokenFile = Annotated[
     str | None,
@@ -46,7 +63,10 @@ Ports = Annotated[
     list[int] | None,
     typer.Option("--port", "-p", help="The app's inbound port, repeatable (proxy)."),
 ]
-ProxyUid = Annotated[int, typer.Option(help="The proxy's uid, excluded from interception.")]
+ProxyUid = Annotated[
+    int,
+    typer.Option(help="The proxy user's uid, excluded from interception (install: if free)."),
+]
 MeshctlBin = Annotated[
     str | None, typer.Option(help="Absolute path of meshctl (default: this meshctl).")
 ]
@@ -54,7 +74,7 @@ MeshHome = Annotated[str, typer.Option(help="State directory of the unit's proce
 ConfigDir = Annotated[str, typer.Option("--config", help="Config directory (registry).")]
 Listen = Annotated[str | None, typer.Option(help="Address the API listens on (registry).")]
 RegistryPort = Annotated[int | None, typer.Option(help="API port (registry).")]
-User = Annotated[str, typer.Option(help="System user that runs the registry.")]
+User = Annotated[str, typer.Option(help="System user of the registry; install creates it.")]
 Notify = Annotated[
     bool, typer.Option(help="Type=notify: the app starts once its proxy listens (proxy).")
 ]
@@ -73,33 +93,38 @@ def _units(
     service: str | None,
     version: str | None,
     app_unit: str | None,
-    registry: str,
+    registry: str | None,
     token_file: str | None,
-    ports: list[int] | None,
+    port: list[int] | None,
+    advertise: str,
+    proxy_user: str,
     proxy_uid: int,
     meshctl_bin: str | None,
     mesh_home: str,
-    config_dir: str,
+    config: str,
     listen: str | None,
     registry_port: int | None,
+    san: list[str] | None,
     user: str,
     notify: bool,
 ) -> dict[str, str]:
+    """The units of `kind`, from the options of `render` and `install` (same names)."""
     binary = _meshctl_bin(meshctl_bin)
     if kind is Kind.registry:
         return {
             systemd.REGISTRY_UNIT: systemd.render_registry_unit(
                 meshctl_bin=binary,
-                config_dir=config_dir,
+                config_dir=config,
                 mesh_home=mesh_home,
                 user=user,
                 listen=listen,
                 port=registry_port,
+                sans=san or (),
             )
         }
     if not service:
         raise ValueError("a proxy unit needs --service (the mesh service of the app)")
-    if not ports:
+    if not port:
         raise ValueError("a proxy unit needs --port (the app's inbound port; repeatable)")
     return systemd.render_proxy_units(
         service=service,
@@ -108,11 +133,19 @@ def _units(
         meshctl_bin=binary,
         mesh_home=mesh_home,
         registry=registry,
-        token_file=token_file or f"/etc/meshctl/{service}.token",
-        inbound_ports=ports,
+        # LoadCredential= needs an absolute path: a relative one is the caller's file.
+        token_file=str(Path(token_file or f"/etc/meshctl/{service}.token").absolute()),
+        inbound_ports=port,
+        advertise=advertise,
+        proxy_user=proxy_user,
         proxy_uid=proxy_uid,
         notify=notify,
     )
+
+
+def _under(root: Path, path: Path) -> Path:
+    """`path` of the installed system, seen from here: under `root` (--root)."""
+    return root / path.relative_to("/") if path.is_absolute() else path
 
 
 def _fail(err: Exception, code: int) -> typer.Exit:
@@ -126,40 +159,34 @@ def render(
     service: Service = None,
     version: Version = None,
     app_unit: AppUnit = None,
-    registry: Registry = "127.0.0.1:15012",
+    registry: Registry = None,
     token_file: TokenFile = None,
     port: Ports = None,
+    advertise: Advertise = "auto",
+    proxy_user: ProxyUser = systemd.PROXY_USER,
     proxy_uid: ProxyUid = systemd.PROXY_UID,
     meshctl_bin: MeshctlBin = None,
     mesh_home: MeshHome = "/var/lib/meshctl",
     config: ConfigDir = "/etc/meshctl",
     listen: Listen = None,
     registry_port: RegistryPort = None,
-    user: User = "meshctl",
+    san: Sans = None,
+    user: User = systemd.REGISTRY_USER,
     notify: Notify = True,
     out: Annotated[
         Path | None, typer.Option(help="Write the units under this directory, not to stdout.")
     ] = None,
 ) -> None:
     """Print the units (or write them under --out), e.g. to review or ship them."""
+    options = {k: v for k, v in locals().items() if k not in ("kind", "out")}
     try:
-        units = _units(
-            kind,
-            service=service,
-            version=version,
-            app_unit=app_unit,
-            registry=registry,
-            token_file=token_file,
-            ports=port,
-            proxy_uid=proxy_uid,
-            meshctl_bin=meshctl_bin,
-            mesh_home=mesh_home,
-            config_dir=config,
-            listen=listen,
-            registry_port=registry_port,
-            user=user,
-            notify=notify,
-        )
+        units = _units(kind, **options)
+        if kind is Kind.proxy:
+            typer.echo(
+                f"note: the proxy unit runs as user {proxy_user} (uid {proxy_uid}), which must "
+                "exist on the host: `meshctl systemd install` creates it",
+                err=True,
+            )
         if out is None:
             for rel, text in units.items():
                 typer.echo(f"# ---- {rel}\n{text}")
@@ -178,51 +205,50 @@ def install(
     service: Service = None,
     version: Version = None,
     app_unit: AppUnit = None,
-    registry: Registry = "127.0.0.1:15012",
+    registry: Registry = None,
     token_file: TokenFile = None,
     port: Ports = None,
+    advertise: Advertise = "auto",
+    proxy_user: ProxyUser = systemd.PROXY_USER,
     proxy_uid: ProxyUid = systemd.PROXY_UID,
     meshctl_bin: MeshctlBin = None,
     mesh_home: MeshHome = "/var/lib/meshctl",
     config: ConfigDir = "/etc/meshctl",
     listen: Listen = None,
     registry_port: RegistryPort = None,
-    user: User = "meshctl",
+    san: Sans = None,
+    user: User = systemd.REGISTRY_USER,
     notify: Notify = True,
+    root: Annotated[
+        Path,
+        typer.Option(
+            help="Install into the file system under this directory (an image being built, "
+            "as `systemctl --root`): units, user and state directory there; no daemon-reload."
+        ),
+    ] = Path("/"),
 ) -> None:
     """Write the units to /etc/systemd/system, create the state directory, daemon-reload."""
     if os.geteuid() != 0:
         raise _fail(ValueError("install needs root (or use `render --out DIR`)"), 1)
+    options = {k: v for k, v in locals().items() if k not in ("kind", "root")}
     try:
-        units = _units(
-            kind,
-            service=service,
-            version=version,
-            app_unit=app_unit,
-            registry=registry,
-            token_file=token_file,
-            ports=port,
-            proxy_uid=proxy_uid,
-            meshctl_bin=meshctl_bin,
-            mesh_home=mesh_home,
-            config_dir=config,
-            listen=listen,
-            registry_port=registry_port,
-            user=user,
-            notify=notify,
-        )
+        units = _units(kind, **options)  # every value checked before anything changes
         if kind is Kind.registry:
-            try:
-                owner = pwd.getpwnam(user)
-            except KeyError:
-                raise systemd.SystemdError(
-                    f"user {user!r} does not exist: create it with `useradd --system "
-                    f"--no-create-home --shell /usr/sbin/nologin {user}`"
-                ) from None
-            systemd.prepare_state_dir(Path(mesh_home), owner.pw_uid, owner.pw_gid)
+            uid, gid = systemd.ensure_system_user(user, root=root)
         else:
-            systemd.prepare_state_dir(Path(mesh_home), proxy_uid, proxy_uid)
-        for path in systemd.install_units(units):
+            credential = _under(root, Path(token_file or f"/etc/meshctl/{service}.token"))
+            if not credential.absolute().is_file():
+                raise systemd.SystemdError(
+                    f"token file {credential.absolute()} does not exist (systemd would refuse "
+                    "to start the proxy): put the join string of `meshctl token create "
+                    f"{service}` there first"
+                )
+            uid, gid = systemd.ensure_system_user(proxy_user, proxy_uid, root=root)
+            if uid != proxy_uid:  # 1337 was taken: the drop-in lets this uid's traffic out
+                units = _units(kind, **{**options, "proxy_uid": uid})
+        systemd.prepare_state_dir(_under(root, Path(mesh_home)), uid, gid)
+        unit_dir = _under(root, systemd.UNIT_DIR)
+        for path in systemd.install_units(units, unit_dir, reload=root == Path("/")):
             typer.echo(f"wrote {path}")
     except ValueError as e:
         raise _fail(e, 2) from None

@@ -22,7 +22,8 @@ def create(
     ttl: Annotated[float, typer.Option(help="Seconds until the token expires.")] = 3600,
     output: Annotated[str, typer.Option("--output", "-o", help="text or json")] = "text",
 ) -> None:
-    """Mint a join token through the running registry (the operator credential is in MESH_HOME)."""
+    """Print a join string: a one-time token, the registry's addresses and the pin (SHA-256)
+    of its CA certificate. Copy it to the new host; nothing else is needed there."""
     try:
         res = RegistryClient.from_home(mesh_home()).call(
             "POST", "/v1/tokens", {"service": service, "ttl_s": ttl}
@@ -30,4 +31,6 @@ def create(
     except (RegistryUnavailable, RegistryError) as exc:
         typer.echo(f"meshctl token create: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(json.dumps(res) if output == "json" else res["token"])
+    # The join string (token, registry addresses, CA pin): all a new host needs. A registry
+    # from before join strings answers only the bare token.
+    typer.echo(json.dumps(res) if output == "json" else res.get("join", res["token"]))

@@ -70,8 +70,8 @@ def _locked(cache: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def tarball_path(cache: Path = DEFAULT_CACHE) -> Path:
-    return cache / f"rootfs-{SUITE}-python3.tar"
+def tarball_path(cache: Path = DEFAULT_CACHE, packages: tuple[str, ...] = ("python3",)) -> Path:
+    return cache / f"rootfs-{SUITE}-{'-'.join(packages)}.tar"
 
 
 def _client() -> Any:
@@ -89,7 +89,7 @@ def _image_id(client: Any, tag: str) -> str | None:
         return None
 
 
-def _debootstrap(tarball: Path, mirror: str) -> None:
+def _debootstrap(tarball: Path, mirror: str, packages: tuple[str, ...]) -> None:
     if shutil.which("debootstrap") is None:
         raise ImageError(
             "debootstrap is not installed: `apt-get install -y debootstrap`, then build again"
@@ -97,7 +97,8 @@ def _debootstrap(tarball: Path, mirror: str) -> None:
     with tempfile.TemporaryDirectory(prefix="rootfs-", dir=tarball.parent) as tmp:
         root = Path(tmp) / "root"
         done = subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(root), mirror],
+            ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE,
+             str(root), mirror],
             capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         if done.returncode != 0:
@@ -119,8 +120,10 @@ def ensure_image(
     cache: Path = DEFAULT_CACHE,
     mirror: str | None = None,
     rebuild: bool = False,
+    packages: tuple[str, ...] = ("python3",),
 ) -> ImageResult:
-    """Make sure `tag` exists in the engine (see the module docstring)."""
+    """Make sure `tag` exists in the engine (see the module docstring). `packages`: what
+    debootstrap includes (tests build a systemd image with `systemd`, `iptables`...)."""
     t0 = time.monotonic()
     client = _client()
     if not rebuild and (found := _image_id(client, tag)):
@@ -128,10 +131,10 @@ def ensure_image(
     with _locked(cache):
         if not rebuild and (found := _image_id(client, tag)):  # another builder made it
             return ImageResult(tag, found, "engine", time.monotonic() - t0)
-        tarball = tarball_path(cache)
+        tarball = tarball_path(cache, packages)
         source = "cache"
         if rebuild or not tarball.is_file():
-            _debootstrap(tarball, mirror or apt_mirror())
+            _debootstrap(tarball, mirror or apt_mirror(), packages)
             source = "debootstrap"
         repo, _, version = tag.rpartition(":") if ":" in tag else (tag, "", "latest")
         try:

@@ -23,6 +23,7 @@ log = logging.getLogger("meshctl.proxy.control")
 HEARTBEAT_S = 10.0
 ACK_ERROR_MAX = 2000  # the registry keeps this much of a NACK's error
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
+REUSE_MIN_S = 60.0  # a kept SVID with less left than this is not reused: the token joins
 
 
 class JoinError(Exception):
@@ -148,6 +149,68 @@ class ControlClient:
         self.epoch = str(data.get("epoch", ""))
         self._set_identity(ident)
         log.info("joined as %s (certificate until %s)", ident.spiffe_id, ident.not_after)
+        return ident
+
+    async def resume_or_join(self, token: str, service: str) -> Identity:
+        """Reuse the SVID a previous run kept in `files_dir`, renewed at once over mTLS; the
+        one-time token is only for the first join, or once that SVID expired or is refused.
+        So a restart (crash, `systemctl restart`, reboot) needs no new token."""
+        cached = self._cached(service)
+        if cached is None:
+            return await self.join(token)
+        self._set_identity(cached)
+        try:
+            return await self.renew()
+        except (OSError, TimeoutError) as exc:
+            # A registry that does not trust the certificate (the mesh was made again, with
+            # another CA) ends the TLS 1.3 handshake after it seems done: the client sees a
+            # closed connection, as it would a registry going down. Tell them apart by
+            # asking again without the certificate.
+            if not await self._answers_without_certificate():
+                # The registry is down: the proxy serves with the certificate it has (still
+                # valid), and renew_loop keeps trying, as after any failed renewal.
+                log.warning("registry unreachable (%s): using the certificate kept from the "
+                            "last run (valid until %s)", exc, cached.not_after)
+                return cached
+            refused: Exception = exc
+        except JoinError as exc:
+            refused = exc
+        log.warning("the kept certificate was refused (%s): joining with the token", refused)
+        self.identity = None  # the join's TLS presents no certificate
+        try:
+            return await self.join(token)
+        except JoinError as exc:
+            raise JoinError(f"{exc}; and the certificate kept in {self.files_dir} was "
+                            f"refused: {refused}") from None
+
+    async def _answers_without_certificate(self) -> bool:
+        client = Client(self.url, _registry_ctx(self.ca_file, None), connect_timeout=5)
+        try:
+            r = await client.request("GET", "/healthz", timeout=5)
+            return r.status == 200
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            await client.close()
+
+    def _cached(self, service: str) -> Identity | None:
+        """The kept SVID if it is this service's and valid for another minute, else None."""
+        if not (self.files_dir / "svid.crt").exists():
+            return None
+        try:
+            ident = Identity.load(self.files_dir)
+        except (OSError, ValueError) as exc:
+            log.warning("the certificate kept in %s is unusable (%s): joining with the token",
+                        self.files_dir, exc)
+            return None
+        if ident.spiffe_id.service_account != service:
+            log.warning("the certificate kept in %s is %s's, not %s's: joining with the token",
+                        self.files_dir, ident.spiffe_id, service)
+            return None
+        if ident.lifetime_left() < REUSE_MIN_S:
+            log.info("the certificate kept in %s expired at %s: joining with the token",
+                     self.files_dir, ident.not_after)
+            return None
         return ident
 
     async def renew(self) -> Identity:

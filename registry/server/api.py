@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from meshctl.aio import spawn
 from registry.ca import CsrError, TokenError
+from registry.ca.joinstring import JoinString, ca_pin
 from registry.server.auth import Caller, caller_of
 from registry.server.catalog import HEALTH_STATES, Endpoint
 from registry.server.proxies import NotYours
@@ -141,6 +143,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
         have_cfg, have_cat = 0, -1  # another registry state: start over
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
+    me = asyncio.current_task()
+    if me is not None:
+        reg.streams.add(me)  # Registry.stop() closes it: it would never end by itself
     service = caller.service or "operator"
     identity = str(caller.identity or "operator")
     if proxy_id:
@@ -170,6 +175,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass  # the proxy went away mid-write; a disconnect while idle cancels this task
     finally:
+        if me is not None:
+            reg.streams.discard(me)
         if acks is not None:
             acks.cancel()
         if proxy_id:
@@ -364,7 +371,18 @@ async def create_token(request: web.Request) -> web.Response:
         identity = reg.identity_for(_require_str(body, "service"))
     except ValueError as exc:
         return _error(400, str(exc))
-    return _json({"token": reg.tokens.create(identity, float(ttl)), "spiffe_id": str(identity)})
+    token = reg.tokens.create(identity, float(ttl))
+    # The join string: the token, where to reach this registry and the CA's pin, so a new
+    # host needs nothing else (registry/ca/joinstring.py).
+    join = JoinString(token, tuple(reg.join_urls()), ca_pin(reg.ca.bundle_pem.decode()))
+    return _json({"token": token, "join": join.encode(), "spiffe_id": str(identity)})
+
+
+async def ca_certificate(request: web.Request) -> web.Response:
+    """The root certificate, to anyone: public, and a joiner trusts it only if it matches
+    the pin in its join string (kubeadm's cluster-info, checked by the discovery hash)."""
+    reg = request.app[REGISTRY]
+    return web.Response(body=reg.ca.bundle_pem, content_type="application/x-pem-file")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -383,6 +401,7 @@ def build_app(reg: Registry) -> web.Application:
     app.add_routes(
         [
             web.post("/v1/join", join),
+            web.get("/v1/ca", ca_certificate),
             web.post("/v1/renew", renew),
             web.get("/v1/stream", stream),
             web.post("/v1/stream", stream),

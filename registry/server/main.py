@@ -17,12 +17,14 @@ from typing import Any
 
 from aiohttp import web
 
+from meshctl import sdnotify
 from meshctl.aio import spawn
 from meshctl.state import atomic_write, ensure_dir
 from registry.ca import CertificateAuthority, SpiffeId, TokenStore
 from registry.config import LoadResult, MeshConfig, load_directory
 from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT, RegistryPaths, read_operator_token
 from registry.server import watcher
+from registry.server.addresses import WILDCARDS, join_urls, serving_addresses
 from registry.server.api import build_app
 from registry.server.catalog import ENDPOINT_TTL_S, Catalog
 from registry.server.metrics import render_metrics
@@ -32,6 +34,7 @@ from registry.server.statefiles import StateFiles
 
 log = logging.getLogger("meshctl.registry")
 REGISTRY_NAMESPACE = "meshctl-system"
+STOP_GRACE_S = 1.0  # on SIGTERM, how long in-flight short calls get once streams are closed
 
 
 class StartupError(Exception):
@@ -64,6 +67,7 @@ class Registry:
         self.proxies = ProxyTracker()
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
+        self.streams: set[asyncio.Task[Any]] = set()  # open /v1/stream handlers: closed on stop
         self._tasks: list[asyncio.Task[Any]] = []
         self._view: tuple[int, int, bytes] | None = None
         self.state_files = StateFiles()
@@ -193,7 +197,9 @@ class Registry:
     # -- lifecycle -----------------------------------------------------------------------
 
     def _server_ssl(self) -> ssl.SSLContext:
-        sans = {"localhost", "127.0.0.1", self.host, *self.extra_sans} - {"0.0.0.0", "::", ""}
+        # Every address a proxy may dial: with --listen 0.0.0.0, each local one (addresses.py).
+        served = serving_addresses(self.host)
+        sans = {"localhost", "127.0.0.1", *served, *self.extra_sans} - WILDCARDS
         ips = [s for s in sans if _is_ip(s)]
         names = [s for s in sans if not _is_ip(s)]
         ident = SpiffeId.for_service(self.ca.trust_domain, REGISTRY_NAMESPACE, "registry")
@@ -250,8 +256,14 @@ class Registry:
 
         # handler_cancellation: a proxy that goes away ends its stream handler at once, so
         # /v1/status stops showing it connected (otherwise only the next ping would notice).
+        # shutdown_timeout: what is left once the streams are closed (stop()) is short
+        # calls; systemd's TimeoutStopSec in the unit is above it.
         api = web.AppRunner(
-            build_app(self), access_log=None, handle_signals=False, handler_cancellation=True
+            build_app(self),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=STOP_GRACE_S,
         )
         await api.setup()
         site = web.TCPSite(
@@ -316,7 +328,17 @@ class Registry:
         ok = self.store.current is not None
         return web.Response(status=200 if ok else 503, text="ready\n" if ok else "no config\n")
 
+    def join_urls(self) -> list[str]:
+        """Where a joiner may reach this registry, in the order to try (join strings)."""
+        return join_urls(self.host, self.port, self.extra_sans)
+
     async def stop(self) -> None:
+        # Close the config streams first: each is a request that never ends, and aiohttp's
+        # shutdown would otherwise wait out its timeout for them (~120 s with proxies
+        # connected). A proxy sees its stream end and reconnects to the next registry.
+        for t in list(self.streams):
+            t.cancel()
+        await asyncio.gather(*self.streams, return_exceptions=True)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -357,6 +379,10 @@ async def run(config_dir: Path, home: Path, **kwargs: Any) -> None:
     """Run a registry until cancelled or SIGTERM (systemd's stop, `kill`): a clean stop."""
     reg = Registry(config_dir, home, **kwargs)
     await reg.start()
+    # Listening: a Type=notify unit is started now, so `systemctl enable --now` returns
+    # when `meshctl token create` can reach it.
+    with contextlib.suppress(OSError):
+        sdnotify.notify("READY=1")
     stopping = asyncio.Event()
     with contextlib.suppress(NotImplementedError, ValueError, RuntimeError):
         # Only possible in the main thread; elsewhere the caller cancels us instead.

@@ -55,11 +55,14 @@ def test_proxy_unit_directives() -> None:
     assert d["Type"] == ["notify"]
     assert d["ExecStart"] == [
         "/usr/local/bin/meshctl proxy --service orders --version v1 "
-        "--registry 10.0.0.5:15012 --token-file %d/join-token"
+        "--registry 10.0.0.5:15012 --token-file %d/join-token --advertise auto "
+        "--outbound 127.0.0.1:15001"
     ]
     assert d["LoadCredential"] == ["join-token:/etc/meshctl/orders.token"]
     assert d["Restart"] == ["always"] and d["RestartSec"] == ["1"]
-    assert d["User"] == ["1337"] and d["Group"] == ["1337"]
+    # By name: systemd refuses a User= without a passwd entry (217/USER); install makes it.
+    assert d["User"] == ["meshctl-proxy"] and d["Group"] == ["meshctl-proxy"]
+    assert d["TimeoutStopSec"] == ["15"]
     assert d["CapabilityBoundingSet"] == [""]  # no privilege at all
     assert d["ReadWritePaths"] == ["/var/lib/meshctl"]
     for key, value in {
@@ -89,6 +92,15 @@ def test_app_dropin_orders_and_intercepts() -> None:
     assert d["ExecStopPost"] == ["-+/usr/local/bin/meshctl intercept remove --service orders"]
 
 
+def test_the_proxy_unit_wires_what_the_app_dropin_needs() -> None:
+    # The drop-in's interception sends the app's outbound connections to 15001: the proxy
+    # must listen there. Peers must reach it at a real address, not 127.0.0.1.
+    text = _proxy_units(registry=None, advertise="10.1.2.3")["meshctl-proxy-orders.service"]
+    [start] = _directives(text)["ExecStart"]
+    assert "--registry" not in start  # the join string carries the registry's addresses
+    assert "--advertise 10.1.2.3" in start and "--outbound 127.0.0.1:15001" in start
+
+
 def test_no_version_no_flag_and_notify_off() -> None:
     text = _proxy_units(version=None, notify=False)["meshctl-proxy-orders.service"]
     assert "--version" not in text
@@ -102,9 +114,14 @@ def test_registry_unit() -> None:
             config_dir="/etc/meshctl",
             mesh_home="/var/lib/meshctl",
             listen="0.0.0.0",
+            sans=["registry.internal", "10.9.9.9"],
         )
     )
-    assert d["ExecStart"] == ["/usr/bin/meshctl registry --config /etc/meshctl --listen 0.0.0.0"]
+    assert d["ExecStart"] == [
+        "/usr/bin/meshctl registry --config /etc/meshctl --listen 0.0.0.0 "
+        "--san registry.internal --san 10.9.9.9"
+    ]
+    assert d["Type"] == ["notify"] and d["TimeoutStopSec"] == ["10"]
     assert d["Environment"] == ["MESH_HOME=/var/lib/meshctl"]
     assert d["User"] == ["meshctl"]
     assert d["WantedBy"] == ["multi-user.target"]
@@ -122,7 +139,8 @@ def test_quoting_spaces_percent_dollar_quotes() -> None:
     d = _directives(units["meshctl-proxy-orders.service"])
     assert d["ExecStart"] == [
         '"/opt/mesh ctl/bin/meshctl" proxy --service orders --version "v\\"1\\\\" '
-        "--registry reg$$ist:1 --token-file %d/join-token"
+        "--registry reg$$ist:1 --token-file %d/join-token --advertise auto "
+        "--outbound 127.0.0.1:15001"
     ]
     assert d["Environment"] == ['"MESH_HOME=/srv/state 100%%"']
     assert d["ReadWritePaths"] == ['"/srv/state 100%%"']
@@ -273,6 +291,73 @@ def test_cli_render_registry_to_stdout() -> None:
     assert (
         "ExecStart=/usr/bin/meshctl registry --config /etc/meshctl --listen 0.0.0.0" in res.output
     )
+
+
+def test_cli_render_names_the_user_it_expects() -> None:
+    res = CliRunner().invoke(
+        app, ["render", "proxy", "--service", "orders", "--port", "8080",
+              "--meshctl-bin", "/usr/bin/meshctl"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "runs as user meshctl-proxy (uid 1337)" in res.output
+
+
+def _etc(tmp_path: Path) -> Path:
+    """A copy of this system's user database, for useradd --prefix."""
+    (tmp_path / "etc").mkdir()
+    for f in ("passwd", "group", "shadow", "gshadow", "login.defs"):
+        if Path("/etc", f).exists():
+            shutil.copy2(Path("/etc", f), tmp_path / "etc" / f)
+    return tmp_path
+
+
+@pytest.mark.root
+def test_ensure_system_user_creates_it_with_the_uid_if_free(tmp_path: Path) -> None:
+    if shutil.which("useradd") is None:
+        pytest.skip("needs useradd")
+    root = _etc(tmp_path)
+    assert systemd.ensure_system_user("meshctl-proxy", 1337, root=root)[0] == 1337
+    passwd = (root / "etc/passwd").read_text()
+    assert re.search(r"^meshctl-proxy:x:1337:\d+:meshctl:/nonexistent:", passwd, re.M), passwd
+    # Asked again: found, not made twice.
+    assert systemd.ensure_system_user("meshctl-proxy", 1337, root=root)[0] == 1337
+    assert (root / "etc/passwd").read_text() == passwd
+    # 1337 taken: another user gets whichever uid useradd picks.
+    other = systemd.ensure_system_user("meshctl-other", 1337, root=root)[0]
+    assert other != 1337
+    with pytest.raises(ValueError, match="not a valid system user name"):
+        systemd.ensure_system_user("Bad Name", root=root)
+
+
+@pytest.mark.root
+def test_cli_install_root_makes_user_units_and_state_dir(tmp_path: Path) -> None:
+    if shutil.which("useradd") is None:
+        pytest.skip("needs useradd")
+    root = _etc(tmp_path)
+    (root / "etc/meshctl").mkdir()
+    (root / "etc/meshctl/orders.token").write_text("mjoin1.x\n")
+    res = CliRunner().invoke(
+        app, ["install", "proxy", "--service", "orders", "--port", "8080", "--root", str(root),
+              "--token-file", "/etc/meshctl/orders.token", "--meshctl-bin", "/usr/bin/meshctl"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    unit = (root / "etc/systemd/system/meshctl-proxy-orders.service").read_text()
+    assert "User=meshctl-proxy" in unit
+    state = root / "var/lib/meshctl"
+    assert state.stat().st_uid == 1337 and state.stat().st_mode & 0o777 == 0o700
+    assert "meshctl-proxy:x:1337:" in (root / "etc/passwd").read_text()
+
+
+def test_cli_install_refuses_a_missing_token_file(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("install needs root")
+    res = CliRunner().invoke(
+        app, ["install", "proxy", "--service", "orders", "--port", "8080", "--root",
+              str(tmp_path), "--token-file", "/etc/meshctl/orders.token"],
+    )  # fmt: skip
+    assert res.exit_code == 1
+    assert f"token file {tmp_path}/etc/meshctl/orders.token does not exist" in res.output
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_cli_render_says_what_is_missing() -> None:
