@@ -823,3 +823,25 @@ def test_per_try_timeout_without_retries_answers_504_ut_on_a_hung_handshake(
     assert 'response_flags="UT"' in b.metrics()
     assert b.get("/status/200")[0] == 200  # round robin: `a` next
     wait_until(lambda: hung.closed_by_peer == hung.accepted, what="the hung attempts cut")
+
+
+def test_per_try_timeout_holds_on_kept_alive_connections(mesh: Mesh) -> None:
+    # A kept-alive client lets the client proxy's fast path in (urllib closes each
+    # connection, which keeps it out). That path keeps no timer: before, it sent a request to
+    # the slow replica on an idle connection and waited the 3 s for its answer.
+    _policy(mesh, vs_http="""\
+        - retries: {attempts: 2, perTryTimeout: 300ms, retryOn: "5xx,reset,connect-failure"}
+          route: [{destination: {host: backend}}]
+        """, dr_policy="{loadBalancer: {simple: ROUND_ROBIN}}")
+    mesh.start_registry()
+    b = Backend(mesh)
+    conn = http.client.HTTPConnection("127.0.0.1", b.local, timeout=10)
+    try:
+        for _ in range(4):  # idle upstream connections to both replicas
+            assert _keepalive_get(conn, "/echo", {})[0] == 200
+        b.admin("a", "slow?ms=3000&count=-1")
+        answers = [_keepalive_get(conn, "/echo", {}) for _ in range(6)]
+    finally:
+        conn.close()
+    assert [(s, json.loads(body)["version"]) for s, body in answers] == [(200, "b")] * 6
+    assert b.stats()["meshctl_proxy_retries_total"] >= 3
