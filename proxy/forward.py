@@ -156,8 +156,9 @@ class Result:
 class Admission:
     """What a request was admitted on, asked by both paths (the coroutine path and
     proxy.fastpath): the target of each attempt (`pick`, with the endpoints already tried
-    in `exclude`), whether a retry may go (`may_retry`: budgets and gauges), and `release`,
-    called once when the request ends. Plans and Preps hold the object and call its
+    in `exclude`), whether a retry may go (`may_retry`: budgets and gauges), an attempt cut
+    by its per-try timeout (`per_try_timed_out`), and `release`, called once when the
+    request ends. Plans and Preps hold the object and call its
     methods: a bound method or a partial made per request costs ~600 instructions each.
     This base is a single fixed target with nothing to hold (the inbound app)."""
 
@@ -171,6 +172,10 @@ class Admission:
 
     def may_retry(self) -> bool:
         return True
+
+    def per_try_timed_out(self) -> None:
+        """An attempt ran out of its per-try timeout (Envoy's upstream_rq_per_try_timeout)."""
+        return None
 
     def release(self) -> None:
         return None
@@ -431,6 +436,8 @@ async def forward(
             outcome, conn, resp = await _attempt(
                 req, plan, pool, target, body, complete, replayable, down, try_timeout, has_body
             )
+            if outcome.timed_out and per_try is not None and try_timeout == per_try:
+                plan.admission.per_try_timed_out()  # (else the route's timeout ran out)
         if outcome is _OVERFLOW:
             last_flag, last_status = "UO", 503
             break

@@ -341,6 +341,10 @@ class _Admission(Admission):
         for _ in range(self.held):
             self.gauges.release_retry()
 
+    def per_try_timed_out(self) -> None:
+        self.counters["meshctl_proxy_upstream_rq_per_try_timeout_total"] += 1
+        self.hop.event("per-try timeout")
+
     def may_retry(self) -> bool:
         """DestinationRule http.maxRetries: concurrent retries in the cluster, held until
         the request ends; then Linkerd's budget: at most 20 % more than requests."""

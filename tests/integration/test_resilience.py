@@ -809,7 +809,9 @@ def test_per_try_timeout_cuts_a_hung_tls_handshake_and_retries_elsewhere(
     assert hung.accepted >= 2
     attempts = Counter(line["attempts"] for line in _logged(log, "/echo", len(seen)))
     assert attempts[2] == hung.accepted and set(attempts) <= {1, 2}
-    assert b.stats()["meshctl_proxy_retries_total"] == hung.accepted
+    stats = b.stats()
+    assert stats["meshctl_proxy_retries_total"] == hung.accepted
+    assert stats["meshctl_proxy_upstream_rq_per_try_timeout_total"] == hung.accepted
 
 
 def test_per_try_timeout_without_retries_answers_504_ut_on_a_hung_handshake(
@@ -829,6 +831,7 @@ def test_per_try_timeout_without_retries_answers_504_ut_on_a_hung_handshake(
     )
     assert (status, body) == (504, b"upstream request timeout")
     assert 'response_flags="UT"' in b.metrics()
+    assert b.stats()["meshctl_proxy_upstream_rq_per_try_timeout_total"] == hung.accepted
     assert b.get("/status/200")[0] == 200  # round robin: `a` next
     wait_until(lambda: hung.closed_by_peer == hung.accepted, what="the hung attempts cut")
 
