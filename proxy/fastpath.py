@@ -12,7 +12,8 @@ request (telemetry included) in that same callback.
 
 Everything else is handed over to the coroutine path, which carries on from where the fast
 path stopped (`forward.Started`): no idle connection, a response to retry or to stream, an
-upstream failure, a local step that waits (a fault delay), Upgrade, 100-continue, bodies not
+upstream failure, a local step that waits (a fault delay), a route with a timeout or a
+perTryTimeout (this path keeps no timers), Upgrade, 100-continue, bodies not
 complete or over the replay buffer, HTTP/1.0, `Connection: close`. The coroutine path alone
 serves every request when the fast path is off (MESH_FASTPATH=0), which is how the bench
 compares the two.
@@ -225,7 +226,14 @@ class FastConn:
                 self.writer.write(prep.reply)
             self._finish(prep.result, _now())
             return
-        if plan.mirror is not None or plan.timeout_s is not None:
+        retry = plan.retry
+        if (
+            plan.mirror is not None
+            or plan.timeout_s is not None
+            or (retry is not None and retry.per_try_timeout_s is not None)
+        ):
+            # This path keeps no timer: a route timeout or a perTryTimeout (which bounds each
+            # whole attempt, connecting included) is for the coroutine path to enforce.
             self._handover(Started(body))
             return
         target = plan.admission.pick(_NO_EXCLUDE)

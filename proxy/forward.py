@@ -114,7 +114,9 @@ class Target:
     idle_timeout_s: float | None = None
     # (status or None, local-origin failure, latency): feeds outlier detection and EWMA.
     report: Callable[[int | None, bool, float], None] | None = None
-    host: str = ""  # the endpoint ("ip:port") the balancer knows it by
+    # The endpoint's identity (proxy.outbound.cluster.endpoint_key, "ip:port"): what the
+    # balancer picks and a retry excludes. Not `key`, which names a pool of connections.
+    endpoint: str = ""
 
 
 # Result, Plan, Prep and Started are built once per request: each writes its __init__ out
@@ -154,8 +156,9 @@ class Result:
 class Admission:
     """What a request was admitted on, asked by both paths (the coroutine path and
     proxy.fastpath): the target of each attempt (`pick`, with the endpoints already tried
-    in `exclude`), whether a retry may go (`may_retry`: budgets and gauges), and `release`,
-    called once when the request ends. Plans and Preps hold the object and call its
+    in `exclude`), whether a retry may go (`may_retry`: budgets and gauges), an attempt cut
+    by its per-try timeout (`per_try_timed_out`), and `release`, called once when the
+    request ends. Plans and Preps hold the object and call its
     methods: a bound method or a partial made per request costs ~600 instructions each.
     This base is a single fixed target with nothing to hold (the inbound app)."""
 
@@ -169,6 +172,10 @@ class Admission:
 
     def may_retry(self) -> bool:
         return True
+
+    def per_try_timed_out(self) -> None:
+        """An attempt ran out of its per-try timeout (Envoy's upstream_rq_per_try_timeout)."""
+        return None
 
     def release(self) -> None:
         return None
@@ -429,6 +436,8 @@ async def forward(
             outcome, conn, resp = await _attempt(
                 req, plan, pool, target, body, complete, replayable, down, try_timeout, has_body
             )
+            if outcome.timed_out and per_try is not None and try_timeout == per_try:
+                plan.admission.per_try_timed_out()  # (else the route's timeout ran out)
         if outcome is _OVERFLOW:
             last_flag, last_status = "UO", 503
             break
@@ -460,7 +469,9 @@ async def forward(
             last_status = 504 if outcome.timed_out else 503
             if retry is None or not should_retry(retry, outcome, req.method, replayable):
                 break
-        exclude = exclude | {target.key}
+        # Istio's previous_hosts retry predicate: the next attempt goes to an endpoint not
+        # tried yet, when there is one (the balancer's identity, not the pool key).
+        exclude = exclude | {target.endpoint}
         if deadline is not None and time.monotonic() >= deadline:
             last_flag, last_status = "UT", 504
             break
@@ -547,17 +558,30 @@ async def _attempt(
     timeout: float | None,
     has_body: bool,
 ) -> tuple[Outcome, Conn | None, Response | None]:
+    # `timeout` (the per-try timeout, or what is left of the route's) bounds the whole
+    # attempt: connecting and the TLS handshake too, so an endpoint that accepts TCP and
+    # never answers costs one per-try timeout, not the connect timeout (DEVIATION from
+    # Envoy, which starts the per-try timer once connected: docs/policies.md).
+    loop = asyncio.get_running_loop()
+    ends = None if timeout is None else loop.time() + timeout
+    connect_timeout, cut = target.connect_timeout_s, False
+    if timeout is not None and timeout < connect_timeout:
+        connect_timeout, cut = timeout, True
     try:
         conn, _reused = await pool.get(
             target.key,
             target.connect,
-            target.connect_timeout_s,
+            connect_timeout,
             target.limiter,
             target.idle_timeout_s,
         )
     except PoolOverflow:
         return _OVERFLOW, None, None
-    except (OSError, TimeoutError, ConnectionError):
+    except TimeoutError:
+        # Nothing was sent (so even a POST may go elsewhere); cut by the attempt's timeout,
+        # it is a timeout (UT, 504), else a connect failure (UF).
+        return Outcome(connect_failure=True, timed_out=cut), None, None
+    except (OSError, ConnectionError):
         return Outcome(connect_failure=True), None, None
     conn.sent_at = time.monotonic()
     # Announced before the first byte leaves: the channel parses what the upstream sends as
@@ -579,7 +603,9 @@ async def _attempt(
         if timeout is None:
             resp = await _response_head(conn)
         else:
-            async with asyncio.timeout(timeout):
+            if not complete or ends is None:  # a streamed body: timed once it is sent (Envoy)
+                ends = loop.time() + timeout
+            async with asyncio.timeout_at(ends):
                 resp = await _response_head(conn)
         return Outcome(status=resp.status, bytes_sent_upstream=True), conn, resp
     except DownstreamError as down_err:

@@ -258,6 +258,8 @@ HELP: Final = {
     "meshctl_proxy_retries_total": "Retries made (after the budget and maxRetries allowed them).",
     "meshctl_proxy_retry_budget_exhausted_total": "Retries refused by the retry budget.",
     "meshctl_proxy_retry_overflow_total": "Retries refused by DestinationRule http.maxRetries.",
+    "meshctl_proxy_upstream_rq_per_try_timeout_total": "Attempts cut by their perTryTimeout "
+    "(connecting included), retried or answered 504 UT.",
     "meshctl_proxy_upstream_overflow_total": "Requests refused by a circuit breaker (flag UO).",
     "meshctl_proxy_rate_limited_total": "Requests refused by a local rate limit (429): the "
     "service's own limit on the inbound side, a route's in the caller's outbound proxy.",

@@ -17,6 +17,7 @@ from typing import Final
 from proxy.forward import Target
 from proxy.policy import balancer as lb
 from proxy.policy.budget import RetryBudget
+from proxy.policy.clock import Clock
 from proxy.policy.limits import Gauges, PoolLimits
 from proxy.policy.outlier import OutlierDetector, OutlierParams
 from proxy.streams import ConnLimiter
@@ -24,6 +25,13 @@ from registry.config.model import TrafficPolicy
 from registry.server.catalog import Endpoint
 
 _RNG: Final = random.Random()
+
+
+def endpoint_key(ep: Endpoint) -> str:
+    """The one identity of an endpoint on the request path ("ip:port" of its proxy): what
+    the balancer picks, outlier detection ejects, and a retry's exclude set (Envoy's
+    previous_hosts) holds. The pool key (Target.key) adds the port and certificate."""
+    return f"{ep.address}:{ep.inbound_port}"
 
 
 def _lb_choice(policy: TrafficPolicy | None) -> tuple[str | None, str | None]:
@@ -34,19 +42,21 @@ def _lb_choice(policy: TrafficPolicy | None) -> tuple[str | None, str | None]:
     return cfg.simple, cfg.consistent_hash_header
 
 
-def _balancer(policy: TrafficPolicy | None) -> tuple[object, lb.Balancer, bytes | None]:
+def _balancer(
+    policy: TrafficPolicy | None, rng: random.Random, clock: Clock
+) -> tuple[object, lb.Balancer, bytes | None]:
     simple, header = _lb_choice(policy)
     key: object = (simple, header)
     if header is not None:
-        return key, lb.ConsistentHash(_RNG), header.encode()
+        return key, lb.ConsistentHash(rng), header.encode()
     if simple == "ROUND_ROBIN":
         return key, lb.RoundRobin(), None
     if simple == "LEAST_REQUEST":
-        return key, lb.LeastRequest(_RNG), None
+        return key, lb.LeastRequest(rng), None
     if simple == "RANDOM":
-        return key, lb.Random(_RNG), None
+        return key, lb.Random(rng), None
     # Unset: latency-aware peak-EWMA with power of two choices (Linkerd's default).
-    return key, lb.PeakEwma(_RNG, time.monotonic), None
+    return key, lb.PeakEwma(rng, clock), None
 
 
 def balancer_name(policy: TrafficPolicy | None) -> str:
@@ -70,9 +80,11 @@ def _outlier_params(policy: TrafficPolicy | None) -> OutlierParams | None:
         base_ejection_s=od.base_ejection_time_s,
         max_ejection_percent=od.max_ejection_percent,
         min_health_percent=od.min_health_percent,
-        # Envoy's documented rule, which the issue and the article rely on: the first
-        # ejection happens whatever maxEjectionPercent says.
-        always_eject_one_host=True,
+        # Envoy ejects a host only while the ejected share including it stays within
+        # maxEjectionPercent (DetectorImpl::ejectHost); always_eject_one_host is off by
+        # default and Istio never sets it. Set, a one-endpoint subset would lose its only
+        # endpoint to one request retried three times on a failing path (issue 19).
+        always_eject_one_host=False,
     )
 
 
@@ -103,19 +115,22 @@ class ClusterRuntime:
     # The outbound stack's Targets, built on first use within a snapshot (they close over
     # the snapshot's identity checks and pool settings); emptied by every update.
     targets: dict[tuple[object, ...], Target] = field(default_factory=dict)
+    # Injected by Clusters (tests drive them): the policies' clock and randomness.
+    clock: Clock = time.monotonic
+    rng: random.Random = _RNG
 
     def update(self, policy: TrafficPolicy | None, endpoints: Sequence[Endpoint]) -> None:
         self.targets = {}
-        self.endpoints = {f"{e.address}:{e.inbound_port}": e for e in endpoints}
+        self.endpoints = {endpoint_key(e): e for e in endpoints}
         self.hosts = tuple(self.endpoints)
-        bkey, bal, header = _balancer(policy)
+        bkey, bal, header = _balancer(policy, self.rng, self.clock)
         if bkey != self.balancer_key:
             self.balancer, self.balancer_key, self.hash_header = bal, bkey, header
         params = _outlier_params(policy)
         if params is None:
             self.outlier = None
         elif self.outlier is None or self.outlier.params != params:
-            self.outlier = OutlierDetector(params, self.hosts, time.monotonic)
+            self.outlier = OutlierDetector(params, self.hosts, self.clock)
         else:
             self.outlier.set_hosts(self.hosts)
         limits = _limits(policy)
@@ -138,7 +153,8 @@ class ClusterRuntime:
 class Clusters:
     """All cluster runtimes of one proxy, by (service, subset)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.monotonic, rng: random.Random = _RNG) -> None:
+        self._clock, self._rng = clock, rng
         self._by_key: dict[tuple[str, str | None], ClusterRuntime] = {}
 
     def get(
@@ -151,7 +167,7 @@ class Clusters:
         key = (service, subset)
         rt = self._by_key.get(key)
         if rt is None:
-            bkey, bal, header = _balancer(policy)
+            bkey, bal, header = _balancer(policy, self._rng, self._clock)
             rt = ClusterRuntime(
                 key=key,
                 endpoints={},
@@ -161,7 +177,9 @@ class Clusters:
                 hash_header=header,
                 outlier=None,
                 gauges=Gauges(_limits(policy)),
-                budget=RetryBudget(clock=time.monotonic),
+                budget=RetryBudget(clock=self._clock),
+                clock=self._clock,
+                rng=self._rng,
             )
             self._by_key[key] = rt
         rt.update(policy, endpoints)

@@ -23,7 +23,7 @@ from proxy.http1 import (
 )
 from proxy.http1.grammar import index_of
 from proxy.identity import PeerIdentityError, peer_identity, sni_for
-from proxy.outbound.cluster import ClusterRuntime
+from proxy.outbound.cluster import ClusterRuntime, endpoint_key
 from proxy.policy.limits import Gauges
 from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
@@ -67,7 +67,7 @@ class Outbound:
         key = (ep.id, port, tcp, id(ident) if mtls else 0)
         cached = rt.targets.get(key)
         if cached is not None:
-            rt.balancer.on_start(cached.host)
+            rt.balancer.on_start(cached.endpoint)
             return cached
         expected = snap.config.spiffe_id(view.service.name)
         sni = sni_for(view.service.name, port, snap.config.namespace, tcp)
@@ -95,7 +95,7 @@ class Outbound:
                 )
             return w
 
-        host = f"{ep.address}:{ep.inbound_port}"
+        host = endpoint_key(ep)
         rt.balancer.on_start(host)
         http = cluster.http
 
@@ -109,7 +109,7 @@ class Outbound:
             limiter=proxy.limiter(rt),
             idle_timeout_s=http.idle_timeout_s,
             report=partial(rt.report, host),
-            host=host,
+            endpoint=host,
         )
         return target
 
@@ -340,6 +340,10 @@ class _Admission(Admission):
         self.gauges.release_request()
         for _ in range(self.held):
             self.gauges.release_retry()
+
+    def per_try_timed_out(self) -> None:
+        self.counters["meshctl_proxy_upstream_rq_per_try_timeout_total"] += 1
+        self.hop.event("per-try timeout")
 
     def may_retry(self) -> bool:
         """DestinationRule http.maxRetries: concurrent retries in the cluster, held until

@@ -8,8 +8,11 @@ fails or slows down on command (/admin/fail, /admin/slow).
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
+import socket
 import textwrap
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -171,14 +174,22 @@ def test_seed_policy_retries_to_the_other_replica_and_ejects_the_failing_one(mes
     mesh.start_registry()
     b = Backend(mesh)
     b.admin("a", "fail?status=503&count=-1")
-    # Every request succeeds: a 503 from `a` is retried on `b`.
-    seen = _versions(b, 30)
-    assert seen == Counter({"b": 30})
-    # `a` was ejected after 3 consecutive 5xx: it is no longer even tried.
-    text = b.metrics()
-    assert "meshctl_proxy_retries_total" in text
+    # Every request succeeds: a 503 from `a` is retried on `b` (never on `a` again). `a` is
+    # ejected once it has been picked first 3 times (the default balancer, peak EWMA, may
+    # take a while to pick it: a's cost decays until it is tried again).
+    seen: Counter[str] = Counter()
+    ejected = ('meshctl_proxy_outlier_ejections_active'
+               '{destination_service_name="backend",subset=""} 1')
+
+    def until_ejected() -> bool:
+        seen.update(_versions(b, 5))
+        return ejected in b.metrics()
+
+    wait_until(until_ejected, timeout=30, what="`a` ejected after 3 consecutive 5xx")
+    assert set(seen) == {"b"}
     retries_before = b.stats()["meshctl_proxy_retries_total"]
-    assert 1 <= retries_before <= 3  # only the attempts before the ejection
+    assert retries_before == 3  # one per 503 of `a`: 3 consecutive, then ejected
+    # `a` is no longer even tried.
     assert _versions(b, 20) == Counter({"b": 20})
     assert b.stats()["meshctl_proxy_retries_total"] == retries_before
 
@@ -598,3 +609,250 @@ def test_consecutive_gateway_errors_eject_on_502_503_504_only(
         assert seen[str(status)] == 2 and seen["b"] == 18
     else:
         assert seen == Counter({str(status): 10, "b": 10})
+
+
+# -- issue 19: a retry never goes back to the endpoint that just failed (previous_hosts) ---
+
+
+def _keepalive_get(
+    conn: http.client.HTTPConnection, path: str, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """One request on a kept-alive connection (urllib closes each one, which keeps the
+    client proxy's fast path out; this one lets it in)."""
+    conn.request("GET", path, headers=headers)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def _access_log(mesh: Mesh) -> Path:
+    """Turn the client's access log on (mesh.yaml `accessLog`), before the registry starts."""
+    log = mesh.tmp / "client-access.log"
+    (mesh.config / "mesh.yaml").write_text(
+        MESH_YAML.replace("  client:\n", f"  client:\n    accessLog: {log}\n")
+    )
+    return log
+
+
+def _logged(log: Path, path: str, n: int) -> list[dict[str, Any]]:
+    """The client proxy's access-log lines for `path` (flushed every second), once n are in."""
+
+    def lines() -> list[dict[str, Any]] | None:
+        if not log.exists():
+            return None
+        found = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        found = [x for x in found if x["path"] == path and x["reporter"] == "source"]
+        return found if len(found) >= n else None
+
+    out: list[dict[str, Any]] = wait_until(lines, what=f"{n} access-log lines for {path}")
+    return out
+
+
+@pytest.mark.parametrize(
+    "balancer",
+    [
+        "{simple: ROUND_ROBIN}",
+        "{simple: LEAST_REQUEST}",
+        "{simple: RANDOM}",
+        "",  # unset: our default, peak EWMA with power of two choices
+        "{consistentHash: {httpHeaderName: x-user}}",
+    ],
+    ids=["round_robin", "least_request", "random", "peak_ewma", "ring_hash"],
+)
+def test_a_retry_goes_to_an_endpoint_not_tried_yet(mesh: Mesh, balancer: str) -> None:
+    # Two replicas, `a` answering 503 to everything, no outlier detection: with Istio's
+    # previous_hosts predicate a retry never picks `a` again, so one retry is always enough.
+    # (Before the fix, the exclude set held pool keys the balancer never compared with: ~6 %
+    # of requests failed with RANDOM, most with peak EWMA, which favours the fast-failing `a`,
+    # and every key the ring put on `a`.)
+    log = _access_log(mesh)
+    _policy(
+        mesh,
+        vs_http="- retries: {attempts: 3, retryOn: 5xx}\n"
+        "  route: [{destination: {host: backend}}]\n",
+        dr_policy=f"{{loadBalancer: {balancer}}}" if balancer else "",
+    )
+    mesh.start_registry()
+    b = Backend(mesh)
+    b.admin("a", "fail?status=503&count=-1")
+    n = 40
+    conn = http.client.HTTPConnection("127.0.0.1", b.local, timeout=10)
+    try:
+        answers = [
+            _keepalive_get(conn, "/echo", {"x-user": f"user-{i}"}) for i in range(n)
+        ]
+    finally:
+        conn.close()
+    assert [status for status, _ in answers] == [200] * n
+    assert {json.loads(body)["version"] for _, body in answers} == {"b"}
+    attempts = Counter(line["attempts"] for line in _logged(log, "/echo", n))
+    # 1: straight to `b`; 2: `a` once, then `b`. Never `a` twice for one request.
+    assert set(attempts) <= {1, 2}, attempts
+    assert attempts[2] > 0  # `a` was tried at all (else the test proves nothing)
+
+
+# -- issue 19: one bad request must not eject a one-endpoint subset ------------------------
+
+
+def test_one_failing_request_does_not_eject_a_one_endpoint_subset(mesh: Mesh) -> None:
+    # The example's policy: 3 consecutive 5xx, maxEjectionPercent 50, 3 retries on 5xx. One
+    # request to a path answering 500 makes 4 attempts on v1's only endpoint. Envoy ejects a
+    # host only while (ejected + 1) / hosts <= maxEjectionPercent: 1/1 > 50 %, so never.
+    _policy(
+        mesh,
+        vs_http="""\
+        - retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,reset,connect-failure"}
+          route: [{destination: {host: backend, subset: v1}}]
+        """,
+        dr_policy="{outlierDetection: {consecutive5xxErrors: 3, interval: 10s, "
+        "baseEjectionTime: 30s, maxEjectionPercent: 50}}",
+        subsets="""\
+        subsets:
+        - {name: v1, labels: {version: a}}
+        - {name: v2, labels: {version: b}}
+        """,
+    )
+    mesh.start_registry()
+    b = Backend(mesh)
+    status, _, _ = b.get("/status/500")
+    assert status == 500
+    assert b.stats()["meshctl_proxy_retries_total"] == 3  # 4 attempts, all on `a`
+    # The healthy requests that follow all succeed (before the fix: 503 UH for 30 s).
+    assert _versions(b, 20) == Counter({"a": 20})
+    text = b.metrics()
+    labels = '{destination_service_name="backend",subset="v1"}'
+    assert f"meshctl_proxy_outlier_ejections_overflow_total{labels} 1" in text
+    assert f"meshctl_proxy_outlier_ejections_total{labels} 0" in text
+
+
+# -- issue 19: perTryTimeout bounds connecting and the TLS handshake too -------------------
+
+
+class _Hung:
+    """A plain TCP listener that accepts and never answers (a stopped proxy: TCP up, TLS
+    never): counts the connections it got and the ones the other side gave up on."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self.closed_by_peer = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed by the test
+            with self._lock:
+                self.accepted += 1
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(60)
+            try:
+                while conn.recv(65536):  # the ClientHello, never answered
+                    pass
+            except OSError:
+                return
+            with self._lock:
+                self.closed_by_peer += 1
+
+    def register(self, mesh: Mesh) -> None:
+        mesh.api("POST", "/v1/endpoints", {
+            "id": f"backend-hung-{self.port}", "service": "backend", "address": "127.0.0.1",
+            "inbound_port": self.port, "labels": {"app": "backend", "version": "hung"},
+        })
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def hung() -> Iterator[_Hung]:
+    h = _Hung()
+    yield h
+    h.close()
+
+
+# connectTimeout 60 s: waiting for it (the bug) outlasts the client's 5 s timeout.
+_HUNG_DR = "{loadBalancer: {simple: ROUND_ROBIN}, connectionPool: {tcp: {connectTimeout: 60s}}}"
+
+
+def test_per_try_timeout_cuts_a_hung_tls_handshake_and_retries_elsewhere(
+    mesh: Mesh, hung: _Hung
+) -> None:
+    log = _access_log(mesh)
+    _policy(mesh, vs_http="""\
+        - retries: {attempts: 2, perTryTimeout: 500ms, retryOn: "5xx,reset,connect-failure"}
+          route: [{destination: {host: backend}}]
+        """, dr_policy=_HUNG_DR)
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    hung.register(mesh)
+    seen: list[tuple[int, bytes, dict[str, str]]] = []
+
+    def tried() -> int:  # requests until the client proxy has tried the new endpoint
+        seen.append(b.get("/echo"))
+        return hung.accepted
+
+    wait_until(tried, what="the client proxy tries the hung endpoint")
+    # Round robin over `a` and the hung endpoint: every other request tries it first.
+    seen += [b.get("/echo") for _ in range(4)]
+    assert [(s, json.loads(body)["version"]) for s, body, _ in seen] == [(200, "a")] * len(seen)
+    # Each hung attempt was given up on by the proxy (the connection closed), and retried.
+    wait_until(lambda: hung.closed_by_peer == hung.accepted, what="the hung attempts cut")
+    assert hung.accepted >= 2
+    attempts = Counter(line["attempts"] for line in _logged(log, "/echo", len(seen)))
+    assert attempts[2] == hung.accepted and set(attempts) <= {1, 2}
+    stats = b.stats()
+    assert stats["meshctl_proxy_retries_total"] == hung.accepted
+    assert stats["meshctl_proxy_upstream_rq_per_try_timeout_total"] == hung.accepted
+
+
+def test_per_try_timeout_without_retries_answers_504_ut_on_a_hung_handshake(
+    mesh: Mesh, hung: _Hung
+) -> None:
+    _policy(mesh, vs_http="""\
+        - retries: {attempts: 0, perTryTimeout: 500ms}
+          route: [{destination: {host: backend}}]
+        """, dr_policy=_HUNG_DR)
+    mesh.start_registry()
+    b = Backend(mesh, replicas=("a",))
+    hung.register(mesh)
+    # Requests until one goes to the hung endpoint (once the client proxy knows it): 504.
+    status, body, _ = wait_until(
+        lambda: (r := b.get("/status/200"))[0] != 200 and r,
+        what="a request sent to the hung endpoint",
+    )
+    assert (status, body) == (504, b"upstream request timeout")
+    assert 'response_flags="UT"' in b.metrics()
+    assert b.stats()["meshctl_proxy_upstream_rq_per_try_timeout_total"] == hung.accepted
+    assert b.get("/status/200")[0] == 200  # round robin: `a` next
+    wait_until(lambda: hung.closed_by_peer == hung.accepted, what="the hung attempts cut")
+
+
+def test_per_try_timeout_holds_on_kept_alive_connections(mesh: Mesh) -> None:
+    # A kept-alive client lets the client proxy's fast path in (urllib closes each
+    # connection, which keeps it out). That path keeps no timer: before, it sent a request to
+    # the slow replica on an idle connection and waited the 3 s for its answer.
+    _policy(mesh, vs_http="""\
+        - retries: {attempts: 2, perTryTimeout: 300ms, retryOn: "5xx,reset,connect-failure"}
+          route: [{destination: {host: backend}}]
+        """, dr_policy="{loadBalancer: {simple: ROUND_ROBIN}}")
+    mesh.start_registry()
+    b = Backend(mesh)
+    conn = http.client.HTTPConnection("127.0.0.1", b.local, timeout=10)
+    try:
+        for _ in range(4):  # idle upstream connections to both replicas
+            assert _keepalive_get(conn, "/echo", {})[0] == 200
+        b.admin("a", "slow?ms=3000&count=-1")
+        answers = [_keepalive_get(conn, "/echo", {}) for _ in range(6)]
+    finally:
+        conn.close()
+    assert [(s, json.loads(body)["version"]) for s, body in answers] == [(200, "b")] * 6
+    assert b.stats()["meshctl_proxy_retries_total"] >= 3
