@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
 from tests.integration.test_static_stability import Load
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    m = Mesh(tmp_path, CONFIG)
     mesh_yaml = m.config / "mesh.yaml"
     mesh_yaml.write_text(mesh_yaml.read_text().replace("certificateTTL: 24h",
                                                        "certificateTTL: 60s"))

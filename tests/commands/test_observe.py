@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from meshctl.commands import check, proxy_config, stat, tap, top, why
 from meshctl.observe.promtext import parse
 from proxy import compiled
-from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    mesh = Mesh(tmp_path_factory.mktemp("observe"), REPO / "examples" / "compose" / "mesh")
+    mesh = Mesh(tmp_path_factory.mktemp("observe"), CONFIG)
     mesh.start_registry()
     _, orders_app = mesh.app("orders", "v1")
     orders = mesh.proxy("orders", "v1", app_port=orders_app)

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from meshctl.vip import service_vip
-from tests.integration.harness import REPO, SHOP, Proc, free_port, wait_until
+from tests.example import SHOP, copy_config
+from tests.integration.harness import Proc, free_port, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 PROXY_UID = 1337
@@ -91,7 +92,7 @@ def test_curl_by_name_crosses_both_proxies_and_strict_refuses_plaintext(
         home = base / "home"
         home.mkdir(mode=0o755)
         config = base / "config"
-        shutil.copytree(REPO / "examples" / "compose" / "mesh", config)
+        copy_config(config)
         env = {**os.environ, "MESH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         port, monitor = free_port(), free_port()
         reg = Proc([sys.executable, "-m", "meshctl", "registry", "--config", str(config),

@@ -11,14 +11,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-COMPOSE_DIR = Path(__file__).resolve().parents[2] / "examples" / "compose"
-SHOP = COMPOSE_DIR / "apps" / "shop.py"
+from tests.example import COMPOSE, SHOP
 
 
 def free_port() -> int:
@@ -303,7 +301,7 @@ SHOP_SERVICES = {
 
 
 def _compose() -> dict[str, Any]:
-    data = yaml.safe_load((COMPOSE_DIR / "docker-compose.yml").read_text())
+    data = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
     assert isinstance(data, dict)
     return data
 
@@ -335,7 +333,7 @@ def test_compose_orders_alias_and_frontend_port() -> None:
 def test_compose_file_passes_docker_compose_config() -> None:
     # `config` only parses and validates: no Docker engine is needed.
     out = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE_DIR / "docker-compose.yml"), "config", "-q"],
+        ["docker-compose", "-f", str(COMPOSE / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-SHOP = REPO / "examples" / "compose" / "apps" / "shop.py"
+from tests.example import REPO, SHOP  # noqa: F401 - tests import REPO from here
 
 
 def free_port() -> int:

@@ -18,14 +18,15 @@ from cryptography.x509.oid import NameOID
 
 from registry.ca import CertificateAuthority, SpiffeId
 from registry.ca.csr import build_csr, generate_key, key_pem
-from tests.integration.harness import REPO, Mesh, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    m = Mesh(tmp_path, CONFIG)
     yield m
     m.close()
 
