@@ -168,7 +168,7 @@ def test_delete_host_stops_what_runs_inside(prefix: str) -> None:
             assert sleeper.wait(timeout=10) != 0
         finally:
             sleeper.kill()
-            sleeper.wait()
+            sleeper.wait(10)
         assert host.veth not in _links()
         netns.delete_host(host.name)  # already gone: fine
     finally:
