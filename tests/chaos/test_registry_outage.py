@@ -21,10 +21,18 @@ from pathlib import Path
 import pytest
 
 from tests.example import CONFIG
-from tests.integration.harness import Mesh, free_port, http_get, wait_until
+from tests.integration.harness import (
+    REGISTRY_SLOW_TO_STOP,
+    Mesh,
+    free_port,
+    http_get,
+    wait_until,
+)
 from tests.integration.test_static_stability import Load
 
-pytestmark = pytest.mark.slow
+# Longer than the default per-test timeout (pyproject.toml): an outage past the renewal
+# time under up to 100 s of load.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
@@ -49,6 +57,7 @@ def _check(mesh: Mesh) -> tuple[int, list[dict[str, str]]]:
     return done.returncode, results
 
 
+@pytest.mark.xfail(**REGISTRY_SLOW_TO_STOP)
 def test_registry_down_past_renewal_time(mesh: Mesh) -> None:
     mesh.start_registry()
     for version in ("v1", "v2"):  # the example splits orders 90/10 between them
@@ -84,3 +93,6 @@ def test_registry_down_past_renewal_time(mesh: Mesh) -> None:
     assert renewed["not_after"] > first["not_after"]
     assert during > 100
     assert set(load.outcomes) == {"200"}, load.outcomes
+    # Restarted while the proxies run, the registry must stop on SIGTERM with them connected.
+    assert mesh.registry is not None
+    mesh.registry.stop()

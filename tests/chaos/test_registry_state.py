@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 
 from tests.chaos.support import SEED_POLICY, Load, Relay, Service, admin_json, config_dir, record
-from tests.integration.harness import Mesh, free_port, wait_until
+from tests.integration.harness import REGISTRY_SLOW_TO_STOP, Mesh, free_port, wait_until
 
-pytestmark = pytest.mark.slow
+# Longer than the default per-test timeout (pyproject.toml): load runs of up to 150 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
@@ -52,6 +53,7 @@ def _restart_registry_without(mesh: Mesh, *names: str) -> str:
     return str(before)
 
 
+@pytest.mark.xfail(**REGISTRY_SLOW_TO_STOP)
 def test_registry_with_catalog_wiped_does_not_empty_the_proxies(
     mesh: Mesh, tmp_path: Path, record_property: Any
 ) -> None:
@@ -94,6 +96,9 @@ def test_registry_with_catalog_wiped_does_not_empty_the_proxies(
            outcomes=dict(load.outcomes), outcomes_during_empty_catalog=during)
     assert new_epoch != old_epoch
     assert load.failed == 0, load.outcomes
+    # Restarted while the proxies run, the registry must stop on SIGTERM with them connected.
+    assert mesh.registry is not None
+    mesh.registry.stop()
 
 
 def test_registry_with_state_dir_wiped_new_ca_proxies_keep_serving(

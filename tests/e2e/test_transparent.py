@@ -97,7 +97,7 @@ def test_curl_by_name_crosses_both_proxies_and_strict_refuses_plaintext(
         port, monitor = free_port(), free_port()
         reg = Proc([sys.executable, "-m", "meshctl", "registry", "--config", str(config),
                     "--listen", net.gateway, "--port", str(port), "--monitor-port",
-                    str(monitor)], env, tmp_path / "registry.log").start()
+                    str(monitor)], env, tmp_path / "registry.log", must_stop=True).start()
         try:
             _run_mesh(net, base, home, env, port, monitor)
         finally:

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.example import CONFIG
-from tests.integration.harness import Mesh, free_port, http_get, wait_until
+from tests.integration.harness import (
+    REGISTRY_SLOW_TO_STOP,
+    Mesh,
+    free_port,
+    http_get,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +102,7 @@ def _admin(px: dict[str, object], path: str) -> dict[str, object]:
     return json.loads(http_get(f"http://127.0.0.1:{px['admin']}{path}")[1])
 
 
+@pytest.mark.xfail(**REGISTRY_SLOW_TO_STOP)
 def test_registry_killed_traffic_continues_and_proxies_catch_up(mesh: Mesh) -> None:
     mesh.start_registry()
     local, front = _topology(mesh)
@@ -130,6 +137,9 @@ def test_registry_killed_traffic_continues_and_proxies_catch_up(mesh: Mesh) -> N
             what="new config applied after the outage",
         )
     assert set(load.outcomes) == {"200"}, load.outcomes
+    # Restarted while the proxies run, the registry must stop on SIGTERM with them connected.
+    assert mesh.registry is not None
+    mesh.registry.stop()
 
 
 def test_config_swap_every_half_second_under_load_fails_nothing(mesh: Mesh) -> None:
@@ -149,6 +159,7 @@ def test_config_swap_every_half_second_under_load_fails_nothing(mesh: Mesh) -> N
     assert load.versions["v1"] > 0 and load.versions["v2"] > 0
 
 
+@pytest.mark.timeout(240)  # load for up to 80 s past a renewal: longer than the default
 def test_certificate_renewal_under_load_fails_nothing(mesh: Mesh) -> None:
     mesh_yaml = mesh.config / "mesh.yaml"
     mesh_yaml.write_text(
