@@ -178,7 +178,9 @@ def test_seed_policy_retries_to_the_other_replica_and_ejects_the_failing_one(mes
     text = b.metrics()
     assert "meshctl_proxy_retries_total" in text
     retries_before = b.stats()["meshctl_proxy_retries_total"]
-    assert 1 <= retries_before <= 3  # only the attempts before the ejection
+    # Each of a's three consecutive 503s was retried once (on b), then a was ejected: one
+    # retry fewer means a 503 reached the client, one more means a was tried after ejection.
+    assert retries_before == 3
     assert _versions(b, 20) == Counter({"b": 20})
     assert b.stats()["meshctl_proxy_retries_total"] == retries_before
 
@@ -506,9 +508,7 @@ def test_per_try_timeout_retries_a_slow_try_on_the_other_replica(mesh: Mesh) -> 
     b = Backend(mesh)
     b.admin("a", "slow?ms=3000&count=-1")
     # Without perTryTimeout each request sent to `a` would wait the 3 s and answer from `a`.
-    start = time.monotonic()
-    assert _versions(b, 6) == Counter({"b": 6})
-    assert time.monotonic() - start < 6 * 3.0
+    assert _versions(b, 6) == Counter({"b": 6})  # a's answer would come, after 3 s
     assert b.stats()["meshctl_proxy_retries_total"] >= 1
 
 
