@@ -210,7 +210,8 @@ def test_without_retries_a_failing_replica_is_seen(mesh: Mesh) -> None:
     b = Backend(mesh)
     b.admin("a", "fail?status=503&count=-1")
     seen = _versions(b, 20)
-    assert seen["503"] > 0 and seen["b"] > 0
+    # Round robin over a and b, no retry, no outlier detection: every other request is a's 503.
+    assert seen == Counter({"503": 10, "b": 10})
 
 
 def test_post_is_not_retried_after_the_upstream_saw_it(mesh: Mesh) -> None:
@@ -363,9 +364,8 @@ def test_connection_pool_overflow_is_a_fast_503_uo(mesh: Mesh) -> None:
     b.admin("a", "slow?ms=1500&count=-1")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: b.get("/")[0], range(6)))
-    # One request holds the only connection, one waits as pending; the rest overflow.
-    assert results.count(200) >= 1
-    assert results.count(503) >= 3
+    # One request holds the only connection, one waits as pending; the other four overflow.
+    assert sorted(results) == [200, 200, 503, 503, 503, 503]
     assert 'response_flags="UO"' in b.metrics()
 
 
