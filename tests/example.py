@@ -9,7 +9,7 @@ temporary directory, with apps/ (code, not config) from the working tree. An edi
 example's config is seen by the tests once it is committed.
 
 Without git (a tarball, no `git` on PATH, a repository git refuses to read) the copy is
-taken from the working copy, and `SOURCE` says so (pytest prints it in its header): an
+taken from the working copy, and `source()` says so (pytest prints it in its header): an
 edited example then changes the results.
 
 The copy is shared and read-only by convention: a test that edits config copies it first
@@ -31,47 +31,49 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # The parts of the example that are config (edited by `meshctl route`, by hand, by compose).
 CONFIG_PARTS = ("mesh", "docker-compose.yml")
-_IN_REPO = "examples/compose"
+IN_REPO = "examples/compose"
 
 
-def _git(*args: str) -> bytes:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, check=True,
+def _git(repo: Path, *args: str) -> bytes:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=True,
                           timeout=30).stdout  # fmt: skip
 
 
-def _from_git(dest: Path) -> str:
+def _from_git(dest: Path, repo: Path) -> str:
     """Write HEAD's version of every config file of the example under dest; say which commit."""
-    paths = [f"{_IN_REPO}/{part}" for part in CONFIG_PARTS]
-    names = _git("ls-tree", "-r", "--name-only", "-z", "HEAD", "--", *paths).split(b"\0")
+    paths = [f"{IN_REPO}/{part}" for part in CONFIG_PARTS]
+    names = _git(repo, "ls-tree", "-r", "--name-only", "-z", "HEAD", "--", *paths).split(b"\0")
     files = [n.decode() for n in names if n]
     if not files:
-        raise LookupError(f"HEAD has no {_IN_REPO}/mesh")
+        raise LookupError(f"HEAD has no {IN_REPO}/mesh")
     for name in files:
-        target = dest / Path(name).relative_to(_IN_REPO)
+        target = dest / Path(name).relative_to(IN_REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(_git("show", f"HEAD:{name}"))
-    commit = _git("rev-parse", "--short", "HEAD").decode().strip()
+        target.write_bytes(_git(repo, "show", f"HEAD:{name}"))
+    commit = _git(repo, "rev-parse", "--short", "HEAD").decode().strip()
     return f"git HEAD ({commit})"
 
 
-def _build(dest: Path) -> str:
-    """The example at dest: config from git's HEAD (else the working copy), apps/ as is."""
+def build(dest: Path, repo: Path = REPO) -> str:
+    """The example of `repo` at dest: config from git's HEAD (else the working copy, and the
+    answer says so), apps/ as they are. Returns where the config came from."""
     dest.mkdir(mode=0o755)
     try:
-        source = _from_git(dest)
+        source = _from_git(dest, repo)
     except (OSError, subprocess.SubprocessError, LookupError, ValueError) as exc:
         shutil.rmtree(dest)
         dest.mkdir(mode=0o755)
         for part in CONFIG_PARTS:
-            src = REPO / _IN_REPO / part
+            src = repo / IN_REPO / part
             if src.is_dir():
                 shutil.copytree(src, dest / part)
             else:
                 shutil.copy2(src, dest / part)
-        why = getattr(exc, "stderr", None) or exc
-        source = (f"the working copy {REPO / _IN_REPO} (no git history to read: {why!s:.120}); "
+        stderr = getattr(exc, "stderr", None)
+        why = stderr.decode(errors="replace").strip() if stderr else str(exc)
+        source = (f"the working copy {repo / IN_REPO} (no git history to read: {why:.120}); "
                   "tests that need the example assume it is unedited")  # fmt: skip
-    shutil.copytree(REPO / _IN_REPO / "apps", dest / "apps")
+    shutil.copytree(repo / IN_REPO / "apps", dest / "apps")
     return source
 
 
@@ -81,13 +83,13 @@ def _pristine() -> tuple[Path, str]:
     atexit.register(shutil.rmtree, root, True)
     # Traversable by the workloads' unprivileged users, as examples/ in a checkout is.
     os.chmod(root, 0o755)
-    return root / "compose", _build(root / "compose")
+    return root / "compose", build(root / "compose")
 
 
 def restore() -> None:
     """Make the shared copy pristine again (after a test wrote to it)."""
     shutil.rmtree(COMPOSE)
-    _build(COMPOSE)
+    build(COMPOSE)
 
 
 def compose_dir() -> Path:
@@ -100,10 +102,11 @@ def source() -> str:
     return _pristine()[1]
 
 
-def fingerprint() -> str:
-    """A hash of every config file of the pristine copy: tests/conftest.py compares it."""
+def fingerprint(root: Path | None = None) -> str:
+    """A hash of every config file of the pristine copy (or of the example at `root`):
+    tests/conftest.py compares it after each test."""
     h = hashlib.sha256()
-    root = compose_dir()
+    root = root or compose_dir()
     for part in CONFIG_PARTS:
         base = root / part
         for path in sorted(base.rglob("*")) if base.is_dir() else [base]:
@@ -126,5 +129,5 @@ def copy_example(dest: Path) -> Path:
 
 COMPOSE = compose_dir()
 CONFIG = COMPOSE / "mesh"
-SHOP = REPO / _IN_REPO / "apps" / "shop.py"
+SHOP = REPO / IN_REPO / "apps" / "shop.py"
 SHIPPED = fingerprint()
