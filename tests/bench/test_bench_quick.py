@@ -17,7 +17,9 @@ import pytest
 from bench.systems import system_names
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+# Longer than the default per-test timeout (pyproject.toml): a quick bench run takes
+# up to 240 s on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MISSING = [t for t in ("wrk", "haproxy", "nginx", "taskset") if shutil.which(t) is None]
 

@@ -13,7 +13,6 @@ ones that reach it are those whose normalised form really is not under /admin.
 
 from __future__ import annotations
 
-import shutil
 import textwrap
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,8 @@ from typing import Any
 import pytest
 
 from proxy.policy.authz import normalize_path
-from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
+from tests.example import copy_config
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
 from tests.integration.recorder import Recorder, exchange
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("authz")
     src = tmp / "src"
-    shutil.copytree(REPO / "examples" / "compose" / "mesh", src)
+    copy_config(src)
     (src / "deny-admin.yaml").write_text(textwrap.dedent(DENY_ADMIN))
     with Recorder() as rec:
         mesh = Mesh(tmp, src)

@@ -78,6 +78,7 @@ def test_saturation_fast_503s_bounded_memory_and_recovery(
     svc = Service.start(pool_mesh, 1)
     pid = int(svc.client["proc"].p.pid)
     rss_before = rss_mb(pid)
+    overflow_before = svc.client_stats().get("meshctl_proxy_upstream_overflow_total", 0)
     svc.app_admin(svc.replicas[0], "slow?ms=2000&count=-1")
     url = f"http://127.0.0.1:{svc.local}/"
     statuses: Counter[int] = Counter()
@@ -88,6 +89,7 @@ def test_saturation_fast_503s_bounded_memory_and_recovery(
             statuses.update(s for s, _ in wave)
             fast += [t for s, t in wave if s == 503]
     rss_peak = rss_mb(pid)
+    overflow = svc.client_stats().get("meshctl_proxy_upstream_overflow_total", 0) - overflow_before
     svc.app_admin(svc.replicas[0], "reset")
     after = Counter(http_get(url)[0] for _ in range(30))
     fast.sort()
@@ -96,7 +98,9 @@ def test_saturation_fast_503s_bounded_memory_and_recovery(
            recovery=dict(after))
     assert statuses[503] >= 3 * 100, statuses
     assert set(statuses) <= {200, 503}, statuses
-    assert fast[len(fast) // 2] < 1.0  # the app takes 2 s: a 503 did not wait for it
+    # Every 503 is the circuit breaker's (flag UO), not an answer that waited for the app and
+    # timed out; how fast it comes (median_503_s above) is a figure, not an assertion.
+    assert overflow == statuses[503], (overflow, statuses)
     assert rss_peak < RSS_BOUND_MB
     assert after == Counter({200: 30})  # EXPECTED FAILED after recovery: 0
     assert svc.client["proc"].p.poll() is None

@@ -26,7 +26,8 @@ import pytest
 from tests.chaos.support import SEED_POLICY, Load, Relay, Service, admin_json, config_dir, record
 from tests.integration.harness import Mesh, free_port, wait_until
 
-pytestmark = pytest.mark.slow
+# Longer than the default per-test timeout (pyproject.toml): load runs of up to 150 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
@@ -94,6 +95,9 @@ def test_registry_with_catalog_wiped_does_not_empty_the_proxies(
            outcomes=dict(load.outcomes), outcomes_during_empty_catalog=during)
     assert new_epoch != old_epoch
     assert load.failed == 0, load.outcomes
+    # Restarted while the proxies run, the registry must stop on SIGTERM with them connected.
+    assert mesh.registry is not None
+    mesh.registry.stop()
 
 
 def test_registry_with_state_dir_wiped_new_ca_proxies_keep_serving(

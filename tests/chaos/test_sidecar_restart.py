@@ -12,7 +12,8 @@ from tests.chaos.support import Load, Service, record, seed_mesh
 from tests.integration.harness import Mesh, wait_until
 
 __all__ = ["seed_mesh"]
-pytestmark = pytest.mark.slow
+# Longer than the default per-test timeout (pyproject.toml): load runs of up to 90 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def test_sidecar_restart_with_graceful_drain_fails_no_idempotent_request(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import shutil
 import socket
 import ssl
 from collections.abc import Iterator
@@ -27,7 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.integration.harness import REPO, Mesh, http_get, wait_until
+from tests.example import copy_config
+from tests.integration.harness import Mesh, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +146,7 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("tls")
     src = tmp / "src"
-    shutil.copytree(REPO / "examples" / "compose" / "mesh", src)
+    copy_config(src)
     mesh = Mesh(tmp, src)
     try:
         mesh.start_registry()

@@ -16,7 +16,8 @@ from tests.chaos.support import Load, Service, record, seed_mesh
 from tests.integration.harness import Mesh, wait_until
 
 __all__ = ["seed_mesh"]
-pytestmark = pytest.mark.slow
+# Longer than the default per-test timeout (pyproject.toml): load runs of up to 120 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 # Requests sent after the fault, per test: 1000 requests make 99.9 % mean at most 1 failure.
 AFTER_FAULT = 1000

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from meshctl.launch.procs import marked_pids
+from tests.example import COMPOSE, copy_example  # noqa: F401 - the builders tests import from here
 from tests.integration.harness import free_port, wait_until  # noqa: F401 - the builders tests import from here
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "compose"
+EXAMPLE = COMPOSE  # examples/compose as committed (tests/example.py)
 # meshctl with up/down/status/intercept, whether or not meshctl/cli.py registers them yet.
 MESHCTL = [sys.executable, "-m", "tests.commands.meshctl_cli"]
 
@@ -86,8 +87,3 @@ def mesh_home(prefix: str = "meshctl-test-") -> Iterator[Cli]:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def copy_example(dest: Path) -> Path:
-    """examples/compose/{apps,mesh} copied to dest (the config dir is dest/mesh)."""
-    shutil.copytree(EXAMPLE / "apps", dest / "apps")
-    shutil.copytree(EXAMPLE / "mesh", dest / "mesh")
-    return dest / "mesh"

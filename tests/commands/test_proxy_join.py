@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
 
-CONFIG = REPO / "examples" / "compose" / "mesh"
 # New modules are imported in the tests that use them, so that each test fails on its own
 # (not the whole file at import) on a tree without them.
 

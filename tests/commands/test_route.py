@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from typer.testing import CliRunner, Result
 
 from meshctl.commands import route
 from registry.config import load_directory
-from tests.registry.config.conftest import EXAMPLE
+from tests.example import copy_config
 
 app = typer.Typer()
 app.add_typer(route.app, name="route")
@@ -22,8 +21,7 @@ app.add_typer(route.app, name="route")
 @pytest.fixture
 def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the example config, with no MESH_CONFIG and an empty MESH_HOME."""
-    target = tmp_path / "mesh"
-    shutil.copytree(EXAMPLE, target)
+    target = copy_config(tmp_path / "mesh")
     monkeypatch.delenv("MESH_CONFIG", raising=False)
     monkeypatch.setenv("MESH_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("COLUMNS", "200")

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from meshctl.vip import service_vip
-from tests.integration.harness import REPO, SHOP, Proc, free_port, wait_until
+from tests.example import SHOP, copy_config
+from tests.integration.harness import Proc, free_port, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 PROXY_UID = 1337
@@ -91,16 +92,19 @@ def test_curl_by_name_crosses_both_proxies_and_strict_refuses_plaintext(
         home = base / "home"
         home.mkdir(mode=0o755)
         config = base / "config"
-        shutil.copytree(REPO / "examples" / "compose" / "mesh", config)
+        copy_config(config)
         env = {**os.environ, "MESH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         port, monitor = free_port(), free_port()
         reg = Proc([sys.executable, "-m", "meshctl", "registry", "--config", str(config),
                     "--listen", net.gateway, "--port", str(port), "--monitor-port",
-                    str(monitor)], env, tmp_path / "registry.log").start()
+                    str(monitor)], env, tmp_path / "registry.log", must_stop=True).start()
         try:
             _run_mesh(net, base, home, env, port, monitor)
-        finally:
-            reg.stop()
+        except BaseException:
+            reg.kill()
+            raise
+        # The proxies are still connected: the registry must stop on SIGTERM all the same.
+        reg.stop()
     finally:
         if os.environ.get("MESH_E2E_KEEP") is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -170,10 +174,22 @@ def _run_mesh(net: Net, base: Path, home: Path, env: dict[str, str], port: int,
     assert "URI=spiffe://shop.local/ns/default/sa/frontend" in headers["x-forwarded-client-cert"]
     # From outside the mesh (the root namespace) to orders:8080: the inbound rule captures
     # it, the proxy wants mTLS, plaintext gets no answer.
+    def refusals() -> float:
+        """Connections orders' proxy refused before any request (plaintext, bad handshake)."""
+        stats = json.loads(curl(ns["orders"], "http://127.0.0.1:15000/stats").stdout
+                           .rsplit("\n", 1)[0])  # fmt: skip
+        return float(stats.get("meshctl_proxy_inbound_plaintext_refused_total", 0)
+                     + stats.get("meshctl_proxy_inbound_tls_failures_total", 0))  # fmt: skip
+
+    before = refusals()
     outside = subprocess.run(["curl", "-s", "-m", "5", "-o", "/dev/null", "-w",
                               "%{http_code}", f"http://{net.hosts['orders']}:8080/"],
-                             capture_output=True, text=True)
-    assert outside.stdout in ("000", ""), outside
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    # Refused by the proxy: connected, then closed with no answer (curl 52: empty reply, 56:
+    # reset), not unreachable (7) nor timed out (28); and counted there, exactly once.
+    assert outside.stdout == "000" and outside.returncode in (52, 56), outside
+    wait_until(lambda: refusals() > before, 10, "the refusal counted by orders' proxy")
+    assert refusals() == before + 1
     for name in ns.values():
         iptables.remove(name)
         assert not iptables.installed(name)

@@ -10,7 +10,6 @@ registry pushes to proxies.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -18,9 +17,9 @@ from hypothesis import strategies as st
 
 from registry.config import load_directory
 from registry.config.model import MeshConfig
-from tests.integration.harness import REPO
+from tests.example import CONFIG as EXAMPLE
+from tests.example import copy_config
 
-EXAMPLE = REPO / "examples" / "compose" / "mesh"
 FILES = sorted(p.name for p in EXAMPLE.glob("*.yaml"))
 
 
@@ -62,7 +61,7 @@ def test_mutated_config_is_loaded_or_refused_with_positions(case: tuple[str, byt
     name, data = case
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "mesh"
-        shutil.copytree(EXAMPLE, d)
+        copy_config(d)
         (d / name).write_bytes(data)
         result = load_directory(d)
     assert all("internal error" not in e.message for e in result.errors), result.errors

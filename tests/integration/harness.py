@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,14 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-SHOP = REPO / "examples" / "compose" / "apps" / "shop.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The product's own: below the ephemeral range, so no outgoing connection takes it first.
+from meshctl.launch.local import free_port
+from tests.example import REPO, SHOP  # noqa: F401 - tests import REPO from here
 
 
 def wait_until(pred: Any, timeout: float = 15.0, what: str = "condition") -> Any:
@@ -52,12 +46,23 @@ def http_get(
         return e.code, e.read(), dict(e.headers)
 
 
+class DidNotStop(AssertionError):
+    """A process that must stop on SIGTERM did not within the stop timeout (it was killed)."""
+
+
 @dataclass
 class Proc:
+    """A child process in its own session, its output in `log`.
+
+    `must_stop`: SIGTERM must end it within the stop timeout, else stop() kills it and fails
+    the test (a registry that ignores SIGTERM is a bug `meshctl down` and systemd would meet).
+    """
+
     argv: list[str]
     env: dict[str, str]
     log: Path
     p: subprocess.Popen[bytes] | None = None
+    must_stop: bool = False
 
     def start(self) -> Proc:
         self.p = subprocess.Popen(
@@ -76,7 +81,12 @@ class Proc:
                 self.p.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.p.kill()
-                self.p.wait()
+                self.p.wait(10)
+                if self.must_stop and sig != signal.SIGKILL:
+                    raise DidNotStop(
+                        f"{' '.join(self.argv[1:4])!r} (pid {self.p.pid}) did not stop "
+                        f"within {timeout:g} s of {signal.Signals(sig).name}: killed; {self.log}"
+                    ) from None
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -122,7 +132,7 @@ class Mesh:
     def start_registry(self, *extra: str) -> Proc:
         """Start the registry (extra CLI options appended) and wait until it is ready."""
         self.registry = Proc(
-            self.registry_argv(*extra), self.env, self.tmp / "registry.log"
+            self.registry_argv(*extra), self.env, self.tmp / "registry.log", must_stop=True
         ).start()
         self.procs.append(self.registry)
         wait_until(
@@ -222,5 +232,12 @@ class Mesh:
         return info
 
     def close(self) -> None:
+        """Stop every process, last started first; then fail if one ignored SIGTERM."""
+        failed: list[AssertionError] = []
         for p in reversed(self.procs):
-            p.stop()
+            try:
+                p.stop()
+            except AssertionError as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]

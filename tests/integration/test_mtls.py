@@ -18,14 +18,15 @@ from cryptography.x509.oid import NameOID
 
 from registry.ca import CertificateAuthority, SpiffeId
 from registry.ca.csr import build_csr, generate_key, key_pem
-from tests.integration.harness import REPO, Mesh, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    m = Mesh(tmp_path, CONFIG)
     yield m
     m.close()
 
@@ -33,6 +34,11 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
 def _orders(mesh: Mesh) -> dict[str, object]:
     _, app = mesh.app("orders", "v1")
     return mesh.proxy("orders", "v1", app_port=app)
+
+
+def _app_log(mesh: Mesh, service: str) -> str:
+    """What the service's apps logged (each request's line among it)."""
+    return "".join(p.read_text() for p in sorted(mesh.tmp.glob(f"app-{service}-*.log")))
 
 
 def _plain_get(port: int) -> bytes:
@@ -69,18 +75,23 @@ def _stats(px: dict[str, object]) -> dict[str, float]:
     return json.loads(http_get(f"http://127.0.0.1:{px['admin']}/stats")[1])
 
 
+def _refusals(px: dict[str, object]) -> float:
+    """Inbound connections refused before any request: plaintext at STRICT, failed handshakes."""
+    stats = _stats(px)
+    return (stats.get("meshctl_proxy_inbound_plaintext_refused_total", 0)
+            + stats.get("meshctl_proxy_inbound_tls_failures_total", 0))  # fmt: skip
+
+
 def test_strict_refuses_plaintext(mesh: Mesh) -> None:
     mesh.start_registry()
     px = _orders(mesh)
+    before = _refusals(px)
+    # Refused means: no byte of an answer, the connection counted as refused (exactly this
+    # one), and the app never saw the request.
     assert _plain_get(int(px["inbound"])) == b""  # type: ignore[call-overload]
-    wait_until(
-        lambda: (
-            _stats(px).get("meshctl_proxy_inbound_plaintext_refused_total", 0)
-            + _stats(px).get("meshctl_proxy_inbound_tls_failures_total", 0)
-            >= 1
-        ),
-        what="refusal counted",
-    )
+    wait_until(lambda: _refusals(px) > before, what="refusal counted")
+    assert _refusals(px) == before + 1
+    assert "/echo" not in _app_log(mesh, "orders")
 
 
 def test_permissive_accepts_plaintext_and_counts_it(mesh: Mesh) -> None:
@@ -172,7 +183,8 @@ def test_inbound_refuses_foreign_expired_and_missing_certificates(
     ok = _tls_get(port, good_cert, good_key, bundle)
     assert ok.startswith(b"HTTP/1.1 200")
     assert b"URI=spiffe://shop.local/ns/default/sa/frontend" in ok
-    refused = 0
+    failures = "meshctl_proxy_inbound_tls_failures_total"
+    before = _stats(px).get(failures, 0)
     for cert, key in (
         _foreign_cert(tmp_path, "spiffe://shop.local/ns/default/sa/frontend"),
         _mesh_cert(mesh, tmp_path, expired=True),
@@ -180,15 +192,12 @@ def test_inbound_refuses_foreign_expired_and_missing_certificates(
     ):
         try:
             answer = _tls_get(port, cert, key, bundle)
-        except (ssl.SSLError, ConnectionError, OSError):
+        except (ssl.SSLError, ConnectionError):
             answer = b""
-        assert not answer.startswith(b"HTTP/1.1 200"), cert
-        refused += 1
-    assert refused == 3
-    wait_until(
-        lambda: _stats(px).get("meshctl_proxy_inbound_tls_failures_total", 0) >= 3,
-        what="TLS refusals counted",
-    )
+        assert answer == b"", (cert, answer[:200])  # refused: no answer at all, not a 4xx/5xx
+    # Each of the three refused in the handshake, and counted: exactly three, no more.
+    wait_until(lambda: _stats(px).get(failures, 0) >= before + 3, what="TLS refusals counted")
+    assert _stats(px).get(failures, 0) == before + 3
 
 
 def test_port_level_mtls_overrides_the_workload_mode(mesh: Mesh) -> None:

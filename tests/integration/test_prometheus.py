@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import REPO, Mesh, Proc, free_port, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, Proc, free_port, http_get, wait_until
 from tests.integration.test_tracing import only_v1
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    m = Mesh(tmp_path, CONFIG)
     only_v1(m)
     m.start_registry()
     yield m

@@ -188,8 +188,9 @@ def test_seed_policy_retries_to_the_other_replica_and_ejects_the_failing_one(mes
     wait_until(until_ejected, timeout=30, what="`a` ejected after 3 consecutive 5xx")
     assert set(seen) == {"b"}
     retries_before = b.stats()["meshctl_proxy_retries_total"]
-    assert retries_before == 3  # one per 503 of `a`: 3 consecutive, then ejected
-    # `a` is no longer even tried.
+    # Each of a's three consecutive 503s was retried once (on b), then a was ejected: one
+    # retry fewer means a 503 reached the client, one more means a was tried after ejection.
+    assert retries_before == 3
     assert _versions(b, 20) == Counter({"b": 20})
     assert b.stats()["meshctl_proxy_retries_total"] == retries_before
 
@@ -219,7 +220,8 @@ def test_without_retries_a_failing_replica_is_seen(mesh: Mesh) -> None:
     b = Backend(mesh)
     b.admin("a", "fail?status=503&count=-1")
     seen = _versions(b, 20)
-    assert seen["503"] > 0 and seen["b"] > 0
+    # Round robin over a and b, no retry, no outlier detection: every other request is a's 503.
+    assert seen == Counter({"503": 10, "b": 10})
 
 
 def test_post_is_not_retried_after_the_upstream_saw_it(mesh: Mesh) -> None:
@@ -372,9 +374,8 @@ def test_connection_pool_overflow_is_a_fast_503_uo(mesh: Mesh) -> None:
     b.admin("a", "slow?ms=1500&count=-1")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: b.get("/")[0], range(6)))
-    # One request holds the only connection, one waits as pending; the rest overflow.
-    assert results.count(200) >= 1
-    assert results.count(503) >= 3
+    # One request holds the only connection, one waits as pending; the other four overflow.
+    assert sorted(results) == [200, 200, 503, 503, 503, 503]
     assert 'response_flags="UO"' in b.metrics()
 
 
@@ -517,9 +518,7 @@ def test_per_try_timeout_retries_a_slow_try_on_the_other_replica(mesh: Mesh) -> 
     b = Backend(mesh)
     b.admin("a", "slow?ms=3000&count=-1")
     # Without perTryTimeout each request sent to `a` would wait the 3 s and answer from `a`.
-    start = time.monotonic()
-    assert _versions(b, 6) == Counter({"b": 6})
-    assert time.monotonic() - start < 6 * 3.0
+    assert _versions(b, 6) == Counter({"b": 6})  # a's answer would come, after 3 s
     assert b.stats()["meshctl_proxy_retries_total"] >= 1
 
 

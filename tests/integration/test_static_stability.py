@@ -14,14 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import (
+    Mesh,
+    free_port,
+    http_get,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    m = Mesh(tmp_path, CONFIG)
     yield m
     m.close()
 
@@ -129,6 +135,9 @@ def test_registry_killed_traffic_continues_and_proxies_catch_up(mesh: Mesh) -> N
             what="new config applied after the outage",
         )
     assert set(load.outcomes) == {"200"}, load.outcomes
+    # Restarted while the proxies run, the registry must stop on SIGTERM with them connected.
+    assert mesh.registry is not None
+    mesh.registry.stop()
 
 
 def test_config_swap_every_half_second_under_load_fails_nothing(mesh: Mesh) -> None:
@@ -148,6 +157,7 @@ def test_config_swap_every_half_second_under_load_fails_nothing(mesh: Mesh) -> N
     assert load.versions["v1"] > 0 and load.versions["v2"] > 0
 
 
+@pytest.mark.timeout(240)  # load for up to 80 s past a renewal: longer than the default
 def test_certificate_renewal_under_load_fails_nothing(mesh: Mesh) -> None:
     mesh_yaml = mesh.config / "mesh.yaml"
     mesh_yaml.write_text(

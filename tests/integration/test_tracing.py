@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
 from tests.observe.receiver import Receiver
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ DROPPED_EXPORT = 'meshctl_proxy_spans_dropped_total{reason="export_failed"}'
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    m = Mesh(tmp_path, CONFIG)
     only_v1(m)
     m.start_registry()
     yield m

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 
 from proxy import compiled
-from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    m = Mesh(tmp_path, CONFIG)
     m.start_registry()
     yield m
     m.close()

@@ -4,7 +4,6 @@ before anything starts (a compose file that does not parse, Compose not installe
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from meshctl.launch.plan import DockerTarget
 from meshctl.launch.procs import LaunchError
 from registry.config import MeshConfig, load_directory
 from tests.commands.support import EXAMPLE, mesh_home
+from tests.example import copy_config
 
 COMPOSE = EXAMPLE / "docker-compose.yml"
 URL = "https://172.18.0.1:15012"
@@ -162,7 +162,7 @@ def test_auto_runtime_is_local_for_a_config_dir(tmp_path: Path) -> None:
 
 
 def test_up_with_a_bad_compose_file_starts_nothing(tmp_path: Path) -> None:
-    shutil.copytree(EXAMPLE / "mesh", tmp_path / "mesh")
+    copy_config(tmp_path / "mesh")
     bad = tmp_path / "docker-compose.yml"
     bad.write_text("services:\n  frontend:\n    image: [x\n")
     with mesh_home() as cli:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +23,19 @@ import pytest
 
 from meshctl.launch.compose import PROJECT_LABEL, compose_command
 from meshctl.launch.image import ensure_image
-from tests.commands.support import EXAMPLE, REPO, Cli, free_port, mesh_home, wait_until
+from tests.commands.support import (
+    EXAMPLE,
+    REPO,
+    Cli,
+    copy_example,
+    free_port,
+    mesh_home,
+    wait_until,
+)
 
-pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow]
+# Longer than the default per-test timeout (pyproject.toml): the module's first test builds
+# the example image (debootstrap) and starts the compose project.
+pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
 
 # Inside the frontend container (stdlib only: the image has python3 and nothing else).
 CALL = """
@@ -83,8 +92,7 @@ def _example_copy(dest: Path) -> Path:
     The compose file is the example's, byte for byte, except the one host port it
     publishes (127.0.0.1:18080): here an ephemeral one, so two runs cannot collide.
     """
-    for part in ("apps", "mesh"):
-        shutil.copytree(EXAMPLE / part, dest / part)
+    copy_example(dest)
     text = (EXAMPLE / "docker-compose.yml").read_text()
     assert '"127.0.0.1:18080:8080"' in text
     compose = dest / "docker-compose.yml"
@@ -170,12 +178,9 @@ def test_weights_90_10_then_set_weight_moves_everything_to_v2(mesh: Mesh) -> Non
         env=mesh.cli.env, cwd=REPO, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    t0 = time.monotonic()
-    wait_until(lambda: json.loads(mesh.call("http://orders:8080/", 20)) == {"v2": 20}, 10,
+    # The outcome, not its speed (bench/push_latency.py measures how fast a change lands).
+    wait_until(lambda: json.loads(mesh.call("http://orders:8080/", 20)) == {"v2": 20}, 30,
                "every request on v2")  # fmt: skip
-    took = time.monotonic() - t0
-    print(f"set-weight -> all of 20 requests on v2 after {took:.2f}s")
-    assert took < 3.0  # the goal is 1 s; `docker exec` alone takes ~0.3 s per try
 
 
 def test_a_killed_proxy_is_restarted_and_its_rules_stay(mesh: Mesh) -> None:

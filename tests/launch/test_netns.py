@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pyroute2.netlink.exceptions import NetlinkError
 
 from meshctl.launch import netns
 from meshctl.launch.netns import NetnsError
@@ -168,7 +170,7 @@ def test_delete_host_stops_what_runs_inside(prefix: str) -> None:
             assert sleeper.wait(timeout=10) != 0
         finally:
             sleeper.kill()
-            sleeper.wait()
+            sleeper.wait(10)
         assert host.veth not in _links()
         netns.delete_host(host.name)  # already gone: fine
     finally:
@@ -190,8 +192,9 @@ def test_duplicates_are_refused_and_a_failed_host_is_rolled_back(prefix: str) ->
         with pytest.raises(NetnsError, match="no bridge"):
             netns.create_host(prefix + "b", prefix + "nobr", f"{subnet[3]}/24")
         # The gateway is off-link: the route fails after the namespace exists.
-        with pytest.raises(Exception):  # noqa: B017 - pyroute2's NetlinkError
+        with pytest.raises(NetlinkError) as unreachable:
             netns.create_host(prefix + "c", bridge.name, f"{subnet[4]}/24", "192.0.2.1")
+        assert unreachable.value.code == errno.ENETUNREACH, unreachable.value
         assert netns.list_hosts(prefix) == [prefix + "a"]
         assert netns.veth_name(prefix + "c") not in _links()
     finally:

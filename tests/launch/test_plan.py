@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import pytest
 from meshctl.launch import plan as pm
 from meshctl.vip import service_vip
 from registry.config import MeshConfig, load_directory
+from tests.example import CONFIG as EXAMPLE
+from tests.example import copy_config
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "compose" / "mesh"
 NET = pm.Network("meshbr0", "10.250.7.0/24")
 
 
@@ -55,7 +54,7 @@ def _explicit(cfg: MeshConfig | None = None, **kw: object) -> pm.Plan:
 
 def _with_mesh_yaml(tmp_path: Path, edit: Callable[[str], str]) -> MeshConfig:
     """A copy of the example in tmp_path/mesh, its mesh.yaml edited."""
-    shutil.copytree(EXAMPLE, tmp_path / "mesh")
+    copy_config(tmp_path / "mesh")
     return _edit_mesh_yaml(tmp_path, edit)
 
 

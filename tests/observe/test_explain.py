@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import pytest
 
 from meshctl.launch.local import load_config
 from meshctl.observe.explain import ExplainError, explain
-from tests.integration.harness import REPO
+from tests.example import copy_config
 
 VS = """\
 apiVersion: networking.istio.io/v1
@@ -39,7 +38,7 @@ EP = {
 
 @pytest.fixture
 def config(tmp_path: Path) -> dict[str, Any]:
-    shutil.copytree(REPO / "examples" / "compose" / "mesh", tmp_path / "mesh")
+    copy_config(tmp_path / "mesh")
     (tmp_path / "mesh" / "inventory.yaml").write_text(VS)
     return load_config(tmp_path / "mesh").to_wire()
 

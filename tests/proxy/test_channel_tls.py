@@ -40,7 +40,7 @@ def test_peer_close_over_tls_is_quiet(
         client = await open_channel("127.0.0.1", port, ssl=client_ctx)
         client.write(b"ping")
         await client.drain()
-        await ready.wait()
+        await asyncio.wait_for(ready.wait(), 5)  # the server accepted
         got = await accepted[0].read(4)
         client.close()  # close_notify, then EOF at the server
         rest = await asyncio.wait_for(accepted[0].read(), 5)  # b"": the stream ended

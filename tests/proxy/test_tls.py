@@ -218,7 +218,7 @@ def test_records_split_and_joined_at_every_byte(
         client.close()  # close_notify, then the TCP close
         assert cwire.closed
         deliver(cwire, server, "bytes")
-        assert await server_app.read() == b""
+        assert await asyncio.wait_for(server_app.read(), 5) == b""  # close_notify: the end
 
     asyncio.run(main())
 

@@ -115,7 +115,7 @@ def output_of(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        proc.communicate(timeout=10)
         raise
     assert proc.returncode == 0, f"exit {proc.returncode}: {err}"
     return out.strip()

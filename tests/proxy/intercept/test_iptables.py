@@ -174,7 +174,7 @@ def test_install_by_pid_enters_that_process_namespace(bare_netns: str) -> None:
         assert not iptables.installed(bare_netns)
     finally:
         sleeper.kill()
-        sleeper.wait()
+        sleeper.wait(10)
 
 
 @pytest.mark.root

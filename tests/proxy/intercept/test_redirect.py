@@ -78,7 +78,7 @@ def _start(host: str, *ports: int) -> subprocess.Popen[str]:
     line = proc.stdout.readline().strip()
     if line != "ready":
         proc.kill()
-        raise AssertionError(f"server in {host} did not start: {proc.communicate()[1]}")
+        raise AssertionError(f"server in {host} did not start: {proc.communicate(timeout=10)[1]}")
     return proc
 
 
@@ -91,7 +91,7 @@ def mesh() -> Iterator[Mesh]:
         finally:
             for proc in servers:
                 proc.kill()
-                proc.communicate()
+                proc.communicate(timeout=10)
 
 
 def _meshed(pair: Pair, servers: list[subprocess.Popen[str]]) -> Mesh:

@@ -144,7 +144,7 @@ def test_concurrent_redeem_succeeds_once(store: TokenStore, orders: SpiffeId) ->
     barrier = threading.Barrier(8)
 
     def attempt() -> None:
-        barrier.wait()
+        barrier.wait(timeout=10)
         try:
             store.redeem(token)
             results.append("ok")
@@ -155,7 +155,8 @@ def test_concurrent_redeem_succeeds_once(store: TokenStore, orders: SpiffeId) ->
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=10)
+        assert not t.is_alive(), "a redeem did not return within 10 s"
     assert sorted(results) == ["ok"] + ["used"] * 7
 
 

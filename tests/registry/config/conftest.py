@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-EXAMPLE = REPO / "examples" / "compose" / "mesh"
+from tests.example import copy_config
+
 SEED = Path(__file__).parent / "fixtures" / "seed"
 
 Edit = Callable[[str, str, str], Path]
@@ -17,9 +16,7 @@ Edit = Callable[[str, str, str], Path]
 
 @pytest.fixture
 def example_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "mesh"
-    shutil.copytree(EXAMPLE, target)
-    return target
+    return copy_config(tmp_path / "mesh")
 
 
 def replace_in(directory: Path, name: str, old: str, new: str) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from registry.config import MeshConfig, load_directory, summary_lines
 from registry.config.model import DEFAULT_RETRY_ON, UINT32_MAX
-from tests.registry.config.conftest import EXAMPLE, SEED, replace_in
+from tests.example import CONFIG as EXAMPLE
+from tests.registry.config.conftest import SEED, replace_in
 
 
 def test_seed_article_config_loads_with_its_values() -> None:

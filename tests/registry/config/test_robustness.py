@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry.config import load_directory
-from tests.registry.config.conftest import EXAMPLE
+from tests.example import CONFIG as EXAMPLE
 
 MESH = (EXAMPLE / "mesh.yaml").read_text()
 

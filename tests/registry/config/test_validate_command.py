@@ -8,7 +8,8 @@ import typer
 from typer.testing import CliRunner
 
 from meshctl.commands.validate import validate
-from tests.registry.config.conftest import EXAMPLE, replace_in
+from tests.example import CONFIG as EXAMPLE
+from tests.registry.config.conftest import replace_in
 
 app = typer.Typer()
 app.command()(validate)

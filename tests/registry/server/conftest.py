@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO, Mesh
-
-EXAMPLE = REPO / "examples" / "compose" / "mesh"
+from tests.example import CONFIG
+from tests.integration.harness import Mesh
 
 
 @pytest.fixture
 def idle_mesh(tmp_path: Path) -> Iterator[Mesh]:
     """The files in place, no registry started yet."""
-    m = Mesh(tmp_path, EXAMPLE)
+    m = Mesh(tmp_path, CONFIG)
     yield m
     m.close()
 

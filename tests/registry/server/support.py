@@ -9,6 +9,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,10 @@ def join(mesh: Mesh, service: str, where: Path) -> Workload:
     return w
 
 
+class NoView(AssertionError):
+    """A stream follower waited for a view that did not come."""
+
+
 class StreamFollower:
     """Holds GET /v1/stream open in a thread and queues every parsed line."""
 
@@ -139,24 +144,32 @@ class StreamFollower:
         except (OSError, ValueError, AttributeError, http.client.HTTPException):
             pass  # closed by close(), or by the registry
 
-    def next_view(self, timeout: float = 20.0) -> dict[str, Any]:
-        """The next `view` line (pings are skipped); raises queue.Empty after `timeout`."""
+    def next_view(self, timeout: float = 20.0, what: str = "view") -> dict[str, Any]:
+        """The next `view` line (pings are skipped); NoView once `timeout` has passed."""
+        deadline = time.monotonic() + timeout
         while True:
-            msg = self.lines.get(timeout=timeout)
+            try:
+                msg = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise NoView(f"no {what} on the stream within {timeout:g} s") from None
             if msg.get("type") == "view":
                 return msg
 
-    def view_where(self, pred: Callable[[dict[str, Any]], bool],
-                   timeout: float = 20.0) -> dict[str, Any]:
-        """Skip views until one satisfies `pred` (each wait up to `timeout`)."""
-        while not pred(view := self.next_view(timeout)):
-            pass
-        return view
+    def view_where(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0,
+                   what: str = "view that matches") -> dict[str, Any]:
+        """Skip views until one satisfies `pred`, all within `timeout`; NoView if none does."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NoView(f"no {what} on the stream within {timeout:g} s")
+            if pred(view := self.next_view(left, what)):
+                return view
 
     def no_view_within(self, seconds: float) -> bool:
         try:
             self.next_view(timeout=seconds)
-        except queue.Empty:
+        except NoView:
             return True
         return False
 
@@ -192,9 +205,13 @@ class DuplexStream:
     def ack(self, body: dict[str, Any]) -> None:
         self.send(json.dumps(body).encode() + b"\n")
 
-    def next_line(self) -> dict[str, Any]:
-        """The next line of the response that is not a ping; EOFError when it has ended."""
+    def next_line(self, timeout: float = 20.0) -> dict[str, Any]:
+        """The next line of the response that is not a ping, within `timeout` (pings do not
+        count as progress); EOFError when it has ended."""
+        deadline = time.monotonic() + timeout
         while True:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line but pings on the stream within {timeout:g} s")
             while b"\n" not in self._pending:
                 size = self.file.readline()
                 if not size.strip() or int(size, 16) == 0:

