@@ -79,6 +79,7 @@ def status(home: Path) -> dict[str, Any]:
                     "inbound_port",
                     "labels",
                     "health",
+                    "reason",
                     "identity",
                 )
             }

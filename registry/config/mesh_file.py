@@ -16,6 +16,7 @@ from registry.config.model import (
     VirtualService,
     Workload,
 )
+from registry.config.probe import parse_readiness_probe
 from registry.config.reader import (
     EMPTY,
     Conv,
@@ -117,7 +118,7 @@ def _service(cx: Cx, name: str, knode: Node, node: Node, path: str) -> Service |
     access_log = o.get("accessLog", _access_log, "off")
     workloads: list[Workload] = []
     for wnode, wpath in o.items("workloads"):
-        w = _workload(cx, name, wnode, wpath)
+        w = _workload(cx, name, wnode, wpath, ports)
         if w is not None:
             workloads.append(w)
     versions = [w.version for w in workloads]
@@ -214,14 +215,23 @@ def _port(cx: Cx, node: Node, path: str, earlier: list[Port]) -> Port | None:
     return Port(number, protocol, name)
 
 
-def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
-    o = Obj(cx, node, path, ("version", "command", "image", "env", "replicas", "labels"))
+def _workload(
+    cx: Cx, service: str, node: Node, path: str, ports: list[Port]
+) -> Workload | None:
+    o = Obj(cx, node, path,
+            ("version", "command", "image", "env", "replicas", "labels", "readinessProbe"))
     version = o.require("version", _label_value)
     command = o.get("command", as_str_list, EMPTY)
     image = o.get("image", as_str, None)
     env = o.get("env", as_str_map, EMPTY)
     replicas = o.get("replicas", int_in(0, 1000, "replicas"), 1)
     labels = o.get("labels", as_str_map, EMPTY)
+    probe = None
+    if "readinessProbe" in o:
+        key = "readinessProbe"
+        probe = parse_readiness_probe(cx, o.value_node(key), o.sub(key), ports)
+        if probe is None:
+            return None
     if "command" not in o and "image" not in o:
         cx.error(node, path, "a workload needs a `command` (local runtime) or an `image` (docker)")
     if command == () and "command" in o:
@@ -236,4 +246,4 @@ def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
     if labels is None:
         return None
     all_labels = tuple(sorted({**dict(labels), "app": service, "version": version}.items()))
-    return Workload(version, command, image, env, replicas, all_labels)
+    return Workload(version, command, image, env, replicas, all_labels, probe)

@@ -63,6 +63,8 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
         kwargs = {}
         for f in dataclasses.fields(tp):
             if f.name not in data:
+                if f.default is not dataclasses.MISSING:
+                    continue  # a field newer than the sender: its default (version skew)
                 raise ValueError(f"{where}.{f.name}: missing")
             kwargs[f.name] = _decode(hints[f.name], data[f.name], f"{where}.{f.name}")
         return tp(**kwargs)
