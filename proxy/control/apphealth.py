@@ -44,7 +44,7 @@ def probe_params(
 
 async def probe(p: ProbeParams) -> str | None:
     """Run one probe: None if the app answered, else what went wrong, for `status`."""
-    where = f"{p.host}:{p.port}"
+    where = p.address
     try:
         async with asyncio.timeout(p.timeout_s):
             if p.kind == "tcp":
@@ -87,7 +87,12 @@ async def app_health_loop(
         state.reconfigure(p)
         await asyncio.sleep(state.due_in())
         p = state.params
-        if state.record(await probe(p)):
+        try:
+            error = await probe(p)
+        except Exception as exc:  # a bug here must not end app health for the proxy's life
+            log.exception("app probe of %s failed unexpectedly", p.target)
+            error = f"probe error {type(exc).__name__}: {exc}"
+        if state.record(error):
             if state.health == "healthy":
                 log.info("app is healthy again (%s)", p.target)
             else:

@@ -45,9 +45,14 @@ class ProbeParams:
             raise ValueError("probe failure and success thresholds must be >= 1")
 
     @property
+    def address(self) -> str:
+        """host:port, an IPv6 host in brackets."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def target(self) -> str:
-        where = f"{self.host}:{self.port}"
-        return where if self.kind == "tcp" else f"GET http://{where}{self.path}"
+        """What a probe tries, as the reason names it."""
+        return self.address if self.kind == "tcp" else f"GET http://{self.address}{self.path}"
 
 
 class AppHealth:

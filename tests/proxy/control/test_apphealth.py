@@ -120,3 +120,15 @@ def test_probe_params_default_is_tcp_to_the_first_ports_app() -> None:
     assert probe_params(svc, {"version": "v2"}, app) == ProbeParams(
         "http", "127.0.0.1", 9090, "/ready", 0.0, 0.5, 0.2, 2, 1)
     assert probe_params(None, {}, app) is None
+
+
+async def test_ipv6_app_is_named_in_brackets() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    with socket.socket(socket.AF_INET6) as s:
+        try:
+            s.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no ::1 on this host")
+        port = s.getsockname()[1]
+    assert await probe(ProbeParams("http", "::1", port, "/r")) == f"connect refused on [::1]:{port}"
