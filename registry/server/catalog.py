@@ -20,6 +20,12 @@ HEALTH_STATES = ("healthy", "unhealthy", "draining")
 REASON_MAX = 500  # characters of a health reason kept
 
 
+def clean_reason(text: str) -> str:
+    """A proxy's words, bounded and printable: `meshctl status` shows them on an operator's
+    terminal, where a control character (an ANSI escape) must not arrive."""
+    return "".join(c if c.isprintable() else "?" for c in text[:REASON_MAX])
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """One instance of a service: where its proxy listens for mTLS and what it is labelled."""
@@ -59,7 +65,7 @@ class Endpoint:
             labels=MappingProxyType({str(k): str(v) for k, v in dict(d.get("labels", {})).items()}),
             identity=str(d.get("identity", "")),
             health=str(d.get("health", "healthy")),
-            reason=str(d.get("reason", ""))[:REASON_MAX],
+            reason=clean_reason(str(d.get("reason", ""))),
             last_seen=float(d.get("last_seen", 0.0)),
             registered_at=float(d.get("registered_at", 0.0)),
         )
@@ -129,7 +135,7 @@ class Catalog:
             return None
         ep = replace(old, last_seen=self._clock())
         if health:
-            why = "" if health == "healthy" else (reason or "")[:REASON_MAX]
+            why = "" if health == "healthy" else clean_reason(reason or "")
             ep = replace(ep, health=health, reason=why)
         self._endpoints[endpoint_id] = ep
         if (ep.health, ep.reason) != (old.health, old.reason):

@@ -33,3 +33,10 @@ def test_reason_is_bounded() -> None:
     cat.register(Endpoint("orders-1", "orders", "127.0.0.1", 15006))
     ep = cat.heartbeat("orders-1", "unhealthy", "x" * 10_000)
     assert ep is not None and len(ep.reason) == REASON_MAX
+
+
+def test_reason_holds_no_control_characters() -> None:
+    cat = Catalog(None, FakeClock())
+    cat.register(Endpoint("orders-1", "orders", "127.0.0.1", 15006))
+    ep = cat.heartbeat("orders-1", "unhealthy", "app: \x1b[2J down\r\n")
+    assert ep is not None and ep.reason == "app: ?[2J down??"
