@@ -10,10 +10,12 @@ import shlex
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from meshctl.cli import build
-from meshctl.hostsfile import BEGIN, END
+from meshctl.hostsfile import BEGIN, END, entries, render_block, replace_block
 from meshctl.vip import service_vip
 from tests.integration.harness import REPO, Mesh
 from tests.registry.config.conftest import EXAMPLE
@@ -190,3 +192,21 @@ def test_the_docs_steps_run_as_written(hosts_file: Path, monkeypatch: pytest.Mon
     assert outputs[0] == service_vip("orders") + "\n"
     assert outputs[1] == block()
     assert hosts_file.read_text() == HOSTS + block()
+
+
+_LINE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x0b\x0c"
+                              "\x1c\x1d\x1e\x85\u2028\u2029"), max_size=30).filter(
+    lambda s: not s.startswith(("# BEGIN meshctl", "# END meshctl")))
+_LINES = st.lists(_LINE, max_size=6).map(lambda ls: "".join(f"{x}\n" for x in ls))
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=_LINES, after=_LINES, old=st.lists(_LINE, max_size=3),
+       services=st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True), max_size=4))
+def test_replace_block_keeps_every_other_line(before: str, after: str, old: list[str],
+                                             services: list[str]) -> None:
+    new = render_block(entries(services))
+    stale = "".join(f"{x}\n" for x in [BEGIN, *old, END])
+    assert replace_block(before + stale + after, new) == before + new + after
+    assert replace_block(before, new) == before + new
+    assert replace_block(before + new + after, new) == before + new + after

@@ -4,10 +4,10 @@ unhealthy with the reason, and comes back when its app does (docs/config.md, rea
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
+import urllib.error
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,4 +130,11 @@ def test_dead_app_leaves_the_pool_and_comes_back(mesh: Mesh) -> None:
     assert _endpoint(mesh, px1["id"])["reason"] == ""
     wait_until(lambda: _orders_endpoints(front) == both, what="frontend picks orders v1 again")
     wait_until(lambda: _versions(local, 20).keys() == {"v1", "v2"}, what="v1 answers again")
-    assert os.path.exists(mesh.home)
+
+    # A reason that is not a string is a 400, and the endpoint stays as it was.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        mesh.api("PUT", f"/v1/endpoints/{px2['id']}", {"health": "unhealthy", "reason": 5})
+    assert refused.value.code == 400
+    assert b"field `reason` must be a string" in refused.value.read()
+    assert (_endpoint(mesh, px2["id"])["health"], _endpoint(mesh, px2["id"])["reason"]) == (
+        "healthy", "")
