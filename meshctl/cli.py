@@ -34,6 +34,7 @@ def build() -> typer.Typer:
         token,
         top,
         up,
+        vip,
         why,
     )
     from meshctl.commands.registry import registry
@@ -72,6 +73,8 @@ def build() -> typer.Typer:
     app.command()(check.check)
     app.command(name="proxy-config")(proxy_config.proxy_config)
     app.command()(why.why)
+    app.command()(vip.vip)
+    app.command()(vip.hosts)
     app.command()(registry)
     app.command()(proxy.proxy)
     app.add_typer(token.app, name="token")

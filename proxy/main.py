@@ -22,6 +22,7 @@ from proxy import certinfo, compiled
 from proxy.accept import Connections, accept_loop, listen, streams_for
 from proxy.accesslog import AccessLog
 from proxy.admin import TapHub, start_servers, tap_event, write_discovery
+from proxy.control.apphealth import app_health_loop, probe_params
 from proxy.control.client import ControlClient, View
 from proxy.downstream import HeadWatch
 from proxy.forward import Result, local_reply
@@ -36,6 +37,7 @@ from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import Outbound
 from proxy.policy.fault import FaultParams
 from proxy.policy.fault import decide as decide_fault
+from proxy.policy.probe import ProbeParams
 from proxy.policy.ratelimit import TokenBucket
 from proxy.routing import RouteLimits, new_bucket, over_limit
 from proxy.snapshot import ProxySnapshot, build_snapshot
@@ -265,6 +267,14 @@ class Proxy:
         else:
             lim.max_connections, lim.max_pending = limits.max_connections, limits.max_pending
         return lim
+
+    def _probe(self) -> ProbeParams | None:
+        snap = self.snapshot
+        return probe_params(snap.me, snap.my_labels, self.app_address) if snap else None
+
+    async def _app_health(self, health: str, reason: str) -> None:
+        self.endpoint["health"], self.endpoint["reason"] = health, reason
+        await self.control.report_health(self.endpoint)
 
     def app_address(self, port: int) -> tuple[str, int]:
         return self.opts.apps.get(port, ("127.0.0.1", port))
@@ -544,6 +554,7 @@ class Proxy:
             "health": "healthy",
         }
         self._tasks.append(spawn(self.control.heartbeat_loop(self.endpoint), name="heartbeat"))
+        self._tasks.append(spawn(app_health_loop(self._probe, self._app_health), name="app-health"))
         self._tasks.append(spawn(self._flush_loop(), name="flush"))
         if self.exporter is not None:
             self._tasks.append(spawn(self.exporter.run(), name="otlp-export"))

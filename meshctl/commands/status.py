@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from meshctl.launch.procs import LaunchError
@@ -68,7 +69,7 @@ def status(
             e["id"],
             f"{e['address']}:{e['inbound_port']}",
             labels,
-            f"[{colour}]{health}[/]",
+            f"[{colour}]{health}[/]" + (f" {escape(e['reason'])}" if e.get("reason") else ""),
         )
     for name, svc in sorted(st["services"].items()):
         if not svc["endpoints"]:

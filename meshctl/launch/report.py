@@ -91,6 +91,7 @@ def status(home: Path) -> dict[str, Any]:
                     "inbound_port",
                     "labels",
                     "health",
+                    "reason",
                     "identity",
                 )
             }

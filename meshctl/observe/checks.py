@@ -12,6 +12,8 @@ now; `meshctl check` exits 1). What each judges:
   with that allowance in mind: warn past 5 s, fail past 20 s.
 - interception: in transparent mode, the iptables rules of each workload's namespace.
 - config: the registry's last config error (the previous version stays in force).
+- endpoints: an endpoint whose app is down (its proxy's probe, with the reason) warns, and
+  louder when its service has no healthy endpoint left (callers get 503 UH).
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def evaluate(f: Facts) -> list[Result]:
     out.append(Result("registry", "registry", OK, f"reachable, config version {version}"))
     out.extend(_config(st))
     out.extend(_proxies(st, version, f.lifetimes, f.local_time))
+    out.extend(_endpoints(st))
     out.extend(_skew(f))
     out.extend(_iptables(f))
     out.extend(_cores(f))
@@ -186,6 +189,21 @@ def _proxies(
         else:
             yield Result("proxy", pid, OK, f"connected, config v{version}")
         yield _cert(pid, p.get("cert_not_after"), lifetimes.get(pid), now)
+
+
+def _endpoints(st: dict[str, Any]) -> Iterable[Result]:
+    """A warning per unhealthy endpoint: its app is down, the others serve (or nothing does).
+    A warning, not a failure: the mesh routes around it, and a proxy with no app (a
+    client-only workload) is unhealthy by design."""
+    eps = [e for e in st.get("endpoints", []) if e.get("health") != "draining"]
+    healthy = {e.get("service") for e in eps if e.get("health") == "healthy"}
+    for e in sorted(eps, key=lambda e: (str(e.get("service")), str(e.get("id")))):
+        if e.get("health") == "healthy":
+            continue
+        svc = e.get("service")
+        left = "" if svc in healthy else f"; no healthy endpoint of `{svc}`: callers get 503 UH"
+        why = e.get("reason") or "no reason given"
+        yield Result("endpoint", str(e.get("id")), WARN, f"{svc} unhealthy: {why}{left}")
 
 
 def _cert(pid: str, not_after: Any, lifetime: float | None, now: float) -> Result:

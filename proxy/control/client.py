@@ -363,9 +363,7 @@ class ControlClient:
                         log.warning("endpoint registration refused: %s", data)
                 else:
                     status, _ = await self._post(
-                        f"/v1/endpoints/{endpoint['id']}",
-                        {"health": endpoint.get("health", "healthy")},
-                        method="PUT",
+                        f"/v1/endpoints/{endpoint['id']}", health_body(endpoint), method="PUT"
                     )
                     registered = status == 200
                     if not registered:
@@ -374,6 +372,19 @@ class ControlClient:
                 registered = False
             await asyncio.sleep(HEARTBEAT_S if registered else BACKOFF_MAX_S)
 
+    async def report_health(self, endpoint: dict[str, Any]) -> None:
+        """Send a change of the app's health at once; the next heartbeat repeats it (and a
+        registry that does not know the endpoint gets it with the registration)."""
+        with contextlib.suppress(OSError, TimeoutError):
+            await self._post(
+                f"/v1/endpoints/{endpoint['id']}", health_body(endpoint), method="PUT", timeout=5
+            )
+
     async def deregister(self, endpoint_id: str) -> None:
         with contextlib.suppress(OSError, TimeoutError):
             await self._post(f"/v1/endpoints/{endpoint_id}", {}, method="DELETE", timeout=2)
+
+
+def health_body(endpoint: dict[str, Any]) -> dict[str, Any]:
+    """The heartbeat's body: the endpoint's health and, when not healthy, why."""
+    return {"health": endpoint.get("health", "healthy"), "reason": endpoint.get("reason", "")}

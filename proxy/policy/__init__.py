@@ -8,6 +8,9 @@ per request, in request order:
                (over outlier.available_hosts()) -> attempt -> retry + budget + backoff
                -> outlier.report()
 
+Off the request path: ``probe`` turns the proxy's probes of its own app into the health
+the registry publishes (``proxy/control/apphealth.py`` runs the probes).
+
 Every module takes its own small frozen parameter dataclass (defaults from Envoy / Istio /
 Linkerd, see docs/policies.md), time from ``clock: Callable[[], float]`` (monotonic seconds)
 and randomness from an injected ``random.Random``: tests drive the clock, never ``sleep``.

@@ -16,6 +16,7 @@ from registry.config.model import (
     VirtualService,
     Workload,
 )
+from registry.config.probe import parse_readiness_probe
 from registry.config.reader import (
     EMPTY,
     Conv,
@@ -122,7 +123,7 @@ def _service(cx: Cx, name: str, knode: Node, node: Node, path: str) -> Service |
     access_log = o.get("accessLog", _access_log, "off")
     workloads: list[Workload] = []
     for wnode, wpath in o.items("workloads"):
-        w = _workload(cx, name, wnode, wpath)
+        w = _workload(cx, name, wnode, wpath, ports)
         if w is not None:
             workloads.append(w)
     versions = [w.version for w in workloads]
@@ -241,9 +242,12 @@ def _user(cx: Cx, node: Node, path: str) -> str | None:
     return v
 
 
-def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
+def _workload(
+    cx: Cx, service: str, node: Node, path: str, ports: list[Port]
+) -> Workload | None:
     o = Obj(cx, node, path,
-            ("version", "command", "image", "env", "replicas", "labels", "user"))  # fmt: skip
+            ("version", "command", "image", "env", "replicas", "labels", "user",
+             "readinessProbe"))  # fmt: skip
     version = o.require("version", _label_value)
     command = o.get("command", as_str_list, EMPTY)
     image = o.get("image", as_str, None)
@@ -255,6 +259,12 @@ def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
         cx.error(o.key_node("user"), o.sub("user"), "`user:` is for a workload with a "
                  "`command` (the local runtime starts it); a container runs as its image's or "
                  "its compose service's `user:`")
+    probe = None
+    if "readinessProbe" in o:
+        key = "readinessProbe"
+        probe = parse_readiness_probe(cx, o.value_node(key), o.sub(key), ports)
+        if probe is None:
+            return None
     if "command" not in o and "image" not in o:
         cx.error(node, path, "a workload needs a `command` (local runtime) or an `image` (docker)")
     if command == () and "command" in o:
@@ -273,4 +283,7 @@ def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
     if user:
         mark = o.value_node("user").start_mark
         where = Source(cx.file, mark.line + 1, mark.column + 1)
-    return Workload(version, command, image, env, replicas, all_labels, user, where)
+    return Workload(
+        version, command, image, env, replicas, all_labels,
+        user=user, user_source=where, readiness=probe,
+    )

@@ -62,6 +62,21 @@ class RouteRateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadinessProbe:
+    """How the proxy checks its app (Kubernetes `readinessProbe`, same fields and defaults):
+    a TCP connect, or an HTTP GET that must answer 200-399."""
+
+    kind: str  # "tcp" (tcpSocket) | "http" (httpGet)
+    port: int  # the app's port (a named port resolved to the service port's number)
+    path: str = "/"  # httpGet only
+    initial_delay_s: float = 0.0
+    period_s: float = 10.0
+    timeout_s: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     version: str
     command: tuple[str, ...]  # local runtime; relative paths resolve against MeshConfig.base_dir
@@ -73,6 +88,7 @@ class Workload:
     # `uid:gid`, as Docker's `user:`); "" is the default (meshctl.launch.users).
     user: str = ""
     user_source: Source | None = None  # where `user:` is, for errors found at `up`
+    readiness: ReadinessProbe | None = None  # None: a TCP connect to the first port
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,6 +271,9 @@ def _may_write_endpoint(caller: Caller, service: str) -> bool:
     return caller.operator or caller.service == service
 
 
+_REASON_ERROR = "field `reason` must be a string (why the endpoint is not healthy)"
+
+
 async def register_endpoint(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
     caller = _auth(request)
@@ -287,6 +290,9 @@ async def register_endpoint(request: web.Request) -> web.Response:
         return _error(400, "field `labels` must be a map of strings")
     if health not in HEALTH_STATES:
         return _error(400, f"field `health` must be one of {', '.join(HEALTH_STATES)}")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str):
+        return _error(400, _REASON_ERROR)
     ep = Endpoint.from_wire(
         {
             "id": _require_str(body, "id"),
@@ -296,6 +302,7 @@ async def register_endpoint(request: web.Request) -> web.Response:
             "labels": labels,
             "identity": str(caller.identity) if caller.identity else str(body.get("identity", "")),
             "health": health,
+            "reason": reason if health != "healthy" else "",
         }
     )
     old = reg.catalog.get(ep.id)
@@ -317,7 +324,10 @@ async def heartbeat(request: web.Request) -> web.Response:
     health = body.get("health")
     if health is not None and health not in HEALTH_STATES:
         return _error(400, f"field `health` must be one of {', '.join(HEALTH_STATES)}")
-    ep = reg.catalog.heartbeat(ep_id, health)
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        return _error(400, _REASON_ERROR)
+    ep = reg.catalog.heartbeat(ep_id, health, reason)
     assert ep is not None
     return _json(ep.to_wire())
 

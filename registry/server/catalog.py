@@ -17,6 +17,13 @@ from meshctl.state import atomic_write
 HEARTBEAT_S = 10.0
 ENDPOINT_TTL_S = 30.0
 HEALTH_STATES = ("healthy", "unhealthy", "draining")
+REASON_MAX = 500  # characters of a health reason kept
+
+
+def clean_reason(text: str) -> str:
+    """A proxy's words, bounded and printable: `meshctl status` shows them on an operator's
+    terminal, where a control character (an ANSI escape) must not arrive."""
+    return "".join(c if c.isprintable() else "?" for c in text[:REASON_MAX])
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +38,7 @@ class Endpoint:
     identity: str = ""
     health: str = "healthy"
     last_seen: float = 0.0
+    reason: str = ""  # why it is not healthy, e.g. "app: connect refused on 127.0.0.1:8080"
     registered_at: float = 0.0
 
     def to_wire(self) -> dict[str, Any]:
@@ -42,6 +50,7 @@ class Endpoint:
             "labels": dict(self.labels),
             "identity": self.identity,
             "health": self.health,
+            "reason": self.reason,
             "last_seen": self.last_seen,
             "registered_at": self.registered_at,
         }
@@ -56,6 +65,7 @@ class Endpoint:
             labels=MappingProxyType({str(k): str(v) for k, v in dict(d.get("labels", {})).items()}),
             identity=str(d.get("identity", "")),
             health=str(d.get("health", "healthy")),
+            reason=clean_reason(str(d.get("reason", ""))),
             last_seen=float(d.get("last_seen", 0.0)),
             registered_at=float(d.get("registered_at", 0.0)),
         )
@@ -116,13 +126,19 @@ class Catalog:
             self._changed()
         return ep
 
-    def heartbeat(self, endpoint_id: str, health: str | None = None) -> Endpoint | None:
+    def heartbeat(
+        self, endpoint_id: str, health: str | None = None, reason: str | None = None
+    ) -> Endpoint | None:
+        """Keep an endpoint alive; a `health` given replaces the health and its reason."""
         old = self._endpoints.get(endpoint_id)
         if old is None:
             return None
-        ep = replace(old, last_seen=self._clock(), health=health or old.health)
+        ep = replace(old, last_seen=self._clock())
+        if health:
+            why = "" if health == "healthy" else clean_reason(reason or "")
+            ep = replace(ep, health=health, reason=why)
         self._endpoints[endpoint_id] = ep
-        if ep.health != old.health:
+        if (ep.health, ep.reason) != (old.health, old.reason):
             self._changed()
         return ep
 

@@ -45,3 +45,21 @@ def strategy(tp: Any) -> st.SearchStrategy[Any]:
 def test_round_trip(config: MeshConfig) -> None:
     wire = json.loads(json.dumps(config.to_wire()))
     assert MeshConfig.from_wire(wire) == config
+
+
+def test_a_field_the_sender_predates_takes_its_default() -> None:
+    """A proxy newer than its registry: a defaulted field missing on the wire is its default;
+    a field without a default is still an error."""
+    from registry.config.model import Workload
+    from registry.config.wire import from_wire, to_wire
+
+    w = Workload("v1", ("app",), None, (), 1, (("app", "orders"),))
+    old = {k: v for k, v in to_wire(w).items() if k != "readiness"}
+    assert from_wire(Workload, old) == w
+    del old["replicas"]
+    try:
+        from_wire(Workload, old)
+    except ValueError as exc:
+        assert "replicas: missing" in str(exc)
+    else:
+        raise AssertionError("a missing field without a default was accepted")
