@@ -17,8 +17,8 @@ from typer.testing import CliRunner, Result
 from meshctl.cli import build
 from meshctl.hostsfile import BEGIN, END, entries, render_block, replace_block
 from meshctl.vip import service_vip
+from tests.example import CONFIG as EXAMPLE
 from tests.integration.harness import REPO, Mesh
-from tests.registry.config.conftest import EXAMPLE
 
 SERVICES = ("frontend", "inventory", "orders", "payments")  # the example's, sorted
 HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n10.0.0.5\tdb.internal  # ops\n"
@@ -162,7 +162,7 @@ def test_help_lists_both() -> None:
 @pytest.mark.slow
 def test_services_from_the_running_registry(tmp_path: Path, hosts_file: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    mesh = Mesh(tmp_path / "mesh", REPO / "examples" / "compose" / "mesh")
+    mesh = Mesh(tmp_path / "mesh", EXAMPLE)
     try:
         mesh.start_registry()
         monkeypatch.setenv("MESH_HOME", str(mesh.home))

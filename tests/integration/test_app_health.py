@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import REPO, SHOP, Mesh, Proc, free_port, http_get, wait_until
+from tests.example import CONFIG
+from tests.integration.harness import SHOP, Mesh, Proc, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ spec:
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    m = Mesh(tmp_path, CONFIG)
     mesh_yaml = m.config / "mesh.yaml"
     text = mesh_yaml.read_text()
     for version in ("v1", "v2"):
