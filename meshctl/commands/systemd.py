@@ -46,6 +46,13 @@ Ports = Annotated[
     list[int] | None,
     typer.Option("--port", "-p", help="The app's inbound port, repeatable (proxy)."),
 ]
+ExcludeInbound = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--exclude-inbound-port",
+        help="A port never captured inbound (Istio's excludeInboundPorts), repeatable (proxy).",
+    ),
+]
 ProxyUid = Annotated[int, typer.Option(help="The proxy's uid, excluded from interception.")]
 MeshctlBin = Annotated[
     str | None, typer.Option(help="Absolute path of meshctl (default: this meshctl).")
@@ -77,6 +84,7 @@ def _units(
     token_file: str | None,
     ports: list[int] | None,
     proxy_uid: int,
+    exclude_inbound: list[int] | None,
     meshctl_bin: str | None,
     mesh_home: str,
     config_dir: str,
@@ -112,6 +120,7 @@ def _units(
         inbound_ports=ports,
         proxy_uid=proxy_uid,
         notify=notify,
+        exclude_inbound_ports=exclude_inbound or (),
     )
 
 
@@ -130,6 +139,7 @@ def render(
     token_file: TokenFile = None,
     port: Ports = None,
     proxy_uid: ProxyUid = systemd.PROXY_UID,
+    exclude_inbound_port: ExcludeInbound = None,
     meshctl_bin: MeshctlBin = None,
     mesh_home: MeshHome = "/var/lib/meshctl",
     config: ConfigDir = "/etc/meshctl",
@@ -152,6 +162,7 @@ def render(
             token_file=token_file,
             ports=port,
             proxy_uid=proxy_uid,
+            exclude_inbound=exclude_inbound_port,
             meshctl_bin=meshctl_bin,
             mesh_home=mesh_home,
             config_dir=config,
@@ -182,6 +193,7 @@ def install(
     token_file: TokenFile = None,
     port: Ports = None,
     proxy_uid: ProxyUid = systemd.PROXY_UID,
+    exclude_inbound_port: ExcludeInbound = None,
     meshctl_bin: MeshctlBin = None,
     mesh_home: MeshHome = "/var/lib/meshctl",
     config: ConfigDir = "/etc/meshctl",
@@ -203,6 +215,7 @@ def install(
             token_file=token_file,
             ports=port,
             proxy_uid=proxy_uid,
+            exclude_inbound=exclude_inbound_port,
             meshctl_bin=meshctl_bin,
             mesh_home=mesh_home,
             config_dir=config,

@@ -81,6 +81,9 @@ class Workload:
     hosts: tuple[tuple[str, str], ...] = ()  # /etc/netns/NAME/hosts: service -> VIP
     container: str = ""  # docker runtime: the container's id (its name is `name`)
     pid: int = 0  # docker runtime: the container's init process, /proc/PID/ns/net
+    # mesh.yaml `excludeInboundPorts` (Istio's annotation): not captured inbound; every
+    # other port is, except the defaults (see proxy.intercept.rules.InterceptConfig).
+    exclude_inbound_ports: tuple[int, ...] = ()
 
     def port(self, role: str) -> int | None:
         return dict(self.ports).get(role)
@@ -102,6 +105,11 @@ class DockerTarget:
     network: str = ""  # the docker network whose gateway the registry listens on
     services: tuple[tuple[str, str, str], ...] = ()  # (compose service, mesh service, version)
     ports: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (mesh service, its ports)
+    # (mesh service, version, mesh.yaml excludeInboundPorts) for the versions that set it
+    exclude_inbound: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+
+    def excluded_inbound(self, service: str, version: str) -> tuple[int, ...]:
+        return next((p for s, v, p in self.exclude_inbound if (s, v) == (service, version)), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +295,7 @@ def build_plan(
                 inbound_ports=ports,
                 ports=allocated,
                 hosts=wl_hosts,
+                exclude_inbound_ports=wl.exclude_inbound_ports,
             )
         )
     return Plan(
@@ -344,6 +353,7 @@ def to_wire(plan: Plan) -> dict[str, Any]:
                 "hosts": dict(w.hosts),
                 "container": w.container,
                 "pid": w.pid,
+                "exclude_inbound_ports": list(w.exclude_inbound_ports),
             }
             for w in plan.workloads
         ],
@@ -362,6 +372,7 @@ def _docker_to_wire(d: DockerTarget | None) -> dict[str, Any] | None:
         "network": d.network,
         "services": [list(s) for s in d.services],
         "ports": {name: list(ports) for name, ports in d.ports},
+        "exclude_inbound": [[s, v, list(p)] for s, v, p in d.exclude_inbound],
     }
 
 
@@ -375,6 +386,9 @@ def _docker_from_wire(d: Mapping[str, Any] | None) -> DockerTarget | None:
         network=str(d["network"]),
         services=tuple((str(a), str(b), str(c)) for a, b, c in d["services"]),
         ports=tuple((str(k), tuple(int(p) for p in v)) for k, v in d["ports"].items()),
+        exclude_inbound=tuple(
+            (str(s), str(v), tuple(int(x) for x in p)) for s, v, p in d.get("exclude_inbound", ())
+        ),
     )
 
 
@@ -406,6 +420,7 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
                 hosts=tuple(sorted(w["hosts"].items())),
                 container=str(w.get("container", "")),
                 pid=int(w.get("pid", 0)),
+                exclude_inbound_ports=tuple(int(p) for p in w.get("exclude_inbound_ports", ())),
             )
             for w in d["workloads"]
         ),

@@ -215,13 +215,15 @@ def _port(cx: Cx, node: Node, path: str, earlier: list[Port]) -> Port | None:
 
 
 def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
-    o = Obj(cx, node, path, ("version", "command", "image", "env", "replicas", "labels"))
+    o = Obj(cx, node, path, ("version", "command", "image", "env", "replicas", "labels",
+                             "excludeInboundPorts"))
     version = o.require("version", _label_value)
     command = o.get("command", as_str_list, EMPTY)
     image = o.get("image", as_str, None)
     env = o.get("env", as_str_map, EMPTY)
     replicas = o.get("replicas", int_in(0, 1000, "replicas"), 1)
     labels = o.get("labels", as_str_map, EMPTY)
+    excluded = _port_list(cx, o, "excludeInboundPorts")
     if "command" not in o and "image" not in o:
         cx.error(node, path, "a workload needs a `command` (local runtime) or an `image` (docker)")
     if command == () and "command" in o:
@@ -233,7 +235,18 @@ def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
             return None
     if not isinstance(version, str) or command is None or env is None or replicas is None:
         return None
-    if labels is None:
+    if labels is None or excluded is None:
         return None
     all_labels = tuple(sorted({**dict(labels), "app": service, "version": version}.items()))
-    return Workload(version, command, image, env, replicas, all_labels)
+    return Workload(version, command, image, env, replicas, all_labels, excluded)
+
+
+def _port_list(cx: Cx, o: Obj, key: str) -> tuple[int, ...] | None:
+    """A list of TCP ports (Istio's annotation is a comma-separated string; a YAML list here)."""
+    out: list[int] = []
+    for pnode, ppath in o.items(key):
+        port = int_in(1, 65535, "port")(cx, pnode, ppath)
+        if port is None:
+            return None
+        out.append(port)
+    return tuple(sorted(set(out)))

@@ -69,6 +69,9 @@ class Workload:
     env: Pairs
     replicas: int
     labels: Pairs  # includes the implied app=<service> and version=<version>
+    # Istio's traffic.sidecar.istio.io/excludeInboundPorts: never captured inbound (every
+    # other port is); added to the defaults (22 and the proxy's own ports).
+    exclude_inbound_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
