@@ -8,7 +8,7 @@ from typing import Any
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
 from meshctl.launch.procs import LaunchError, LaunchPaths, read_json, running_registry
-from meshctl.launch.supervisor import running_pid
+from meshctl.launch.supervisor import intercept_config, running_pid
 
 # --- status --------------------------------------------------------------------------------------
 
@@ -96,7 +96,23 @@ def status(home: Path) -> dict[str, Any]:
                 "app_pid": actual.get(w.name, {}).get("app_pid"),
                 "proxy_pid": actual.get(w.name, {}).get("proxy_pid"),
                 "error": actual.get(w.name, {}).get("error"),
+                "interception": _interception(w, plan) if plan else None,
             }
             for w in (plan.workloads if plan else ())
         ],
+    }
+
+
+def _interception(w: planmod.Workload, plan: planmod.Plan) -> dict[str, Any] | None:
+    """What iptables captures for an intercepted workload (None in explicit mode): the
+    inbound ports ("*" = every port but the excluded), the excluded ones, the families."""
+    if w.netns is None and not w.container:
+        return None
+    from proxy.intercept.iptables import families
+
+    cfg = intercept_config(w, plan)
+    return {
+        "inbound_captured": cfg.captured_inbound(),
+        "inbound_excluded": cfg.excluded_inbound(),
+        "families": [f"IPv{f}" for f in families()],
     }
