@@ -148,9 +148,11 @@ class Outbound:
             return True
         counters["meshctl_proxy_endpoint_port_total"] += 1
         self.proxy.record_tcp(snap, "source", service, None, opened=True)
-        sent, received = await relay_framed(reader, writer, up, up)
-        up.close()
-        writer.close()
+        try:
+            sent, received = await relay_framed(reader, writer, up, up)
+        finally:
+            up.close()
+            writer.close()
         self.proxy.record_tcp(snap, "source", service, None, sent=sent, received=received)
         return True
 
