@@ -238,7 +238,8 @@ def _workload(cx: Cx, service: str, node: Node, path: str) -> Workload | None:
     if labels is None or excluded is None:
         return None
     all_labels = tuple(sorted({**dict(labels), "app": service, "version": version}.items()))
-    return Workload(version, command, image, env, replicas, all_labels, excluded)
+    return Workload(version, command, image, env, replicas, all_labels,
+                    exclude_inbound_ports=excluded)
 
 
 def _port_list(cx: Cx, o: Obj, key: str) -> tuple[int, ...] | None:
