@@ -132,8 +132,21 @@ print("ready", flush=True)
 threading.Event().wait()
 """
 
-# orders: frontend may call 8080 and 9000 (an undeclared port); nothing else.
+# orders: frontend may call 8080 and 9000 (an undeclared port), anyone 9002 (undeclared
+# too, and PERMISSIVE: plaintext accepted there); nothing else.
 ORDERS_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: orders-9002-permissive
+spec:
+  selector:
+    matchLabels:
+      app: orders
+  portLevelMtls:
+    "9002":
+      mode: PERMISSIVE
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
@@ -150,6 +163,9 @@ spec:
       to:
         - operation:
             ports: ["8080", "9000"]
+    - to:
+        - operation:
+            ports: ["9002"]
 """
 
 
@@ -199,7 +215,7 @@ def _run_mesh(net: Net, base: Path, home: Path, env: dict[str, str], port: int,
                                                  "--host", "::"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     listeners = netns.run_in(ns["orders"], [sys.executable, "-c", LISTENERS, "9000", "9001",
-                                            "9100"], stdout=subprocess.PIPE, text=True)
+                                            "9002", "9100"], stdout=subprocess.PIPE, text=True)
     net.procs.append(listeners)
     assert listeners.stdout is not None and listeners.stdout.readline().strip() == "ready"
     wait_until(lambda: subprocess.run(
@@ -291,6 +307,9 @@ def test_undeclared_port_refuses_plaintext_and_an_excluded_port_is_reachable(
     assert _refused(answer), f"plaintext reached orders' undeclared port 9000: {answer}"
     # 9100 is in excludeInboundPorts: reachable directly, that is what exclusion means.
     assert mesh.dial(None, orders, 9100) == f"app 9100 from ::ffff:{mesh.net.gateway}"
+    # 9002 is PERMISSIVE (portLevelMtls) and open to anyone: plaintext is accepted, and
+    # relayed by orders' proxy (Istio's inbound passthrough), not around it.
+    assert mesh.dial(None, orders, 9002) == "app 9002 from ::ffff:127.0.0.1"
 
 
 def test_meshed_caller_reaches_an_undeclared_port_over_mtls_under_policy(mesh: Mesh) -> None:
