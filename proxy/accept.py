@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
@@ -17,10 +18,39 @@ def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((host, port))
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # IPv4 has its own socket
+    try:
+        s.bind((host, port))
+    except OSError:
+        s.close()
+        raise
     s.listen(backlog)
     s.setblocking(False)
     return s
+
+
+# ip6tables REDIRECT sends a captured IPv6 connection to the same port over IPv6 (to ::1
+# for the app's own, to the interface's address for a peer's), so a transparent listener
+# on the IPv4 wildcard or loopback needs its IPv6 twin, or IPv6 would be refused there.
+_IPV6_TWIN = {"0.0.0.0": "::", "127.0.0.1": "::1"}
+
+
+def listen_both(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
+    """`listen(host, port)`, plus its IPv6 twin for 0.0.0.0 (::) and 127.0.0.1 (::1) on the
+    same port. No twin where the namespace has no IPv6 (no ::1, or IPv6 off): no IPv6
+    connection can be made there either."""
+    first = listen(host, port, backlog)
+    twin = _IPV6_TWIN.get(host)
+    if twin is None:
+        return [first]
+    try:
+        return [first, listen(twin, first.getsockname()[1], backlog)]
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            first.close()
+            raise
+        return [first]
 
 
 async def streams_for(

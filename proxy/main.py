@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from meshctl.aio import spawn
 from proxy import certinfo, compiled
-from proxy.accept import Connections, accept_loop, listen, streams_for
+from proxy.accept import Connections, accept_loop, listen, listen_both, streams_for
 from proxy.accesslog import AccessLog
 from proxy.admin import TapHub, start_servers, tap_event, write_discovery
 from proxy.control.apphealth import app_health_loop, probe_params
@@ -279,6 +279,18 @@ class Proxy:
     def app_address(self, port: int) -> tuple[str, int]:
         return self.opts.apps.get(port, ("127.0.0.1", port))
 
+    def inbound_passthrough(self, port: int) -> bool:
+        """Whether a connection to `port`, which the service does not declare, may be relayed
+        to the app (Istio's inbound passthrough). Only in transparent mode, where 127.0.0.1 is
+        the workload's own namespace (in explicit mode it is the host's: every other local
+        service), and never to one of the proxy's own ports: that would loop, or hand a peer
+        the admin API."""
+        opts = self.opts
+        if opts.outbound is None:
+            return False
+        own = {opts.inbound[1], opts.outbound[1], opts.admin[1], opts.metrics[1]}
+        return port not in own
+
     def default_inbound_port(self, snap: ProxySnapshot) -> int | None:
         return snap.me.ports[0].port if snap.me and snap.me.ports else None
 
@@ -490,6 +502,11 @@ class Proxy:
         snap = self.snapshot
         hit = snap.service_for(ip, port) if snap else None
         if hit is None:
+            direct = snap.endpoint_at.get(ip) if snap else None
+            if direct is not None and await self.outbound.serve_endpoint_port(
+                reader, writer, direct[0], direct[1], port
+            ):
+                return
             await self._passthrough(reader, writer, ip, port)
             return
         await self.outbound.serve(reader, writer, hit[0].service.name, hit[1])
@@ -515,14 +532,16 @@ class Proxy:
         self._tasks.append(spawn(self.control.stream_loop(self.apply_view), name="stream"))
         self._tasks.append(spawn(self.control.renew_loop(), name="renew"))
         await asyncio.wait_for(self.ready.wait(), 30)
-        s = listen(*opts.inbound)
-        self._listeners.append(s)
-        self._tasks.append(
-            spawn(accept_loop(
-                s, self.inbound.on_connection, self.inbound_connections, self.telemetry
-            ))
-        )
-        inbound_port = s.getsockname()[1]
+        # Transparent mode: IPv6 is captured too (ip6tables), so listen on both families.
+        both = listen_both if opts.outbound is not None else lambda h, p: [listen(h, p)]
+        for s in both(*opts.inbound):  # IPv4 first: _listeners[0] is the inbound
+            self._listeners.append(s)
+            self._tasks.append(
+                spawn(accept_loop(
+                    s, self.inbound.on_connection, self.inbound_connections, self.telemetry
+                ))
+            )
+        inbound_port = self._listeners[0].getsockname()[1]
         for up in opts.upstreams:
             us = listen(up.listen_host, up.listen_port)
             self._listeners.append(us)
@@ -536,13 +555,13 @@ class Proxy:
                     )
                 )
             )
-        if opts.outbound is not None:
-            os_ = listen(*opts.outbound)
+        # The transparent listener's two families share one budget (one listener, for
+        # --max-connections), separate from inbound's and each explicit upstream's.
+        transparent = Connections(opts.max_connections)
+        for os_ in listen_both(*opts.outbound) if opts.outbound is not None else ():
             self._listeners.append(os_)
             self._tasks.append(
-                spawn(accept_loop(
-                    os_, self._transparent, Connections(opts.max_connections), self.telemetry
-                ))
+                spawn(accept_loop(os_, self._transparent, transparent, self.telemetry))
             )
         await self._start_admin()
         self.endpoint = {

@@ -8,7 +8,7 @@ they started with until they finish, so a swap never changes a request mid-fligh
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from meshctl.vip import service_vip
@@ -153,6 +153,9 @@ class ProxySnapshot:
     compiled_authz: tuple[Any, ...]
     peer_mode: str  # STRICT | PERMISSIVE | DISABLE
     port_modes: dict[int, str]  # PeerAuthentication portLevelMtls
+    # A healthy endpoint's address -> (its service, the endpoint): where the app dials a
+    # mesh workload directly on a port its service does not declare.
+    endpoint_at: dict[str, tuple[str, Endpoint]] = field(default_factory=dict)
 
     @property
     def may_be_plaintext(self) -> bool:
@@ -193,6 +196,7 @@ def build_snapshot(
             healthy.setdefault(ep.service, []).append(ep)
     services: dict[str, ServiceView] = {}
     by_address: dict[tuple[str, int], tuple[str, int]] = {}
+    endpoint_at: dict[str, tuple[str, Endpoint]] = {}
     for svc in config.services:
         eps = tuple(healthy.get(svc.name, ()))
         dr = config.destination_rule_for(svc.name)
@@ -226,6 +230,8 @@ def build_snapshot(
             by_address[(vip, p.port)] = (svc.name, p.port)
             for ep in eps:
                 by_address.setdefault((ep.address, p.port), (svc.name, p.port))
+        for ep in eps:
+            endpoint_at.setdefault(ep.address, (svc.name, ep))
     runtimes.retain(used)
     me_svc = config.service(me) if me else None
     authz = tuple(p for p in config.authorization_policies if _selects(p.selector, my_labels))
@@ -242,6 +248,7 @@ def build_snapshot(
         compiled_authz=compile_policies(authz),
         peer_mode=peer_mode,
         port_modes=port_modes,
+        endpoint_at=endpoint_at,
     )
 
 

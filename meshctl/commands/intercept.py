@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from proxy.intercept import iptables
-from proxy.intercept.rules import InterceptConfig
+from proxy.intercept.rules import ALL, EXCLUDE_INBOUND_DEFAULT, InterceptConfig
 
 __all__ = ["app"]
 
@@ -27,6 +27,10 @@ def _target(netns: str | None) -> str | int | None:
     return int(netns) if netns is not None and netns.isdigit() else netns
 
 
+def _inbound(text: str) -> tuple[int, ...] | Literal["*"]:
+    return ALL if text.strip() == ALL else _ports(text, "--inbound-ports")
+
+
 def _ports(text: str, what: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in text.split(",") if p.strip())
@@ -38,12 +42,25 @@ def _ports(text: str, what: str) -> tuple[int, ...]:
 def install(
     service: Annotated[str, typer.Option(help="The service whose traffic is intercepted.")],
     inbound_ports: Annotated[
-        str, typer.Option(help="The app's ports, captured inbound: e.g. 8080,9090.")
+        str,
+        typer.Option(
+            help='Ports captured inbound: "*" (every port but the excluded: Istio\'s '
+            "includeInboundPorts default), a list such as 8080,9090, or \"\" for none."
+        ),
+    ] = ALL,
+    exclude_inbound_ports: Annotated[
+        str,
+        typer.Option(
+            help="Ports never captured inbound (Istio's excludeInboundPorts), e.g. 9100; "
+            f"added to {','.join(map(str, EXCLUDE_INBOUND_DEFAULT))} and the proxy's 15001, "
+            "15006."
+        ),
     ] = "",
     proxy_uid: Annotated[int, typer.Option(help="The proxy's uid: its traffic is let out.")] = 1337,
     proxy_gid: Annotated[int | None, typer.Option(help="The proxy's gid, also let out.")] = None,
     exclude_outbound_cidr: Annotated[
-        list[str], typer.Option(help="Destinations never redirected, e.g. the registry's /32.")
+        list[str],
+        typer.Option(help="Destinations never redirected (IPv4 or IPv6), e.g. the registry's /32."),
     ] = [],  # noqa: B006
     exclude_outbound_ports: Annotated[
         str, typer.Option(help="Outbound ports never redirected, e.g. 5432.")
@@ -55,7 +72,11 @@ def install(
         cfg = InterceptConfig(
             proxy_uid=proxy_uid,
             proxy_gid=proxy_gid,
-            inbound_ports=_ports(inbound_ports, "--inbound-ports"),
+            inbound_ports=_inbound(inbound_ports),
+            exclude_inbound_ports=(
+                *EXCLUDE_INBOUND_DEFAULT,
+                *_ports(exclude_inbound_ports, "--exclude-inbound-ports"),
+            ),
             exclude_outbound_ports=_ports(exclude_outbound_ports, "--exclude-outbound-ports"),
             exclude_outbound_cidrs=tuple(exclude_outbound_cidr),
         )
@@ -87,13 +108,14 @@ def remove(
 
 @app.command("status")
 def show(netns: Netns = None) -> None:
-    """Print whether the rules are installed, and the nat table."""
+    """Print whether the rules are installed, and the nat tables (IPv4, then IPv6)."""
     try:
-        text = iptables.dump(_target(netns))
+        target = _target(netns)
+        texts = [iptables.dump(target, family=f) for f in iptables.families()]
+        installed = iptables.installed(target)
     except iptables.InterceptError as exc:
         typer.echo(f"meshctl intercept status: {exc}", err=True)
         raise typer.Exit(1) from None
-    from proxy.intercept.rules import is_installed
-
-    typer.echo("installed" if is_installed(text) else "not installed")
-    typer.echo(text.rstrip())
+    typer.echo("installed" if installed else "not installed")
+    for text in texts:
+        typer.echo(text.rstrip())

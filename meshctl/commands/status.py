@@ -32,6 +32,26 @@ def _expiry(not_after: Any) -> str:
     return f"{stamp} (in {left / 3600:.1f} h)" if left > 0 else f"{stamp} (EXPIRED)"
 
 
+def _print_interception(out: Console, workloads: list[dict[str, Any]]) -> None:
+    """Which inbound ports iptables sends to each proxy, and which it leaves alone."""
+    rows = [w for w in workloads if w.get("interception")]
+    if not rows:
+        return
+    table = Table(title="interception", title_justify="left")
+    for column in ("workload", "inbound captured", "inbound excluded", "families"):
+        table.add_column(column)
+    for w in sorted(rows, key=lambda w: w["name"]):
+        i = w["interception"]
+        captured = i["inbound_captured"]
+        table.add_row(
+            w["name"],
+            "every port" if captured == "*" else ",".join(map(str, captured)) or "none",
+            ",".join(map(str, i["inbound_excluded"])),
+            " ".join(i["families"]),
+        )
+    out.print(table)
+
+
 def status(
     output: Annotated[Output, typer.Option("--output", "-o", help="text or json")] = Output.text,
 ) -> None:
@@ -90,6 +110,7 @@ def status(
             str(p["restarts"]),
         )
     out.print(table)
+    _print_interception(out, st["workloads"])
     problems = [w for w in st["workloads"] if w["error"]]
     for w in problems:
         out.print(f"[red]{w['name']}:[/] {w['error']}", markup=True)

@@ -67,6 +67,13 @@ ProxyUid = Annotated[
     int,
     typer.Option(help="The proxy user's uid, excluded from interception (install: if free)."),
 ]
+ExcludeInbound = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--exclude-inbound-port",
+        help="A port never captured inbound (Istio's excludeInboundPorts), repeatable (proxy).",
+    ),
+]
 MeshctlBin = Annotated[
     str | None, typer.Option(help="Absolute path of meshctl (default: this meshctl).")
 ]
@@ -99,6 +106,7 @@ def _units(
     advertise: str,
     proxy_user: str,
     proxy_uid: int,
+    exclude_inbound_port: list[int] | None,
     meshctl_bin: str | None,
     mesh_home: str,
     config: str,
@@ -140,6 +148,7 @@ def _units(
         proxy_user=proxy_user,
         proxy_uid=proxy_uid,
         notify=notify,
+        exclude_inbound_ports=exclude_inbound_port or (),
     )
 
 
@@ -165,6 +174,7 @@ def render(
     advertise: Advertise = "auto",
     proxy_user: ProxyUser = systemd.PROXY_USER,
     proxy_uid: ProxyUid = systemd.PROXY_UID,
+    exclude_inbound_port: ExcludeInbound = None,
     meshctl_bin: MeshctlBin = None,
     mesh_home: MeshHome = "/var/lib/meshctl",
     config: ConfigDir = "/etc/meshctl",
@@ -211,6 +221,7 @@ def install(
     advertise: Advertise = "auto",
     proxy_user: ProxyUser = systemd.PROXY_USER,
     proxy_uid: ProxyUid = systemd.PROXY_UID,
+    exclude_inbound_port: ExcludeInbound = None,
     meshctl_bin: MeshctlBin = None,
     mesh_home: MeshHome = "/var/lib/meshctl",
     config: ConfigDir = "/etc/meshctl",

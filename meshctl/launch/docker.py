@@ -131,6 +131,7 @@ def container_workload(
         inbound_ports=dict(target.ports)[service],
         container=str(attrs.get("Id", "")),
         pid=int(state["Pid"]),
+        exclude_inbound_ports=target.excluded_inbound(service, version),
     )
 
 
@@ -182,8 +183,10 @@ def _gateway(client: Any, network: str) -> str:
 
 def _target(config: MeshConfig, compose: composemod.ComposeFile | None) -> DockerTarget:
     ports = tuple((s.name, tuple(p.port for p in s.ports)) for s in config.services)
+    excluded = tuple((s.name, w.version, w.exclude_inbound_ports)
+                     for s in config.services for w in s.workloads if w.exclude_inbound_ports)
     if compose is None:
-        return DockerTarget(ports=ports)
+        return DockerTarget(ports=ports, exclude_inbound=excluded)
     known = dict(ports)
     unknown = [s for s in compose.services if s.named and s.mesh_service not in known]
     if unknown:
@@ -194,7 +197,7 @@ def _target(config: MeshConfig, compose: composemod.ComposeFile | None) -> Docke
             f"(ports {list(s.ports) or '[...]'}) or fix the label (nothing was started)"
         )
     services = tuple((s.name, s.mesh_service, s.version) for s in compose.services)
-    return DockerTarget(services=services, ports=ports)
+    return DockerTarget(services=services, ports=ports, exclude_inbound=excluded)
 
 
 def load_target(config: MeshConfig, path: Path) -> tuple[DockerTarget, ComposeFile | None]:
@@ -256,6 +259,7 @@ def prepare(
             compose_cmd=cmd,
             services=target.services,
             ports=target.ports,
+            exclude_inbound=target.exclude_inbound,
         )
     containers = [c.attrs for c in client.containers.list(filters=_filters(target))]
     network = previous.network if previous else _network_of(containers, target)
@@ -266,6 +270,7 @@ def prepare(
         network=network,
         services=target.services,
         ports=target.ports,
+        exclude_inbound=target.exclude_inbound,
     )
     gateway = _gateway(client, network)
     url = f"https://{registry_listen or gateway}:{registry_port}"

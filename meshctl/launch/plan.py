@@ -82,6 +82,9 @@ class Workload:
     container: str = ""  # docker runtime: the container's id (its name is `name`)
     pid: int = 0  # docker runtime: the container's init process, /proc/PID/ns/net
     run_as: tuple[int, int] | None = None  # the app's (uid, gid); None: meshctl's own
+    # mesh.yaml `excludeInboundPorts` (Istio's annotation): not captured inbound; every
+    # other port is, except the defaults (see proxy.intercept.rules.InterceptConfig).
+    exclude_inbound_ports: tuple[int, ...] = ()
 
     def port(self, role: str) -> int | None:
         return dict(self.ports).get(role)
@@ -103,6 +106,11 @@ class DockerTarget:
     network: str = ""  # the docker network whose gateway the registry listens on
     services: tuple[tuple[str, str, str], ...] = ()  # (compose service, mesh service, version)
     ports: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (mesh service, its ports)
+    # (mesh service, version, mesh.yaml excludeInboundPorts) for the versions that set it
+    exclude_inbound: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+
+    def excluded_inbound(self, service: str, version: str) -> tuple[int, ...]:
+        return next((p for s, v, p in self.exclude_inbound if (s, v) == (service, version)), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +299,7 @@ def build_plan(
                 ports=allocated,
                 hosts=wl_hosts,
                 run_as=(users or {}).get((svc.name, wl.version)),
+                exclude_inbound_ports=wl.exclude_inbound_ports,
             )
         )
     return Plan(
@@ -349,6 +358,7 @@ def to_wire(plan: Plan) -> dict[str, Any]:
                 "container": w.container,
                 "pid": w.pid,
                 "run_as": list(w.run_as) if w.run_as else None,
+                "exclude_inbound_ports": list(w.exclude_inbound_ports),
             }
             for w in plan.workloads
         ],
@@ -367,6 +377,7 @@ def _docker_to_wire(d: DockerTarget | None) -> dict[str, Any] | None:
         "network": d.network,
         "services": [list(s) for s in d.services],
         "ports": {name: list(ports) for name, ports in d.ports},
+        "exclude_inbound": [[s, v, list(p)] for s, v, p in d.exclude_inbound],
     }
 
 
@@ -380,6 +391,9 @@ def _docker_from_wire(d: Mapping[str, Any] | None) -> DockerTarget | None:
         network=str(d["network"]),
         services=tuple((str(a), str(b), str(c)) for a, b, c in d["services"]),
         ports=tuple((str(k), tuple(int(p) for p in v)) for k, v in d["ports"].items()),
+        exclude_inbound=tuple(
+            (str(s), str(v), tuple(int(x) for x in p)) for s, v, p in d.get("exclude_inbound", ())
+        ),
     )
 
 
@@ -412,6 +426,7 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
                 container=str(w.get("container", "")),
                 pid=int(w.get("pid", 0)),
                 run_as=(int(w["run_as"][0]), int(w["run_as"][1])) if w.get("run_as") else None,
+                exclude_inbound_ports=tuple(int(p) for p in w.get("exclude_inbound_ports", ())),
             )
             for w in d["workloads"]
         ),

@@ -20,7 +20,7 @@ from meshctl.launch.procs import (
     read_pid,
     running_registry,
 )
-from meshctl.launch.supervisor import running_pid
+from meshctl.launch.supervisor import intercept_config, running_pid
 
 # --- status --------------------------------------------------------------------------------------
 
@@ -104,14 +104,17 @@ def status(home: Path) -> dict[str, Any]:
 
 def _workloads(plan: planmod.Plan | None, actual: dict[str, Any]) -> list[dict[str, Any]]:
     """The plan's workloads with the supervisor's pids (those still alive) and errors."""
-    out = []
-    for w in plan.workloads if plan else ():
+    out: list[dict[str, Any]] = []
+    if plan is None:
+        return out
+    for w in plan.workloads:
         a = actual.get(w.name, {})
         pids = {k: a[k] if isinstance(a.get(k), int) and pid_alive(a[k]) else None
                 for k in ("app_pid", "proxy_pid")}  # fmt: skip
         out.append({"name": w.name, "service": w.service, "version": w.version,
                     "address": w.address, "netns": w.netns, "container": w.container or None,
-                    **pids, "error": a.get("error")})  # fmt: skip
+                    **pids, "error": a.get("error"),
+                    "interception": _interception(w, plan)})  # fmt: skip
     return out
 
 
@@ -168,3 +171,18 @@ def outage(home: Path, why: str) -> dict[str, Any]:
         "proxies": [],
         "workloads": workloads,
     }  # fmt: skip
+
+
+def _interception(w: planmod.Workload, plan: planmod.Plan) -> dict[str, Any] | None:
+    """What iptables captures for an intercepted workload (None in explicit mode): the
+    inbound ports ("*" = every port but the excluded), the excluded ones, the families."""
+    if w.netns is None and not w.container:
+        return None
+    from proxy.intercept.iptables import families
+
+    cfg = intercept_config(w, plan)
+    return {
+        "inbound_captured": cfg.captured_inbound(),
+        "inbound_excluded": cfg.excluded_inbound(),
+        "families": [f"IPv{f}" for f in families()],
+    }

@@ -603,13 +603,14 @@ def listening(pid: int, ports: set[int]) -> bool:
 
 
 def intercept_config(spec: Workload, plan: Plan) -> Any:
-    """The interception rules of one workload: its ports inbound, the registry excluded."""
-    from proxy.intercept.rules import InterceptConfig
+    """The interception rules of one workload: every port inbound (Istio's "*") but the
+    defaults and its mesh.yaml `excludeInboundPorts`, IPv4 and IPv6; the registry excluded."""
+    from proxy.intercept.rules import EXCLUDE_INBOUND_DEFAULT, InterceptConfig
 
     return InterceptConfig(
         proxy_uid=PROXY_UID,
         proxy_gid=PROXY_UID,
-        inbound_ports=spec.inbound_ports,
+        exclude_inbound_ports=(*EXCLUDE_INBOUND_DEFAULT, *spec.exclude_inbound_ports),
         exclude_outbound_cidrs=(f"{plan.registry_listen}/32",) if plan.mode == TRANSPARENT else (),
     )
 

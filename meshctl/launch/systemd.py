@@ -311,10 +311,18 @@ def render_app_dropin(
     meshctl_bin: str,
     inbound_ports: Iterable[int],
     proxy_uid: int = PROXY_UID,
+    exclude_inbound_ports: Iterable[int] = (),
 ) -> str:
-    """The drop-in that meshes `app_unit`: its proxy first, interception for its lifetime."""
+    """The drop-in that meshes `app_unit`: its proxy first, interception for its lifetime.
+
+    Every inbound port is captured (Istio's includeInboundPorts "*"), not only the app's
+    declared `inbound_ports`: a listener the app opens on another port must not answer in
+    plaintext. `exclude_inbound_ports` (Istio's excludeInboundPorts) are left reachable.
+    """
     proxy = proxy_unit_name(service)
     base = [_abs(meshctl_bin, "meshctl_bin"), "intercept"]
+    declared = _ports(inbound_ports)
+    excluded = _ports(exclude_inbound_ports) if exclude_inbound_ports else ""
     install = [
         *base,
         "install",
@@ -323,7 +331,8 @@ def render_app_dropin(
         "--proxy-uid",
         str(proxy_uid),
         "--inbound-ports",
-        _ports(inbound_ports),
+        "*",
+        *(["--exclude-inbound-ports", excluded] if excluded else []),
     ]
     remove = [*base, "remove", "--service", service]
     return f"""\
@@ -338,6 +347,7 @@ After={proxy}
 [Service]
 # `+`: run with full privileges whatever the app's User= and sandbox are (iptables needs
 # CAP_NET_ADMIN). Installed before the app starts, so its first connection is proxied.
+# IPv4 and IPv6; inbound, every port (the app declares {declared}), not only those.
 ExecStartPre=+{_command(install)}
 # `-`: a failed removal must not fail the stop. Removed only once the app has stopped:
 # the rules live exactly as long as the app, not as long as the proxy.
@@ -360,6 +370,7 @@ def render_proxy_units(
     proxy_uid: int = PROXY_UID,
     memory_max: str = "256M",
     notify: bool = True,
+    exclude_inbound_ports: Iterable[int] = (),
 ) -> dict[str, str]:
     """Everything that meshes `app_unit`: {path relative to the unit directory: text}."""
     return {
@@ -382,6 +393,7 @@ def render_proxy_units(
             meshctl_bin=meshctl_bin,
             inbound_ports=inbound_ports,
             proxy_uid=proxy_uid,
+            exclude_inbound_ports=exclude_inbound_ports,
         ),
     }
 

@@ -91,6 +91,12 @@ class Inbound:
             port = target[1] if target else (plain_port or proxy.default_inbound_port(snap))
             me = snap.me
             p = me.port(port) if me and port else None
+            if p is None and port is not None and proxy.inbound_passthrough(port):
+                # A port the service does not declare (every port is captured): Istio's
+                # inbound passthrough, a TCP relay to the app on that port after authorization.
+                tel["meshctl_proxy_inbound_passthrough_total"] += 1
+                await self._serve_tcp(reader, writer, port, snap, peer)
+                return
             if p is None or port is None:
                 tel["meshctl_proxy_inbound_unknown_port_total"] += 1
                 return

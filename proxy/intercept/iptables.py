@@ -8,8 +8,9 @@ iptables binaries, its alternatives choice (nft or legacy) and its xtables lock 
 whatever the container's image holds (a distroless image has no iptables at all).
 
 Every change is one `iptables-restore --noflush` transaction of text from `rules.py`,
-built from a fresh `iptables-save -t nat` of the same namespace. One installer per
-namespace at a time: two running at once could both read the dump before either writes.
+built from a fresh `iptables-save -t nat` of the same namespace, then the same for IPv6
+with `ip6tables-restore` (both families, as Istio). One installer per namespace at a time:
+two running at once could both read the dump before either writes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import subprocess
 from pathlib import Path
 from typing import Literal
 
-from proxy.intercept.rules import InterceptConfig, is_installed, render_remove, render_restore
+from proxy.intercept.rules import (
+    Family,
+    InterceptConfig,
+    is_installed,
+    render_remove,
+    render_restore,
+)
 
 Backend = Literal["nft", "legacy"]
 Netns = str | int | None
@@ -147,9 +154,18 @@ def _run(
     return done
 
 
-def _tool(backend: Backend | None, name: str) -> str:
-    """`iptables-save` for the host's default, `iptables-nft-save` for an explicit backend."""
-    return name if backend is None else name.replace("iptables", f"iptables-{backend}", 1)
+def _tool(backend: Backend | None, name: str, family: Family = 4) -> str:
+    """`iptables-save` for the host's default, `iptables-nft-save` for an explicit backend;
+    `ip6tables-*` for family 6."""
+    base = "iptables" if family == 4 else "ip6tables"
+    name = name.replace("iptables", base, 1)
+    return name if backend is None else name.replace(base, f"{base}-{backend}", 1)
+
+
+def families() -> tuple[Family, ...]:
+    """The address families this kernel has: IPv6 unless it was built or booted without it
+    (`ipv6.disable=1`), in which case no socket can carry IPv6 and there is nothing to catch."""
+    return (4, 6) if Path("/proc/sys/net/ipv6").is_dir() else (4,)
 
 
 def detect_backend() -> Backend:
@@ -162,36 +178,41 @@ def detect_backend() -> Backend:
     return "nft" if "nf_tables" in version else "legacy"  # before 1.8: no suffix, legacy
 
 
-def dump(netns: Netns = None, *, backend: Backend | None = None) -> str:
-    """`iptables-save -t nat` inside the namespace."""
+def dump(netns: Netns = None, *, backend: Backend | None = None, family: Family = 4) -> str:
+    """`iptables-save -t nat` (family 6: `ip6tables-save -t nat`) inside the namespace."""
     check_privileges(enter_namespace=netns is not None)
-    return _run(netns, [_tool(backend, "iptables-save"), "-t", "nat"]).stdout
+    return _run(netns, [_tool(backend, "iptables-save", family), "-t", "nat"]).stdout
 
 
 def installed(netns: Netns = None, *, backend: Backend | None = None) -> bool:
-    """True when our chains and the OUTPUT jump are present in the namespace."""
-    return is_installed(dump(netns, backend=backend))
+    """True when our chains and the OUTPUT jump are present in the namespace, in every
+    family the kernel has (a namespace with IPv4 rules only is not intercepted)."""
+    return all(is_installed(dump(netns, backend=backend, family=f)) for f in families())
 
 
-def _restore(netns: Netns, backend: Backend | None, rules: str) -> None:
+def _restore(netns: Netns, backend: Backend | None, rules: str, family: Family) -> None:
     # -w: wait for the xtables lock (legacy) instead of failing when Docker holds it.
-    argv = [_tool(backend, "iptables-restore"), "-w", "10", "--noflush"]
+    argv = [_tool(backend, "iptables-restore", family), "-w", "10", "--noflush"]
     _run(netns, argv, stdin=rules, rules=rules)
 
 
 def install(cfg: InterceptConfig, netns: Netns = None, *, backend: Backend | None = None) -> None:
-    """Install `cfg`'s rules in the namespace, replacing any of ours already there.
+    """Install `cfg`'s rules in the namespace, for IPv4 and IPv6, replacing ours already there.
 
-    Atomic (one iptables-restore transaction) and idempotent. Raises PrivilegeError before
+    One atomic transaction per family, and idempotent. Raises PrivilegeError before
     touching anything when capabilities are missing, and InterceptError, carrying the rules
-    text and iptables' stderr, when iptables rejects them (nothing is changed then).
+    text and iptables' stderr, when iptables rejects them. IPv4 goes first; if IPv6 then
+    fails, the IPv4 rules stay (they fail closed: the app's traffic goes to the proxy), the
+    error names ip6tables, and the next install replaces both.
     """
-    current = dump(netns, backend=backend)
-    _restore(netns, backend, render_restore(cfg, replacing=current))
+    for family in families():
+        current = dump(netns, backend=backend, family=family)
+        _restore(netns, backend, render_restore(cfg, replacing=current, family=family), family)
 
 
 def remove(netns: Netns = None, *, backend: Backend | None = None) -> None:
-    """Delete our jumps and chains; nothing else. Succeeds when nothing is installed."""
-    text = render_remove(dump(netns, backend=backend))
-    if text:
-        _restore(netns, backend, text)
+    """Delete our jumps and chains in both families; nothing else. Fine when none are there."""
+    for family in families():
+        text = render_remove(dump(netns, backend=backend, family=family))
+        if text:
+            _restore(netns, backend, text, family)

@@ -10,7 +10,11 @@ House rules of this file:
     so a second install, or one over an older config, leaves exactly one copy.
   * The rule order follows istio-iptables (ISTIO_OUTPUT, ISTIO_REDIRECT, ISTIO_INBOUND,
     ISTIO_IN_REDIRECT); docs/interception.md walks through a rendered example.
-  * IPv4 only: these rules go to iptables, not ip6tables, so IPv6 is not intercepted.
+  * Both families, as istio-iptables does: the same rules go to iptables (family 4) and
+    ip6tables (family 6), with ::1 for loopback and each CIDR in its own family. Every
+    namespace has a link-local IPv6 address, so rules for IPv4 alone leave a way around.
+  * Inbound, every port is captured unless excluded (Istio's `includeInboundPorts: "*"`);
+    the proxy's own listeners are always excluded, or a peer's mTLS would loop.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Literal
 
 MESH_INBOUND = "MESH_INBOUND"
 MESH_REDIRECT = "MESH_REDIRECT"
@@ -29,27 +34,55 @@ CHAINS = (MESH_INBOUND, MESH_REDIRECT, MESH_IN_REDIRECT, MESH_OUTPUT)
 
 LOOPBACK = "127.0.0.0/8"
 ANYWHERE = "0.0.0.0/0"
+ALL: Literal["*"] = "*"  # Istio's wildcard: every inbound port; every destination, in both families
+
+# ssh, and the proxy's admin, health and Prometheus ports: reached directly, never captured.
+EXCLUDE_INBOUND_DEFAULT = (22, 15000, 15021, 15090)
+
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
+_LOOPBACK: dict[int, str] = {4: LOOPBACK, 6: "::1/128"}
+_ANYWHERE: dict[int, str] = {4: ANYWHERE, 6: "::/0"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InterceptConfig:
     """What to capture in one workload's network namespace.
 
-    Defaults follow Istio's sidecar: outbound 15001, inbound 15006, and the proxy's own
-    admin (15000), health (15021) and metrics (15090) ports plus ssh (22) are never captured
-    inbound. A port in both `inbound_ports` and `exclude_inbound_ports` is not captured:
-    the exclusion wins, so an operator cannot lock themselves out by declaring port 22.
+    Defaults follow Istio's sidecar: outbound 15001, inbound 15006, every inbound port
+    captured (`inbound_ports="*"`, Istio's `includeInboundPorts: "*"`; a tuple captures
+    those ports only, `()` none), and the proxy's own admin (15000), health (15021) and
+    metrics (15090) ports plus ssh (22) never captured inbound (`excludeInboundPorts`).
+    15001 and 15006 are never captured either, whatever the lists say. A port both
+    captured and excluded is not captured: the exclusion wins, so an operator cannot lock
+    themselves out by declaring port 22. CIDRs may be IPv4 or IPv6: each goes to its
+    family's table; `include_outbound_cidrs=("*",)` is everything in both.
     """
 
     outbound_port: int = 15001
     inbound_port: int = 15006
     proxy_uid: int
     proxy_gid: int | None = None
-    inbound_ports: tuple[int, ...] = ()
+    inbound_ports: tuple[int, ...] | Literal["*"] = ALL
     exclude_outbound_ports: tuple[int, ...] = ()
-    exclude_inbound_ports: tuple[int, ...] = (22, 15000, 15021, 15090)
+    exclude_inbound_ports: tuple[int, ...] = EXCLUDE_INBOUND_DEFAULT
     exclude_outbound_cidrs: tuple[str, ...] = ()
-    include_outbound_cidrs: tuple[str, ...] = (ANYWHERE,)
+    include_outbound_cidrs: tuple[str, ...] = (ALL,)
+
+    @property
+    def captures_all_inbound(self) -> bool:
+        return self.inbound_ports == ALL
+
+    def excluded_inbound(self) -> list[int]:
+        """The ports never captured inbound: the exclusions and the proxy's own listeners."""
+        return _ports((*self.exclude_inbound_ports, self.outbound_port, self.inbound_port))
+
+    def captured_inbound(self) -> list[int] | Literal["*"]:
+        """The ports captured inbound: "*" (all but the excluded) or a list, maybe empty."""
+        if isinstance(self.inbound_ports, str):
+            return ALL
+        excluded = self.excluded_inbound()
+        return [p for p in _ports(self.inbound_ports) if p not in excluded]
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -60,8 +93,11 @@ class InterceptConfig:
 def _problems(cfg: InterceptConfig) -> list[str]:
     problems: list[str] = []
     single = {"outbound_port": cfg.outbound_port, "inbound_port": cfg.inbound_port}
+    if isinstance(cfg.inbound_ports, str) and cfg.inbound_ports != ALL:
+        problems.append(f'inbound_ports: {cfg.inbound_ports!r} is neither "*" nor a port list')
+    listed: tuple[int, ...] = () if isinstance(cfg.inbound_ports, str) else cfg.inbound_ports
     lists = {
-        "inbound_ports": cfg.inbound_ports,
+        "inbound_ports": listed,
         "exclude_outbound_ports": cfg.exclude_outbound_ports,
         "exclude_inbound_ports": cfg.exclude_inbound_ports,
     }
@@ -71,7 +107,7 @@ def _problems(cfg: InterceptConfig) -> list[str]:
     if cfg.outbound_port == cfg.inbound_port:
         problems.append(f"outbound_port and inbound_port are both {cfg.inbound_port}")
     for port in (cfg.outbound_port, cfg.inbound_port):
-        if port in cfg.inbound_ports:
+        if port in listed:
             problems.append(
                 f"inbound_ports contains the proxy's own port {port}: capturing it would loop"
             )
@@ -89,12 +125,12 @@ def _problems(cfg: InterceptConfig) -> list[str]:
 
 
 def _cidr_problem(cidr: str) -> str | None:
+    if cidr == ALL:
+        return None
     try:
-        net = ipaddress.ip_network(cidr, strict=True)
+        ipaddress.ip_network(cidr, strict=True)
     except ValueError as exc:
         return f"{cidr!r} is not a CIDR ({exc})"
-    if net.version != 4:
-        return f"{cidr!r} is IPv6, and interception is IPv4 only (iptables, not ip6tables)"
     return None
 
 
@@ -102,32 +138,46 @@ def _ports(ports: Iterable[int]) -> list[int]:
     return sorted(set(ports))
 
 
-def _net(cidr: str) -> str:
-    return str(ipaddress.ip_network(cidr))
+def _nets(cidrs: Iterable[str], family: Family) -> list[str]:
+    """The CIDRs of one family, normalised ("*" is everything: ::/0 or 0.0.0.0/0)."""
+    out = []
+    for cidr in cidrs:
+        net = ipaddress.ip_network(_ANYWHERE[family] if cidr == ALL else cidr)
+        if net.version == family:
+            out.append(str(net))
+    return out
 
 
-def _chain_rules(cfg: InterceptConfig) -> list[str]:
+def _captures_inbound(cfg: InterceptConfig) -> bool:
+    return cfg.captured_inbound() != []
+
+
+def _chain_rules(cfg: InterceptConfig, family: Family) -> list[str]:
     """The rules inside our chains, in evaluation order, as `-A` lines."""
     uid = cfg.proxy_uid
+    loopback = _LOOPBACK[family]
     rules = [
         f"-A {MESH_REDIRECT} -p tcp -j REDIRECT --to-ports {cfg.outbound_port}",
         f"-A {MESH_IN_REDIRECT} -p tcp -j REDIRECT --to-ports {cfg.inbound_port}",
     ]
-    if cfg.inbound_ports:
-        # Exclusions first: ssh and the proxy's admin/metrics ports stay reachable directly.
+    captured = cfg.captured_inbound()
+    if captured:
+        # Exclusions first: ssh, the proxy's admin/metrics ports and its own listeners
+        # (peers dial 15006 directly) stay reachable directly.
         rules += [
-            f"-A {MESH_INBOUND} -p tcp --dport {p} -j RETURN"
-            for p in _ports(cfg.exclude_inbound_ports)
+            f"-A {MESH_INBOUND} -p tcp --dport {p} -j RETURN" for p in cfg.excluded_inbound()
         ]
-        rules += [
-            f"-A {MESH_INBOUND} -p tcp --dport {p} -j {MESH_IN_REDIRECT}"
-            for p in _ports(cfg.inbound_ports)
-        ]
+        if captured == ALL:
+            rules.append(f"-A {MESH_INBOUND} -p tcp -j {MESH_IN_REDIRECT}")
+        else:
+            rules += [
+                f"-A {MESH_INBOUND} -p tcp --dport {p} -j {MESH_IN_REDIRECT}" for p in captured
+            ]
         # The proxy dialing its own workload by the namespace's own (non-loopback) address:
         # locally delivered packets never cross PREROUTING's nat hook, so hand them to the
         # inbound capture here, as Istio does, and they reach 15006 like a peer's would.
         rules.append(
-            f"-A {MESH_OUTPUT} -o lo ! -d {LOOPBACK} -m owner --uid-owner {uid} -j {MESH_INBOUND}"
+            f"-A {MESH_OUTPUT} -o lo ! -d {loopback} -m owner --uid-owner {uid} -j {MESH_INBOUND}"
         )
     rules += [
         # The app talking to itself (localhost or its own address) stays out of the mesh.
@@ -137,13 +187,15 @@ def _chain_rules(cfg: InterceptConfig) -> list[str]:
     ]
     if cfg.proxy_gid is not None:
         rules.append(f"-A {MESH_OUTPUT} -m owner --gid-owner {cfg.proxy_gid} -j RETURN")
-    rules.append(f"-A {MESH_OUTPUT} -d {LOOPBACK} -j RETURN")
+    rules.append(f"-A {MESH_OUTPUT} -d {loopback} -j RETURN")
     rules += [
         f"-A {MESH_OUTPUT} -p tcp --dport {p} -j RETURN" for p in _ports(cfg.exclude_outbound_ports)
     ]
-    rules += [f"-A {MESH_OUTPUT} -d {_net(c)} -j RETURN" for c in cfg.exclude_outbound_cidrs]
-    for cidr in cfg.include_outbound_cidrs:
-        dest = "" if _net(cidr) == ANYWHERE else f" -d {_net(cidr)}"
+    rules += [
+        f"-A {MESH_OUTPUT} -d {n} -j RETURN" for n in _nets(cfg.exclude_outbound_cidrs, family)
+    ]
+    for net in _nets(cfg.include_outbound_cidrs, family):
+        dest = "" if net == _ANYWHERE[family] else f" -d {net}"
         rules.append(f"-A {MESH_OUTPUT}{dest} -j {MESH_REDIRECT}")
     return rules
 
@@ -151,7 +203,7 @@ def _chain_rules(cfg: InterceptConfig) -> list[str]:
 def _jumps(cfg: InterceptConfig) -> list[str]:
     """Our jumps from the built-in chains, appended after whatever is there (Docker's DNS)."""
     jumps = [f"-A OUTPUT -p tcp -j {MESH_OUTPUT}"]
-    if cfg.inbound_ports:
+    if _captures_inbound(cfg):
         jumps.append(f"-A PREROUTING -p tcp -j {MESH_INBOUND}")
     return jumps
 
@@ -220,18 +272,19 @@ def _delete_jumps(table: NatTable) -> list[str]:
     ]
 
 
-def render_restore(cfg: InterceptConfig, *, replacing: str = "") -> str:
-    """The iptables-restore --noflush text that installs `cfg`.
+def render_restore(cfg: InterceptConfig, *, replacing: str = "", family: Family = 4) -> str:
+    """The iptables-restore (family 4) or ip6tables-restore (6) --noflush text for `cfg`.
 
-    `replacing` is the namespace's current `iptables-save -t nat`: jumps into our chains
-    found there are deleted in the same transaction, which is what makes install
-    idempotent (install twice = the same rules) and lets a new config replace an old one.
+    `replacing` is the namespace's current `iptables-save -t nat` of the same family: jumps
+    into our chains found there are deleted in the same transaction, which is what makes
+    install idempotent (install twice = the same rules) and lets a new config replace an
+    old one.
     """
     lines = [
         "*nat",
         *(f":{chain} - [0:0]" for chain in CHAINS),
         *_delete_jumps(parse_nat(replacing)),
-        *_chain_rules(cfg),
+        *_chain_rules(cfg, family),
         *_jumps(cfg),
         "COMMIT",
     ]

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -78,22 +79,7 @@ class Outbound:
             if not mtls:  # DestinationRule tls.mode DISABLE: plaintext to the peer proxy
                 return await open_channel(ep.address, ep.inbound_port)
             assert ident is not None
-            w = await open_channel(
-                ep.address,
-                ep.inbound_port,
-                ssl=ident.client_ctx,
-                server_hostname=sni,
-                resume=resume,
-            )
-            peer = peer_identity(w.get_extra_info("ssl_object"))
-            if peer is None or str(peer) != expected:
-                resume.last = None  # nothing of this peer's to resume
-                w.close()
-                proxy.telemetry.counters["meshctl_proxy_peer_identity_mismatch_total"] += 1
-                raise PeerIdentityError(
-                    f"{ep.address}:{ep.inbound_port} is {peer}, expected {expected}"
-                )
-            return w
+            return await self._dial_peer(ep, ident.client_ctx, sni, expected, resume)
 
         host = endpoint_key(ep)
         rt.balancer.on_start(host)
@@ -112,6 +98,63 @@ class Outbound:
             endpoint=host,
         )
         return target
+
+    async def _dial_peer(
+        self,
+        ep: Endpoint,
+        ctx: ssl.SSLContext,
+        sni: str,
+        expected: str,
+        resume: Resumption | None = None,
+    ) -> Channel:
+        """mTLS to the endpoint's proxy, whose certificate must name `expected`."""
+        proxy = self.proxy
+        w = await open_channel(
+            ep.address, ep.inbound_port, ssl=ctx, server_hostname=sni, resume=resume
+        )
+        peer = peer_identity(w.get_extra_info("ssl_object"))
+        if peer is None or str(peer) != expected:
+            if resume is not None:
+                resume.last = None  # nothing of this peer's to resume
+            w.close()
+            proxy.telemetry.counters["meshctl_proxy_peer_identity_mismatch_total"] += 1
+            where = f"{ep.address}:{ep.inbound_port}"
+            raise PeerIdentityError(f"{where} is {peer}, expected {expected}")
+        return w
+
+    async def serve_endpoint_port(
+        self, reader: Channel, writer: Channel, service: str, ep: Endpoint, port: int
+    ) -> bool:
+        """The app dialled a mesh endpoint's own address on a port its service does not
+        declare: mTLS to that endpoint's proxy, the port named in the SNI, and a TCP relay
+        (the peer relays to its app on that port, after its AuthorizationPolicy). False,
+        nothing done, when the service's DestinationRule turns mTLS off: the caller then
+        passes the connection through as it would any destination."""
+        snap, ident = self.proxy.snapshot, self.proxy.identity
+        view = snap.services.get(service) if snap else None
+        cluster = view.cluster(None) if view else None
+        if snap is None or ident is None or view is None or cluster is None or not cluster.mtls:
+            return False
+        counters = self.proxy.telemetry.counters
+        sni = sni_for(service, port, snap.config.namespace, True)
+        expected = snap.config.spiffe_id(service)
+        try:
+            up = await asyncio.wait_for(
+                self._dial_peer(ep, ident.client_ctx, sni, expected), cluster.connect_timeout_s
+            )
+        except (OSError, TimeoutError, ConnectionError, PeerIdentityError):
+            counters["meshctl_proxy_tcp_connect_failures_total"] += 1
+            writer.close()
+            return True
+        counters["meshctl_proxy_endpoint_port_total"] += 1
+        self.proxy.record_tcp(snap, "source", service, None, opened=True)
+        try:
+            sent, received = await relay_framed(reader, writer, up, up)
+        finally:
+            up.close()
+            writer.close()
+        self.proxy.record_tcp(snap, "source", service, None, sent=sent, received=received)
+        return True
 
     async def serve(
         self, reader: Channel, writer: Channel, service: str, port: int

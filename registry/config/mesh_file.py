@@ -247,7 +247,7 @@ def _workload(
 ) -> Workload | None:
     o = Obj(cx, node, path,
             ("version", "command", "image", "env", "replicas", "labels", "user",
-             "readinessProbe"))  # fmt: skip
+             "readinessProbe", "excludeInboundPorts"))  # fmt: skip
     version = o.require("version", _label_value)
     command = o.get("command", as_str_list, EMPTY)
     image = o.get("image", as_str, None)
@@ -265,6 +265,7 @@ def _workload(
         probe = parse_readiness_probe(cx, o.value_node(key), o.sub(key), ports)
         if probe is None:
             return None
+    excluded = _port_list(cx, o, "excludeInboundPorts")
     if "command" not in o and "image" not in o:
         cx.error(node, path, "a workload needs a `command` (local runtime) or an `image` (docker)")
     if command == () and "command" in o:
@@ -276,7 +277,7 @@ def _workload(
             return None
     if not isinstance(version, str) or command is None or env is None or replicas is None:
         return None
-    if labels is None or user is None:
+    if labels is None or user is None or excluded is None:
         return None
     all_labels = tuple(sorted({**dict(labels), "app": service, "version": version}.items()))
     where = None
@@ -286,4 +287,16 @@ def _workload(
     return Workload(
         version, command, image, env, replicas, all_labels,
         user=user, user_source=where, readiness=probe,
+        exclude_inbound_ports=excluded,
     )
+
+
+def _port_list(cx: Cx, o: Obj, key: str) -> tuple[int, ...] | None:
+    """A list of TCP ports (Istio's annotation is a comma-separated string; a YAML list here)."""
+    out: list[int] = []
+    for pnode, ppath in o.items(key):
+        port = int_in(1, 65535, "port")(cx, pnode, ppath)
+        if port is None:
+            return None
+        out.append(port)
+    return tuple(sorted(set(out)))

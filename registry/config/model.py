@@ -89,6 +89,9 @@ class Workload:
     user: str = ""
     user_source: Source | None = None  # where `user:` is, for errors found at `up`
     readiness: ReadinessProbe | None = None  # None: a TCP connect to the first port
+    # Istio's traffic.sidecar.istio.io/excludeInboundPorts: never captured inbound (every
+    # other port is); added to the defaults (22 and the proxy's own ports).
+    exclude_inbound_ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

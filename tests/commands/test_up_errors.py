@@ -148,3 +148,37 @@ def test_intercept_install_and_remove_in_a_namespace() -> None:
         assert not iptables.installed(ns)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.mark.root
+def test_intercept_install_captures_every_port_but_the_excluded_in_both_families() -> None:
+    from proxy.intercept import iptables
+
+    ns = f"mt{secrets.token_hex(3)}ic"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        args = ["intercept", "install", "--service", "orders", "--exclude-inbound-ports",
+                "9100", "--exclude-outbound-cidr", "fd00::1/128", "--netns", ns]  # fmt: skip
+        done = subprocess.run([*MESHCTL, *args], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        for family in (4, 6):
+            rules = iptables.dump(ns, family=family)
+            assert "--dport 9100 -j RETURN" in rules
+            assert "--dport 22 -j RETURN" in rules  # the defaults are kept
+            assert "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT" in rules
+        assert "fd00::1/128" in iptables.dump(ns, family=6)
+        shown = subprocess.run([*MESHCTL, "intercept", "status", "--netns", ns], cwd=REPO,
+                               capture_output=True, text=True).stdout  # fmt: skip
+        assert shown.startswith("installed") and "ip6tables-save" in shown
+        bad = subprocess.run([*MESHCTL, "intercept", "install", "--service", "orders",
+                              "--exclude-inbound-ports", "ssh", "--netns", ns],
+                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        assert bad.returncode == 2 and "--exclude-inbound-ports" in bad.stderr
+        remove = [*MESHCTL, "intercept", "remove", "--service", "orders", "--netns", ns]
+        assert subprocess.run(remove, cwd=REPO, capture_output=True).returncode == 0
+        for tool in ("iptables-save", "ip6tables-save"):
+            saved = subprocess.run(["ip", "netns", "exec", ns, tool], capture_output=True,
+                                   text=True, check=True).stdout  # fmt: skip
+            assert "MESH_" not in saved, saved
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -143,6 +143,58 @@ def test_status_lists_every_endpoint_and_proxy(mesh: Mesh) -> None:
     assert all(p["current"] and p["connected"] for p in st["proxies"])
     assert all(p["cert_not_after"] > time.time() + 3600 for p in st["proxies"])
     assert st["last_config_error"] is None and st["mode"] == "transparent"
+    # Interception: every inbound port but the excluded ones, IPv4 and IPv6.
+    for w in st["workloads"]:
+        assert w["interception"] == {
+            "inbound_captured": "*",
+            "inbound_excluded": [22, 15000, 15001, 15006, 15021, 15090],
+            "families": ["IPv4", "IPv6"],
+        }, w
+    text = mesh.cli.run("status").stdout
+    assert "interception" in text and "every port" in text
+
+
+# A listener the hostile trial found open: payments on [::]:9000, no service port.
+LISTENER = """
+import socket, sys
+s = socket.create_server(("::", int(sys.argv[1])), family=socket.AF_INET6, dualstack_ipv6=True)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    with c:
+        c.sendall(f"app from {peer[0]}\\n".encode())
+"""
+
+DIAL = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as c:
+        c.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        print(c.makefile("rb").readline().decode().strip() or "closed")
+except OSError as exc:
+    print("error", type(exc).__name__)
+"""
+
+
+def test_payments_other_ports_and_ipv6_do_not_answer_frontend(mesh: Mesh) -> None:
+    payments, frontend = mesh.names["payments-v1"], mesh.names["frontend-v1"]
+    ip = next(w["address"] for w in mesh.up["workloads"] if w["netns"] == payments)
+    out = _in(payments, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout
+    link_local = out.split()[3].split("/")[0]
+    listener = netns.run_in(payments, ["/usr/bin/python3", "-c", LISTENER, "9000"],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        for host in (ip, f"{link_local}%eth0"):
+            for uid in ([], ["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]):
+                done = _in(frontend, *uid, "/usr/bin/python3", "-c", DIAL, host, "9000")
+                answer = done.stdout.strip()
+                # Through frontend's proxy (mTLS), payments' policy allows orders only; as
+                # uid 1337 (around frontend's rules) payments' proxy refuses plaintext.
+                assert answer == "closed" or answer.startswith("error"), (host, uid, answer)
+    finally:
+        listener.kill()
+        listener.wait()
 
 
 def test_interception_removed_by_someone_is_reinstalled(mesh: Mesh) -> None:

@@ -279,3 +279,28 @@ def test_a_changed_command_restarts_only_that_workload(tmp_path: Path) -> None:
 def test_wire_round_trip() -> None:
     for plan in (_transparent(), _explicit()):
         assert pm.from_wire(pm.to_wire(plan)) == plan
+
+
+def test_exclude_inbound_ports_reach_the_interception_rules(tmp_path: Path) -> None:
+    from meshctl.launch.supervisor import intercept_config
+
+    cfg = _with_mesh_yaml(
+        tmp_path,
+        lambda t: t.replace(
+            '"--service", "payments", "--version", "v1"]',
+            '"--service", "payments", "--version", "v1"]\n'
+            "        excludeInboundPorts: [9100]",
+        ),
+    )
+    plan = _transparent(cfg)
+    assert pm.from_wire(pm.to_wire(plan)) == plan
+    payments, orders = plan.workload("payments-v1"), plan.workload("orders-v1")
+    assert payments is not None and orders is not None
+    assert payments.exclude_inbound_ports == (9100,)
+    rules = intercept_config(payments, plan)
+    # Every port captured (not only the declared 8080) but the defaults and 9100.
+    assert rules.captured_inbound() == "*"
+    assert rules.excluded_inbound() == [22, 9100, 15000, 15001, 15006, 15021, 15090]
+    assert intercept_config(orders, plan).excluded_inbound() == [
+        22, 15000, 15001, 15006, 15021, 15090
+    ]

@@ -85,9 +85,10 @@ def test_app_dropin_orders_and_intercepts() -> None:
     d = _directives(_proxy_units(inbound_ports=[9090, 8080])["orders.service.d/10-meshctl.conf"])
     assert d["Wants"] == ["meshctl-proxy-orders.service"]
     assert d["After"] == ["meshctl-proxy-orders.service"]
+    # Every inbound port is captured (Istio's "*"), not only the declared 8080 and 9090.
     assert d["ExecStartPre"] == [
         "+/usr/local/bin/meshctl intercept install --service orders --proxy-uid 1337 "
-        "--inbound-ports 8080,9090"
+        "--inbound-ports *"
     ]
     assert d["ExecStopPost"] == ["-+/usr/local/bin/meshctl intercept remove --service orders"]
 
@@ -99,6 +100,15 @@ def test_the_proxy_unit_wires_what_the_app_dropin_needs() -> None:
     [start] = _directives(text)["ExecStart"]
     assert "--registry" not in start  # the join string carries the registry's addresses
     assert "--advertise 10.1.2.3" in start and "--outbound 127.0.0.1:15001" in start
+
+
+def test_app_dropin_excludes_inbound_ports_as_istio_names_them() -> None:
+    units = _proxy_units(inbound_ports=[8080], exclude_inbound_ports=[9100, 5000])
+    d = _directives(units["orders.service.d/10-meshctl.conf"])
+    assert d["ExecStartPre"] == [
+        "+/usr/local/bin/meshctl intercept install --service orders --proxy-uid 1337 "
+        "--inbound-ports * --exclude-inbound-ports 5000,9100"
+    ]
 
 
 def test_no_version_no_flag_and_notify_off() -> None:
@@ -279,7 +289,7 @@ def test_cli_render_out(tmp_path: Path) -> None:
     assert "--version v2" in proxy
     assert "LoadCredential=join-token:/etc/meshctl/orders.token" in proxy
     dropin = (out / "orders.service.d/10-meshctl.conf").read_text()
-    assert "--inbound-ports 8080,8443" in dropin
+    assert "--inbound-ports *" in dropin and "declares 8080,8443" in dropin
 
 
 def test_cli_render_registry_to_stdout() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.intercept import iptables
 from proxy.intercept.iptables import Backend, InterceptError, PrivilegeError
-from proxy.intercept.rules import CHAINS, InterceptConfig, parse_nat
+from proxy.intercept.rules import CHAINS, InterceptConfig, parse_nat, render_remove
 from tests.proxy.intercept.support import (
     DOCKER_DNS_SAVE,
     SYSTEM_PYTHON,
@@ -151,9 +151,36 @@ def test_install_is_idempotent_and_remove_restores_the_table(
 
 
 @pytest.mark.root
+def test_ipv6_gets_the_same_rules_and_remove_leaves_none(
+    bare_netns: str, backend: Backend | None
+) -> None:
+    ns = bare_netns
+    before = iptables.dump(ns, backend=backend, family=6)
+    iptables.install(CFG, ns, backend=backend)
+    v4 = parse_nat(iptables.dump(ns, backend=backend, family=4))
+    v6 = parse_nat(iptables.dump(ns, backend=backend, family=6))
+    assert set(CHAINS) <= set(v6.chains)
+    # The same rules but loopback: ::1/128 where IPv4 has 127.0.0.0/8.
+    assert [r.replace("::1/128", "127.0.0.0/8") for r in v6.ours()] == list(v4.ours())
+    assert "-A PREROUTING -p tcp -j MESH_INBOUND" in v6.rules
+    assert iptables.installed(ns, backend=backend)
+    # IPv6 rules missing (deleted by hand): not installed, so the supervisor re-installs.
+    subprocess.run(
+        ["ip", "netns", "exec", ns, iptables._tool(backend, "iptables-restore", 6), "--noflush"],
+        input=render_remove(iptables.dump(ns, backend=backend, family=6)), text=True, check=True,
+    )  # fmt: skip
+    assert not iptables.installed(ns, backend=backend)
+    iptables.install(CFG, ns, backend=backend)
+    iptables.remove(ns, backend=backend)
+    after = iptables.dump(ns, backend=backend, family=6)
+    assert normalized(after) == normalized(before)
+    assert "MESH_" not in after
+
+
+@pytest.mark.root
 def test_a_new_config_replaces_the_old_one(bare_netns: str) -> None:
     iptables.install(CFG, bare_netns)
-    iptables.install(InterceptConfig(proxy_uid=1000), bare_netns)
+    iptables.install(InterceptConfig(proxy_uid=1000, inbound_ports=()), bare_netns)
     table = parse_nat(iptables.dump(bare_netns))
     assert not any(r.startswith("-A PREROUTING") for r in table.rules)
     assert [r for r in table.rules if r.startswith("-A OUTPUT")] == [
@@ -183,7 +210,7 @@ def test_rejected_rules_raise_with_the_rules_and_stderr(
 ) -> None:
     before = iptables.dump(bare_netns)
     broken = "*nat\n:MESH_OUTPUT - [0:0]\n-A MESH_OUTPUT -j NO_SUCH_CHAIN\nCOMMIT\n"
-    monkeypatch.setattr(iptables, "render_restore", lambda cfg, replacing: broken)
+    monkeypatch.setattr(iptables, "render_restore", lambda cfg, replacing, family: broken)
     with pytest.raises(InterceptError) as info:
         iptables.install(CFG, bare_netns)
     err = info.value

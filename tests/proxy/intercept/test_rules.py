@@ -20,7 +20,6 @@ from tests.proxy.intercept.support import DOCKER_DNS_SAVE, REPO
 TYPICAL = InterceptConfig(
     proxy_uid=1337,
     proxy_gid=1337,
-    inbound_ports=(8080,),
     exclude_outbound_cidrs=("10.250.0.1/32",),
 )
 
@@ -35,9 +34,11 @@ TYPICAL_TEXT = """\
 -A MESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
 -A MESH_INBOUND -p tcp --dport 22 -j RETURN
 -A MESH_INBOUND -p tcp --dport 15000 -j RETURN
+-A MESH_INBOUND -p tcp --dport 15001 -j RETURN
+-A MESH_INBOUND -p tcp --dport 15006 -j RETURN
 -A MESH_INBOUND -p tcp --dport 15021 -j RETURN
 -A MESH_INBOUND -p tcp --dport 15090 -j RETURN
--A MESH_INBOUND -p tcp --dport 8080 -j MESH_IN_REDIRECT
+-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT
 -A MESH_OUTPUT -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 1337 -j MESH_INBOUND
 -A MESH_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
 -A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN
@@ -50,6 +51,13 @@ TYPICAL_TEXT = """\
 COMMIT
 """
 
+# The same config for ip6tables-restore: ::1 for loopback, the registry's IPv4 /32 left out.
+# Also kept verbatim in docs/interception.md.
+TYPICAL_V6_TEXT = TYPICAL_TEXT.replace("127.0.0.0/8", "::1/128").replace(
+    "-A MESH_OUTPUT -d 10.250.0.1/32 -j RETURN\n", ""
+)
+assert TYPICAL_V6_TEXT.count("::1/128") == 2 and "10.250" not in TYPICAL_V6_TEXT
+
 
 def saved(extra_chains: list[str], extra_rules: list[str], base: str = DOCKER_DNS_SAVE) -> str:
     """`base` as iptables-save would print it with our chains and rules added."""
@@ -61,6 +69,47 @@ def saved(extra_chains: list[str], extra_rules: list[str], base: str = DOCKER_DN
 
 def test_typical_config_renders_exactly() -> None:
     assert render_restore(TYPICAL) == TYPICAL_TEXT
+    assert render_restore(TYPICAL, family=4) == TYPICAL_TEXT
+
+
+def test_ipv6_gets_the_same_interception() -> None:
+    assert render_restore(TYPICAL, family=6) == TYPICAL_V6_TEXT
+
+
+def test_cidrs_go_to_their_own_family() -> None:
+    cfg = InterceptConfig(
+        proxy_uid=7,
+        exclude_outbound_cidrs=("10.0.0.5/32", "fd00::5/128"),
+        include_outbound_cidrs=("10.0.0.0/8", "fd00::/8"),
+    )
+    v4, v6 = render_restore(cfg, family=4), render_restore(cfg, family=6)
+    assert "-A MESH_OUTPUT -d 10.0.0.5/32 -j RETURN" in v4 and "fd00" not in v4
+    assert "-A MESH_OUTPUT -d fd00::5/128 -j RETURN" in v6 and "10.0.0" not in v6
+    assert "-A MESH_OUTPUT -d fd00::/8 -j MESH_REDIRECT" in v6
+
+
+def test_every_inbound_port_is_captured_by_default_but_the_excluded() -> None:
+    cfg = InterceptConfig(proxy_uid=1337, exclude_inbound_ports=(9100,))
+    assert cfg.captures_all_inbound
+    assert cfg.excluded_inbound() == [9100, 15001, 15006]
+    inbound = [r for r in render_restore(cfg).splitlines() if r.startswith("-A MESH_INBOUND")]
+    assert inbound == [
+        "-A MESH_INBOUND -p tcp --dport 9100 -j RETURN",
+        "-A MESH_INBOUND -p tcp --dport 15001 -j RETURN",
+        "-A MESH_INBOUND -p tcp --dport 15006 -j RETURN",
+        "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT",
+    ]
+
+
+def test_listed_inbound_ports_capture_those_only() -> None:
+    cfg = InterceptConfig(proxy_uid=1337, inbound_ports=(9090, 8080))
+    assert cfg.captured_inbound() == [8080, 9090]
+    inbound = [r for r in render_restore(cfg).splitlines() if r.startswith("-A MESH_INBOUND")]
+    assert inbound[-2:] == [
+        "-A MESH_INBOUND -p tcp --dport 8080 -j MESH_IN_REDIRECT",
+        "-A MESH_INBOUND -p tcp --dport 9090 -j MESH_IN_REDIRECT",
+    ]
+    assert "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT" not in inbound
 
 
 def test_only_our_chains_and_jumps() -> None:
@@ -78,11 +127,11 @@ def test_exceptions_come_before_the_redirect() -> None:
     loopback = rules.index("-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN")
     assert uid_return < loopback < len(rules) - 1
     inbound = [r for r in TYPICAL_TEXT.splitlines() if r.startswith("-A MESH_INBOUND")]
-    assert inbound[-1].endswith("--dport 8080 -j MESH_IN_REDIRECT")
+    assert inbound[-1] == "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT"
 
 
 def test_no_inbound_ports_means_no_prerouting_jump() -> None:
-    text = render_restore(InterceptConfig(proxy_uid=1337))
+    text = render_restore(InterceptConfig(proxy_uid=1337, inbound_ports=()))
     assert "PREROUTING" not in text
     # Nothing jumps to the inbound chains (they exist, empty or nearly, for a uniform remove).
     assert not any(line.endswith(("-j MESH_INBOUND", "-j MESH_IN_REDIRECT"))
@@ -112,9 +161,9 @@ def test_include_and_exclude_lists() -> None:
 def test_excluded_inbound_port_wins_over_a_captured_one() -> None:
     cfg = InterceptConfig(proxy_uid=1, inbound_ports=(22, 8080))
     inbound = [r for r in render_restore(cfg).splitlines() if r.startswith("-A MESH_INBOUND")]
-    assert inbound.index("-A MESH_INBOUND -p tcp --dport 22 -j RETURN") < inbound.index(
-        "-A MESH_INBOUND -p tcp --dport 22 -j MESH_IN_REDIRECT"
-    )
+    assert "-A MESH_INBOUND -p tcp --dport 22 -j RETURN" in inbound
+    assert "-A MESH_INBOUND -p tcp --dport 22 -j MESH_IN_REDIRECT" not in inbound
+    assert cfg.captured_inbound() == [8080]
 
 
 @pytest.mark.parametrize(
@@ -129,7 +178,8 @@ def test_excluded_inbound_port_wins_over_a_captured_one() -> None:
         ({"proxy_gid": -5}, "proxy_gid: -5"),
         ({"exclude_outbound_cidrs": ("10.0.0.1/8",)}, "has host bits set"),
         ({"exclude_outbound_cidrs": ("registry",)}, "'registry' is not a CIDR"),
-        ({"include_outbound_cidrs": ("fd00::/8",)}, "IPv6"),
+        ({"include_outbound_cidrs": ("fd00::1/8",)}, "has host bits set"),
+        ({"inbound_ports": "all"}, 'neither "*" nor a port list'),
     ],
 )
 def test_invalid_config_says_what_is_wrong(kwargs: dict[str, object], message: str) -> None:
@@ -242,3 +292,4 @@ def test_any_valid_config_renders_only_ours(
 def test_the_docs_show_the_typical_rules_verbatim() -> None:
     docs = (REPO / "docs" / "interception.md").read_text()
     assert f"```\n{TYPICAL_TEXT}```" in docs
+    assert f"```\n{TYPICAL_V6_TEXT}```" in docs

@@ -43,6 +43,12 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
      "  inventory:\n    ports:\n      - {port: 8080, protocol: http",
      "  inventory:\n    ports:\n      - {port: 8080, protocol: grpc",
      ["mesh.yaml:34:32: services.inventory.ports[0].protocol: `grpc` is not supported yet"]),
+    ("exclude_inbound_port_range", "mesh.yaml",
+     'command: ["python3", "apps/shop.py", "--service", "payments", "--version", "v1"]\n',
+     'command: ["python3", "apps/shop.py", "--service", "payments", "--version", "v1"]\n'
+     "        excludeInboundPorts: [9100, 70000]\n",
+     ["mesh.yaml:32:37: services.payments.workloads[0].excludeInboundPorts[1]: port 70000 "
+      "is outside 1..65535"]),
     ("duration_no_unit", "orders.yaml", "perTryTimeout: 500ms", "perTryTimeout: 10",
      ["orders.yaml:13:24: spec.http[0].retries.perTryTimeout: duration 10 has no unit: "
       "write e.g. 10s"]),
@@ -195,3 +201,16 @@ def test_subset_without_destination_rule(example_copy: Path) -> None:
         "orders.yaml:22:21: spec.http[0].route[1].destination.subset: subset `v2` of `orders` "
         "is not defined: no DestinationRule for `orders` defines subsets",
     ]
+
+
+def test_exclude_inbound_ports_is_read_per_workload(example_copy: Path) -> None:
+    replace_in(example_copy, "mesh.yaml",
+               '"--service", "payments", "--version", "v1"]\n',
+               '"--service", "payments", "--version", "v1"]\n'
+               "        excludeInboundPorts: [9100, 22, 9100]\n")  # fmt: skip
+    result = load_directory(example_copy)
+    assert result.config is not None, result.errors
+    payments = next(s for s in result.config.services if s.name == "payments")
+    assert payments.workloads[0].exclude_inbound_ports == (22, 9100)
+    orders = next(s for s in result.config.services if s.name == "orders")
+    assert all(w.exclude_inbound_ports == () for w in orders.workloads)
