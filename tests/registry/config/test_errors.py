@@ -83,8 +83,8 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
       "are not supported by RE2, which Istio uses"]),
     ("invalid_regex", "orders.yaml", "    - name: canary\n",
      "    - name: canary\n      match:\n        - uri:\n            regex: '(unclosed'\n",
-     ["orders.yaml:13:20: spec.http[0].match[0].uri.regex: invalid regex: missing ), "
-      "unterminated subpattern at position 0"]),
+     ["orders.yaml:13:20: spec.http[0].match[0].uri.regex: invalid regex (RE2 syntax, as "
+      "Istio): missing ): (unclosed"]),
     ("duplicate_name", "security.yaml",
      "# Only orders", f"{PA_DEFAULT}spec: {{}}\n---\n# Only orders",
      ["security.yaml:13:9: metadata.name: duplicate PeerAuthentication `default` (first "
