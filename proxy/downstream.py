@@ -1,6 +1,7 @@
 """The downstream side of an HTTP/1.1 connection, shared by both stacks: read requests in
-order (pipelining answered in order), bound the wait for each head (slow-loris), refuse
-broken framing with 400/431 and close, and stop between requests when draining."""
+order (pipelining answered in order), bound the wait for each head (slow-loris) and for
+each piece of a body (408), refuse broken framing with 400/431 and close, and stop between
+requests when draining."""
 
 from __future__ import annotations
 
@@ -111,6 +112,8 @@ async def serve_requests(
     watch = head_watch(proxy)
     waiting = watch.waiting
     transport = writer.transport
+    down.body_idle_s = proxy.opts.body_idle_timeout_s
+    request_s = proxy.opts.request_timeout_s
 
     async def resume(req: Request, prep: Prep, started: Started) -> Result:
         return await complete(req, down, writer, prep, started)
@@ -160,6 +163,8 @@ async def serve_requests(
             prep = prepare(req, snap)
             proxy.inflight += 1
             job = complete(req, down, writer, prep, None)
+        # The request timeout runs from the head's arrival to the body's end (next_body).
+        down.body_deadline = start + request_s if request_s > 0 else 0.0
         try:
             result = await job
         except ProtocolError as exc:

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from proxy.forward import (
-    REPLAY_LIMIT,
     RESPONSE_DROP,
     Prep,
     Result,
@@ -195,9 +194,13 @@ class FastConn:
         else:
             end, size = _whole(pending)
             if not end:
-                if size > REPLAY_LIMIT:
-                    self._wake()  # a body to stream: the coroutine path
-                return  # the rest of the body is on its way
+                if size:
+                    # Part of the body came, not all: the coroutine reads the rest under the
+                    # body timeouts (proxy.streams.next_body: a trickle is answered 408, where
+                    # waiting here only the header timeout would end it), streaming past the
+                    # replay buffer.
+                    self._wake()
+                return  # the head alone: its body is on its way
             pending.pop(0)
             pieces = [pending.pop(0) for _ in range(end - 1)]
             body = b"".join([ev.data for ev in pieces if type(ev) is Data]) if pieces else b""

@@ -65,6 +65,8 @@ def _route(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 def test_the_regex_route_matches_the_whole_path_and_header(hop: TwoHop) -> None:
+    """`regex: ^/(a+)+$` on the path and on `x-user`: matched against the whole value (RE2,
+    as Istio), not a prefix or a substring."""
     hop.new_case()
     for req, want in [
         (_get(b"/aaaa"), b"regex"),
@@ -84,6 +86,8 @@ def test_the_regex_route_matches_the_whole_path_and_header(hop: TwoHop) -> None:
 def test_hostile_value_neither_stalls_nor_blocks_another_connection(
     hop: TwoHop, hostile: bytes
 ) -> None:
+    """`/` + 38 `a` + `!` (40 bytes) against `^/(a+)+$`, in the path or a header: answered
+    by the next route, and a request sent meanwhile on another connection is served."""
     hop.new_case()
     with connect(hop.port) as evil, connect(hop.port) as other:
         send(evil, hostile)
