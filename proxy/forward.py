@@ -651,10 +651,14 @@ async def _stream_body(down: EventStream, conn: Conn, *, chunked: bool) -> None:
         if not pump.done():
             pump.cancel()  # it ends at its next await; the rest of the body stays unread
     if not pump.done() or pump.cancelled():
+        conn.cut = True
         return  # the upstream answered (or closed) first: _response_head reads which
     exc = pump.exception()
-    if exc is None or (isinstance(exc, (ConnectionError, OSError)) and _answered(conn)):
-        return  # whole; or the write failed because the upstream answered and closed
+    if exc is None:
+        return  # the whole body went
+    if isinstance(exc, (ConnectionError, OSError)) and _answered(conn):
+        conn.cut = True
+        return  # the write failed because the upstream answered and closed
     raise exc
 
 

@@ -382,6 +382,9 @@ class Conn:
     requests: int = 0
     limiter: ConnLimiter | None = None
     sent_at: float = 0.0  # when the request in flight was written (latency samples)
+    # The upstream answered before the request's body was all sent (proxy.forward
+    # _stream_body): the rest would be read as the next request, so it is never reused.
+    cut: bool = False
 
     @property
     def parser(self) -> ResponseParser:
@@ -403,6 +406,7 @@ class Conn:
         events = self.events
         return (
             not events.eof
+            and not self.cut
             and events.error is None  # the parser refuses any byte with no request out
             and not events.pending
             and not self.writer.is_closing()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,13 +50,14 @@ class Hop:
 
 @contextlib.contextmanager
 def _hop(tmp: Path, *, client: tuple[str, ...] = (), echo: tuple[str, ...] = (),
-         shop: bool = False) -> Iterator[Hop]:
+         shop: bool = False, app: int | None = None) -> Iterator[Hop]:
+    """The two proxies in front of a Recorder, the example shop app or a server at `app`."""
     with contextlib.ExitStack() as stack:
-        rec = None if shop else stack.enter_context(Recorder())
+        rec = None if shop or app else stack.enter_context(Recorder())
         mesh = Mesh(tmp, FIXTURE)
         stack.callback(mesh.close)
         mesh.start_registry()
-        app_port = mesh.app("echo")[1] if shop else rec.port  # type: ignore[union-attr]
+        app_port = mesh.app("echo")[1] if shop else app or rec.port  # type: ignore[union-attr]
         e = mesh.proxy("echo", "v1", app_port=app_port, extra=echo)
         local = free_port()
         c = mesh.proxy("client", "v1", upstreams={"echo:8080": local}, extra=client)
@@ -65,6 +67,58 @@ def _hop(tmp: Path, *, client: tuple[str, ...] = (), echo: tuple[str, ...] = (),
         if rec is not None:
             rec.clear()
         yield Hop(mesh, local, c, e, rec)
+
+
+class EarlyAnswer:
+    """An upstream that answers a POST with 413 as soon as its head arrives, keeping the
+    connection open (no `Connection: close`), then counts what else arrives until EOF; GETs
+    get 200. A proxy must not reuse such a connection: the rest of the cut body would be read
+    as the next request."""
+
+    def __init__(self) -> None:
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.cut: list[threading.Event] = []  # per POST: set when its connection ends
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                sock, _ = self.lsock.accept()
+                threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        buf = b""
+        with sock, contextlib.suppress(OSError):
+            sock.settimeout(30)
+            while b"\r\n\r\n" not in buf or buf.startswith(b"GET"):
+                if b"\r\n\r\n" in buf:  # a GET: answer it, keep reading
+                    buf = buf.split(b"\r\n\r\n", 1)[1]
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            ended = threading.Event()
+            self.cut.append(ended)
+            sock.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+            while sock.recv(65536):
+                pass
+            ended.set()
+
+    def close(self) -> None:
+        self.lsock.close()
+
+
+@pytest.fixture(scope="module")
+def early(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hop, EarlyAnswer]]:
+    server = EarlyAnswer()
+    try:
+        with _hop(tmp_path_factory.mktemp("body-early"), app=server.port) as h:
+            yield h, server
+    finally:
+        server.close()
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +237,25 @@ def test_the_inbound_proxy_cuts_a_stalled_body_and_the_client_gets_its_408(
     _assert_408(ans)
     _upstream_saw_no_whole_request(rec)
     assert 'response_flags="SI"' in inbound_cuts.metrics(inbound_cuts.echo)
+
+
+def test_an_early_answer_is_relayed_and_its_connection_never_reused(
+    early: tuple[Hop, EarlyAnswer],
+) -> None:
+    """The upstream answers 413 mid-body and keeps its connection open: the client gets the
+    413, and the proxy closes that upstream connection instead of pooling it (its next
+    request would be read as the rest of the cut body)."""
+    hop, server = early
+    with connect(hop.port, timeout=20) as sock:
+        send(sock, _post(10_000_000) + b"x" * 200_000)
+        ans = read(sock, [b"POST"], until_close=True, timeout=20)
+    assert ans.statuses == [413] and ans.final[0][1] == b"big", ans.raw[:300]
+    assert ans.closed
+    assert len(server.cut) == 1
+    assert server.cut[0].wait(15), "the upstream connection of the cut request was kept open"
+    with connect(hop.port) as sock:  # and the mesh serves the next request normally
+        send(sock, b"GET /after HTTP/1.1\r\nHost: echo\r\n\r\n")
+        assert read(sock, [b"GET"]).statuses == [200]
 
 
 @pytest.mark.parametrize("sent", [100_000, 1_000_000])
