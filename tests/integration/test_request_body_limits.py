@@ -258,6 +258,32 @@ def test_an_early_answer_is_relayed_and_its_connection_never_reused(
         assert read(sock, [b"GET"]).statuses == [200]
 
 
+def test_a_client_still_sending_reads_the_early_answer(early: tuple[Hop, EarlyAnswer]) -> None:
+    """The client keeps sending its body while the answer comes back: the proxy drops the
+    rest for a moment before it closes (Envoy's delayed_close_timeout), so that its close is
+    not a reset that destroys the 413 before the client reads it."""
+    hop, _ = early
+    with connect(hop.port, timeout=20) as sock:
+        stop = threading.Event()
+
+        def sender() -> None:
+            with contextlib.suppress(OSError):
+                sock.sendall(_post(50_000_000))
+                for _ in range(250):  # 50 MB at most
+                    if stop.is_set():
+                        return
+                    sock.sendall(b"x" * 200_000)
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
+        try:
+            ans = read(sock, [b"POST"], timeout=20)
+        finally:
+            stop.set()
+        t.join(20)
+    assert ans.statuses == [413], f"the client lost the answer: {ans.raw[:300]!r}"
+
+
 @pytest.mark.parametrize("sent", [100_000, 1_000_000])
 def test_a_body_over_the_apps_limit_gets_the_apps_413(shop_hop: Hop, sent: int) -> None:
     """The app refuses a 100 MiB Content-Length before reading the body; the client, still
