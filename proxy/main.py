@@ -81,12 +81,12 @@ class ProxyOptions:
     admin: tuple[str, int] = ("127.0.0.1", 15000)
     metrics: tuple[str, int] = ("0.0.0.0", 15090)
     proxy_id: str = ""
-    header_timeout_s: float = 60.0  # a request head must arrive within this (slow loris)
     # A request body: no piece of it for body_idle_timeout_s, or not whole request_timeout_s
     # after its head arrived, is answered 408 (flag SI); 0 switches a timer off. Envoy's
     # stream_idle_timeout (5 min) and request_timeout (off), shorter here: docs/config.md.
     body_idle_timeout_s: float = 30.0
     request_timeout_s: float = 300.0
+    header_timeout_s: float = 60.0  # a request head must arrive within this (slow loris)
     max_connections: int = 10_000  # per listener; past it new connections are refused
     drain_s: float = 5.0  # on SIGTERM: how long in-flight requests get to finish
     # Tracing: percentage of new traces sampled, and the OTLP/HTTP collector (None: no spans,
