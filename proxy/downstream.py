@@ -1,6 +1,7 @@
 """The downstream side of an HTTP/1.1 connection, shared by both stacks: read requests in
-order (pipelining answered in order), bound the wait for each head (slow-loris), refuse
-broken framing with 400/431 and close, and stop between requests when draining."""
+order (pipelining answered in order), bound the wait for each head (slow-loris) and for
+each piece of a body (408), refuse broken framing with 400/431 and close, and stop between
+requests when draining."""
 
 from __future__ import annotations
 
@@ -71,6 +72,24 @@ def head_watch(proxy: Proxy) -> HeadWatch:
     return watch
 
 
+DELAYED_CLOSE_S: Final = 1.0  # Envoy's delayed_close_timeout default
+
+
+async def delayed_close(down: EventStream, writer: Channel) -> None:
+    """Answered while the client was still sending a body (a 408, an app's early 413): drop
+    what still arrives for up to a second (Envoy's delayed_close_timeout; RFC 9112 9.6's
+    lingering close) before the connection is closed. Closed at once with those bytes
+    unread, it would send a TCP reset, which can destroy the answer before the client (or
+    the peer proxy relaying it) has read it."""
+    down.channel.detach()  # no more parsing: the rest of the body is dropped unread
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()  # plain TCP: the client sees the end of the answer now
+        async with asyncio.timeout(DELAYED_CLOSE_S):
+            while await down.channel.read(65536):
+                pass
+
+
 def recorder(proxy: Proxy, reporter: str, service: str | None, peer: SpiffeId | None) -> Done:
     """The `done` of serve_requests: each finished request recorded (Proxy.record) as
     `reporter` ("source" or "destination") sees it, for `service` (None: this proxy's own
@@ -111,6 +130,8 @@ async def serve_requests(
     watch = head_watch(proxy)
     waiting = watch.waiting
     transport = writer.transport
+    down.body_idle_s = proxy.opts.body_idle_timeout_s
+    request_s = proxy.opts.request_timeout_s
 
     async def resume(req: Request, prep: Prep, started: Started) -> Result:
         return await complete(req, down, writer, prep, started)
@@ -160,6 +181,8 @@ async def serve_requests(
             prep = prepare(req, snap)
             proxy.inflight += 1
             job = complete(req, down, writer, prep, None)
+        # The request timeout runs from the head's arrival to the body's end (next_body).
+        down.body_deadline = start + request_s if request_s > 0 else 0.0
         try:
             result = await job
         except ProtocolError as exc:
@@ -172,6 +195,8 @@ async def serve_requests(
             proxy.inflight -= 1
         done(snap, result, start, req, prep.hop, _now())
         if not result.keep_alive or not req.keep_alive or proxy.draining:
+            if down.parser.in_body:
+                await delayed_close(down, writer)
             return
         if transport.get_write_buffer_size():
             try:

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from proxy.forward import (
-    REPLAY_LIMIT,
     RESPONSE_DROP,
     Prep,
     Result,
@@ -194,11 +193,15 @@ class FastConn:
             pending.clear()
             body = b""
         else:
-            end, size = _whole(pending)
+            end, _ = _whole(pending)
             if not end:
-                if size > REPLAY_LIMIT:
-                    self._wake()  # a body to stream: the coroutine path
-                return  # the rest of the body is on its way
+                # A body still arriving (or not begun): the coroutine reads it under the body
+                # timeouts (proxy.streams.next_body: a stall or a trickle is answered 408,
+                # where waiting here only the header timeout would end it, silently), and
+                # streams it past the replay buffer. Clients and proxies write a small
+                # request's head and body at once, so the usual request never comes here.
+                self._wake()
+                return
             pending.pop(0)
             pieces = [pending.pop(0) for _ in range(end - 1)]
             body = b"".join([ev.data for ev in pieces if type(ev) is Data]) if pieces else b""

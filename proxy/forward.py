@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+from meshctl.aio import spawn
 from proxy.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -33,6 +34,7 @@ from proxy.http1 import (
 from proxy.http1.render import forward_request_head, forward_response_head
 from proxy.policy.retry import Outcome, RetryParams, backoff, should_retry
 from proxy.streams import (
+    BodyTimeout,
     Channel,
     Conn,
     Connector,
@@ -41,6 +43,7 @@ from proxy.streams import (
     PeerClosed,
     Pool,
     PoolOverflow,
+    next_body,
 )
 from proxy.tcp import relay
 from proxy.tracing import Hop
@@ -67,6 +70,7 @@ LOCAL_TEXT: Final = {
     "UPE": b"upstream protocol error",
     "RL": b"local_rate_limited",
     "RBAC": b"RBAC: access denied",
+    "SI": b"stream timeout",  # Envoy's words for its stream idle timeout
 }
 
 
@@ -302,9 +306,18 @@ async def complete(
             if prep.reply:
                 writer.write(prep.reply)
             if started is None:
-                await discard_body(down)
+                try:
+                    await discard_body(down)
+                except BodyTimeout:  # answered already: only closing is left
+                    r = prep.result
+                    return Result(r.status, r.flags, 0, 0, "", 0, False)
             return prep.result
         return await forward(req, down, writer, prep.pool, prep.plan, started)
+    except BodyTimeout:
+        # The client stopped sending its body before the response began: 408 and close (an
+        # upstream that had part of it saw its connection closed: _attempt).
+        writer.write(local_reply(408, "SI", close=True))
+        return Result(408, "SI", 0, 0, "", 0, False)
     finally:
         if admission is not None:
             admission.release()
@@ -313,7 +326,7 @@ async def complete(
 async def discard_body(down: EventStream) -> None:
     """Read the rest of a request answered locally, so the next one can be parsed."""
     while True:
-        ev = down.poll() or await down.next()
+        ev = await next_body(down)
         if type(ev) is EndOfMessage:
             return
 
@@ -355,7 +368,7 @@ async def _read_body(down: EventStream, limit: int) -> tuple[list[bytes], bool, 
     pieces: list[bytes] = []
     size = 0
     while True:
-        ev = down.poll() or await down.next()
+        ev = await next_body(down)
         if isinstance(ev, EndOfMessage):
             return pieces, True, bool(ev.trailers)
         assert isinstance(ev, Data)
@@ -596,10 +609,10 @@ async def _attempt(
             # Longer than the replay buffer: stream the rest, keeping Content-Length (apps
             # that cannot read chunked requests still work).
             w.write(request_head(req, plan, req.content_length, False) + body)
-            await _pump_body(down, w, chunked=False)
+            await _stream_body(down, conn, chunked=False)
         else:
             w.write(request_head(req, plan, None, True) + encode_chunk(body))
-            await _pump_body(down, w, chunked=True)
+            await _stream_body(down, conn, chunked=True)
         if timeout is None:
             resp = await _response_head(conn)
         else:
@@ -611,6 +624,9 @@ async def _attempt(
     except DownstreamError as down_err:
         conn.close()  # the upstream saw a partial request: that connection is done
         raise down_err.error from None
+    except BodyTimeout:
+        conn.close()  # likewise: a partial request, then the connection closed
+        raise
     except TimeoutError:
         conn.close()
         return Outcome(timed_out=True, bytes_sent_upstream=True), None, None
@@ -633,10 +649,49 @@ class DownstreamError(Exception):
         self.error = error
 
 
+def _answered(conn: Conn) -> bool:
+    """The upstream sent a final response head (or closed, or broke framing)."""
+    events = conn.events
+    if events.eof or events.error is not None:
+        return True
+    return any(type(e) is Response and not e.informational for e in events.pending)
+
+
+async def _upstream_answered(conn: Conn) -> None:
+    while not _answered(conn):
+        await conn.events.channel.wait()
+
+
+async def _stream_body(down: EventStream, conn: Conn, *, chunked: bool) -> None:
+    """Send the rest of a body past the replay buffer while watching the upstream. One that
+    answers before the body ends (an app's size limit: 413, as Envoy relays it) stops the
+    pump, and that answer is what the client gets, not a 503 for the write that failed; the
+    rest of the body is never read (the client's connection is closed after the response:
+    the request was not `complete`)."""
+    pump = spawn(_pump_body(down, conn.writer, chunked=chunked), name="request-body")
+    watch = spawn(_upstream_answered(conn), name="early-response")
+    try:
+        await asyncio.wait((pump, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not pump.done():
+            pump.cancel()  # it ends at its next await; the rest of the body stays unread
+    if not pump.done() or pump.cancelled():
+        conn.cut = True
+        return  # the upstream answered (or closed) first: _response_head reads which
+    exc = pump.exception()
+    if exc is None:
+        return  # the whole body went
+    if isinstance(exc, (ConnectionError, OSError)) and _answered(conn):
+        conn.cut = True
+        return  # the write failed because the upstream answered and closed
+    raise exc
+
+
 async def _pump_body(down: EventStream, w: Channel, *, chunked: bool) -> None:
     while True:
         try:
-            ev = await down.next()
+            ev = await next_body(down)
         except ProtocolError as exc:
             raise DownstreamError(exc) from exc
         if isinstance(ev, EndOfMessage):

@@ -85,6 +85,11 @@ class ProxyOptions:
     admin: tuple[str, int] = ("127.0.0.1", 15000)
     metrics: tuple[str, int] = ("0.0.0.0", 15090)
     proxy_id: str = ""
+    # A request body: no piece of it for body_idle_timeout_s, or not whole request_timeout_s
+    # after its head arrived, is answered 408 (flag SI); 0 switches a timer off. Envoy's
+    # stream_idle_timeout (5 min) and request_timeout (off), shorter here: docs/config.md.
+    body_idle_timeout_s: float = 30.0
+    request_timeout_s: float = 300.0
     header_timeout_s: float = 60.0  # a request head must arrive within this (slow loris)
     # Connection budgets, one per listener, past which a new connection is accepted and
     # closed at once (docs/policies.md "Downstream connection limits").

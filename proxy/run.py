@@ -57,6 +57,8 @@ OPTIONS = (
     Opt("--metrics", "metrics", default="0.0.0.0:15090"),
     Opt("--proxy-id", "proxy_id", default=""),
     Opt("--header-timeout", "header_timeout", float, default=60.0),
+    Opt("--body-idle-timeout", "body_idle_timeout", float, default=30.0),
+    Opt("--request-timeout", "request_timeout", float, default=300.0),
     Opt("--max-connections", "max_connections", int, default=10_000),
     Opt("--max-inbound-connections", "max_inbound_connections", int, default=10_000,
         envvar="MESH_PROXY_MAX_INBOUND_CONNECTIONS"),
@@ -148,6 +150,8 @@ def run(
     metrics: str,
     proxy_id: str,
     header_timeout: float,
+    body_idle_timeout: float,
+    request_timeout: float,
     max_connections: int,
     max_inbound_connections: int,
     max_connections_per_source: int,
@@ -176,6 +180,10 @@ def run(
         if not port.isdigit():
             raise UsageError(f"--app `{a}`: expected PORT=HOST:PORT")
         apps[int(port)] = hostport(target, "127.0.0.1")
+    for flag, seconds in (("--body-idle-timeout", body_idle_timeout),
+                          ("--request-timeout", request_timeout)):
+        if not seconds >= 0:  # NaN too
+            raise UsageError(f"{flag} {seconds}: expected seconds >= 0 (0: no timeout)")
     home = mesh_home() / "proxies" / (proxy_id or service)
     if registry is not None:
         try:
@@ -210,6 +218,8 @@ def run(
         metrics=hostport(metrics, "0.0.0.0"),
         proxy_id=proxy_id,
         header_timeout_s=header_timeout,
+        body_idle_timeout_s=body_idle_timeout,
+        request_timeout_s=request_timeout,
         max_connections=max_connections,
         max_inbound_connections=max_inbound_connections,
         max_connections_per_source=max_connections_per_source,

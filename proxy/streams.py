@@ -41,6 +41,42 @@ class PeerClosed(Exception):
     """The other side closed the connection between messages."""
 
 
+class BodyTimeout(Exception):
+    """A request body stalled: no piece of it for the body idle timeout, or not whole by the
+    request timeout (proxy.downstream sets both per connection). Answered 408, flag SI."""
+
+
+def body_wait_s(idle_s: float, deadline: float, now: float) -> float | None:
+    """How long the next wait for a piece of request body may last: the idle timeout (Envoy's
+    stream_idle_timeout, applied while the body is read), cut to what is left before the
+    whole-request deadline (Envoy's request_timeout); 0 or less: over; None: no bound. A
+    setting of 0 switches its timer off, as in Envoy."""
+    wait = idle_s if idle_s > 0 else None
+    if deadline > 0 and (wait is None or deadline - now < wait):
+        wait = deadline - now
+    return wait
+
+
+async def next_body(down: EventStream) -> Event | Marker:
+    """The next event of a request body, within the stream's body timeouts (BodyTimeout).
+
+    Only a wait costs a timer: a piece already parsed is returned at once.
+    """
+    ev = down.poll()
+    if ev is not None:
+        return ev
+    wait = body_wait_s(down.body_idle_s, down.body_deadline, _now())
+    if wait is None:
+        return await down.next()
+    if wait <= 0:
+        raise BodyTimeout()
+    try:
+        async with asyncio.timeout(wait):
+            return await down.next()
+    except TimeoutError:
+        raise BodyTimeout() from None
+
+
 class Channel(asyncio.Protocol):
     """One connection as an asyncio Protocol: reader, writer and, when an HTTP parser is
     attached, the parser's feeder, in one object.
@@ -259,6 +295,8 @@ class EventStream:
     """Events from a parser that its Channel feeds as bytes arrive, one at a time."""
 
     __slots__ = (
+        "body_deadline",
+        "body_idle_s",
         "busy",
         "channel",
         "eof",
@@ -287,6 +325,9 @@ class EventStream:
         # A request of this stream is in the fast path's hands: the reader waits, whatever
         # is queued (pipelined requests are the fast path's to take next, in order).
         self.busy = False
+        # Request body timeouts (next_body): set by proxy.downstream; 0 means none.
+        self.body_idle_s = 0.0
+        self.body_deadline = 0.0  # time.monotonic() by which the request must be whole
         if initial:  # what protocol detection read: before anything the channel buffered
             self.feed(initial)
         channel.attach(self)
@@ -341,6 +382,9 @@ class Conn:
     requests: int = 0
     limiter: ConnLimiter | None = None
     sent_at: float = 0.0  # when the request in flight was written (latency samples)
+    # The upstream answered before the request's body was all sent (proxy.forward
+    # _stream_body): the rest would be read as the next request, so it is never reused.
+    cut: bool = False
 
     @property
     def parser(self) -> ResponseParser:
@@ -362,6 +406,7 @@ class Conn:
         events = self.events
         return (
             not events.eof
+            and not self.cut
             and events.error is None  # the parser refuses any byte with no request out
             and not events.pending
             and not self.writer.is_closing()

@@ -73,6 +73,14 @@ def proxy(
     header_timeout: Annotated[
         float, typer.Option(help="Seconds a request head may take to arrive (slow loris).")
     ] = 60.0,
+    body_idle_timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds a request body may stall before a 408 "
+                            "(Envoy's stream_idle_timeout; 0: none).")
+    ] = 30.0,
+    request_timeout: Annotated[
+        float, typer.Option(min=0.0, help="Seconds from a request's head to its body's end "
+                            "before a 408 (Envoy's request_timeout; 0: none).")
+    ] = 300.0,
     max_connections: Annotated[
         int, typer.Option(help="Open connections per outbound listener before new ones are "
                                "refused.")
@@ -126,6 +134,8 @@ def proxy(
             metrics=metrics,
             proxy_id=proxy_id,
             header_timeout=header_timeout,
+            body_idle_timeout=body_idle_timeout,
+            request_timeout=request_timeout,
             max_connections=max_connections,
             max_inbound_connections=max_inbound_connections,
             max_connections_per_source=max_connections_per_source,

@@ -96,6 +96,11 @@ class StreamParser:
         return data
 
     @property
+    def in_body(self) -> bool:
+        """True while the current message's body (or its trailers) is still to come."""
+        return LENGTH <= self._state <= TRAILERS
+
+    @property
     def paused(self) -> bool:
         """True once an Upgrade/CONNECT exchange stopped HTTP parsing on this stream."""
         return self._state == PAUSED

@@ -131,3 +131,26 @@ def test_snapshot_routes_remove_the_callers_trace_headers() -> None:
     r = compile_route(route("r"), ROUTE_REMOVES)
     for header in (b"traceparent", b"b3", b"x-b3-traceid", b"x-forwarded-client-cert"):
         assert header in r.remove_request[0] and header in r.drop_request[0]
+
+
+def test_regexes_are_compiled_once_per_snapshot_by_re2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `regex` is compiled when the route is (once per snapshot), by the RE2 matcher
+    that the config check uses, and never again per request."""
+    import proxy.routing as routing
+
+    compiled: list[str] = []
+    real = routing.full_matcher
+
+    def counting(pattern: str):  # type: ignore[no-untyped-def]
+        compiled.append(pattern)
+        return real(pattern)
+
+    monkeypatch.setattr(routing, "full_matcher", counting)
+    r = compile_route(route("r", match(uri=StringMatch("regex", "^/(a+)+$"),
+                                       headers=(("x-user", StringMatch("regex", "u[0-9]+")),))))
+    assert compiled == ["^/(a+)+$", "u[0-9]+"]
+    hostile = "/" + "a" * 38 + "!"  # backtracking's worst case: linear for RE2
+    for _ in range(100):
+        assert first_match((r,), req(hostile, headers={"x-user": "u1"})) is None
+        assert first_match((r,), req("/aaa", headers={"x-user": "u1"})) is r
+    assert len(compiled) == 2

@@ -109,7 +109,15 @@ class Faults:
 
 
 class BadRequest(Exception):
-    """A client error: answered with 400 and the message."""
+    """A client error: answered with `status` and the message."""
+
+    status = 400
+
+
+class TooLarge(BadRequest):
+    """A request body over MAX_BYTES (RFC 9110 15.5.14), answered before the body is read."""
+
+    status = 413
 
 
 class ShopServer(ThreadingHTTPServer):
@@ -168,7 +176,9 @@ class ShopHandler(BaseHTTPRequestHandler):
                 return self._json(status, {**self._me(), "error": "injected fault"})
             self._route(path, query, body)
         except BadRequest as e:
-            self._json(400, {**self._me(), "error": str(e)})
+            self._json(e.status, {**self._me(), "error": str(e)})
+            if self.close_connection:
+                self._linger()
         except (ConnectionError, TimeoutError):
             self.close_connection = True  # the client went away mid-exchange
         finally:
@@ -254,7 +264,7 @@ class ShopHandler(BaseHTTPRequestHandler):
         length = _int(self.headers.get("Content-Length", "0") or "0", "Content-Length")
         if not 0 <= length <= MAX_BYTES:
             self.close_connection = True
-            raise BadRequest(f"Content-Length must be 0-{MAX_BYTES}")
+            raise TooLarge(f"Content-Length must be 0-{MAX_BYTES}")
         return self.rfile.read(length) if length else b""
 
     def _read_chunked(self) -> bytes:
@@ -270,7 +280,7 @@ class ShopHandler(BaseHTTPRequestHandler):
             total += size
             if total > MAX_BYTES:
                 self.close_connection = True
-                raise BadRequest(f"body larger than {MAX_BYTES} bytes")
+                raise TooLarge(f"body larger than {MAX_BYTES} bytes")
             parts.append(self.rfile.read(size))
             self.rfile.readline(1024)  # CRLF after the chunk
 
@@ -281,6 +291,21 @@ class ShopHandler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload: dict[str, Any]) -> None:
         body = (json.dumps(payload, sort_keys=True) + "\n").encode()
         self._send(status, body, "application/json")
+
+    def _linger(self) -> None:
+        """Answered before reading the body: drop what the client still sends for a moment
+        before closing (RFC 9112 9.6, as nginx's lingering_close). Closing a socket with
+        unread bytes sends a reset, which can destroy the answer still on its way."""
+        self.wfile.flush()
+        sock = self.connection
+        deadline = time.monotonic() + 2.0
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(0.5)
+            while time.monotonic() < deadline and sock.recv(65536):
+                pass
+        except OSError:
+            pass
 
     def _send(self, status: int, body: bytes, ctype: str) -> None:
         self._status = status

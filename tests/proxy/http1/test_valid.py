@@ -91,6 +91,29 @@ def test_body_streams_as_bytes_arrive() -> None:
     assert parser.feed(b"efGET") == [Data(b"ef"), EndOfMessage([])]
 
 
+@pytest.mark.parametrize(
+    ("head", "parts", "in_body"),
+    [
+        (b"Content-Length: 6", [b"", b"abc", b"def"], [True, True, False]),
+        (b"Transfer-Encoding: chunked", [b"", b"3\r\nabc", b"\r\n0\r\n", b"\r\n"],
+         [True, True, True, False]),
+        (b"Content-Length: 0", [b""], [False]),
+    ],
+)
+def test_in_body_while_a_body_is_still_to_come(
+    head: bytes, parts: list[bytes], in_body: list[bool]
+) -> None:
+    """What proxy.downstream asks before closing: is the client still sending a body?"""
+    parser = RequestParser()
+    assert not parser.in_body
+    first = b"POST / HTTP/1.1\r\n" + H + head + b"\r\n\r\n"
+    got = []
+    for i, part in enumerate(parts):
+        parser.feed((first if i == 0 else b"") + part)
+        got.append(parser.in_body)
+    assert got == in_body
+
+
 CHUNKED_REQUEST = (
     b"POST /up HTTP/1.1\r\n" + H + b"Transfer-Encoding: Chunked\r\n\r\n"
     b'5;name=value;quoted="a \\" b"\r\nhello\r\n'

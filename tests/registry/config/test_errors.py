@@ -87,10 +87,20 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
      "              regex: 'a(?=b)'\n",
      ["orders.yaml:14:22: spec.http[0].match[0].headers.x-user.regex: lookahead (?= / (?! "
       "are not supported by RE2, which Istio uses"]),
+    ("re2_lookbehind", "orders.yaml", "    - name: canary\n",
+     "    - name: canary\n      match:\n        - queryParams:\n            q:\n"
+     "              regex: '(?<=a)b'\n",
+     ["orders.yaml:14:22: spec.http[0].match[0].queryParams.q.regex: lookbehind (?<= / (?<! "
+      "are not supported by RE2, which Istio uses"]),
+    ("re2_program_size", "orders.yaml", "    - name: canary\n",
+     "    - name: canary\n      match:\n        - authority:\n            regex: '.{0,100}'\n",
+     ["orders.yaml:13:20: spec.http[0].match[0].authority.regex: regex program size 904 is "
+      "over 100, Envoy's limit (re2.max_program_size): simplify it (e.g. `.*` rather than "
+      "`.{0,100}`)"]),
     ("invalid_regex", "orders.yaml", "    - name: canary\n",
      "    - name: canary\n      match:\n        - uri:\n            regex: '(unclosed'\n",
-     ["orders.yaml:13:20: spec.http[0].match[0].uri.regex: invalid regex: missing ), "
-      "unterminated subpattern at position 0"]),
+     ["orders.yaml:13:20: spec.http[0].match[0].uri.regex: invalid regex (RE2 syntax, as "
+      "Istio): missing ): (unclosed"]),
     ("duplicate_name", "security.yaml",
      "# Only orders", f"{PA_DEFAULT}spec: {{}}\n---\n# Only orders",
      ["security.yaml:13:9: metadata.name: duplicate PeerAuthentication `default` (first "
