@@ -312,8 +312,12 @@ def render_app_dropin(
     inbound_ports: Iterable[int],
     proxy_uid: int = PROXY_UID,
     exclude_inbound_ports: Iterable[int] = (),
+    hidden: Iterable[str] = (),
 ) -> str:
     """The drop-in that meshes `app_unit`: its proxy first, interception for its lifetime.
+
+    `hidden`: paths the app must not see at all (the proxy's state directory with its key
+    and SVID, the join token), whatever user the app unit runs as, root included.
 
     Every inbound port is captured (Istio's includeInboundPorts "*"), not only the app's
     declared `inbound_ports`: a listener the app opens on another port must not answer in
@@ -352,7 +356,20 @@ ExecStartPre=+{_command(install)}
 # `-`: a failed removal must not fail the stop. Removed only once the app has stopped:
 # the rules live exactly as long as the app, not as long as the proxy.
 ExecStopPost=-+{_command(remove)}
-"""
+{_hide(hidden)}"""
+
+
+def _hide(paths: Iterable[str]) -> str:
+    """InaccessiblePaths= for the app: workloads are not trusted (SECURITY.md), and an app
+    unit may well run as root. `-`: a path that does not exist yet is no error. The `+`
+    commands above run outside this sandbox, so interception is unaffected."""
+    listed = " ".join(f"-{_value(_abs(p, 'hidden path'), 'hidden path')}" for p in paths)
+    if not listed:
+        return ""
+    return (
+        "# The proxy's key, SVID and join token are not the app's to read, even as root.\n"
+        f"InaccessiblePaths={listed}\n"
+    )
 
 
 def render_proxy_units(
@@ -394,6 +411,7 @@ def render_proxy_units(
             inbound_ports=inbound_ports,
             proxy_uid=proxy_uid,
             exclude_inbound_ports=exclude_inbound_ports,
+            hidden=(mesh_home, token_file),
         ),
     }
 

@@ -93,6 +93,13 @@ def test_app_dropin_orders_and_intercepts() -> None:
     assert d["ExecStopPost"] == ["-+/usr/local/bin/meshctl intercept remove --service orders"]
 
 
+def test_app_dropin_hides_the_proxys_state_and_token_from_the_app() -> None:
+    # Workloads are not trusted (SECURITY.md) and an app unit may run as root: the proxy's
+    # state directory (its key and SVID) and the join token are not in the app's view.
+    d = _directives(_proxy_units(mesh_home="/srv/mesh home")["orders.service.d/10-meshctl.conf"])
+    assert d["InaccessiblePaths"] == ['-"/srv/mesh home" -/etc/meshctl/orders.token']
+
+
 def test_the_proxy_unit_wires_what_the_app_dropin_needs() -> None:
     # The drop-in's interception sends the app's outbound connections to 15001: the proxy
     # must listen there. Peers must reach it at a real address, not 127.0.0.1.

@@ -121,6 +121,12 @@ def test_docs_step_by_step_under_real_systemd(containers: tuple[str, str]) -> No
     for unit in (proxy, "orders.service"):
         assert _show(vm, unit, "ActiveState") == "active", sh(vm, f"journalctl -u {unit}")
     assert _show(vm, proxy, "Type") == "notify"  # and it was started: READY=1 came
+    # What the app sees: not the proxy's key, SVID or token, even as root in its mount
+    # namespace (the drop-in's InaccessiblePaths=; the proxy itself reads them fine).
+    app_pid = _show(vm, "orders.service", "MainPID")
+    home = _show(vm, proxy, "Environment").split("MESH_HOME=", 1)[1].split()[0]
+    assert sh(vm, f"find {home} -name svid.key | wc -l").strip() == "1"
+    assert sh(vm, f"nsenter -t {app_pid} -m find {home} -mindepth 1 | wc -l").strip() == "0"
     vm_ip = sh(vm, "hostname -I").split()[0]
 
     sh(reg, "meshctl token create frontend > frontend.token")
