@@ -50,7 +50,7 @@ from typing import Any
 
 import aiohttp
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.control.client import ApplyView, ControlClient, View
 from registry.config import load_directory, yamlsource
 

@@ -21,7 +21,7 @@ from typing import cast
 
 import uvloop
 
-from meshctl.aio import spawn
+from common.aio import spawn
 
 
 class _Upstream(asyncio.Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from meshctl.vip import service_vip
+from common.vip import service_vip
 
 BEGIN = "# BEGIN meshctl services (written by `meshctl hosts --apply`; edits are replaced)"
 END = "# END meshctl services"

@@ -9,7 +9,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.streams import Channel, accept_channel
 from proxy.telemetry import Telemetry
 

@@ -19,8 +19,8 @@ from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshctl.promtext import MetricWriter
-from meshctl.state import atomic_write
+from common.promtext import MetricWriter
+from common.state import atomic_write
 from proxy import compiled
 from proxy.forward import Result
 from proxy.http1 import Request

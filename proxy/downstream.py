@@ -10,7 +10,7 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Final
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy import fastpath
 from proxy.fastpath import Close, Done, FastConn, Handover, Prepare
 from proxy.forward import Prep, Result, Started, complete, local_reply

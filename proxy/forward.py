@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,

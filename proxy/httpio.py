@@ -25,7 +25,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.http1 import (
     LAST_CHUNK,
     Data,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from meshctl.state import atomic_write, ensure_dir
+from common.state import atomic_write, ensure_dir
 from proxy import certinfo
 from registry.ca.spiffe import SpiffeId
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy import certinfo, compiled
 from proxy.accept import Connections, accept_loop, listen, listen_both, streams_for
 from proxy.accesslog import AccessLog

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshctl.state import mesh_home
+from common.state import mesh_home
 
 
 class UsageError(ValueError):
@@ -246,7 +246,7 @@ def _event_loop_run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 async def _run(p: object) -> None:
-    from meshctl import sdnotify
+    from common import sdnotify
     from proxy.main import Proxy
 
     assert isinstance(p, Proxy)
@@ -266,17 +266,10 @@ async def _run(p: object) -> None:
     await p.stop()
 
 
-def _typer(args: list[str]) -> None:
-    from meshctl.commands.proxy import app
-
-    app(args=args)
-
-
-def main(
-    argv: Sequence[str] | None = None, documented: Callable[[list[str]], None] = _typer
-) -> None:
+def main(argv: Sequence[str] | None, documented: Callable[[list[str]], None]) -> None:
     """Run a sidecar from the command line. `documented(args)` runs the Typer command, for
-    help and usage errors (`meshctl proxy`, or `python -m proxy`'s own app)."""
+    help and usage errors (`meshctl proxy`, or `python -m proxy`'s own app): handed in by
+    the entry point, which sits above this package (imports point down)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         kwargs = parse(args)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from meshctl.vip import service_vip
+from common.vip import service_vip
 from proxy.inbound.authz import compile_policies
 from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.policy.weights import WeightedPicker

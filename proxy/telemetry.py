@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Final
 
-from meshctl.promtext import labels_text
+from common.promtext import labels_text
 
 # Istio's default buckets for istio_request_duration_milliseconds.
 DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (

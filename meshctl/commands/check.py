@@ -6,9 +6,9 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from common.state import mesh_home
 from meshctl.observe.checks import FAIL, OK, evaluate, gather, worst
 from meshctl.observe.cli import Output, OutputOpt, echo_json
-from meshctl.state import mesh_home
 
 __all__ = ["check"]
 _MARK = {OK: "[green]ok[/]  ", "warn": "[yellow]warn[/]", FAIL: "[red]FAIL[/]"}

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
+from common.state import mesh_home
 from meshctl.launch.procs import LaunchError
 from meshctl.launch.teardown import teardown
-from meshctl.state import mesh_home
 
 __all__ = ["down"]
 

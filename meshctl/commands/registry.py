@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from meshctl.state import mesh_home
+from common.state import mesh_home
 from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT
 from registry.server.catalog import ENDPOINT_TTL_S
 

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from meshctl.state import atomic_write, mesh_home
+from common.state import atomic_write, mesh_home
 from registry.config import MeshConfig, load_directory
 from registry.config.duration import format_duration
 from registry.config.edit import (

@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from common.state import mesh_home
 from meshctl.launch.procs import LaunchError
 from meshctl.launch.report import status as mesh_status
-from meshctl.state import mesh_home
 
 __all__ = ["status"]
 

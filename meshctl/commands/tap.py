@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from common.state import mesh_home
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, user_errors
 from meshctl.observe.proxies import select
 from meshctl.observe.tap import TapFilter, follow
-from meshctl.state import mesh_home
 
 __all__ = ["tap"]
 

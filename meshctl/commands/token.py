@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from common.state import mesh_home
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
-from meshctl.state import mesh_home
 
 app = typer.Typer(
     help="Join tokens: one-time, expiring, bound to exactly one service identity.",

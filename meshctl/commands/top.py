@@ -11,11 +11,11 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from common.state import mesh_home
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, user_errors
 from meshctl.observe.proxies import select
 from meshctl.observe.stats import top_rows
 from meshctl.observe.tap import TapFilter, follow
-from meshctl.state import mesh_home
 
 __all__ = ["top"]
 WINDOW = 10_000  # events kept for the table

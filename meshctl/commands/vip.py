@@ -1,7 +1,7 @@
 """`meshctl vip SERVICE` and `meshctl hosts [--apply]`: mesh names on hosts without `up`.
 
 A VM whose proxy intercepts its app's traffic, but whose hosts file `up` did not write, needs
-each service's virtual IP (meshctl/vip.py) in its resolver. `vip` prints one; `hosts` prints the
+each service's virtual IP (common/vip.py) in its resolver. `vip` prints one; `hosts` prints the
 marked /etc/hosts block for every service, and `--apply` puts it in the file, replacing the
 block it wrote before and leaving every other line alone (meshctl/hostsfile.py).
 The services come from the config directory (`--config`, MESH_CONFIG) or the registry
@@ -20,10 +20,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from common.state import atomic_write, mesh_home
+from common.vip import service_vip
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.hostsfile import HostsFileError, entries, render_block, replace_block
-from meshctl.state import atomic_write, mesh_home
-from meshctl.vip import service_vip
 from registry.config import load_directory
 
 __all__ = ["hosts", "vip"]

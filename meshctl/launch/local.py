@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.state import ensure_dir
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
 from meshctl.launch.plan import DOCKER, EXPLICIT, LOCAL, PROXY_UID, TRANSPARENT, Network, Plan
@@ -42,7 +43,6 @@ from meshctl.launch.procs import (
     write_json,
 )
 from meshctl.launch.supervisor import record_owned, running_pid, start_registry
-from meshctl.state import ensure_dir
 from registry.config import MeshConfig, load_directory
 from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT
 
@@ -440,7 +440,7 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
     runtime = choose_runtime(opts.runtime, opts.path)
     config_dir = config_dir_for(opts.path)
     config = load_config(config_dir)
-    from meshctl.state import mesh_home
+    from common.state import mesh_home
 
     home = mesh_home()
     paths = LaunchPaths(home)

@@ -40,7 +40,7 @@ from typing import Any
 from pyroute2 import IPRoute, NetNS
 from pyroute2 import netns as pr_netns
 
-from meshctl.state import atomic_write
+from common.state import atomic_write
 
 NETNS_RUN_DIR = Path("/run/netns")
 ETC_NETNS = Path("/etc/netns")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from meshctl.vip import service_vip
+from common.vip import service_vip
 from registry.config import MeshConfig
 from registry.config.mesh_file import PROXY_UID as PROXY_UID  # the launcher takes it from here
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshctl.state import atomic_write, ensure_dir
+from common.state import atomic_write, ensure_dir
 
 MARK = "MESHCTL_MESH"
 

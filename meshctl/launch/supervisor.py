@@ -46,6 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from common.state import atomic_write, ensure_dir
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
 from meshctl.launch import users
@@ -62,7 +63,6 @@ from meshctl.launch.procs import (
     stop_pids,
     write_json,
 )
-from meshctl.state import atomic_write, ensure_dir
 
 log = logging.getLogger("meshctl.supervisor")
 TICK_S = 0.1

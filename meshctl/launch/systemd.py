@@ -31,7 +31,7 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from meshctl.state import atomic_write, ensure_dir
+from common.state import atomic_write, ensure_dir
 
 REGISTRY_UNIT = "meshctl-registry.service"
 DROPIN_NAME = "10-meshctl.conf"

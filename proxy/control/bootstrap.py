@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from meshctl.state import atomic_write
+from common.state import atomic_write
 from registry.ca.joinstring import JoinString, pinned
 
 CONNECT_TIMEOUT_S = 5.0

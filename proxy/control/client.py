@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.control.keygen import new_key_and_csr
 from proxy.httpio import Client, HttpError, Stream
 from proxy.identity import Identity

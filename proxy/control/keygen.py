@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from meshctl.state import ensure_dir
+from common.state import ensure_dir
 
 log = logging.getLogger("meshctl.proxy.control")
 TIMEOUT_S = 30.0
@@ -64,7 +64,7 @@ async def new_key_and_csr(key_file: Path, identity: str, timeout: float = TIMEOU
 
 
 def _generate(key_file: Path, identity: str) -> bytes:
-    from meshctl.state import atomic_write
+    from common.state import atomic_write
     from registry.ca.csr import build_csr, generate_key, key_pem
     from registry.ca.spiffe import SpiffeId
 

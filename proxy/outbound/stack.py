@@ -12,7 +12,7 @@ import ssl
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.detect import detect
 from proxy.downstream import recorder, serve_requests
 from proxy.forward import Admission, Plan, Prep, Result, Target, local_prep

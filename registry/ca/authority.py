@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshctl.state import atomic_write, ensure_dir
+from common.state import atomic_write, ensure_dir
 from registry.ca.csr import generate_key, key_pem, load_cert, spiffe_id_of
 from registry.ca.spiffe import SpiffeId
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from meshctl.state import atomic_write
+from common.state import atomic_write
 from registry.ca.spiffe import SpiffeId
 
 PREFIX = "mtok"

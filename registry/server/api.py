@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from registry.ca import CsrError, TokenError
 from registry.ca.joinstring import JoinString, ca_pin
 from registry.server.auth import Caller, caller_of

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from meshctl.state import atomic_write
+from common.state import atomic_write
 
 # A proxy heartbeats every HEARTBEAT_S; an endpoint unseen for ENDPOINT_TTL_S leaves the
 # catalog (three missed heartbeats, as Consul's TTL checks are usually set).

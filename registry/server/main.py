@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from meshctl import sdnotify
-from meshctl.aio import spawn
-from meshctl.state import atomic_write, ensure_dir
+from common import sdnotify
+from common.aio import spawn
+from common.state import atomic_write, ensure_dir
 from registry.ca import CertificateAuthority, SpiffeId, TokenStore
 from registry.config import LoadResult, MeshConfig, load_directory
 from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT, RegistryPaths, read_operator_token

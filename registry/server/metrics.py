@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from meshctl.promtext import MetricWriter
+from common.promtext import MetricWriter
 
 if TYPE_CHECKING:
     from registry.server.main import Registry

@@ -16,8 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from meshctl.aio import spawn
-from meshctl.state import atomic_write
+from common.aio import spawn
+from common.state import atomic_write
 
 log = logging.getLogger("meshctl.registry.state")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from registry.config import LoadResult, load_directory
 
 log = logging.getLogger("meshctl.registry.watch")

@@ -174,7 +174,7 @@ def test_route_source_is_the_address_towards_the_registry() -> None:
 
 @pytest.mark.parametrize("abstract", [False, True])
 def test_notify_sends_ready_to_the_notify_socket(tmp_path: Path, abstract: bool) -> None:
-    from meshctl.sdnotify import notify
+    from common.sdnotify import notify
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         name = f"@meshctl-test-{os.getpid()}" if abstract else str(tmp_path / "notify")

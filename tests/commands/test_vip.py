@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
+from common.vip import service_vip
 from meshctl.cli import build
 from meshctl.hostsfile import BEGIN, END, entries, render_block, replace_block
-from meshctl.vip import service_vip
 from tests.example import CONFIG as EXAMPLE
 from tests.integration.harness import REPO, Mesh
 

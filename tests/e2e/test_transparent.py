@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from meshctl.vip import service_vip
+from common.vip import service_vip
 from tests.example import SHOP, copy_config
 from tests.integration.harness import Proc, free_port, wait_until
 

@@ -148,7 +148,7 @@ def test_calls_by_name_go_through_both_proxies(mesh: Mesh) -> None:
 
 
 def test_the_service_vip_works_too(mesh: Mesh) -> None:
-    from meshctl.vip import service_vip
+    from common.vip import service_vip
 
     answer = json.loads(mesh.call(f"http://{service_vip('inventory')}:8080/"))
     assert answer["service"] == "inventory"

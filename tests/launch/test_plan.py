@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from common.vip import service_vip
 from meshctl.launch import plan as pm
-from meshctl.vip import service_vip
 from registry.config import MeshConfig, load_directory
 from tests.example import CONFIG as EXAMPLE
 from tests.example import copy_config

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from common.state import atomic_write
 from meshctl.launch import plan as pm
 from meshctl.launch import supervisor as supmod
 from meshctl.launch.procs import LaunchError, LaunchPaths, write_json
 from meshctl.launch.report import outage
-from meshctl.state import atomic_write
 
 PLAN = pm.Plan(mode=pm.EXPLICIT, prefix="", config_dir="/nowhere",
                registry_url="https://127.0.0.1:1", registry_listen="127.0.0.1",

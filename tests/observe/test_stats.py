@@ -7,10 +7,10 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.promtext import labels_text
 from meshctl.observe.checks import FAIL, OK, WARN, Facts, evaluate, worst
 from meshctl.observe.promtext import parse
 from meshctl.observe.stats import quantile, stat
-from meshctl.promtext import labels_text
 
 
 def test_parse_labels_with_escapes() -> None:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.http1 import Data, EndOfMessage, RequestParser, encode_chunk
 from proxy.httpio import (
     ChunkWriter,

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from bench.certs import make_tls_files
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy import tls
 from proxy.streams import Channel, accept_channel, open_channel
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.control.apphealth import app_health_loop, probe, probe_params
 from proxy.policy.probe import ProbeParams
 from registry.config.diagnostics import Source

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from meshctl.aio import spawn
+from common.aio import spawn
 from proxy.control.client import ControlClient, View
 from registry.ca import CertificateAuthority
 from tests.integration.harness import Mesh, wait_until
