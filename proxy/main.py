@@ -23,6 +23,7 @@ from proxy.accept import Connections, accept_loop, listen, streams_for
 from proxy.accesslog import AccessLog
 from proxy.admin import TapHub, start_servers, tap_event, write_discovery
 from proxy.control.client import ControlClient, View
+from proxy.dns.server import DnsServer
 from proxy.downstream import HeadWatch
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
@@ -78,6 +79,7 @@ class ProxyOptions:
     advertise: str = "127.0.0.1"  # the address peers dial for this endpoint
     inbound: tuple[str, int] = ("0.0.0.0", 15006)
     outbound: tuple[str, int] | None = None  # transparent (iptables) listener, e.g. 127.0.0.1:15001
+    dns: tuple[str, int] | None = None  # mesh names answered here, UDP and TCP (proxy/dns)
     upstreams: tuple[Upstream, ...] = ()
     apps: Mapping[int, tuple[str, int]] = field(default_factory=dict)  # service port -> app addr
     admin: tuple[str, int] = ("127.0.0.1", 15000)
@@ -168,6 +170,7 @@ class Proxy:
         self.access_log = AccessLog("off")
         self.tap = TapHub(self.telemetry.counters)
         self.discovery_file: Path | None = None
+        self.dns: DnsServer | None = None
         self.exporter: OtlpExporter | None = None
         if opts.otlp_endpoint:
             resource = (
@@ -534,6 +537,8 @@ class Proxy:
                     os_, self._transparent, Connections(opts.max_connections), self.telemetry
                 ))
             )
+        if opts.dns is not None:
+            await self._start_dns(opts.dns)
         await self._start_admin()
         self.endpoint = {
             "id": self.proxy_id,
@@ -557,6 +562,18 @@ class Proxy:
             self.snapshot.version if self.snapshot else 0,
             compiled.STATUS,
         )
+
+    async def _start_dns(self, where: tuple[str, int]) -> None:
+        from proxy.dns.server import read_upstreams
+
+        self.dns = DnsServer(
+            lambda: self.snapshot.dns if self.snapshot is not None else None,
+            read_upstreams(),  # once, at start: the proxy's uid is not redirected
+            counters=self.telemetry.counters,
+        )
+        host, port = await self.dns.start(*where)
+        log.info("DNS for mesh names on %s:%d (udp, tcp), forwarding to %s", host, port,
+                 ", ".join(f"{h}:{p}" for h, p in self.dns.upstreams))
 
     @property
     def ports(self) -> dict[str, int]:
@@ -593,6 +610,8 @@ class Proxy:
                 await t
         for server in self._servers:
             await server.close()
+        if self.dns is not None:
+            await self.dns.close()
         self.pool.close_all()
         self.app_pool.close_all()
         self.access_log.flush()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from meshctl.vip import service_vip
+from proxy.dns.answer import NameTable
 from proxy.inbound.authz import compile_policies
 from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.policy.weights import WeightedPicker
@@ -153,6 +154,7 @@ class ProxySnapshot:
     compiled_authz: tuple[Any, ...]
     peer_mode: str  # STRICT | PERMISSIVE | DISABLE
     port_modes: dict[int, str]  # PeerAuthentication portLevelMtls
+    dns: NameTable  # mesh names -> their VIP's A record (proxy/dns), made once per snapshot
 
     @property
     def may_be_plaintext(self) -> bool:
@@ -242,6 +244,8 @@ def build_snapshot(
         compiled_authz=compile_policies(authz),
         peer_mode=peer_mode,
         port_modes=port_modes,
+        dns=NameTable.build(((v.service.name, v.vip) for v in services.values()),
+                            config.namespace),
     )
 
 
