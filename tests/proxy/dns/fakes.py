@@ -38,7 +38,7 @@ class FakeResolver:
             return struct.pack("!H", (reply[0] << 8 | reply[1]) ^ 0xFFFF) + reply[2:]
         return reply
 
-    async def start(self) -> int:
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         fake = self
 
         class _Udp(asyncio.DatagramProtocol):
@@ -66,11 +66,11 @@ class FakeResolver:
             finally:
                 writer.close()
 
-        self._tcp = await asyncio.start_server(on_tcp, "127.0.0.1", 0)
+        self._tcp = await asyncio.start_server(on_tcp, host, port)
         self.port = self._tcp.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
         self._udp, _ = await loop.create_datagram_endpoint(
-            _Udp, local_addr=("127.0.0.1", self.port)
+            _Udp, local_addr=(host, self.port)
         )
         return self.port
 

@@ -42,12 +42,14 @@ async def udp_ask(port: int, query: bytes, timeout: float = 5.0) -> bytes | None
         transport.close()
 
 
-async def tcp_ask(port: int, payload: bytes) -> bytes | None:
-    """Send a raw TCP payload (length prefix included); the framed reply, or None if the
-    server closed the connection without one."""
+async def tcp_ask(port: int, payload: bytes, *, eof: bool = False) -> bytes | None:
+    """Send a raw TCP payload (length prefix included), then FIN if `eof`; the framed
+    reply, or None if the server closed the connection without one."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(payload)
+        if eof:
+            writer.write_eof()
         await writer.drain()
         head = await asyncio.wait_for(reader.read(2), 5)
         if len(head) < 2:
