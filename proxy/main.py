@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from meshctl.aio import spawn
 from proxy import certinfo, compiled
@@ -23,7 +23,6 @@ from proxy.accept import Connections, accept_loop, listen, streams_for
 from proxy.accesslog import AccessLog
 from proxy.admin import TapHub, start_servers, tap_event, write_discovery
 from proxy.control.client import ControlClient, View
-from proxy.dns.server import DnsServer
 from proxy.downstream import HeadWatch
 from proxy.forward import Result, local_reply
 from proxy.http1 import Request
@@ -49,6 +48,9 @@ from proxy.tracing.otlp import OtlpExporter
 from registry.ca import SpiffeId
 from registry.config import MeshConfig
 from registry.server.catalog import Endpoint
+
+if TYPE_CHECKING:
+    from proxy.dns.server import DnsServer  # imported when DNS is on (_start_dns)
 
 _now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
@@ -564,7 +566,7 @@ class Proxy:
         )
 
     async def _start_dns(self, where: tuple[str, int]) -> None:
-        from proxy.dns.server import read_upstreams
+        from proxy.dns.server import DnsServer, read_upstreams
 
         self.dns = DnsServer(
             lambda: self.snapshot.dns if self.snapshot is not None else None,
