@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -24,7 +25,7 @@ import struct
 from collections import defaultdict
 from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from meshctl.aio import spawn
 from proxy.dns.answer import EMPTY, FORWARD, NameTable, Reply, decide, servfail
@@ -54,6 +55,11 @@ def read_upstreams(path: Path = Path("/etc/resolv.conf")) -> tuple[tuple[str, in
         return upstreams_from(path.read_text())
     except OSError:
         return (DEFAULT_UPSTREAM,)
+
+
+def _send(udp: asyncio.DatagramTransport, data: bytes | None, addr: Any) -> None:
+    if data is not None and not udp.is_closing():
+        udp.sendto(data, addr)
 
 
 class _OneReply(asyncio.DatagramProtocol):
@@ -93,22 +99,35 @@ class DnsServer:
         self.counters = counters if counters is not None else defaultdict(float)
         self.inflight = 0
         self.tcp_clients = 0
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
 
     # -- listeners -------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Bind UDP and TCP on (host, port); port 0 picks one (the same for both)."""
+        """Bind UDP and TCP on (host, port); port 0 picks one (the same for both). For
+        127.0.0.1, also ::1 on the same port where the namespace has IPv6: ip6tables
+        REDIRECT sends an IPv6 query there (no twin where there is no ::1)."""
+        bound = await self._bind(host, port)
+        if host == "127.0.0.1":
+            try:
+                await self._bind("::1", bound[1])
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    await self.close()
+                    raise
+        return bound
+
+    async def _bind(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         server = self
 
         class _Udp(asyncio.DatagramProtocol):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                pass
+                self.transport = cast(asyncio.DatagramTransport, transport)
 
             def datagram_received(self, data: bytes, addr: Any) -> None:
-                server._on_datagram(data, addr)
+                server._on_datagram(data, addr, self.transport)
 
         tcp = await asyncio.start_server(self._on_tcp, host, port, reuse_address=True)
         bound = tcp.sockets[0].getsockname()[:2]
@@ -117,16 +136,18 @@ class DnsServer:
         except OSError:
             tcp.close()
             raise
-        self._tcp, self._udp = tcp, transport
+        self._tcp.append(tcp)
+        self._udp.append(transport)
         return bound[0], bound[1]
 
     async def close(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
+        for udp in self._udp:
+            udp.close()
+        for tcp in self._tcp:
+            tcp.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
+                await asyncio.wait_for(tcp.wait_closed(), 1.0)
+        self._udp, self._tcp = [], []
 
     def _decide(self, data: bytes) -> Reply | object:
         verdict = decide(self.table() or EMPTY, data)
@@ -147,26 +168,22 @@ class DnsServer:
 
     # -- UDP -------------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: Any) -> None:
+    def _on_datagram(self, data: bytes, addr: Any, udp: asyncio.DatagramTransport) -> None:
         verdict = self._decide(data)
         if isinstance(verdict, Reply):
-            self._send(verdict.data, addr)
+            _send(udp, verdict.data, addr)
         elif verdict is FORWARD:
             if self._admit():
-                spawn(self._forward_udp(data, addr), name="dns-forward")
+                spawn(self._forward_udp(data, addr, udp), name="dns-forward")
             else:
-                self._send(servfail(data), addr)
+                _send(udp, servfail(data), addr)
 
-    def _send(self, data: bytes | None, addr: Any) -> None:
-        if data is not None and self._udp is not None and not self._udp.is_closing():
-            self._udp.sendto(data, addr)
-
-    async def _forward_udp(self, query: bytes, addr: Any) -> None:
+    async def _forward_udp(self, query: bytes, addr: Any, udp: asyncio.DatagramTransport) -> None:
         try:
             reply = await self.forward(query, tcp=False)
         finally:
             self.inflight -= 1
-        self._send(reply if reply is not None else servfail(query), addr)
+        _send(udp, reply if reply is not None else servfail(query), addr)
 
     # -- TCP (RFC 7766: two-byte length, several queries per connection) ----------------
 

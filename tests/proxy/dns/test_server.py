@@ -154,3 +154,31 @@ def test_upstreams_from_resolv_conf() -> None:
             "nameserver bogus\nnameserver 10.0.0.3\nnameserver 10.0.0.4\noptions ndots:2\n")
     assert upstreams_from(text) == (("10.0.0.2", 53), ("fe80::1", 53), ("10.0.0.3", 53))
     assert upstreams_from("") == (("127.0.0.1", 53),)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 here")
+async def test_127_0_0_1_has_a_1_twin_on_the_same_port() -> None:
+    # ip6tables REDIRECT sends an IPv6 query to [::1]:port: it must be answered there too.
+    server, port = await started([("127.0.0.1", 9)])
+    try:
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_datagram_endpoint(
+            _Client, remote_addr=("::1", port), family=socket.AF_INET6)
+        try:
+            transport.sendto(wire.make_query("orders", ident=6))
+            reply = await asyncio.wait_for(proto.replies.get(), 5)
+        finally:
+            transport.close()
+        assert reply[:2] == b"\x00\x06" and reply.endswith(bytes([240, 240, 1, 2]))
+        assert await tcp_ask(port, framed(wire.make_query("orders"))) is not None
+    finally:
+        await server.close()
