@@ -9,6 +9,7 @@ The folder tree is the request path:
       outbound/     app -> proxy: detect protocol, route, retry, balance, mTLS to the peer proxy
       inbound/      peer proxy -> proxy: verify SPIFFE identity, authorize, hand to the app
       control/      the registry client: join, renew, config stream, ACK/NACK; keygen child
+      dns/          DNS for mesh names on 127.0.0.1:15053: VIP answers, the rest forwarded
       compiled/     the request path compiled with mypyc (build/core/), used only while current
       admin.py      localhost admin (15000) and Prometheus metrics (15090)
       httpio.py     the side channels' HTTP/1.1 client and server (admin, registry, OTLP)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from common.aio import spawn
 from proxy import certinfo, compiled
@@ -51,6 +51,9 @@ from registry.ca import SpiffeId
 from registry.config import MeshConfig
 from registry.server.catalog import Endpoint
 
+if TYPE_CHECKING:
+    from proxy.dns.server import DnsServer  # imported when DNS is on (_start_dns)
+
 _now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
 log = logging.getLogger("meshctl.proxy")
@@ -80,6 +83,7 @@ class ProxyOptions:
     advertise: str = "127.0.0.1"  # the address peers dial for this endpoint
     inbound: tuple[str, int] = ("0.0.0.0", 15006)
     outbound: tuple[str, int] | None = None  # transparent (iptables) listener, e.g. 127.0.0.1:15001
+    dns: tuple[str, int] | None = None  # mesh names answered here, UDP and TCP (proxy/dns)
     upstreams: tuple[Upstream, ...] = ()
     apps: Mapping[int, tuple[str, int]] = field(default_factory=dict)  # service port -> app addr
     admin: tuple[str, int] = ("127.0.0.1", 15000)
@@ -175,6 +179,7 @@ class Proxy:
         self.access_log = AccessLog("off")
         self.tap = TapHub(self.telemetry.counters)
         self.discovery_file: Path | None = None
+        self.dns: DnsServer | None = None
         self.exporter: OtlpExporter | None = None
         if opts.otlp_endpoint:
             resource = (
@@ -568,6 +573,8 @@ class Proxy:
             self._tasks.append(
                 spawn(accept_loop(os_, self._transparent, transparent, self.telemetry))
             )
+        if opts.dns is not None:
+            await self._start_dns(opts.dns)
         await self._start_admin()
         self.endpoint = {
             "id": self.proxy_id,
@@ -592,6 +599,18 @@ class Proxy:
             self.snapshot.version if self.snapshot else 0,
             compiled.STATUS,
         )
+
+    async def _start_dns(self, where: tuple[str, int]) -> None:
+        from proxy.dns.server import DnsServer, read_upstreams
+
+        self.dns = DnsServer(
+            lambda: self.snapshot.dns if self.snapshot is not None else None,
+            read_upstreams(),  # once, at start: the proxy's uid is not redirected
+            counters=self.telemetry.counters,
+        )
+        host, port = await self.dns.start(*where)
+        log.info("DNS for mesh names on %s:%d (udp, tcp), forwarding to %s", host, port,
+                 ", ".join(f"{h}:{p}" for h, p in self.dns.upstreams))
 
     @property
     def ports(self) -> dict[str, int]:
@@ -628,6 +647,8 @@ class Proxy:
                 await t
         for server in self._servers:
             await server.close()
+        if self.dns is not None:
+            await self.dns.close()
         self.pool.close_all()
         self.app_pool.close_all()
         self.access_log.flush()

@@ -39,6 +39,7 @@ class Opt:
     required: bool = False
     multiple: bool = False
     envvar: str | None = None
+    switch: bool = False  # a flag without a value (`--no-dns`): True when given
 
 
 # The same options as the Typer command, in its order: keep the two in step (a test does).
@@ -51,6 +52,8 @@ OPTIONS = (
     Opt("--advertise", "advertise", default="auto"),
     Opt("--inbound", "inbound", default="0.0.0.0:15006"),
     Opt("--outbound", "outbound"),
+    Opt("--dns-port", "dns_port", int, default=15053),
+    Opt("--no-dns", "no_dns", bool, default=False, switch=True),
     Opt("--upstream", "upstream", multiple=True),
     Opt("--app", "app_addr", multiple=True),
     Opt("--admin", "admin", default="127.0.0.1:15000"),
@@ -90,6 +93,12 @@ def parse(argv: Sequence[str]) -> dict[str, Any]:
         o = by_flag.get(flag)
         if o is None:
             raise _Refused(f"not an option: {argv[i]}")  # --help, an unknown one, a stray
+        if o.switch:
+            if eq:
+                raise _Refused(f"{flag} takes no value")
+            values[o.dest] = True
+            i += 1
+            continue
         if not eq:
             i += 1
             if i == len(argv):
@@ -109,7 +118,7 @@ def parse(argv: Sequence[str]) -> dict[str, Any]:
             if o.required:
                 raise _Refused(f"missing {o.flag}")
             value = o.default
-        elif not o.multiple:
+        elif not o.multiple and not o.switch:
             try:
                 value = o.type(value)
             except ValueError as exc:
@@ -122,6 +131,7 @@ def parse(argv: Sequence[str]) -> dict[str, Any]:
         or kwargs["max_inbound_connections"] < 1
         or kwargs["max_connections_per_source"] < 0
         or kwargs["inbound_handshake_timeout"] <= 0
+        or not 1 <= kwargs["dns_port"] <= 65535
     ):
         raise _Refused("a value the Typer command checks")
     return kwargs
@@ -144,6 +154,8 @@ def run(
     advertise: str,
     inbound: str,
     outbound: str | None,
+    dns_port: int,
+    no_dns: bool,
     upstream: Sequence[str],
     app_addr: Sequence[str],
     admin: str,
@@ -212,6 +224,9 @@ def run(
         advertise=boot.advertise,
         inbound=hostport(inbound, "0.0.0.0"),
         outbound=hostport(outbound, "127.0.0.1") if outbound else None,
+        # DNS goes with transparent mode: the interception rules bring the app's port-53
+        # queries to it. Explicit mode has no redirect, so nothing would ever ask.
+        dns=("127.0.0.1", dns_port) if outbound and not no_dns else None,
         upstreams=tuple(ups),
         apps=apps,
         admin=hostport(admin, "127.0.0.1"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from common.vip import service_vip
+from proxy.dns.answer import NameTable
 from proxy.inbound.authz import compile_policies
 from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.policy.weights import WeightedPicker
@@ -153,6 +154,7 @@ class ProxySnapshot:
     compiled_authz: tuple[Any, ...]
     peer_mode: str  # STRICT | PERMISSIVE | DISABLE
     port_modes: dict[int, str]  # PeerAuthentication portLevelMtls
+    dns: NameTable  # mesh names -> their VIP's A record (proxy/dns), made once per snapshot
     # A healthy endpoint's address -> (its service, the endpoint): where the app dials a
     # mesh workload directly on a port its service does not declare.
     endpoint_at: dict[str, tuple[str, Endpoint]] = field(default_factory=dict)
@@ -248,6 +250,8 @@ def build_snapshot(
         compiled_authz=compile_policies(authz),
         peer_mode=peer_mode,
         port_modes=port_modes,
+        dns=NameTable.build(((v.service.name, v.vip) for v in services.values()),
+                            config.namespace),
         endpoint_at=endpoint_at,
     )
 

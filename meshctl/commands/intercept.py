@@ -65,6 +65,16 @@ def install(
     exclude_outbound_ports: Annotated[
         str, typer.Option(help="Outbound ports never redirected, e.g. 5432.")
     ] = "",
+    dns: Annotated[
+        bool,
+        typer.Option("--dns/--no-dns",
+                     help="Redirect the app's UDP and TCP port 53 to the proxy's DNS listener, "
+                          "which answers mesh names (on by default: nothing else resolves "
+                          "them on a VM)."),
+    ] = True,
+    dns_port: Annotated[
+        int, typer.Option(help="The proxy's DNS port (`meshctl proxy --dns-port`).")
+    ] = 15053,
     netns: Netns = None,
 ) -> None:
     """Install (or replace) the interception rules of SERVICE: one atomic transaction."""
@@ -79,6 +89,7 @@ def install(
             ),
             exclude_outbound_ports=_ports(exclude_outbound_ports, "--exclude-outbound-ports"),
             exclude_outbound_cidrs=tuple(exclude_outbound_cidr),
+            dns_port=dns_port if dns else None,
         )
         iptables.install(cfg, _target(netns))
     except ValueError as exc:

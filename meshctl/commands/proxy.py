@@ -52,6 +52,17 @@ def proxy(
             help="Transparent outbound listener HOST:PORT (iptables mode), e.g. 127.0.0.1:15001."
         ),
     ] = None,
+    dns_port: Annotated[
+        int,
+        typer.Option(min=1, max=65535,
+                     help="With --outbound: answer DNS for mesh names on 127.0.0.1:PORT (UDP "
+                          "and TCP), where `meshctl intercept install` redirects the app's "
+                          "port 53; other names go to /etc/resolv.conf's resolvers."),
+    ] = 15053,
+    no_dns: Annotated[
+        bool, typer.Option("--no-dns", help="No DNS listener (mesh names then need hosts "
+                                            "entries).")
+    ] = False,
     upstream: Annotated[
         list[str], typer.Option(help="Explicit mode: SERVICE:PORT=[HOST:]LOCALPORT (repeatable).")
     ] = [],  # noqa: B006
@@ -128,6 +139,8 @@ def proxy(
             advertise=advertise,
             inbound=inbound,
             outbound=outbound,
+            dns_port=dns_port,
+            no_dns=no_dns,
             upstream=upstream,
             app_addr=app_addr,
             admin=admin,

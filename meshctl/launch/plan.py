@@ -36,6 +36,7 @@ OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 ADMIN_PORT = 15000
 METRICS_PORT = 15090
+DNS_PORT = 15053  # the proxy's DNS listener (`meshctl proxy --dns-port`'s default)
 LOCALHOST = "127.0.0.1"
 DEFAULT_BRIDGE = "meshbr0"
 NAME_MAX = 63  # a network namespace name (meshctl.launch.netns)

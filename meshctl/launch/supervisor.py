@@ -50,7 +50,7 @@ from common.state import atomic_write, ensure_dir
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
 from meshctl.launch import users
-from meshctl.launch.plan import DOCKER, PROXY_UID, TRANSPARENT, Plan, Workload
+from meshctl.launch.plan import DNS_PORT, DOCKER, PROXY_UID, TRANSPARENT, Plan, Workload
 from meshctl.launch.procs import (
     LaunchPaths,
     drop_to,
@@ -71,9 +71,11 @@ MAX_BACKOFF_S = 5.0
 STABLE_S = 5.0  # a process that ran this long before exiting was not crash-looping
 # The namespaces have no route to a resolver: without this, every DNS lookup an app makes
 # (Python's HTTPServer asks for the FQDN of 0.0.0.0 at start) waits out the host's
-# resolv.conf timeouts. Asking 127.0.0.1 fails at once (nothing listens on port 53 there).
+# resolv.conf timeouts. Asking 127.0.0.1 fails at once: the proxy answers mesh names and
+# forwards the rest to 127.0.0.1:53, where nothing listens.
 RESOLV_CONF = (
-    "# meshctl: no DNS in this namespace; mesh services are in /etc/hosts\n"
+    "# meshctl: mesh names are answered by the proxy (port 53 redirected to it) and are\n"
+    "# in /etc/hosts; this namespace has no other resolver\n"
     "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
 )
 
@@ -612,6 +614,9 @@ def intercept_config(spec: Workload, plan: Plan) -> Any:
         proxy_gid=PROXY_UID,
         exclude_inbound_ports=(*EXCLUDE_INBOUND_DEFAULT, *spec.exclude_inbound_ports),
         exclude_outbound_cidrs=(f"{plan.registry_listen}/32",) if plan.mode == TRANSPARENT else (),
+        # Mesh names answered by the proxy (proxy/dns) in our namespaces; a container keeps
+        # Docker's resolver (its DNAT to 127.0.0.11 comes first anyway).
+        dns_port=None if spec.container else DNS_PORT,
     )
 
 

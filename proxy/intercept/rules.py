@@ -30,7 +30,8 @@ MESH_INBOUND = "MESH_INBOUND"
 MESH_REDIRECT = "MESH_REDIRECT"
 MESH_IN_REDIRECT = "MESH_IN_REDIRECT"
 MESH_OUTPUT = "MESH_OUTPUT"
-CHAINS = (MESH_INBOUND, MESH_REDIRECT, MESH_IN_REDIRECT, MESH_OUTPUT)
+MESH_DNS = "MESH_DNS"  # the app's port-53 queries -> the proxy's DNS listener (dns_port)
+CHAINS = (MESH_INBOUND, MESH_REDIRECT, MESH_IN_REDIRECT, MESH_OUTPUT, MESH_DNS)
 
 LOOPBACK = "127.0.0.0/8"
 ANYWHERE = "0.0.0.0/0"
@@ -68,6 +69,7 @@ class InterceptConfig:
     exclude_inbound_ports: tuple[int, ...] = EXCLUDE_INBOUND_DEFAULT
     exclude_outbound_cidrs: tuple[str, ...] = ()
     include_outbound_cidrs: tuple[str, ...] = (ALL,)
+    dns_port: int | None = None  # None: DNS not captured (Istio's default); see _dns_rules
 
     @property
     def captures_all_inbound(self) -> bool:
@@ -104,6 +106,8 @@ def _problems(cfg: InterceptConfig) -> list[str]:
     for field, port in [*single.items(), *((f, p) for f, ps in lists.items() for p in ps)]:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             problems.append(f"{field}: {port!r} is not a TCP port (1-65535)")
+    if cfg.dns_port is not None:
+        problems.extend(_dns_problems(cfg))
     if cfg.outbound_port == cfg.inbound_port:
         problems.append(f"outbound_port and inbound_port are both {cfg.inbound_port}")
     for port in (cfg.outbound_port, cfg.inbound_port):
@@ -200,6 +204,31 @@ def _chain_rules(cfg: InterceptConfig, family: Family) -> list[str]:
     return rules
 
 
+def _dns_problems(cfg: InterceptConfig) -> list[str]:
+    port = cfg.dns_port
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        return [f"dns_port: {port!r} is not a port (1-65535)"]
+    if port in (cfg.outbound_port, cfg.inbound_port):
+        return [f"dns_port {port} is also the proxy's outbound or inbound port"]
+    return []
+
+
+def _dns_rules(cfg: InterceptConfig) -> list[str]:
+    """DNS capture (Istio's ISTIO_META_DNS_CAPTURE): the app's UDP and TCP port 53, to any
+    resolver, go to the proxy's DNS listener; the proxy's own queries (its uid, its gid)
+    leave as they are, which is how it forwards what it does not answer without a loop.
+    Jumped to before MESH_OUTPUT, which would otherwise send TCP 53 to 15001."""
+    if cfg.dns_port is None:
+        return []
+    rules = [f"-A {MESH_DNS} -m owner --uid-owner {cfg.proxy_uid} -j RETURN"]
+    if cfg.proxy_gid is not None:
+        rules.append(f"-A {MESH_DNS} -m owner --gid-owner {cfg.proxy_gid} -j RETURN")
+    rules += [f"-A {MESH_DNS} -p {proto} -j REDIRECT --to-ports {cfg.dns_port}"
+              for proto in ("udp", "tcp")]
+    rules += [f"-A OUTPUT -p {proto} --dport 53 -j {MESH_DNS}" for proto in ("udp", "tcp")]
+    return rules
+
+
 def _jumps(cfg: InterceptConfig) -> list[str]:
     """Our jumps from the built-in chains, appended after whatever is there (Docker's DNS)."""
     jumps = [f"-A OUTPUT -p tcp -j {MESH_OUTPUT}"]
@@ -280,12 +309,18 @@ def render_restore(cfg: InterceptConfig, *, replacing: str = "", family: Family 
     install idempotent (install twice = the same rules) and lets a new config replace an
     old one.
     """
+    current = parse_nat(replacing)
+    # MESH_DNS is declared only with DNS capture on, or to empty and drop an old one.
+    dns_before = MESH_DNS in current.chains
+    declared = [c for c in CHAINS if c != MESH_DNS or cfg.dns_port is not None or dns_before]
     lines = [
         "*nat",
-        *(f":{chain} - [0:0]" for chain in CHAINS),
-        *_delete_jumps(parse_nat(replacing)),
+        *(f":{chain} - [0:0]" for chain in declared),
+        *_delete_jumps(current),
         *_chain_rules(cfg, family),
+        *_dns_rules(cfg),
         *_jumps(cfg),
+        *([f"-X {MESH_DNS}"] if dns_before and cfg.dns_port is None else []),
         "COMMIT",
     ]
     return "\n".join(lines) + "\n"
@@ -316,4 +351,4 @@ def is_installed(current: str) -> bool:
     """True when all our chains exist and OUTPUT jumps into MESH_OUTPUT."""
     table = parse_nat(current)
     jump = any(_chain_and_target(r) == ("OUTPUT", MESH_OUTPUT) for r in table.rules)
-    return jump and all(chain in table.chains for chain in CHAINS)
+    return jump and all(chain in table.chains for chain in CHAINS if chain != MESH_DNS)

@@ -75,3 +75,19 @@ def test_a_sidecar_imports_no_cli_http_or_yaml_library(tmp_path: Path) -> None:
     assert "proxy.main" in imported
     heavy = {"typer", "rich", "click", "aiohttp", "yaml", "pyroute2", "docker", "cryptography"}
     assert {m.split(".")[0] for m in imported} & heavy == set()
+
+
+def test_dns_flags_parse_as_typer_parses_them(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t")
+    base = ["--service", "orders", "--token-file", str(token), "--outbound", "127.0.0.1:15001"]
+    command = typer.main.get_command(app)
+    for extra in ([], ["--no-dns"], ["--dns-port", "5353"], ["--dns-port=5353", "--no-dns"]):
+        with command.make_context("proxy", [*base, *extra]) as ctx:
+            want = (ctx.params["dns_port"], ctx.params["no_dns"])
+        got = parse([*base, *extra])
+        assert (got["dns_port"], got["no_dns"]) == want
+    assert parse(base)["dns_port"] == 15053 and parse(base)["no_dns"] is False
+    for bad in (["--no-dns=yes"], ["--dns-port", "0"], ["--dns-port", "70000"]):
+        with pytest.raises(_Refused):
+            parse([*base, *bad])

@@ -120,6 +120,19 @@ def test_apps_call_each_other_by_name_through_both_proxies(mesh: Mesh) -> None:
     assert "By=spiffe://shop.local/ns/default/sa/orders" in xfcc  # orders' proxy verified it
 
 
+def test_names_missing_from_the_hosts_file_are_answered_by_the_proxys_dns(mesh: Mesh) -> None:
+    # The hosts file maps plain names only: `orders.mesh` can only come from the proxy's
+    # DNS (port 53 redirected to 15053, docs/dns.md), then on through the mesh as usual.
+    from common.vip import service_vip
+
+    ns = mesh.names["frontend-v1"]
+    assert "orders.mesh" not in (netns.ETC_NETNS / ns / "hosts").read_text()
+    done = _in(ns, "getent", "ahostsv4", "orders.mesh")
+    assert done.returncode == 0 and done.stdout.split()[0] == service_vip("orders"), done
+    done = _in(ns, "curl", "-s", "-m", "5", "http://orders.mesh:8080/")
+    assert json.loads(done.stdout)["service"] == "orders", done
+
+
 def test_weights_split_90_10(mesh: Mesh) -> None:
     done = _in(mesh.names["frontend-v1"], "/usr/bin/python3", "-c", COUNT, "100", timeout=60)
     assert done.returncode == 0, done.stderr

@@ -56,7 +56,7 @@ def test_proxy_unit_directives() -> None:
     assert d["ExecStart"] == [
         "/usr/local/bin/meshctl proxy --service orders --version v1 "
         "--registry 10.0.0.5:15012 --token-file %d/join-token --advertise auto "
-        "--outbound 127.0.0.1:15001"
+        "--outbound 127.0.0.1:15001 --dns-port 15053"
     ]
     assert d["LoadCredential"] == ["join-token:/etc/meshctl/orders.token"]
     assert d["Restart"] == ["always"] and d["RestartSec"] == ["1"]
@@ -88,7 +88,7 @@ def test_app_dropin_orders_and_intercepts() -> None:
     # Every inbound port is captured (Istio's "*"), not only the declared 8080 and 9090.
     assert d["ExecStartPre"] == [
         "+/usr/local/bin/meshctl intercept install --service orders --proxy-uid 1337 "
-        "--inbound-ports *"
+        "--inbound-ports * --dns --dns-port 15053"
     ]
     assert d["ExecStopPost"] == ["-+/usr/local/bin/meshctl intercept remove --service orders"]
 
@@ -107,6 +107,10 @@ def test_the_proxy_unit_wires_what_the_app_dropin_needs() -> None:
     [start] = _directives(text)["ExecStart"]
     assert "--registry" not in start  # the join string carries the registry's addresses
     assert "--advertise 10.1.2.3" in start and "--outbound 127.0.0.1:15001" in start
+    # ... and the app's port 53 to 15053, where the proxy answers mesh names (proxy/dns).
+    dropin = _proxy_units()["orders.service.d/10-meshctl.conf"]
+    assert "--dns --dns-port 15053" in _directives(dropin)["ExecStartPre"][0]
+    assert start.endswith("--dns-port 15053")
 
 
 def test_app_dropin_excludes_inbound_ports_as_istio_names_them() -> None:
@@ -114,7 +118,7 @@ def test_app_dropin_excludes_inbound_ports_as_istio_names_them() -> None:
     d = _directives(units["orders.service.d/10-meshctl.conf"])
     assert d["ExecStartPre"] == [
         "+/usr/local/bin/meshctl intercept install --service orders --proxy-uid 1337 "
-        "--inbound-ports * --exclude-inbound-ports 5000,9100"
+        "--inbound-ports * --exclude-inbound-ports 5000,9100 --dns --dns-port 15053"
     ]
 
 
@@ -157,7 +161,7 @@ def test_quoting_spaces_percent_dollar_quotes() -> None:
     assert d["ExecStart"] == [
         '"/opt/mesh ctl/bin/meshctl" proxy --service orders --version "v\\"1\\\\" '
         "--registry reg$$ist:1 --token-file %d/join-token --advertise auto "
-        "--outbound 127.0.0.1:15001"
+        "--outbound 127.0.0.1:15001 --dns-port 15053"
     ]
     assert d["Environment"] == ['"MESH_HOME=/srv/state 100%%"']
     assert d["ReadWritePaths"] == ['"/srv/state 100%%"']

@@ -119,3 +119,14 @@ def output_of(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
         raise
     assert proc.returncode == 0, f"exit {proc.returncode}: {err}"
     return out.strip()
+
+
+def started(proc: subprocess.Popen[str], what: str) -> str:
+    """The first line `proc` prints, which must start with "ready" (else it is killed and
+    the test fails with its stderr)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("ready"):
+        proc.kill()
+        raise AssertionError(f"{what} did not start: {proc.communicate()[1]}")
+    return line

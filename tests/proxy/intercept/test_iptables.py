@@ -10,7 +10,7 @@ import pytest
 
 from proxy.intercept import iptables
 from proxy.intercept.iptables import Backend, InterceptError, PrivilegeError
-from proxy.intercept.rules import CHAINS, InterceptConfig, parse_nat, render_remove
+from proxy.intercept.rules import CHAINS, MESH_DNS, InterceptConfig, parse_nat, render_remove
 from tests.proxy.intercept.support import (
     DOCKER_DNS_SAVE,
     SYSTEM_PYTHON,
@@ -134,7 +134,7 @@ def test_install_is_idempotent_and_remove_restores_the_table(
     old, new = parse_nat(before), parse_nat(first)
     assert new.others() == old.others()  # Docker's rules untouched, in order
     assert [c for c in new.chains if c not in CHAINS] == list(old.chains)
-    assert set(CHAINS) <= set(new.chains)
+    assert set(CHAINS) - {MESH_DNS} <= set(new.chains)  # MESH_DNS: only with dns_port
     output = [r for r in new.rules if r.startswith("-A OUTPUT")]
     assert output == ["-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT",
                       "-A OUTPUT -p tcp -j MESH_OUTPUT"]  # fmt: skip

@@ -19,7 +19,14 @@ import pytest
 
 from proxy.intercept import iptables
 from proxy.intercept.rules import InterceptConfig
-from tests.proxy.intercept.support import DOCKER_DNS_SAVE, Pair, make_pair, output_of, python_in
+from tests.proxy.intercept.support import (
+    DOCKER_DNS_SAVE,
+    Pair,
+    make_pair,
+    output_of,
+    python_in,
+    started,
+)
 
 pytestmark = pytest.mark.root
 
@@ -97,11 +104,7 @@ def link_local(host: str, deadline_s: float = 10.0) -> str:
 
 def _start(host: str, *ports: int) -> subprocess.Popen[str]:
     proc = python_in(host, SERVER, args=[host, *map(str, ports)])
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        proc.kill()
-        raise AssertionError(f"server in {host} did not start: {proc.communicate(timeout=10)[1]}")
+    started(proc, f"server in {host}")
     return proc
 
 

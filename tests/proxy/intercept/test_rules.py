@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from proxy.intercept.rules import (
     CHAINS,
+    MESH_DNS,
     InterceptConfig,
     is_installed,
     is_ours,
@@ -260,6 +261,7 @@ ports = st.lists(st.integers(1, 65535), max_size=6).map(tuple)
     inbound=ports,
     excl_in=ports,
     excl_out=ports,
+    dns=st.none() | st.integers(1, 65535),
 )
 def test_any_valid_config_renders_only_ours(
     uid: int,
@@ -267,9 +269,12 @@ def test_any_valid_config_renders_only_ours(
     inbound: tuple[int, ...],
     excl_in: tuple[int, ...],
     excl_out: tuple[int, ...],
+    dns: int | None,
 ) -> None:
     inbound = tuple(p for p in inbound if p not in (15001, 15006))
+    dns = None if dns in (15001, 15006) else dns
     cfg = InterceptConfig(
+        dns_port=dns,
         proxy_uid=uid,
         proxy_gid=gid,
         inbound_ports=inbound,
@@ -279,14 +284,14 @@ def test_any_valid_config_renders_only_ours(
     text = render_restore(cfg)
     table = parse_nat(text)
     assert table.rules == table.ours()
-    assert set(table.chains) == set(CHAINS)
+    assert set(table.chains) == set(CHAINS) - ({MESH_DNS} if dns is None else set())
     assert text.endswith("COMMIT\n")
     # Removing what was installed deletes every jump and chain.
     removal = render_remove(text)
     assert removal.count("-D ") == len(
         [r for r in table.rules if r.startswith(("-A OUTPUT", "-A PREROUTING"))]
     )
-    assert removal.count("-X ") == len(CHAINS)
+    assert removal.count("-X ") == len(table.chains)
 
 
 def test_the_docs_show_the_typical_rules_verbatim() -> None:
