@@ -76,6 +76,9 @@ class ProxyOptions:
     advertise: str = "127.0.0.1"  # the address peers dial for this endpoint
     inbound: tuple[str, int] = ("0.0.0.0", 15006)
     outbound: tuple[str, int] | None = None  # transparent (iptables) listener, e.g. 127.0.0.1:15001
+    # Docker's published ports: where iptables sends connections from the network's gateway
+    # to a published service port (0.0.0.0:15007), served as ingress (docs/docker.md).
+    published: tuple[str, int] | None = None
     upstreams: tuple[Upstream, ...] = ()
     apps: Mapping[int, tuple[str, int]] = field(default_factory=dict)  # service port -> app addr
     admin: tuple[str, int] = ("127.0.0.1", 15000)
@@ -514,6 +517,12 @@ class Proxy:
             self._listeners.append(os_)
             self._tasks.append(
                 spawn(accept_loop(os_, self._transparent, self.connections, self.telemetry))
+            )
+        if opts.published is not None:
+            ps = listen(*opts.published)
+            self._listeners.append(ps)
+            self._tasks.append(
+                spawn(accept_loop(ps, self.inbound.on_published, self.connections, self.telemetry))
             )
         await self._start_admin()
         self.endpoint = {

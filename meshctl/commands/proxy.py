@@ -40,6 +40,13 @@ def proxy(
             help="Transparent outbound listener HOST:PORT (iptables mode), e.g. 127.0.0.1:15001."
         ),
     ] = None,
+    published: Annotated[
+        str | None,
+        typer.Option(
+            help="Listener HOST:PORT for Docker's published ports (iptables sends the "
+            "gateway's connections there), served as ingress, e.g. 0.0.0.0:15007."
+        ),
+    ] = None,
     upstream: Annotated[
         list[str], typer.Option(help="Explicit mode: SERVICE:PORT=[HOST:]LOCALPORT (repeatable).")
     ] = [],  # noqa: B006
@@ -89,6 +96,7 @@ def proxy(
             advertise=advertise,
             inbound=inbound,
             outbound=outbound,
+            published=published,
             upstream=upstream,
             app_addr=app_addr,
             admin=admin,

@@ -43,7 +43,7 @@ from meshctl.launch.compose import (
     VERSION_LABEL,
     ComposeFile,
 )
-from meshctl.launch.plan import DockerTarget, Workload, transparent_proxy_args
+from meshctl.launch.plan import PUBLISHED_PORT, DockerTarget, Workload, transparent_proxy_args
 from meshctl.launch.procs import LaunchError, LaunchPaths, read_json, write_json
 from registry.config import MeshConfig
 
@@ -117,6 +117,13 @@ def container_workload(
     if not address:
         return None  # network_mode host or none: nothing to intercept
     name = str(attrs.get("Name", "")).lstrip("/")
+    ports = dict(target.ports)[service]
+    gateway = next((str(v.get("Gateway")) for n, v in networks.items()
+                    if v and v.get("IPAddress") == address and v.get("Gateway")), "")  # fmt: skip
+    published = published_ports(attrs, ports) if gateway else ()
+    args = transparent_proxy_args(service, version, registry_url, name, address)
+    if published:
+        args += ("--published", f"0.0.0.0:{PUBLISHED_PORT}")
     return Workload(
         name=name,
         service=service,
@@ -127,11 +134,32 @@ def container_workload(
         app_argv=(),
         app_env=(),
         cwd="/",
-        proxy_args=transparent_proxy_args(service, version, registry_url, name, address),
-        inbound_ports=dict(target.ports)[service],
+        proxy_args=args,
+        inbound_ports=ports,
         container=str(attrs.get("Id", "")),
         pid=int(state["Pid"]),
+        published=published,
+        published_from=gateway if published else "",
     )
+
+
+def published_ports(attrs: Mapping[str, Any], ports: Sequence[int]) -> tuple[tuple[int, str], ...]:
+    """(service port, "HOST_IP:HOST_PORT") for each TCP binding Docker made of a service port.
+
+    Their connections reach the container from the network's gateway (docker-proxy, or
+    Docker's NAT of a loopback binding), and are served as ingress: docs/docker.md.
+    """
+    bindings = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    out: set[tuple[int, str]] = set()
+    for key, hosts in bindings.items():
+        number, _, proto = str(key).partition("/")
+        if proto not in ("", "tcp") or not number.isdigit() or int(number) not in ports:
+            continue
+        for h in hosts or ():
+            ip = str(h.get("HostIp") or "0.0.0.0")
+            out.add((int(number), f"[{ip}]:{h.get('HostPort')}" if ":" in ip else
+                     f"{ip}:{h.get('HostPort')}"))  # fmt: skip
+    return tuple(sorted(out))
 
 
 def workloads_of(

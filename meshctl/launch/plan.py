@@ -36,6 +36,7 @@ OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 ADMIN_PORT = 15000
 METRICS_PORT = 15090
+PUBLISHED_PORT = 15007  # docker runtime: published ports' connections, served as ingress
 LOCALHOST = "127.0.0.1"
 DEFAULT_BRIDGE = "meshbr0"
 NAME_MAX = 63  # a network namespace name (meshctl.launch.netns)
@@ -82,6 +83,10 @@ class Workload:
     container: str = ""  # docker runtime: the container's id (its name is `name`)
     pid: int = 0  # docker runtime: the container's init process, /proc/PID/ns/net
     run_as: tuple[int, int] | None = None  # the app's (uid, gid); None: meshctl's own
+    # docker runtime: the container's published service ports (port, "HOST_IP:HOST_PORT"),
+    # and the address their connections come from (the network's gateway): docs/docker.md
+    published: tuple[tuple[int, str], ...] = ()
+    published_from: str = ""
 
     def port(self, role: str) -> int | None:
         return dict(self.ports).get(role)
@@ -349,6 +354,8 @@ def to_wire(plan: Plan) -> dict[str, Any]:
                 "container": w.container,
                 "pid": w.pid,
                 "run_as": list(w.run_as) if w.run_as else None,
+                "published": [list(x) for x in w.published],
+                "published_from": w.published_from,
             }
             for w in plan.workloads
         ],
@@ -412,6 +419,8 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
                 container=str(w.get("container", "")),
                 pid=int(w.get("pid", 0)),
                 run_as=(int(w["run_as"][0]), int(w["run_as"][1])) if w.get("run_as") else None,
+                published=tuple((int(a), str(b)) for a, b in w.get("published") or ()),
+                published_from=str(w.get("published_from", "")),
             )
             for w in d["workloads"]
         ),

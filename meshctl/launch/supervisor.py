@@ -49,7 +49,7 @@ from typing import Any
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
 from meshctl.launch import users
-from meshctl.launch.plan import DOCKER, PROXY_UID, TRANSPARENT, Plan, Workload
+from meshctl.launch.plan import DOCKER, PROXY_UID, PUBLISHED_PORT, TRANSPARENT, Plan, Workload
 from meshctl.launch.procs import (
     LaunchPaths,
     drop_to,
@@ -611,6 +611,9 @@ def intercept_config(spec: Workload, plan: Plan) -> Any:
         proxy_gid=PROXY_UID,
         inbound_ports=spec.inbound_ports,
         exclude_outbound_cidrs=(f"{plan.registry_listen}/32",) if plan.mode == TRANSPARENT else (),
+        published_ports=tuple(port for port, _ in spec.published),
+        published_sources=(f"{spec.published_from}/32",) if spec.published else (),
+        published_port=PUBLISHED_PORT,
     )
 
 

@@ -76,26 +76,66 @@ class Inbound:
                 tel["meshctl_proxy_inbound_plaintext_total"] += 1
             target = parse_sni(getattr(ssl_obj, "meshctl_sni", None)) if tls else None
             port = target[1] if target else (plain_port or proxy.default_inbound_port(snap))
-            me = snap.me
-            p = me.port(port) if me and port else None
-            if p is None or port is None:
-                tel["meshctl_proxy_inbound_unknown_port_total"] += 1
-                return
-            protocol, first = p.protocol, b""
-            if protocol == "auto":
-                # Undeclared: the peer proxy says what it detected (SNI); a plaintext client
-                # (PERMISSIVE) is sniffed here the same way.
-                if target is not None:
-                    protocol = target[2]
-                else:
-                    protocol, first = await detect(reader, port)
-            if protocol == "tcp":
-                await self._serve_tcp(reader, writer, port, snap, peer, first)
-            else:
-                await self._serve_http(reader, writer, port, peer, first)
+            await self._serve_port(reader, writer, port, snap, peer, target)
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def on_published(self, sock: socket.socket) -> None:
+        """A connection through one of the container's published ports (docs/docker.md).
+
+        Only the published-port rule (`-s GATEWAY --dport P -j REDIRECT`, proxy/intercept/
+        rules.py) sends connections here, so this is ingress: plaintext, no peer identity
+        (AuthorizationPolicy sees no principal), counted as from "unknown". A client that
+        dials this listener itself was not redirected: refused, like an undeclared port.
+        """
+        proxy = self.proxy
+        snap = proxy.snapshot
+        tel = proxy.telemetry.counters
+        port = _original_port(sock)
+        if snap is None or proxy.identity is None or port is None or not snap.me:
+            tel["meshctl_proxy_inbound_published_refused_total"] += 1
+            sock.close()
+            return
+        try:
+            reader, writer = await streams_for(sock, None)
+        except OSError:
+            sock.close()
+            return
+        tel["meshctl_proxy_inbound_published_total"] += 1
+        try:
+            await self._serve_port(reader, writer, port, snap, None, None)
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve_port(
+        self,
+        reader: Channel,
+        writer: Channel,
+        port: int | None,
+        snap: ProxySnapshot,
+        peer: SpiffeId | None,
+        target: tuple[str, int, str] | None,
+    ) -> None:
+        """One accepted connection for service port `port`, by the port's protocol."""
+        me = snap.me
+        p = me.port(port) if me and port else None
+        if p is None or port is None:
+            self.proxy.telemetry.counters["meshctl_proxy_inbound_unknown_port_total"] += 1
+            return
+        protocol, first = p.protocol, b""
+        if protocol == "auto":
+            # Undeclared: the peer proxy says what it detected (SNI); a plaintext client
+            # (PERMISSIVE, or through a published port) is sniffed here the same way.
+            if target is not None:
+                protocol = target[2]
+            else:
+                protocol, first = await detect(reader, port)
+        if protocol == "tcp":
+            await self._serve_tcp(reader, writer, port, snap, peer, first)
+        else:
+            await self._serve_http(reader, writer, port, peer, first)
 
     def _app_target(self, port: int) -> Target:
         host, app_port = self.proxy.app_address(port)

@@ -50,6 +50,12 @@ class InterceptConfig:
     exclude_inbound_ports: tuple[int, ...] = (22, 15000, 15021, 15090)
     exclude_outbound_cidrs: tuple[str, ...] = ()
     include_outbound_cidrs: tuple[str, ...] = (ANYWHERE,)
+    # Docker's published ports (docs/docker.md): connections to one of `published_ports`
+    # from one of `published_sources` (the network's gateway: docker-proxy and Docker's
+    # NAT) go to the proxy's published listener, which serves them as ingress.
+    published_ports: tuple[int, ...] = ()
+    published_sources: tuple[str, ...] = ()
+    published_port: int = 15007
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -59,9 +65,11 @@ class InterceptConfig:
 
 def _problems(cfg: InterceptConfig) -> list[str]:
     problems: list[str] = []
-    single = {"outbound_port": cfg.outbound_port, "inbound_port": cfg.inbound_port}
+    single = {"outbound_port": cfg.outbound_port, "inbound_port": cfg.inbound_port,
+              "published_port": cfg.published_port}  # fmt: skip
     lists = {
         "inbound_ports": cfg.inbound_ports,
+        "published_ports": cfg.published_ports,
         "exclude_outbound_ports": cfg.exclude_outbound_ports,
         "exclude_inbound_ports": cfg.exclude_inbound_ports,
     }
@@ -70,7 +78,14 @@ def _problems(cfg: InterceptConfig) -> list[str]:
             problems.append(f"{field}: {port!r} is not a TCP port (1-65535)")
     if cfg.outbound_port == cfg.inbound_port:
         problems.append(f"outbound_port and inbound_port are both {cfg.inbound_port}")
-    for port in (cfg.outbound_port, cfg.inbound_port):
+    own = [cfg.outbound_port, cfg.inbound_port]
+    if cfg.published_ports:  # the published listener exists only then
+        if cfg.published_port in own:
+            problems.append(f"published_port {cfg.published_port} is the proxy's other port")
+        if not cfg.published_sources:
+            problems.append("published_ports without published_sources: whose connections?")
+        own.append(cfg.published_port)
+    for port in own:
         if port in cfg.inbound_ports:
             problems.append(
                 f"inbound_ports contains the proxy's own port {port}: capturing it would loop"
@@ -83,6 +98,7 @@ def _problems(cfg: InterceptConfig) -> list[str]:
     for field, cidrs in (
         ("exclude_outbound_cidrs", cfg.exclude_outbound_cidrs),
         ("include_outbound_cidrs", cfg.include_outbound_cidrs),
+        ("published_sources", cfg.published_sources),
     ):
         problems.extend(f"{field}: {msg}" for msg in map(_cidr_problem, cidrs) if msg)
     return problems
@@ -119,6 +135,7 @@ def _chain_rules(cfg: InterceptConfig) -> list[str]:
             f"-A {MESH_INBOUND} -p tcp --dport {p} -j RETURN"
             for p in _ports(cfg.exclude_inbound_ports)
         ]
+        rules += _published_rules(cfg)
         rules += [
             f"-A {MESH_INBOUND} -p tcp --dport {p} -j {MESH_IN_REDIRECT}"
             for p in _ports(cfg.inbound_ports)
@@ -146,6 +163,24 @@ def _chain_rules(cfg: InterceptConfig) -> list[str]:
         dest = "" if _net(cidr) == ANYWHERE else f" -d {_net(cidr)}"
         rules.append(f"-A {MESH_OUTPUT}{dest} -j {MESH_REDIRECT}")
     return rules
+
+
+def _published_rules(cfg: InterceptConfig) -> list[str]:
+    """Published ports: the host's side of the network -> the published listener.
+
+    Before the capture, so these connections never reach 15006's STRICT check; only for
+    captured ports (an uncaptured one reaches the app as it did). The source match is what
+    tells them apart: a mesh workload has its own address on the network, never the
+    gateway's (docs/docker.md: why, and what about spoofing).
+    """
+    ports = [p for p in _ports(cfg.published_ports)
+             if p in cfg.inbound_ports and p not in cfg.exclude_inbound_ports]  # fmt: skip
+    return [
+        f"-A {MESH_INBOUND} -s {_net(src)} -p tcp --dport {p} "
+        f"-j REDIRECT --to-ports {cfg.published_port}"
+        for src in cfg.published_sources
+        for p in ports
+    ]
 
 
 def _jumps(cfg: InterceptConfig) -> list[str]:

@@ -107,6 +107,32 @@ def test_curl_by_name_crosses_both_proxies_and_strict_refuses_plaintext(
     del netns, iptables, InterceptConfig
 
 
+def start_proxy(net: Net, base: Path, home: Path, env: dict[str, str], registry_url: str,
+                name: str, version: str, *extra: str) -> None:
+    """The proxy of host `name` (uid 1337, transparent outbound), joined with a fresh token."""
+    from meshctl.client import RegistryClient
+    from meshctl.launch import netns
+
+    phome = base / f"proxy-{name}"
+    phome.mkdir(mode=0o700)
+    token = phome / "token"
+    token.write_text(RegistryClient.from_home(home).call(
+        "POST", "/v1/tokens", {"service": name})["token"])
+    ca = phome / "ca.crt"
+    shutil.copy(home / "registry" / "ca" / "ca.crt", ca)
+    for p in (phome, token, ca):
+        os.chown(p, PROXY_UID, PROXY_UID)
+    penv = {**env, "MESH_HOME": str(phome)}
+    argv = ["setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID),
+            "--clear-groups", sys.executable, "-m", "meshctl", "proxy", "--service", name,
+            "--version", version, "--registry", registry_url, "--token-file", str(token),
+            "--ca-file", str(ca), "--advertise", net.hosts[name],
+            "--outbound", "127.0.0.1:15001", "--proxy-id", f"{name}-{version}", *extra]
+    log = (phome / "proxy.log").open("wb")
+    net.procs.append(netns.run_in(f"{net.prefix}-{name}", argv, env=penv, stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=str(phome)))
+
+
 def _run_mesh(net: Net, base: Path, home: Path, env: dict[str, str], port: int,
               monitor: int) -> None:
     import urllib.request
@@ -131,23 +157,7 @@ def _run_mesh(net: Net, base: Path, home: Path, env: dict[str, str], port: int,
          "http://127.0.0.1:8080/healthz"], capture_output=True).returncode == 0,
         what="orders app listening")
     for name, version in (("orders", "v1"), ("frontend", "v1")):
-        phome = base / f"proxy-{name}"
-        phome.mkdir(mode=0o700)
-        token = phome / "token"
-        token.write_text(client.call("POST", "/v1/tokens", {"service": name})["token"])
-        ca = phome / "ca.crt"
-        shutil.copy(home / "registry" / "ca" / "ca.crt", ca)
-        for p in (phome, token, ca):
-            os.chown(p, PROXY_UID, PROXY_UID)
-        penv = {**env, "MESH_HOME": str(phome)}
-        argv = ["setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID),
-                "--clear-groups", sys.executable, "-m", "meshctl", "proxy", "--service", name,
-                "--version", version, "--registry", registry_url, "--token-file", str(token),
-                "--ca-file", str(ca), "--advertise", net.hosts[name],
-                "--outbound", "127.0.0.1:15001", "--proxy-id", f"{name}-{version}"]
-        log = (phome / "proxy.log").open("wb")
-        net.procs.append(netns.run_in(ns[name], argv, env=penv, stdout=log,
-                                      stderr=subprocess.STDOUT, cwd=str(phome)))
+        start_proxy(net, base, home, env, registry_url, name, version)
         iptables.install(InterceptConfig(proxy_uid=PROXY_UID,
                                          inbound_ports=(8080,) if name == "orders" else ()),
                          ns[name])
