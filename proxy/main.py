@@ -32,6 +32,7 @@ from proxy.inbound.authz import decide, decide_tcp
 from proxy.inbound.stack import Inbound
 from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import Outbound
+from proxy.policy.authz import IPAddress
 from proxy.policy.fault import FaultParams
 from proxy.policy.fault import decide as decide_fault
 from proxy.policy.ratelimit import TokenBucket
@@ -263,11 +264,13 @@ class Proxy:
     def default_inbound_port(self, snap: ProxySnapshot) -> int | None:
         return snap.me.ports[0].port if snap.me and snap.me.ports else None
 
-    def authorize(self, peer: SpiffeId | None, req: Request, port: int) -> bool:
+    def authorize(
+        self, peer: SpiffeId | None, req: Request, port: int, source_ip: IPAddress | None = None
+    ) -> bool:
         snap = self.snapshot
         if snap is None:
             return False
-        d = decide(snap.compiled_authz, peer, req, port)
+        d = decide(snap.compiled_authz, peer, req, port, source_ip)
         return d.allowed
 
     def rate_limited(self) -> int | None:
@@ -398,12 +401,14 @@ class Proxy:
         tel.tcp_sent[labels] += sent
         tel.tcp_received[labels] += received
 
-    def authorize_tcp(self, peer: SpiffeId | None, port: int) -> bool:
+    def authorize_tcp(
+        self, peer: SpiffeId | None, port: int, source_ip: IPAddress | None = None
+    ) -> bool:
         """AuthorizationPolicy on a TCP port: only source and port fields can match."""
         snap = self.snapshot
         if snap is None:
             return False
-        return bool(decide_tcp(snap.compiled_authz, peer, port).allowed)
+        return bool(decide_tcp(snap.compiled_authz, peer, port, source_ip).allowed)
 
     def _labels(
         self,

@@ -11,7 +11,8 @@ frontend namespace gets meshctl's interception with the published-port rule, and
 * a mesh workload's plaintext to frontend:8080 is refused (STRICT), and so is a direct
   connection to the published listener (15007), which was not redirected;
 * an AuthorizationPolicy that wants a principal refuses the published request (403) while
-  the orders proxy's mTLS call passes;
+  the orders proxy's mTLS call passes; `ipBlocks` match the gateway's address for the
+  published port and the peer proxy's for a mesh call;
 * removing the rules leaves none of ours.
 """
 
@@ -47,6 +48,18 @@ spec:
     - from:
         - source:
             principals: ["*"]
+"""
+
+DENY_BLOCK = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: frontend-deny-block}}
+spec:
+  selector: {{matchLabels: {{app: frontend}}}}
+  action: DENY
+  rules:
+    - from:
+        - source: {{ipBlocks: ["{block}"]}}
 """
 
 
@@ -150,3 +163,12 @@ def _check(net: Net, ns: dict[str, str], published_url: str, before: tuple[str, 
                what="the published request refused by the AuthorizationPolicy")
     status, body = _curl("http://frontend:8080/", where=ns["orders"])
     assert status == "200" and json.loads(body)["service"] == "frontend", body
+    # ipBlocks see the connection's source: the published port's is the gateway.
+    (config / "frontend-authz.yaml").write_text(DENY_BLOCK.format(block=f"{net.gateway}/32"))
+    wait_until(lambda: _curl(published_url)[0] == "403" and _curl(
+        "http://frontend:8080/", where=ns["orders"])[0] == "200", timeout=30,
+        what="the gateway's address refused by ipBlocks, orders served")  # fmt: skip
+    (config / "frontend-authz.yaml").write_text(DENY_BLOCK.format(block=net.hosts["orders"]))
+    wait_until(lambda: _curl(published_url)[0] == "200" and _curl(
+        "http://frontend:8080/", where=ns["orders"])[0] == "403", timeout=30,
+        what="orders' address refused by ipBlocks, the published port served")  # fmt: skip
