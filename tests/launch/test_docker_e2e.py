@@ -285,6 +285,16 @@ def test_the_published_port_answers_as_without_the_mesh(mesh: Mesh) -> None:
     assert ingress and all('connection_security_policy="none"' in ln for ln in ingress), ingress
 
 
+def test_up_says_the_published_port_is_served_as_ingress(mesh: Mesh) -> None:
+    done = mesh.cli.run("up", str(mesh.compose_file), "--runtime", "docker", "--project",
+                        mesh.project, "--timeout", "60")  # fmt: skip
+    host = _published_url(mesh).removeprefix("http://")
+    line = (f"{mesh.container('frontend')}: published {host} -> 8080 served as ingress "
+            "(unauthenticated; AuthorizationPolicy applies)")  # fmt: skip
+    assert line in " ".join(done.stdout.split()), done.stdout  # rich wraps at 80 columns
+    assert "nothing changed" in done.stdout
+
+
 def test_mesh_plaintext_to_the_published_service_port_is_still_refused(mesh: Mesh) -> None:
     # orders' proxy uid is not captured outbound: its plaintext reaches frontend as is.
     assert _in(mesh, "orders-v1", "http://frontend:8080/", user="1337")[0] == "refused"
