@@ -25,6 +25,7 @@ container started later within a tick and unmeshes one that stops.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import threading
@@ -118,9 +119,14 @@ def container_workload(
         return None  # network_mode host or none: nothing to intercept
     name = str(attrs.get("Name", "")).lstrip("/")
     ports = dict(target.ports)[service]
-    gateway = next((str(v.get("Gateway")) for n, v in networks.items()
-                    if v and v.get("IPAddress") == address and v.get("Gateway")), "")  # fmt: skip
+    net: Mapping[str, Any] = next(
+        (v for v in networks.values() if v and v.get("IPAddress") == address), {}
+    )
+    gateway = str(net.get("Gateway") or "")
     published = published_ports(attrs, ports) if gateway else ()
+    subnet = ""
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        subnet = str(ipaddress.ip_interface(f"{address}/{int(net['IPPrefixLen'])}").network)
     args = transparent_proxy_args(service, version, registry_url, name, address)
     if published:
         args += ("--published", f"0.0.0.0:{PUBLISHED_PORT}")
@@ -140,6 +146,7 @@ def container_workload(
         pid=int(state["Pid"]),
         published=published,
         published_from=gateway if published else "",
+        published_net=subnet if published else "",
     )
 
 

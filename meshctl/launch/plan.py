@@ -84,12 +84,18 @@ class Workload:
     pid: int = 0  # docker runtime: the container's init process, /proc/PID/ns/net
     run_as: tuple[int, int] | None = None  # the app's (uid, gid); None: meshctl's own
     # docker runtime: the container's published service ports (port, "HOST_IP:HOST_PORT"),
-    # and the address their connections come from (the network's gateway): docs/docker.md
+    # the address their connections come from (the network's gateway), and the network
+    # (clients outside it reach a port bound beyond loopback): docs/docker.md
     published: tuple[tuple[int, str], ...] = ()
     published_from: str = ""
+    published_net: str = ""
 
     def port(self, role: str) -> int | None:
         return dict(self.ports).get(role)
+
+    def published_open_ports(self) -> tuple[int, ...]:
+        """Published ports with a binding beyond loopback: reachable from other machines."""
+        return tuple(sorted({p for p, host in self.published if not _loopback(host)}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +362,7 @@ def to_wire(plan: Plan) -> dict[str, Any]:
                 "run_as": list(w.run_as) if w.run_as else None,
                 "published": [list(x) for x in w.published],
                 "published_from": w.published_from,
+                "published_net": w.published_net,
             }
             for w in plan.workloads
         ],
@@ -421,9 +428,19 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
                 run_as=(int(w["run_as"][0]), int(w["run_as"][1])) if w.get("run_as") else None,
                 published=tuple((int(a), str(b)) for a, b in w.get("published") or ()),
                 published_from=str(w.get("published_from", "")),
+                published_net=str(w.get("published_net", "")),
             )
             for w in d["workloads"]
         ),
         runtime=str(d.get("runtime", LOCAL)),
         docker=_docker_from_wire(d.get("docker")),
     )
+
+
+def _loopback(host: str) -> bool:
+    """Whether "IP:PORT" or "[IP]:PORT" binds a loopback address."""
+    ip = host.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False

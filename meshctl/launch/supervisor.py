@@ -614,6 +614,8 @@ def intercept_config(spec: Workload, plan: Plan) -> Any:
         published_ports=tuple(port for port, _ in spec.published),
         published_sources=(f"{spec.published_from}/32",) if spec.published else (),
         published_port=PUBLISHED_PORT,
+        published_open_ports=spec.published_open_ports() if spec.published_net else (),
+        published_local_net=spec.published_net,
     )
 
 

@@ -56,6 +56,10 @@ class InterceptConfig:
     published_ports: tuple[int, ...] = ()
     published_sources: tuple[str, ...] = ()
     published_port: int = 15007
+    # Ports bound on more than loopback: also connections from outside the container's
+    # network (`published_local_net`), which Docker DNATs without masquerading.
+    published_open_ports: tuple[int, ...] = ()
+    published_local_net: str = ""
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -70,6 +74,7 @@ def _problems(cfg: InterceptConfig) -> list[str]:
     lists = {
         "inbound_ports": cfg.inbound_ports,
         "published_ports": cfg.published_ports,
+        "published_open_ports": cfg.published_open_ports,
         "exclude_outbound_ports": cfg.exclude_outbound_ports,
         "exclude_inbound_ports": cfg.exclude_inbound_ports,
     }
@@ -85,6 +90,11 @@ def _problems(cfg: InterceptConfig) -> list[str]:
         if not cfg.published_sources:
             problems.append("published_ports without published_sources: whose connections?")
         own.append(cfg.published_port)
+    if cfg.published_open_ports:
+        if not cfg.published_local_net:
+            problems.append("published_open_ports without published_local_net: outside what?")
+        if not set(cfg.published_open_ports) <= set(cfg.published_ports):
+            problems.append("published_open_ports must also be in published_ports")
     for port in own:
         if port in cfg.inbound_ports:
             problems.append(
@@ -99,6 +109,7 @@ def _problems(cfg: InterceptConfig) -> list[str]:
         ("exclude_outbound_cidrs", cfg.exclude_outbound_cidrs),
         ("include_outbound_cidrs", cfg.include_outbound_cidrs),
         ("published_sources", cfg.published_sources),
+        ("published_local_net", (cfg.published_local_net,) if cfg.published_local_net else ()),
     ):
         problems.extend(f"{field}: {msg}" for msg in map(_cidr_problem, cidrs) if msg)
     return problems
@@ -171,15 +182,17 @@ def _published_rules(cfg: InterceptConfig) -> list[str]:
     Before the capture, so these connections never reach 15006's STRICT check; only for
     captured ports (an uncaptured one reaches the app as it did). The source match is what
     tells them apart: a mesh workload has its own address on the network, never the
-    gateway's (docs/docker.md: why, and what about spoofing).
+    gateway's, nor one outside the network (docs/docker.md: why, and what about spoofing).
     """
     ports = [p for p in _ports(cfg.published_ports)
              if p in cfg.inbound_ports and p not in cfg.exclude_inbound_ports]  # fmt: skip
+    sources = [(f"-s {_net(src)}", p) for src in cfg.published_sources for p in ports]
+    if cfg.published_local_net:
+        outside = f"! -s {_net(cfg.published_local_net)}"
+        sources += [(outside, p) for p in ports if p in cfg.published_open_ports]
     return [
-        f"-A {MESH_INBOUND} -s {_net(src)} -p tcp --dport {p} "
-        f"-j REDIRECT --to-ports {cfg.published_port}"
-        for src in cfg.published_sources
-        for p in ports
+        f"-A {MESH_INBOUND} {src} -p tcp --dport {p} -j REDIRECT --to-ports {cfg.published_port}"
+        for src, p in sources
     ]
 
 

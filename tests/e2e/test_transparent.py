@@ -32,6 +32,7 @@ class Net:
     prefix: str
     bridge: str
     gateway: str
+    subnet: str = ""  # the bridge's network, e.g. 10.250.7.0/24
     hosts: dict[str, str] = field(default_factory=dict)  # name -> ip
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -56,7 +57,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
     subnet = netns.free_subnet()
     hosts = list(subnet.hosts())
     bridge = netns.create_bridge(f"{prefix}br", f"{hosts[0]}/{subnet.prefixlen}")
-    n = Net(prefix=prefix, bridge=bridge.name, gateway=str(hosts[0]))
+    n = Net(prefix=prefix, bridge=bridge.name, gateway=str(hosts[0]), subnet=str(subnet))
     try:
         for i, name in enumerate(("frontend", "orders"), start=1):
             h = netns.create_host(f"{prefix}-{name}", bridge.name,
