@@ -214,6 +214,11 @@ def _check(net: Net, ns: dict[str, str], published_url: str, before: tuple[str, 
     assert ingress, metrics[:3000]
     assert all('connection_security_policy="none"' in ln for ln in ingress)
     assert all('reporter="destination"' in ln for ln in ingress)
+    # ... and the direct dials of 15007 above reached the listener, which refused them.
+    health = {ln.split()[0]: float(ln.split()[1]) for ln in metrics.splitlines()
+              if ln.startswith("meshctl_proxy_inbound_published")}  # fmt: skip
+    assert health.get("meshctl_proxy_inbound_published_refused_total", 0) >= 2, health
+    assert health.get("meshctl_proxy_inbound_published_total", 0) >= 2, health
     # A policy that wants a principal: the published request has none, the mesh call has.
     (config / "frontend-authz.yaml").write_text(REQUIRE_PRINCIPAL)
     wait_until(lambda: _curl(published_url)[0] == "403" and remote.get()[0] == "403", timeout=30,
