@@ -28,6 +28,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -174,6 +175,49 @@ def workloads_of(
 ) -> tuple[Workload, ...]:
     found = (container_workload(a, target, registry_url) for a in containers)
     return tuple(sorted((w for w in found if w is not None), key=lambda w: w.name))
+
+
+# --- the gateway's neighbour entry (published ports) ---------------------------------------------
+
+
+def _ip_in(pid: int, *args: str) -> str:
+    """`ip ARGS` in the network namespace of `pid`; LaunchError with what ip said."""
+    argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "--", "ip", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise LaunchError(f"`{' '.join(argv)}` failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def pin_gateway(pid: int, gateway: str) -> str:
+    """Make the container's neighbour entry for its gateway permanent, at the host bridge's
+    MAC, and return that MAC. Published-port connections are told apart by the gateway's
+    address; a sibling with CAP_NET_RAW could otherwise answer ARP for it (poison this
+    entry) and so complete a handshake from that address (docs/docker.md, spoofing).
+    Docker gives its bridges a fixed random MAC, so the entry stays right."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.get_addr(address=gateway)
+        links = ipr.get_links(found[0]["index"]) if found else []
+        mac = str(links[0].get_attr("IFLA_ADDRESS") or "") if links else ""
+    if not mac:
+        raise LaunchError(f"no host interface has the gateway address {gateway}")
+    route = _ip_in(pid, "-o", "route", "get", gateway).split()
+    dev = route[route.index("dev") + 1] if "dev" in route else "eth0"
+    _ip_in(pid, "neigh", "replace", gateway, "lladdr", mac, "dev", dev, "nud", "permanent")
+    return mac
+
+
+def unpin_gateway(pid: int) -> None:
+    """Undo pin_gateway in a container that keeps running (`down`): the default gateway's
+    entry back to ARP. Only a permanent entry is touched."""
+    route = _ip_in(pid, "-o", "route", "show", "default").split()
+    if "via" not in route or "dev" not in route:
+        return
+    gateway, dev = route[route.index("via") + 1], route[route.index("dev") + 1]
+    if "PERMANENT" in _ip_in(pid, "neigh", "show", gateway, "dev", dev):
+        _ip_in(pid, "neigh", "del", gateway, "dev", dev)
 
 
 def _filters(target: DockerTarget) -> dict[str, Any]:
@@ -409,6 +453,8 @@ def release(pids: Sequence[int], compose: Mapping[str, Any] | None) -> list[str]
             with contextlib.suppress(iptables.InterceptError):
                 iptables.remove(pid)
                 done.append(f"rules of pid {pid}")
+            with contextlib.suppress(LaunchError, OSError, subprocess.SubprocessError):
+                unpin_gateway(pid)
     if compose:
         project, file = str(compose["project"]), Path(str(compose["file"]))
         cmd = tuple(str(c) for c in compose.get("cmd") or ())

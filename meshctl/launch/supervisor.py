@@ -274,6 +274,10 @@ class Supervisor:
 
             try:  # before the proxy starts: the app's next connection is proxied
                 iptables.install(intercept_config(spec, plan), spec.pid)
+                if spec.published:
+                    from meshctl.launch.docker import pin_gateway
+
+                    pin_gateway(spec.pid, spec.published_from)
                 run.intercept_checked = time.monotonic()
                 run.error = None
             except Exception as exc:

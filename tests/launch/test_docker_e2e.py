@@ -326,6 +326,67 @@ def test_the_published_rule_is_in_frontend_namespace(mesh: Mesh) -> None:
     assert rule in iptables.dump(pid), iptables.dump(pid)
 
 
+# In a container with Docker's default CAP_NET_RAW: ARP replies telling TARGET that GW is
+# at this container's MAC, a few times over 2 s (Linux ignores updates within 1 s of the last).
+SPOOF = """
+import socket, struct, sys, time
+gw, target_ip, target_mac = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3].replace(":", ""))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+mine = s.getsockname()[4]
+frame = (target_mac + mine + b"\\x08\\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + mine
+         + socket.inet_aton(gw) + target_mac + socket.inet_aton(target_ip))
+for _ in range(8):
+    s.send(frame)
+    time.sleep(0.25)
+print(mine.hex(":"))
+"""
+
+
+def _neigh(pid: int, ip: str) -> str:
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "neigh", "show", ip],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+
+def _spoof(mesh: Mesh, victim: str, gateway: str) -> str:
+    net = json.loads(_docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", victim)[0])
+    v = next(iter(net.values()))
+    done = subprocess.run(["docker", "exec", mesh.container("orders-v1"), "python3", "-c", SPOOF,
+                           gateway, v["IPAddress"], v["MacAddress"]],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_sibling_cannot_take_the_gateway_address_by_arp(mesh: Mesh) -> None:
+    state = json.loads((mesh.cli.home / "state.json").read_text())["workloads"]
+    front, pay = mesh.container("frontend"), mesh.container("payments")
+    gateway = _docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}",
+                      front)[0]  # fmt: skip
+    pinned = _neigh(state[front]["app_pid"], gateway)
+    assert "PERMANENT" in pinned, pinned
+    # The control: payments publishes nothing, its entry is ARP's, and the spoof takes it.
+    pay_pid = state[pay]["app_pid"]
+    before = _neigh(pay_pid, gateway)
+    mac = _spoof(mesh, pay, gateway)
+    try:
+        assert f"lladdr {mac}" in _neigh(pay_pid, gateway), (before, mac)
+    finally:  # payments' way to the registry back at once
+        real = pinned.split("lladdr ")[1].split()[0]
+        subprocess.run(["nsenter", f"--net=/proc/{pay_pid}/ns/net", "ip", "neigh", "replace",
+                        gateway, "lladdr", real, "dev", "eth0", "nud", "reachable"], check=True)
+    # frontend's entry is pinned: the same spoof changes nothing.
+    assert _spoof(mesh, front, gateway) == mac
+    assert _neigh(state[front]["app_pid"], gateway) == pinned
+    # What `down` does for a container that keeps running, and `up`'s pin again.
+    from meshctl.launch.docker import pin_gateway, unpin_gateway
+
+    unpin_gateway(state[front]["app_pid"])
+    assert "PERMANENT" not in _neigh(state[front]["app_pid"], gateway)
+    pin_gateway(state[front]["app_pid"], gateway)
+    assert _neigh(state[front]["app_pid"], gateway) == pinned
+
+
 def test_down_leaves_nothing_behind(mesh: Mesh) -> None:
     report = mesh.cli.json("down")
     assert report["compose_project"] == mesh.project and report["registry_stopped"]
