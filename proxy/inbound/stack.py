@@ -86,8 +86,9 @@ class Inbound:
     async def on_published(self, sock: socket.socket) -> None:
         """A connection through one of the container's published ports (docs/docker.md).
 
-        Only the published-port rule (`-s GATEWAY --dport P -j REDIRECT`, proxy/intercept/
-        rules.py) sends connections here, so this is ingress: plaintext, no peer identity
+        Only the published-port rules (`-s GATEWAY`, and `! -s NETWORK` for a port bound
+        beyond loopback, `--dport P -j REDIRECT`: proxy/intercept/rules.py) send connections
+        here, so this is ingress: plaintext, no peer identity
         (AuthorizationPolicy sees no principal), counted as from "unknown". A client that
         dials this listener itself was not redirected: refused, like an undeclared port.
         """
