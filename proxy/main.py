@@ -35,6 +35,7 @@ from proxy.inbound.stack import Inbound
 from proxy.memory import Trimmer
 from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import Outbound
+from proxy.policy.authz import IPAddress
 from proxy.policy.fault import FaultParams
 from proxy.policy.fault import decide as decide_fault
 from proxy.policy.probe import ProbeParams
@@ -84,6 +85,9 @@ class ProxyOptions:
     inbound: tuple[str, int] = ("0.0.0.0", 15006)
     outbound: tuple[str, int] | None = None  # transparent (iptables) listener, e.g. 127.0.0.1:15001
     dns: tuple[str, int] | None = None  # mesh names answered here, UDP and TCP (proxy/dns)
+    # Docker's published ports: where iptables sends connections from the network's gateway
+    # to a published service port (0.0.0.0:15007), served as ingress (docs/docker.md).
+    published: tuple[str, int] | None = None
     upstreams: tuple[Upstream, ...] = ()
     apps: Mapping[int, tuple[str, int]] = field(default_factory=dict)  # service port -> app addr
     admin: tuple[str, int] = ("127.0.0.1", 15000)
@@ -304,11 +308,13 @@ class Proxy:
     def default_inbound_port(self, snap: ProxySnapshot) -> int | None:
         return snap.me.ports[0].port if snap.me and snap.me.ports else None
 
-    def authorize(self, peer: SpiffeId | None, req: Request, port: int) -> bool:
+    def authorize(
+        self, peer: SpiffeId | None, req: Request, port: int, source_ip: IPAddress | None = None
+    ) -> bool:
         snap = self.snapshot
         if snap is None:
             return False
-        d = decide(snap.compiled_authz, peer, req, port)
+        d = decide(snap.compiled_authz, peer, req, port, source_ip)
         return d.allowed
 
     def rate_limited(self) -> int | None:
@@ -439,12 +445,14 @@ class Proxy:
         tel.tcp_sent[labels] += sent
         tel.tcp_received[labels] += received
 
-    def authorize_tcp(self, peer: SpiffeId | None, port: int) -> bool:
+    def authorize_tcp(
+        self, peer: SpiffeId | None, port: int, source_ip: IPAddress | None = None
+    ) -> bool:
         """AuthorizationPolicy on a TCP port: only source and port fields can match."""
         snap = self.snapshot
         if snap is None:
             return False
-        return bool(decide_tcp(snap.compiled_authz, peer, port).allowed)
+        return bool(decide_tcp(snap.compiled_authz, peer, port, source_ip).allowed)
 
     def _labels(
         self,
@@ -575,6 +583,13 @@ class Proxy:
             )
         if opts.dns is not None:
             await self._start_dns(opts.dns)
+        if opts.published is not None:
+            ps = listen(*opts.published)
+            self._listeners.append(ps)
+            self._tasks.append(
+                spawn(accept_loop(ps, self.inbound.on_published, self.inbound_connections,
+                                  self.telemetry))
+            )
         await self._start_admin()
         self.endpoint = {
             "id": self.proxy_id,

@@ -54,6 +54,7 @@ OPTIONS = (
     Opt("--outbound", "outbound"),
     Opt("--dns-port", "dns_port", int, default=15053),
     Opt("--no-dns", "no_dns", bool, default=False, switch=True),
+    Opt("--published", "published"),
     Opt("--upstream", "upstream", multiple=True),
     Opt("--app", "app_addr", multiple=True),
     Opt("--admin", "admin", default="127.0.0.1:15000"),
@@ -156,6 +157,7 @@ def run(
     outbound: str | None,
     dns_port: int,
     no_dns: bool,
+    published: str | None,
     upstream: Sequence[str],
     app_addr: Sequence[str],
     admin: str,
@@ -227,6 +229,7 @@ def run(
         # DNS goes with transparent mode: the interception rules bring the app's port-53
         # queries to it. Explicit mode has no redirect, so nothing would ever ask.
         dns=("127.0.0.1", dns_port) if outbound and not no_dns else None,
+        published=hostport(published, "0.0.0.0") if published else None,
         upstreams=tuple(ups),
         apps=apps,
         admin=hostport(admin, "127.0.0.1"),

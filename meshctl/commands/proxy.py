@@ -63,6 +63,13 @@ def proxy(
         bool, typer.Option("--no-dns", help="No DNS listener (mesh names then need hosts "
                                             "entries).")
     ] = False,
+    published: Annotated[
+        str | None,
+        typer.Option(
+            help="Listener HOST:PORT for Docker's published ports (iptables sends the "
+            "gateway's connections there), served as ingress, e.g. 0.0.0.0:15007."
+        ),
+    ] = None,
     upstream: Annotated[
         list[str], typer.Option(help="Explicit mode: SERVICE:PORT=[HOST:]LOCALPORT (repeatable).")
     ] = [],  # noqa: B006
@@ -141,6 +148,7 @@ def proxy(
             outbound=outbound,
             dns_port=dns_port,
             no_dns=no_dns,
+            published=published,
             upstream=upstream,
             app_addr=app_addr,
             admin=admin,

@@ -79,6 +79,12 @@ def _summary(console: Console, result: UpResult) -> None:
             enter = "upstreams " + (", ".join(ups) or "-")
         table.add_row(w.service, w.version, w.name, address, enter)
     console.print(table)
+    for w in plan.workloads:
+        for port, host in w.published:
+            console.print(
+                f"{w.name}: published {host} -> {port} served as ingress "
+                "(unauthenticated; AuthorizationPolicy applies)"
+            )
     changes = [f"{label} {', '.join(names)}" for label, names in (
         ("started", result.started), ("stopped", result.stopped),
         ("restarted", result.restarted)) if names]  # fmt: skip

@@ -25,8 +25,10 @@ container started later within a tick and unmeshes one that stops.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -43,7 +45,7 @@ from meshctl.launch.compose import (
     VERSION_LABEL,
     ComposeFile,
 )
-from meshctl.launch.plan import DockerTarget, Workload, transparent_proxy_args
+from meshctl.launch.plan import PUBLISHED_PORT, DockerTarget, Workload, transparent_proxy_args
 from meshctl.launch.procs import LaunchError, LaunchPaths, read_json, write_json
 from registry.config import MeshConfig
 
@@ -117,6 +119,18 @@ def container_workload(
     if not address:
         return None  # network_mode host or none: nothing to intercept
     name = str(attrs.get("Name", "")).lstrip("/")
+    ports = dict(target.ports)[service]
+    net: Mapping[str, Any] = next(
+        (v for v in networks.values() if v and v.get("IPAddress") == address), {}
+    )
+    gateway = str(net.get("Gateway") or "")
+    published = published_ports(attrs, ports) if gateway else ()
+    subnet = ""
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        subnet = str(ipaddress.ip_interface(f"{address}/{int(net['IPPrefixLen'])}").network)
+    args = transparent_proxy_args(service, version, registry_url, name, address)
+    if published:
+        args += ("--published", f"0.0.0.0:{PUBLISHED_PORT}")
     return Workload(
         name=name,
         service=service,
@@ -127,12 +141,34 @@ def container_workload(
         app_argv=(),
         app_env=(),
         cwd="/",
-        proxy_args=transparent_proxy_args(service, version, registry_url, name, address),
-        inbound_ports=dict(target.ports)[service],
+        proxy_args=args,
+        inbound_ports=ports,
         container=str(attrs.get("Id", "")),
         pid=int(state["Pid"]),
         exclude_inbound_ports=target.excluded_inbound(service, version),
+        published=published,
+        published_from=gateway if published else "",
+        published_net=subnet if published else "",
     )
+
+
+def published_ports(attrs: Mapping[str, Any], ports: Sequence[int]) -> tuple[tuple[int, str], ...]:
+    """(service port, "HOST_IP:HOST_PORT") for each TCP binding Docker made of a service port.
+
+    Their connections reach the container from the network's gateway (docker-proxy, or
+    Docker's NAT of a loopback binding), and are served as ingress: docs/docker.md.
+    """
+    bindings = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    out: set[tuple[int, str]] = set()
+    for key, hosts in bindings.items():
+        number, _, proto = str(key).partition("/")
+        if proto not in ("", "tcp") or not number.isdigit() or int(number) not in ports:
+            continue
+        for h in hosts or ():
+            ip = str(h.get("HostIp") or "0.0.0.0")
+            out.add((int(number), f"[{ip}]:{h.get('HostPort')}" if ":" in ip else
+                     f"{ip}:{h.get('HostPort')}"))  # fmt: skip
+    return tuple(sorted(out))
 
 
 def workloads_of(
@@ -140,6 +176,49 @@ def workloads_of(
 ) -> tuple[Workload, ...]:
     found = (container_workload(a, target, registry_url) for a in containers)
     return tuple(sorted((w for w in found if w is not None), key=lambda w: w.name))
+
+
+# --- the gateway's neighbour entry (published ports) ---------------------------------------------
+
+
+def _ip_in(pid: int, *args: str) -> str:
+    """`ip ARGS` in the network namespace of `pid`; LaunchError with what ip said."""
+    argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "--", "ip", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    if done.returncode != 0:
+        raise LaunchError(f"`{' '.join(argv)}` failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout
+
+
+def pin_gateway(pid: int, gateway: str) -> str:
+    """Make the container's neighbour entry for its gateway permanent, at the host bridge's
+    MAC, and return that MAC. Published-port connections are told apart by the gateway's
+    address; a sibling with CAP_NET_RAW could otherwise answer ARP for it (poison this
+    entry) and so complete a handshake from that address (docs/docker.md, spoofing).
+    Docker gives its bridges a fixed random MAC, so the entry stays right."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.get_addr(address=gateway)
+        links = ipr.get_links(found[0]["index"]) if found else []
+        mac = str(links[0].get_attr("IFLA_ADDRESS") or "") if links else ""
+    if not mac:
+        raise LaunchError(f"no host interface has the gateway address {gateway}")
+    route = _ip_in(pid, "-o", "route", "get", gateway).split()
+    dev = route[route.index("dev") + 1] if "dev" in route else "eth0"
+    _ip_in(pid, "neigh", "replace", gateway, "lladdr", mac, "dev", dev, "nud", "permanent")
+    return mac
+
+
+def unpin_gateway(pid: int) -> None:
+    """Undo pin_gateway in a container that keeps running (`down`): the default gateway's
+    entry back to ARP. Only a permanent entry is touched."""
+    route = _ip_in(pid, "-o", "route", "show", "default").split()
+    if "via" not in route or "dev" not in route:
+        return
+    gateway, dev = route[route.index("via") + 1], route[route.index("dev") + 1]
+    if "PERMANENT" in _ip_in(pid, "neigh", "show", gateway, "dev", dev):
+        _ip_in(pid, "neigh", "del", gateway, "dev", dev)
 
 
 def _filters(target: DockerTarget) -> dict[str, Any]:
@@ -379,6 +458,8 @@ def release(pids: Sequence[int], compose: Mapping[str, Any] | None) -> list[str]
             with contextlib.suppress(iptables.InterceptError):
                 iptables.remove(pid)
                 done.append(f"rules of pid {pid}")
+            with contextlib.suppress(LaunchError, OSError, subprocess.SubprocessError):
+                unpin_gateway(pid)
     if compose:
         project, file = str(compose["project"]), Path(str(compose["file"]))
         cmd = tuple(str(c) for c in compose.get("cmd") or ())

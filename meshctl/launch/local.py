@@ -120,6 +120,8 @@ class UpResult:
                     "netns": w.netns,
                     "container": w.container or None,
                     "ports": dict(w.ports),
+                    # docker: published service ports, served as ingress (docs/docker.md)
+                    "published": [{"port": port, "host": host} for port, host in w.published],
                 }
                 for w in self.plan.workloads
             ],

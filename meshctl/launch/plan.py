@@ -37,6 +37,7 @@ INBOUND_PORT = 15006
 ADMIN_PORT = 15000
 METRICS_PORT = 15090
 DNS_PORT = 15053  # the proxy's DNS listener (`meshctl proxy --dns-port`'s default)
+PUBLISHED_PORT = 15007  # docker runtime: published ports' connections, served as ingress
 LOCALHOST = "127.0.0.1"
 DEFAULT_BRIDGE = "meshbr0"
 NAME_MAX = 63  # a network namespace name (meshctl.launch.netns)
@@ -86,9 +87,19 @@ class Workload:
     # mesh.yaml `excludeInboundPorts` (Istio's annotation): not captured inbound; every
     # other port is, except the defaults (see proxy.intercept.rules.InterceptConfig).
     exclude_inbound_ports: tuple[int, ...] = ()
+    # docker runtime: the container's published service ports (port, "HOST_IP:HOST_PORT"),
+    # the address their connections come from (the network's gateway), and the network
+    # (clients outside it reach a port bound beyond loopback): docs/docker.md
+    published: tuple[tuple[int, str], ...] = ()
+    published_from: str = ""
+    published_net: str = ""
 
     def port(self, role: str) -> int | None:
         return dict(self.ports).get(role)
+
+    def published_open_ports(self) -> tuple[int, ...]:
+        """Published ports with a binding beyond loopback: reachable from other machines."""
+        return tuple(sorted({p for p, host in self.published if not _loopback(host)}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +371,9 @@ def to_wire(plan: Plan) -> dict[str, Any]:
                 "pid": w.pid,
                 "run_as": list(w.run_as) if w.run_as else None,
                 "exclude_inbound_ports": list(w.exclude_inbound_ports),
+                "published": [list(x) for x in w.published],
+                "published_from": w.published_from,
+                "published_net": w.published_net,
             }
             for w in plan.workloads
         ],
@@ -428,9 +442,21 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
                 pid=int(w.get("pid", 0)),
                 run_as=(int(w["run_as"][0]), int(w["run_as"][1])) if w.get("run_as") else None,
                 exclude_inbound_ports=tuple(int(p) for p in w.get("exclude_inbound_ports", ())),
+                published=tuple((int(a), str(b)) for a, b in w.get("published") or ()),
+                published_from=str(w.get("published_from", "")),
+                published_net=str(w.get("published_net", "")),
             )
             for w in d["workloads"]
         ),
         runtime=str(d.get("runtime", LOCAL)),
         docker=_docker_from_wire(d.get("docker")),
     )
+
+
+def _loopback(host: str) -> bool:
+    """Whether "IP:PORT" or "[IP]:PORT" binds a loopback address."""
+    ip = host.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False

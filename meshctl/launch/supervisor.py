@@ -50,7 +50,15 @@ from common.state import atomic_write, ensure_dir
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
 from meshctl.launch import users
-from meshctl.launch.plan import DNS_PORT, DOCKER, PROXY_UID, TRANSPARENT, Plan, Workload
+from meshctl.launch.plan import (
+    DNS_PORT,
+    DOCKER,
+    PROXY_UID,
+    PUBLISHED_PORT,
+    TRANSPARENT,
+    Plan,
+    Workload,
+)
 from meshctl.launch.procs import (
     LaunchPaths,
     drop_to,
@@ -276,6 +284,10 @@ class Supervisor:
 
             try:  # before the proxy starts: the app's next connection is proxied
                 iptables.install(intercept_config(spec, plan), spec.pid)
+                if spec.published:
+                    from meshctl.launch.docker import pin_gateway
+
+                    pin_gateway(spec.pid, spec.published_from)
                 run.intercept_checked = time.monotonic()
                 run.error = None
             except Exception as exc:
@@ -617,6 +629,11 @@ def intercept_config(spec: Workload, plan: Plan) -> Any:
         # Mesh names answered by the proxy (proxy/dns) in our namespaces; a container keeps
         # Docker's resolver (its DNAT to 127.0.0.11 comes first anyway).
         dns_port=None if spec.container else DNS_PORT,
+        published_ports=tuple(port for port, _ in spec.published),
+        published_sources=(f"{spec.published_from}/32",) if spec.published else (),
+        published_port=PUBLISHED_PORT,
+        published_open_ports=spec.published_open_ports() if spec.published_net else (),
+        published_local_net=spec.published_net,
     )
 
 

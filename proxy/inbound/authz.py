@@ -22,6 +22,10 @@ def compile_policies(policies: Sequence[AuthorizationPolicy]) -> tuple[authz.Pol
                         not_principals=s.not_principals,
                         namespaces=s.namespaces,
                         not_namespaces=s.not_namespaces,
+                        ip_blocks=s.ip_blocks,
+                        not_ip_blocks=s.not_ip_blocks,
+                        remote_ip_blocks=s.remote_ip_blocks,
+                        not_remote_ip_blocks=s.not_remote_ip_blocks,
                     )
                     for s in r.from_
                 ),
@@ -49,20 +53,22 @@ def compile_policies(policies: Sequence[AuthorizationPolicy]) -> tuple[authz.Pol
     return tuple(out)
 
 
-def _attrs(peer: SpiffeId | None, port: int, method: str = "", path: str = "", host: str = "",
+def _attrs(peer: SpiffeId | None, port: int, source_ip: authz.IPAddress | None,
+           method: str = "", path: str = "", host: str = "",
            headers: dict[str, str] | None = None) -> authz.RequestAttrs:
     # Identity comes only from the verified certificate, never from a header.
     return authz.RequestAttrs(method=method, path=path, host=host, port=port,
                               principal=peer.principal if peer else None,
                               namespace=peer.namespace if peer else None,
-                              headers=headers or {})
+                              headers=headers or {}, source_ip=source_ip)
 
 
 _NO_POLICY: Final = authz.Decision(True, None, "no policy selects this workload")
 
 
 def decide(
-    policies: tuple[authz.Policy, ...], peer: SpiffeId | None, req: Request, port: int
+    policies: tuple[authz.Policy, ...], peer: SpiffeId | None, req: Request, port: int,
+    source_ip: authz.IPAddress | None = None,
 ) -> authz.Decision:
     """Istio's order: DENY, then ALLOW; paths matched after normalisation."""
     if not policies:
@@ -71,14 +77,15 @@ def decide(
     if path is None:
         return authz.Decision(False, None, "path cannot be normalised")
     return authz.evaluate(policies, _attrs(
-        peer, port, req.method.decode("latin-1"), path, (req.host or b"").decode("latin-1"),
+        peer, port, source_ip, req.method.decode("latin-1"), path,
+        (req.host or b"").decode("latin-1"),
         {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in req.headers}))
 
 
-def decide_tcp(policies: tuple[authz.Policy, ...], peer: SpiffeId | None, port: int
-               ) -> authz.Decision:
+def decide_tcp(policies: tuple[authz.Policy, ...], peer: SpiffeId | None, port: int,
+               source_ip: authz.IPAddress | None = None) -> authz.Decision:
     """A TCP connection has no method, path or headers: only source and port fields can
     match it (Istio: a rule naming HTTP-only fields never matches a TCP connection)."""
     if not policies:
         return _NO_POLICY
-    return authz.evaluate(policies, _attrs(peer, port))
+    return authz.evaluate(policies, _attrs(peer, port, source_ip))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -17,6 +18,7 @@ from proxy.forward import Admission, Plan, Prep, Target, local_prep
 from proxy.http1 import Request, request_drop
 from proxy.identity import parse_sni, peer_identity
 from proxy.intercept.origdst import original_dst
+from proxy.policy.authz import IPAddress
 from proxy.streams import Channel, open_channel
 from proxy.tcp import relay, relay_framed
 from proxy.tracing import SERVER, TRACE_HEADERS
@@ -89,32 +91,76 @@ class Inbound:
                 tel["meshctl_proxy_inbound_plaintext_total"] += 1
             target = parse_sni(getattr(ssl_obj, "meshctl_sni", None)) if tls else None
             port = target[1] if target else (plain_port or proxy.default_inbound_port(snap))
-            me = snap.me
-            p = me.port(port) if me and port else None
-            if p is None and port is not None and proxy.inbound_passthrough(port):
-                # A port the service does not declare (every port is captured): Istio's
-                # inbound passthrough, a TCP relay to the app on that port after authorization.
-                tel["meshctl_proxy_inbound_passthrough_total"] += 1
-                await self._serve_tcp(reader, writer, port, snap, peer)
-                return
-            if p is None or port is None:
-                tel["meshctl_proxy_inbound_unknown_port_total"] += 1
-                return
-            protocol, first = p.protocol, b""
-            if protocol == "auto":
-                # Undeclared: the peer proxy says what it detected (SNI); a plaintext client
-                # (PERMISSIVE) is sniffed here the same way.
-                if target is not None:
-                    protocol = target[2]
-                else:
-                    protocol, first = await detect(reader, port)
-            if protocol == "tcp":
-                await self._serve_tcp(reader, writer, port, snap, peer, first)
-            else:
-                await self._serve_http(reader, writer, port, peer, first)
+            await self._serve_port(reader, writer, port, snap, peer, target, source_ip(sock))
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    async def on_published(self, sock: socket.socket) -> None:
+        """A connection through one of the container's published ports (docs/docker.md).
+
+        Only the published-port rules (`-s GATEWAY`, and `! -s NETWORK` for a port bound
+        beyond loopback, `--dport P -j REDIRECT`: proxy/intercept/rules.py) send connections
+        here, so this is ingress: plaintext, no peer identity
+        (AuthorizationPolicy sees no principal), counted as from "unknown". A client that
+        dials this listener itself was not redirected: refused, like an undeclared port.
+        """
+        proxy = self.proxy
+        snap = proxy.snapshot
+        tel = proxy.telemetry.counters
+        port = _original_port(sock)
+        if snap is None or proxy.identity is None or port is None or not snap.me:
+            tel["meshctl_proxy_inbound_published_refused_total"] += 1
+            sock.close()
+            return
+        try:
+            reader, writer = await streams_for(sock, None)
+        except OSError:
+            sock.close()
+            return
+        tel["meshctl_proxy_inbound_published_total"] += 1
+        try:
+            await self._serve_port(reader, writer, port, snap, None, None, source_ip(sock))
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve_port(
+        self,
+        reader: Channel,
+        writer: Channel,
+        port: int | None,
+        snap: ProxySnapshot,
+        peer: SpiffeId | None,
+        target: tuple[str, int, str] | None,
+        src: IPAddress | None,
+    ) -> None:
+        """One accepted connection for service port `port`, by the port's protocol; `src`
+        is the connection's source address (ipBlocks, remoteIpBlocks)."""
+        me = snap.me
+        p = me.port(port) if me and port else None
+        tel = self.proxy.telemetry.counters
+        if p is None and port is not None and self.proxy.inbound_passthrough(port):
+            # A port the service does not declare (every port is captured): Istio's
+            # inbound passthrough, a TCP relay to the app on that port after authorization.
+            tel["meshctl_proxy_inbound_passthrough_total"] += 1
+            await self._serve_tcp(reader, writer, port, snap, peer, src)
+            return
+        if p is None or port is None:
+            tel["meshctl_proxy_inbound_unknown_port_total"] += 1
+            return
+        protocol, first = p.protocol, b""
+        if protocol == "auto":
+            # Undeclared: the peer proxy says what it detected (SNI); a plaintext client
+            # (PERMISSIVE, or through a published port) is sniffed here the same way.
+            if target is not None:
+                protocol = target[2]
+            else:
+                protocol, first = await detect(reader, port)
+        if protocol == "tcp":
+            await self._serve_tcp(reader, writer, port, snap, peer, src, first)
+        else:
+            await self._serve_http(reader, writer, port, peer, src, first)
 
     def _app_target(self, port: int) -> Target:
         host, app_port = self.proxy.app_address(port)
@@ -131,11 +177,12 @@ class Inbound:
         port: int,
         snap: ProxySnapshot,
         peer: SpiffeId | None,
+        src: IPAddress | None,
         first: bytes = b"",
     ) -> None:
         proxy = self.proxy
         me = snap.me.name if snap.me else ""
-        if not proxy.authorize_tcp(peer, port):
+        if not proxy.authorize_tcp(peer, port, src):
             proxy.telemetry.counters["meshctl_proxy_authz_denied_total"] += 1
             return
         t = self._app_target(port)
@@ -163,6 +210,7 @@ class Inbound:
         writer: Channel,
         port: int,
         peer: SpiffeId | None,
+        src: IPAddress | None,
         first: bytes = b"",
     ) -> None:
         proxy = self.proxy
@@ -175,7 +223,7 @@ class Inbound:
         def prepare(req: Request, snap: ProxySnapshot) -> Prep:
             """Authorization, then the service's rate limit, then the app (no I/O)."""
             hop = tracer.start(req.headers, SERVER, req.names)
-            if not proxy.authorize(peer, req, port):
+            if not proxy.authorize(peer, req, port, src):
                 counters["meshctl_proxy_authz_denied_total"] += 1
                 return local_prep(hop, 403, "RBAC", result_flag="-")
             limited = proxy.rate_limited()
@@ -194,6 +242,16 @@ class Inbound:
 
         done = recorder(proxy, "destination", None, peer)
         await serve_requests(proxy, reader, writer, prepare, done, first)
+
+
+def source_ip(sock: socket.socket) -> IPAddress | None:
+    """The connection's source address, once per connection (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(sock.getpeername()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return mapped or ip
 
 
 def _original_port(sock: socket.socket) -> int | None:

@@ -85,6 +85,16 @@ class InterceptConfig:
             return ALL
         excluded = self.excluded_inbound()
         return [p for p in _ports(self.inbound_ports) if p not in excluded]
+    # Docker's published ports (docs/docker.md): connections to one of `published_ports`
+    # from one of `published_sources` (the network's gateway: docker-proxy and Docker's
+    # NAT) go to the proxy's published listener, which serves them as ingress.
+    published_ports: tuple[int, ...] = ()
+    published_sources: tuple[str, ...] = ()
+    published_port: int = 15007
+    # Ports bound on more than loopback: also connections from outside the container's
+    # network (`published_local_net`), which Docker DNATs without masquerading.
+    published_open_ports: tuple[int, ...] = ()
+    published_local_net: str = ""
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -94,12 +104,15 @@ class InterceptConfig:
 
 def _problems(cfg: InterceptConfig) -> list[str]:
     problems: list[str] = []
-    single = {"outbound_port": cfg.outbound_port, "inbound_port": cfg.inbound_port}
+    single = {"outbound_port": cfg.outbound_port, "inbound_port": cfg.inbound_port,
+              "published_port": cfg.published_port}  # fmt: skip
     if isinstance(cfg.inbound_ports, str) and cfg.inbound_ports != ALL:
         problems.append(f'inbound_ports: {cfg.inbound_ports!r} is neither "*" nor a port list')
     listed: tuple[int, ...] = () if isinstance(cfg.inbound_ports, str) else cfg.inbound_ports
     lists = {
         "inbound_ports": listed,
+        "published_ports": cfg.published_ports,
+        "published_open_ports": cfg.published_open_ports,
         "exclude_outbound_ports": cfg.exclude_outbound_ports,
         "exclude_inbound_ports": cfg.exclude_inbound_ports,
     }
@@ -110,7 +123,19 @@ def _problems(cfg: InterceptConfig) -> list[str]:
         problems.extend(_dns_problems(cfg))
     if cfg.outbound_port == cfg.inbound_port:
         problems.append(f"outbound_port and inbound_port are both {cfg.inbound_port}")
-    for port in (cfg.outbound_port, cfg.inbound_port):
+    own = [cfg.outbound_port, cfg.inbound_port]
+    if cfg.published_ports:  # the published listener exists only then
+        if cfg.published_port in own:
+            problems.append(f"published_port {cfg.published_port} is the proxy's other port")
+        if not cfg.published_sources:
+            problems.append("published_ports without published_sources: whose connections?")
+        own.append(cfg.published_port)
+    if cfg.published_open_ports:
+        if not cfg.published_local_net:
+            problems.append("published_open_ports without published_local_net: outside what?")
+        if not set(cfg.published_open_ports) <= set(cfg.published_ports):
+            problems.append("published_open_ports must also be in published_ports")
+    for port in own:
         if port in listed:
             problems.append(
                 f"inbound_ports contains the proxy's own port {port}: capturing it would loop"
@@ -123,6 +148,8 @@ def _problems(cfg: InterceptConfig) -> list[str]:
     for field, cidrs in (
         ("exclude_outbound_cidrs", cfg.exclude_outbound_cidrs),
         ("include_outbound_cidrs", cfg.include_outbound_cidrs),
+        ("published_sources", cfg.published_sources),
+        ("published_local_net", (cfg.published_local_net,) if cfg.published_local_net else ()),
     ):
         problems.extend(f"{field}: {msg}" for msg in map(_cidr_problem, cidrs) if msg)
     return problems
@@ -171,6 +198,8 @@ def _chain_rules(cfg: InterceptConfig, family: Family) -> list[str]:
         rules += [
             f"-A {MESH_INBOUND} -p tcp --dport {p} -j RETURN" for p in cfg.excluded_inbound()
         ]
+        # Published ports first (before the catch-all capture and STRICT's 15006).
+        rules += _published_rules(cfg, family)
         if captured == ALL:
             rules.append(f"-A {MESH_INBOUND} -p tcp -j {MESH_IN_REDIRECT}")
         else:
@@ -227,6 +256,28 @@ def _dns_rules(cfg: InterceptConfig) -> list[str]:
               for proto in ("udp", "tcp")]
     rules += [f"-A OUTPUT -p {proto} --dport 53 -j {MESH_DNS}" for proto in ("udp", "tcp")]
     return rules
+
+
+def _published_rules(cfg: InterceptConfig, family: Family) -> list[str]:
+    """Published ports: the host's side of the network -> the published listener.
+
+    Before the capture, so these connections never reach 15006's STRICT check; only for
+    captured ports (an uncaptured one reaches the app as it did). The source match is what
+    tells them apart: a mesh workload has its own address on the network, never the
+    gateway's, nor one outside the network (docs/docker.md: why, and what about spoofing).
+    Rendered for the family the sources are in (Docker's networks: IPv4).
+    """
+    captured = cfg.captured_inbound()
+    excluded = cfg.excluded_inbound()
+    ports = [p for p in _ports(cfg.published_ports)
+             if (captured == ALL or p in captured) and p not in excluded]  # fmt: skip
+    sources = [(f"-s {src}", p) for src in _nets(cfg.published_sources, family) for p in ports]
+    for net in _nets([cfg.published_local_net] if cfg.published_local_net else [], family):
+        sources += [(f"! -s {net}", p) for p in ports if p in cfg.published_open_ports]
+    return [
+        f"-A {MESH_INBOUND} {src} -p tcp --dport {p} -j REDIRECT --to-ports {cfg.published_port}"
+        for src, p in sources
+    ]
 
 
 def _jumps(cfg: InterceptConfig) -> list[str]:

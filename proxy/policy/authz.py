@@ -21,6 +21,7 @@ Policies are compiled once per config snapshot; ``evaluate`` only runs the compi
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,27 @@ def _ok(positive: StringSet | None, negative: StringSet | None, value: str | Non
     return negative is None or not negative.matches(value)
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _blocks(values: Sequence[str] | None) -> tuple[IPNetwork, ...] | None:
+    """Istio's ipBlocks values: an address (203.0.113.4) or a CIDR (203.0.113.0/24)."""
+    if not values:
+        return None
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def _in_blocks(
+    positive: tuple[IPNetwork, ...] | None, negative: tuple[IPNetwork, ...] | None,
+    ip: IPAddress | None,
+) -> bool:
+    """ipBlocks / notIpBlocks: an unknown address matches no block."""
+    if positive is not None and (ip is None or not any(ip in n for n in positive)):
+        return False
+    return negative is None or ip is None or not any(ip in n for n in negative)
+
+
 # -- request attributes ---------------------------------------------------------------------------
 
 
@@ -100,6 +122,9 @@ class RequestAttrs:
     principal: str | None = None
     namespace: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The connection's source address (ipBlocks; remoteIpBlocks too: a sidecar trusts no
+    # X-Forwarded-For hop, Istio's numTrustedProxies 0). None when unknown: no block matches.
+    source_ip: IPAddress | None = None
 
 
 # -- compiled policy ------------------------------------------------------------------------------
@@ -118,6 +143,11 @@ class Source:
     not_principals: StringSet | None = None
     namespaces: StringSet | None = None
     not_namespaces: StringSet | None = None
+    # ipBlocks and remoteIpBlocks both match the connection's source address (RequestAttrs)
+    ip_blocks: tuple[IPNetwork, ...] | None = None
+    not_ip_blocks: tuple[IPNetwork, ...] | None = None
+    remote_ip_blocks: tuple[IPNetwork, ...] | None = None
+    not_remote_ip_blocks: tuple[IPNetwork, ...] | None = None
 
     @classmethod
     def compile(
@@ -127,14 +157,23 @@ class Source:
         not_principals: Sequence[str] = (),
         namespaces: Sequence[str] = (),
         not_namespaces: Sequence[str] = (),
+        ip_blocks: Sequence[str] = (),
+        not_ip_blocks: Sequence[str] = (),
+        remote_ip_blocks: Sequence[str] = (),
+        not_remote_ip_blocks: Sequence[str] = (),
     ) -> Source:
         return cls(
-            _field(principals), _field(not_principals), _field(namespaces), _field(not_namespaces)
-        )
+            _field(principals), _field(not_principals), _field(namespaces), _field(not_namespaces),
+            _blocks(ip_blocks), _blocks(not_ip_blocks),
+            _blocks(remote_ip_blocks), _blocks(not_remote_ip_blocks),
+        )  # fmt: skip
 
     def matches(self, r: RequestAttrs) -> bool:
-        return _ok(self.principals, self.not_principals, r.principal) and _ok(
-            self.namespaces, self.not_namespaces, r.namespace
+        return (
+            _ok(self.principals, self.not_principals, r.principal)
+            and _ok(self.namespaces, self.not_namespaces, r.namespace)
+            and _in_blocks(self.ip_blocks, self.not_ip_blocks, r.source_ip)
+            and _in_blocks(self.remote_ip_blocks, self.not_remote_ip_blocks, r.source_ip)
         )
 
 

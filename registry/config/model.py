@@ -298,6 +298,10 @@ class RuleSource:
     not_principals: tuple[str, ...] = ()
     namespaces: tuple[str, ...] = ()
     not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()  # addresses or CIDRs, checked by the parser
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

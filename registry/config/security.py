@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from yaml.nodes import Node, ScalarNode
@@ -74,16 +75,15 @@ def _rule(cx: Cx, node: Node, path: str) -> Rule | None:
 
 def _source(cx: Cx, node: Node, path: str) -> RuleSource | None:
     wrap = Obj(cx, node, path, ("source",))
-    o = wrap.obj("source", ("principals", "notPrincipals", "namespaces", "notNamespaces"),
-                 ("requestPrincipals", "notRequestPrincipals", "ipBlocks", "notIpBlocks",
-                  "remoteIpBlocks", "notRemoteIpBlocks"))
+    o = wrap.obj("source", (*_SOURCE_STRINGS, *_SOURCE_BLOCKS),
+                 ("requestPrincipals", "notRequestPrincipals"))
     if o is None:
         if wrap.ok:
             wrap.missing("source")
         return None
-    fields = [o.get(k, as_str_list, EMPTY) for k in
-              ("principals", "notPrincipals", "namespaces", "notNamespaces")]
-    if None in fields or not o.ok or not wrap.ok:
+    fields = [o.get(k, as_str_list, EMPTY) for k in _SOURCE_STRINGS]
+    blocks = [o.get(k, _ip_blocks, EMPTY) for k in _SOURCE_BLOCKS]
+    if None in fields or None in blocks or not o.ok or not wrap.ok:
         return None
     for principal in (fields[0] or ()) + (fields[1] or ()):
         if principal.startswith("spiffe://"):
@@ -92,7 +92,33 @@ def _source(cx: Cx, node: Node, path: str) -> RuleSource | None:
                      "`spiffe://`, as Istio does: <trust-domain>/ns/<namespace>/sa/<service>")
             return None
     a, b, c, d = (f or () for f in fields)
-    return RuleSource(a, b, c, d)
+    e, f, g, h = (x or () for x in blocks)
+    return RuleSource(a, b, c, d, e, f, g, h)
+
+
+_SOURCE_STRINGS = ("principals", "notPrincipals", "namespaces", "notNamespaces")
+# Both match the connection's source address: a sidecar trusts no X-Forwarded-For hop
+# (Istio's numTrustedProxies 0), so the remote address is the peer's (docs/policies.md).
+_SOURCE_BLOCKS = ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")
+
+
+def _ip_blocks(cx: Cx, node: Node, path: str) -> tuple[str, ...] | None:
+    """An address (203.0.113.4) or a CIDR (203.0.113.0/24) per item, as Istio takes them."""
+    items = as_list(cx, node, path)
+    if items is None:
+        return None
+    out: list[str] = []
+    for n, p in items:
+        s = as_str(cx, n, p)
+        if s is None:
+            return None
+        try:
+            ipaddress.ip_network(s, strict=False)
+        except ValueError:
+            cx.error(n, p, f"`{s}` is not an IP address or CIDR (203.0.113.4, 203.0.113.0/24)")
+            return None
+        out.append(s)
+    return tuple(out)
 
 
 def _ports(cx: Cx, node: Node, path: str) -> tuple[int, ...] | None:

@@ -33,6 +33,7 @@ class Net:
     prefix: str
     bridge: str
     gateway: str
+    subnet: str = ""  # the bridge's network, e.g. 10.250.7.0/24
     hosts: dict[str, str] = field(default_factory=dict)  # name -> ip
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -57,7 +58,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
     subnet = netns.free_subnet()
     hosts = list(subnet.hosts())
     bridge = netns.create_bridge(f"{prefix}br", f"{hosts[0]}/{subnet.prefixlen}")
-    n = Net(prefix=prefix, bridge=bridge.name, gateway=str(hosts[0]))
+    n = Net(prefix=prefix, bridge=bridge.name, gateway=str(hosts[0]), subnet=str(subnet))
     try:
         for i, name in enumerate(("frontend", "orders"), start=1):
             h = netns.create_host(f"{prefix}-{name}", bridge.name,
@@ -198,6 +199,32 @@ def mesh(net: Net, tmp_path: Path) -> Iterator[Mesh]:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def start_proxy(net: Net, base: Path, home: Path, env: dict[str, str], registry_url: str,
+                name: str, version: str, *extra: str) -> None:
+    """The proxy of host `name` (uid 1337, transparent outbound), joined with a fresh token."""
+    from meshctl.client import RegistryClient
+    from meshctl.launch import netns
+
+    phome = base / f"proxy-{name}"
+    phome.mkdir(mode=0o700)
+    token = phome / "token"
+    token.write_text(RegistryClient.from_home(home).call(
+        "POST", "/v1/tokens", {"service": name})["token"])
+    ca = phome / "ca.crt"
+    shutil.copy(home / "registry" / "ca" / "ca.crt", ca)
+    for p in (phome, token, ca):
+        os.chown(p, PROXY_UID, PROXY_UID)
+    penv = {**env, "MESH_HOME": str(phome)}
+    argv = ["setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID),
+            "--clear-groups", sys.executable, "-m", "meshctl", "proxy", "--service", name,
+            "--version", version, "--registry", registry_url, "--token-file", str(token),
+            "--ca-file", str(ca), "--advertise", net.hosts[name],
+            "--outbound", "127.0.0.1:15001", "--proxy-id", f"{name}-{version}", *extra]
+    log = (phome / "proxy.log").open("wb")
+    net.procs.append(netns.run_in(f"{net.prefix}-{name}", argv, env=penv, stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=str(phome)))
+
+
 def _run_mesh(net: Net, base: Path, home: Path, env: dict[str, str], port: int,
               monitor: int) -> Mesh:
     import urllib.request
@@ -227,23 +254,7 @@ def _run_mesh(net: Net, base: Path, home: Path, env: dict[str, str], port: int,
          "http://127.0.0.1:8080/healthz"], capture_output=True).returncode == 0,
         what="orders app listening")
     for name, version in (("orders", "v1"), ("frontend", "v1")):
-        phome = base / f"proxy-{name}"
-        phome.mkdir(mode=0o700)
-        token = phome / "token"
-        token.write_text(client.call("POST", "/v1/tokens", {"service": name})["token"])
-        ca = phome / "ca.crt"
-        shutil.copy(home / "registry" / "ca" / "ca.crt", ca)
-        for p in (phome, token, ca):
-            os.chown(p, PROXY_UID, PROXY_UID)
-        penv = {**env, "MESH_HOME": str(phome)}
-        argv = ["setpriv", "--reuid", str(PROXY_UID), "--regid", str(PROXY_UID),
-                "--clear-groups", sys.executable, "-m", "meshctl", "proxy", "--service", name,
-                "--version", version, "--registry", registry_url, "--token-file", str(token),
-                "--ca-file", str(ca), "--advertise", net.hosts[name],
-                "--outbound", "127.0.0.1:15001", "--proxy-id", f"{name}-{version}"]
-        log = (phome / "proxy.log").open("wb")
-        net.procs.append(netns.run_in(ns[name], argv, env=penv, stdout=log,
-                                      stderr=subprocess.STDOUT, cwd=str(phome)))
+        start_proxy(net, base, home, env, registry_url, name, version)
         # What the supervisor installs: every inbound port but the defaults and the
         # workload's excludeInboundPorts (9100 for orders), IPv4 and IPv6.
         excluded = (9100,) if name == "orders" else ()

@@ -4,6 +4,7 @@ before anything starts (a compose file that does not parse, Compose not installe
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,27 @@ def test_up_with_a_bad_compose_file_starts_nothing(tmp_path: Path) -> None:
         assert len(lines) == 1 and "does not parse" in lines[0] and f"{bad}:" in lines[0]
         assert cli.processes() == []
         assert not (cli.home / "launch" / "plan.json").exists()
+
+
+def test_published_service_ports_are_served_as_ingress() -> None:
+    attrs = _attrs("shop_frontend_1", "frontend")
+    attrs["NetworkSettings"] = {
+        "Networks": {"shop_shop": {"IPAddress": "172.18.0.5", "Gateway": "172.18.0.1",
+                                   "IPPrefixLen": 16}},
+        "Ports": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18080"},
+                               {"HostIp": "::1", "HostPort": "18080"}],
+                  "9999/tcp": [{"HostIp": "0.0.0.0", "HostPort": "19999"}],  # not a service port
+                  "8080/udp": [{"HostIp": "", "HostPort": "18080"}],
+                  "7070/tcp": None},
+    }  # fmt: skip
+    w = dm.container_workload(attrs, _target(), URL)
+    assert w is not None
+    assert w.published == ((8080, "127.0.0.1:18080"), (8080, "[::1]:18080"))
+    assert w.published_from == "172.18.0.1"
+    assert w.published_net == "172.18.0.0/16"
+    assert w.published_open_ports() == ()  # loopback bindings only: from the host alone
+    wide = replace(w, published=((8080, "0.0.0.0:8080"), (8081, "[::1]:8081")))
+    assert wide.published_open_ports() == (8080,)
+    assert w.proxy_args[-2:] == ("--published", "0.0.0.0:15007")
+    plain = dm.container_workload(_attrs("shop_frontend_1", "frontend"), _target(), URL)
+    assert plain is not None and plain.published == () and "--published" not in plain.proxy_args

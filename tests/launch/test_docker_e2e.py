@@ -221,6 +221,177 @@ def test_a_container_started_later_is_meshed_and_leaves_when_stopped(mesh: Mesh)
     wait_until(lambda: not Path(f"/proc/{proxy_pid}").exists(), 5, "its proxy stopped")
 
 
+# Inside a container: GET a URL, print [status, body] (["refused", why] when nothing answers).
+GET = """
+import json, sys, urllib.request, urllib.error
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(sys.argv[1], timeout=5) as r:
+        print(json.dumps([r.status, r.read().decode()]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, e.read().decode()]))
+except Exception as e:
+    print(json.dumps(["refused", type(e).__name__]))
+"""
+
+REQUIRE_PRINCIPAL = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: frontend-mesh-only}
+spec:
+  selector: {matchLabels: {app: frontend}}
+  action: ALLOW
+  rules:
+    - from:
+        - source: {principals: ["*"]}
+"""
+
+
+def _host_get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _in(mesh: Mesh, compose_service: str, url: str, user: str = "") -> tuple[Any, str]:
+    argv = ["docker", "exec", *(["-u", user] if user else []), mesh.container(compose_service),
+            "python3", "-c", GET, url]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    status, body = json.loads(done.stdout)
+    return status, body
+
+
+def _published_url(mesh: Mesh) -> str:
+    front = next(w for w in mesh.up["workloads"] if w["name"] == mesh.container("frontend"))
+    assert [p["port"] for p in front["published"]] == [8080], front
+    return f"http://{front['published'][0]['host']}"
+
+
+def test_the_published_port_answers_as_without_the_mesh(mesh: Mesh) -> None:
+    url = _published_url(mesh)
+    # The app's own answer, asked on its loopback inside the container (never captured).
+    direct = _in(mesh, "frontend", "http://127.0.0.1:8080/healthz")
+    assert direct == (200, "ok\n")
+    assert _host_get(url + "/healthz") == direct
+    status, body = _host_get(url + "/")
+    assert status == 200 and json.loads(body)["service"] == "frontend"
+    # Counted as ingress by frontend's proxy: from "unknown", without mTLS.
+    front = next(w for w in mesh.up["workloads"] if w["name"] == mesh.container("frontend"))
+    metrics = _host_get(f"http://{front['address']}:15090/metrics")[1]
+    ingress = [ln for ln in metrics.splitlines() if ln.startswith("istio_requests_total{")
+               and 'source_workload="unknown"' in ln and 'response_code="200"' in ln]
+    assert ingress and all('connection_security_policy="none"' in ln for ln in ingress), ingress
+
+
+def test_up_says_the_published_port_is_served_as_ingress(mesh: Mesh) -> None:
+    done = mesh.cli.run("up", str(mesh.compose_file), "--runtime", "docker", "--project",
+                        mesh.project, "--timeout", "60")  # fmt: skip
+    host = _published_url(mesh).removeprefix("http://")
+    line = (f"{mesh.container('frontend')}: published {host} -> 8080 served as ingress "
+            "(unauthenticated; AuthorizationPolicy applies)")  # fmt: skip
+    assert line in " ".join(done.stdout.split()), done.stdout  # rich wraps at 80 columns
+    assert "nothing changed" in done.stdout
+
+
+def test_mesh_plaintext_to_the_published_service_port_is_still_refused(mesh: Mesh) -> None:
+    # orders' proxy uid is not captured outbound: its plaintext reaches frontend as is.
+    assert _in(mesh, "orders-v1", "http://frontend:8080/", user="1337")[0] == "refused"
+    assert _in(mesh, "orders-v1", "http://frontend:15007/", user="1337")[0] == "refused"
+    # The same call through orders' proxy (mTLS) is served.
+    assert _in(mesh, "orders-v1", "http://frontend:8080/healthz") == (200, "ok\n")
+
+
+def test_authorization_policy_applies_to_the_published_port(mesh: Mesh) -> None:
+    url = _published_url(mesh) + "/healthz"
+    policy = mesh.compose_file.parent / "mesh" / "frontend-authz.yaml"
+    policy.write_text(REQUIRE_PRINCIPAL)
+    try:
+        wait_until(lambda: _host_get(url)[0] == 403, 15, "the published request refused (RBAC)")
+        assert _in(mesh, "orders-v1", "http://frontend:8080/healthz") == (200, "ok\n")
+    finally:
+        policy.unlink()
+    wait_until(lambda: _host_get(url)[0] == 200, 15, "the published request served again")
+
+
+def test_the_published_rule_is_in_frontend_namespace(mesh: Mesh) -> None:
+    from proxy.intercept import iptables
+
+    name = mesh.container("frontend")
+    pid = json.loads((mesh.cli.home / "state.json").read_text())["workloads"][name]["app_pid"]
+    gateway = _docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}",
+                      name)[0]  # fmt: skip
+    rule = f"-A MESH_INBOUND -s {gateway}/32 -p tcp -m tcp --dport 8080 -j REDIRECT"
+    assert rule in iptables.dump(pid), iptables.dump(pid)
+
+
+# In a container with Docker's default CAP_NET_RAW: ARP replies telling TARGET that GW is
+# at this container's MAC, a few times over 2 s (Linux ignores updates within 1 s of the last).
+SPOOF = """
+import socket, struct, sys, time
+gw, target_ip, target_mac = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3].replace(":", ""))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+mine = s.getsockname()[4]
+frame = (target_mac + mine + b"\\x08\\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + mine
+         + socket.inet_aton(gw) + target_mac + socket.inet_aton(target_ip))
+for _ in range(8):
+    s.send(frame)
+    time.sleep(0.25)
+print(mine.hex(":"))
+"""
+
+
+def _neigh(pid: int, ip: str) -> str:
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "neigh", "show", ip],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+
+def _spoof(mesh: Mesh, victim: str, gateway: str) -> str:
+    net = json.loads(_docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", victim)[0])
+    v = next(iter(net.values()))
+    done = subprocess.run(["docker", "exec", mesh.container("orders-v1"), "python3", "-c", SPOOF,
+                           gateway, v["IPAddress"], v["MacAddress"]],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_sibling_cannot_take_the_gateway_address_by_arp(mesh: Mesh) -> None:
+    state = json.loads((mesh.cli.home / "state.json").read_text())["workloads"]
+    front, pay = mesh.container("frontend"), mesh.container("payments")
+    gateway = _docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}",
+                      front)[0]  # fmt: skip
+    pinned = _neigh(state[front]["app_pid"], gateway)
+    assert "PERMANENT" in pinned, pinned
+    # The control: payments publishes nothing, its entry is ARP's, and the spoof takes it.
+    pay_pid = state[pay]["app_pid"]
+    before = _neigh(pay_pid, gateway)
+    mac = _spoof(mesh, pay, gateway)
+    try:
+        assert f"lladdr {mac}" in _neigh(pay_pid, gateway), (before, mac)
+    finally:  # payments' way to the registry back at once
+        real = pinned.split("lladdr ")[1].split()[0]
+        subprocess.run(["nsenter", f"--net=/proc/{pay_pid}/ns/net", "ip", "neigh", "replace",
+                        gateway, "lladdr", real, "dev", "eth0", "nud", "reachable"], check=True)
+    # frontend's entry is pinned: the same spoof changes nothing.
+    assert _spoof(mesh, front, gateway) == mac
+    assert _neigh(state[front]["app_pid"], gateway) == pinned
+    # What `down` does for a container that keeps running, and `up`'s pin again.
+    from meshctl.launch.docker import pin_gateway, unpin_gateway
+
+    unpin_gateway(state[front]["app_pid"])
+    assert "PERMANENT" not in _neigh(state[front]["app_pid"], gateway)
+    pin_gateway(state[front]["app_pid"], gateway)
+    assert _neigh(state[front]["app_pid"], gateway) == pinned
+
+
 def test_down_leaves_nothing_behind(mesh: Mesh) -> None:
     report = mesh.cli.json("down")
     assert report["compose_project"] == mesh.project and report["registry_stopped"]
@@ -230,3 +401,5 @@ def test_down_leaves_nothing_behind(mesh: Mesh) -> None:
     wait_until(lambda: mesh.cli.processes() == [], 5, "no process of the mesh")
     assert not (mesh.cli.home / "launch" / "owned.json").exists()
     assert not (mesh.cli.home / "state.json").exists()
+    host = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    assert "MESH_" not in host  # published ports add nothing on the host

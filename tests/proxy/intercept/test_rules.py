@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -298,3 +300,51 @@ def test_the_docs_show_the_typical_rules_verbatim() -> None:
     docs = (REPO / "docs" / "interception.md").read_text()
     assert f"```\n{TYPICAL_TEXT}```" in docs
     assert f"```\n{TYPICAL_V6_TEXT}```" in docs
+
+
+def test_published_ports_go_to_the_published_listener_before_the_capture() -> None:
+    cfg = InterceptConfig(proxy_uid=1337, inbound_ports=(8080, 9090), published_ports=(8080, 22),
+                          published_sources=("172.19.0.1/32",))  # fmt: skip
+    lines = render_restore(cfg).splitlines()
+    rule = "-A MESH_INBOUND -s 172.19.0.1/32 -p tcp --dport 8080 -j REDIRECT --to-ports 15007"
+    assert lines.count(rule) == 1
+    capture = "-A MESH_INBOUND -p tcp --dport 8080 -j MESH_IN_REDIRECT"
+    assert lines.index(rule) < lines.index(capture)
+    assert lines.index("-A MESH_INBOUND -p tcp --dport 22 -j RETURN") < lines.index(rule)
+    assert not [ln for ln in lines if "15007" in ln and "--dport 22 " in ln]  # not captured
+    assert not [ln for ln in lines if "15007" in ln and "--dport 9090 " in ln]  # not published
+    plain = render_restore(InterceptConfig(proxy_uid=1337, inbound_ports=(8080, 9090)))
+    assert "15007" not in plain
+    # A port bound beyond loopback: also from outside the container's network.
+    wide = InterceptConfig(proxy_uid=1337, inbound_ports=(8080, 9090), published_ports=(8080, 9090),
+                           published_sources=("172.19.0.1/32",), published_open_ports=(9090,),
+                           published_local_net="172.19.0.0/16")  # fmt: skip
+    redirects = [ln for ln in render_restore(wide).splitlines() if "15007" in ln]
+    assert redirects == [
+        "-A MESH_INBOUND -s 172.19.0.1/32 -p tcp --dport 8080 -j REDIRECT --to-ports 15007",
+        "-A MESH_INBOUND -s 172.19.0.1/32 -p tcp --dport 9090 -j REDIRECT --to-ports 15007",
+        "-A MESH_INBOUND ! -s 172.19.0.0/16 -p tcp --dport 9090 -j REDIRECT --to-ports 15007",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"published_ports": (8080,)}, "published_ports without published_sources"),
+        ({"published_ports": (8080,), "published_sources": ("172.19.0.1",),
+          "published_port": 15006}, "published_port 15006"),
+        ({"published_ports": (8080,), "published_sources": ("172.19.0.1",),
+          "inbound_ports": (8080, 15007)}, "inbound_ports contains the proxy's own port 15007"),
+        ({"published_ports": (8080,), "published_sources": ("10.0.0.0/33",)},
+         "published_sources: '10.0.0.0/33' is not a CIDR"),
+        ({"published_ports": (8080,), "published_sources": ("172.19.0.1",),
+          "published_open_ports": (8080,)}, "published_open_ports without published_local_net"),
+        ({"published_ports": (8080,), "published_sources": ("172.19.0.1",),
+          "published_open_ports": (9090,), "published_local_net": "172.19.0.0/16"},
+         "published_open_ports must also be in published_ports"),
+    ],
+)
+def test_published_config_errors(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"proxy_uid": 1337, "inbound_ports": (8080,), **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        InterceptConfig(**args)  # type: ignore[arg-type]

@@ -300,3 +300,27 @@ def test_normalize_properties(raw: str) -> None:
 def test_normalize_never_raises(raw: bytes) -> None:
     out = normalize_path(raw)
     assert out is None or normalize_path(out) == out
+
+
+def test_ip_blocks_match_the_source_address() -> None:
+    import ipaddress
+
+    def at(ip: str | None, principal: str | None = None) -> RequestAttrs:
+        addr = ipaddress.ip_address(ip) if ip else None
+        return RequestAttrs("GET", "/", "orders.shop", 8080, principal, None, {}, addr)
+
+    only_lan = Policy("lan", Action.ALLOW, (Rule(sources=(Source.compile(
+        ip_blocks=["10.0.0.0/8", "192.0.2.7"]),)),))  # fmt: skip
+    assert evaluate([only_lan], at("10.1.2.3")).allowed
+    assert evaluate([only_lan], at("192.0.2.7")).allowed
+    assert not evaluate([only_lan], at("192.0.2.8")).allowed
+    assert not evaluate([only_lan], at(None)).allowed  # unknown: no block matches
+    deny_gw = Policy("gw", Action.DENY, (Rule(sources=(Source.compile(
+        remote_ip_blocks=["172.19.0.1"]),)),))  # fmt: skip
+    assert not evaluate([deny_gw], at("172.19.0.1")).allowed
+    assert evaluate([deny_gw], at("172.19.0.2", WEB)).allowed
+    not_lan = Policy("not-lan", Action.DENY, (Rule(sources=(Source.compile(
+        not_ip_blocks=["10.0.0.0/8"]),)),))  # fmt: skip
+    assert evaluate([not_lan], at("10.9.9.9")).allowed
+    assert not evaluate([not_lan], at("203.0.113.4")).allowed
+    assert not evaluate([not_lan], at(None)).allowed  # fail closed on DENY

@@ -154,6 +154,11 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
      ["security.yaml:25:16: spec.rules[0].when[0].key: condition key "
       "`request.auth.claims[iss]` is not supported yet (supported: request.headers[<name>], "
       "source.principal, source.namespace, destination.port)"]),
+    ("ip_block", "security.yaml", '            principals: ["shop.local/ns/default/sa/orders"]\n',
+     '            principals: ["shop.local/ns/default/sa/orders"]\n'
+     '            ipBlocks: ["10.0.0.0/8", "10.0.0.300"]\n',
+     ["security.yaml:24:38: spec.rules[0].from[0].source.ipBlocks[1]: `10.0.0.300` is not an "
+      "IP address or CIDR (203.0.113.4, 203.0.113.0/24)"]),
     ("custom_action", "security.yaml", "  action: ALLOW", "  action: CUSTOM",
      ["security.yaml:19:11: spec.action: `CUSTOM` is not supported yet"]),
     ("mtls_mode", "security.yaml", "    mode: STRICT", "    mode: STRICTER",
