@@ -171,12 +171,16 @@ class Runner:
             await self._declared()
             now = self._clock()
             for service, c in list(self.canaries.items()):
+                if c.done:
+                    continue
                 if service in self._unapplied:
                     await self._apply(c, retry=True)
+                if service not in self._window:  # resumed: its interval begins now
+                    self._window[service] = await asyncio.to_thread(self._scrape, service)
                 if not analysis.due(c, now):
                     continue
                 second = await asyncio.to_thread(self._scrape, service)
-                first = self._window.get(service, second)
+                first = self._window[service]
                 vs = {s: _version(self._config(), service, s) for s in (c.canary, c.baseline)}
                 after = analysis.advance(
                     c, now, subset_traffic(first, second, service, vs[c.canary]),
