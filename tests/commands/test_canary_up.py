@@ -22,7 +22,15 @@ from meshctl.observe.cli import scrape
 from meshctl.observe.proxies import local_proxies
 from registry.canary.metrics import subset_traffic
 from registry.config import load_directory
-from tests.commands.support import MESHCTL, REPO, Cli, copy_example, free_port, mesh_home, wait_until
+from tests.commands.support import (
+    MESHCTL,
+    REPO,
+    Cli,
+    copy_example,
+    free_port,
+    mesh_home,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
