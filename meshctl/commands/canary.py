@@ -68,12 +68,13 @@ def canary(
     if output not in ("text", "json"):
         _fail(f"--output must be text or json, not `{output}`")
     action, service = _words(words)
+    if action == "start":  # every argument checked before anything is asked of the registry
+        if to is None:
+            _fail(f"say where traffic goes: meshctl route canary {service} --to SUBSET")
+        policy = _policy(steps, interval, success_rate, p99, min_requests, failures)
     try:
         client = RegistryClient.from_home(mesh_home())
         if action == "start":
-            if to is None:
-                _fail(f"say where traffic goes: meshctl route canary {service} --to SUBSET")
-            policy = _policy(steps, interval, success_rate, p99, min_requests, failures)
             body = {"service": service, "to": to, "from": from_, "route": route,
                     "policy": {"steps": list(policy.steps), "interval_s": policy.interval_s,
                                "success_rate": policy.success_rate, "p99_ms": policy.p99_ms,

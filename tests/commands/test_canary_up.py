@@ -169,3 +169,27 @@ def test_failing_v2_is_rolled_back_and_then_gets_nothing(
     before, sent = _v2_requests(cli), traffic.sent
     wait_until(lambda: traffic.sent >= sent + 100, 60, "100 more requests through the shop")
     assert _v2_requests(cli) == before
+
+
+def test_a_file_edit_starts_a_declared_canary(shop: tuple[Cli, Any, Path, Traffic]) -> None:
+    cli, up, config, _ = shop
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{_app_port(up, 'orders-v2')}/admin/reset", method="POST")
+    with OPENER.open(req, timeout=5) as r:
+        r.read()
+    assert _weights(config) == {"v1": 100, "v2": 0}
+    (config / "canary.yaml").write_text("""\
+apiVersion: meshctl.dev/v1alpha1
+kind: Canary
+metadata:
+  name: orders
+spec:
+  service: orders
+  to: v2
+  analysis: {steps: [50, 100], interval: 1s, minRequests: 3, successRate: 95, p99: 5s}
+""")
+    c = wait_until(lambda: (c := _canary(cli))["origin"].startswith("Canary orders") and
+                   c["phase"] != "progressing" and c, 60, "the declared canary to end")
+    assert c["origin"] == "Canary orders (canary.yaml:1:1)"
+    assert c["phase"] == "promoted", [e["message"] for e in c["events"]]
+    assert _weights(config) == {"v1": 0, "v2": 100}
