@@ -36,7 +36,7 @@ from registry.config.model import CanaryPolicy, CanarySpec, MeshConfig
 from registry.config.wire import from_wire, to_wire
 from registry.server.catalog import Endpoint
 
-__all__ = ["CanaryError", "Runner", "scrape_service"]
+__all__ = ["CanaryError", "Runner", "canary_wire", "scrape_service"]
 
 log = logging.getLogger("meshctl.registry.canary")
 TICK_S = 0.2
@@ -112,10 +112,10 @@ class Runner:
         atomic_write(self.path, json.dumps(data, sort_keys=True).encode(), mode=0o600)
 
     def status(self) -> list[dict[str, Any]]:
-        return [_wire(c) for _, c in sorted(self.canaries.items())]
+        return [canary_wire(c) for _, c in sorted(self.canaries.items())]
 
     def status_of(self, service: str) -> dict[str, Any]:
-        return _wire(self.canaries[service])
+        return canary_wire(self.canaries[service])
 
     # -- operator actions --------------------------------------------------------------------
 
@@ -312,7 +312,7 @@ def _key(spec: CanarySpec) -> str:
     return f"{spec.name}:{body}"
 
 
-def _wire(c: Canary) -> dict[str, Any]:
+def canary_wire(c: Canary) -> dict[str, Any]:
     data: dict[str, Any] = to_wire(c)
     data["weight"] = c.weight
     data["weights"] = c.weights

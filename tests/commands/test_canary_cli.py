@@ -35,3 +35,24 @@ def test_refusals(args: list[str], message: str) -> None:
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("meshctl route canary: ") and message in line, line
+
+
+def test_status_text_shows_weights_steps_and_checks() -> None:
+    from rich.console import Console
+
+    from meshctl.commands.canary import render
+    from registry.canary import analysis as a
+    from registry.canary.runner import canary_wire
+    from registry.config.model import CanaryPolicy
+
+    c = a.start("orders", "v1", "v2", CanaryPolicy(steps=(30, 60, 100), failures=3), 0.0)
+    c = a.advance(c, 30.0, a.Window(50, 1.0, 12.0), None)
+    c = a.advance(c, 60.0, a.Window(50, 0.5, 12.0), None)
+    console = Console(width=160, record=True, color_system=None)
+    console.print(render(canary_wire(c)))
+    text = console.export_text()
+    for part in ("canary orders: v1 -> v2 progressing (meshctl route canary)",
+                 "v1 40%, v2 60%", "30 [60] 100", "failed checks", "1/3",
+                 "check at 30%", "50 requests, success 100.0%, p99 12ms: pass",
+                 "check at 60%", "fail: success rate 50.00% is under 99%"):
+        assert part in text, (part, text)
