@@ -78,3 +78,13 @@ def test_two_canaries_for_one_service(example_copy: Path) -> None:
         CANARY + "---\n" + CANARY.replace("name: orders", "name: orders-again"))
     errors = [str(e) for e in load_directory(example_copy).errors]
     assert any("a second Canary for `orders`" in e for e in errors), errors
+
+
+def test_validate_summary_names_the_canary(example_copy: Path) -> None:
+    from registry.config import summary_lines
+
+    (example_copy / "canary.yaml").write_text(CANARY)
+    config = load_directory(example_copy).config
+    assert config is not None
+    assert summary_lines(config)[-1] == ("Canary orders: orders to v2, steps 10,50,100 every 1s, "
+                                         "rollback after 2 failed check(s)")
