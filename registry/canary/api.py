@@ -62,7 +62,7 @@ def add_routes(app: web.Application, runner: Runner, operator: Authorize) -> Non
         return None
 
     async def listing(request: web.Request) -> web.Response:
-        return guard(request) or _json({"canaries": runner.status()})
+        return guard(request) or _json({"canaries": await runner.status()})
 
     async def begin(request: web.Request) -> web.Response:
         if (refused := guard(request)) is not None:

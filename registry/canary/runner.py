@@ -111,8 +111,11 @@ class Runner:
                 "seen": {k: sorted(v) for k, v in sorted(self.seen.items())}}
         atomic_write(self.path, json.dumps(data, sort_keys=True).encode(), mode=0o600)
 
-    def status(self) -> list[dict[str, Any]]:
-        return [canary_wire(c) for _, c in sorted(self.canaries.items())]
+    async def status(self) -> list[dict[str, Any]]:
+        """Every canary, once no edit is half done (a rollback reads as rolled back when
+        the file says so)."""
+        async with self._lock:
+            return [canary_wire(c) for _, c in sorted(self.canaries.items())]
 
     def status_of(self, service: str) -> dict[str, Any]:
         return canary_wire(self.canaries[service])

