@@ -21,6 +21,7 @@ def build() -> typer.Typer:
     from meshctl import __version__
     from meshctl.commands import (
         check,
+        dashboard,
         down,
         image,
         intercept,
@@ -72,6 +73,7 @@ def build() -> typer.Typer:
     app.command()(check.check)
     app.command(name="proxy-config")(proxy_config.proxy_config)
     app.command()(why.why)
+    app.command()(dashboard.dashboard)
     app.command()(registry)
     app.command()(proxy.proxy)
     app.add_typer(token.app, name="token")

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,10 @@ class Traffic:
             t.join(10)
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Any, Path, Traffic]]:
-    config = copy_example(tmp_path_factory.mktemp("shop"))
+@contextmanager
+def running_shop(tmp: Path) -> Iterator[tuple[Cli, Any, Path, Traffic]]:
+    """The example shop under `meshctl up` (local runtime, explicit mode), with traffic."""
+    config = copy_example(tmp)
     with mesh_home() as cli:
         cli.env["MESH_FORCE_EXPLICIT"] = "1"
         up = cli.json("up", str(config), "--runtime", "local", "--timeout", "30",
@@ -77,6 +79,12 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Any, P
             yield cli, up, config, traffic
         finally:
             traffic.close()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cli, Any, Path, Traffic]]:
+    with running_shop(tmp_path_factory.mktemp("shop")) as running:
+        yield running
 
 
 def _app_port(up: Any, workload: str) -> int:
