@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshctl.observe.stats import Scrape, Window, collect, quantile
+from meshctl.observe.stats import Scrape, Window, collect, delta, quantile
 
 __all__ = ["DEGRADED", "FAILING", "graph", "health"]
 
@@ -33,12 +33,6 @@ def health(requests: float, failures: float) -> str:
 
 def _node_id(service: str, version: str) -> str:
     return f"{service} {version}" if version and version != "unknown" else service
-
-
-def _delta(a: Window, b: Window) -> tuple[float, float, dict[float, float]]:
-    n = max(0.0, b.requests - a.requests)
-    fails = max(0.0, b.failures - a.failures)
-    return n, fails, {le: max(0.0, c - a.buckets.get(le, 0.0)) for le, c in b.buckets.items()}
 
 
 def graph(first: Scrape, second: Scrape, interval_s: float) -> dict[str, Any]:
@@ -62,7 +56,7 @@ def graph(first: Scrape, second: Scrape, interval_s: float) -> dict[str, Any]:
     a_in, b_in = collect(first, "destination", _NODE), collect(second, "destination", _NODE)
     served: dict[str, list[tuple[str, float, float, dict[float, float]]]] = {}
     for (service, version), w in sorted(b_in.items()):
-        n, fails, buckets = _delta(a_in.get((service, version), Window()), w)
+        n, fails, buckets = delta(a_in.get((service, version), Window()), w)
         served.setdefault(service, []).append((version, n, fails, buckets))
     for service, versions in served.items():
         total = sum(n for _, n, _, _ in versions)
@@ -81,7 +75,7 @@ def graph(first: Scrape, second: Scrape, interval_s: float) -> dict[str, Any]:
     a_e, b_e = collect(first, "source", _EDGE), collect(second, "source", _EDGE)
     for key, w in sorted(b_e.items()):
         src_app, src_ver, dst, security = key
-        n, fails, buckets = _delta(a_e.get(key, Window()), w)
+        n, fails, buckets = delta(a_e.get(key, Window()), w)
         source = node(src_app, src_ver, "version" if src_ver else "service")
         target = node(dst, "", "service")
         edges.append(_edge(source["id"], target["id"], dst, n, fails, buckets, dt,

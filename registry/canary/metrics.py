@@ -7,7 +7,7 @@ a caller sends elsewhere after a canary's 503 still counts as the canary's failu
 
 from __future__ import annotations
 
-from meshctl.observe.stats import Scrape, Window, collect, quantile
+from meshctl.observe.stats import Scrape, Window, collect, delta, quantile
 from registry.canary.analysis import Window as Traffic
 
 __all__ = ["subset_traffic"]
@@ -19,7 +19,5 @@ def subset_traffic(first: Scrape, second: Scrape, service: str, version: str) ->
     """Requests, success rate and p99 of `service`'s `version` between the two scrapes."""
     a = collect(first, "destination", _KEY).get((service, version), Window())
     b = collect(second, "destination", _KEY).get((service, version), Window())
-    n = max(0.0, b.requests - a.requests)
-    fails = max(0.0, b.failures - a.failures)
-    delta = {le: max(0.0, c - a.buckets.get(le, 0.0)) for le, c in b.buckets.items()}
-    return Traffic(n, (n - fails) / n if n else None, quantile(0.99, delta))
+    n, fails, buckets = delta(a, b)
+    return Traffic(n, (n - fails) / n if n else None, quantile(0.99, buckets))
