@@ -1,10 +1,11 @@
-"""The dashboard's web server: the page, its static files, and the graph as JSON.
+"""The dashboard's web server: the page, its static files, the graph and the canaries as JSON.
 
 It scrapes the proxies of this host (MESH_HOME/proxies, as `meshctl stat` does) every
 SCRAPE_S and keeps 15 minutes of scrapes, so a window of 1, 5 or 15 minutes is the
-difference between the newest scrape and the oldest one inside the window. On a loopback
-address anyone on the host may look (as with `meshctl stat`); anywhere else the operator
-credential is required: `?token=...` once (it becomes a cookie) or `Authorization: Bearer`.
+difference between the newest scrape and the oldest one inside the window. The canaries
+are the registry's (GET /v1/canaries). On a loopback address anyone on the host may look
+(as with `meshctl stat`); anywhere else the operator credential is required: `?token=...`
+once (it becomes a cookie) or `Authorization: Bearer`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.dashboard.graph import graph
 from meshctl.observe.promtext import parse
 from meshctl.observe.proxies import ObserveError, local_proxies
@@ -89,6 +91,7 @@ class Dashboard:
         app = web.Application(middlewares=[self._auth])
         app.add_routes([web.get("/", self._index), web.get("/api/graph", self._graph),
                         web.get("/static/{name:.+}", self._static),
+                        web.get("/api/canaries", self._canaries),
                         web.get("/favicon.ico", _no_content)])
         return app
 
@@ -120,6 +123,15 @@ class Dashboard:
             return web.json_response({"error": f"window must be one of {WINDOWS_S} seconds"},
                                      status=400)
         return web.json_response(self.graph(window), headers=_SECURITY)
+
+    async def _canaries(self, request: web.Request) -> web.Response:
+        """The registry's canaries (GET /v1/canaries, as the operator), or why there are none."""
+        try:
+            client = RegistryClient.from_home(self.home)
+            data = await asyncio.to_thread(client.call, "GET", "/v1/canaries", None, 5.0)
+        except (RegistryUnavailable, RegistryError, OSError) as exc:
+            return web.json_response({"canaries": [], "error": str(exc)}, headers=_SECURITY)
+        return web.json_response(data, headers=_SECURITY)
 
     async def _static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.commands.support import MESHCTL, REPO, free_port, wait_until
+from tests.commands.support import MESHCTL, REPO, Cli, free_port, wait_until
 from tests.commands.test_canary_up import running_shop
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,7 +31,7 @@ EDGES = CALLS | SUBSETS
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Cli]]:
     with running_shop(tmp_path_factory.mktemp("shop")) as (cli, _, _, _):
         port = free_port()
         server = subprocess.Popen(
@@ -40,7 +40,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
         url = f"http://127.0.0.1:{port}/"
         try:
             wait_until(lambda: _get(url + "api/graph")["edges"], 30, "the dashboard's graph")
-            yield url, tmp_path_factory.mktemp("shots")
+            yield url, tmp_path_factory.mktemp("shots"), cli
         finally:
             server.terminate()
             server.wait(10)
@@ -52,8 +52,11 @@ def _get(url: str) -> Any:
         return json.loads(r.read())
 
 
-def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path]) -> None:
-    url, shots = board
+def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path, Cli]) -> None:
+    url, shots, cli = board
+    # A canary that stays at its first step (a minute per step) while the page is looked at.
+    cli.run("route", "canary", "orders", "--to", "v2", "--steps", "20,60,100",
+            "--interval", "1m")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -81,7 +84,13 @@ def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path]) -> 
             drawn = page.evaluate("() => window.cy.edges().map("
                                   "e => [e.id(), e.data('rps'), e.data('mtls'), e.data('share')])")
             rows = page.locator("#edges tbody tr").all_inner_texts()
+            canary = page.locator("#canaries .canary[data-service=orders]")
+            canary.and_(page.locator(".progressing")).wait_for(timeout=15_000)
+            running = canary.inner_text()
             page.screenshot(path=str(shots / "dashboard.png"))
+            cli.run("route", "canary", "abort", "orders")  # the page follows, no reload
+            canary.and_(page.locator(".rolled_back")).wait_for(timeout=15_000)
+            ended = canary.inner_text()
         finally:
             browser.close()
     by_id = {i: (rps, mtls, share) for i, rps, mtls, share in drawn}
@@ -92,5 +101,9 @@ def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path]) -> 
     assert by_id["orders -> orders v1"][2] > by_id["orders -> orders v2"][2] > 0, by_id
     assert any(r.startswith("frontend v1 -> orders\t") for r in rows), rows
     assert outside == []  # Cytoscape came from the dashboard itself
+    assert running.startswith("canary orders: v1 -> v2 progressing, v2 20%, step 1/3, "
+                              "failed checks 0/3"), running
+    assert ended.startswith("canary orders: v1 -> v2 rolled back, v2 0%"), ended
+    assert ended.endswith("aborted by the operator"), ended
     if os.environ.get("MESH_DASHBOARD_SHOT"):
         (shots / "dashboard.png").replace(os.environ["MESH_DASHBOARD_SHOT"])

@@ -58,11 +58,29 @@ function update(g) {
                  : "waiting for two scrapes";
 }
 
+function showCanaries(list) {
+  // One line per canary: phase, weights, step, failed checks, and the last event.
+  document.getElementById("canaries").replaceChildren(...list.map((c) => {
+    const div = document.createElement("div");
+    div.className = `canary ${c.phase}`;
+    div.dataset.service = c.service;
+    const steps = c.policy.steps;
+    const at = c.phase === "progressing" ? `step ${c.step + 1}/${steps.length}, ` : "";
+    const last = c.events.length ? c.events[c.events.length - 1].message : "";
+    div.textContent = `canary ${c.service}: ${c.baseline} -> ${c.canary} ` +
+      `${c.phase.replace("_", " ")}, ${c.canary} ${c.weight}%, ${at}` +
+      `failed checks ${c.failed}/${c.policy.failures}: ${last}`;
+    return div;
+  }));
+}
+
 async function refresh() {
   const win = document.getElementById("window").value;
   try {
     const r = await fetch(`/api/graph?window=${win}`, { cache: "no-store" });
     if (r.ok) { update(await r.json()); }
+    const c = await fetch("/api/canaries", { cache: "no-store" });
+    if (c.ok) { showCanaries((await c.json()).canaries); }
   } catch (err) {
     document.getElementById("updated").textContent = `no answer: ${err}`;
   }
