@@ -92,6 +92,7 @@ class Dashboard:
         app.add_routes([web.get("/", self._index), web.get("/api/graph", self._graph),
                         web.get("/static/{name:.+}", self._static),
                         web.get("/api/canaries", self._canaries),
+                        web.get("/api/config", self._config),
                         web.get("/favicon.ico", _no_content)])
         return app
 
@@ -126,12 +127,23 @@ class Dashboard:
 
     async def _canaries(self, request: web.Request) -> web.Response:
         """The registry's canaries (GET /v1/canaries, as the operator), or why there are none."""
+        data = await self._registry("/v1/canaries")
+        return web.json_response({"canaries": data.get("canaries", []), **data},
+                                 headers=_SECURITY)
+
+    async def _config(self, request: web.Request) -> web.Response:
+        """The config version in force and the last rejected change, with its positions."""
+        data = await self._registry("/v1/status")
+        keys = ("config_version", "config_digest", "last_config_error", "error")
+        return web.json_response({k: data.get(k) for k in keys}, headers=_SECURITY)
+
+    async def _registry(self, path: str) -> dict[str, Any]:
         try:
             client = RegistryClient.from_home(self.home)
-            data = await asyncio.to_thread(client.call, "GET", "/v1/canaries", None, 5.0)
+            data = await asyncio.to_thread(client.call, "GET", path, None, 5.0)
         except (RegistryUnavailable, RegistryError, OSError) as exc:
-            return web.json_response({"canaries": [], "error": str(exc)}, headers=_SECURITY)
-        return web.json_response(data, headers=_SECURITY)
+            return {"error": str(exc)}
+        return data if isinstance(data, dict) else {"error": f"{path}: not a JSON object"}
 
     async def _static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -28,11 +28,18 @@ pytestmark = [
 CALLS = {"frontend v1 -> orders", "orders v1 -> payments", "orders v1 -> inventory"}
 SUBSETS = {"orders -> orders v1", "orders -> orders v2", "payments -> payments v1"}
 EDGES = CALLS | SUBSETS
+BROKEN = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken}
+spec:
+  hosts: payments
+"""
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Cli]]:
-    with running_shop(tmp_path_factory.mktemp("shop")) as (cli, _, _, _):
+def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Cli, Path]]:
+    with running_shop(tmp_path_factory.mktemp("shop")) as (cli, _, config, _):
         port = free_port()
         server = subprocess.Popen(
             [*MESHCTL, "dashboard", "--listen", f"127.0.0.1:{port}", "--no-browser"],
@@ -40,7 +47,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path,
         url = f"http://127.0.0.1:{port}/"
         try:
             wait_until(lambda: _get(url + "api/graph")["edges"], 30, "the dashboard's graph")
-            yield url, tmp_path_factory.mktemp("shots"), cli
+            yield url, tmp_path_factory.mktemp("shots"), cli, config
         finally:
             server.terminate()
             server.wait(10)
@@ -52,8 +59,8 @@ def _get(url: str) -> Any:
         return json.loads(r.read())
 
 
-def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path, Cli]) -> None:
-    url, shots, cli = board
+def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path, Cli, Path]) -> None:
+    url, shots, cli, config = board
     # A canary that stays at its first step (a minute per step) while the page is looked at.
     cli.run("route", "canary", "orders", "--to", "v2", "--steps", "20,60,100",
             "--interval", "1m")
@@ -91,6 +98,11 @@ def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path, Cli]
             cli.run("route", "canary", "abort", "orders")  # the page follows, no reload
             canary.and_(page.locator(".rolled_back")).wait_for(timeout=15_000)
             ended = canary.inner_text()
+            assert page.locator("#config-error").is_hidden()
+            (config / "bad.yaml").write_text(BROKEN)  # the registry rejects it: shown
+            banner = page.locator("#config-error")
+            banner.wait_for(state="visible", timeout=15_000)
+            rejected = banner.inner_text()
         finally:
             browser.close()
     by_id = {i: (rps, mtls, share) for i, rps, mtls, share in drawn}
@@ -105,5 +117,7 @@ def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path, Cli]
                               "failed checks 0/3"), running
     assert ended.startswith("canary orders: v1 -> v2 rolled back, v2 0%"), ended
     assert ended.endswith("aborted by the operator"), ended
+    assert "config change rejected" in rejected and \
+        "bad.yaml:5:10: spec.hosts: expected a list, got a string" in rejected, rejected
     if os.environ.get("MESH_DASHBOARD_SHOT"):
         (shots / "dashboard.png").replace(os.environ["MESH_DASHBOARD_SHOT"])

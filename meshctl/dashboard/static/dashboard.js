@@ -74,6 +74,15 @@ function showCanaries(list) {
   }));
 }
 
+function showConfig(st) {
+  // The last change the registry rejected (the version before it keeps serving).
+  const box = document.getElementById("config-error");
+  const err = st.last_config_error;
+  box.hidden = !err;
+  box.textContent = err ? `config change rejected (version ${st.config_version} stays in ` +
+    `force):\n${err.errors.join("\n")}` : "";
+}
+
 async function refresh() {
   const win = document.getElementById("window").value;
   try {
@@ -81,6 +90,8 @@ async function refresh() {
     if (r.ok) { update(await r.json()); }
     const c = await fetch("/api/canaries", { cache: "no-store" });
     if (c.ok) { showCanaries((await c.json()).canaries); }
+    const s = await fetch("/api/config", { cache: "no-store" });
+    if (s.ok) { showConfig(await s.json()); }
   } catch (err) {
     document.getElementById("updated").textContent = `no answer: ${err}`;
   }
