@@ -14,7 +14,7 @@ from typing import Any
 
 from meshctl.observe.stats import Scrape, Window, collect, delta, quantile
 
-__all__ = ["DEGRADED", "FAILING", "graph", "health"]
+__all__ = ["DEGRADED", "FAILING", "graph", "health", "mark_ejected"]
 
 DEGRADED = 0.001  # error ratio at or above which a node or edge is degraded (Kiali)
 FAILING = 0.10  # above which it is failing (Kiali)
@@ -101,3 +101,16 @@ def _rate(n: float, fails: float) -> float | None:
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
+
+
+def mark_ejected(g: dict[str, Any], endpoints: list[dict[str, Any]],
+                 ejected: dict[str, list[str]]) -> None:
+    """Give each version node the endpoints of it that callers have ejected (`ejected`:
+    address:port -> caller workloads); such a node is drawn red whatever its rates say."""
+    where = {f"{e.get('address')}:{e.get('inbound_port')}":
+             _node_id(str(e.get("service", "")), str(e.get("labels", {}).get("version", "")))
+             for e in endpoints}
+    for node in g["nodes"]:
+        hosts = sorted(h for h, nid in where.items() if nid == node["id"] and h in ejected)
+        if hosts:
+            node["ejected"] = [{"endpoint": h, "by": sorted(set(ejected[h]))} for h in hosts]

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
-from meshctl.dashboard.graph import graph
+from meshctl.dashboard.graph import graph, mark_ejected
 from meshctl.observe.promtext import parse
 from meshctl.observe.proxies import ObserveError, local_proxies
 from meshctl.observe.stats import Scrape
@@ -38,14 +38,22 @@ _STATIC = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"
            "vendor/cytoscape.min.js": "application/javascript"}
 
 
-def scrape_all(home: Path) -> Scrape:
+def scrape_all(home: Path) -> tuple[Scrape, dict[str, list[str]]]:
+    """Every local proxy's metrics, and which endpoints (address:port) each caller's
+    outlier detection has ejected now (their /config_dump, as `meshctl why` reads it)."""
     out: dict[str, list[Any]] = {}
+    ejected: dict[str, list[str]] = {}
     for p in local_proxies(home):
         try:
             out[p.proxy_id] = list(parse(p.metrics_text(timeout=2.0)))
+            dump = p.admin_json("/config_dump", timeout=2.0)
         except ObserveError as exc:
             log.debug("no metrics from %s: %s", p.proxy_id, exc)
-    return out
+            continue
+        for c in dump.get("clusters", []) if isinstance(dump, dict) else []:
+            for host in c.get("ejected", []):
+                ejected.setdefault(str(host), []).append(p.workload)
+    return out, ejected
 
 
 def is_loopback(host: str) -> bool:
@@ -59,12 +67,13 @@ class Dashboard:
     def __init__(self, home: Path, token: str | None, scrape_s: float = SCRAPE_S) -> None:
         self.home, self.token, self.scrape_s = home, token, scrape_s
         self.scrapes: deque[tuple[float, Scrape]] = deque()
+        self.ejected: dict[str, list[str]] = {}  # address:port -> the callers ejecting it
 
     async def collect(self) -> None:
         """Scrape every `scrape_s`, keeping the longest window's worth."""
         while True:
             try:
-                s = await asyncio.to_thread(scrape_all, self.home)
+                s, self.ejected = await asyncio.to_thread(scrape_all, self.home)
                 now = time.monotonic()
                 self.scrapes.append((now, s))
                 while self.scrapes and self.scrapes[0][0] < now - max(WINDOWS_S) - self.scrape_s:
@@ -123,7 +132,11 @@ class Dashboard:
         if window not in WINDOWS_S:
             return web.json_response({"error": f"window must be one of {WINDOWS_S} seconds"},
                                      status=400)
-        return web.json_response(self.graph(window), headers=_SECURITY)
+        g = self.graph(window)
+        if self.ejected:
+            catalog = await self._registry("/v1/catalog")
+            mark_ejected(g, catalog.get("endpoints", []), self.ejected)
+        return web.json_response(g, headers=_SECURITY)
 
     async def _canaries(self, request: web.Request) -> web.Response:
         """The registry's canaries (GET /v1/canaries, as the operator), or why there are none."""

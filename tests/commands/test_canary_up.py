@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,9 +67,13 @@ class Traffic:
 
 
 @contextmanager
-def running_shop(tmp: Path) -> Iterator[tuple[Cli, Any, Path, Traffic]]:
-    """The example shop under `meshctl up` (local runtime, explicit mode), with traffic."""
+def running_shop(tmp: Path, edit: Callable[[Path], None] | None = None
+                 ) -> Iterator[tuple[Cli, Any, Path, Traffic]]:
+    """The example shop under `meshctl up` (local runtime, explicit mode), with traffic;
+    `edit` changes its config directory first."""
     config = copy_example(tmp)
+    if edit is not None:
+        edit(config)
     with mesh_home() as cli:
         cli.env["MESH_FORCE_EXPLICIT"] = "1"
         up = cli.json("up", str(config), "--runtime", "local", "--timeout", "30",

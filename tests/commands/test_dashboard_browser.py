@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.commands.support import MESHCTL, REPO, Cli, free_port, wait_until
-from tests.commands.test_canary_up import running_shop
+from tests.commands.test_canary_up import _app_port, running_shop
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -28,6 +28,16 @@ pytestmark = [
 CALLS = {"frontend v1 -> orders", "orders v1 -> payments", "orders v1 -> inventory"}
 SUBSETS = {"orders -> orders v1", "orders -> orders v2", "payments -> payments v1"}
 EDGES = CALLS | SUBSETS
+PAYMENTS_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: payments}
+spec:
+  host: payments
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5m,
+                       maxEjectionPercent: 50}
+"""
 BROKEN = """\
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -38,8 +48,9 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Cli, Path]]:
-    with running_shop(tmp_path_factory.mktemp("shop")) as (cli, _, config, _):
+def board(tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[str, Path, Cli, Path, Any]]:
+    with running_shop(tmp_path_factory.mktemp("shop"), _two_payments) as (cli, up, config, _):
         port = free_port()
         server = subprocess.Popen(
             [*MESHCTL, "dashboard", "--listen", f"127.0.0.1:{port}", "--no-browser"],
@@ -47,10 +58,20 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path,
         url = f"http://127.0.0.1:{port}/"
         try:
             wait_until(lambda: _get(url + "api/graph")["edges"], 30, "the dashboard's graph")
-            yield url, tmp_path_factory.mktemp("shots"), cli, config
+            yield url, tmp_path_factory.mktemp("shots"), cli, config, up
         finally:
             server.terminate()
             server.wait(10)
+
+
+def _two_payments(config: Path) -> None:
+    """payments in two replicas, with an outlier detection that may eject one of them."""
+    mesh = config / "mesh.yaml"
+    line = ('        command: ["python3", "apps/shop.py", "--service", "payments", '
+            '"--version", "v1"]\n')
+    assert line in mesh.read_text()
+    mesh.write_text(mesh.read_text().replace(line, line + "        replicas: 2\n"))
+    (config / "payments.yaml").write_text(PAYMENTS_RULE)
 
 
 def _get(url: str) -> Any:
@@ -59,8 +80,9 @@ def _get(url: str) -> Any:
         return json.loads(r.read())
 
 
-def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path, Cli, Path]) -> None:
-    url, shots, cli, config = board
+def test_the_graph_shows_the_shops_edges_with_rates(
+        board: tuple[str, Path, Cli, Path, Any]) -> None:
+    url, shots, cli, config, up = board
     # A canary that stays at its first step (a minute per step) while the page is looked at.
     cli.run("route", "canary", "orders", "--to", "v2", "--steps", "20,60,100",
             "--interval", "1m")
@@ -103,6 +125,20 @@ def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path, Cli,
             banner = page.locator("#config-error")
             banner.wait_for(state="visible", timeout=15_000)
             rejected = banner.inner_text()
+            # One payments replica answers 503: orders' proxy ejects it, the node turns red.
+            fail = urllib.request.Request(
+                f"http://127.0.0.1:{_app_port(up, 'payments-v1-2')}/admin/fail?status=503"
+                "&count=-1", method="POST")
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(fail) as r:
+                r.read()
+            page.wait_for_function("() => window.cy.getElementById('payments v1').data('ejected')",
+                                   timeout=30_000)
+            red = page.evaluate("() => window.cy.getElementById('payments v1')"
+                                ".style('background-color')")
+            ejected = page.evaluate("() => window.cy.getElementById('payments v1').data('ejected')")
+            page.screenshot(path=str(shots / "ejected.png"))
+            if os.environ.get("MESH_DASHBOARD_SHOT"):
+                page.screenshot(path=os.environ["MESH_DASHBOARD_SHOT"] + ".ejected.png")
         finally:
             browser.close()
     by_id = {i: (rps, mtls, share) for i, rps, mtls, share in drawn}
@@ -117,6 +153,8 @@ def test_the_graph_shows_the_shops_edges_with_rates(board: tuple[str, Path, Cli,
                               "failed checks 0/3"), running
     assert ended.startswith("canary orders: v1 -> v2 rolled back, v2 0%"), ended
     assert ended.endswith("aborted by the operator"), ended
+    assert red == "rgb(221,0,0)", red
+    assert len(ejected) == 1 and set(ejected[0]["by"]) <= {"orders-v1", "orders-v2"}, ejected
     assert "config change rejected" in rejected and \
         "bad.yaml:5:10: spec.hosts: expected a list, got a string" in rejected, rejected
     if os.environ.get("MESH_DASHBOARD_SHOT"):

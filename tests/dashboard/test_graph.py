@@ -86,3 +86,18 @@ async def test_on_loopback_no_credential_and_only_the_shipped_files(tmp_path: Pa
         assert (await client.get("/static/dashboard.js")).status == 200
         assert (await client.get("/static/vendor/cytoscape.LICENSE")).status == 404
         assert (await client.get("/api/graph?window=7")).status == 400
+
+
+def test_an_ejected_endpoint_marks_its_version() -> None:
+    from meshctl.dashboard.graph import mark_ejected
+
+    g = graph(_scrape(1), _scrape(2), 1.0)
+    endpoints = [{"service": "orders", "address": "10.0.0.2", "inbound_port": 15006,
+                  "labels": {"version": "v2"}},
+                 {"service": "orders", "address": "10.0.0.1", "inbound_port": 15006,
+                  "labels": {"version": "v1"}}]
+    mark_ejected(g, endpoints, {"10.0.0.2:15006": ["frontend-v1", "frontend-v1"]})
+    nodes = {n["id"]: n for n in g["nodes"]}
+    assert nodes["orders v2"]["ejected"] == [{"endpoint": "10.0.0.2:15006",
+                                              "by": ["frontend-v1"]}]
+    assert "ejected" not in nodes["orders v1"] and "ejected" not in nodes["orders"]

@@ -10,6 +10,9 @@ const cy = cytoscape({
     { selector: "node", style: {
         "label": "data(id)", "background-color": (n) => COLOURS[n.data("health")] || "#999",
         "text-valign": "bottom", "font-size": 11 } },
+    { selector: "node[?ejected]", style: {
+        "background-color": COLOURS.failing, "border-width": 4, "border-color": "#600",
+        "label": (n) => `${n.id()} (ejected)` } },
     { selector: "edge", style: {
         "label": "data(label)", "curve-style": "bezier", "target-arrow-shape": "triangle",
         "width": 2, "font-size": 9, "text-background-color": "#fff",
@@ -30,7 +33,8 @@ function update(g) {
   for (const n of g.nodes) {
     seen.add(n.id);
     const el = cy.getElementById(n.id);
-    if (el.empty()) { cy.add({ group: "nodes", data: n }); added = true; } else { el.data(n); }
+    const data = Object.assign({ ejected: null }, n);  // null clears an ejection that ended
+    if (el.empty()) { cy.add({ group: "nodes", data }); added = true; } else { el.data(data); }
   }
   for (const e of g.edges) {
     seen.add(e.id);
