@@ -33,7 +33,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 BASE_PKGS=(python3 python3-venv python3-pip python3-dev gcc libc6-dev iptables iproute2
            ca-certificates)
 TEST_PKGS=(docker.io docker-compose haproxy nginx-light wrk nghttp2-client curl prometheus
-           debootstrap openssl procps systemd util-linux valgrind)
+           debootstrap openssl procps systemd util-linux valgrind chromium)
 
 missing_pkgs() {
   local p out=()

@@ -21,6 +21,7 @@ def build() -> typer.Typer:
     from meshctl import __version__
     from meshctl.commands import (
         check,
+        dashboard,
         down,
         image,
         intercept,
@@ -75,6 +76,7 @@ def build() -> typer.Typer:
     app.command()(why.why)
     app.command()(vip.vip)
     app.command()(vip.hosts)
+    app.command()(dashboard.dashboard)
     app.command()(registry)
     app.command()(proxy.proxy)
     app.add_typer(token.app, name="token")

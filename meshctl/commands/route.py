@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.state import atomic_write, mesh_home
+from meshctl.commands import canary
 from registry.config import MeshConfig, load_directory
 from registry.config.duration import format_duration
 from registry.config.edit import (
@@ -42,8 +43,8 @@ from registry.config.model import (
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Traffic routes: shift weights between a service's subsets, show routes "
-                  "(see docs/route.md).", no_args_is_help=True)
+app = typer.Typer(help="Traffic routes: shift weights between a service's subsets, show routes, "
+                  "run a canary (see docs/route.md, docs/canary.md).", no_args_is_help=True)
 
 
 class Output(enum.StrEnum):
@@ -134,6 +135,9 @@ def show(service: Service, config: ConfigDir = None, output: OutputOpt = Output.
         out.print("subsets: " + ", ".join(
             f"{s['name']} ({','.join(f'{k}={v}' for k, v in s['labels'].items())})"
             for s in view["subsets"]))
+
+
+app.command("canary")(canary.canary)  # its own module: meshctl/commands/canary.py
 
 
 # --- helpers -------------------------------------------------------------------------------

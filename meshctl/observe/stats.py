@@ -109,10 +109,16 @@ class Row:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def _row(name: str, src: str | None, dst: str, a: Window, b: Window, dt: float) -> Row:
+def delta(a: Window, b: Window) -> tuple[float, float, dict[float, float]]:
+    """(requests, 5xx, latency buckets) between two scrapes' windows; a counter that went
+    back (a restarted proxy) counts as nothing new."""
     n = max(0.0, b.requests - a.requests)
     fails = max(0.0, b.failures - a.failures)
-    delta = {le: max(0.0, c - a.buckets.get(le, 0.0)) for le, c in b.buckets.items()}
+    return n, fails, {le: max(0.0, c - a.buckets.get(le, 0.0)) for le, c in b.buckets.items()}
+
+
+def _row(name: str, src: str | None, dst: str, a: Window, b: Window, dt: float) -> Row:
+    n, fails, delta_buckets = delta(a, b)
     return Row(
         name=name,
         source=src,
@@ -120,9 +126,9 @@ def _row(name: str, src: str | None, dst: str, a: Window, b: Window, dt: float) 
         requests=n,
         rps=n / dt if dt > 0 else 0.0,
         success_rate=(n - fails) / n if n else None,
-        p50_ms=quantile(0.50, delta),
-        p95_ms=quantile(0.95, delta),
-        p99_ms=quantile(0.99, delta),
+        p50_ms=quantile(0.50, delta_buckets),
+        p95_ms=quantile(0.95, delta_buckets),
+        p99_ms=quantile(0.99, delta_buckets),
         tcp_open=max(0.0, b.tcp_opened - b.tcp_closed),
         tcp_opened=max(0.0, b.tcp_opened - a.tcp_opened),
         requests_total=b.requests,

@@ -15,11 +15,15 @@ from pathlib import Path
 
 from yaml.nodes import Node, ScalarNode
 
+from registry.config.canary import API_VERSION as CANARY_API
+from registry.config.canary import SPEC_FIELDS as CANARY_FIELDS
+from registry.config.canary import parse_canary
 from registry.config.destination_rule import parse_destination_rule
 from registry.config.diagnostics import Diagnostic, Source
 from registry.config.mesh_file import MeshFile, check_route_rate_limits, parse_mesh_file
 from registry.config.model import (
     AuthorizationPolicy,
+    CanarySpec,
     DestinationRule,
     MeshConfig,
     PeerAuthentication,
@@ -37,7 +41,8 @@ MESH_FILE = "mesh.yaml"
 _SUFFIXES = (".yaml", ".yml")
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
-Resource = VirtualService | DestinationRule | AuthorizationPolicy | PeerAuthentication
+Resource = (VirtualService | DestinationRule | AuthorizationPolicy | PeerAuthentication
+            | CanarySpec)
 
 # kind -> (API group, spec fields, Istio spec fields we do not support yet)
 _KINDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -51,6 +56,8 @@ _KINDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         ("provider", "targetRef", "targetRefs")),
     "PeerAuthentication": (
         "security.istio.io", ("selector", "mtls", "portLevelMtls"), ()),
+    # The mesh's own resource (registry/config/canary.py): group/version in CANARY_API.
+    "Canary": (CANARY_API.split("/")[0], CANARY_FIELDS, ()),
 }
 _VERSIONS = ("v1", "v1beta1")
 _OTHER_ISTIO_KINDS = (
@@ -181,7 +188,11 @@ class _Load:
             self._unknown_kind(cx, top, kind)
             return None
         group, fields, unsupported = _KINDS[kind]
-        if api not in (f"{group}/{v}" for v in _VERSIONS):
+        if kind == "Canary" and api != CANARY_API:
+            cx.error(top.value_node("apiVersion"), "apiVersion",
+                     f"apiVersion `{api}` is not supported for Canary: use {CANARY_API}")
+            return None
+        if kind != "Canary" and api not in (f"{group}/{v}" for v in _VERSIONS):
             cx.error(top.value_node("apiVersion"), "apiVersion",
                      f"apiVersion `{api}` is not supported for {kind}: use {group}/v1 or "
                      f"{group}/v1beta1")
@@ -206,6 +217,9 @@ class _Load:
                 hosts = [(spec.value_node("host"), spec.sub("host"))]
         elif kind == "AuthorizationPolicy":
             resource = parse_authorization_policy(cx, spec, name, source)
+        elif kind == "Canary":
+            resource = parse_canary(cx, scope, spec, name, source)
+            hosts = [(spec.value_node("service"), spec.sub("service"))] if resource else []
         else:
             resource = parse_peer_authentication(cx, spec, name, source)
         if resource is None:
@@ -250,7 +264,7 @@ class _Load:
         seen_names: dict[tuple[str, str], _Named] = {}
         seen_hosts: dict[tuple[str, str], _Named] = {}
         for entry in named:
-            kind = type(entry.resource).__name__
+            kind = type(entry.resource).__name__.removesuffix("Spec")  # CanarySpec: Canary
             key = (kind, entry.resource.name)
             first = seen_names.setdefault(key, entry)
             if first is not entry:
@@ -306,6 +320,7 @@ class _Load:
             peer_authentications=of(PeerAuthentication),  # type: ignore[arg-type]
             base_dir=str(self.dir.resolve().parent),
             digest=digest,
+            canaries=of(CanarySpec),  # type: ignore[arg-type]
         )
 
 
@@ -314,6 +329,8 @@ def _hosts(resource: Resource) -> tuple[str, ...]:
         return resource.hosts
     if isinstance(resource, DestinationRule):
         return (resource.host,)
+    if isinstance(resource, CanarySpec):
+        return (resource.service,)
     return ()
 
 

@@ -348,6 +348,35 @@ class PeerAuthentication:
     source: Source
 
 
+# --- Canary (meshctl.dev/v1alpha1): progressive delivery, run by the registry ------------
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryPolicy:
+    """How a canary moves: weights in turn, one check per interval (Flagger's analysis)."""
+
+    steps: tuple[int, ...] = (5, 10, 25, 50, 100)  # the new subset's weight, percent
+    interval_s: float = 30.0
+    success_rate: float = 99.0  # percent of responses not 5xx, at least
+    p99_ms: float = 500.0  # at most
+    min_requests: int = 20  # fewer in an interval: a failed check (Flagger's rule)
+    failures: int = 3  # failed checks before the rollback (Flagger's `threshold`)
+
+
+@dataclass(frozen=True, slots=True)
+class CanarySpec:
+    """A declared canary: when `to` (or, without it, a new version of `service` in the
+    catalog) appears, the registry shifts traffic from `from_` to it under `policy`."""
+
+    name: str
+    service: str
+    from_: str | None  # `from` in YAML; None: the subset with the most weight
+    to: str | None  # None: the next version of the service that registers
+    route: str | None  # the http route's name, when the VirtualService has several
+    policy: CanaryPolicy
+    source: Source
+
+
 # --- the snapshot --------------------------------------------------------------------------
 
 
@@ -365,6 +394,7 @@ class MeshConfig:
     peer_authentications: tuple[PeerAuthentication, ...]
     base_dir: str  # the config directory's parent: relative workload paths resolve here
     digest: str  # sha256 over the sorted (file name, contents) of the directory
+    canaries: tuple[CanarySpec, ...] = ()  # read by the registry only (registry.canary)
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)

@@ -42,6 +42,12 @@ def summary_lines(config: MeshConfig) -> list[str]:
         target = _labels(ap.selector) if ap.selector else "every workload"
         rules = f"{len(ap.rules)} rule(s)" if ap.rules else "no rules"
         lines.append(f"AuthorizationPolicy {ap.name}: {ap.action} on {target}, {rules}")
+    for c in config.canaries:
+        to = c.to or "the next version that registers"
+        p = c.policy
+        lines.append(f"Canary {c.name}: {c.service} to {to}, steps "
+                     f"{','.join(map(str, p.steps))} every {format_duration(p.interval_s)}, "
+                     f"rollback after {p.failures} failed check(s)")
     return lines
 
 

@@ -21,11 +21,14 @@ from common import sdnotify
 from common.aio import spawn
 from common.state import atomic_write, ensure_dir
 from registry.ca import CertificateAuthority, SpiffeId, TokenStore
+from registry.canary import api as canary_api
+from registry.canary.runner import Runner, scrape_service
 from registry.config import LoadResult, MeshConfig, load_directory
 from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT, RegistryPaths, read_operator_token
 from registry.server import watcher
 from registry.server.addresses import WILDCARDS, join_urls, serving_addresses
 from registry.server.api import build_app
+from registry.server.auth import caller_of
 from registry.server.catalog import ENDPOINT_TTL_S, Catalog
 from registry.server.metrics import render_metrics
 from registry.server.proxies import ProxyTracker
@@ -58,6 +61,7 @@ class Registry:
     ) -> None:
         self.config_dir = config_dir.resolve()
         self.paths = RegistryPaths(home / "registry")
+        self.home = home  # MESH_HOME: the proxies of this host are under it (canary metrics)
         self.host, self.port, self.monitor_port = host, port, monitor_port
         self.extra_sans = extra_sans
         self.quiet_ms = quiet_ms
@@ -249,6 +253,10 @@ class Registry:
         self.operator_token = read_operator_token(self.paths)
         self.catalog = Catalog(self.paths.catalog)
         self.catalog.on_change(self.notifier.notify)
+        self.canary = Runner(self.paths.root / "canaries.json", self.config_dir,
+                             lambda: self.store.current.config if self.store.current else None,
+                             self.catalog.endpoints,
+                             lambda service: scrape_service(self.home, service))
         if restored is not None:
             self.store.restore(restored)
         self.on_load(result)
@@ -258,8 +266,11 @@ class Registry:
         # /v1/status stops showing it connected (otherwise only the next ping would notice).
         # shutdown_timeout: what is left once the streams are closed (stop()) is short
         # calls; systemd's TimeoutStopSec in the unit is above it.
+        app = build_app(self)
+        canary_api.add_routes(
+            app, self.canary, lambda r: caller_of(r, self.ca, self.operator_token).operator)
         api = web.AppRunner(
-            build_app(self),
+            app,
             access_log=None,
             handle_signals=False,
             handler_cancellation=True,
@@ -298,6 +309,8 @@ class Registry:
             )
         )
         self._tasks.append(spawn(self._expire_loop(), name="expire"))
+        self.canary.load()  # after the watcher starts: a resumed canary's edits get published
+        self._tasks.append(spawn(self.canary.run(), name="canary"))
         log.info(
             "registry listening on https://%s:%d (monitor 127.0.0.1:%d), config %s",
             self.host,

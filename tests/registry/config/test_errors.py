@@ -23,7 +23,7 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("unknown_kind", "security.yaml", "kind: PeerAuthentication", "kind: PeerAuthentcation",
      ["security.yaml:3:7: kind: unknown kind `PeerAuthentcation` (did you mean "
       "`PeerAuthentication`?); supported: VirtualService, DestinationRule, "
-      "AuthorizationPolicy, PeerAuthentication"]),
+      "AuthorizationPolicy, PeerAuthentication, Canary"]),
     ("unsupported_kind", "security.yaml", "kind: PeerAuthentication", "kind: Gateway",
      ["security.yaml:3:7: kind: kind `Gateway` is not supported yet"]),
     ("bad_api_version", "orders.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService",

@@ -1,0 +1,177 @@
+"""The dashboard's web server: the page, its static files, the graph and the canaries as JSON.
+
+It scrapes the proxies of this host (MESH_HOME/proxies, as `meshctl stat` does) every
+SCRAPE_S and keeps 15 minutes of scrapes, so a window of 1, 5 or 15 minutes is the
+difference between the newest scrape and the oldest one inside the window. The canaries
+are the registry's (GET /v1/canaries). On a loopback address anyone on the host may look
+(as with `meshctl stat`); anywhere else the operator credential is required: `?token=...`
+once (it becomes a cookie) or `Authorization: Bearer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import time
+from collections import deque
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
+from meshctl.dashboard.graph import graph, mark_ejected
+from meshctl.observe.promtext import parse
+from meshctl.observe.proxies import ObserveError, local_proxies
+from meshctl.observe.stats import Scrape
+
+__all__ = ["SCRAPE_S", "WINDOWS_S", "Dashboard"]
+
+log = logging.getLogger("meshctl.dashboard")
+SCRAPE_S = 2.0
+WINDOWS_S = (60, 300, 900)
+COOKIE = "meshctl_dashboard"
+_STATIC = {"dashboard.js": "application/javascript", "dashboard.css": "text/css",
+           "vendor/cytoscape.min.js": "application/javascript"}
+
+
+def scrape_all(home: Path) -> tuple[Scrape, dict[str, list[str]]]:
+    """Every local proxy's metrics, and which endpoints (address:port) each caller's
+    outlier detection has ejected now (their /config_dump, as `meshctl why` reads it)."""
+    out: dict[str, list[Any]] = {}
+    ejected: dict[str, list[str]] = {}
+    for p in local_proxies(home):
+        try:
+            out[p.proxy_id] = list(parse(p.metrics_text(timeout=2.0)))
+            dump = p.admin_json("/config_dump", timeout=2.0)
+        except ObserveError as exc:
+            log.debug("no metrics from %s: %s", p.proxy_id, exc)
+            continue
+        for c in dump.get("clusters", []) if isinstance(dump, dict) else []:
+            for host in c.get("ejected", []):
+                ejected.setdefault(str(host), []).append(p.workload)
+    return out, ejected
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class Dashboard:
+    def __init__(self, home: Path, token: str | None, scrape_s: float = SCRAPE_S) -> None:
+        self.home, self.token, self.scrape_s = home, token, scrape_s
+        self.scrapes: deque[tuple[float, Scrape]] = deque()
+        self.ejected: dict[str, list[str]] = {}  # address:port -> the callers ejecting it
+
+    async def collect(self) -> None:
+        """Scrape every `scrape_s`, keeping the longest window's worth."""
+        while True:
+            try:
+                s, self.ejected = await asyncio.to_thread(scrape_all, self.home)
+                now = time.monotonic()
+                self.scrapes.append((now, s))
+                while self.scrapes and self.scrapes[0][0] < now - max(WINDOWS_S) - self.scrape_s:
+                    self.scrapes.popleft()
+            except Exception:  # a bad scrape must not end the dashboard
+                log.exception("scrape failed")
+            await asyncio.sleep(self.scrape_s)
+
+    def graph(self, window_s: float) -> dict[str, Any]:
+        if len(self.scrapes) < 2:
+            return {"nodes": [], "edges": [], "window_s": window_s, "interval_s": 0.0}
+        newest_t, newest = self.scrapes[-1]
+        oldest_t, oldest = next(((t, s) for t, s in self.scrapes if t >= newest_t - window_s),
+                                self.scrapes[0])
+        if oldest_t == newest_t:
+            oldest_t, oldest = self.scrapes[-2]
+        out = graph(oldest, newest, newest_t - oldest_t)
+        out.update(window_s=window_s, interval_s=round(newest_t - oldest_t, 3))
+        return out
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.add_routes([web.get("/", self._index), web.get("/api/graph", self._graph),
+                        web.get("/static/{name:.+}", self._static),
+                        web.get("/api/canaries", self._canaries),
+                        web.get("/api/config", self._config),
+                        web.get("/favicon.ico", _no_content)])
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.token is None:
+            return await handler(request)  # type: ignore[no-any-return]
+        given = request.query.get("token") or request.cookies.get(COOKIE) or \
+            request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), self.token.encode()):
+            return web.Response(status=401, text="the dashboard needs the operator credential: "
+                                "open it with ?token=<MESH_HOME/registry/operator.token>\n")
+        if "token" in request.query:  # once: then a cookie, and the token leaves the URL
+            resp = web.HTTPFound(request.rel_url.path)
+            resp.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict")
+            raise resp
+        return await handler(request)  # type: ignore[no-any-return]
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text=_read("index.html"), content_type="text/html",
+                            headers=_SECURITY)
+
+    async def _graph(self, request: web.Request) -> web.Response:
+        try:
+            window = int(request.query.get("window", "60"))
+        except ValueError:
+            window = 0
+        if window not in WINDOWS_S:
+            return web.json_response({"error": f"window must be one of {WINDOWS_S} seconds"},
+                                     status=400)
+        g = self.graph(window)
+        if self.ejected:
+            catalog = await self._registry("/v1/catalog")
+            mark_ejected(g, catalog.get("endpoints", []), self.ejected)
+        return web.json_response(g, headers=_SECURITY)
+
+    async def _canaries(self, request: web.Request) -> web.Response:
+        """The registry's canaries (GET /v1/canaries, as the operator), or why there are none."""
+        data = await self._registry("/v1/canaries")
+        return web.json_response({"canaries": data.get("canaries", []), **data},
+                                 headers=_SECURITY)
+
+    async def _config(self, request: web.Request) -> web.Response:
+        """The config version in force and the last rejected change, with its positions."""
+        data = await self._registry("/v1/status")
+        keys = ("config_version", "config_digest", "last_config_error", "error")
+        return web.json_response({k: data.get(k) for k in keys}, headers=_SECURITY)
+
+    async def _registry(self, path: str) -> dict[str, Any]:
+        try:
+            client = RegistryClient.from_home(self.home)
+            data = await asyncio.to_thread(client.call, "GET", path, None, 5.0)
+        except (RegistryUnavailable, RegistryError, OSError) as exc:
+            return {"error": str(exc)}
+        return data if isinstance(data, dict) else {"error": f"{path}: not a JSON object"}
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in _STATIC:
+            raise web.HTTPNotFound()
+        return web.Response(text=_read(name), content_type=_STATIC[name], headers=_SECURITY)
+
+
+_SECURITY = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+             "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'"}
+
+
+async def _no_content(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+def _read(name: str) -> str:
+    return (resources.files("meshctl.dashboard") / "static" / name).read_text("utf-8")

@@ -1,0 +1,161 @@
+"""`meshctl dashboard` in a real browser: Debian's chromium, headless, driven by Playwright.
+The example shop runs under `meshctl up` with traffic; the page's graph must show the
+shop's edges with non-zero rates, drawn by the vendored Cytoscape.js (no CDN: the browser
+has no network beyond 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.commands.support import MESHCTL, REPO, Cli, free_port, wait_until
+from tests.commands.test_canary_up import _app_port, running_shop
+
+CHROMIUM = Path("/usr/bin/chromium")
+playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (install.sh)"),
+]
+# caller version -> service (mTLS), and service -> the version that answered (the share)
+CALLS = {"frontend v1 -> orders", "orders v1 -> payments", "orders v1 -> inventory"}
+SUBSETS = {"orders -> orders v1", "orders -> orders v2", "payments -> payments v1"}
+EDGES = CALLS | SUBSETS
+PAYMENTS_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: payments}
+spec:
+  host: payments
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5m,
+                       maxEjectionPercent: 50}
+"""
+BROKEN = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: broken}
+spec:
+  hosts: payments
+"""
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[str, Path, Cli, Path, Any]]:
+    with running_shop(tmp_path_factory.mktemp("shop"), _two_payments) as (cli, up, config, _):
+        port = free_port()
+        server = subprocess.Popen(
+            [*MESHCTL, "dashboard", "--listen", f"127.0.0.1:{port}", "--no-browser"],
+            env=cli.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            wait_until(lambda: _get(url + "api/graph")["edges"], 30, "the dashboard's graph")
+            yield url, tmp_path_factory.mktemp("shots"), cli, config, up
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def _two_payments(config: Path) -> None:
+    """payments in two replicas, with an outlier detection that may eject one of them."""
+    mesh = config / "mesh.yaml"
+    line = ('        command: ["python3", "apps/shop.py", "--service", "payments", '
+            '"--version", "v1"]\n')
+    assert line in mesh.read_text()
+    mesh.write_text(mesh.read_text().replace(line, line + "        replicas: 2\n"))
+    (config / "payments.yaml").write_text(PAYMENTS_RULE)
+
+
+def _get(url: str) -> Any:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_the_graph_shows_the_shops_edges_with_rates(
+        board: tuple[str, Path, Cli, Path, Any]) -> None:
+    url, shots, cli, config, up = board
+    # A canary that stays at its first step (a minute per step) while the page is looked at.
+    cli.run("route", "canary", "orders", "--to", "v2", "--steps", "20,60,100",
+            "--interval", "1m")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            outside: list[str] = []
+            page.on("request", lambda r: None if r.url.startswith(url) else outside.append(r.url))
+            console: list[str] = []
+            page.on("console", lambda m: console.append(m.text))
+            page.on("pageerror", lambda e: console.append(str(e)))
+            page.goto(url)
+            wanted = sorted(EDGES)
+            try:
+                page.wait_for_function(
+                    """(want) => window.cy && want.every(id => {
+                           const e = window.cy.getElementById(id);
+                           return e.nonempty() && e.data('rps') > 0; })""",
+                    arg=wanted, timeout=30_000)
+            except playwright.Error:
+                graph = _get(url + "api/graph")
+                raise AssertionError(f"the page never showed {wanted}; console: {console}; "  # noqa: B904
+                                     f"/api/graph edges: {[e['id'] for e in graph['edges']]}")
+            drawn = page.evaluate("() => window.cy.edges().map("
+                                  "e => [e.id(), e.data('rps'), e.data('mtls'), e.data('share')])")
+            rows = page.locator("#edges tbody tr").all_inner_texts()
+            canary = page.locator("#canaries .canary[data-service=orders]")
+            canary.and_(page.locator(".progressing")).wait_for(timeout=15_000)
+            running = canary.inner_text()
+            page.screenshot(path=str(shots / "dashboard.png"))
+            cli.run("route", "canary", "abort", "orders")  # the page follows, no reload
+            canary.and_(page.locator(".rolled_back")).wait_for(timeout=15_000)
+            ended = canary.inner_text()
+            assert page.locator("#config-error").is_hidden()
+            (config / "bad.yaml").write_text(BROKEN)  # the registry rejects it: shown
+            banner = page.locator("#config-error")
+            banner.wait_for(state="visible", timeout=15_000)
+            rejected = banner.inner_text()
+            # One payments replica answers 503: orders' proxy ejects it, the node turns red.
+            fail = urllib.request.Request(
+                f"http://127.0.0.1:{_app_port(up, 'payments-v1-2')}/admin/fail?status=503"
+                "&count=-1", method="POST")
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(fail) as r:
+                r.read()
+            page.wait_for_function("() => window.cy.getElementById('payments v1').data('ejected')",
+                                   timeout=30_000)
+            red = page.evaluate("() => window.cy.getElementById('payments v1')"
+                                ".style('background-color')")
+            ejected = page.evaluate("() => window.cy.getElementById('payments v1').data('ejected')")
+            page.screenshot(path=str(shots / "ejected.png"))
+            if os.environ.get("MESH_DASHBOARD_SHOT"):
+                page.screenshot(path=os.environ["MESH_DASHBOARD_SHOT"] + ".ejected.png")
+        finally:
+            browser.close()
+    by_id = {i: (rps, mtls, share) for i, rps, mtls, share in drawn}
+    for edge in EDGES:
+        assert by_id[edge][0] > 0, (edge, by_id)
+    assert all(by_id[e][1] is True for e in CALLS), by_id  # STRICT mTLS in the example
+    # The route sends 90 % to v1 and 10 % to v2: v1 has most of orders' requests.
+    assert by_id["orders -> orders v1"][2] > by_id["orders -> orders v2"][2] > 0, by_id
+    assert any(r.startswith("frontend v1 -> orders\t") for r in rows), rows
+    assert outside == []  # Cytoscape came from the dashboard itself
+    assert running.startswith("canary orders: v1 -> v2 progressing, v2 20%, step 1/3, "
+                              "failed checks 0/3"), running
+    assert ended.startswith("canary orders: v1 -> v2 rolled back, v2 0%"), ended
+    assert ended.endswith("aborted by the operator"), ended
+    assert red == "rgb(221,0,0)", red
+    assert len(ejected) == 1 and set(ejected[0]["by"]) <= {"orders-v1", "orders-v2"}, ejected
+    assert "config change rejected" in rejected and \
+        "bad.yaml:5:10: spec.hosts: expected a list, got a string" in rejected, rejected
+    if os.environ.get("MESH_DASHBOARD_SHOT"):
+        (shots / "dashboard.png").replace(os.environ["MESH_DASHBOARD_SHOT"])
