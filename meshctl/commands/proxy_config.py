@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.proxies import select
 from common.state import mesh_home
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, user_errors
-from meshctl.observe.proxies import select
 
 __all__ = ["proxy_config"]
 

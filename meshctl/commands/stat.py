@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from common.proxies import select
 from common.state import mesh_home
+from common.stats import Row
+from common.stats import stat as compute
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, fmt, scrape, user_errors
-from meshctl.observe.proxies import select
-from meshctl.observe.stats import Row
-from meshctl.observe.stats import stat as compute
 
 __all__ = ["stat"]
 

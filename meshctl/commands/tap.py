@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from common.proxies import select
 from common.state import mesh_home
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, user_errors
-from meshctl.observe.proxies import select
 from meshctl.observe.tap import TapFilter, follow
 
 __all__ = ["tap"]

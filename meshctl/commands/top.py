@@ -11,10 +11,10 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from common.proxies import select
 from common.state import mesh_home
+from common.stats import top_rows
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, user_errors
-from meshctl.observe.proxies import select
-from meshctl.observe.stats import top_rows
 from meshctl.observe.tap import TapFilter, follow
 
 __all__ = ["top"]

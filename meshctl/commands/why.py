@@ -8,11 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from common.proxies import ObserveError, local_proxies
 from common.state import mesh_home
 from meshctl.client import RegistryClient
 from meshctl.observe.cli import Output, OutputOpt, echo_json, user_errors
 from meshctl.observe.explain import explain
-from meshctl.observe.proxies import ObserveError, local_proxies
 
 __all__ = ["why"]
 

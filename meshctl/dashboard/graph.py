@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshctl.observe.stats import Scrape, Window, collect, delta, quantile
+from common.stats import Scrape, Window, collect, delta, quantile
 
 __all__ = ["DEGRADED", "FAILING", "graph", "health", "mark_ejected"]
 

@@ -22,11 +22,11 @@ from typing import Any
 
 from aiohttp import web
 
+from common.promparse import parse
+from common.proxies import ObserveError, local_proxies
+from common.stats import Scrape
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.dashboard.graph import graph, mark_ejected
-from meshctl.observe.promtext import parse
-from meshctl.observe.proxies import ObserveError, local_proxies
-from meshctl.observe.stats import Scrape
 
 __all__ = ["SCRAPE_S", "WINDOWS_S", "Dashboard"]
 

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.proxies import ObserveError, local_proxies
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
-from meshctl.observe.proxies import ObserveError, local_proxies
 from proxy.compiled import OFF
 
 OK, WARN, FAIL = "ok", "warn", "fail"

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
+from common.promparse import Sample, parse
+from common.proxies import ObserveError, ProxyInfo
 from meshctl.client import RegistryError, RegistryUnavailable
 from meshctl.observe.explain import ExplainError
-from meshctl.observe.promtext import Sample, parse
-from meshctl.observe.proxies import ObserveError, ProxyInfo
 
 
 class Output(enum.StrEnum):

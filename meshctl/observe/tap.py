@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from meshctl.observe.proxies import ObserveError, ProxyInfo
+from common.proxies import ObserveError, ProxyInfo
 
 
 @dataclass(frozen=True, slots=True)

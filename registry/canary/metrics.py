@@ -7,7 +7,7 @@ a caller sends elsewhere after a canary's 503 still counts as the canary's failu
 
 from __future__ import annotations
 
-from meshctl.observe.stats import Scrape, Window, collect, delta, quantile
+from common.stats import Scrape, Window, collect, delta, quantile
 from registry.canary.analysis import Window as Traffic
 
 __all__ = ["subset_traffic"]

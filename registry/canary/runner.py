@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from common.promparse import parse
+from common.proxies import ObserveError, local_proxies
 from common.state import atomic_write
-from meshctl.observe.promtext import parse
-from meshctl.observe.proxies import ObserveError, local_proxies
-from meshctl.observe.stats import Scrape
+from common.stats import Scrape
 from registry.canary import analysis
 from registry.canary.analysis import Canary
 from registry.canary.metrics import subset_traffic

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from common.proxies import local_proxies
 from meshctl.client import RegistryClient
 from meshctl.observe.cli import scrape
-from meshctl.observe.proxies import local_proxies
 from registry.canary.metrics import subset_traffic
 from registry.config import load_directory
 from tests.commands.support import (

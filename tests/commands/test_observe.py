@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from common.promparse import parse
 from meshctl.commands import check, proxy_config, stat, tap, top, why
-from meshctl.observe.promtext import parse
 from proxy import compiled
 from tests.example import CONFIG
 from tests.integration.harness import Mesh, free_port, http_get, wait_until

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from common.promparse import Sample
 from meshctl.dashboard.graph import graph, health
 from meshctl.dashboard.server import COOKIE, Dashboard
-from meshctl.observe.promtext import Sample
 
 
 def _req(reporter: str, n: float, code: str = "200", **labels: str) -> Sample:

@@ -7,10 +7,10 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.promparse import parse
 from common.promtext import labels_text
+from common.stats import quantile, stat
 from meshctl.observe.checks import FAIL, OK, WARN, Facts, evaluate, worst
-from meshctl.observe.promtext import parse
-from meshctl.observe.stats import quantile, stat
 
 
 def test_parse_labels_with_escapes() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshctl.observe.promtext import Sample
+from common.promparse import Sample
 from registry.canary.metrics import subset_traffic
 
 V2 = {"reporter": "destination", "destination_service_name": "orders",

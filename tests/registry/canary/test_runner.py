@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from meshctl.observe.promtext import Sample
-from meshctl.observe.stats import Scrape
+from common.promparse import Sample
+from common.stats import Scrape
 from registry.canary.runner import CanaryError, Runner
 from registry.config import load_directory
 from registry.config.model import CanaryPolicy, MeshConfig

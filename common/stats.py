@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from meshctl.observe.promtext import Sample
+from common.promparse import Sample
 
 REQUESTS = "istio_requests_total"
 DURATION = "istio_request_duration_milliseconds_bucket"
