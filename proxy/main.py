@@ -127,6 +127,19 @@ def _env_percent(name: str) -> float:
     return value
 
 
+def inbound_passthrough(opts: ProxyOptions, port: int) -> bool:
+    """Whether a connection to `port`, which the service does not declare, may be relayed
+    to the app (Istio's inbound passthrough). Only in transparent mode, where 127.0.0.1 is
+    the workload's own namespace (in explicit mode it is the host's: every other local
+    service), and never to one of the proxy's own ports (inbound, outbound, admin,
+    metrics, published, DNS): that would loop, or hand a peer the admin API."""
+    if opts.outbound is None:
+        return False
+    own = {opts.inbound[1], opts.outbound[1], opts.admin[1], opts.metrics[1]}
+    own.update(hp[1] for hp in (opts.published, opts.dns) if hp is not None)
+    return port not in own
+
+
 class Proxy:
     def __init__(self, opts: ProxyOptions) -> None:
         self.opts = opts
@@ -294,16 +307,7 @@ class Proxy:
         return self.opts.apps.get(port, ("127.0.0.1", port))
 
     def inbound_passthrough(self, port: int) -> bool:
-        """Whether a connection to `port`, which the service does not declare, may be relayed
-        to the app (Istio's inbound passthrough). Only in transparent mode, where 127.0.0.1 is
-        the workload's own namespace (in explicit mode it is the host's: every other local
-        service), and never to one of the proxy's own ports: that would loop, or hand a peer
-        the admin API."""
-        opts = self.opts
-        if opts.outbound is None:
-            return False
-        own = {opts.inbound[1], opts.outbound[1], opts.admin[1], opts.metrics[1]}
-        return port not in own
+        return inbound_passthrough(self.opts, port)
 
     def default_inbound_port(self, snap: ProxySnapshot) -> int | None:
         return snap.me.ports[0].port if snap.me and snap.me.ports else None

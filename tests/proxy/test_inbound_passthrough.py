@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from proxy.main import Proxy, ProxyOptions
+from proxy.main import ProxyOptions, inbound_passthrough
 
 
 def _opts(**kw: Any) -> ProxyOptions:
@@ -19,7 +18,7 @@ def _opts(**kw: Any) -> ProxyOptions:
 
 
 def _passes(opts: ProxyOptions, port: int) -> bool:
-    return Proxy.inbound_passthrough(SimpleNamespace(opts=opts), port)  # type: ignore[arg-type]
+    return inbound_passthrough(opts, port)
 
 
 TRANSPARENT = _opts(outbound=("127.0.0.1", 15001))
@@ -42,6 +41,11 @@ def test_own_ports_follow_the_options() -> None:
                  admin=("127.0.0.1", 16000), metrics=("0.0.0.0", 16090))  # fmt: skip
     assert not any(_passes(opts, p) for p in (16000, 16001, 16006, 16090))
     assert _passes(opts, 15000)
+    # The published listener (docker runtime) and the DNS port are the proxy's too.
+    more = _opts(outbound=("127.0.0.1", 15001), published=("0.0.0.0", 15007),
+                 dns=("127.0.0.1", 15053))  # fmt: skip
+    assert not _passes(more, 15007) and not _passes(more, 15053)
+    assert _passes(TRANSPARENT, 15007) and _passes(TRANSPARENT, 15053)
 
 
 def test_explicit_mode_relays_nothing_undeclared() -> None:

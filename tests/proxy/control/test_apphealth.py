@@ -103,7 +103,7 @@ def _service(*workloads: Workload) -> Service:
 
 def _workload(version: str, readiness: ReadinessProbe | None) -> Workload:
     return Workload(version, ("app",), None, (), 1, (("app", "orders"), ("version", version)),
-                    readiness)
+                    readiness=readiness)
 
 
 def test_probe_params_default_is_tcp_to_the_first_ports_app() -> None:
