@@ -63,6 +63,13 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     mesh = Mesh(tmp_path_factory.mktemp("observe"), CONFIG)
+    # One endpoint per subset here: at the example's maxEjectionPercent 50 Envoy never
+    # ejects it ((ejected + 1) / hosts would pass 50 %), so the ejection shown by `why` and
+    # `proxy-config` below needs 100.
+    orders = mesh.config / "orders.yaml"
+    text = orders.read_text()
+    assert "maxEjectionPercent: 50" in text
+    orders.write_text(text.replace("maxEjectionPercent: 50", "maxEjectionPercent: 100"))
     mesh.start_registry()
     _, orders_app = mesh.app("orders", "v1")
     orders = mesh.proxy("orders", "v1", app_port=orders_app)
@@ -257,8 +264,8 @@ def test_check_passes_then_fails_on_a_config_error(live: Live) -> None:
 
 
 def test_why_and_proxy_config_show_ejected_endpoints(live: Live) -> None:
-    # The example's outlierDetection ejects after 3 consecutive 5xx; the route retries 5xx
-    # 3 times, so one call answering 503 ejects orders v1 (for 30 s).
+    # The outlierDetection ejects after 3 consecutive 5xx (at maxEjectionPercent 100, see the
+    # fixture); the route retries 5xx 3 times, so one call answering 503 ejects orders v1.
     http_get(f"http://127.0.0.1:{live.local}/status/503")
     eps = live.run("proxy-config", "frontend", "endpoints")["endpoints"]
     v1 = next(e for e in eps if e["service"] == "orders" and e["subset"] == "v1")
