@@ -42,6 +42,7 @@ from bench.procs import Adopted, Proc, free_port
 KINDS = ("direct", "meshctl-mtls", "haproxy-tls")
 PREFIX = "netns-"
 SERVICE_PORT = 8080  # every service's port in the bench config; nginx listens on it
+APP_UID = 65534  # `nobody`: who `meshctl up` runs an app as by default (mesh.yaml `user:`)
 HAPROXY_PORT0 = 10001  # the references' HAProxy ports (their namespaces are ours alone)
 
 MESH_YAML = """\

@@ -211,8 +211,10 @@ def system_ok(system: System) -> bool:
     return http_ok_in(system.netns, system.url, BODY_BYTES)
 
 
-def write_nginx(d: Path, listen: str) -> Path:
-    """nginx's files in `d` (the 1 kB body, temp dir, config listening on `listen`)."""
+def write_nginx(d: Path, listen: str, owner: int | None = None) -> Path:
+    """nginx's files in `d` (the 1 kB body, temp dir, config listening on `listen`).
+    `owner`: the uid nginx runs as when it is not root (an app under `meshctl up` runs as
+    `nobody`), which must write its pid, error log and temp files in `d`."""
     html = d / "html"
     html.mkdir(parents=True)
     (d / "tmp").mkdir()
@@ -220,6 +222,9 @@ def write_nginx(d: Path, listen: str) -> Path:
     # nginx may drop to `nobody` when run as root: let it read its files.
     os.chmod(d, 0o755)
     os.chmod(html, 0o755)
+    if owner is not None:
+        os.chown(d, owner, -1)
+        os.chown(d / "tmp", owner, -1)
     conf = d / "nginx.conf"
     conf.write_text(NGINX_CONF.format(d=d, listen=listen))
     return conf
@@ -384,7 +389,8 @@ class Lab:
 
         variants = tuple(v for v in VARIANTS if any(n.endswith(f"-{v}") for n in names))
         confs = {("upstream" if v == "http" else "upstream-tcp"):
-                 write_nginx(self.dir / f"nginx-{v}", f"127.0.0.1:{netns.SERVICE_PORT}")
+                 write_nginx(self.dir / f"nginx-{v}", f"127.0.0.1:{netns.SERVICE_PORT}",
+                             owner=netns.APP_UID)
                  for v in variants or ("http",)}
         config = self.dir / "netns-config"
         config.mkdir()

@@ -5,8 +5,12 @@ readiness path fails leaves the pool while its sibling serves every request."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -48,37 +52,44 @@ print(json.dumps(seen))
 
 
 def test_failing_readiness_path_leaves_the_pool() -> None:
-    with mesh_home() as cli:
-        config = copy_example(cli.home / "example")
-        text = (config / "mesh.yaml").read_text()
-        for version, probe in PROBES.items():
-            line = (f'        command: ["python3", "apps/shop.py", "--service", "orders", '
-                    f'"--version", "{version}"]\n')
-            assert text.count(line) == 1
-            text = text.replace(line, line + probe)
-        (config / "mesh.yaml").write_text(text)
-        (config / "orders.yaml").write_text(ORDERS)
-        up = cli.json("up", str(config), "--runtime", "local", "--timeout", "30",
-                      "--monitor-port", str(free_port()))
-        prefix = cli.env["MESH_NETNS_PREFIX"]
-        front = next(w["netns"] for w in up["workloads"]
-                     if w["name"].removeprefix(prefix).startswith("frontend"))
+    # The example outside MESH_HOME (root:1337 0710 under `up`): its apps run as `nobody`,
+    # who must enter their working directory.
+    where = Path(tempfile.mkdtemp(prefix="meshctl-example-"))
+    os.chmod(where, 0o755)
+    try:
+        with mesh_home() as cli:
+            config = copy_example(where / "example")
+            text = (config / "mesh.yaml").read_text()
+            for version, probe in PROBES.items():
+                line = (f'        command: ["python3", "apps/shop.py", "--service", "orders", '
+                        f'"--version", "{version}"]\n')
+                assert text.count(line) == 1
+                text = text.replace(line, line + probe)
+            (config / "mesh.yaml").write_text(text)
+            (config / "orders.yaml").write_text(ORDERS)
+            up = cli.json("up", str(config), "--runtime", "local", "--timeout", "30",
+                          "--monitor-port", str(free_port()))
+            prefix = cli.env["MESH_NETNS_PREFIX"]
+            front = next(w["netns"] for w in up["workloads"]
+                         if w["name"].removeprefix(prefix).startswith("frontend"))
 
-        def orders() -> dict[str, dict[str, str]]:
-            eps = cli.json("status")["endpoints"]
-            return {e["labels"]["version"]: e for e in eps if e["service"] == "orders"}
+            def orders() -> dict[str, dict[str, str]]:
+                eps = cli.json("status")["endpoints"]
+                return {e["labels"]["version"]: e for e in eps if e["service"] == "orders"}
 
-        wait_until(lambda: orders()["v2"]["health"] == "unhealthy", timeout=60,
-                   what="orders v2 unhealthy")
-        why = "app: HTTP 503 from GET http://127.0.0.1:8080/status/503 (3 failures)"
-        assert orders()["v2"]["reason"] == why  # an HTTP answer: the probe reached the app
-        assert orders()["v1"]["health"] == "healthy"
+            wait_until(lambda: orders()["v2"]["health"] == "unhealthy", timeout=60,
+                       what="orders v2 unhealthy")
+            why = "app: HTTP 503 from GET http://127.0.0.1:8080/status/503 (3 failures)"
+            assert orders()["v2"]["reason"] == why  # an HTTP answer: the probe reached the app
+            assert orders()["v1"]["health"] == "healthy"
 
-        def versions() -> Counter[str]:
-            done = subprocess.run(["ip", "netns", "exec", front, "python3", "-c", COUNT],
-                                  capture_output=True, text=True, timeout=120, check=True)
-            return Counter(json.loads(done.stdout))
+            def versions() -> Counter[str]:
+                done = subprocess.run(["ip", "netns", "exec", front, "python3", "-c", COUNT],
+                                      capture_output=True, text=True, timeout=120, check=True)
+                return Counter(json.loads(done.stdout))
 
-        # Once the frontend's proxy has the new catalog, every request goes to v1.
-        wait_until(lambda: versions() == Counter({"v1": 30}), timeout=30,
-                   what="all of frontend's calls answered by orders v1")
+            # Once the frontend's proxy has the new catalog, every request goes to v1.
+            wait_until(lambda: versions() == Counter({"v1": 30}), timeout=30,
+                       what="all of frontend's calls answered by orders v1")
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
