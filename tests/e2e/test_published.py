@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_transparent import PROXY_UID, Net, net, start_proxy
-from tests.integration.harness import REPO, SHOP, Proc, free_port, wait_until
+from tests.example import copy_config
+from tests.integration.harness import SHOP, Proc, free_port, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 __all__ = ["net"]  # the fixture, shared with test_transparent
@@ -155,7 +156,7 @@ def test_published_port_is_served_as_ingress_and_strict_still_refuses_mesh_plain
         assert remote.get() == before
         home, config = base / "home", base / "config"
         home.mkdir(mode=0o755)
-        shutil.copytree(REPO / "examples" / "compose" / "mesh", config)
+        copy_config(config)
         env = {**os.environ, "MESH_HOME": str(home), "PYTHONUNBUFFERED": "1"}
         port, monitor = free_port(), free_port()
         reg = Proc([sys.executable, "-m", "meshctl", "registry", "--config", str(config),

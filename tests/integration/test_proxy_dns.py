@@ -10,7 +10,8 @@ import pytest
 
 from common.vip import service_vip
 from proxy.dns import wire
-from tests.integration.harness import REPO, Mesh, free_port, http_get
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, free_port, http_get
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
     """The example shop's registry; proxies are added by each test."""
-    shop = Mesh(tmp_path, REPO / "examples" / "compose" / "mesh")
+    shop = Mesh(tmp_path, CONFIG)
     try:
         shop.start_registry()
         yield shop

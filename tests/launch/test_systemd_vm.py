@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from meshctl.launch import netns
-from tests.example import COMPOSE
+from tests.example import SHOP
 from tests.launch.unitrunner import Runner
 from tests.proxy.intercept.support import unique
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "systemd.md"
-SHOP = COMPOSE / "apps" / "shop.py"
+
 BIN = Path(sys.executable).parent  # the venv's: meshctl is there
 MESH_YAML = """\
 trustDomain: vm.local

@@ -12,6 +12,7 @@ from proxy.dns import wire
 from proxy.dns.answer import DROP, FORWARD, NameTable, Reply, decide, names_of, servfail
 from proxy.snapshot import build_snapshot
 from registry.config import load_directory
+from tests.example import CONFIG
 
 REPO = Path(__file__).resolve().parents[3]
 TABLE = NameTable.build([("orders", service_vip("orders")), ("web", "240.240.9.9")], "shop")
@@ -105,7 +106,7 @@ def test_compression_pointers_are_followed_backwards_only() -> None:
 
 
 def test_the_snapshot_carries_the_table_of_its_services() -> None:
-    config = load_directory(REPO / "examples" / "compose" / "mesh").config
+    config = load_directory(CONFIG).config
     assert config is not None and len(config.services) >= 2
     snap = build_snapshot(1, 1, config, [], "frontend", {"app": "frontend"})
     for svc in config.services:
