@@ -358,24 +358,99 @@ async def config(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    """Operator only: mint a one-time join token for exactly one service identity."""
+    """Operator only: mint a join token for exactly one service identity (one-time, or
+    reusable until it expires or is revoked)."""
     reg = request.app[REGISTRY]
     caller = _auth(request)
     if not caller.operator:
         return _error(403, "only the operator may mint join tokens")
     body = await _body(request)
     ttl = body.get("ttl_s", 3600)
-    if not isinstance(ttl, (int, float)) or ttl <= 0:
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0:
         return _error(400, "field `ttl_s` must be a positive number of seconds")
+    reusable = body.get("reusable", False)
+    if not isinstance(reusable, bool):
+        return _error(400, "field `reusable` must be true or false")
     try:
-        identity = reg.identity_for(_require_str(body, "service"))
+        service = _require_str(body, "service")
+        identity = reg.identity_for(service)
     except ValueError as exc:
         return _error(400, str(exc))
-    token = reg.tokens.create(identity, float(ttl))
+    token = reg.tokens.create(identity, float(ttl), reusable=reusable)
     # The join string: the token, where to reach this registry and the CA's pin, so a new
     # host needs nothing else (registry/ca/joinstring.py).
-    join = JoinString(token, tuple(reg.join_urls()), ca_pin(reg.ca.bundle_pem.decode()))
-    return _json({"token": token, "join": join.encode(), "spiffe_id": str(identity)})
+    join = _join_string(reg, token, service)
+    return _json({"token": token, "join": join, "spiffe_id": str(identity),
+                  "token_id": token.split(".")[1], "reusable": reusable})
+
+
+def _join_string(reg: Registry, token: str, service: str | None) -> str:
+    pin = ca_pin(reg.ca.bundle_pem.decode())
+    return JoinString(token, tuple(reg.join_urls()), pin, service).encode()
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """Operator only: every token (never a secret): id, identity, kind, uses, expiry."""
+    reg = request.app[REGISTRY]
+    if not _auth(request).operator:
+        return _error(403, "only the operator may list join tokens")
+    return _json({"tokens": [
+        {"token_id": r.token_id, "spiffe_id": str(r.identity),
+         "service": r.identity.service_account, "reusable": r.reusable, "uses": r.uses,
+         "created_at": r.created_at.timestamp(), "expires_at": r.expires_at.timestamp(),
+         "used_at": r.used_at.timestamp() if r.used_at else None,
+         "revoked_at": r.revoked_at.timestamp() if r.revoked_at else None}
+        for r in reg.tokens.list()]})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    """Operator only: refuse every later use of a token (by its id)."""
+    reg = request.app[REGISTRY]
+    if not _auth(request).operator:
+        return _error(403, "only the operator may revoke join tokens")
+    try:
+        rec = reg.tokens.revoke(request.match_info["id"])
+    except TokenError as exc:
+        return _error(404, str(exc))
+    return _json({"token_id": rec.token_id, "revoked": True})
+
+
+async def operator_join(request: web.Request) -> web.Response:
+    """Operator only: the operator credential as a join string (the registry's URLs and CA
+    pin beside it), for `meshctl token operator` to hand to another host."""
+    reg = request.app[REGISTRY]
+    if not _auth(request).operator:
+        return _error(403, "only the operator may copy the operator credential")
+    return _json({"operator": _join_string(reg, reg.operator_token, None)})
+
+
+async def set_route_weights(request: web.Request) -> web.Response:
+    """Operator only: `meshctl route set-weight` from another host. The registry edits the
+    VirtualService's file in its config directory in place (comments kept), and its watcher
+    publishes the change as for an edit made on this host."""
+    from registry.config.apply import apply_weights
+    from registry.config.edit import EditError, parse_weights
+
+    reg = request.app[REGISTRY]
+    if not _auth(request).operator:
+        return _error(403, "only the operator may change routes")
+    body = await _body(request)
+    weights, route, dry_run = body.get("weights"), body.get("route"), body.get("dry_run", False)
+    ok = (isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, int)
+                                             and not isinstance(v, bool)
+                                             for k, v in weights.items())
+          and (route is None or isinstance(route, str)) and isinstance(dry_run, bool))
+    if not ok or not isinstance(weights, dict):
+        return _error(400, "expected {\"weights\": {SUBSET: PERCENT, ...}, \"route\": "
+                      "NAME or null, \"dry_run\": bool}")
+    service = request.match_info["service"]
+    try:
+        wanted = parse_weights([f"{k}={v}" for k, v in weights.items()])
+        change = await asyncio.to_thread(apply_weights, reg.config_dir, service, wanted,
+                                         route, dry_run=dry_run)
+    except EditError as exc:
+        return _error(409, str(exc))
+    return _json(change.to_wire(dry_run=dry_run))
 
 
 async def ca_certificate(request: web.Request) -> web.Response:
@@ -412,6 +487,10 @@ def build_app(reg: Registry) -> web.Application:
             web.get("/v1/catalog", catalog),
             web.get("/v1/config", config),
             web.post("/v1/tokens", create_token),
+            web.get("/v1/tokens", list_tokens),
+            web.delete("/v1/tokens/{id}", revoke_token),
+            web.get("/v1/operator", operator_join),
+            web.post("/v1/routes/{service}/weights", set_route_weights),
             web.get("/v1/status", status),
             web.get("/healthz", healthz),
         ]
