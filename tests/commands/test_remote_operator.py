@@ -148,3 +148,17 @@ def test_route_weights_api_is_the_operators_only(mesh: Mesh, tmp_path: Path) -> 
                         {"weights": {"v1": 0, "v2": 100}})
     assert status == 401, body
     assert (mesh.config / "orders.yaml").read_text() == before
+
+
+def test_why_and_check_from_another_host(mesh: Mesh, operator_file: Path,
+                                         tmp_path: Path) -> None:
+    done = _meshctl(tmp_path / "other", "why", "frontend", "orders", "/", "-o", "json",
+                    "--operator-token-file", str(operator_file))
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert "canary" in json.dumps(answer), answer
+    done = _meshctl(tmp_path / "other", "check", "-o", "json",
+                    "--operator-token-file", str(operator_file))
+    checks = json.loads(done.stdout)["checks"]
+    [reg] = [c for c in checks if c["check"] == "registry"]
+    assert reg["status"] == "ok", reg

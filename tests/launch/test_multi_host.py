@@ -119,6 +119,13 @@ def _up_routed(host: Host, argv: list[str], router: str) -> None:
         raise failed[0]
 
 
+def _meshctl_out(host: Host, *args: str) -> str:
+    """A meshctl command in `host` that may exit 1 (check, with a warning or failure)."""
+    done = subprocess.run(["ip", "netns", "exec", host.name, str(BIN / "meshctl"), *args],
+                          env=host.env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    return done.stdout
+
+
 def _app_of(host: Host, service: str, version: str = "v1") -> int:
     name = next(w["name"] for w in _plan(host)["workloads"]
                 if w["service"] == service and w["version"] == version)
@@ -178,6 +185,11 @@ def _run_steps(h1: Host, h2: Host, router: str, host1_block: list[list[str]],
     st = json.loads(h2.run([*status_line, "-o", "json"]))
     services = {e["service"] for e in st["endpoints"]}
     assert services == {"frontend", "orders"}, st["endpoints"]
+    # check and why on host 2 ask the same registry (as one of host 2's proxies).
+    checks = json.loads(_meshctl_out(h2, "check", "-o", "json"))["checks"]
+    assert [c["status"] for c in checks if c["check"] == "registry"] == ["ok"], checks
+    why = json.loads(h2.run(["meshctl", "why", "frontend", "orders", "/", "-o", "json"]))
+    assert "v1" in json.dumps(why), why
 
     # frontend (host 2) calls orders (host 1) by name over mTLS, and orders calls back.
     front_ns, orders_ns = _app_of(h2, "frontend"), _app_of(h1, "orders")
