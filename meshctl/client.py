@@ -132,6 +132,15 @@ class RegistryClient:
     def call(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10.0
     ) -> Any:
+        return json.loads(self._exchange(method, path, body, timeout) or b"null")
+
+    def text(self, path: str, timeout: float = 10.0) -> str:
+        """GET `path`, its body as text (a relayed admin or metrics page)."""
+        return self._exchange("GET", path, None, timeout).decode("utf-8", "replace")
+
+    def _exchange(
+        self, method: str, path: str, body: dict[str, Any] | None, timeout: float
+    ) -> bytes:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.url + path,
@@ -142,7 +151,7 @@ class RegistryClient:
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
-                return json.loads(resp.read() or b"null")
+                return bytes(resp.read())
         except urllib.error.HTTPError as exc:
             raw = exc.read().decode(errors="replace")
             try:

@@ -21,3 +21,8 @@ OperatorFileOpt = Annotated[Path | None, typer.Option(
 def client(registry: str | None, operator_file: Path | None) -> RegistryClient:
     """The registry these options name, else this host's (meshctl.client)."""
     return RegistryClient.resolve(mesh_home(), registry, operator_file)
+
+
+def remote(registry: str | None, operator_file: Path | None) -> RegistryClient | None:
+    """The registry named by these options, or None when neither is given (this host)."""
+    return client(registry, operator_file) if registry or operator_file else None

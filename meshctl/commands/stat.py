@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, remote
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, fmt, scrape, user_errors
 from meshctl.observe.proxies import select
 from meshctl.observe.stats import Row
@@ -25,11 +26,14 @@ def stat(
     ] = 2.0,
     admin: AdminOpt = None,
     output: OutputOpt = Output.text,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
     """Success rate, requests per second, p50/p95/p99 latency and TCP connections per service
     (inbound, from the destination's proxies) and per edge (from the callers' proxies)."""
     with user_errors("stat"):
-        proxies = select(mesh_home(), None, admin)  # edges need every caller's proxy
+        proxies = select(mesh_home(), None, admin,
+                         remote(registry, operator_token_file))  # edges need every caller's proxy
         first = scrape(proxies)
         t0 = time.monotonic()
         time.sleep(interval)

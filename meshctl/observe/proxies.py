@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
+
 TIMEOUT_S = 5.0
+REPLY_GRACE_S = 11.0  # the registry waits up to 10 s for a relayed page
 
 
 class ObserveError(Exception):
@@ -39,16 +42,35 @@ class ProxyInfo:
     metrics: str  # host:port
     pid: int | None = None
     netns: str | None = None  # transparent mode: the admin listener is this namespace's own
+    # A proxy on another host: its pages are read through the registry (relay.py), with
+    # the operator credential of this client.
+    relay: RegistryClient | None = None
 
     def admin_json(self, path: str, timeout: float = TIMEOUT_S) -> Any:
+        if self.relay is not None:
+            return json.loads(self._relayed(path, timeout))
         return get_json(self.admin_url + path, timeout, self.netns)
 
+    def _relayed(self, path: str, timeout: float) -> str:
+        assert self.relay is not None
+        try:
+            return self.relay.text(
+                f"/v1/proxies/{urllib.parse.quote(self.proxy_id, safe='')}/admin?path="
+                + urllib.parse.quote(path), timeout=timeout + REPLY_GRACE_S)
+        except (RegistryUnavailable, RegistryError) as exc:
+            raise ObserveError(f"proxy {self.proxy_id} (through the registry): {exc}") from None
+
     def admin_stream(self, path: str, timeout: float = 30.0) -> Any:
+        if self.relay is not None:
+            raise ObserveError(f"proxy {self.proxy_id} is on another host: a live stream "
+                               "(tap) is not relayed; run `meshctl tap` on its host")
         return stream(self.admin_url + path, timeout, self.netns)
 
     def metrics_text(self, timeout: float = TIMEOUT_S) -> str:
         # Metrics listen on the workload's address too (0.0.0.0 in transparent mode), so
         # `stat` needs no namespace entry and no root.
+        if self.relay is not None:
+            return self._relayed("/metrics", timeout)
         return get_text(self.metrics_url, timeout)
 
     @property
@@ -100,12 +122,26 @@ def local_proxies(home: Path) -> list[ProxyInfo]:
     return found
 
 
-def select(home: Path, service: str | None = None, admin: str | None = None) -> list[ProxyInfo]:
-    """The proxies to look at: `admin` (HOST:PORT) overrides discovery; else those of
-    `service` (all when None). Raises ObserveError with what to do when there are none."""
+def remote_proxies(client: RegistryClient) -> list[ProxyInfo]:
+    """Every proxy connected to the registry `client` reaches, read through it."""
+    try:
+        st = client.call("GET", "/v1/status", timeout=TIMEOUT_S)
+    except (RegistryUnavailable, RegistryError) as exc:
+        raise ObserveError(str(exc)) from None
+    return [ProxyInfo(str(p["proxy_id"]), str(p.get("service") or "?"), None, "", "",
+                      relay=client)
+            for p in sorted(st.get("proxies", []), key=lambda p: p["proxy_id"])
+            if p.get("connected")]  # fmt: skip
+
+
+def select(home: Path, service: str | None = None, admin: str | None = None,
+           remote: RegistryClient | None = None) -> list[ProxyInfo]:
+    """The proxies to look at: `admin` (HOST:PORT) overrides discovery; `remote`: every
+    proxy of the mesh, on any host, through its registry; else this host's. Of `service`
+    (all when None). Raises ObserveError with what to do when there are none."""
     if admin:
         return [ProxyInfo(admin, service or "?", None, admin, admin)]
-    proxies = local_proxies(home)
+    proxies = remote_proxies(remote) if remote is not None else local_proxies(home)
     if not proxies:
         raise ObserveError(
             f"no running proxy found under MESH_HOME={home} (proxies/*/admin.json): start the "

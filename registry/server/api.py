@@ -16,14 +16,17 @@ from registry.ca.joinstring import JoinString, ca_pin
 from registry.server.auth import Caller, caller_of
 from registry.server.catalog import HEALTH_STATES, Endpoint
 from registry.server.proxies import NotYours
+from registry.server.relay import AdminRelay
 
 if TYPE_CHECKING:
     from registry.server.main import Registry
 
 log = logging.getLogger("meshctl.registry.api")
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+RELAY: web.AppKey[AdminRelay] = web.AppKey("relay")
 STREAM_PING_S = 15.0
 MAX_BODY = 64 * 1024
+RELAY_MAX_BODY = 6 * 1024 * 1024  # a relayed admin page (4 MiB) as JSON, escapes included
 MAX_ACK_LINE = 16 * 1024  # an ACK line on POST /v1/stream; a NACK's error is cut at 2000
 PROXY_ID_MAX = 253  # a DNS name's length: ids are workload, container or host names
 
@@ -150,6 +153,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     identity = str(caller.identity or "operator")
     if proxy_id:
         reg.proxies.stream_opened(proxy_id, identity, service)
+        if caller.identity is not None:
+            request.app[RELAY].opened(proxy_id, resp, identity)
         snap_now = reg.store.current
         if snap_now is not None and have_cfg == snap_now.version:
             # The proxy already runs the version in force (a reconnect, or this registry
@@ -181,6 +186,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             acks.cancel()
         if proxy_id:
             reg.proxies.stream_closed(proxy_id, identity)
+            request.app[RELAY].closed(proxy_id, resp)
     return resp
 
 
@@ -453,6 +459,39 @@ async def set_route_weights(request: web.Request) -> web.Response:
     return _json(change.to_wire(dry_run=dry_run))
 
 
+async def proxy_admin(request: web.Request) -> web.Response:
+    """Operator only: a read-only admin page of a proxy on any host, relayed over its stream
+    (registry/server/relay.py)."""
+    if not _auth(request).operator:
+        return _error(403, "only the operator may read proxies' admin pages")
+    status, text = await request.app[RELAY].ask(request.match_info["id"],
+                                                request.query.get("path", ""))
+    return web.Response(status=status, text=text,
+                        content_type="text/plain" if request.query.get("path") == "/metrics"
+                        else "application/json")
+
+
+async def admin_reply(request: web.Request) -> web.Response:
+    """A proxy's answer to a relayed read; only from the identity holding that stream."""
+    caller = _auth(request)
+    if caller.identity is None:
+        return _error(403, "admin replies come from proxies (client certificate)")
+    # An admin page may be larger than MAX_BODY (client_max_size applies to .json() only).
+    raw = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        raw += chunk
+        if len(raw) > RELAY_MAX_BODY:
+            return _error(413, f"admin reply larger than {RELAY_MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return _error(400, f"request body is not JSON: {exc}")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object")
+    problem = request.app[RELAY].answer(str(caller.identity), body)
+    return _error(409, problem) if problem else _json({"ok": True})
+
+
 async def ca_certificate(request: web.Request) -> web.Response:
     """The root certificate, to anyone: public, and a joiner trusts it only if it matches
     the pin in its join string (kubeadm's cluster-info, checked by the discovery hash)."""
@@ -473,6 +512,7 @@ async def healthz(request: web.Request) -> web.Response:
 def build_app(reg: Registry) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[REGISTRY] = reg
+    app[RELAY] = AdminRelay()
     app.add_routes(
         [
             web.post("/v1/join", join),
@@ -491,6 +531,8 @@ def build_app(reg: Registry) -> web.Application:
             web.delete("/v1/tokens/{id}", revoke_token),
             web.get("/v1/operator", operator_join),
             web.post("/v1/routes/{service}/weights", set_route_weights),
+            web.get("/v1/proxies/{id}/admin", proxy_admin),
+            web.post("/v1/admin-reply", admin_reply),
             web.get("/v1/status", status),
             web.get("/healthz", healthz),
         ]

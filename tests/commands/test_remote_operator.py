@@ -162,3 +162,28 @@ def test_why_and_check_from_another_host(mesh: Mesh, operator_file: Path,
     checks = json.loads(done.stdout)["checks"]
     [reg] = [c for c in checks if c["check"] == "registry"]
     assert reg["status"] == "ok", reg
+
+
+def test_proxy_pages_relayed_through_the_registry(mesh: Mesh, operator_file: Path,
+                                                  tmp_path: Path) -> None:
+    """proxy-config from another host reads the proxy through its stream; only the operator
+    may ask, only read-only pages, and only the proxy holding the stream may answer."""
+    _, port = mesh.app("orders")
+    info = mesh.proxy("orders", app_port=port)
+    done = _meshctl(tmp_path / "other", "proxy-config", "orders", "certs", "-o", "json",
+                    "--operator-token-file", str(operator_file))
+    assert done.returncode == 0, done.stderr
+    assert "spiffe://shop.local/ns/default/sa/orders" in done.stdout
+
+    from tests.registry.server.support import op
+
+    status, body = op(mesh, "GET", f"/v1/proxies/{info['id']}/admin?path=/tap")
+    assert status == 400 and "not relayed" in str(body), body
+    status, body = op(mesh, "GET", "/v1/proxies/nobody/admin?path=/stats")
+    assert status == 404, body
+    w = join(mesh, "frontend", tmp_path / "w")
+    status, body = w.call("GET", f"/v1/proxies/{info['id']}/admin?path=/config_dump")
+    assert status == 403, body
+    status, body = w.call("POST", "/v1/admin-reply",
+                          {"proxy_id": info["id"], "request": 1, "status": 200, "body": "x"})
+    assert status == 409, body

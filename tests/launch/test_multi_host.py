@@ -214,6 +214,16 @@ def _run_steps(h1: Host, h2: Host, router: str, host1_block: list[list[str]],
 
     _until(all_v2, "the new weights applied on host 2's proxy", 60)
 
+    # Host 1's proxies, read from host 2 through the registry (their admin listeners are
+    # on host 1's loopbacks): the config they run, and their metrics.
+    op = ["--operator-token-file", "operator.token"]
+    dumps = json.loads(h2.run(["meshctl", "proxy-config", "orders", "routes", "-o", "json",
+                               *op]))  # fmt: skip
+    assert len(dumps) == 2 and all("orders" in json.dumps(d) for d in dumps), dumps
+    stat = json.loads(h2.run(["meshctl", "stat", "orders", "--interval", "0.5", "-o", "json",
+                              *op]))  # fmt: skip
+    assert "orders" in json.dumps(stat), stat
+
     # Without the operator credential, host 2 is a workload host: route edits are refused.
     with pytest.raises(AssertionError, match="operator-token-file"):
         h2.run(["meshctl", "route", "set-weight", "orders", "v1=100", "v2=0"])
