@@ -19,23 +19,13 @@ from rich.table import Table
 from meshctl.client import RegistryError, RegistryUnavailable, read_joined
 from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, client
 from meshctl.state import mesh_home
-from registry.config import MeshConfig
-from registry.config.apply import apply_weights, load_valid, read_file
-from registry.config.duration import format_duration
+from registry.config.apply import apply_weights, load_valid
 from registry.config.edit import (
     EditError,
     parse_weights,
-    route_label,
-    route_positions,
     unified_diff,
 )
-from registry.config.model import (
-    DEFAULT_RETRY_ATTEMPTS,
-    DEFAULT_RETRY_ON,
-    HTTPMatch,
-    HTTPRoute,
-    StringMatch,
-)
+from registry.config.routeview import route_view
 
 __all__ = ["app"]
 
@@ -112,12 +102,18 @@ def _remote_set(service: str, wanted: dict[str, int], route: str | None, dry_run
 
 
 @app.command("show")
-def show(service: Service, config: ConfigDir = None, output: OutputOpt = Output.text) -> None:
+def show(service: Service, config: ConfigDir = None, output: OutputOpt = Output.text,
+         registry: RegistryOpt = None, operator_token_file: OperatorFileOpt = None) -> None:
     """Show the http routes of a service: matches, weights, retries, timeouts, file:line."""
     try:
-        directory = _config_dir(config)
-        cfg = load_valid(directory)
-        view = _view(cfg, directory, service)
+        if config is None and (registry or operator_token_file or _joined_here()):
+            try:
+                view = client(registry, operator_token_file).call("GET", f"/v1/routes/{service}")
+            except (RegistryUnavailable, RegistryError) as exc:
+                raise EditError(str(exc)) from None
+        else:
+            directory = _config_dir(config)
+            view = route_view(load_valid(directory), directory, service)
     except EditError as exc:
         _fail("show", str(exc))
     if output == Output.json:
@@ -225,69 +221,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# --- show ----------------------------------------------------------------------------------
-
-
-def _view(config: MeshConfig, directory: Path, service: str) -> dict[str, Any]:
-    if config.service(service) is None:
-        known = ", ".join(s.name for s in config.services) or "none"
-        raise EditError(f"unknown service `{service}`; mesh.yaml defines: {known}")
-    rule = config.destination_rule_for(service)
-    subsets = [{"name": s.name, "labels": dict(s.labels)} for s in rule.subsets] if rule else []
-    vs = config.virtual_service_for(service)
-    if vs is None:
-        return {"service": service, "virtual_service": None, "file": None, "line": None,
-                "routes": [], "subsets": subsets}
-    try:
-        positions = route_positions(read_file(directory / vs.source.file).decode("utf-8"), vs)
-    except (EditError, UnicodeDecodeError):
-        positions = []
-    if len(positions) != len(vs.http):  # the file changed since it was loaded
-        positions = [(vs.source.line, vs.source.column)] * len(vs.http)
-    routes = [_route_view(r, i, vs.source.file, positions[i]) for i, r in enumerate(vs.http)]
-    return {"service": service, "virtual_service": vs.name,
-            "file": str(directory / vs.source.file), "line": vs.source.line,
-            "routes": routes, "subsets": subsets}
-
-
-def _route_view(r: HTTPRoute, index: int, file: str, position: tuple[int, int]
-                ) -> dict[str, Any]:
-    retries: dict[str, Any]
-    if r.retries is None:
-        retries = {"attempts": DEFAULT_RETRY_ATTEMPTS, "per_try_timeout": None,
-                   "retry_on": list(DEFAULT_RETRY_ON), "default": True}
-    else:
-        per_try = r.retries.per_try_timeout_s
-        retries = {"attempts": r.retries.attempts,
-                   "per_try_timeout": format_duration(per_try) if per_try is not None else None,
-                   "retry_on": list(r.retries.retry_on), "default": False}
-    return {
-        "name": route_label(r, index), "index": index,
-        "defined_at": f"{file}:{position[0]}:{position[1]}",
-        "match": [_match_text(m) for m in r.match],
-        "destinations": [{"host": d.destination.host, "subset": d.destination.subset,
-                          "port": d.destination.port, "weight": d.weight} for d in r.route],
-        "retries": retries,
-        "timeout": format_duration(r.timeout_s) if r.timeout_s is not None else None,
-    }
-
-
-def _match_text(m: HTTPMatch) -> str:
-    def sm(what: str, s: StringMatch) -> str:
-        return f"{what} present" if s.kind == "present" else f"{what} {s.kind} {s.value}"
-
-    parts = [sm(what, s) for what, s in
-             (("uri", m.uri), ("method", m.method), ("authority", m.authority)) if s is not None]
-    parts += [sm(f"header {k}", s) for k, s in m.headers]
-    parts += [f"not {sm(f'header {k}', s)}" for k, s in m.without_headers]
-    parts += [sm(f"query {k}", s) for k, s in m.query_params]
-    if m.port is not None:
-        parts.append(f"port {m.port}")
-    if m.ignore_uri_case:
-        parts.append("(ignoring uri case)")
-    return " and ".join(parts) or "any request"
 
 
 def _dest_label(service: str, d: dict[str, Any]) -> str:

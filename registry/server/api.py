@@ -459,6 +459,23 @@ async def set_route_weights(request: web.Request) -> web.Response:
     return _json(change.to_wire(dry_run=dry_run))
 
 
+async def show_routes(request: web.Request) -> web.Response:
+    """`meshctl route show` from another host: any authenticated caller (as /v1/config)."""
+    from registry.config.apply import load_valid
+    from registry.config.edit import EditError
+    from registry.config.routeview import route_view
+
+    reg = request.app[REGISTRY]
+    _auth(request)
+    try:
+        view = await asyncio.to_thread(
+            lambda: route_view(load_valid(reg.config_dir), reg.config_dir,
+                               request.match_info["service"]))
+    except EditError as exc:
+        return _error(404, str(exc))
+    return _json(view)
+
+
 async def proxy_admin(request: web.Request) -> web.Response:
     """Operator only: a read-only admin page of a proxy on any host, relayed over its stream
     (registry/server/relay.py)."""
@@ -531,6 +548,7 @@ def build_app(reg: Registry) -> web.Application:
             web.delete("/v1/tokens/{id}", revoke_token),
             web.get("/v1/operator", operator_join),
             web.post("/v1/routes/{service}/weights", set_route_weights),
+            web.get("/v1/routes/{service}", show_routes),
             web.get("/v1/proxies/{id}/admin", proxy_admin),
             web.post("/v1/admin-reply", admin_reply),
             web.get("/v1/status", status),

@@ -187,3 +187,16 @@ def test_proxy_pages_relayed_through_the_registry(mesh: Mesh, operator_file: Pat
     status, body = w.call("POST", "/v1/admin-reply",
                           {"proxy_id": info["id"], "request": 1, "status": 200, "body": "x"})
     assert status == 409, body
+
+
+def test_route_show_from_another_host(mesh: Mesh, operator_file: Path, tmp_path: Path) -> None:
+    here = _meshctl(mesh.home, "route", "show", "orders", "-o", "json",
+                    env={"MESH_CONFIG": str(mesh.config)})
+    there = _meshctl(tmp_path / "other", "route", "show", "orders", "-o", "json",
+                     "--operator-token-file", str(operator_file))
+    assert there.returncode == 0, there.stderr
+    assert json.loads(there.stdout) == json.loads(here.stdout)
+    assert json.loads(there.stdout)["routes"][0]["name"] == "canary"
+    done = _meshctl(tmp_path / "other", "route", "show", "nothing",
+                    "--operator-token-file", str(operator_file))
+    assert done.returncode == 1 and "unknown service `nothing`" in done.stderr

@@ -190,6 +190,8 @@ def _run_steps(h1: Host, h2: Host, router: str, host1_block: list[list[str]],
     assert [c["status"] for c in checks if c["check"] == "registry"] == ["ok"], checks
     why = json.loads(h2.run(["meshctl", "why", "frontend", "orders", "/", "-o", "json"]))
     assert "v1" in json.dumps(why), why
+    show = json.loads(h2.run(["meshctl", "route", "show", "orders", "-o", "json"]))
+    assert show["file"] == str(h1.root / "mesh" / "routes.yaml"), show
 
     # frontend (host 2) calls orders (host 1) by name over mTLS, and orders calls back.
     front_ns, orders_ns = _app_of(h2, "frontend"), _app_of(h1, "orders")
