@@ -501,7 +501,7 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
             network = _network(previous, opts.prefix)
     reg_port = previous.registry_port if previous and registry else opts.registry_port
     mon_port = previous.monitor_port if previous and registry else opts.monitor_port
-    if reg_address and not (previous and registry):
+    if reg_address and not (previous and registry) and config.registry_port != DEFAULT_PORT:
         reg_port = config.registry_port  # mesh.yaml's registry.port goes with its address
     if registry is None and target is None:
         # Binding the wildcard address fails if any address has the port: one check covers

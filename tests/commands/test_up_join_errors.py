@@ -64,3 +64,17 @@ def test_join_file_with_a_bare_token_says_how_to_make_one(tmp_path: Path) -> Non
         assert done.returncode == 1
         assert f"{join}:2: not a join string naming its service" in done.stderr
         _nothing_running(cli)
+
+
+def test_status_on_a_joined_host_never_says_no_mesh_is_running() -> None:
+    import json
+
+    with mesh_home() as cli:
+        cli.home.mkdir(parents=True, exist_ok=True)
+        (cli.home / "joined.json").write_text(json.dumps(
+            {"url": "https://127.0.0.1:9", "ca_sha256": "ab" * 32, "services": ["orders"]}))
+        done = cli.run("status", check=False)
+        assert done.returncode == 1
+        assert "no mesh is running" not in done.stderr
+        assert "registry not answering at https://127.0.0.1:9 (this host joined it" \
+            in done.stderr, done.stderr
