@@ -9,6 +9,7 @@ addresses must be routable").
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -94,6 +95,14 @@ def _plan(host: Host) -> dict[str, Any]:
     return dict(raw["plan"])
 
 
+def _route_in(host: Host, subnet: str) -> None:
+    """`host` reaches `subnet` through its router (as by its default route, but explicit:
+    so that its `up` does not pick that subnet for its own workloads' bridge)."""
+    gateway = str(ipaddress.ip_interface(f"{host.ip}/24").network[254])
+    subprocess.run(["ip", "netns", "exec", host.name, "ip", "route", "replace", subnet,
+                    "via", gateway], check=True, timeout=30)  # fmt: skip
+
+
 def _up_routed(host: Host, argv: list[str], router: str) -> None:
     """Run `up` (a line of the doc) on `host`; as soon as it has chosen its workloads'
     subnet, the router reaches that subnet through the host (the doc's "routable")."""
@@ -145,6 +154,8 @@ def test_docs_multi_host_step_by_step() -> None:
         for h in (h1, h2):
             subprocess.run(["ip", "netns", "exec", h.name, "sysctl", "-qw",
                             "net.ipv4.ip_forward=1"], check=True, timeout=30)  # fmt: skip
+        _route_in(h1, str(ipaddress.ip_interface(f"{h2.ip}/24").network))
+        _route_in(h2, str(ipaddress.ip_interface(f"{h1.ip}/24").network))
         both = _workload("orders", "v1") + _workload("orders", "v2").split("\n", 1)[1]
         _mesh_dir(h1, h1.ip, frontend="", orders=both)
         (h1.root / "mesh" / "routes.yaml").write_text(ROUTES)
@@ -167,6 +178,7 @@ def _run_steps(h1: Host, h2: Host, router: str, host1_block: list[list[str]],
 
     up1, *tokens = host1_block  # up, token create, token operator
     _up_routed(h1, up1, router)
+    _route_in(h2, _plan(h1)["network"]["subnet"])  # host 2's `up` picks another subnet
     for argv in tokens:
         h1.run(argv)
     for name in ("host2.join", "operator.token"):  # "copy them to host 2"
