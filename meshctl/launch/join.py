@@ -67,8 +67,10 @@ def read_join_file(path: Path) -> list[JoinString]:
     return found
 
 
-def prepare(home: Path, path: Path, services: list[str], registry_address: str) -> JoinTarget:
-    """Check FILE against the services this host runs, fetch and pin the CA, record it all."""
+def prepare(home: Path, path: Path, workloads: dict[str, int], registry_address: str
+            ) -> JoinTarget:
+    """Check FILE against the services this host runs (service -> its workloads here),
+    fetch and pin the CA, record it all."""
     from proxy.control.bootstrap import BootstrapError, fetch_pinned_ca
 
     joins = read_join_file(path)
@@ -77,12 +79,22 @@ def prepare(home: Path, path: Path, services: list[str], registry_address: str) 
         raise LaunchError(f"--join {path}: its lines come from {len(pins)} different meshes "
                           "(CA pins differ): one mesh per host (nothing was started)")
     have = {j.service for j in joins}
+    services = sorted(workloads)
     missing = [s for s in services if s not in have]
     if missing:
         raise LaunchError(
             f"--join {path} has no join string for {', '.join(missing)}: on the registry's "
             f"host run `meshctl token create {' '.join(services)} > FILE` and copy FILE "
             "here (nothing was started)"
+        )
+    shared = sorted(j.service for j in joins
+                    if j.service and workloads.get(j.service, 0) > 1 and not j.reusable)
+    if shared:
+        raise LaunchError(
+            f"{', '.join(shared)} run{'s' if len(shared) == 1 else ''} several workloads here "
+            "but the join string is one-time (the first proxy would spend it): make it with "
+            f"`meshctl token create {' '.join(shared)} --reusable --ttl 24h` (nothing was "
+            "started)"
         )
     urls = joins[0].registry
     if not local_or_loopback(registry_address):

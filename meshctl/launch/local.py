@@ -603,8 +603,9 @@ def _join_target(opts: UpOptions, config: MeshConfig, home: Path, runtime: str,
         if runtime != LOCAL:
             raise LaunchError("--join: the docker runtime cannot join yet; use --runtime "
                               "local, or `meshctl systemd install proxy` per service")
-        services = sorted({s.name for s in config.services if s.workloads})
-        return joinmod.prepare(home, opts.join, services, address), ""
+        workloads = {s.name: sum(w.replicas for w in s.workloads)
+                     for s in config.services if s.workloads}  # fmt: skip
+        return joinmod.prepare(home, opts.join, workloads, address), ""
     target = joinmod.recorded(home) if supervisor is not None else None
     if target is None and not here:
         raise LaunchError(

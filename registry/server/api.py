@@ -385,14 +385,15 @@ async def create_token(request: web.Request) -> web.Response:
     token = reg.tokens.create(identity, float(ttl), reusable=reusable)
     # The join string: the token, where to reach this registry and the CA's pin, so a new
     # host needs nothing else (registry/ca/joinstring.py).
-    join = _join_string(reg, token, service)
+    join = _join_string(reg, token, service, reusable=reusable)
     return _json({"token": token, "join": join, "spiffe_id": str(identity),
                   "token_id": token.split(".")[1], "reusable": reusable})
 
 
-def _join_string(reg: Registry, token: str, service: str | None) -> str:
+def _join_string(reg: Registry, token: str, service: str | None, *,
+                 reusable: bool = False) -> str:
     pin = ca_pin(reg.ca.bundle_pem.decode())
-    return JoinString(token, tuple(reg.join_urls()), pin, service).encode()
+    return JoinString(token, tuple(reg.join_urls()), pin, service, reusable).encode()
 
 
 async def list_tokens(request: web.Request) -> web.Response:

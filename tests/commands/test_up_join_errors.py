@@ -78,3 +78,24 @@ def test_status_on_a_joined_host_never_says_no_mesh_is_running() -> None:
         assert "no mesh is running" not in done.stderr
         assert "registry not answering at https://127.0.0.1:9 (this host joined it" \
             in done.stderr, done.stderr
+
+
+def test_one_time_join_string_for_a_service_with_several_workloads_is_refused(
+    tmp_path: Path,
+) -> None:
+    from registry.ca.joinstring import JoinString
+
+    config = _registry_elsewhere(tmp_path)  # orders has v1 and v2: two proxies here
+    join = tmp_path / "host.join"
+    lines = [JoinString(f"mtok.{s}", (f"https://{ELSEWHERE}:15012",), "ab" * 32, s,
+                        reusable=s != "orders").encode()
+             for s in ("frontend", "inventory", "orders", "payments")]
+    join.write_text("\n".join(lines) + "\n")
+    with mesh_home() as cli:
+        done = cli.run("up", str(config), "--runtime", "local", "--join", str(join),
+                       check=False)  # fmt: skip
+        assert done.returncode == 1
+        assert "orders runs several workloads here but the join string is one-time" \
+            in done.stderr, done.stderr
+        assert "meshctl token create orders --reusable --ttl 24h" in done.stderr
+        _nothing_running(cli)
