@@ -200,3 +200,19 @@ def test_route_show_from_another_host(mesh: Mesh, operator_file: Path, tmp_path:
     done = _meshctl(tmp_path / "other", "route", "show", "nothing",
                     "--operator-token-file", str(operator_file))
     assert done.returncode == 1 and "unknown service `nothing`" in done.stderr
+
+
+@pytest.mark.parametrize("body", [
+    {"service": "orders", "reusable": "yes"},
+    {"service": "orders", "ttl_s": True},
+    {"service": "orders", "ttl_s": -1},
+    {"service": "nothing"},
+])
+def test_bad_token_requests_are_refused_and_mint_nothing(mesh: Mesh, body: dict[str, Any]
+                                                         ) -> None:
+    from tests.registry.server.support import op
+
+    before = op(mesh, "GET", "/v1/tokens")[1]["tokens"]
+    status, answer = op(mesh, "POST", "/v1/tokens", body)
+    assert status == 400, answer
+    assert op(mesh, "GET", "/v1/tokens")[1]["tokens"] == before
