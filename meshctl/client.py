@@ -70,6 +70,12 @@ class RegistryClient:
         from registry.ca.joinstring import JoinStringError, parse, pinned
 
         try:
+            if operator_file.stat().st_mode & 0o077:
+                raise RegistryUnavailable(
+                    f"{operator_file} is readable by others than its owner: it is the mesh's "
+                    f"operator credential. `chmod 600 {operator_file}` if nobody else could "
+                    "have read it, else make a new one on the registry's host"
+                )
             cred = parse(operator_file.read_text())
         except OSError as exc:
             raise RegistryUnavailable(

@@ -111,6 +111,10 @@ def test_registry_without_credential_is_a_clear_error(mesh: Mesh, tmp_path: Path
     assert "--operator-token-file" in done.stderr and "meshctl token operator" in done.stderr
     bare = tmp_path / "bare.token"
     bare.write_text((mesh.home / "registry" / "operator.token").read_text())
+    bare.chmod(0o644)
+    done = _meshctl(tmp_path / "other", "token", "list", "--operator-token-file", str(bare))
+    assert done.returncode == 1 and "readable by others than its owner" in done.stderr
+    bare.chmod(0o600)
     done = _meshctl(tmp_path / "other", "token", "list", "--operator-token-file", str(bare),
                     "--registry", mesh.url)
     assert done.returncode == 1 and "no CA pin" not in done.stderr

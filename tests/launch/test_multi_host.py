@@ -183,8 +183,12 @@ def _run_steps(h1: Host, h2: Host, router: str, host1_block: list[list[str]],
         h1.run(argv)
     for name in ("host2.join", "operator.token"):  # "copy them to host 2"
         shutil.copy(h1.root / name, h2.root / name)
+        (h2.root / name).chmod(0o644)  # as a copy made with the usual umask
 
-    up_line, status_line, route_line = host2_block
+    chmod_line, up_line, status_line, route_line = host2_block
+    with pytest.raises(AssertionError, match="readable by others than its owner"):
+        h2.run(["meshctl", "token", "list", "--operator-token-file", "operator.token"])
+    h2.run(chmod_line)
     _up_routed(h2, up_line, router)
     home2 = h2.root / "var/lib/meshctl"
     assert not (home2 / "registry" / "ca").exists(), "host 2 made no CA"
