@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -611,8 +612,18 @@ def intercept_config(spec: Workload, plan: Plan) -> Any:
         proxy_uid=PROXY_UID,
         proxy_gid=PROXY_UID,
         inbound_ports=spec.inbound_ports,
-        exclude_outbound_cidrs=(f"{plan.registry_listen}/32",) if plan.mode == TRANSPARENT else (),
+        exclude_outbound_cidrs=(f"{plan.registry_listen}/32",)
+        if plan.mode == TRANSPARENT and _ipv4(plan.registry_listen) else (),
     )
+
+
+def _ipv4(text: str) -> bool:
+    """A joined host's registry may be named by a DNS name (its join URL): no CIDR then
+    (the proxy's own traffic is let out by its uid anyway)."""
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False
 
 
 def record_owned(paths: LaunchPaths, *, namespace: str = "", bridge: str = "") -> None:
