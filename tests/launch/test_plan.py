@@ -280,4 +280,3 @@ def test_a_changed_command_restarts_only_that_workload(tmp_path: Path) -> None:
 def test_wire_round_trip() -> None:
     for plan in (_transparent(), _explicit()):
         assert pm.from_wire(pm.to_wire(plan)) == plan
-
