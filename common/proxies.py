@@ -21,9 +21,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 TIMEOUT_S = 5.0
+REPLY_GRACE_S = 11.0  # the registry waits up to 10 s for a relayed page
+
+
+class Relay(Protocol):
+    """Reads a page of a proxy on another host, through the registry (meshctl's
+    RegistryRelay: the operator's registry client); raises ObserveError when it cannot."""
+
+    def page(self, proxy_id: str, path: str, timeout: float) -> str: ...
 
 
 class ObserveError(Exception):
@@ -39,16 +47,30 @@ class ProxyInfo:
     metrics: str  # host:port
     pid: int | None = None
     netns: str | None = None  # transparent mode: the admin listener is this namespace's own
+    # A proxy on another host: its pages are read through the registry (relay.py), with
+    # the operator credential of this client.
+    relay: Relay | None = None
 
     def admin_json(self, path: str, timeout: float = TIMEOUT_S) -> Any:
+        if self.relay is not None:
+            return json.loads(self._relayed(path, timeout))
         return get_json(self.admin_url + path, timeout, self.netns)
 
+    def _relayed(self, path: str, timeout: float) -> str:
+        assert self.relay is not None
+        return self.relay.page(self.proxy_id, path, timeout + REPLY_GRACE_S)
+
     def admin_stream(self, path: str, timeout: float = 30.0) -> Any:
+        if self.relay is not None:
+            raise ObserveError(f"proxy {self.proxy_id} is on another host: a live stream "
+                               "(tap) is not relayed; run `meshctl tap` on its host")
         return stream(self.admin_url + path, timeout, self.netns)
 
     def metrics_text(self, timeout: float = TIMEOUT_S) -> str:
         # Metrics listen on the workload's address too (0.0.0.0 in transparent mode), so
         # `stat` needs no namespace entry and no root.
+        if self.relay is not None:
+            return self._relayed("/metrics", timeout)
         return get_text(self.metrics_url, timeout)
 
     @property
@@ -100,12 +122,15 @@ def local_proxies(home: Path) -> list[ProxyInfo]:
     return found
 
 
-def select(home: Path, service: str | None = None, admin: str | None = None) -> list[ProxyInfo]:
-    """The proxies to look at: `admin` (HOST:PORT) overrides discovery; else those of
-    `service` (all when None). Raises ObserveError with what to do when there are none."""
+def select(home: Path, service: str | None = None, admin: str | None = None,
+           remote: list[ProxyInfo] | None = None) -> list[ProxyInfo]:
+    """The proxies to look at: `admin` (HOST:PORT) overrides discovery; `remote`: every
+    proxy of the mesh, on any host, as its registry listed them (meshctl's
+    remote_proxies); else this host's. Of `service` (all when None). Raises ObserveError
+    with what to do when there are none."""
     if admin:
         return [ProxyInfo(admin, service or "?", None, admin, admin)]
-    proxies = local_proxies(home)
+    proxies = remote if remote is not None else local_proxies(home)
     if not proxies:
         raise ObserveError(
             f"no running proxy found under MESH_HOME={home} (proxies/*/admin.json): start the "

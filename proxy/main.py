@@ -159,6 +159,7 @@ class Proxy:
             opts.registry_url, opts.ca_file, opts.home / "tls", self.proxy_id
         )
         self.control.on_identity(self._on_identity)
+        self.control.admin_get = self._admin_get
         self.outbound = Outbound(self)
         self.inbound = Inbound(self)
         self.ready = asyncio.Event()
@@ -637,6 +638,20 @@ class Proxy:
 
     async def _start_admin(self) -> None:
         self._servers = await start_servers(self)
+
+    async def _admin_get(self, path: str) -> tuple[int, str]:
+        """A read of this proxy's own admin page (or `/metrics`), for the registry's relay."""
+        from proxy.httpio import Client
+
+        host, port = self.opts.metrics if path == "/metrics" else self.opts.admin
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        client = Client(f"http://{host}:{port}")
+        try:
+            r = await client.request("GET", path, timeout=10)
+            return r.status, r.text()
+        finally:
+            await client.close()
 
     async def _flush_loop(self) -> None:
         while True:

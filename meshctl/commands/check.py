@@ -7,6 +7,8 @@ import typer
 from rich.console import Console
 
 from common.state import mesh_home
+from meshctl.client import RegistryClient, RegistryUnavailable
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, client
 from meshctl.observe.checks import FAIL, OK, evaluate, gather, worst
 from meshctl.observe.cli import Output, OutputOpt, echo_json
 
@@ -14,9 +16,19 @@ __all__ = ["check"]
 _MARK = {OK: "[green]ok[/]  ", "warn": "[yellow]warn[/]", FAIL: "[red]FAIL[/]"}
 
 
-def check(output: OutputOpt = Output.text) -> None:
-    """Is the mesh healthy? Every check says what it saw; warnings do not fail the command."""
-    results = evaluate(gather(mesh_home()))
+def check(output: OutputOpt = Output.text, registry: RegistryOpt = None,
+          operator_token_file: OperatorFileOpt = None) -> None:
+    """Is the mesh healthy? Every check says what it saw; warnings do not fail the command.
+    From another host (--registry/--operator-token-file): the registry's view; proxies and
+    interception are checked on this host only."""
+    remote: RegistryClient | None = None
+    if registry or operator_token_file:
+        try:
+            remote = client(registry, operator_token_file)
+        except RegistryUnavailable as exc:
+            typer.echo(f"meshctl check: {exc}", err=True)
+            raise typer.Exit(1) from None
+    results = evaluate(gather(mesh_home(), client=remote))
     overall = worst(results)
     if output == Output.json:
         echo_json({"status": overall, "checks": [r.to_wire() for r in results]})

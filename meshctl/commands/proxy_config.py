@@ -12,6 +12,7 @@ from rich.table import Table
 
 from common.proxies import select
 from common.state import mesh_home
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, remote
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, user_errors
 
 __all__ = ["proxy_config"]
@@ -30,10 +31,13 @@ def proxy_config(
     section: Annotated[Section, typer.Argument(help="What to show.")] = Section.all,
     admin: AdminOpt = None,
     output: OutputOpt = Output.text,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
     """The config a proxy really runs (its /config_dump and /certs), one section or all."""
     with user_errors("proxy-config"):
-        proxies = select(mesh_home(), service, admin)
+        proxies = select(mesh_home(), service, admin,
+                         remote(registry, operator_token_file))
         result = []
         for p in proxies:
             dump = p.admin_json("/config_dump")

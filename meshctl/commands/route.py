@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,29 +16,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.state import atomic_write, mesh_home
+from common.state import mesh_home
+from meshctl.client import RegistryError, RegistryUnavailable, read_joined
 from meshctl.commands import canary
-from registry.config import MeshConfig, load_directory
-from registry.config.duration import format_duration
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, client
+from registry.config.apply import apply_weights, load_valid
 from registry.config.edit import (
     EditError,
-    WeightPlan,
-    check_in_copy,
     parse_weights,
-    plan_weights,
-    route_label,
-    route_positions,
-    set_weights,
     unified_diff,
-    verify_weights,
 )
-from registry.config.model import (
-    DEFAULT_RETRY_ATTEMPTS,
-    DEFAULT_RETRY_ON,
-    HTTPMatch,
-    HTTPRoute,
-    StringMatch,
-)
+from registry.config.routeview import route_view
 
 __all__ = ["app"]
 
@@ -72,44 +59,62 @@ def set_weight(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the diff; write nothing.")] = False,
     output: OutputOpt = Output.text,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
-    """Set a service's traffic split between subsets, editing its VirtualService in place."""
+    """Set a service's traffic split between subsets, editing its VirtualService in place.
+
+    From another host (--registry/--operator-token-file, or a host `up --join` joined) the
+    registry makes the edit in its own config directory, where the file lives."""
     try:
         wanted = parse_weights(weights)
+        if config is None and (registry or operator_token_file or _joined_here()):
+            data = _remote_set(service, wanted, route, dry_run, registry, operator_token_file)
+            if output == Output.json:
+                typer.echo(json.dumps(data))
+                return
+            _print_change(data, None, diff=data.get("diff", ""))
+            return
         directory = _config_dir(config)
-        plan = plan_weights(_load(directory), service, wanted, route)
-        path = directory / plan.file
-        raw = _read(path)
-        old = raw.decode("utf-8")
-        new = set_weights(old, plan)
-        if new != old:
-            verify_weights(check_in_copy(directory, plan.file, new), plan)
-            if not dry_run:
-                _write(path, raw, new)
+        change = apply_weights(directory, service, wanted, route, dry_run=dry_run)
     except EditError as exc:
         _fail("set-weight", str(exc))
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail("set-weight", f"{exc}; nothing was written")
-    diff = unified_diff(plan.file, old, new)
+    data = change.to_wire(dry_run=dry_run)
     if output == Output.json:
-        data: dict[str, Any] = {
-            "service": service, "file": str(path), "virtual_service": plan.virtual_service.name,
-            "route": plan.label, "old": dict(plan.old), "new": dict(plan.new),
-            "changed": new != old, "dry_run": dry_run}
-        if dry_run:
-            data["diff"] = diff
         typer.echo(json.dumps(data))
         return
-    _print_change(plan, path, directory, changed=new != old, dry_run=dry_run, diff=diff)
+    _print_change(data, directory, diff=unified_diff(change.plan.file, change.old, change.new))
+
+
+def _joined_here() -> bool:
+    """This host joined another host's mesh (`up --join`) and runs no registry itself."""
+    return not _endpoint() and read_joined(mesh_home()) is not None
+
+
+def _remote_set(service: str, wanted: dict[str, int], route: str | None, dry_run: bool,
+                registry: str | None, operator_file: Path | None) -> dict[str, Any]:
+    try:
+        res = client(registry, operator_file).call(
+            "POST", f"/v1/routes/{service}/weights",
+            {"weights": wanted, "route": route, "dry_run": dry_run})
+    except (RegistryUnavailable, RegistryError) as exc:
+        raise EditError(f"{exc}; nothing was written") from None
+    return dict(res)
 
 
 @app.command("show")
-def show(service: Service, config: ConfigDir = None, output: OutputOpt = Output.text) -> None:
+def show(service: Service, config: ConfigDir = None, output: OutputOpt = Output.text,
+         registry: RegistryOpt = None, operator_token_file: OperatorFileOpt = None) -> None:
     """Show the http routes of a service: matches, weights, retries, timeouts, file:line."""
     try:
-        directory = _config_dir(config)
-        cfg = _load(directory)
-        view = _view(cfg, directory, service)
+        if config is None and (registry or operator_token_file or _joined_here()):
+            try:
+                view = client(registry, operator_token_file).call("GET", f"/v1/routes/{service}")
+            except (RegistryUnavailable, RegistryError) as exc:
+                raise EditError(str(exc)) from None
+        else:
+            directory = _config_dir(config)
+            view = route_view(load_valid(directory), directory, service)
     except EditError as exc:
         _fail("show", str(exc))
     if output == Output.json:
@@ -173,47 +178,17 @@ def _config_dir(option: Path | None) -> Path:
                     "registry (meshctl registry --config DIR)")
 
 
-def _load(directory: Path) -> MeshConfig:
-    result = load_directory(directory)
-    if result.config is None or result.errors:
-        first = str(result.errors[0]) if result.errors else "no snapshot"
-        raise EditError(f"the config in {directory} is invalid ({len(result.errors)} "
-                        f"error(s), first: {first}): fix it first (meshctl validate {directory})")
-    return result.config
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise EditError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _write(path: Path, raw: bytes, text: str) -> None:
-    """Replace the file (its target, if a symlink) atomically, keeping mode and owner."""
-    real = path.resolve()
-    st = real.stat()
-    if real.read_bytes() != raw:
-        raise EditError(f"{path} changed while it was being edited: run the command again")
-    try:
-        atomic_write(real, text.encode("utf-8"), mode=stat.S_IMODE(st.st_mode))
-        if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-            os.chown(real, st.st_uid, st.st_gid)
-    except PermissionError:
-        raise EditError(f"cannot write {path}: permission denied (run as the file's owner, "
-                        "or with sudo); nothing was written") from None
-
-
-def _print_change(plan: WeightPlan, path: Path, directory: Path, *, changed: bool,
-                  dry_run: bool, diff: str) -> None:
+def _print_change(data: dict[str, Any], directory: Path | None, *, diff: str) -> None:
+    """The change `data` (WeightChange.to_wire, local or the registry's answer)."""
     out = Console(highlight=False)
-    old = dict(plan.old)
-    out.print(f"[bold]{plan.service}[/]: route {plan.label} of VirtualService "
-              f"{plan.virtual_service.name} ({path})")
+    old: dict[str, int] = data["old"]
+    path, changed, dry_run = data["file"], data["changed"], data["dry_run"]
+    out.print(f"[bold]{data['service']}[/]: route {data['route']} of VirtualService "
+              f"{data['virtual_service']} ({path})")
     table = Table()
     for column in ("subset", "old", "new"):
         table.add_column(column, justify="left" if column == "subset" else "right")
-    for subset, weight in plan.new:
+    for subset, weight in data["new"].items():
         before = f"{old[subset]}%" if subset in old else "-"
         style = "bold" if old.get(subset) != weight else ""
         table.add_row(subset, before, f"{weight}%", style=style)
@@ -226,7 +201,9 @@ def _print_change(plan: WeightPlan, path: Path, directory: Path, *, changed: boo
             out.print(line, style=colour or None, markup=False)
         out.print("dry run: nothing was written")
     else:
-        out.print(f"[green]written[/] {path}; {_who_publishes(directory)}")
+        who = ("the registry there publishes it to every proxy" if directory is None
+               else _who_publishes(directory))
+        out.print(f"[green]written[/] {path}; {who}")
 
 
 def _who_publishes(directory: Path) -> str:
@@ -248,69 +225,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# --- show ----------------------------------------------------------------------------------
-
-
-def _view(config: MeshConfig, directory: Path, service: str) -> dict[str, Any]:
-    if config.service(service) is None:
-        known = ", ".join(s.name for s in config.services) or "none"
-        raise EditError(f"unknown service `{service}`; mesh.yaml defines: {known}")
-    rule = config.destination_rule_for(service)
-    subsets = [{"name": s.name, "labels": dict(s.labels)} for s in rule.subsets] if rule else []
-    vs = config.virtual_service_for(service)
-    if vs is None:
-        return {"service": service, "virtual_service": None, "file": None, "line": None,
-                "routes": [], "subsets": subsets}
-    try:
-        positions = route_positions(_read(directory / vs.source.file).decode("utf-8"), vs)
-    except (EditError, UnicodeDecodeError):
-        positions = []
-    if len(positions) != len(vs.http):  # the file changed since it was loaded
-        positions = [(vs.source.line, vs.source.column)] * len(vs.http)
-    routes = [_route_view(r, i, vs.source.file, positions[i]) for i, r in enumerate(vs.http)]
-    return {"service": service, "virtual_service": vs.name,
-            "file": str(directory / vs.source.file), "line": vs.source.line,
-            "routes": routes, "subsets": subsets}
-
-
-def _route_view(r: HTTPRoute, index: int, file: str, position: tuple[int, int]
-                ) -> dict[str, Any]:
-    retries: dict[str, Any]
-    if r.retries is None:
-        retries = {"attempts": DEFAULT_RETRY_ATTEMPTS, "per_try_timeout": None,
-                   "retry_on": list(DEFAULT_RETRY_ON), "default": True}
-    else:
-        per_try = r.retries.per_try_timeout_s
-        retries = {"attempts": r.retries.attempts,
-                   "per_try_timeout": format_duration(per_try) if per_try is not None else None,
-                   "retry_on": list(r.retries.retry_on), "default": False}
-    return {
-        "name": route_label(r, index), "index": index,
-        "defined_at": f"{file}:{position[0]}:{position[1]}",
-        "match": [_match_text(m) for m in r.match],
-        "destinations": [{"host": d.destination.host, "subset": d.destination.subset,
-                          "port": d.destination.port, "weight": d.weight} for d in r.route],
-        "retries": retries,
-        "timeout": format_duration(r.timeout_s) if r.timeout_s is not None else None,
-    }
-
-
-def _match_text(m: HTTPMatch) -> str:
-    def sm(what: str, s: StringMatch) -> str:
-        return f"{what} present" if s.kind == "present" else f"{what} {s.kind} {s.value}"
-
-    parts = [sm(what, s) for what, s in
-             (("uri", m.uri), ("method", m.method), ("authority", m.authority)) if s is not None]
-    parts += [sm(f"header {k}", s) for k, s in m.headers]
-    parts += [f"not {sm(f'header {k}', s)}" for k, s in m.without_headers]
-    parts += [sm(f"query {k}", s) for k, s in m.query_params]
-    if m.port is not None:
-        parts.append(f"port {m.port}")
-    if m.ignore_uri_case:
-        parts.append("(ignoring uri case)")
-    return " and ".join(parts) or "any request"
 
 
 def _dest_label(service: str, d: dict[str, Any]) -> str:

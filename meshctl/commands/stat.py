@@ -13,6 +13,7 @@ from common.proxies import select
 from common.state import mesh_home
 from common.stats import Row
 from common.stats import stat as compute
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, remote
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, fmt, scrape, user_errors
 
 __all__ = ["stat"]
@@ -25,11 +26,14 @@ def stat(
     ] = 2.0,
     admin: AdminOpt = None,
     output: OutputOpt = Output.text,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
     """Success rate, requests per second, p50/p95/p99 latency and TCP connections per service
     (inbound, from the destination's proxies) and per edge (from the callers' proxies)."""
     with user_errors("stat"):
-        proxies = select(mesh_home(), None, admin)  # edges need every caller's proxy
+        proxies = select(mesh_home(), None, admin,
+                         remote(registry, operator_token_file))  # edges need every caller's proxy
         first = scrape(proxies)
         t0 = time.monotonic()
         time.sleep(interval)

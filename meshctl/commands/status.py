@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from common.state import mesh_home
+from meshctl.client import RegistryError, RegistryUnavailable
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, client
 from meshctl.launch.procs import LaunchError
 from meshctl.launch.report import status as mesh_status
 
@@ -54,11 +56,15 @@ def _print_interception(out: Console, workloads: list[dict[str, Any]]) -> None:
 
 def status(
     output: Annotated[Output, typer.Option("--output", "-o", help="text or json")] = Output.text,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
     """Show the running mesh: services, endpoints (labels, health), proxies, config errors."""
     try:
-        st = mesh_status(mesh_home())
-    except LaunchError as exc:
+        remote = client(registry, operator_token_file) if registry or operator_token_file \
+            else None
+        st = mesh_status(mesh_home(), remote)
+    except (LaunchError, RegistryUnavailable, RegistryError) as exc:
         typer.echo(f"meshctl status: {exc}", err=True)
         raise typer.Exit(1) from None
     reg = st["registry"]
@@ -71,8 +77,11 @@ def status(
     if not reg["answering"]:
         _outage(out, st)
         raise typer.Exit(1)
+    where = (f"joined to registry {reg['url']} (it runs on another host)" if reg.get("joined")
+             else f"registry {reg['url']}" + (f" (pid {reg['pid']}), config {reg['config_dir']}"
+                                               if reg["pid"] else " (remote)"))
     out.print(
-        f"registry {reg['url']} (pid {reg['pid']}), config {reg['config_dir']}, "
+        f"{where}, "
         f"version [bold]{st['config_version']}[/], mode {st['mode'] or '-'}"
         + (f", runtime {st['runtime']}" if st.get("runtime") else "")
         + (f" (compose project {st['compose_project']})" if st.get("compose_project") else "")

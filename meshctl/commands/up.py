@@ -122,6 +122,16 @@ def up(
             help="Docker runtime: the compose project name (default: the file's directory).",
         ),
     ] = "",
+    join: Annotated[
+        Path | None,
+        typer.Option(
+            "--join",
+            show_default=False,
+            help="Join the mesh whose registry runs on another host: a file of join strings, "
+            "one per service (`meshctl token create SERVICE... > FILE` there). No registry "
+            "starts here.",
+        ),
+    ] = None,
 ) -> None:
     """Start the mesh: the registry, then every workload with its sidecar proxy; wait for ready.
 
@@ -137,6 +147,7 @@ def up(
         registry_port=registry_port,
         monitor_port=monitor_port,
         project=project,
+        join=join,
     )
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     console = Console(highlight=False)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from common.proxies import ObserveError, local_proxies
 from common.state import mesh_home
-from meshctl.client import RegistryClient
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, client
 from meshctl.observe.cli import Output, OutputOpt, echo_json, user_errors
 from meshctl.observe.explain import explain
 
@@ -27,6 +27,8 @@ def why(
     ] = [],  # noqa: B006
     port: Annotated[int | None, typer.Option(help="Destination port (default: its first).")] = None,
     output: OutputOpt = Output.text,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
     """Explain what the mesh does with SOURCE calling DESTINATION at PATH."""
     headers = []
@@ -37,9 +39,9 @@ def why(
         headers.append((k.strip(), v.strip()))
     home = mesh_home()
     with user_errors("why"):
-        client = RegistryClient.from_home(home)
-        config = client.call("GET", "/v1/config")
-        catalog = client.call("GET", "/v1/catalog")
+        reg = client(registry, operator_token_file)
+        config = reg.call("GET", "/v1/config")
+        catalog = reg.call("GET", "/v1/catalog")
         answer = explain(
             config["config"], catalog["endpoints"], source, destination, path, method,
             headers, port, _ejected(home, source),

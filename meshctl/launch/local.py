@@ -14,6 +14,7 @@ and what to do. A first `up` that fails leaves nothing running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -71,6 +72,7 @@ class UpOptions:
     registry_port: int = DEFAULT_PORT
     monitor_port: int = DEFAULT_MONITOR_PORT
     project: str = ""  # docker runtime: the compose project name (default: as Compose does)
+    join: Path | None = None  # join strings: join another host's mesh (meshctl.launch.join)
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,7 +459,9 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
         mode, note = choose_mode(opts.force_explicit)
     registry = running_registry(home)
     supervisor = running_pid(paths)
-    if registry is None and supervisor is not None:
+    target, reg_address = _join_target(opts, config, home, runtime,
+                                       registry is not None, supervisor)  # fmt: skip
+    if registry is None and supervisor is not None and target is None:
         registry = _restarted_registry(home)  # not a second one beside the supervisor's
     previous, generation = _previous(paths)
     if registry and Path(str(registry.get("config_dir"))) != config_dir:
@@ -499,7 +503,9 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
             network = _network(previous, opts.prefix)
     reg_port = previous.registry_port if previous and registry else opts.registry_port
     mon_port = previous.monitor_port if previous and registry else opts.monitor_port
-    if registry is None:
+    if reg_address and not (previous and registry) and config.registry_port != DEFAULT_PORT:
+        reg_port = config.registry_port  # mesh.yaml's registry.port goes with its address
+    if registry is None and target is None:
         # Binding the wildcard address fails if any address has the port: one check covers
         # 127.0.0.1 and the bridge's address (which may not exist yet).
         for port, flag in ((reg_port, "--registry-port"), (mon_port, "--monitor-port")):
@@ -523,7 +529,9 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
                 previous=previous,
                 alloc_port=free_port,
                 users=app_users,
+                registry_url=target.url if target else None,
             )
+            new = dataclasses.replace(new, registry_address=reg_address)
         except planmod.PlanError as exc:
             raise LaunchError(str(exc)) from None
     skipped: tuple[str, ...] = ()
@@ -543,7 +551,7 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
         write_json(paths.plan, {"generation": generation, "plan": planmod.to_wire(new)})
         # The registry and the supervisor start side by side: namespaces and interception
         # are set up while the registry loads; the supervisor mints tokens once it answers.
-        started = start_registry(paths, new) if registry is None else None
+        started = start_registry(paths, new) if registry is None and target is None else None
         if supervisor is None:
             argv = [sys.executable, "-m", "meshctl.launch.supervisor", "--home", str(home)]
             spawn(argv, log=paths.log("supervisor"), env=marked_env(home), cwd="/")
@@ -551,14 +559,14 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
             os.kill(supervisor, 1)  # SIGHUP: read the plan again
         if started is not None:
             _registry_ready(paths, new, started)
-        else:
+        elif target is None:
             _registry_answers(home, registry)
         wait_ready(home, new, generation, opts.timeout, progress)
     except BaseException as exc:
         if not running:  # a first `up` that fails leaves nothing behind
             from meshctl.launch.teardown import teardown
 
-            teardown(home)
+            teardown(home)  # a joined host's record goes too (meshctl.launch.join.forget)
             if isinstance(exc, LaunchError):
                 raise LaunchError(f"{exc} (nothing was left running)") from None
         raise
@@ -574,6 +582,42 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
         restarted=restart,
         skipped=list(skipped),
     )
+
+
+def _join_target(opts: UpOptions, config: MeshConfig, home: Path, runtime: str,
+                 registry_here: bool, supervisor: int | None) -> tuple[Any, str]:
+    """(the mesh this host joins or None, mesh.yaml's registry.address if it is this host's).
+
+    mesh.yaml's `registry.address` says where the mesh's registry lives: loopback (the
+    default) or an address of this host starts it here (listening there too, for other
+    hosts); any other address means it runs elsewhere, and `up` refuses to start a second
+    registry with a second CA: join it with --join."""
+    from meshctl.launch import join as joinmod
+
+    address = config.registry_address
+    here = joinmod.local_or_loopback(address)
+    if opts.join is not None:
+        if registry_here:
+            raise LaunchError(
+                f"this MESH_HOME={home} runs the mesh's registry; a joined host runs none: "
+                "use another MESH_HOME, or `meshctl down` first (nothing was started)"
+            )
+        if runtime != LOCAL:
+            raise LaunchError("--join: the docker runtime cannot join yet; use --runtime "
+                              "local, or `meshctl systemd install proxy` per service")
+        workloads = {s.name: sum(w.replicas for w in s.workloads)
+                     for s in config.services if s.workloads}  # fmt: skip
+        return joinmod.prepare(home, opts.join, workloads, address), ""
+    target = joinmod.recorded(home) if supervisor is not None else None
+    if target is None and not here:
+        raise LaunchError(
+            f"mesh.yaml says the mesh's registry is at {address}, which is not this host: "
+            f"join it with `meshctl up {opts.path} --join FILE`, FILE made on that host with "
+            "`meshctl token create SERVICE... > FILE` (nothing was started; a second "
+            "registry would be a second mesh with another CA)"
+        )
+    loopback = address in ("localhost",) or address.startswith("127.") or address == "::1"
+    return target, "" if target is not None or loopback else address
 
 
 def _docker_plan(
@@ -665,7 +709,7 @@ def wait_ready(
         state = read_json(paths.state)
         status = None
         try:
-            client = client or RegistryClient.from_home(home)
+            client = client or RegistryClient.resolve(home)
             status = client.call("GET", "/v1/status", timeout=2)
         except (RegistryUnavailable, RegistryError):
             client = None

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from common.vip import service_vip
 from registry.config import MeshConfig
@@ -138,6 +139,9 @@ class Plan:
     workloads: tuple[Workload, ...] = field(default=())
     runtime: str = LOCAL  # local | docker
     docker: DockerTarget | None = None
+    # mesh.yaml's registry.address when it is this host's (not loopback): other hosts reach
+    # the registry there, so it listens on every address and its certificate names this one
+    registry_address: str = ""
 
     def workload(self, name: str) -> Workload | None:
         return next((w for w in self.workloads if w.name == name), None)
@@ -220,6 +224,7 @@ def build_plan(
     previous: Plan | None = None,
     alloc_port: Callable[[], int] | None = None,
     users: Mapping[tuple[str, str], tuple[int, int]] | None = None,
+    registry_url: str | None = None,
 ) -> Plan:
     """Lay out every workload of `config` (see the module docstring). `users`: each
     (service, version)'s app (uid, gid) (meshctl.launch.users), when meshctl drops to it."""
@@ -232,6 +237,8 @@ def build_plan(
         raise PlanError("explicit mode needs a port allocator")
     listen = network.gateway if mode == TRANSPARENT and network else LOCALHOST
     url = f"https://{listen}:{registry_port}"
+    if registry_url is not None:  # joined: the mesh's registry runs on another host
+        url, listen = registry_url, urlsplit(registry_url).hostname or listen
     keyed = [
         (svc, wl, replica)
         for svc in config.services
@@ -347,6 +354,7 @@ def to_wire(plan: Plan) -> dict[str, Any]:
         "config_dir": plan.config_dir,
         "registry_url": plan.registry_url,
         "registry_listen": plan.registry_listen,
+        "registry_address": plan.registry_address,
         "registry_port": plan.registry_port,
         "monitor_port": plan.monitor_port,
         "network": (
@@ -420,6 +428,7 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
         config_dir=str(d["config_dir"]),
         registry_url=str(d["registry_url"]),
         registry_listen=str(d["registry_listen"]),
+        registry_address=str(d.get("registry_address", "")),
         registry_port=int(d["registry_port"]),
         monitor_port=int(d["monitor_port"]),
         network=Network(str(net["bridge"]), str(net["subnet"])) if net else None,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
+from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable, read_joined
 from meshctl.launch import plan as planmod
 from meshctl.launch.procs import (
     LaunchError,
@@ -25,17 +25,28 @@ from meshctl.launch.supervisor import intercept_config, running_pid
 # --- status --------------------------------------------------------------------------------------
 
 
-def status(home: Path) -> dict[str, Any]:
+def status(home: Path, client: RegistryClient | None = None) -> dict[str, Any]:
     """Services, endpoints, proxies (config version, certificate expiry), last config error.
-    With the registry down: `registry.answering` false, `registry.problem` says what runs."""
+    With the registry down: `registry.answering` false, `registry.problem` says what runs.
+    `client`: a registry on another host (--registry); a host that `up --join` joined asks
+    its mesh's registry as one of its proxies."""
     paths = LaunchPaths(home)
-    reg = running_registry(home)
+    reg = running_registry(home) if client is None else None
+    joined = read_joined(home) if client is None and reg is None else None
     try:
-        if reg is None:
+        if client is not None:
+            st = client.call("GET", "/v1/status", timeout=5)
+        elif reg is None and joined is None:
             raise RegistryUnavailable("it is not running")
-        st = RegistryClient.from_home(home).call("GET", "/v1/status", timeout=5)
+        else:
+            client = RegistryClient.resolve(home)
+            st = client.call("GET", "/v1/status", timeout=5)
     except (RegistryUnavailable, RegistryError) as exc:
-        return outage(home, str(exc))
+        if reg is None and joined is None and client is not None:
+            raise LaunchError(str(exc)) from None  # --registry: nothing local to tell of
+        return outage(home, str(exc), joined)
+    if reg is None:
+        reg = {"url": client.url if client else None, "pid": None, "config_dir": None}
     state = read_json(paths.state) or {}
     plan_raw = state.get("plan") or (read_json(paths.plan) or {}).get("plan")
     plan = planmod.from_wire(plan_raw) if plan_raw else None
@@ -73,6 +84,7 @@ def status(home: Path) -> dict[str, Any]:
             "config_dir": reg.get("config_dir"),
             "answering": True,
             "problem": None,
+            "joined": joined is not None,
         },
         "mode": plan.mode if plan else None,
         "runtime": plan.runtime if plan else None,
@@ -122,7 +134,7 @@ def _clock(wall: object) -> str:
     return time.strftime("%H:%M:%SZ", time.gmtime(wall)) if isinstance(wall, (int, float)) else "?"
 
 
-def outage(home: Path, why: str) -> dict[str, Any]:
+def outage(home: Path, why: str, joined: dict[str, Any] | None = None) -> dict[str, Any]:
     """Status while the registry does not answer, from the files and /proc: what runs, and
     who brings the registry back. LaunchError "no mesh is running" only when nothing runs."""
     paths = LaunchPaths(home)
@@ -135,18 +147,22 @@ def outage(home: Path, why: str) -> dict[str, Any]:
     endpoint = read_json(home / "registry" / "endpoint.json") or {}
     pid = read_pid(paths.pid_file("registry")) or endpoint.get("pid")
     alive = isinstance(pid, int) and pid_alive(pid)
-    if not (running or sup or alive):
+    if not (running or sup or alive) and joined is None:
         raise LaunchError(f"no mesh is running for MESH_HOME={home}: start one with `meshctl up`")
-    url = plan.registry_url if plan else endpoint.get("url", "?")
+    url = joined["url"] if joined else plan.registry_url if plan else endpoint.get("url", "?")
     seen = state.get("registry") or {}
-    if alive:
+    if joined is not None:
+        where, who = f"this host joined it; {why}", "it runs on another host"
+    elif alive:
         where = f"pid {pid} running but not answering: {why}"
     elif seen.get("down_at"):
         where = f"pid {pid} dead since {_clock(seen['down_at'])}"
     else:
         where = f"pid {pid} dead"
     log = paths.log("registry")
-    if sup is None:
+    if joined is not None:
+        pass
+    elif sup is None:
         who = f"no supervisor runs to restart it: see {log}, then `meshctl up` again"
     elif alive:
         who = f"the supervisor (pid {sup}) watches it; see {log}"
@@ -159,7 +175,8 @@ def outage(home: Path, why: str) -> dict[str, Any]:
                "(from state.json)")  # fmt: skip
     return {
         "registry": {"url": url, "pid": pid, "config_dir": plan.config_dir if plan else None,
-                     "answering": False, "problem": problem, "restarts": seen.get("restarts")},
+                     "answering": False, "problem": problem, "restarts": seen.get("restarts"),
+                     "joined": joined is not None},
         "mode": plan.mode if plan else None,
         "runtime": plan.runtime if plan else None,
         "compose_project": plan.docker.project if plan and plan.docker else None,

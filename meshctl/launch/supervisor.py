@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -50,6 +51,7 @@ from common.state import atomic_write, ensure_dir
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.launch import plan as planmod
 from meshctl.launch import users
+from meshctl.launch.join import JOINED, JOINED_DIR, token_for
 from meshctl.launch.plan import (
     DNS_PORT,
     DOCKER,
@@ -367,6 +369,8 @@ class Supervisor:
         """Restart a registry that died, like an app or a proxy. The one `up` started is not
         our child: it is watched by its pid (its exit status is unknown)."""
         plan, proc = self.plan, self.registry
+        if (self.home / JOINED).exists():
+            return  # the mesh's registry runs on another host (meshctl.launch.join)
         if plan is None or self.stopping:
             return
         if proc.popen is not None:
@@ -455,17 +459,21 @@ class Supervisor:
         return self._client
 
     def _proxy_command(self, spec: Workload) -> tuple[list[str], dict[str, str], str]:
-        """Mint a token, lay out the proxy's directory, and say how to run it."""
+        """Mint a token, lay out the proxy's directory, and say how to run it. A joined host
+        mints nothing: its proxies join with the service's line of `up --join FILE`."""
+        joined = (self.home / JOINED).exists()
         try:
-            token = self._client_for_tokens().call(
-                "POST", "/v1/tokens", {"service": spec.service, "ttl_s": 300}, timeout=5
-            )["token"]
+            token = token_for(self.home, spec.service) if joined else self._client_for_tokens(
+                ).call("POST", "/v1/tokens", {"service": spec.service, "ttl_s": 300},
+                       timeout=5)["token"]  # fmt: skip
         except (RegistryUnavailable, RegistryError):
             self._client = None  # the registry may have moved (restarted): read it again
             raise
         pdir = ensure_dir(self.paths.proxies / spec.name)
         ca = pdir / "ca.crt"
-        shutil.copyfile(self.home / "registry" / "ca" / "ca.crt", ca)
+        ca_source = self.home / JOINED_DIR / "ca.crt" if joined else (
+            self.home / "registry" / "ca" / "ca.crt")
+        shutil.copyfile(ca_source, ca)
         os.chmod(ca, 0o644)
         token_file = pdir / "join.token"
         atomic_write(token_file, token + "\n", mode=0o600)
@@ -568,22 +576,16 @@ class Supervisor:
 
 def start_registry(paths: LaunchPaths, plan: Plan) -> subprocess.Popen[bytes]:
     """`meshctl registry` for this plan, detached, its pid in logs/registry.pid."""
-    argv = [
-        sys.executable,
-        "-m",
-        "meshctl",
-        "registry",
-        "--config",
-        plan.config_dir,
-        "--listen",
-        plan.registry_listen,
-        "--port",
-        str(plan.registry_port),
-        "--monitor-port",
-        str(plan.monitor_port),
-        "--san",
-        plan.registry_listen,
-    ]
+    # mesh.yaml's registry.address, when it is this host's: other hosts reach the registry
+    # there, so it listens on every address and that one comes first in join strings.
+    listen, sans = plan.registry_listen, [plan.registry_listen]
+    if plan.registry_address:
+        listen, sans = "0.0.0.0", [plan.registry_address, plan.registry_listen]
+    argv = [sys.executable, "-m", "meshctl", "registry", "--config", plan.config_dir,
+            "--listen", listen, "--port", str(plan.registry_port),
+            "--monitor-port", str(plan.monitor_port)]  # fmt: skip
+    for san in sans:
+        argv += ["--san", san]
     proc = spawn(argv, log=paths.log("registry"), env=marked_env(paths.home), cwd="/")
     atomic_write(paths.pid_file("registry"), f"{proc.pid}\n", mode=0o644)
     return proc
@@ -625,7 +627,8 @@ def intercept_config(spec: Workload, plan: Plan) -> Any:
         proxy_uid=PROXY_UID,
         proxy_gid=PROXY_UID,
         exclude_inbound_ports=(*EXCLUDE_INBOUND_DEFAULT, *spec.exclude_inbound_ports),
-        exclude_outbound_cidrs=(f"{plan.registry_listen}/32",) if plan.mode == TRANSPARENT else (),
+        exclude_outbound_cidrs=(f"{plan.registry_listen}/32",)
+        if plan.mode == TRANSPARENT and _ipv4(plan.registry_listen) else (),
         # Mesh names answered by the proxy (proxy/dns) in our namespaces; a container keeps
         # Docker's resolver (its DNAT to 127.0.0.11 comes first anyway).
         dns_port=None if spec.container else DNS_PORT,
@@ -635,6 +638,15 @@ def intercept_config(spec: Workload, plan: Plan) -> Any:
         published_open_ports=spec.published_open_ports() if spec.published_net else (),
         published_local_net=spec.published_net,
     )
+
+
+def _ipv4(text: str) -> bool:
+    """A joined host's registry may be named by a DNS name (its join URL): no CIDR then
+    (the proxy's own traffic is let out by its uid anyway)."""
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False
 
 
 def record_owned(paths: LaunchPaths, *, namespace: str = "", bridge: str = "") -> None:

@@ -103,6 +103,9 @@ def teardown(home: Path, purge: bool = False) -> DownReport:
         report.processes += len(stop_pids([sup], grace=8.0))
     report.registry_stopped = reg is not None
     report.processes += len(stop_pids(marked_pids(home), grace=5.0))
+    from meshctl.launch.join import forget
+
+    forget(home)  # a joined host leaves the mesh
     containers = _containers(paths)
     compose = (read_json(paths.owned) or {}).get("compose")
     if containers or compose:

@@ -62,10 +62,13 @@ class Facts:
     cores: dict[str, tuple[bool, str]] = field(default_factory=dict)
 
 
-def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
+def gather(home: Path, iptables: Callable[[str], bool] | None = None,
+           client: RegistryClient | None = None) -> Facts:
+    """What `check` judges. `client`: a registry on another host (--registry); else this
+    host's, or the one a joined host's proxies use (RegistryClient.resolve)."""
     facts = Facts(local_time=time.time())
     try:
-        client = RegistryClient.from_home(home)
+        client = client or RegistryClient.resolve(home)
         facts.status = client.call("GET", "/v1/status", timeout=5)
         facts.registry_date = _date_of(client)
         facts.local_time = time.time()
@@ -102,11 +105,12 @@ def gather(home: Path, iptables: Callable[[str], bool] | None = None) -> Facts:
 def _outage(home: Path, why: str) -> str:
     """What `meshctl status` says of the outage (who restarts it, what still runs), or
     `why` alone when nothing of a local mesh runs here."""
+    from meshctl.client import read_joined
     from meshctl.launch.procs import LaunchError
     from meshctl.launch.report import outage
 
     try:
-        return str(outage(home, why)["registry"]["problem"])
+        return str(outage(home, why, read_joined(home))["registry"]["problem"])
     except LaunchError:
         return why
 

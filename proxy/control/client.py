@@ -9,7 +9,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from proxy.identity import Identity
 log = logging.getLogger("meshctl.proxy.control")
 HEARTBEAT_S = 10.0
 ACK_ERROR_MAX = 2000  # the registry keeps this much of a NACK's error
+ADMIN_REPLY_MAX = 4 * 1024 * 1024  # a relayed admin page (config_dump of a large mesh)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
 REUSE_MIN_S = 60.0  # a kept SVID with less left than this is not reused: the token joins
 
@@ -89,6 +90,9 @@ class ControlClient:
         self.acked_version = 0  # the last version whose ACK the registry answered
         self._on_identity: list[Callable[[Identity], None]] = []
         self._on_ack: list[Callable[[int, bool], None]] = []
+        # An operator's read of this proxy's admin or metrics page, relayed by the registry
+        # (`meshctl proxy-config`/`stat` from another host): path -> (status, body).
+        self.admin_get: Callable[[str], Awaitable[tuple[int, str]]] | None = None
         self._duplex = True  # ACKs on the stream, until a registry says it cannot
         self._acks: asyncio.Queue[bytes] | None = None  # the open stream's ACK lines
         self._client: Client | None = None
@@ -306,6 +310,8 @@ class ControlClient:
                         self._ack_answered(int(msg["config_version"]), bool(msg.get("ok")))
                     elif kind == "error":
                         log.warning("registry refused an ACK: %s", msg.get("error"))
+                    elif kind == "admin":
+                        spawn(self._admin_reply(msg), name="admin relay")
                     if kind != "view":
                         continue
                     view = View(
@@ -326,6 +332,21 @@ class ControlClient:
                 if sender is not None:
                     sender.cancel()
                     await asyncio.gather(sender, return_exceptions=True)
+
+    async def _admin_reply(self, msg: dict[str, Any]) -> None:
+        """Answer a relayed read (the registry allows only read-only pages) with POST
+        /v1/admin-reply; the registry matches it to the stream it sent the request on."""
+        path = str(msg.get("path", ""))
+        try:
+            if self.admin_get is None:
+                raise OSError("this proxy serves no admin page")
+            status, text = await self.admin_get(path)
+        except (OSError, TimeoutError, ValueError) as exc:
+            status, text = 502, f"proxy {self.proxy_id}: {exc}"
+        body = {"proxy_id": self.proxy_id, "request": msg.get("request"), "status": status,
+                "body": text[:ADMIN_REPLY_MAX]}  # fmt: skip
+        with contextlib.suppress(OSError, TimeoutError):
+            await self._post("/v1/admin-reply", body)
 
     async def _ack(self, version: int, error: str | None) -> None:
         body: dict[str, Any] = {

@@ -1,4 +1,8 @@
-"""One-time join tokens, each bound to one SPIFFE ID; only their SHA-256 is stored.
+"""Join tokens, each bound to one SPIFFE ID; only their SHA-256 is stored.
+
+One-time by default; a reusable one (`meshctl token create --reusable --ttl 24h`, for an
+autoscaling group, as Kuma's) may be redeemed until it expires or is revoked, and counts
+its uses. Either kind is still bound to exactly one identity.
 
 A token is `mtok.<id>.<secret>`: the id (16 hex) names the record and may be logged; the
 secret (32 random bytes, URL-safe base64) is shown once, at creation, and never stored.
@@ -52,7 +56,10 @@ class TokenRecord:
     identity: SpiffeId
     created_at: datetime
     expires_at: datetime
-    used_at: datetime | None = None
+    used_at: datetime | None = None  # the last use
+    reusable: bool = False
+    uses: int = 0
+    revoked_at: datetime | None = None
 
     @property
     def used(self) -> bool:
@@ -68,11 +75,14 @@ class TokenRecord:
             "created_at": self.created_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),
             "used_at": self.used_at.isoformat() if self.used_at else None,
+            "reusable": self.reusable,
+            "uses": self.uses,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
         }
 
     @classmethod
     def from_json(cls, token_id: str, d: dict[str, Any]) -> TokenRecord:
-        used = d.get("used_at")
+        used, revoked = d.get("used_at"), d.get("revoked_at")
         return cls(
             token_id=token_id,
             secret_sha256=str(d["secret_sha256"]),
@@ -80,6 +90,9 @@ class TokenRecord:
             created_at=datetime.fromisoformat(str(d["created_at"])),
             expires_at=datetime.fromisoformat(str(d["expires_at"])),
             used_at=datetime.fromisoformat(str(used)) if used else None,
+            reusable=bool(d.get("reusable", False)),
+            uses=int(d.get("uses", 1 if used else 0)),
+            revoked_at=datetime.fromisoformat(str(revoked)) if revoked else None,
         )
 
 
@@ -147,9 +160,11 @@ class TokenStore:
         identity: SpiffeId,
         ttl_s: float = DEFAULT_TOKEN_TTL_S,
         *,
+        reusable: bool = False,
         now: datetime | None = None,
     ) -> str:
-        """Mint a token for `identity`, valid `ttl_s` seconds. The only copy of the secret."""
+        """Mint a token for `identity`, valid `ttl_s` seconds (one-time unless `reusable`).
+        The only copy of the secret."""
         if not identity.is_workload:
             raise ValueError(f"a join token needs a workload identity with a path, not {identity}")
         if not ttl_s > 0:
@@ -166,6 +181,7 @@ class TokenStore:
                 identity=identity,
                 created_at=t,
                 expires_at=t + timedelta(seconds=ttl_s),
+                reusable=reusable,
             )
             self._write(records)
         return f"{PREFIX}.{token_id}.{secret}"
@@ -203,7 +219,13 @@ class TokenStore:
                     "forged",
                     f"join token {token_id}: the secret does not match (forged or mistyped)",
                 )
-            if rec.used_at is not None:
+            if rec.revoked_at is not None:
+                raise TokenError(
+                    "revoked",
+                    f"join token {token_id} was revoked at {rec.revoked_at.isoformat()}; "
+                    "create a new one",
+                )
+            if rec.used_at is not None and not rec.reusable:
                 raise TokenError(
                     "used",
                     f"join token {token_id} was already used at {rec.used_at.isoformat()}; "
@@ -220,9 +242,23 @@ class TokenStore:
                     "wrong-identity",
                     f"join token {token_id} was minted for {rec.identity}, not {expected}",
                 )
-            records[token_id] = replace(rec, used_at=t)
+            records[token_id] = replace(rec, used_at=t, uses=rec.uses + 1)
             self._write(records)
         return rec.identity
+
+    def revoke(self, token_id: str, *, now: datetime | None = None) -> TokenRecord:
+        """Refuse every later use of token `token_id` (its id, as `token list` shows it).
+        SVIDs already issued with it stay valid until they expire (short lifetimes)."""
+        t = _utc(now)
+        with self._locked() as records:
+            rec = records.get(token_id)
+            if rec is None:
+                known = ", ".join(sorted(records)) or "none"
+                raise TokenError("unknown", f"no join token {token_id!r} (known: {known})")
+            if rec.revoked_at is None:
+                rec = records[token_id] = replace(rec, revoked_at=t)
+                self._write(records)
+        return rec
 
     def list(self) -> list[TokenRecord]:
         """Every stored token, oldest first (for `meshctl token list` and status)."""

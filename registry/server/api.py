@@ -16,14 +16,17 @@ from registry.ca.joinstring import JoinString, ca_pin
 from registry.server.auth import Caller, caller_of
 from registry.server.catalog import HEALTH_STATES, Endpoint
 from registry.server.proxies import NotYours
+from registry.server.relay import AdminRelay
 
 if TYPE_CHECKING:
     from registry.server.main import Registry
 
 log = logging.getLogger("meshctl.registry.api")
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+RELAY: web.AppKey[AdminRelay] = web.AppKey("relay")
 STREAM_PING_S = 15.0
 MAX_BODY = 64 * 1024
+RELAY_MAX_BODY = 6 * 1024 * 1024  # a relayed admin page (4 MiB) as JSON, escapes included
 MAX_ACK_LINE = 16 * 1024  # an ACK line on POST /v1/stream; a NACK's error is cut at 2000
 PROXY_ID_MAX = 253  # a DNS name's length: ids are workload, container or host names
 
@@ -150,6 +153,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     identity = str(caller.identity or "operator")
     if proxy_id:
         reg.proxies.stream_opened(proxy_id, identity, service)
+        if caller.identity is not None:
+            request.app[RELAY].opened(proxy_id, resp, identity)
         snap_now = reg.store.current
         if snap_now is not None and have_cfg == snap_now.version:
             # The proxy already runs the version in force (a reconnect, or this registry
@@ -181,6 +186,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             acks.cancel()
         if proxy_id:
             reg.proxies.stream_closed(proxy_id, identity)
+            request.app[RELAY].closed(proxy_id, resp)
     return resp
 
 
@@ -368,24 +374,150 @@ async def config(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    """Operator only: mint a one-time join token for exactly one service identity."""
+    """Operator only: mint a join token for exactly one service identity (one-time, or
+    reusable until it expires or is revoked)."""
     reg = request.app[REGISTRY]
     caller = _auth(request)
     if not caller.operator:
         return _error(403, "only the operator may mint join tokens")
     body = await _body(request)
     ttl = body.get("ttl_s", 3600)
-    if not isinstance(ttl, (int, float)) or ttl <= 0:
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl <= 0:
         return _error(400, "field `ttl_s` must be a positive number of seconds")
+    reusable = body.get("reusable", False)
+    if not isinstance(reusable, bool):
+        return _error(400, "field `reusable` must be true or false")
     try:
-        identity = reg.identity_for(_require_str(body, "service"))
+        service = _require_str(body, "service")
+        identity = reg.identity_for(service)
     except ValueError as exc:
         return _error(400, str(exc))
-    token = reg.tokens.create(identity, float(ttl))
+    token = reg.tokens.create(identity, float(ttl), reusable=reusable)
     # The join string: the token, where to reach this registry and the CA's pin, so a new
     # host needs nothing else (registry/ca/joinstring.py).
-    join = JoinString(token, tuple(reg.join_urls()), ca_pin(reg.ca.bundle_pem.decode()))
-    return _json({"token": token, "join": join.encode(), "spiffe_id": str(identity)})
+    join = _join_string(reg, token, service, reusable=reusable)
+    return _json({"token": token, "join": join, "spiffe_id": str(identity),
+                  "token_id": token.split(".")[1], "reusable": reusable})
+
+
+def _join_string(reg: Registry, token: str, service: str | None, *,
+                 reusable: bool = False) -> str:
+    pin = ca_pin(reg.ca.bundle_pem.decode())
+    return JoinString(token, tuple(reg.join_urls()), pin, service, reusable).encode()
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """Operator only: every token (never a secret): id, identity, kind, uses, expiry."""
+    reg = request.app[REGISTRY]
+    if not _auth(request).operator:
+        return _error(403, "only the operator may list join tokens")
+    return _json({"tokens": [
+        {"token_id": r.token_id, "spiffe_id": str(r.identity),
+         "service": r.identity.service_account, "reusable": r.reusable, "uses": r.uses,
+         "created_at": r.created_at.timestamp(), "expires_at": r.expires_at.timestamp(),
+         "used_at": r.used_at.timestamp() if r.used_at else None,
+         "revoked_at": r.revoked_at.timestamp() if r.revoked_at else None}
+        for r in reg.tokens.list()]})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    """Operator only: refuse every later use of a token (by its id)."""
+    reg = request.app[REGISTRY]
+    if not _auth(request).operator:
+        return _error(403, "only the operator may revoke join tokens")
+    try:
+        rec = reg.tokens.revoke(request.match_info["id"])
+    except TokenError as exc:
+        return _error(404, str(exc))
+    return _json({"token_id": rec.token_id, "revoked": True})
+
+
+async def operator_join(request: web.Request) -> web.Response:
+    """Operator only: the operator credential as a join string (the registry's URLs and CA
+    pin beside it), for `meshctl token operator` to hand to another host."""
+    reg = request.app[REGISTRY]
+    if not _auth(request).operator:
+        return _error(403, "only the operator may copy the operator credential")
+    return _json({"operator": _join_string(reg, reg.operator_token, None)})
+
+
+async def set_route_weights(request: web.Request) -> web.Response:
+    """Operator only: `meshctl route set-weight` from another host. The registry edits the
+    VirtualService's file in its config directory in place (comments kept), and its watcher
+    publishes the change as for an edit made on this host."""
+    from registry.config.apply import apply_weights
+    from registry.config.edit import EditError, parse_weights
+
+    reg = request.app[REGISTRY]
+    if not _auth(request).operator:
+        return _error(403, "only the operator may change routes")
+    body = await _body(request)
+    weights, route, dry_run = body.get("weights"), body.get("route"), body.get("dry_run", False)
+    ok = (isinstance(weights, dict) and all(isinstance(k, str) and isinstance(v, int)
+                                             and not isinstance(v, bool)
+                                             for k, v in weights.items())
+          and (route is None or isinstance(route, str)) and isinstance(dry_run, bool))
+    if not ok or not isinstance(weights, dict):
+        return _error(400, "expected {\"weights\": {SUBSET: PERCENT, ...}, \"route\": "
+                      "NAME or null, \"dry_run\": bool}")
+    service = request.match_info["service"]
+    try:
+        wanted = parse_weights([f"{k}={v}" for k, v in weights.items()])
+        change = await asyncio.to_thread(apply_weights, reg.config_dir, service, wanted,
+                                         route, dry_run=dry_run)
+    except EditError as exc:
+        return _error(409, str(exc))
+    return _json(change.to_wire(dry_run=dry_run))
+
+
+async def show_routes(request: web.Request) -> web.Response:
+    """`meshctl route show` from another host: any authenticated caller (as /v1/config)."""
+    from registry.config.apply import load_valid
+    from registry.config.edit import EditError
+    from registry.config.routeview import route_view
+
+    reg = request.app[REGISTRY]
+    _auth(request)
+    try:
+        view = await asyncio.to_thread(
+            lambda: route_view(load_valid(reg.config_dir), reg.config_dir,
+                               request.match_info["service"]))
+    except EditError as exc:
+        return _error(404, str(exc))
+    return _json(view)
+
+
+async def proxy_admin(request: web.Request) -> web.Response:
+    """Operator only: a read-only admin page of a proxy on any host, relayed over its stream
+    (registry/server/relay.py)."""
+    if not _auth(request).operator:
+        return _error(403, "only the operator may read proxies' admin pages")
+    status, text = await request.app[RELAY].ask(request.match_info["id"],
+                                                request.query.get("path", ""))
+    return web.Response(status=status, text=text,
+                        content_type="text/plain" if request.query.get("path") == "/metrics"
+                        else "application/json")
+
+
+async def admin_reply(request: web.Request) -> web.Response:
+    """A proxy's answer to a relayed read; only from the identity holding that stream."""
+    caller = _auth(request)
+    if caller.identity is None:
+        return _error(403, "admin replies come from proxies (client certificate)")
+    # An admin page may be larger than MAX_BODY (client_max_size applies to .json() only).
+    raw = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        raw += chunk
+        if len(raw) > RELAY_MAX_BODY:
+            return _error(413, f"admin reply larger than {RELAY_MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return _error(400, f"request body is not JSON: {exc}")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object")
+    problem = request.app[RELAY].answer(str(caller.identity), body)
+    return _error(409, problem) if problem else _json({"ok": True})
 
 
 async def ca_certificate(request: web.Request) -> web.Response:
@@ -408,6 +540,7 @@ async def healthz(request: web.Request) -> web.Response:
 def build_app(reg: Registry) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[REGISTRY] = reg
+    app[RELAY] = AdminRelay()
     app.add_routes(
         [
             web.post("/v1/join", join),
@@ -422,6 +555,13 @@ def build_app(reg: Registry) -> web.Application:
             web.get("/v1/catalog", catalog),
             web.get("/v1/config", config),
             web.post("/v1/tokens", create_token),
+            web.get("/v1/tokens", list_tokens),
+            web.delete("/v1/tokens/{id}", revoke_token),
+            web.get("/v1/operator", operator_join),
+            web.post("/v1/routes/{service}/weights", set_route_weights),
+            web.get("/v1/routes/{service}", show_routes),
+            web.get("/v1/proxies/{id}/admin", proxy_admin),
+            web.post("/v1/admin-reply", admin_reply),
             web.get("/v1/status", status),
             web.get("/healthz", healthz),
         ]

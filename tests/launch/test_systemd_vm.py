@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,9 @@ User=nobody
 """
 
 
-def doc_blocks() -> list[list[list[str]]]:
+def doc_blocks(doc: Path = DOC) -> list[list[list[str]]]:
     """The `sh` blocks of the step by step: for each, its commands as argv lists."""
-    text = DOC.read_text()
+    text = doc.read_text()
     start = text.index("## Step by step")
     section = text[start : text.index("\n## ", start + 1)]
     blocks = []
@@ -74,12 +75,14 @@ class Host:
     ip: str
     root: Path
     runner: Runner
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         return {
             "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
             "MESH_HOME": str(self.root / "var/lib/meshctl"),  # root's default, under root
             "LANG": "C.UTF-8",
+            **self.extra_env,
         }
 
     def run(self, argv: list[str], timeout: float = 60) -> str:
@@ -130,37 +133,38 @@ def _root_dir(base: Path, name: str) -> Path:
     return root
 
 
-def _add_leg(host: str, bridge: str, cidr: str, veth: str) -> None:
-    """A second interface (eth1) for namespace `host`, on `bridge`, with `cidr`."""
+def _add_leg(host: str, bridge: str, cidr: str, veth: str, ifname: str = "eth1") -> None:
+    """Another interface (`ifname`) for namespace `host`, on `bridge`, with `cidr`."""
     from pyroute2 import IPRoute, NetNS
 
     address, prefixlen = cidr.split("/")
     with IPRoute() as ipr:
-        ipr.link("add", ifname=veth, kind="veth", peer={"ifname": "eth1", "net_ns_fd": host})
+        ipr.link("add", ifname=veth, kind="veth", peer={"ifname": ifname, "net_ns_fd": host})
         index = ipr.link_lookup(ifname=veth)[0]
         master = ipr.link_lookup(ifname=bridge)[0]
         ipr.link("set", index=index, master=master, state="up")
     with NetNS(host) as ns:
-        eth1 = ns.link_lookup(ifname="eth1")[0]
+        eth1 = ns.link_lookup(ifname=ifname)[0]
         ns.addr("add", index=eth1, address=address, prefixlen=int(prefixlen))
         ns.link("set", index=eth1, state="up")
 
 
-@pytest.fixture
-def hosts() -> Iterator[tuple[Host, Host]]:
+@contextmanager
+def routed_hosts(roles: tuple[str, ...], base_prefix: str = "vmunits-") -> Iterator[list[Host]]:
+    """One network namespace per role, each on its own bridge and subnet, joined by a router
+    namespace (its eth0 on the first bridge, a leg on each other; forwarding on in it only).
+    Yields the hosts in `roles` order; removes everything after."""
     for tool in ("setpriv", "useradd", "iptables"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
     prefix = unique()
-    base = Path(tempfile.mkdtemp(prefix="vmunits-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix=base_prefix, dir="/tmp"))
     base.chmod(0o755)
     bridges, made = [], []
     hosts: list[Host] = []
     try:
-        # Two subnets, each on its own bridge, joined by a router namespace (its eth0 on
-        # the first bridge, a second leg on the other; forwarding on in it only).
         subnets = []
-        for i in range(2):
+        for i in range(len(roles)):
             subnet = netns.free_subnet("10.250.0.0/16")
             netns.create_bridge(f"{prefix}b{i}", f"{subnet[1]}/24")
             bridges.append(f"{prefix}b{i}")
@@ -168,10 +172,11 @@ def hosts() -> Iterator[tuple[Host, Host]]:
         router = prefix + "rt"
         netns.create_host(router, bridges[0], f"{subnets[0][254]}/24")
         made.append(router)
-        _add_leg(router, bridges[1], f"{subnets[1][254]}/24", prefix + "r1")
+        for i in range(1, len(roles)):
+            _add_leg(router, bridges[i], f"{subnets[i][254]}/24", f"{prefix}r{i}", f"eth{i}")
         subprocess.run(["ip", "netns", "exec", router, "sysctl", "-qw",
                         "net.ipv4.ip_forward=1"], check=True, timeout=30)  # fmt: skip
-        for i, role in enumerate(("reg", "vm")):
+        for i, role in enumerate(roles):
             ip = str(subnets[i][2])
             name = prefix + role
             netns.create_host(name, bridges[i], f"{ip}/24", str(subnets[i][254]))
@@ -180,7 +185,7 @@ def hosts() -> Iterator[tuple[Host, Host]]:
             logs = base / f"{role}-logs"
             logs.mkdir()
             hosts.append(Host(name, ip, root, Runner(root, name, logs)))
-        yield hosts[0], hosts[1]
+        yield hosts
     finally:
         for h in reversed(hosts):
             h.runner.stop_all()
@@ -189,6 +194,12 @@ def hosts() -> Iterator[tuple[Host, Host]]:
         for bridge in bridges:
             netns.delete_bridge(bridge)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[Host, Host]]:
+    with routed_hosts(("reg", "vm")) as (reg, vm):
+        yield reg, vm
 
 
 def _status(reg: Host) -> dict[str, Any]:

@@ -38,6 +38,13 @@ GUARDED: list[tuple[str, str, object]] = [
     ("GET", "/v1/catalog", None),
     ("GET", "/v1/config", None),
     ("POST", "/v1/tokens", {"service": "orders"}),
+    ("GET", "/v1/tokens", None),
+    ("DELETE", "/v1/tokens/0123456789abcdef", None),
+    ("GET", "/v1/operator", None),
+    ("POST", "/v1/routes/orders/weights", {"weights": {"v1": 100}}),
+    ("GET", "/v1/routes/orders", None),
+    ("GET", "/v1/proxies/p/admin?path=/stats", None),
+    ("POST", "/v1/admin-reply", {"proxy_id": "p", "request": 1, "status": 200, "body": ""}),
     ("GET", "/v1/status", None),
 ]
 
