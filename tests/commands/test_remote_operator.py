@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import REPO, Mesh
+from tests.example import CONFIG
+from tests.integration.harness import Mesh
 from tests.registry.server.support import Workload, call, csr_for, join
 
 pytestmark = pytest.mark.slow
-CONFIG = REPO / "examples" / "compose" / "mesh"
+
 
 
 @pytest.fixture
