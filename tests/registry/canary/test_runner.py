@@ -18,7 +18,7 @@ from registry.canary.runner import CanaryError, Runner
 from registry.config import load_directory
 from registry.config.model import CanaryPolicy, MeshConfig
 from registry.server.catalog import Endpoint
-from tests.registry.config.conftest import EXAMPLE
+from tests.example import CONFIG as EXAMPLE
 
 POLICY = CanaryPolicy(steps=(10, 50, 100), interval_s=1.0, min_requests=5, failures=2)
 DECLARED = """\
