@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -20,6 +19,7 @@ from common.state import mesh_home
 from meshctl.client import RegistryError, RegistryUnavailable, read_joined
 from meshctl.commands import canary
 from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, client
+from meshctl.launch.procs import pid_alive
 from registry.config.apply import apply_weights, load_valid
 from registry.config.edit import (
     EditError,
@@ -211,20 +211,10 @@ def _who_publishes(directory: Path) -> str:
     pid = ep.get("pid")
     watched = ep.get("config_dir")
     if isinstance(watched, str) and Path(watched).resolve() == directory.resolve() \
-            and isinstance(pid, int) and _alive(pid):
+            and isinstance(pid, int) and pid_alive(pid):
         return f"the registry (pid {pid}) publishes it to every proxy"
     return (f"no running registry watches {directory}: it applies when one starts "
             f"(meshctl registry --config {directory})")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _dest_label(service: str, d: dict[str, Any]) -> str:
