@@ -26,7 +26,8 @@ def dashboard(
         "--browser/--no-browser", help="Open the page in a browser when there is one.")] = True,
 ) -> None:
     """A live web picture of the mesh: services and versions, caller -> callee edges with
-    requests/s, success rate, p50/p99, traffic share and mTLS, from the proxies' metrics."""
+    requests/s, success rate, p50/p99, traffic share and mTLS, from the proxies' metrics; per
+    service its endpoints, proxies, route (as `meshctl why`) and live requests (`tap`)."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536 or not host:
         typer.echo(f"meshctl dashboard: --listen `{listen}` is not HOST:PORT", err=True)
