@@ -1,6 +1,7 @@
 """The dashboard's web server: the page, its static files, the graph and the canaries as JSON.
 
-It scrapes the proxies of this host (MESH_HOME/proxies, as `meshctl stat` does) every
+With a Prometheus (`--prometheus URL`) the graph's rates come from it (PromQL, prometheus.py);
+otherwise it scrapes the proxies of this host (MESH_HOME/proxies, as `meshctl stat` does) every
 SCRAPE_S and keeps 15 minutes of scrapes, so a window of 1, 5 or 15 minutes is the
 difference between the newest scrape and the oldest one inside the window. The canaries
 are the registry's (GET /v1/canaries). On a loopback address anyone on the host may look
@@ -29,6 +30,7 @@ from common.stats import Scrape
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.dashboard.graph import graph, mark_ejected
 from meshctl.dashboard.panel import filter_requests, service_panel
+from meshctl.dashboard.prometheus import PrometheusError, fetch
 from meshctl.observe.tap import TapFilter, follow
 from registry.config import MeshConfig
 
@@ -102,8 +104,10 @@ class Tap:
 
 
 class Dashboard:
-    def __init__(self, home: Path, token: str | None, scrape_s: float = SCRAPE_S) -> None:
+    def __init__(self, home: Path, token: str | None, scrape_s: float = SCRAPE_S,
+                 prometheus: str | None = None) -> None:
         self.home, self.token, self.scrape_s = home, token, scrape_s
+        self.prometheus = prometheus  # history from there (PromQL) instead of our scrapes
         self.scrapes: deque[tuple[float, Scrape]] = deque()
         self.ejected: dict[str, list[str]] = {}  # address:port -> the callers ejecting it
         self.tap: Tap | None = None
@@ -173,7 +177,17 @@ class Dashboard:
         if window not in WINDOWS_S:
             return web.json_response({"error": f"window must be one of {WINDOWS_S} seconds"},
                                      status=400)
-        g = self.graph(window)
+        if self.prometheus:
+            try:
+                increases = await asyncio.to_thread(fetch, self.prometheus, window)
+            except PrometheusError as exc:
+                return web.json_response({"nodes": [], "edges": [], "window_s": window,
+                                          "interval_s": 0.0, "error": str(exc)},
+                                         status=502, headers=_SECURITY)
+            g = graph({}, increases, float(window))
+            g.update(window_s=window, interval_s=float(window), source=self.prometheus)
+        else:
+            g = self.graph(window)
         if self.ejected:
             catalog = await self._registry("/v1/catalog")
             mark_ejected(g, catalog.get("endpoints", []), self.ejected)

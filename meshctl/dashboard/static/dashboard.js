@@ -91,7 +91,10 @@ async function refresh() {
   const win = document.getElementById("window").value;
   try {
     const r = await fetch(`/api/graph?window=${win}`, { cache: "no-store" });
-    if (r.ok) { const g = await r.json(); update(g); listServices(g); }
+    const g = await r.json();
+    if (r.ok) { update(g); listServices(g); } else {
+      document.getElementById("updated").textContent = g.error || `HTTP ${r.status}`;
+    }
     const c = await fetch("/api/canaries", { cache: "no-store" });
     if (c.ok) { showCanaries((await c.json()).canaries); }
     const s = await fetch("/api/config", { cache: "no-store" });
