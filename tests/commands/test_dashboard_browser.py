@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from common.proxies import local_proxies
 from meshctl.client import RegistryClient
 from tests.commands.support import MESHCTL, REPO, Cli, free_port, wait_until
 from tests.commands.test_canary_up import _app_port, running_shop
+from tests.dashboard.test_prometheus import running_prometheus
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -209,3 +211,31 @@ def test_the_graph_shows_the_shops_edges_with_rates(
         "bad.yaml:5:10: spec.hosts: expected a list, got a string" in rejected, rejected
     if os.environ.get("MESH_DASHBOARD_SHOT"):
         (shots / "dashboard.png").replace(os.environ["MESH_DASHBOARD_SHOT"])
+
+
+def test_the_graph_from_a_prometheus_scraping_the_shops_proxies(
+        board: tuple[str, Path, Cli, Path, Any], tmp_path: Path) -> None:
+    """`--prometheus`: Debian's prometheus scrapes the shop's proxies; a second dashboard
+    draws the shop's calls from its PromQL answers, with rates and mTLS."""
+    _, _, cli, _, _ = board
+    targets = [p.metrics.replace("0.0.0.0:", "127.0.0.1:") for p in local_proxies(cli.home)]
+    with running_prometheus(tmp_path, targets) as prom:
+        port = free_port()
+        server = subprocess.Popen(
+            [*MESHCTL, "dashboard", "--listen", f"127.0.0.1:{port}", "--no-browser",
+             "--prometheus", prom],
+            env=cli.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def drawn() -> dict[str, Any]:
+                g = _get(f"http://127.0.0.1:{port}/api/graph?window=60")
+                edges = {e["id"]: e for e in g["edges"] if e["rps"] > 0}
+                return g if set(edges) >= CALLS else {}
+
+            g = wait_until(drawn, 60, f"the shop's calls in the graph from {prom}")
+        finally:
+            server.terminate()
+            server.wait(10)
+    assert g["source"] == prom
+    edges = {e["id"]: e for e in g["edges"]}
+    assert all(edges[c]["mtls"] is True for c in CALLS), edges
+    assert {"orders -> orders v1", "orders -> orders v2"} <= set(edges), edges

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,29 +89,38 @@ class _Exporter(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def running_prometheus(tmp: Path, targets: list[str]) -> Iterator[str]:
+    """Debian's prometheus on 127.0.0.1, scraping `targets` (host:port) every second;
+    its URL. Stopped by its pid after."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("needs Debian's prometheus (install.sh --test)")
-    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
-    threading.Thread(target=exporter.serve_forever, daemon=True).start()
     port = free_port()
-    (tmp_path / "prometheus.yml").write_text(
+    (tmp / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s}\n"
         "scrape_configs:\n"
-        f"  - job_name: proxies\n    static_configs: [{{targets: ['127.0.0.1:"
-        f"{exporter.server_address[1]}']}}]\n")
+        f"  - job_name: proxies\n    static_configs: [{{targets: {targets!r}}}]\n")
     proc = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+        [binary, f"--config.file={tmp / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
          "--storage.tsdb.retention.time=1h"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
+        stdout=subprocess.DEVNULL, stderr=(tmp / "prometheus.log").open("wb"))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[str]:
+    exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
+    threading.Thread(target=exporter.serve_forever, daemon=True).start()
+    try:
+        with running_prometheus(tmp_path, [f"127.0.0.1:{exporter.server_address[1]}"]) as url:
+            yield url
+    finally:
         exporter.shutdown()
         exporter.server_close()
 
