@@ -42,6 +42,7 @@ WINDOWS_S = (60, 300, 900)
 COOKIE = "meshctl_dashboard"
 TAP_KEPT = 1000  # live requests kept for the tapped service (the newest)
 TAP_IDLE_S = 60.0  # a tap nobody polled for this long stops
+TAP_SPAN_S = 15.0
 _STATIC = {"dashboard.js": "application/javascript", "dashboard.css": "text/css",
            "vendor/cytoscape.min.js": "application/javascript"}
 
@@ -90,7 +91,9 @@ class Tap:
             try:
                 proxies = select(self.home, self.service)
                 self.error = ""
-                for e in follow(proxies, TapFilter(), duration_s=5.0):
+                # In spans of TAP_SPAN_S: a span's end is where a stop or an idle page is
+                # noticed when no request comes (the proxies ping every 15 s).
+                for e in follow(proxies, TapFilter(), duration_s=TAP_SPAN_S):
                     self.events.append(e)
                     if self.stop.is_set():
                         return
