@@ -24,12 +24,20 @@ def dashboard(
     ] = "127.0.0.1:9901",
     browser: Annotated[bool, typer.Option(
         "--browser/--no-browser", help="Open the page in a browser when there is one.")] = True,
+    prometheus: Annotated[str | None, typer.Option(
+        help="http://HOST:PORT of a Prometheus scraping the proxies: the graph's rates over "
+             "the window from it (PromQL) instead of the dashboard's own scrapes.")] = None,
 ) -> None:
     """A live web picture of the mesh: services and versions, caller -> callee edges with
-    requests/s, success rate, p50/p99, traffic share and mTLS, from the proxies' metrics."""
+    requests/s, success rate, p50/p99, traffic share and mTLS, from the proxies' metrics; per
+    service its endpoints, proxies, route (as `meshctl why`) and live requests (`tap`)."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536 or not host:
         typer.echo(f"meshctl dashboard: --listen `{listen}` is not HOST:PORT", err=True)
+        raise typer.Exit(1)
+    if prometheus is not None and not prometheus.startswith(("http://", "https://")):
+        typer.echo(f"meshctl dashboard: --prometheus `{prometheus}` is not an http(s):// URL",
+                   err=True)
         raise typer.Exit(1)
     home = mesh_home()
     token = None
@@ -42,8 +50,8 @@ def dashboard(
             raise typer.Exit(1) from None
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port_text}/"
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(Dashboard(home, token), host.strip("[]"), int(port_text), url,
-                           browser))
+        board = Dashboard(home, token, prometheus=prometheus)
+        asyncio.run(_serve(board, host.strip("[]"), int(port_text), url, browser))
 
 
 async def _serve(board: Dashboard, host: str, port: int, url: str, browser: bool) -> None:

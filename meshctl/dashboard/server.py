@@ -1,6 +1,7 @@
 """The dashboard's web server: the page, its static files, the graph and the canaries as JSON.
 
-It scrapes the proxies of this host (MESH_HOME/proxies, as `meshctl stat` does) every
+With a Prometheus (`--prometheus URL`) the graph's rates come from it (PromQL, prometheus.py);
+otherwise it scrapes the proxies of this host (MESH_HOME/proxies, as `meshctl stat` does) every
 SCRAPE_S and keeps 15 minutes of scrapes, so a window of 1, 5 or 15 minutes is the
 difference between the newest scrape and the oldest one inside the window. The canaries
 are the registry's (GET /v1/canaries). On a loopback address anyone on the host may look
@@ -14,6 +15,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import threading
 import time
 from collections import deque
 from importlib import resources
@@ -23,17 +25,24 @@ from typing import Any
 from aiohttp import web
 
 from common.promparse import parse
-from common.proxies import ObserveError, local_proxies
+from common.proxies import ObserveError, local_proxies, select
 from common.stats import Scrape
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.dashboard.graph import graph, mark_ejected
+from meshctl.dashboard.panel import filter_requests, service_panel
+from meshctl.dashboard.prometheus import PrometheusError, fetch
+from meshctl.observe.tap import TapFilter, follow
+from registry.config import MeshConfig
 
-__all__ = ["SCRAPE_S", "WINDOWS_S", "Dashboard"]
+__all__ = ["SCRAPE_S", "TAP_KEPT", "WINDOWS_S", "Dashboard", "Tap"]
 
 log = logging.getLogger("meshctl.dashboard")
 SCRAPE_S = 2.0
 WINDOWS_S = (60, 300, 900)
 COOKIE = "meshctl_dashboard"
+TAP_KEPT = 1000  # live requests kept for the tapped service (the newest)
+TAP_IDLE_S = 60.0  # a tap nobody polled for this long stops
+TAP_SPAN_S = 15.0
 _STATIC = {"dashboard.js": "application/javascript", "dashboard.css": "text/css",
            "vendor/cytoscape.min.js": "application/javascript"}
 
@@ -63,11 +72,48 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+class Tap:
+    """The live requests of one service: a thread follows its proxies' /tap streams
+    (meshctl.observe.tap, as `meshctl tap` does) into a bounded buffer, until another
+    service is tapped or nobody has asked for TAP_IDLE_S."""
+
+    def __init__(self, home: Path, service: str) -> None:
+        self.home, self.service = home, service
+        self.events: deque[dict[str, Any]] = deque(maxlen=TAP_KEPT)
+        self.error = ""
+        self.asked = time.monotonic()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"tap-{service}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set() and time.monotonic() - self.asked < TAP_IDLE_S:
+            try:
+                proxies = select(self.home, self.service)
+                self.error = ""
+                # In spans of TAP_SPAN_S: a span's end is where a stop or an idle page is
+                # noticed when no request comes (the proxies ping every 15 s).
+                for e in follow(proxies, TapFilter(), duration_s=TAP_SPAN_S):
+                    self.events.append(e)
+                    if self.stop.is_set():
+                        return
+            except ObserveError as exc:
+                self.error = str(exc)
+                self.stop.wait(2.0)
+
+    def read(self, path: str, status: str) -> list[dict[str, Any]]:
+        self.asked = time.monotonic()
+        return filter_requests(list(self.events), path, status)
+
+
 class Dashboard:
-    def __init__(self, home: Path, token: str | None, scrape_s: float = SCRAPE_S) -> None:
+    def __init__(self, home: Path, token: str | None, scrape_s: float = SCRAPE_S,
+                 prometheus: str | None = None) -> None:
         self.home, self.token, self.scrape_s = home, token, scrape_s
+        self.prometheus = prometheus  # history from there (PromQL) instead of our scrapes
         self.scrapes: deque[tuple[float, Scrape]] = deque()
         self.ejected: dict[str, list[str]] = {}  # address:port -> the callers ejecting it
+        self.tap: Tap | None = None
 
     async def collect(self) -> None:
         """Scrape every `scrape_s`, keeping the longest window's worth."""
@@ -102,6 +148,8 @@ class Dashboard:
                         web.get("/static/{name:.+}", self._static),
                         web.get("/api/canaries", self._canaries),
                         web.get("/api/config", self._config),
+                        web.get("/api/service", self._service),
+                        web.get("/api/tap", self._tap),
                         web.get("/favicon.ico", _no_content)])
         return app
 
@@ -132,7 +180,17 @@ class Dashboard:
         if window not in WINDOWS_S:
             return web.json_response({"error": f"window must be one of {WINDOWS_S} seconds"},
                                      status=400)
-        g = self.graph(window)
+        if self.prometheus:
+            try:
+                increases = await asyncio.to_thread(fetch, self.prometheus, window)
+            except PrometheusError as exc:
+                return web.json_response({"nodes": [], "edges": [], "window_s": window,
+                                          "interval_s": 0.0, "error": str(exc)},
+                                         status=502, headers=_SECURITY)
+            g = graph({}, increases, float(window))
+            g.update(window_s=window, interval_s=float(window), source=self.prometheus)
+        else:
+            g = self.graph(window)
         if self.ejected:
             catalog = await self._registry("/v1/catalog")
             mark_ejected(g, catalog.get("endpoints", []), self.ejected)
@@ -149,6 +207,42 @@ class Dashboard:
         data = await self._registry("/v1/status")
         keys = ("config_version", "config_digest", "last_config_error", "error")
         return web.json_response({k: data.get(k) for k in keys}, headers=_SECURITY)
+
+    async def _service(self, request: web.Request) -> web.Response:
+        """One service's panel: endpoints, proxies, the route as `meshctl why` explains it
+        for `from` (default: the service itself) at `path`, the last rejected change."""
+        name = request.query.get("name", "")
+        status = await self._registry("/v1/status")
+        config = await self._registry("/v1/config")
+        if "error" in status or "error" in config:
+            return web.json_response({"error": status.get("error") or config.get("error")},
+                                     status=502, headers=_SECURITY)
+        mesh = MeshConfig.from_wire(config["config"])
+        if mesh.service(name) is None:
+            return web.json_response({"error": f"`{name}` is not a service in mesh.yaml",
+                                      "services": sorted(s.name for s in mesh.services)},
+                                     status=404, headers=_SECURITY)
+        panel = service_panel(name, status, config["config"], self.ejected,
+                              request.query.get("from") or None,
+                              request.query.get("path") or "/")
+        return web.json_response(panel, headers=_SECURITY)
+
+    async def _tap(self, request: web.Request) -> web.Response:
+        """The live requests of `service`, filtered by path prefix and status (polled)."""
+        name = request.query.get("service", "")
+        if not name:
+            return web.json_response({"error": "?service= is required"}, status=400,
+                                     headers=_SECURITY)
+        if self.tap is None or self.tap.service != name or not self.tap.thread.is_alive():
+            if self.tap is not None:
+                self.tap.stop.set()
+            self.tap = Tap(self.home, name)
+        try:
+            shown = self.tap.read(request.query.get("path", ""), request.query.get("status", ""))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400, headers=_SECURITY)
+        return web.json_response({"service": name, "requests": shown, "error": self.tap.error,
+                                  "kept": len(self.tap.events)}, headers=_SECURITY)
 
     async def _registry(self, path: str) -> dict[str, Any]:
         try:

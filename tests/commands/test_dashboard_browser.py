@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,11 @@ from typing import Any
 
 import pytest
 
+from common.proxies import local_proxies
+from meshctl.client import RegistryClient
 from tests.commands.support import MESHCTL, REPO, Cli, free_port, wait_until
 from tests.commands.test_canary_up import _app_port, running_shop
+from tests.dashboard.test_prometheus import running_prometheus
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -74,6 +78,43 @@ def _two_payments(config: Path) -> None:
     (config / "payments.yaml").write_text(PAYMENTS_RULE)
 
 
+def _service_panel(page: Any, cli: Cli, up: Any
+                   ) -> tuple[list[str], list[str], str, list[str]]:
+    """Pick orders: its endpoints (and the catalog's), the route as `meshctl why orders
+    orders` explains it, and the live requests filtered to status 418 after sending one."""
+    page.select_option("#service", "orders")
+    why = cli.json("why", "orders", "orders")
+    dests = ", ".join(f"{d['service']}/{d['subset']} {d['weight']}%"
+                      for d in why["destinations"])
+    want = f"{why['route']['name']} -> {dests}; {why['outcome']}"
+    page.wait_for_function("(want) => document.getElementById('route').textContent"
+                           ".includes(want)", arg=want, timeout=15_000)
+    route = page.locator("#route").inner_text()
+    catalog = RegistryClient.from_home(cli.home).call("GET", "/v1/catalog")["endpoints"]
+    ours = sorted(f"{e['address']}:{e['inbound_port']}" for e in catalog
+                  if e["service"] == "orders")
+    page.wait_for_function("(n) => document.querySelectorAll('#endpoints tbody tr').length == n",
+                           arg=len(ours), timeout=15_000)
+    endpoints = page.locator("#endpoints tbody tr").all_inner_texts()
+    page.fill("#tap-status", "418")
+    page.wait_for_function("() => / of [1-9][0-9]* kept/.test("
+                           "document.getElementById('tap-info').textContent)", timeout=15_000)
+    front = next(w for w in up["workloads"] if w["name"].endswith("frontend-v1"))
+    teapot = f"http://127.0.0.1:{front['ports']['upstream:orders:8080']}/status/418"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def shown() -> bool:
+        try:  # through frontend's proxy to orders' proxy, whose tap sees it
+            opener.open(teapot, timeout=5).read()
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 418, exc
+        page.wait_for_timeout(500)  # the page polls every second
+        return "/status/418" in page.locator("#requests tbody").inner_text(timeout=5_000)
+
+    wait_until(shown, 30, "the request to orders /status/418 in the live requests")
+    return endpoints, ours, route, page.locator("#requests tbody tr").all_inner_texts()
+
+
 def _get(url: str) -> Any:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=5) as r:
@@ -117,6 +158,11 @@ def test_the_graph_shows_the_shops_edges_with_rates(
             canary.and_(page.locator(".progressing")).wait_for(timeout=15_000)
             running = canary.inner_text()
             page.screenshot(path=str(shots / "dashboard.png"))
+            panel = _service_panel(page, cli, up)
+            page.screenshot(path=str(shots / "panel.png"), full_page=True)
+            if os.environ.get("MESH_DASHBOARD_SHOT"):
+                page.screenshot(path=os.environ["MESH_DASHBOARD_SHOT"] + ".panel.png",
+                                full_page=True)
             cli.run("route", "canary", "abort", "orders")  # the page follows, no reload
             canary.and_(page.locator(".rolled_back")).wait_for(timeout=15_000)
             ended = canary.inner_text()
@@ -141,6 +187,12 @@ def test_the_graph_shows_the_shops_edges_with_rates(
                 page.screenshot(path=os.environ["MESH_DASHBOARD_SHOT"] + ".ejected.png")
         finally:
             browser.close()
+    endpoints, catalog, route, requests = panel
+    assert sorted(r.split("\t")[1] for r in endpoints) == catalog, (endpoints, catalog)
+    assert route.startswith("route for orders -> orders /: canary -> orders/v1 80%, "
+                            "orders/v2 20%; forwarded"), route
+    assert requests and all(r.split("\t")[4] == "418" for r in requests), requests
+    assert any(r.split("\t")[3] == "/status/418" for r in requests), requests
     by_id = {i: (rps, mtls, share) for i, rps, mtls, share in drawn}
     for edge in EDGES:
         assert by_id[edge][0] > 0, (edge, by_id)
@@ -159,3 +211,31 @@ def test_the_graph_shows_the_shops_edges_with_rates(
         "bad.yaml:5:10: spec.hosts: expected a list, got a string" in rejected, rejected
     if os.environ.get("MESH_DASHBOARD_SHOT"):
         (shots / "dashboard.png").replace(os.environ["MESH_DASHBOARD_SHOT"])
+
+
+def test_the_graph_from_a_prometheus_scraping_the_shops_proxies(
+        board: tuple[str, Path, Cli, Path, Any], tmp_path: Path) -> None:
+    """`--prometheus`: Debian's prometheus scrapes the shop's proxies; a second dashboard
+    draws the shop's calls from its PromQL answers, with rates and mTLS."""
+    _, _, cli, _, _ = board
+    targets = [p.metrics.replace("0.0.0.0:", "127.0.0.1:") for p in local_proxies(cli.home)]
+    with running_prometheus(tmp_path, targets) as prom:
+        port = free_port()
+        server = subprocess.Popen(
+            [*MESHCTL, "dashboard", "--listen", f"127.0.0.1:{port}", "--no-browser",
+             "--prometheus", prom],
+            env=cli.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            def drawn() -> dict[str, Any]:
+                g = _get(f"http://127.0.0.1:{port}/api/graph?window=60")
+                edges = {e["id"]: e for e in g["edges"] if e["rps"] > 0}
+                return g if set(edges) >= CALLS else {}
+
+            g = wait_until(drawn, 60, f"the shop's calls in the graph from {prom}")
+        finally:
+            server.terminate()
+            server.wait(10)
+    assert g["source"] == prom
+    edges = {e["id"]: e for e in g["edges"]}
+    assert all(edges[c]["mtls"] is True for c in CALLS), edges
+    assert {"orders -> orders v1", "orders -> orders v2"} <= set(edges), edges

@@ -91,7 +91,10 @@ async function refresh() {
   const win = document.getElementById("window").value;
   try {
     const r = await fetch(`/api/graph?window=${win}`, { cache: "no-store" });
-    if (r.ok) { update(await r.json()); }
+    const g = await r.json();
+    if (r.ok) { update(g); listServices(g); } else {
+      document.getElementById("updated").textContent = g.error || `HTTP ${r.status}`;
+    }
     const c = await fetch("/api/canaries", { cache: "no-store" });
     if (c.ok) { showCanaries((await c.json()).canaries); }
     const s = await fetch("/api/config", { cache: "no-store" });
@@ -101,6 +104,92 @@ async function refresh() {
   }
 }
 
+// -- the per-service panel and its live requests -----------------------------------------
+
+const picker = document.getElementById("service");
+
+function listServices(g) {
+  // The services of the graph, in the picker (kept: the choice survives a refresh).
+  const names = [...new Set(g.nodes.map((n) => n.service).filter((s) => s !== "unknown"))].sort();
+  const have = [...picker.options].map((o) => o.value).filter((v) => v);
+  if (names.join() === have.join()) { return; }
+  const chosen = picker.value;
+  picker.replaceChildren(picker.options[0], ...names.map((s) => new Option(s, s)));
+  picker.value = names.includes(chosen) ? chosen : "";
+}
+
+function rows(selector, list, cells) {
+  document.querySelector(`${selector} tbody`).replaceChildren(...list.map((item) => {
+    const tr = document.createElement("tr");
+    for (const text of cells(item)) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
+}
+
+function expires(t) {
+  if (!t) { return "-"; }
+  const days = (t * 1000 - Date.now()) / 86400000;
+  return `${new Date(t * 1000).toISOString().slice(0, 16)}Z (${days.toFixed(1)} d)`;
+}
+
+function routeText(w) {
+  // The route in force as `meshctl why` explains it, for a request from w.source.
+  if (w.error) { return `route: ${w.error}`; }
+  const r = w.route;
+  const name = !r ? "none" : r.default ? "default (no VirtualService)" : r.name;
+  const dests = w.destinations.map((d) =>
+    `${d.service}${d.subset ? "/" + d.subset : ""} ${d.weight}%`).join(", ");
+  return `route for ${w.source} -> ${w.destination} ${w.request.path}: ${name} -> ` +
+    `${dests || "nothing"}; ${w.outcome} (config version ${w.config_version})`;
+}
+
+function showPanel(p) {
+  document.getElementById("panel-body").hidden = false;
+  document.getElementById("route").textContent = routeText(p.why);
+  rows("#endpoints", p.endpoints, (e) => [e.id, e.address, e.host, e.version || "-",
+    e.health + (e.reason ? `: ${e.reason}` : ""),
+    e.ejected_by.length ? `ejected by ${e.ejected_by.join(", ")}` : "no"]);
+  rows("#proxies", p.proxies, (x) => [x.proxy_id, x.connected ? "yes" : "no",
+    `${x.acked_version} / ${x.latest_version}` + (x.current ? "" : " (behind)") +
+    (x.nack_error ? ` rejected: ${x.nack_error}` : ""), expires(x.cert_not_after)]);
+  const err = document.getElementById("panel-error");
+  const last = p.last_config_error;
+  err.hidden = !last;
+  err.textContent = last ? `last config error: ${last.errors.join("; ")}` : "";
+}
+
+async function refreshPanel() {
+  const name = picker.value;
+  if (!name) { document.getElementById("panel-body").hidden = true; return; }
+  const q = encodeURIComponent(name);
+  const r = await fetch(`/api/service?name=${q}`, { cache: "no-store" });
+  if (r.ok) { showPanel(await r.json()); }
+  const path = encodeURIComponent(document.getElementById("tap-path").value);
+  const status = encodeURIComponent(document.getElementById("tap-status").value);
+  const t = await fetch(`/api/tap?service=${q}&path=${path}&status=${status}`,
+                        { cache: "no-store" });
+  const tap = await t.json();
+  document.getElementById("tap-info").textContent =
+    tap.error ? tap.error : `${tap.requests.length} shown of ${tap.kept} kept`;
+  rows("#requests", tap.requests || [], (e) => [e.proxy,
+    e.direction === "outbound" ? "out" : "in", e.method, e.path, String(e.status),
+    `${Number(e.latency_ms).toFixed(1)} ms`, e.flags, e.peer || "-"]);
+}
+
+cy.on("tap", "node", (ev) => {
+  const s = ev.target.data("service");
+  if (s && s !== "unknown") { picker.value = s; refreshPanel(); }
+});
+picker.addEventListener("change", refreshPanel);
+for (const id of ["tap-path", "tap-status"]) {
+  document.getElementById(id).addEventListener("input", refreshPanel);
+}
+
 document.getElementById("window").addEventListener("change", refresh);
 refresh();
 setInterval(refresh, REFRESH_MS);
+setInterval(() => refreshPanel().catch(() => {}), 1000);
