@@ -17,6 +17,9 @@ NATIVE modules: the hottest loops in C, each beside the pure-Python twin it must
   all of MODULES or none.
 - `MESH_COMPILED=0` in the environment runs the pure-Python modules; `MESH_CORE_DIR`
   points at another build directory.
+- An installed wheel (`python -m proxy.compiled wheel`, proxy/compiled/wheel.py) carries
+  its build inside the package, in proxy/_core/, on the same terms: another interpreter,
+  or a source edited after the install, runs the pure-Python modules and says why.
 
 `python -m proxy.compiled status` prints which core a proxy started now would run.
 """
@@ -85,8 +88,10 @@ NATIVE: dict[str, str] = {"proxy.http1._speedups": "proxy/http1/_speedups.c"}
 CORE: tuple[str, ...] = (*MODULES, *NATIVE)  # every module a build holds
 
 ROOT = Path(__file__).resolve().parents[2]  # where `proxy/` is: sources are ROOT/proxy/...
+BUNDLED = ROOT / "proxy" / "_core"  # a platform wheel's build, inside the package
 MANIFEST = "manifest.json"
 REBUILD = "python -m proxy.compiled build"
+REINSTALL = "python -m proxy.compiled wheel"  # makes the wheel that carries a build
 OFF = "MESH_COMPILED=0"  # Status.detail when the compiled core is switched off on purpose
 
 
@@ -103,7 +108,12 @@ STATUS = Status(False, "not activated")
 
 
 def core_dir() -> Path:
-    return Path(os.environ.get("MESH_CORE_DIR") or ROOT / "build" / "core")
+    """MESH_CORE_DIR, else an installed wheel's proxy/_core/, else a checkout's build/core/."""
+    if os.environ.get("MESH_CORE_DIR"):
+        return Path(os.environ["MESH_CORE_DIR"])
+    if BUNDLED.is_dir() or not (ROOT / "pyproject.toml").exists():
+        return BUNDLED
+    return ROOT / "build" / "core"
 
 
 def source_of(module: str, root: Path = ROOT) -> Path:
@@ -134,21 +144,23 @@ class _Finder:
 def check(directory: Path, root: Path = ROOT) -> tuple[dict[str, str] | None, str]:
     """(module -> extension file, detail) when the build in `directory` is current, else
     (None, why not). Reads the manifest and hashes the sources; imports nothing."""
+    fix = (f"install the wheel built for this Python (`{REINSTALL}`)" if directory == BUNDLED
+           else f"`{REBUILD}`")
     try:
         manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
     except FileNotFoundError:
-        return None, f"no compiled core in {directory}; `{REBUILD}` makes one"
+        return None, f"no compiled core in {directory}; {fix}"
     except (OSError, ValueError) as exc:
-        return None, f"{directory / MANIFEST}: unreadable ({exc}); `{REBUILD}` remakes it"
+        return None, f"{directory / MANIFEST}: unreadable ({exc}); {fix}"
     suffix = manifest.get("suffix")
     if suffix not in EXTENSION_SUFFIXES:
         return None, (
-            f"built for {suffix!r}, this Python loads {EXTENSION_SUFFIXES[0]!r}; `{REBUILD}`"
+            f"built for {suffix!r}, this Python loads {EXTENSION_SUFFIXES[0]!r}; {fix}"
         )
     files: dict[str, str] = {}
     modules: dict[str, dict[str, str]] = manifest.get("modules", {})
     if sorted(modules) != sorted(CORE):
-        return None, f"built for another module list than this source's; `{REBUILD}`"
+        return None, f"built for another module list than this source's; {fix}"
     for name, entry in modules.items():
         src = source_of(name, root)
         try:
@@ -157,13 +169,13 @@ def check(directory: Path, root: Path = ROOT) -> tuple[dict[str, str] | None, st
             return None, f"{src} is missing"
         if current != entry.get("sha256"):
             rel = src.relative_to(root)
-            return None, f"{rel} changed since the compiled core was built; `{REBUILD}`"
+            return None, f"{rel} changed since the compiled core was built; {fix}"
         files[name] = str(directory / entry["file"])
     for name, file in manifest.get("support", {}).items():
         files[name] = str(directory / file)
     missing = [f for f in files.values() if not os.path.exists(f)]
     if missing:
-        return None, f"{missing[0]} is missing; `{REBUILD}`"
+        return None, f"{missing[0]} is missing; {fix}"
     built = manifest.get("built", "?")
     native = sum(1 for m in modules if m in NATIVE)
     return files, (
