@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def distinct_ports(taken: Iterable[int] = ()) -> Callable[[], int]:
+    """An allocator of free ports that never hands out the same port twice, nor one in
+    `taken`: a plan binds all of them later, so free_port's answers (free now, not
+    reserved) could repeat among a plan's ~60 allocations in explicit mode, and a second
+    replica's proxy then died with EADDRINUSE."""
+    given = set(taken)
+
+    def alloc() -> int:
+        for _ in range(1000):
+            port = free_port()
+            if port not in given:
+                given.add(port)
+                return port
+        raise LaunchError("no free port left below the ephemeral range for explicit mode")
+
+    return alloc
+
+
 def _port_taken(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -527,7 +545,10 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
                 network=network,
                 prefix=opts.prefix,
                 previous=previous,
-                alloc_port=free_port,
+                alloc_port=distinct_ports([
+                    reg_port, mon_port,
+                    *(p for w in (previous.workloads if previous else ()) for _, p in w.ports),
+                ]),
                 users=app_users,
                 registry_url=target.url if target else None,
             )

@@ -238,4 +238,6 @@ def test_the_graph_from_a_prometheus_scraping_the_shops_proxies(
     assert g["source"] == prom
     edges = {e["id"]: e for e in g["edges"]}
     assert all(edges[c]["mtls"] is True for c in CALLS), edges
-    assert {"orders -> orders v1", "orders -> orders v2"} <= set(edges), edges
+    # v1's share only: the test before this one ends its canary with v2 rolled back to 0 %,
+    # so v2 gets no traffic in this Prometheus's window (it starts after that).
+    assert edges["orders -> orders v1"]["rps"] > 0, edges
