@@ -257,6 +257,10 @@ def load_config(directory: Path) -> MeshConfig:
 
 
 _RNG = random.SystemRandom()
+# Ports this process handed out: free_port answers "free now", not "reserved", and a caller
+# binds later, so two answers in a row must differ (a test's proxy once got its app's port
+# back at random, 1 in ~20,000 per pair, and died with EADDRINUSE in CI).
+_GIVEN: set[int] = set()
 
 
 def _ephemeral_floor() -> int:
@@ -273,13 +277,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     EADDRINUSE at start in CI), a port below the range only to an explicit bind."""
     floor = _ephemeral_floor()
     if floor > 11000:
+        if len(_GIVEN) > (floor - 10000) // 2:
+            _GIVEN.clear()
         for _ in range(200):
             port = _RNG.randrange(10000, floor)
+            if port in _GIVEN:
+                continue
             with socket.socket() as s:
                 try:
                     s.bind((host, port))
                 except OSError:
                     continue
+                _GIVEN.add(port)
                 return port
     with socket.socket() as s:
         s.bind((host, 0))

@@ -28,10 +28,16 @@ def wait_until(pred: Any, timeout: float = 15.0, what: str = "condition") -> Any
             last = pred()
             if last:
                 return last
+        except Exited:
+            raise
         except Exception as exc:
             last = exc
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class Exited(AssertionError):
+    """A process a wait depends on has exited: the wait fails at once, with its log."""
 
 
 def http_get(
@@ -91,6 +97,14 @@ class Proc:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def running(self) -> bool:
+        """True while it runs; once it has exited, an AssertionError with its log's end, so
+        a wait on it fails at once with the cause instead of at the deadline."""
+        if self.p is None or self.p.poll() is None:
+            return True
+        tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+        raise Exited(f"{' '.join(self.argv[1:4])!r} exited {self.p.returncode}:\n{tail}")
+
 
 @dataclass
 class Mesh:
@@ -136,7 +150,8 @@ class Mesh:
         ).start()
         self.procs.append(self.registry)
         wait_until(
-            lambda: http_get(f"http://127.0.0.1:{self.monitor}/healthz/ready")[0] == 200,
+            lambda: self.registry.running()
+            and http_get(f"http://127.0.0.1:{self.monitor}/healthz/ready")[0] == 200,
             what="registry ready",
         )
         return self.registry
@@ -226,7 +241,7 @@ class Mesh:
         info = {"proc": p, "inbound": inbound, "admin": admin, "metrics": metrics, "id": pid}
         if wait:
             wait_until(
-                lambda: http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200,
+                lambda: p.running() and http_get(f"http://127.0.0.1:{admin}/ready")[0] == 200,
                 what=f"proxy {pid} ready",
             )
         return info
