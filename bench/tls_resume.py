@@ -2,7 +2,7 @@
 
     python -m bench.tls_resume [--connections 300] [--rounds 2]
 
-One process on uvloop, proxy.tls on both ends (client certificates required, EC P-256, as
+One process on uvloop, proxy.transport.tls on both ends (client certificates required, EC P-256, as
 between proxies): `connections` sequential connections, each with one round trip, first
 with no session offered, then with `tls.Resumption` offering the last one's. Prints the
 CPU time per connection (both ends together) and how many were resumed. Run it pinned
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from bench.certs import make_tls_files
-from proxy import tls
-from proxy.streams import Channel, accept_channel, open_channel
+from proxy.transport import tls
+from proxy.transport.streams import Channel, accept_channel, open_channel
 
 
 def _contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:

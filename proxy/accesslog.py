@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from proxy.forward import Result
+from proxy.forwarding.forward import Result
 from proxy.http1 import Request
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from common.promtext import MetricWriter
 from common.state import atomic_write
 from proxy import compiled
-from proxy.forward import Result
+from proxy.forwarding.forward import Result
 from proxy.http1 import Request
 from proxy.httpio import ChunkWriter, Handler, Reply, Server, ServerRequest, json_reply, text_reply
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from common.aio import spawn
 from proxy import certinfo, compiled
-from proxy.accept import Connections, accept_loop, listen, listen_both, streams_for
 from proxy.accesslog import AccessLog
 from proxy.admin import TapHub, start_servers, tap_event, write_discovery
 from proxy.control.apphealth import app_health_loop, probe_params
 from proxy.control.client import ControlClient, View
-from proxy.downstream import HeadWatch
-from proxy.forward import Result, local_reply
+from proxy.downstream.http1 import HeadWatch
+from proxy.forwarding.forward import Result, local_reply
+from proxy.forwarding.routing import RouteLimits, new_bucket, over_limit
 from proxy.http1 import Request
 from proxy.http1.render import hex_id
 from proxy.httpio import Server
@@ -40,14 +40,14 @@ from proxy.policy.fault import FaultParams
 from proxy.policy.fault import decide as decide_fault
 from proxy.policy.probe import ProbeParams
 from proxy.policy.ratelimit import TokenBucket
-from proxy.routing import RouteLimits, new_bucket, over_limit
 from proxy.snapshot import ProxySnapshot, build_snapshot
-from proxy.streams import ByteReader, ByteWriter, ConnLimiter, Pool
-from proxy.tcp import relay
 from proxy.telemetry import Series, SeriesMemo, Telemetry, observe_request
 from proxy.tracing import Hop, Tracer
 from proxy.tracing.attributes import http_span
 from proxy.tracing.otlp import OtlpExporter
+from proxy.transport.accept import Connections, accept_loop, listen, listen_both, streams_for
+from proxy.transport.streams import ByteReader, ByteWriter, ConnLimiter, Pool
+from proxy.transport.tcp import relay
 from registry.ca import SpiffeId
 from registry.config import MeshConfig
 from registry.server.catalog import Endpoint

@@ -141,7 +141,7 @@ class Telemetry:
         # lookup, a float add and a store), shown among `health()`'s counters.
         self.fast_path_requests = 0
         # Of those, the ones whose response went downstream as it came, in one C call with
-        # no event made (proxy.fastpath.FastConn.on_raw).
+        # no event made (proxy.downstream.fastpath.FastConn.on_raw).
         self.fast_path_whole_responses = 0
 
     def health(self) -> dict[str, float]:

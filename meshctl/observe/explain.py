@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proxy.forwarding.routing import CompiledRoute, first_match
 from proxy.http1 import Request
 from proxy.inbound.authz import decide
 from proxy.outbound.cluster import balancer_name
-from proxy.routing import CompiledRoute, first_match
 from proxy.snapshot import ProxySnapshot, ServiceView, build_snapshot
 from registry.ca import SpiffeId
 from registry.config import MeshConfig

@@ -43,12 +43,11 @@ from typing import Any
 # compile a required keyword-only argument after defaulted ones: RetryBudget takes `clock`
 # first.
 MODULES: tuple[str, ...] = (
-    "proxy.accept",
     "proxy.accesslog",
-    "proxy.detect",
-    "proxy.downstream",
-    "proxy.fastpath",
-    "proxy.forward",
+    "proxy.downstream.fastpath",
+    "proxy.downstream.http1",
+    "proxy.forwarding.forward",
+    "proxy.forwarding.routing",
     "proxy.http1.events",
     "proxy.http1.grammar",
     "proxy.http1.render",
@@ -70,15 +69,16 @@ MODULES: tuple[str, ...] = (
     "proxy.policy.ratelimit",
     "proxy.policy.retry",
     "proxy.policy.weights",
-    "proxy.routing",
     "proxy.snapshot",
-    "proxy.streams",
-    "proxy.tcp",
     "proxy.telemetry",
-    "proxy.tls",
     "proxy.tracing.attributes",
     "proxy.tracing.context",
     "proxy.tracing.span",
+    "proxy.transport.accept",
+    "proxy.transport.detect",
+    "proxy.transport.streams",
+    "proxy.transport.tcp",
+    "proxy.transport.tls",
 )
 
 # Written in C by hand, built with the same command and loaded on the same terms: module ->

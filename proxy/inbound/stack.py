@@ -11,17 +11,17 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Final
 
-from proxy.accept import first_byte, streams_for
-from proxy.detect import detect
-from proxy.downstream import recorder, serve_requests
-from proxy.forward import Admission, Plan, Prep, Target, local_prep
+from proxy.downstream.http1 import recorder, serve_requests
+from proxy.forwarding.forward import Admission, Plan, Prep, Target, local_prep
 from proxy.http1 import Request, request_drop
 from proxy.identity import parse_sni, peer_identity
 from proxy.intercept.origdst import original_dst
 from proxy.policy.authz import IPAddress
-from proxy.streams import Channel, open_channel
-from proxy.tcp import relay, relay_framed
 from proxy.tracing import SERVER, TRACE_HEADERS
+from proxy.transport.accept import first_byte, streams_for
+from proxy.transport.detect import detect
+from proxy.transport.streams import Channel, open_channel
+from proxy.transport.tcp import relay, relay_framed
 from registry.ca import SpiffeId
 
 if TYPE_CHECKING:

@@ -14,13 +14,13 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from proxy.forward import Target
+from proxy.forwarding.forward import Target
 from proxy.policy import balancer as lb
 from proxy.policy.budget import RetryBudget
 from proxy.policy.clock import Clock
 from proxy.policy.limits import Gauges, PoolLimits
 from proxy.policy.outlier import OutlierDetector, OutlierParams
-from proxy.streams import ConnLimiter
+from proxy.transport.streams import ConnLimiter
 from registry.config.model import TrafficPolicy
 from registry.server.catalog import Endpoint
 

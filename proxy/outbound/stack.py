@@ -13,9 +13,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from common.aio import spawn
-from proxy.detect import detect
-from proxy.downstream import recorder, serve_requests
-from proxy.forward import Admission, Plan, Prep, Result, Target, local_prep
+from proxy.downstream.http1 import recorder, serve_requests
+from proxy.forwarding.forward import Admission, Plan, Prep, Result, Target, local_prep
+from proxy.forwarding.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.http1 import (
     EndOfMessage,
     Request,
@@ -26,12 +26,12 @@ from proxy.http1.grammar import index_of
 from proxy.identity import PeerIdentityError, peer_identity, sni_for
 from proxy.outbound.cluster import ClusterRuntime, endpoint_key
 from proxy.policy.limits import Gauges
-from proxy.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
-from proxy.streams import Channel, open_channel
-from proxy.tcp import relay, relay_framed
-from proxy.tls import Resumption
 from proxy.tracing import CLIENT, TRACE_HEADERS, Hop
+from proxy.transport.detect import detect
+from proxy.transport.streams import Channel, open_channel
+from proxy.transport.tcp import relay, relay_framed
+from proxy.transport.tls import Resumption
 from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:

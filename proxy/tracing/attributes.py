@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.forward import Result
+from proxy.forwarding.forward import Result
 from proxy.http1 import Request
 from proxy.tracing.span import CLIENT, Attr, Hop
 

@@ -200,7 +200,7 @@ def _port(cx: Cx, node: Node, path: str, earlier: list[Port]) -> Port | None:
     o = Obj(cx, node, path, ("port", "protocol", "name"))
     number = o.require("port", int_in(1, 65535, "port"))
     # No protocol: detected per connection from the client's first bytes (Istio's and
-    # Linkerd's default), so server-first protocols work too (see proxy/detect.py).
+    # Linkerd's default), so server-first protocols work too (see proxy/transport/detect.py).
     protocol = o.get(
         "protocol",
         one_of(("HTTP", "TCP"), [p.upper() for p in _PROTOCOLS_UNSUPPORTED], upper=True),

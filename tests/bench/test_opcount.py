@@ -19,7 +19,7 @@ def test_counts_both_proxies_request_path() -> None:
         # Each proxy parsed a request and a response and served them on the fast path.
         assert any(n.startswith("proxy/http1/request.py:") for n in names), names[:20]
         assert any(n.startswith("proxy/http1/response.py:") for n in names)
-        assert any(n.startswith("proxy/fastpath.py:") for n in names)
+        assert any(n.startswith("proxy/downstream/fastpath.py:") for n in names)
         # Per request, counted after the warm-up: hundreds to thousands, not the start-up's
         # hundreds of thousands.
         assert 300 < r["opcodes_per_request"] < 20000, r["opcodes_per_request"]

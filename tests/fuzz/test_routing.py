@@ -1,4 +1,5 @@
-"""Route matching (proxy/routing.py compile_route / first_match) against a reference matcher.
+"""Route matching (proxy/forwarding/routing.py compile_route / first_match) against a
+reference matcher.
 
 The reference reads Istio's HTTPMatchRequest text literally: entries of `match` are ORed,
 fields of one entry ANDed; uri on the path without the query, exact/prefix/regex (regex a
@@ -14,8 +15,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.forwarding.routing import compile_route, first_match
 from proxy.http1 import Request, RequestParser
-from proxy.routing import compile_route, first_match
 from registry.config.model import (
     Destination,
     Headers,

@@ -39,7 +39,7 @@ GET = b"GET %s HTTP/1.1\r\nHost: echo\r\n\r\n"
 @pytest.fixture(scope="module", params=["fast-path", "coroutine-path"])
 def hop(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
         ) -> Iterator[TwoHop]:
-    """Every test twice: with the fast path (the default: proxy/fastpath.py serves whole
+    """Every test twice: with the fast path (the default: proxy/downstream/fastpath.py serves whole
     plain requests from the channels' callbacks and hands the rest over) and with the
     coroutine path alone (MESH_FASTPATH=0). The wire must not tell them apart."""
     env = {"MESH_FASTPATH": "0"} if request.param == "coroutine-path" else {}

@@ -51,7 +51,7 @@ def test_request_crosses_two_proxies_with_mtls_identity(mesh: Mesh) -> None:
 
 def test_proxies_on_either_tls_transport_talk_mtls(mesh: Mesh) -> None:
     """The caller's proxy on the event loop's TLS (MESH_OWN_TLS=0), the callee's on
-    proxy.tls: the handshake, the verified identity and keep-alive requests across."""
+    proxy.transport.tls: the handshake, the verified identity and keep-alive requests across."""
     for version in ("v1", "v2"):  # both subsets of the canary split served
         _, orders_app = mesh.app("orders", version)
         mesh.proxy("orders", version, app_port=orders_app)

@@ -123,9 +123,10 @@ def test_the_documented_install_runs_the_compiled_core(installed: Installed) -> 
     assert out.startswith("meshctl 0.1.0\nproxy core: compiled (mypyc "), out
     # The modules come from the installed package's proxy/_core/, not from this checkout.
     probe = run([str(installed.venv / "bin" / "python"), "-c",
-                 "import proxy.fastpath as f; print(f.__file__)"],
+                 "import proxy.downstream.fastpath as f; print(f.__file__)"],
                 cwd=installed.dist, env=installed.env()).stdout.strip()  # fmt: skip
-    assert probe == str(installed.manifest().parent / f"proxy/fastpath{EXTENSION_SUFFIXES[0]}")
+    fastpath = f"proxy/downstream/fastpath{EXTENSION_SUFFIXES[0]}"
+    assert probe == str(installed.manifest().parent / fastpath)
     helped = run([str(installed.venv / "bin" / "python"), "-m", "proxy", "--help"],
                  cwd=installed.dist, env=installed.env())  # fmt: skip
     assert "--registry" in helped.stdout, helped.stdout
@@ -136,10 +137,11 @@ def test_a_core_that_does_not_match_runs_pure_python_and_says_why(installed: Ins
     original = path.read_text()
     manifest = json.loads(original)
     try:
-        manifest["modules"]["proxy.routing"]["sha256"] = "0" * 64
+        manifest["modules"]["proxy.forwarding.routing"]["sha256"] = "0" * 64
         path.write_text(json.dumps(manifest))
         out = installed.version()
-        assert "proxy core: pure Python (proxy/routing.py changed since the compiled core" in out
+        assert ("proxy core: pure Python (proxy/forwarding/routing.py changed since the "
+                "compiled core") in out
         assert "install the wheel built for this Python" in out
 
         manifest = json.loads(original)

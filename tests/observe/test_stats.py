@@ -91,11 +91,11 @@ def test_check_says_which_core_each_proxy_runs() -> None:
         local_time=1.0,
         cores={
             "a": (True, "mypyc 1.0, 35 modules, built now"),
-            "b": (False, "proxy/fastpath.py changed since the compiled core was built"),
+            "b": (False, "proxy/downstream/fastpath.py changed since the compiled core was built"),
             "c": (False, "MESH_COMPILED=0"),
         },
     )
     got = {r.subject: r for r in evaluate(facts) if r.check == "core"}
     assert got["a"].status == OK and got["a"].detail.startswith("compiled (mypyc")
-    assert got["b"].status == WARN and "proxy/fastpath.py changed" in got["b"].detail
+    assert got["b"].status == WARN and "proxy/downstream/fastpath.py changed" in got["b"].detail
     assert got["c"].status == OK and "as asked" in got["c"].detail

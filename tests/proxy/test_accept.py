@@ -7,8 +7,8 @@ from collections import defaultdict
 import pytest
 
 from proxy import memory
-from proxy.accept import Connections
 from proxy.memory import FLOOD_CONNECTIONS, Trimmer
+from proxy.transport.accept import Connections
 
 
 def test_ceiling_and_per_source_ceiling() -> None:

@@ -1,10 +1,10 @@
-"""proxy.streams.body_wait_s: how long a wait for a piece of request body may last."""
+"""proxy.transport.streams.body_wait_s: how long a wait for a piece of request body may last."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.streams import body_wait_s
+from proxy.transport.streams import body_wait_s
 
 
 @pytest.mark.parametrize(

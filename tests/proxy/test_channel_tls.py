@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.certs import make_tls_files
-from proxy.streams import Channel, open_channel
+from proxy.transport.streams import Channel, open_channel
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

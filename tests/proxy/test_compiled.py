@@ -29,8 +29,8 @@ SUFFIX = EXTENSION_SUFFIXES[0]
 
 # Run in a fresh interpreter: which core loads is decided once, when `proxy` is imported.
 PROBE = (
-    "import proxy.fastpath, proxy.compiled as c; "
-    "print(c.STATUS.compiled, proxy.fastpath.__file__, c.STATUS.detail, sep='|')"
+    "import proxy.downstream.fastpath, proxy.compiled as c; "
+    "print(c.STATUS.compiled, proxy.downstream.fastpath.__file__, c.STATUS.detail, sep='|')"
 )
 
 
@@ -75,7 +75,8 @@ def test_current_manifest_serves_every_module_from_the_build(tmp_path: Path) -> 
     assert files is not None, detail
     assert set(files) == {*CORE, "abc__mypyc"}
     assert files["proxy.http1._speedups"] == str(tmp_path / f"proxy/http1/_speedups{SUFFIX}")
-    assert files["proxy.fastpath"] == str(tmp_path / f"proxy/fastpath{SUFFIX}")
+    fastpath = str(tmp_path / f"proxy/downstream/fastpath{SUFFIX}")
+    assert files["proxy.downstream.fastpath"] == fastpath
     assert f"{len(MODULES)} modules" in detail
 
 
@@ -87,7 +88,7 @@ def test_an_edited_source_makes_the_whole_build_stale(tmp_path: Path) -> None:
     assert "python -m proxy.compiled build" in detail
     # A proxy started now runs the pure-Python modules, all of them.
     compiled, file, why = probe(MESH_CORE_DIR=str(tmp_path))
-    assert not compiled and file.endswith("proxy/fastpath.py")
+    assert not compiled and file.endswith("proxy/downstream/fastpath.py")
     assert "proxy/http1/request.py changed" in why
 
 
@@ -100,7 +101,7 @@ def test_a_build_for_another_python_is_not_loaded(tmp_path: Path) -> None:
 def test_a_build_of_another_module_list_is_not_loaded(tmp_path: Path) -> None:
     fake_core(tmp_path)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    del manifest["modules"]["proxy.tcp"]
+    del manifest["modules"]["proxy.transport.tcp"]
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     files, detail = check(tmp_path)
     assert files is None and "another module list" in detail
@@ -108,9 +109,9 @@ def test_a_build_of_another_module_list_is_not_loaded(tmp_path: Path) -> None:
 
 def test_a_missing_extension_file_is_not_loaded(tmp_path: Path) -> None:
     fake_core(tmp_path)
-    (tmp_path / f"proxy/streams{SUFFIX}").unlink()
+    (tmp_path / f"proxy/transport/streams{SUFFIX}").unlink()
     files, detail = check(tmp_path)
-    assert files is None and f"proxy/streams{SUFFIX} is missing" in detail
+    assert files is None and f"proxy/transport/streams{SUFFIX} is missing" in detail
 
 
 def test_no_build_and_a_broken_manifest_say_so(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_no_build_and_a_broken_manifest_say_so(tmp_path: Path) -> None:
 def test_switched_off_runs_pure_python() -> None:
     compiled, file, detail = probe(MESH_COMPILED="0")
     assert (compiled, detail) == (False, "MESH_COMPILED=0")
-    assert file.endswith("proxy/fastpath.py")
+    assert file.endswith("proxy/downstream/fastpath.py")
 
 
 def test_status_reads_as_a_sentence() -> None:
@@ -186,7 +187,7 @@ def test_the_installed_build_is_current_and_runs() -> None:
         pytest.skip(f"compiled core not in use: {detail}")
     compiled, file, detail = probe()
     assert compiled, detail
-    assert file == files["proxy.fastpath"] and file.endswith(SUFFIX)
+    assert file == files["proxy.downstream.fastpath"] and file.endswith(SUFFIX)
 
 
 def test_the_core_extra_has_the_stubs_the_type_check_needs() -> None:

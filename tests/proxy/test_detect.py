@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.detect import OPAQUE_PORTS, detect, looks_like_http
+from proxy.transport.detect import OPAQUE_PORTS, detect, looks_like_http
 
 
 @pytest.mark.parametrize("first", [

@@ -15,15 +15,15 @@ from typing import Any, cast
 import pytest
 
 from proxy import compiled
-from proxy.forward import Plan, Result, Started, forward
+from proxy.forwarding.forward import Plan, Result, Started, forward
 from proxy.http1 import Request, RequestParser
 from proxy.outbound.cluster import Clusters, endpoint_key
 from proxy.outbound.stack import Outbound, _Admission
 from proxy.policy.clock import FakeClock
 from proxy.policy.retry import RetryParams
 from proxy.snapshot import Cluster
-from proxy.streams import Pool
 from proxy.tracing import CLIENT, Tracer
+from proxy.transport.streams import Pool
 from registry.config.model import (
     ConnectionPool,
     HTTPSettings,

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
+from proxy.forwarding.routing import compile_route, first_match
 from proxy.http1 import RequestParser
-from proxy.routing import compile_route, first_match
 from registry.config.model import (
     Destination,
     HeaderOperations,
@@ -136,7 +136,7 @@ def test_snapshot_routes_remove_the_callers_trace_headers() -> None:
 def test_regexes_are_compiled_once_per_snapshot_by_re2(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each `regex` is compiled when the route is (once per snapshot), by the RE2 matcher
     that the config check uses, and never again per request."""
-    import proxy.routing as routing
+    import proxy.forwarding.routing as routing
 
     compiled: list[str] = []
     real = routing.full_matcher

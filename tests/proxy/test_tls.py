@@ -1,4 +1,4 @@
-"""proxy.tls: the proxy's own TLS transport, against itself and against the event loop's.
+"""proxy.transport.tls: the proxy's own TLS transport, against itself and against the event loop's.
 
 Both ends of a proxy-to-proxy connection use it, so every integration test exercises it;
 these pin down what those do not reach on purpose: records split and coalesced at every
@@ -20,8 +20,8 @@ import pytest
 
 from bench.certs import make_tls_files
 from common.aio import spawn
-from proxy import tls
-from proxy.streams import Channel, accept_channel, open_channel
+from proxy.transport import tls
+from proxy.transport.streams import Channel, accept_channel, open_channel
 
 T = TypeVar("T")
 

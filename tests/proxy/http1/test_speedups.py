@@ -620,7 +620,7 @@ def _event_path(buf: bytes, method: bytes, max_headers: int, max_head: int
     events, then forward.response_head (a plain HTTP/1.1 keep-alive request, no response
     header rewrite). None when that is not one whole final response with a
     Content-Length body taking all of `buf`; ProtocolError as the parser raises it."""
-    from proxy.forward import Admission, Plan, response_head
+    from proxy.forwarding.forward import Admission, Plan, response_head
     from proxy.http1.events import Data, EndOfMessage, Request, Response
     from proxy.http1.response import ResponseParser
 
@@ -647,7 +647,7 @@ def test_relay_response_agrees_with_the_event_path() -> None:
     """Wherever relay_response takes a response, its bytes, status, keep-alive and length
     are the event path's; whatever the event path refuses (a 502) or does not finish in
     one piece, it declines, so the parser answers as before."""
-    from proxy.forward import RESPONSE_DROP
+    from proxy.forwarding.forward import RESPONSE_DROP
     from proxy.http1.events import ProtocolError
     from proxy.http1.response import ResponseParser
 
@@ -673,7 +673,7 @@ def test_relay_response_agrees_with_the_event_path() -> None:
 def test_usual_responses_are_relayed_whole() -> None:
     """The responses nearly all traffic carries are taken (else the fast path silently
     pays for the events again); what the parser holds on to is never skipped."""
-    from proxy.forward import RESPONSE_DROP
+    from proxy.forwarding.forward import RESPONSE_DROP
     from proxy.http1.response import ResponseParser
 
     relay = _native().relay_response
@@ -709,7 +709,7 @@ def test_usual_responses_are_relayed_whole() -> None:
 
 
 def test_a_relayed_response_leaves_the_parser_as_feeding_it_would() -> None:
-    from proxy.forward import RESPONSE_DROP
+    from proxy.forwarding.forward import RESPONSE_DROP
     from proxy.http1.events import ProtocolError, Response
     from proxy.http1.response import ResponseParser
 

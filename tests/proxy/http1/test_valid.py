@@ -103,7 +103,7 @@ def test_body_streams_as_bytes_arrive() -> None:
 def test_in_body_while_a_body_is_still_to_come(
     head: bytes, parts: list[bytes], in_body: list[bool]
 ) -> None:
-    """What proxy.downstream asks before closing: is the client still sending a body?"""
+    """What proxy.downstream.http1 asks before closing: is the client still sending a body?"""
     parser = RequestParser()
     assert not parser.in_body
     first = b"POST / HTTP/1.1\r\n" + H + head + b"\r\n\r\n"

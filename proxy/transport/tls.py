@@ -32,7 +32,7 @@ import ssl
 from typing import TYPE_CHECKING, Any, Final, cast
 
 if TYPE_CHECKING:
-    from proxy.streams import Channel
+    from proxy.transport.streams import Channel
 
 # MESH_OWN_TLS=0 in a proxy's environment: the event loop's TLS instead (to compare the
 # two on the same build, as docs/performance.md does).

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
-from proxy.forward import (
+from proxy.forwarding.forward import (
     RESPONSE_DROP,
     Prep,
     Result,
@@ -46,11 +46,11 @@ from proxy.http1 import (
     UpstreamClosed,
 )
 from proxy.policy.retry import Outcome, should_retry
-from proxy.streams import Channel, Conn, EventStream, Marker
 from proxy.tracing import Hop
+from proxy.transport.streams import Channel, Conn, EventStream, Marker
 
 if TYPE_CHECKING:
-    from proxy.downstream import HeadWatch
+    from proxy.downstream.http1 import HeadWatch
     from proxy.main import Proxy
     from proxy.snapshot import ProxySnapshot
 
@@ -196,7 +196,7 @@ class FastConn:
             end, _ = _whole(pending)
             if not end:
                 # A body still arriving (or not begun): the coroutine reads it under the body
-                # timeouts (proxy.streams.next_body: a stall or a trickle is answered 408,
+                # timeouts (proxy.transport.streams.next_body: a stall or a trickle is answered 408,
                 # where waiting here only the header timeout would end it, silently), and
                 # streams it past the replay buffer. Clients and proxies write a small
                 # request's head and body at once, so the usual request never comes here.

@@ -33,7 +33,8 @@ from proxy.http1 import (
 )
 from proxy.http1.render import forward_request_head, forward_response_head
 from proxy.policy.retry import Outcome, RetryParams, backoff, should_retry
-from proxy.streams import (
+from proxy.tracing import Hop
+from proxy.transport.streams import (
     BodyTimeout,
     Channel,
     Conn,
@@ -45,8 +46,7 @@ from proxy.streams import (
     PoolOverflow,
     next_body,
 )
-from proxy.tcp import relay
-from proxy.tracing import Hop
+from proxy.transport.tcp import relay
 
 log = logging.getLogger("meshctl.proxy.forward")
 # Linkerd never retries a request whose body is over 64 KiB; we keep at most that much.
@@ -159,7 +159,7 @@ class Result:
 
 class Admission:
     """What a request was admitted on, asked by both paths (the coroutine path and
-    proxy.fastpath): the target of each attempt (`pick`, with the endpoints already tried
+    proxy.downstream.fastpath): the target of each attempt (`pick`, with the endpoints already tried
     in `exclude`), whether a retry may go (`may_retry`: budgets and gauges), an attempt cut
     by its per-try timeout (`per_try_timed_out`), and `release`, called once when the
     request ends. Plans and Preps hold the object and call its
@@ -223,7 +223,7 @@ class Plan:
 @dataclass(slots=True, init=False)
 class Prep:
     """A request's decisions, made synchronously before any I/O by the stack's `prepare`
-    (shared by the coroutine path and proxy.fastpath): the plan to forward it by, or the
+    (shared by the coroutine path and proxy.downstream.fastpath): the plan to forward it by, or the
     local reply it gets. `later` is an asynchronous step still to run first (a fault's
     delay), giving the final Prep; its `admission` is released once when the request ends."""
 
@@ -273,7 +273,7 @@ def local_prep(
 
 @dataclass(slots=True, init=False)
 class Started:
-    """What the fast path (proxy.fastpath) already did with a request it hands over: the
+    """What the fast path (proxy.downstream.fastpath) already did with a request it hands over: the
     whole body read, maybe a target picked for attempt 1, maybe that attempt's outcome
     (already reported to the balancer)."""
 

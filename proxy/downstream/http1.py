@@ -11,12 +11,12 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from common.aio import spawn
-from proxy import fastpath
-from proxy.fastpath import Close, Done, FastConn, Handover, Prepare
-from proxy.forward import Prep, Result, Started, complete, local_reply
+from proxy.downstream import fastpath
+from proxy.downstream.fastpath import Close, Done, FastConn, Handover, Prepare
+from proxy.forwarding.forward import Prep, Result, Started, complete, local_reply
 from proxy.http1 import ProtocolError, Request, RequestParser
-from proxy.streams import Channel, EventStream, PeerClosed
 from proxy.telemetry import SeriesMemo
+from proxy.transport.streams import Channel, EventStream, PeerClosed
 
 _now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
@@ -122,8 +122,9 @@ async def serve_requests(
 ) -> None:
     """Serve requests until the client leaves; `initial` is what protocol detection read.
 
-    `prepare` makes a request's synchronous decisions (proxy.forward.Prep); the request is
-    then carried by proxy.fastpath from the channels' callbacks when it can be, else here.
+    `prepare` makes a request's synchronous decisions (proxy.forwarding.forward.Prep); the
+    request is then carried by proxy.downstream.fastpath from the channels' callbacks when it
+    can be, else here.
     """
     down = EventStream(reader, RequestParser(), initial)
     counters = proxy.telemetry.counters

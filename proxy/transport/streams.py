@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from proxy import tls
 from proxy.http1 import Event, ProtocolError, ResponseParser
 from proxy.http1.stream import StreamParser  # typed so: a union of two parsers is a generic call
+from proxy.transport import tls
 
 _now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
@@ -43,7 +43,7 @@ class PeerClosed(Exception):
 
 class BodyTimeout(Exception):
     """A request body stalled: no piece of it for the body idle timeout, or not whole by the
-    request timeout (proxy.downstream sets both per connection). Answered 408, flag SI."""
+    request timeout (proxy.downstream.http1 sets both per connection). Answered 408, flag SI."""
 
 
 def body_wait_s(idle_s: float, deadline: float, now: float) -> float | None:
@@ -103,7 +103,7 @@ class Channel(asyncio.Protocol):
         self._closed: asyncio.Future[None] | None = None
         self.events: EventStream | None = None  # the attached parser's stream, if any
         self._half_close = True
-        # The same object as `transport` when it is proxy.tls's: called natively in the
+        # The same object as `transport` when it is proxy.transport.tls's: called natively in the
         # compiled core (through `transport`, a generic method call: ~300 instructions).
         self._tls: tls.TLSTransport | None = None
 
@@ -122,13 +122,13 @@ class Channel(asyncio.Protocol):
         if events is not None:
             raw = events.raw
             if raw is not None and raw(data):
-                return  # the fast path took a whole response as it came (proxy.fastpath)
+                return  # the fast path took a whole response as it came (proxy.downstream.fastpath)
             events.feed(data)
             if len(events.pending) > 64 and not self._paused_reading:
                 self._paused_reading = True  # a slow consumer: stop reading until it catches up
                 self.transport.pause_reading()
             if events.listener is not None:
-                events.listener()  # the fast path (proxy.fastpath) takes it from here
+                events.listener()  # the fast path (proxy.downstream.fastpath) takes it from here
                 return
         else:
             self._buffer += data
@@ -286,7 +286,8 @@ class Channel(asyncio.Protocol):
 
 
 class Marker:
-    """Queued among a stream's events for its reader by proxy.fastpath (Handover, Close)."""
+    """Queued among a stream's events for its reader by proxy.downstream.fastpath (Handover,
+    Close)."""
 
     __slots__ = ()
 
@@ -317,15 +318,15 @@ class EventStream:
         self.pending: list[Event | Marker] = []
         self.eof = False
         self.error: ProtocolError | None = None
-        self.timed_out = False  # cut off by the header timeout (proxy.downstream.HeadWatch)
-        # Called instead of waking the reader when bytes or EOF arrive (proxy.fastpath).
+        self.timed_out = False  # cut off by the header timeout (proxy.downstream.http1.HeadWatch)
+        # Called instead of waking the reader when bytes or EOF arrive (proxy.downstream.fastpath).
         self.listener: Callable[[], None] | None = None
-        # Offered the bytes before the parser; True: it took them all (proxy.fastpath).
+        # Offered the bytes before the parser; True: it took them all (proxy.downstream.fastpath).
         self.raw: Callable[[bytes], bool] | None = None
         # A request of this stream is in the fast path's hands: the reader waits, whatever
         # is queued (pipelined requests are the fast path's to take next, in order).
         self.busy = False
-        # Request body timeouts (next_body): set by proxy.downstream; 0 means none.
+        # Request body timeouts (next_body): set by proxy.downstream.http1; 0 means none.
         self.body_idle_s = 0.0
         self.body_deadline = 0.0  # time.monotonic() by which the request must be whole
         if initial:  # what protocol detection read: before anything the channel buffered
@@ -382,7 +383,7 @@ class Conn:
     requests: int = 0
     limiter: ConnLimiter | None = None
     sent_at: float = 0.0  # when the request in flight was written (latency samples)
-    # The upstream answered before the request's body was all sent (proxy.forward
+    # The upstream answered before the request's body was all sent (proxy.forwarding.forward
     # _stream_body): the rest would be read as the next request, so it is never reused.
     cut: bool = False
 
@@ -551,7 +552,7 @@ async def open_channel(
     resume: tls.Resumption | None = None,
 ) -> Channel:
     """asyncio.open_connection, as one Channel (TCP_NODELAY, as asyncio sets it too); over
-    TLS (`ssl`) after the handshake, with proxy.tls's transport, resuming the session
+    TLS (`ssl`) after the handshake, with proxy.transport.tls's transport, resuming the session
     `resume` holds and leaving this connection's there for the next."""
     channel = Channel()
     if ssl is not None and tls.ENABLED:

@@ -14,7 +14,7 @@ import contextlib
 import struct
 from typing import Final
 
-from proxy.streams import ByteReader, ByteWriter
+from proxy.transport.streams import ByteReader, ByteWriter
 
 _LEN: Final = struct.Struct("!I")
 FIN: Final = _LEN.pack(0)

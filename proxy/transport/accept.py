@@ -10,8 +10,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from common.aio import spawn
-from proxy.streams import Channel, accept_channel
 from proxy.telemetry import Telemetry
+from proxy.transport.streams import Channel, accept_channel
 
 
 def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:

@@ -12,7 +12,7 @@ import asyncio
 import re
 from typing import Final
 
-from proxy.streams import ByteReader
+from proxy.transport.streams import ByteReader
 
 # Linkerd's default opaque ports: server-first protocols that a sniffer would hang.
 OPAQUE_PORTS: Final = frozenset((25, 587, 3306, 4444, 5432, 6379, 9300, 11211))
