@@ -14,6 +14,9 @@ from common.proxies import select
 from common.state import mesh_home
 from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, remote
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, user_errors
+from registry.config.model import HTTPRoute, Service
+from registry.config.opaque import tcp_ports_of
+from registry.config.wire import from_wire
 
 __all__ = ["proxy_config"]
 
@@ -50,11 +53,14 @@ def proxy_config(
     for r in result:
         out.print(f"[bold]{r['proxy_id']}[/] config v{r['config_version']}")
         if "routes" in r:
-            t = Table("service", "route", "match", "destinations", "timeout", "retries")
+            t = Table("service", "route", "match", "destinations", "timeout", "retries",
+                      "not applied on")
             for x in r["routes"]:
+                tcp = x.get("not_applied_on") or []
                 t.add_row(
                     x["service"], x["name"], json.dumps(x["match"]), x["destinations"],
                     str(x["timeout_s"] or "-"), json.dumps(x["retries"]),
+                    f"[yellow]{', '.join(tcp)}: relayed as TCP[/]" if tcp else "-",
                 )  # fmt: skip
             out.print(t)
         if "endpoints" in r:
@@ -68,6 +74,17 @@ def proxy_config(
             c = r["certs"]
             out.print(f"{c.get('spiffe_id')} until {c.get('not_after')} "
                       f"({c.get('seconds_left', 0) / 3600:.1f} h left)")  # fmt: skip
+
+
+def _tcp_ports(cfg: dict[str, Any], vs: dict[str, Any], route: dict[str, Any]) -> list[str]:
+    """`PORT (PROTOCOL)` for each port relayed as TCP that an http route would apply to."""
+    try:
+        r = from_wire(HTTPRoute, route)
+        services = [from_wire(Service, s) for s in cfg.get("services", [])
+                    if s.get("name") in vs.get("hosts", [])]
+    except (ValueError, TypeError):  # a dump from another version: say nothing rather than wrong
+        return []
+    return [f"{p.port} ({p.protocol})" for s in services for p in tcp_ports_of(r, s)]
 
 
 def sections(dump: dict[str, Any], certs: dict[str, Any] | None, section: str) -> dict[str, Any]:
@@ -92,6 +109,9 @@ def sections(dump: dict[str, Any], certs: dict[str, Any] | None, section: str) -
                 ),
                 "timeout_s": r.get("timeout_s"),
                 "retries": r.get("retries"),
+                # Ports of the service this route would apply to but that are relayed as
+                # opaque TCP: the route does nothing there (registry/config/opaque.py).
+                "not_applied_on": _tcp_ports(cfg, vs, r),
             }
             for vs in cfg.get("virtual_services", [])
             for i, r in enumerate(vs.get("http", []))

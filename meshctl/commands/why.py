@@ -81,6 +81,11 @@ def _print(a: dict[str, Any]) -> None:
     route = a.get("route")
     if route is None:
         out.print("  [red]no route matches[/]")
+    elif route.get("note"):
+        out.print(f"  [yellow]{route['note']}[/]")
+        for r in a.get("http_routes_not_applied", []):
+            out.print(f"  [yellow]http route {r['index']} {r['name']} ({r['source']}): not "
+                      "applied on this port[/]")
     elif route.get("default"):
         out.print("  no VirtualService route: default route (every endpoint, no subset)")
     else:
@@ -93,7 +98,9 @@ def _print(a: dict[str, Any]) -> None:
         )
     for d in a.get("destinations", []):
         sub = f" subset {d['subset']}" if d["subset"] else ""
-        out.print(f"  -> {d['service']}{sub} weight {d['weight']}%, balancer {d['balancer']}")
+        per = " of connections" if a.get("carried_as") == "tcp" else ""
+        out.print(f"  -> {d['service']}{sub} weight {d['weight']}%{per}, "
+                  f"balancer {d['balancer']}")
         for e in d["endpoints"]:
             ej = " [red](ejected)[/]" if e["ejected"] else ""
             out.print(f"       {e['address']} {e['id']}{ej}")

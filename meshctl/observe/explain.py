@@ -20,6 +20,7 @@ from proxy.outbound.cluster import balancer_name
 from proxy.snapshot import ProxySnapshot, ServiceView, build_snapshot
 from registry.ca import SpiffeId
 from registry.config import MeshConfig
+from registry.config.opaque import relay_note, tcp_ports_of
 from registry.config.wire import to_wire
 from registry.server.catalog import Endpoint
 
@@ -131,15 +132,28 @@ def explain(
         "destination": destination,
         "port": port,
         "protocol": proto.protocol,
+        "carried_as": proto.carried_as,  # "http", "tcp" or "auto" (detected per connection)
         "request": {
             "method": req.method.decode(),
             "path": req.target.decode(),
             "headers": {k.decode(): v.decode() for k, v in req.headers},
         },
     }
-    if proto.protocol == "tcp":
-        answer["route"] = {"default": True, "note": "TCP: no HTTP routing"}
-        answer["destinations"] = [_cluster_wire(view, None, 100, ejected or {})]
+    if proto.relayed_as_tcp:
+        answer["route"] = {"default": True, "note": relay_note(proto)}
+        vs = config.virtual_service_for(destination)
+        answer["http_routes_not_applied"] = [
+            {"index": i, "name": r.name or f"route-{i}", "source": str(r.source or vs.source)}
+            for i, r in enumerate(vs.http)
+            if proto in tcp_ports_of(r, dsvc)
+        ] if vs is not None else []
+        tcp = next((r for r in (vs.tcp if vs is not None else ())
+                    if not r.match_ports or port in r.match_ports), None)
+        answer["destinations"] = [
+            _cluster_wire(snap.services[d.destination.host], d.destination.subset, d.weight,
+                          ejected or {})
+            for d in tcp.route
+        ] if tcp is not None else [_cluster_wire(view, None, 100, ejected or {})]
     else:
         compiled = first_match(view.routes, req) if view.routes else view.default_route
         tried = []
@@ -186,7 +200,7 @@ def _authz(
     out = []
     for labels in label_sets:
         dsnap: ProxySnapshot = build_snapshot(0, 0, config, endpoints, destination, labels)
-        if answer["protocol"] == "tcp":
+        if answer["carried_as"] == "tcp":
             from proxy.inbound.authz import decide_tcp
 
             d = decide_tcp(dsnap.compiled_authz, peer, port)

@@ -149,7 +149,7 @@ class Inbound:
         if p is None or port is None:
             tel["meshctl_proxy_inbound_unknown_port_total"] += 1
             return
-        protocol, first = p.protocol, b""
+        protocol, first = p.carried_as, b""  # http2/grpc: TCP for now
         if protocol == "auto":
             # Undeclared: the peer proxy says what it detected (SNI); a plaintext client
             # (PERMISSIVE, or through a published port) is sniffed here the same way.

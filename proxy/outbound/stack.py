@@ -167,7 +167,7 @@ class Outbound:
             if snap is None or view is None or proto is None:
                 writer.close()
                 return
-            protocol, first = proto.protocol, b""
+            protocol, first = proto.carried_as, b""  # http2/grpc: TCP for now
             if protocol == "auto":  # no protocol declared: look at what the client sends
                 protocol, first = await detect(reader, port)
             if protocol == "tcp":

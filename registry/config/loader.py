@@ -15,6 +15,7 @@ from pathlib import Path
 
 from yaml.nodes import Node, ScalarNode
 
+from registry.config import opaque
 from registry.config.canary import API_VERSION as CANARY_API
 from registry.config.canary import SPEC_FIELDS as CANARY_FIELDS
 from registry.config.canary import parse_canary
@@ -70,6 +71,9 @@ _OTHER_ISTIO_KINDS = (
 class LoadResult:
     config: MeshConfig | None
     errors: tuple[Diagnostic, ...]
+    # What the config accepts but does not do as written (an HTTP route on a port relayed
+    # as TCP: registry/config/opaque.py); never blocks a snapshot.
+    warnings: tuple[Diagnostic, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -125,7 +129,9 @@ class _Load:
         errors = tuple(sorted(set(self.errors), key=lambda d: (d.file != MESH_FILE, d)))
         if errors or mesh is None:
             return LoadResult(None, errors)
-        return LoadResult(self._snapshot(mesh, named, self._digest), ())
+        vss = tuple(e.resource for e in named if isinstance(e.resource, VirtualService))
+        return LoadResult(self._snapshot(mesh, named, self._digest), (),
+                          tuple(sorted(set(opaque.warnings(mesh.services, vss)))))
 
     # -- files -----------------------------------------------------------------------------
 

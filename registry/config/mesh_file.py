@@ -42,10 +42,10 @@ _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _ID = r"(?:[a-z_][a-z0-9_.-]{0,31}|[0-9]{1,10})"
 _USER = re.compile(rf"{_ID}(?::{_ID})?")
 PROXY_UID = 1337  # the sidecars' uid: interception lets its traffic out unredirected
-# Istio protocol names (port name prefixes / appProtocol) that we cannot proxy yet.
-_PROTOCOLS_UNSUPPORTED = (
-    "http2", "grpc", "grpc-web", "https", "tls", "mongo", "mysql", "redis", "udp", "h2c",
-)
+# Istio protocol names (port name prefixes / appProtocol) that we cannot proxy yet. Its
+# HTTP/2 ones (http2, grpc, grpc-web) are accepted and relayed as TCP (model.RELAYED_AS_TCP).
+_PROTOCOLS_UNSUPPORTED = ("https", "tls", "mongo", "mysql", "redis", "udp", "h2c")
+_PROTOCOLS = ("HTTP", "TCP", "HTTP2", "GRPC", "GRPC-WEB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +203,7 @@ def _port(cx: Cx, node: Node, path: str, earlier: list[Port]) -> Port | None:
     # Linkerd's default), so server-first protocols work too (see proxy/transport/detect.py).
     protocol = o.get(
         "protocol",
-        one_of(("HTTP", "TCP"), [p.upper() for p in _PROTOCOLS_UNSUPPORTED], upper=True),
+        one_of(_PROTOCOLS, [p.upper() for p in _PROTOCOLS_UNSUPPORTED], upper=True),
         "AUTO",
     )
     if protocol is None or number is None:

@@ -8,7 +8,7 @@ every field with its default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from registry.config.diagnostics import Source
@@ -31,11 +31,27 @@ UINT32_MAX = 2**32 - 1
 # --- mesh.yaml -------------------------------------------------------------------------
 
 
+# Declared port protocols the proxy relays byte for byte: TCP, and Istio's HTTP/2 ones
+# (h2c, gRPC, gRPC-Web: no HTTP/2 codec yet, issue 21). HTTP routes do not apply to them
+# (registry/config/opaque.py says so wherever a route is shown).
+RELAYED_AS_TCP = frozenset({"tcp", "http2", "grpc", "grpc-web"})
+
+
 @dataclass(frozen=True, slots=True)
 class Port:
     port: int
-    protocol: str  # "http" | "tcp" | "auto" (not declared: detected per connection)
+    # "http" | "auto" (not declared: detected per connection) | RELAYED_AS_TCP, as declared
+    protocol: str
     name: str
+
+    @property
+    def relayed_as_tcp(self) -> bool:
+        return self.protocol in RELAYED_AS_TCP
+
+    @property
+    def carried_as(self) -> str:
+        """How the proxy carries a connection: "http", "tcp" or "auto" (detected)."""
+        return "tcp" if self.protocol in RELAYED_AS_TCP else self.protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +216,8 @@ class HTTPRoute:
     mirror_percentage: float  # 100 when mirror is set and mirrorPercentage is not
     headers: Headers
     rewrite: Rewrite | None
+    # Where the entry is, for warnings (registry/config/opaque.py); not part of its meaning.
+    source: Source | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,7 @@ def _http_route(cx: Cx, scope: Scope, node: Node, path: str) -> HTTPRoute | None
         mirror_percentage=mirror_pct,
         headers=headers,
         rewrite=rewrite,
+        source=Source(cx.file, node.start_mark.line + 1, node.start_mark.column + 1),
     )
 
 

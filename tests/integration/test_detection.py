@@ -1,5 +1,6 @@
 """Ports declared without a protocol: HTTP and opaque TCP told apart per connection, a
-server-first protocol still works, and VirtualService `tcp` routes split by weight."""
+server-first protocol still works, and VirtualService `tcp` routes split by weight; a port
+declared `grpc` is relayed as TCP, its HTTP/2 bytes untouched."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ services:
     ports: [{port: 2525}]        # no protocol, and the server speaks first
   kv:
     ports: [{port: 7000, protocol: tcp}]
+  greeter:
+    ports: [{port: 9000, protocol: grpc}]   # no HTTP/2 codec yet: relayed as TCP
 """
 
 VS_KV = """\
@@ -115,13 +118,20 @@ def test_http_detected_on_an_undeclared_port(mesh: Mesh) -> None:
     assert "URI=spiffe://test.local/ns/default/sa/client" in headers["x-forwarded-client-cert"]
 
 
-def test_server_first_protocol_on_an_undeclared_port(mesh: Mesh, tmp_path: Path) -> None:
-    port = _greeter(mesh, tmp_path, "smtp", "220 smtp ready")
-    mesh.proxy("smtp", "v1", app_port=port, service_port=2525)
+def _greeter_for_client(mesh: Mesh, tmp: Path, service: str, banner: str, port: int) -> int:
+    """A greeter as `service:port`, the client's explicit listener for it (returned) and
+    the service's endpoint in the catalog."""
+    app = _greeter(mesh, tmp, service, banner)
+    mesh.proxy(service, "v1", app_port=app, service_port=port)
     local = free_port()
-    mesh.proxy("client", "v1", upstreams={"smtp:2525": local})
-    wait_until(lambda: any(e["service"] == "smtp"
-                           for e in mesh.api("GET", "/v1/catalog")["endpoints"]), what="smtp")
+    mesh.proxy("client", "v1", upstreams={f"{service}:{port}": local})
+    wait_until(lambda: any(e["service"] == service
+                           for e in mesh.api("GET", "/v1/catalog")["endpoints"]), what=service)
+    return local
+
+
+def test_server_first_protocol_on_an_undeclared_port(mesh: Mesh, tmp_path: Path) -> None:
+    local = _greeter_for_client(mesh, tmp_path, "smtp", "220 smtp ready", 2525)
     # The client waits for the greeting: detection times out and relays opaque TCP.
     assert wait_until(lambda: _talk(local), what="greeting") == \
         b"220 smtp ready\r\ngot hello\r\n"
@@ -137,3 +147,12 @@ def test_tcp_route_weights_split_connections(mesh: Mesh, tmp_path: Path) -> None
                             if e["service"] == "kv"]) == 2, what="kv endpoints")
     seen = Counter(_talk(local).split(b"\r\n")[0].decode() for _ in range(40))
     assert seen == {"kv-a": 30, "kv-b": 10}
+
+
+def test_a_grpc_port_is_relayed_as_tcp(mesh: Mesh, tmp_path: Path) -> None:
+    local = _greeter_for_client(mesh, tmp_path, "greeter", "greeter ready", 9000)
+    # The HTTP/2 connection preface's first line reaches the app as sent (an HTTP/1.1 parser
+    # would refuse it): the server speaks first, so a proxy that parsed would never connect.
+    preface = b"PRI * HTTP/2.0\r\n"
+    assert wait_until(lambda: _talk(local, preface), what="greeting") == \
+        b"greeter ready\r\ngot " + preface

@@ -41,8 +41,8 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
       "got a string"]),
     ("unsupported_protocol", "mesh.yaml",
      "  inventory:\n    ports:\n      - {port: 8080, protocol: http",
-     "  inventory:\n    ports:\n      - {port: 8080, protocol: grpc",
-     ["mesh.yaml:34:32: services.inventory.ports[0].protocol: `grpc` is not supported yet"]),
+     "  inventory:\n    ports:\n      - {port: 8080, protocol: redis",
+     ["mesh.yaml:34:32: services.inventory.ports[0].protocol: `redis` is not supported yet"]),
     ("exclude_inbound_port_range", "mesh.yaml",
      'command: ["python3", "apps/shop.py", "--service", "payments", "--version", "v1"]\n',
      'command: ["python3", "apps/shop.py", "--service", "payments", "--version", "v1"]\n'
