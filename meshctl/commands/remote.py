@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 
@@ -48,6 +50,24 @@ class RegistryRelay:
                 + urllib.parse.quote(path), timeout=timeout)
         except (RegistryUnavailable, RegistryError) as exc:
             raise ObserveError(f"proxy {proxy_id} (through the registry): {exc}") from None
+
+    @contextmanager
+    def stream(self, proxy_id: str, path: str, timeout: float) -> Iterator[IO[bytes]]:
+        """A live admin stream (`/tap?...` only), relayed: NDJSON lines, then an `end` line
+        saying why when the registry ends it (the proxy disconnected, its time is up)."""
+        page, _, query = path.partition("?")
+        if page != "/tap":
+            raise ObserveError(f"only /tap streams are relayed, not {page}")
+        try:
+            resp = self.registry.open(
+                f"/v1/proxies/{urllib.parse.quote(proxy_id, safe='')}/tap"
+                + (f"?{query}" if query else ""), timeout=timeout)
+        except (RegistryUnavailable, RegistryError) as exc:
+            raise ObserveError(f"proxy {proxy_id} (through the registry): {exc}") from None
+        try:
+            yield resp
+        finally:
+            resp.close()
 
 
 def remote_proxies(registry: RegistryClient) -> list[ProxyInfo]:
