@@ -1,9 +1,9 @@
 """Where the proxies of this host are: their admin and metrics listeners.
 
 Each proxy writes MESH_HOME/proxies/<id>/admin.json when it is ready and removes it when it
-stops (`proxy/main.py`). A file whose process is gone is skipped. The registry's endpoint
-record has no field for these listeners yet; once it has, remote proxies can be found the
-same way (see docs/observability.md).
+stops (`proxy/main.py`). A file whose process is gone is skipped. A proxy on another host
+has a `relay` instead: its pages and its tap are read through the registry
+(meshctl.observe.remote, registry/server/relay.py; docs/multi-host.md).
 """
 
 from __future__ import annotations
