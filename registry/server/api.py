@@ -562,7 +562,7 @@ async def tap_reply(request: web.Request) -> web.StreamResponse:
             while line := await request.content.readline(max_line_length=TAP_LINE_MAX):
                 if line.strip():
                     session.offer(line)
-            session.end("")  # the proxy's own tap ended (its --max): a plain end
+            session.end("")  # the proxy ended its body: a plain end (any reason came before)
         except LineTooLong:
             session.end(f"proxy {session.proxy_id} sent a tap line over {TAP_LINE_MAX} bytes")
         except (OSError, HttpProcessingError):

@@ -197,10 +197,12 @@ class AdminRelay:
         wanted = {k: query[k] for k in TAP_QUERY if query.get(k)}
         try:
             await resp.write(_line({"type": "tap", "request": n, "query": wanted}))
-        except (ConnectionResetError, OSError):
+        except BaseException as exc:  # the operator's request cancelled too: no place kept
             self.taps.pop(n, None)
-            raise web.HTTPBadGateway(
-                text=f"the stream of proxy {proxy_id!r} closed\n") from None
+            if isinstance(exc, OSError):
+                raise web.HTTPBadGateway(
+                    text=f"the stream of proxy {proxy_id!r} closed\n") from None
+            raise
         return session
 
     def close_tap(self, session: TapSession) -> None:
