@@ -1,9 +1,9 @@
 """Where the proxies of this host are: their admin and metrics listeners.
 
 Each proxy writes MESH_HOME/proxies/<id>/admin.json when it is ready and removes it when it
-stops (`proxy/main.py`). A file whose process is gone is skipped. The registry's endpoint
-record has no field for these listeners yet; once it has, remote proxies can be found the
-same way (see docs/observability.md).
+stops (`proxy/main.py`). A file whose process is gone is skipped. A proxy on another host
+has a `relay` instead: its pages and its tap are read through the registry
+(meshctl.observe.remote, registry/server/relay.py; docs/multi-host.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -32,6 +32,9 @@ class Relay(Protocol):
     RegistryRelay: the operator's registry client); raises ObserveError when it cannot."""
 
     def page(self, proxy_id: str, path: str, timeout: float) -> str: ...
+
+    def stream(self, proxy_id: str, path: str, timeout: float
+               ) -> AbstractContextManager[IO[bytes]]: ...
 
 
 class ObserveError(Exception):
@@ -62,8 +65,7 @@ class ProxyInfo:
 
     def admin_stream(self, path: str, timeout: float = 30.0) -> Any:
         if self.relay is not None:
-            raise ObserveError(f"proxy {self.proxy_id} is on another host: a live stream "
-                               "(tap) is not relayed; run `meshctl tap` on its host")
+            return self.relay.stream(self.proxy_id, path, timeout)
         return stream(self.admin_url + path, timeout, self.netns)
 
     def metrics_text(self, timeout: float = TIMEOUT_S) -> str:

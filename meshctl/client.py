@@ -147,6 +147,16 @@ class RegistryClient:
     def _exchange(
         self, method: str, path: str, body: dict[str, Any] | None, timeout: float
     ) -> bytes:
+        with self.open(path, timeout, method, body) as resp:
+            try:
+                return bytes(resp.read())
+            except OSError as exc:
+                raise self._unavailable(exc) from None
+
+    def open(self, path: str, timeout: float = 10.0, method: str = "GET",
+             body: dict[str, Any] | None = None) -> Any:
+        """The response, open: read it as it comes (a relayed tap's NDJSON lines); close it
+        when done. Raises RegistryError for an error status, RegistryUnavailable."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
             self.url + path,
@@ -156,8 +166,7 @@ class RegistryClient:
                      **({"Authorization": f"Bearer {self.token}"} if self.token else {})},
         )
         try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
-                return bytes(resp.read())
+            return urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context)
         except urllib.error.HTTPError as exc:
             raw = exc.read().decode(errors="replace")
             try:
@@ -170,10 +179,11 @@ class RegistryClient:
                        "`meshctl token operator` on the registry's host)")
             raise RegistryError(exc.code, msg) from None
         except (urllib.error.URLError, OSError) as exc:
-            raise RegistryUnavailable(
-                f"registry at {self.url} does not answer ({exc}); "
-                f"is it running? `meshctl status` tells"
-            ) from None
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: Exception) -> RegistryUnavailable:
+        return RegistryUnavailable(f"registry at {self.url} does not answer ({exc}); "
+                                   "is it running? `meshctl status` tells")
 
 
 def read_joined(home: Path) -> dict[str, Any] | None:

@@ -11,11 +11,12 @@ request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +119,62 @@ def tap_filter(query: MutableMapping[str, str] | Any) -> Callable[[Event], bool]
         )
 
     return accept
+
+
+class TapRefused(Exception):
+    """A tap this proxy will not open (too many, a bad `max`); `status` is the HTTP one."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def tap_lines(proxy: Proxy, query: Mapping[str, str]) -> AsyncGenerator[bytes, None]:
+    """The NDJSON lines of one /tap: a hello (the tap is live: a client may start traffic
+    after it), then one per finished request `query`'s filters accept, a ping after 15 s of
+    silence (finds a client that left), until `max` requests. Raises TapRefused first."""
+    hub = proxy.tap
+    if hub.clients >= TAP_MAX_CLIENTS:
+        raise TapRefused(429, "too many tap clients")
+    try:
+        limit = int(query.get("max") or "0")
+    except ValueError:
+        raise TapRefused(400, "`max` must be an integer") from None
+    return _follow(proxy, hub, tap_filter(query), limit)
+
+
+async def _follow(proxy: Proxy, hub: TapHub, accept: Callable[[Event], bool],
+                  limit: int) -> AsyncGenerator[bytes, None]:
+    q = hub.subscribe(accept)
+    sent = 0
+    try:
+        hello = {"type": "tap", "proxy": proxy.proxy_id, "service": proxy.opts.service}
+        yield json.dumps(hello).encode() + b"\n"
+        while not limit or sent < limit:
+            try:
+                async with asyncio.timeout(15.0):  # not wait_for: see httpio
+                    event = await q.get()
+            except TimeoutError:
+                yield b'{"type":"ping"}\n'
+                continue
+            yield json.dumps({"type": "request", **event}).encode() + b"\n"
+            sent += 1
+    finally:
+        hub.unsubscribe(q)
+
+
+async def relayed_tap(proxy: Proxy, query: Mapping[str, str]) -> AsyncGenerator[bytes, None]:
+    """/tap's lines for a tap the registry relays (proxy.control.client); a refusal is an
+    `end` line saying why, as the registry ends a relayed tap."""
+    try:
+        lines = tap_lines(proxy, query)
+    except TapRefused as exc:
+        why = f"proxy {proxy.proxy_id} refused the tap: {exc}"
+        yield json.dumps({"type": "end", "proxy": proxy.proxy_id, "reason": why}).encode() + b"\n"
+        return
+    async with contextlib.aclosing(lines):
+        async for line in lines:
+            yield line
 
 
 def _dump(proxy: Proxy) -> dict[str, Any]:
@@ -227,33 +284,15 @@ def admin_routes(proxy: Proxy) -> dict[str, Handler]:
         )
 
     async def tap(request: ServerRequest) -> Reply:
-        hub = proxy.tap
-        if hub.clients >= TAP_MAX_CLIENTS:
-            return json_reply({"error": "too many tap clients"}, status=429)
         try:
-            limit = int(request.query.get("max", "0"))
-        except ValueError:
-            return json_reply({"error": "`max` must be an integer"}, status=400)
-        accept = tap_filter(request.query)
+            lines = tap_lines(proxy, request.query)
+        except TapRefused as exc:
+            return json_reply({"error": str(exc)}, status=exc.status)
 
         async def stream(out: ChunkWriter) -> None:
-            q = hub.subscribe(accept)
-            sent = 0
-            try:
-                # The first line says the tap is live: a client may start traffic after it.
-                hello = {"type": "tap", "proxy": proxy.proxy_id, "service": proxy.opts.service}
-                await out.write(json.dumps(hello).encode() + b"\n")
-                while not limit or sent < limit:
-                    try:
-                        async with asyncio.timeout(15.0):  # not wait_for: see httpio
-                            event = await q.get()
-                    except TimeoutError:
-                        await out.write(b'{"type":"ping"}\n')  # finds a client that left
-                        continue
-                    await out.write(json.dumps({"type": "request", **event}).encode() + b"\n")
-                    sent += 1
-            finally:
-                hub.unsubscribe(q)
+            async with contextlib.aclosing(lines):
+                async for line in lines:
+                    await out.write(line)
 
         return Reply(200, content_type="application/x-ndjson", stream=stream)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from common.aio import spawn
 from proxy import certinfo, compiled
 from proxy.accesslog import AccessLog
-from proxy.admin import TapHub, start_servers, tap_event, write_discovery
+from proxy.admin import TapHub, relayed_tap, start_servers, tap_event, write_discovery
 from proxy.control.apphealth import app_health_loop, probe_params
 from proxy.control.client import ControlClient, View
 from proxy.downstream.http1 import HeadWatch
@@ -160,6 +160,7 @@ class Proxy:
         )
         self.control.on_identity(self._on_identity)
         self.control.admin_get = self._admin_get
+        self.control.admin_tap = functools.partial(relayed_tap, self)
         self.outbound = Outbound(self)
         self.inbound = Inbound(self)
         self.ready = asyncio.Event()

@@ -7,8 +7,7 @@ import typer
 from rich.console import Console
 
 from common.state import mesh_home
-from meshctl.client import RegistryClient, RegistryUnavailable
-from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, client
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, named_client
 from meshctl.observe.checks import FAIL, OK, evaluate, gather, worst
 from meshctl.observe.cli import Output, OutputOpt, echo_json
 
@@ -21,13 +20,7 @@ def check(output: OutputOpt = Output.text, registry: RegistryOpt = None,
     """Is the mesh healthy? Every check says what it saw; warnings do not fail the command.
     From another host (--registry/--operator-token-file): the registry's view; proxies and
     interception are checked on this host only."""
-    remote: RegistryClient | None = None
-    if registry or operator_token_file:
-        try:
-            remote = client(registry, operator_token_file)
-        except RegistryUnavailable as exc:
-            typer.echo(f"meshctl check: {exc}", err=True)
-            raise typer.Exit(1) from None
+    remote = named_client("check", registry, operator_token_file)
     results = evaluate(gather(mesh_home(), client=remote))
     overall = worst(results)
     if output == Output.json:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from common.aio import spawn
 from common.state import mesh_home
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, named_client
 from meshctl.dashboard.server import Dashboard, is_loopback
 from registry.paths import RegistryPaths, read_operator_token
 
@@ -27,10 +28,14 @@ def dashboard(
     prometheus: Annotated[str | None, typer.Option(
         help="http://HOST:PORT of a Prometheus scraping the proxies: the graph's rates over "
              "the window from it (PromQL) instead of the dashboard's own scrapes.")] = None,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
     """A live web picture of the mesh: services and versions, caller -> callee edges with
     requests/s, success rate, p50/p99, traffic share and mTLS, from the proxies' metrics; per
-    service its endpoints, proxies, route (as `meshctl why`) and live requests (`tap`)."""
+    service its endpoints, proxies, route (as `meshctl why`), last config error and live
+    requests (`tap`). This host's proxies; from another host (--registry /
+    --operator-token-file) every proxy of the mesh, read through the registry."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536 or not host:
         typer.echo(f"meshctl dashboard: --listen `{listen}` is not HOST:PORT", err=True)
@@ -41,7 +46,10 @@ def dashboard(
         raise typer.Exit(1)
     home = mesh_home()
     token = None
-    if not is_loopback(host):
+    remote = named_client("dashboard", registry, operator_token_file)
+    if remote is not None:
+        token = None if is_loopback(host) else remote.token
+    elif not is_loopback(host):
         try:
             token = read_operator_token(RegistryPaths(home / "registry"))
         except OSError as exc:
@@ -50,7 +58,7 @@ def dashboard(
             raise typer.Exit(1) from None
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port_text}/"
     with contextlib.suppress(KeyboardInterrupt):
-        board = Dashboard(home, token, prometheus=prometheus)
+        board = Dashboard(home, token, prometheus=prometheus, registry=remote)
         asyncio.run(_serve(board, host.strip("[]"), int(port_text), url, browser))
 
 

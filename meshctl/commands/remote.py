@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from common.proxies import TIMEOUT_S, ObserveError, ProxyInfo
+from common.proxies import ProxyInfo
 from common.state import mesh_home
-from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
+from meshctl.client import RegistryClient, RegistryUnavailable
+from meshctl.observe.remote import remote_proxies
 
 RegistryOpt = Annotated[str | None, typer.Option(
     "--registry", envvar="MESH_REGISTRY", show_default=False,
@@ -26,38 +25,22 @@ def client(registry: str | None, operator_file: Path | None) -> RegistryClient:
     return RegistryClient.resolve(mesh_home(), registry, operator_file)
 
 
+def named_client(command: str, registry: str | None, operator_file: Path | None
+                 ) -> RegistryClient | None:
+    """The registry these options name, None when neither is given (this host's); when it
+    cannot be used, `meshctl COMMAND: why` and exit 1."""
+    if not (registry or operator_file):
+        return None
+    try:
+        return client(registry, operator_file)
+    except RegistryUnavailable as exc:
+        typer.echo(f"meshctl {command}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def remote(registry: str | None, operator_file: Path | None) -> list[ProxyInfo] | None:
     """Every proxy of the mesh, read through the registry these options name, or None when
     neither is given (this host's proxies, from MESH_HOME)."""
     if not (registry or operator_file):
         return None
     return remote_proxies(client(registry, operator_file))
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryRelay:
-    """A proxy's admin and metrics pages on another host, relayed by the registry
-    (registry/server/relay.py) for the operator: common.proxies.Relay."""
-
-    registry: RegistryClient
-
-    def page(self, proxy_id: str, path: str, timeout: float) -> str:
-        try:
-            return self.registry.text(
-                f"/v1/proxies/{urllib.parse.quote(proxy_id, safe='')}/admin?path="
-                + urllib.parse.quote(path), timeout=timeout)
-        except (RegistryUnavailable, RegistryError) as exc:
-            raise ObserveError(f"proxy {proxy_id} (through the registry): {exc}") from None
-
-
-def remote_proxies(registry: RegistryClient) -> list[ProxyInfo]:
-    """Every proxy connected to the registry, read through it."""
-    try:
-        st = registry.call("GET", "/v1/status", timeout=TIMEOUT_S)
-    except (RegistryUnavailable, RegistryError) as exc:
-        raise ObserveError(str(exc)) from None
-    relay = RegistryRelay(registry)
-    return [ProxyInfo(str(p["proxy_id"]), str(p.get("service") or "?"), None, "", "",
-                      relay=relay)
-            for p in sorted(st.get("proxies", []), key=lambda p: p["proxy_id"])
-            if p.get("connected")]  # fmt: skip

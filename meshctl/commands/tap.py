@@ -10,6 +10,7 @@ from rich.console import Console
 
 from common.proxies import select
 from common.state import mesh_home
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, remote
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, user_errors
 from meshctl.observe.tap import TapFilter, follow
 
@@ -28,15 +29,18 @@ def tap(
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     admin: AdminOpt = None,
     output: OutputOpt = Output.text,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
     """Follow requests as the proxies finish them: direction, method, path, status, latency,
-    the peer's SPIFFE ID and Envoy's response flags. Ctrl-C stops."""
+    the peer's SPIFFE ID and Envoy's response flags. Ctrl-C stops. From another host
+    (--registry/--operator-token-file), every proxy is tapped through the registry."""
     if direction not in (None, "inbound", "outbound"):
         raise typer.BadParameter("--direction must be inbound or outbound")
     flt = TapFilter(path=path, method=method, status=status, direction=direction)
     out = Console(highlight=False)
     with user_errors("tap"):
-        proxies = select(mesh_home(), service, admin)
+        proxies = select(mesh_home(), service, admin, remote(registry, operator_token_file))
         try:
             for e in follow(proxies, flt, max_events, duration):
                 if output == Output.json:

@@ -14,6 +14,7 @@ from rich.table import Table
 from common.proxies import select
 from common.state import mesh_home
 from common.stats import top_rows
+from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, remote
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, user_errors
 from meshctl.observe.tap import TapFilter, follow
 
@@ -30,11 +31,14 @@ def top(
     rows: Annotated[int, typer.Option(help="Rows to show.")] = 20,
     admin: AdminOpt = None,
     output: OutputOpt = Output.text,
+    registry: RegistryOpt = None,
+    operator_token_file: OperatorFileOpt = None,
 ) -> None:
-    """The busiest (destination, method, path) triples: count, success rate, latency."""
+    """The busiest (destination, method, path) triples: count, success rate, latency. From
+    another host (--registry/--operator-token-file), from taps relayed by the registry."""
     events: deque[dict[str, Any]] = deque(maxlen=WINDOW)
     with user_errors("top"):
-        proxies = select(mesh_home(), service, admin)
+        proxies = select(mesh_home(), service, admin, remote(registry, operator_token_file))
         # Inbound events only: each request is counted once, at the proxy that served it
         # (a tapped caller's outbound events would count it twice).
         flt = TapFilter(direction=None if service else "inbound")

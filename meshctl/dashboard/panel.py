@@ -1,16 +1,18 @@
 """The dashboard's per-service panel and live-request list, shaped from the registry's answers
 (pure): endpoints with health and ejection, proxies with their config and certificate, the
 route in force as `meshctl why` explains it (meshctl.observe.explain, the one implementation),
-the last rejected config change, and the tap events filtered by path and status."""
+the last rejected config change's errors that concern the service (`attribute_errors`), and
+the tap events filtered by path and status."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from meshctl.observe.explain import ExplainError, explain
 
-__all__ = ["MAX_SHOWN", "filter_requests", "service_panel"]
+__all__ = ["MAX_SHOWN", "attribute_errors", "filter_requests", "service_panel"]
 
 MAX_SHOWN = 100  # live requests the page gets at once, newest first
 
@@ -52,9 +54,66 @@ def service_panel(
         why["config_version"] = latest
     except ExplainError as exc:
         why = {"error": str(exc)}
+    rejected = status.get("last_config_error")
+    mine = attribute_errors(rejected.get("errors", []), config_wire)[0].get(service) \
+        if isinstance(rejected, dict) else None
     return {"service": service, "endpoints": sorted(endpoints, key=lambda e: str(e["id"])),
             "proxies": sorted(proxies, key=lambda p: str(p["proxy_id"])), "why": why,
-            "last_config_error": status.get("last_config_error")}
+            "last_config_error": {**rejected, "errors": mine} if mine and rejected else None}
+
+
+_POSITION = re.compile(r"(?P<file>[^:\n]+):\d+:\d+: (?P<rest>.*)", re.S)
+_MESH_SERVICE = re.compile(r"services\.(?P<name>[^.\[:\s]+)")
+
+
+def attribute_errors(errors: Iterable[str], config_wire: Mapping[str, Any]
+                     ) -> tuple[dict[str, list[str]], list[str]]:
+    """The registry's config errors (`file:line:column: what`) by the services they concern,
+    and those that concern no service in particular (shown mesh-wide). An error concerns the
+    services of the resources the last good config has in its file (a VirtualService's hosts,
+    a DestinationRule's host, a policy's `app` selector, a canary's service), or in
+    mesh.yaml the service its field path names (`services.orders.ports[0]`). A file the last
+    good config did not have (new), a mesh-wide policy's, or a line without a position is
+    mesh-wide."""
+    services = {s["name"] for s in config_wire.get("services", [])}
+    by_file: dict[str, set[str]] = {}
+    for kind, names in (("virtual_services", lambda r: r.get("hosts", [])),
+                        ("destination_rules", lambda r: [r.get("host")]),
+                        ("authorization_policies", _app_selected),
+                        ("peer_authentications", _app_selected),
+                        ("canaries", lambda r: [r.get("service")])):
+        for r in config_wire.get(kind, []):
+            found = {str(h).split(".")[0] for h in names(r) if h}
+            file = (r.get("source") or {}).get("file")
+            if file:
+                by_file.setdefault(file, set())
+                if found <= services and found:
+                    by_file[file] |= found
+                else:
+                    by_file[file].add("")  # a resource of no (known) service: mesh-wide
+    attributed: dict[str, list[str]] = {}
+    unattributed: list[str] = []
+    for line in errors:
+        m = _POSITION.match(line)
+        if m is None:
+            unattributed.append(line)
+            continue
+        if m["file"] in ("mesh.yaml", "mesh.yml"):
+            svc = _MESH_SERVICE.match(m["rest"])
+            concerned = {svc["name"]} if svc and svc["name"] in services else {""}
+        else:
+            concerned = by_file.get(m["file"], {""})
+        for name in sorted(concerned):
+            if name:
+                attributed.setdefault(name, []).append(line)
+        if "" in concerned:
+            unattributed.append(line)
+    return attributed, unattributed
+
+
+def _app_selected(policy: Mapping[str, Any]) -> list[str]:
+    """The service a policy's selector names by its `app` label; none: mesh-wide."""
+    return [str(v) for k, v in policy.get("selector") or [] if k == "app"]
 
 
 class _BySubset(dict[tuple[str, str | None], list[str]]):

@@ -1,11 +1,14 @@
 """The dashboard's web server: the page, its static files, the graph and the canaries as JSON.
 
 With a Prometheus (`--prometheus URL`) the graph's rates come from it (PromQL, prometheus.py);
-otherwise it scrapes the proxies of this host (MESH_HOME/proxies, as `meshctl stat` does) every
-SCRAPE_S and keeps 15 minutes of scrapes, so a window of 1, 5 or 15 minutes is the
-difference between the newest scrape and the oldest one inside the window. The canaries
-are the registry's (GET /v1/canaries). On a loopback address anyone on the host may look
-(as with `meshctl stat`); anywhere else the operator credential is required: `?token=...`
+otherwise it scrapes the proxies every SCRAPE_S and keeps 15 minutes of scrapes, so a
+window of 1, 5 or 15 minutes is the difference between the newest scrape and the oldest one
+inside the window. The proxies are this host's (MESH_HOME/proxies, as `meshctl stat` finds
+them), or with a `registry` client (`--registry`/`--operator-token-file`, from another host)
+every proxy of the mesh, their metrics, config dumps and taps relayed by the registry
+(meshctl.observe.remote). The canaries are the registry's (GET /v1/canaries). On a loopback
+address anyone on the host may look (as with `meshctl stat`); anywhere else the operator
+credential is required: `?token=...`
 once (it becomes a cookie) or `Authorization: Bearer`.
 """
 
@@ -18,6 +21,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,12 +30,13 @@ from typing import Any
 from aiohttp import web
 
 from common.promparse import parse
-from common.proxies import ObserveError, local_proxies, select
+from common.proxies import ObserveError, ProxyInfo, local_proxies, select
 from common.stats import Scrape
 from meshctl.client import RegistryClient, RegistryError, RegistryUnavailable
 from meshctl.dashboard.graph import graph, mark_ejected
-from meshctl.dashboard.panel import filter_requests, service_panel
+from meshctl.dashboard.panel import attribute_errors, filter_requests, service_panel
 from meshctl.dashboard.prometheus import PrometheusError, fetch
+from meshctl.observe.remote import remote_proxies
 from meshctl.observe.tap import TapFilter, follow
 from registry.config import MeshConfig
 
@@ -43,25 +49,35 @@ COOKIE = "meshctl_dashboard"
 TAP_KEPT = 1000  # live requests kept for the tapped service (the newest)
 TAP_IDLE_S = 60.0  # a tap nobody polled for this long stops
 TAP_SPAN_S = 15.0
+SCRAPE_THREADS = 8
 _STATIC = {"dashboard.js": "application/javascript", "dashboard.css": "text/css",
            "vendor/cytoscape.min.js": "application/javascript"}
 
 
-def scrape_all(home: Path) -> tuple[Scrape, dict[str, list[str]]]:
-    """Every local proxy's metrics, and which endpoints (address:port) each caller's
-    outlier detection has ejected now (their /config_dump, as `meshctl why` reads it)."""
+def scrape_all(proxies: list[ProxyInfo]) -> tuple[Scrape, dict[str, list[str]]]:
+    """Every proxy's metrics, and which endpoints (address:port) each caller's outlier
+    detection has ejected now (their /config_dump, as `meshctl why` reads it). The proxies
+    are read at once (relayed ones each cost a round trip through the registry)."""
     out: dict[str, list[Any]] = {}
     ejected: dict[str, list[str]] = {}
-    for p in local_proxies(home):
+
+    def read(p: ProxyInfo) -> tuple[ProxyInfo, list[Any], Any] | None:
         try:
-            out[p.proxy_id] = list(parse(p.metrics_text(timeout=2.0)))
-            dump = p.admin_json("/config_dump", timeout=2.0)
+            return p, list(parse(p.metrics_text(timeout=2.0))), \
+                p.admin_json("/config_dump", timeout=2.0)
         except ObserveError as exc:
             log.debug("no metrics from %s: %s", p.proxy_id, exc)
-            continue
-        for c in dump.get("clusters", []) if isinstance(dump, dict) else []:
-            for host in c.get("ejected", []):
-                ejected.setdefault(str(host), []).append(p.workload)
+            return None
+
+    with ThreadPoolExecutor(max_workers=SCRAPE_THREADS) as pool:
+        for got in pool.map(read, proxies):
+            if got is None:
+                continue
+            p, samples, dump = got
+            out[p.proxy_id] = samples
+            for c in dump.get("clusters", []) if isinstance(dump, dict) else []:
+                for host in c.get("ejected", []):
+                    ejected.setdefault(str(host), []).append(p.workload)
     return out, ejected
 
 
@@ -77,8 +93,9 @@ class Tap:
     (meshctl.observe.tap, as `meshctl tap` does) into a bounded buffer, until another
     service is tapped or nobody has asked for TAP_IDLE_S."""
 
-    def __init__(self, home: Path, service: str) -> None:
-        self.home, self.service = home, service
+    def __init__(self, home: Path, service: str,
+                 mesh: Callable[[], list[ProxyInfo] | None] = lambda: None) -> None:
+        self.home, self.service, self.mesh = home, service, mesh
         self.events: deque[dict[str, Any]] = deque(maxlen=TAP_KEPT)
         self.error = ""
         self.asked = time.monotonic()
@@ -89,7 +106,7 @@ class Tap:
     def _run(self) -> None:
         while not self.stop.is_set() and time.monotonic() - self.asked < TAP_IDLE_S:
             try:
-                proxies = select(self.home, self.service)
+                proxies = select(self.home, self.service, None, self.mesh())
                 self.error = ""
                 # In spans of TAP_SPAN_S: a span's end is where a stop or an idle page is
                 # noticed when no request comes (the proxies ping every 15 s).
@@ -108,22 +125,35 @@ class Tap:
 
 class Dashboard:
     def __init__(self, home: Path, token: str | None, scrape_s: float = SCRAPE_S,
-                 prometheus: str | None = None) -> None:
+                 prometheus: str | None = None, registry: RegistryClient | None = None) -> None:
         self.home, self.token, self.scrape_s = home, token, scrape_s
+        self.registry = registry  # another host's: the mesh's proxies through its relay
         self.prometheus = prometheus  # history from there (PromQL) instead of our scrapes
         self.scrapes: deque[tuple[float, Scrape]] = deque()
         self.ejected: dict[str, list[str]] = {}  # address:port -> the callers ejecting it
         self.tap: Tap | None = None
 
+    def mesh(self) -> list[ProxyInfo] | None:
+        """Every proxy of the mesh through the registry, or None: this host's (as the
+        commands' `remote`)."""
+        return None if self.registry is None else remote_proxies(self.registry)
+
+    def proxies(self) -> list[ProxyInfo]:
+        found = self.mesh()
+        return local_proxies(self.home) if found is None else found
+
     async def collect(self) -> None:
         """Scrape every `scrape_s`, keeping the longest window's worth."""
         while True:
             try:
-                s, self.ejected = await asyncio.to_thread(scrape_all, self.home)
+                s, self.ejected = await asyncio.to_thread(
+                    lambda: scrape_all(self.proxies()))
                 now = time.monotonic()
                 self.scrapes.append((now, s))
                 while self.scrapes and self.scrapes[0][0] < now - max(WINDOWS_S) - self.scrape_s:
                     self.scrapes.popleft()
+            except ObserveError as exc:
+                log.warning("no scrape: %s", exc)  # the registry is away: try again
             except Exception:  # a bad scrape must not end the dashboard
                 log.exception("scrape failed")
             await asyncio.sleep(self.scrape_s)
@@ -203,10 +233,17 @@ class Dashboard:
                                  headers=_SECURITY)
 
     async def _config(self, request: web.Request) -> web.Response:
-        """The config version in force and the last rejected change, with its positions."""
+        """The config version in force and the last rejected change, with its positions:
+        `by_service` the errors a service's panel shows, `unattributed` the mesh-wide ones."""
         data = await self._registry("/v1/status")
         keys = ("config_version", "config_digest", "last_config_error", "error")
-        return web.json_response({k: data.get(k) for k in keys}, headers=_SECURITY)
+        out: dict[str, Any] = {k: data.get(k) for k in keys}
+        rejected = data.get("last_config_error")
+        if isinstance(rejected, dict):
+            config = await self._registry("/v1/config")
+            out["by_service"], out["unattributed"] = attribute_errors(
+                rejected.get("errors", []), config.get("config") or {})
+        return web.json_response(out, headers=_SECURITY)
 
     async def _service(self, request: web.Request) -> web.Response:
         """One service's panel: endpoints, proxies, the route as `meshctl why` explains it
@@ -236,7 +273,7 @@ class Dashboard:
         if self.tap is None or self.tap.service != name or not self.tap.thread.is_alive():
             if self.tap is not None:
                 self.tap.stop.set()
-            self.tap = Tap(self.home, name)
+            self.tap = Tap(self.home, name, self.mesh)
         try:
             shown = self.tap.read(request.query.get("path", ""), request.query.get("status", ""))
         except ValueError as exc:
@@ -246,7 +283,7 @@ class Dashboard:
 
     async def _registry(self, path: str) -> dict[str, Any]:
         try:
-            client = RegistryClient.from_home(self.home)
+            client = self.registry or RegistryClient.from_home(self.home)
             data = await asyncio.to_thread(client.call, "GET", path, None, 5.0)
         except (RegistryUnavailable, RegistryError, OSError) as exc:
             return {"error": str(exc)}

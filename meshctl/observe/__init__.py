@@ -4,6 +4,7 @@
     promtext.py  parse the Prometheus text the proxies serve
     stats.py     success rate, RPS and latency quantiles from two scrapes (pure)
     tap.py       follow proxies' /tap streams
+    remote.py    the proxies of other hosts, read through the registry (RegistryRelay)
     checks.py    the health checks of `meshctl check` (pure, over gathered facts)
     explain.py   `meshctl why`: the proxy's own routing and authz code run on the live config
 

@@ -2,7 +2,10 @@
 
 One reader thread per proxy (the streams are plain HTTP/1.1 chunked NDJSON, read with the
 standard library); events are merged through a queue in arrival order. `on_ready` runs once
-every stream has said hello, so a caller (a test, `top`) knows the taps are live.
+every stream has said hello, so a caller (a test, `top`) knows the taps are live. A proxy on
+another host is tapped through the registry (common.proxies.Relay): its stream may end with
+an `end` line saying why (the proxy disconnected, the relay's time is up), raised here as
+ObserveError.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def follow(
                         ready.release()
                     elif line.get("type") == "request":
                         q.put(line)
+                    elif line.get("type") == "end":  # a relayed tap the registry ended
+                        q.put(ObserveError(str(line.get("reason"))))
+                        return
         except ObserveError as exc:
             q.put(exc)
         except (OSError, ValueError):

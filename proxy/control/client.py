@@ -9,7 +9,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,20 @@ async def _send_acks(stream: Stream, acks: asyncio.Queue[bytes]) -> None:
         await stream.send(await acks.get())
 
 
+async def _send_lines(up: Stream, lines: AsyncIterator[bytes]) -> None:
+    try:
+        async for line in lines:
+            await up.send(line)
+    finally:
+        if isinstance(lines, AsyncGenerator):
+            await lines.aclose()  # this proxy's tap stops at once
+
+
+async def _drain(up: Stream) -> None:
+    async for _ in up.lines(read_timeout=None):
+        pass  # the registry's answer says nothing: its end is the stop
+
+
 _FILES: dict[int, tuple[Path, Path]] = {}
 
 
@@ -93,6 +107,9 @@ class ControlClient:
         # An operator's read of this proxy's admin or metrics page, relayed by the registry
         # (`meshctl proxy-config`/`stat` from another host): path -> (status, body).
         self.admin_get: Callable[[str], Awaitable[tuple[int, str]]] | None = None
+        # An operator's tap of this proxy, relayed the same way (`meshctl tap` from another
+        # host): /tap's filters -> this proxy's tap lines (proxy.admin.relayed_tap).
+        self.admin_tap: Callable[[dict[str, str]], AsyncIterator[bytes]] | None = None
         self._duplex = True  # ACKs on the stream, until a registry says it cannot
         self._acks: asyncio.Queue[bytes] | None = None  # the open stream's ACK lines
         self._client: Client | None = None
@@ -312,6 +329,8 @@ class ControlClient:
                         log.warning("registry refused an ACK: %s", msg.get("error"))
                     elif kind == "admin":
                         spawn(self._admin_reply(msg), name="admin relay")
+                    elif kind == "tap":
+                        spawn(self._tap_reply(msg), name="tap relay")
                     if kind != "view":
                         continue
                     view = View(
@@ -347,6 +366,37 @@ class ControlClient:
                 "body": text[:ADMIN_REPLY_MAX]}  # fmt: skip
         with contextlib.suppress(OSError, TimeoutError):
             await self._post("/v1/admin-reply", body)
+
+    async def _tap_reply(self, msg: dict[str, Any]) -> None:
+        """Relay a tap: this proxy's tap lines as the body of POST /v1/tap-reply (mTLS, a
+        connection of its own) until the registry ends its answer (the operator left, the
+        tap's time is up) or this proxy's tap ends (refused)."""
+        n, query = msg.get("request"), msg.get("query")
+        if self.admin_tap is None or not isinstance(n, int) or not isinstance(query, dict):
+            return
+        lines = self.admin_tap({str(k): str(v) for k, v in query.items()})
+        client = self._new_client()
+        try:
+            async with await client.open_stream(
+                "POST", "/v1/tap-reply", query={"proxy_id": self.proxy_id, "request": str(n)},
+                duplex=True,
+            ) as up:
+                if up.status != 200:
+                    why = (await up.read(300)).decode("utf-8", "replace")
+                    log.warning("relayed tap %d refused: HTTP %d %s", n, up.status, why)
+                    return
+                sending = spawn(_send_lines(up, lines), name="tap lines")
+                answer = spawn(_drain(up), name="tap answer")
+                try:
+                    await asyncio.wait((sending, answer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in (sending, answer):
+                        t.cancel()
+                    await asyncio.gather(sending, answer, return_exceptions=True)
+        except (OSError, TimeoutError) as exc:
+            log.info("relayed tap %d ended: %s", n, exc)
+        finally:
+            await client.close()
 
     async def _ack(self, version: int, error: str | None) -> None:
         body: dict[str, Any] = {

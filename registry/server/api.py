@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from common.aio import spawn
 from registry.ca import CsrError, TokenError
@@ -16,7 +16,7 @@ from registry.ca.joinstring import JoinString, ca_pin
 from registry.server.auth import Caller, caller_of
 from registry.server.catalog import HEALTH_STATES, Endpoint
 from registry.server.proxies import NotYours
-from registry.server.relay import AdminRelay
+from registry.server.relay import TAP_LINE_MAX, AdminRelay
 
 if TYPE_CHECKING:
     from registry.server.main import Registry
@@ -520,6 +520,63 @@ async def admin_reply(request: web.Request) -> web.Response:
     return _error(409, problem) if problem else _json({"ok": True})
 
 
+async def proxy_tap(request: web.Request) -> web.StreamResponse:
+    """Operator only: a proxy's live tap (NDJSON, as its admin /tap), relayed over its stream
+    and its POST /v1/tap-reply (registry/server/relay.py); the filters are /tap's."""
+    if not _auth(request).operator:
+        return _error(403, "only the operator may tap proxies")
+    relay = request.app[RELAY]
+    session = await relay.open_tap(request.match_info["id"], dict(request.query))
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    try:
+        await resp.prepare(request)
+        async for line in session.lines():
+            await resp.write(line)
+    except ConnectionResetError:
+        pass  # the operator left mid-write; one who leaves while idle cancels this
+    finally:
+        relay.close_tap(session)  # ends the proxy's request: it stops sending
+    return resp
+
+
+async def tap_reply(request: web.Request) -> web.StreamResponse:
+    """A proxy's side of a relayed tap: its tap lines as the request body, for as long as the
+    answer (empty) lasts; only from the identity holding that proxy's stream."""
+    caller = _auth(request)
+    if caller.identity is None:
+        return _error(403, "tap replies come from proxies (client certificate)")
+    try:
+        n = int(request.query.get("request", ""))
+    except ValueError:
+        return _error(400, "`request` must be the tap's number")
+    session = request.app[RELAY].tap_for(str(caller.identity),
+                                         request.query.get("proxy_id", ""), n)
+    if isinstance(session, str):
+        return _error(409, session)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    await resp.write(b"\n")  # the head now: the proxy starts sending once it has it
+
+    async def pump() -> None:
+        try:
+            while line := await request.content.readline(max_line_length=TAP_LINE_MAX):
+                if line.strip():
+                    session.offer(line)
+            session.end("")  # the proxy ended its body: a plain end (any reason came before)
+        except LineTooLong:
+            session.end(f"proxy {session.proxy_id} sent a tap line over {TAP_LINE_MAX} bytes")
+        except (OSError, HttpProcessingError):
+            pass  # the connection went: `finally` below says so
+
+    reading = spawn(pump(), name=f"tap {n}")
+    try:
+        await session.done.wait()
+    finally:
+        reading.cancel()
+        session.end(f"proxy {session.proxy_id} disconnected: its tap ends")
+    return resp
+
+
 async def ca_certificate(request: web.Request) -> web.Response:
     """The root certificate, to anyone: public, and a joiner trusts it only if it matches
     the pin in its join string (kubeadm's cluster-info, checked by the discovery hash)."""
@@ -558,6 +615,8 @@ def build_app(reg: Registry) -> web.Application:
             web.get("/v1/tokens", list_tokens),
             web.delete("/v1/tokens/{id}", revoke_token),
             web.get("/v1/operator", operator_join),
+            web.get("/v1/proxies/{id}/tap", proxy_tap),
+            web.post("/v1/tap-reply", tap_reply),
             web.post("/v1/routes/{service}/weights", set_route_weights),
             web.get("/v1/routes/{service}", show_routes),
             web.get("/v1/proxies/{id}/admin", proxy_admin),

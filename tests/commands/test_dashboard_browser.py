@@ -115,6 +115,13 @@ def _service_panel(page: Any, cli: Cli, up: Any
     return endpoints, ours, route, page.locator("#requests tbody tr").all_inner_texts()
 
 
+def _chromium(p: Any) -> Any:
+    """Debian's chromium, headless, with no network beyond what the page asks of 127.0.0.1."""
+    return p.chromium.launch(executable_path=str(CHROMIUM),
+                             args=["--headless", "--no-sandbox", "--disable-gpu",
+                                   "--disable-background-networking"])
+
+
 def _get(url: str) -> Any:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=5) as r:
@@ -128,10 +135,7 @@ def test_the_graph_shows_the_shops_edges_with_rates(
     cli.run("route", "canary", "orders", "--to", "v2", "--steps", "20,60,100",
             "--interval", "1m")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking"])
+        browser = _chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             outside: list[str] = []
@@ -241,3 +245,76 @@ def test_the_graph_from_a_prometheus_scraping_the_shops_proxies(
     # v1's share only: the test before this one ends its canary with v2 rolled back to 0 %,
     # so v2 gets no traffic in this Prometheus's window (it starts after that).
     assert edges["orders -> orders v1"]["rps"] > 0, edges
+
+
+BROKEN_ORDERS = """\
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: orders-typo}
+spec:
+  hosts: orders
+"""
+
+
+def test_a_dashboard_on_another_host_shows_the_mesh_through_the_registry(
+        board: tuple[str, Path, Cli, Path, Any], tmp_path: Path) -> None:
+    """A dashboard whose MESH_HOME has no registry and no proxy (an operator's laptop),
+    given only the operator credential: the graph, a service's panel and its live requests
+    come through the registry's relay. A config error in orders.yaml shows in orders' panel,
+    not in payments'; the banner keeps the error no service owns (bad.yaml, a new file)."""
+    _, _, cli, config, up = board
+    cred = tmp_path / "operator.token"
+    cred.write_text(cli.run("token", "operator").stdout)
+    cred.chmod(0o600)
+    laptop = tmp_path / "laptop"
+    env = {**cli.env, "MESH_HOME": str(laptop), "MESH_OPERATOR_TOKEN_FILE": str(cred)}
+    port = free_port()
+    server = subprocess.Popen(
+        [*MESHCTL, "dashboard", "--listen", f"127.0.0.1:{port}", "--no-browser"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    orders = config / "orders.yaml"
+    kept = orders.read_text()
+    try:
+        wait_until(lambda: {e["id"] for e in _get(url + "api/graph")["edges"]
+                            if e["rps"] > 0} >= CALLS, 60,
+                   "the shop's calls in the graph of a dashboard on another host")
+        with playwright.sync_playwright() as p:
+            browser = _chromium(p)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.goto(url)
+                page.wait_for_function(
+                    """(want) => window.cy && want.every(id => {
+                           const e = window.cy.getElementById(id);
+                           return e.nonempty() && e.data('rps') > 0; })""",
+                    arg=sorted(CALLS), timeout=30_000)
+                endpoints, catalog, _, requests = _service_panel(page, cli, up)
+                orders.write_text(kept + BROKEN_ORDERS)
+                panel_error = page.locator("#panel-error")
+                panel_error.wait_for(state="visible", timeout=15_000)
+                in_orders = panel_error.inner_text()
+                page.wait_for_function("() => document.getElementById('config-error')"
+                                       ".textContent.includes('see the panel of orders')",
+                                       timeout=15_000)
+                banner = page.locator("#config-error").inner_text()
+                page.select_option("#service", "payments")
+                page.wait_for_function("() => document.getElementById('route').textContent"
+                                       ".startsWith('route for payments -> payments')",
+                                       timeout=15_000)
+                page.wait_for_timeout(1500)  # a poll of the panel (every second) after it
+                in_payments = panel_error.is_visible()
+            finally:
+                browser.close()
+    finally:
+        orders.write_text(kept)
+        server.terminate()
+        server.wait(10)
+    assert sorted(r.split("\t")[1] for r in endpoints) == catalog, (endpoints, catalog)
+    assert any(r.split("\t")[3] == "/status/418" for r in requests), requests
+    assert "orders.yaml:" in in_orders and "spec.hosts: expected a list" in in_orders, in_orders
+    assert "bad.yaml" not in in_orders, in_orders
+    assert not in_payments
+    assert "bad.yaml:5:10" in banner and "orders.yaml:" not in banner, banner
+    assert not (laptop / "proxies").exists() and not (laptop / "registry").exists()

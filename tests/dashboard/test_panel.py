@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from meshctl.dashboard.panel import MAX_SHOWN, filter_requests, service_panel
+from meshctl.dashboard.panel import MAX_SHOWN, attribute_errors, filter_requests, service_panel
 from meshctl.dashboard.server import Dashboard
 from meshctl.launch.local import load_config
 from meshctl.observe.explain import explain
@@ -67,7 +67,9 @@ def test_the_panel_has_the_services_endpoints_proxies_and_route_as_why_says(
     v2 = p["why"]["destinations"][1]["endpoints"]
     assert [(e["address"], e["ejected"]) for e in v2] == [("10.0.0.2:15006", True)]
     assert p["why"]["config_version"] == 7
-    assert p["last_config_error"]["errors"] == ["bad.yaml:5:10: spec.hosts: expected a list"]
+    # bad.yaml is new (not in the config in force): its error is no service's, shown
+    # mesh-wide only (test_config_errors_go_to_the_panels_of_the_services_they_concern).
+    assert p["last_config_error"] is None
 
 
 def test_the_route_defaults_to_the_service_itself_and_errors_are_said(
@@ -111,3 +113,53 @@ async def test_tap_and_service_say_what_is_wrong(tmp_path: Path) -> None:
     board.tap.stop.set()
     board.tap.thread.join(10)
     assert not board.tap.thread.is_alive(), "the tap thread must stop when told"
+
+
+ERRORS = [
+    "orders.yaml:20:21: spec.http[0].route[1].weight: expected an integer",
+    "mesh.yaml:12:9: services.payments.ports[0].protocol: unknown protocol `htp`",
+    "mesh.yaml:1:1: trust_domain: expected a string",
+    "security.yaml:19:7: spec.rules[0].from: expected a list",
+    "bad.yaml:5:10: spec.hosts: expected a list",
+    "the config directory is not readable",
+]
+
+
+def test_config_errors_go_to_the_panels_of_the_services_they_concern(
+        config: dict[str, Any]) -> None:
+    by_service, mesh_wide = attribute_errors(ERRORS, config)
+    assert by_service == {"orders": [ERRORS[0]], "payments": [ERRORS[1], ERRORS[3]]}
+    # mesh.yaml's own settings, security.yaml's PeerAuthentication (no selector: every
+    # workload), a file the config in force does not have, a line without a position.
+    assert mesh_wide == [ERRORS[2], ERRORS[3], ERRORS[4], ERRORS[5]]
+    status = {**STATUS, "last_config_error": {"at": 1.0, "errors": ERRORS}}
+    assert service_panel("orders", status, config, {}, None)["last_config_error"] == \
+        {"at": 1.0, "errors": [ERRORS[0]]}
+    assert service_panel("payments", status, config, {}, None)["last_config_error"][
+        "errors"] == [ERRORS[1], ERRORS[3]]
+    assert service_panel("frontend", status, config, {}, None)["last_config_error"] is None
+
+
+class _Registry:
+    """The registry's answers a dashboard on another host gets (RegistryClient.call)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.answers = {"/v1/status": {**STATUS, "last_config_error": {"at": 1.0,
+                                                                       "errors": ERRORS}},
+                        "/v1/config": {"config": config}}
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        return self.answers[path]
+
+
+async def test_the_config_error_is_split_between_panels_and_the_banner(
+        tmp_path: Path, config: dict[str, Any]) -> None:
+    board = Dashboard(tmp_path, None, registry=_Registry(config))  # type: ignore[arg-type]
+    async with TestClient(TestServer(board.app())) as client:
+        r = await client.get("/api/config")
+        got = await r.json()
+        assert r.status == 200, got
+        assert got["by_service"] == {"orders": [ERRORS[0]], "payments": [ERRORS[1], ERRORS[3]]}
+        assert got["unattributed"] == [ERRORS[2], ERRORS[3], ERRORS[4], ERRORS[5]]
+        r = await client.get("/api/service", params={"name": "orders"})
+        assert (await r.json())["last_config_error"]["errors"] == [ERRORS[0]]

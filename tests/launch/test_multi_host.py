@@ -241,6 +241,30 @@ def _run_steps(h1: Host, h2: Host, router: str, host1_block: list[list[str]],
     stat = json.loads(h2.run(["meshctl", "stat", "orders", "--interval", "0.5", "-o", "json",
                               *op]))  # fmt: skip
     assert "orders" in json.dumps(stat), stat
+    # ... and what they serve, live: `tap` and `top` on host 2, the taps relayed by the
+    # registry (host 1's proxies are in namespaces of host 1, their admin ports on their own
+    # loopbacks).
+    stop = threading.Event()
+
+    def calls() -> None:
+        while not stop.is_set():
+            _get(front_ns, "http://orders:8080/echo")
+
+    caller = threading.Thread(target=calls, daemon=True)
+    caller.start()
+    try:
+        tapped = h2.run(["meshctl", "tap", "orders", "--max", "2", "--duration", "30",
+                         "-o", "json", *op])  # fmt: skip
+        top = json.loads(h2.run(["meshctl", "top", "orders", "--duration", "3", "-o", "json",
+                                 *op]))  # fmt: skip
+    finally:
+        stop.set()
+        caller.join(30)
+    events = [json.loads(line) for line in tapped.splitlines()]
+    assert [(e["destination"], e["direction"], e["path"]) for e in events] == \
+        [("orders", "inbound", "/echo")] * 2, events
+    assert all(e["peer"] == "spiffe://multi.local/ns/default/sa/frontend" for e in events)
+    assert top["events"] > 0 and top["rows"][0]["path"] == "/echo", top
 
     # Without the operator credential, host 2 is a workload host: route edits are refused.
     with pytest.raises(AssertionError, match="operator-token-file"):

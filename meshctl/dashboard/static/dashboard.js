@@ -79,12 +79,17 @@ function showCanaries(list) {
 }
 
 function showConfig(st) {
-  // The last change the registry rejected (the version before it keeps serving).
+  // The last change the registry rejected (the version before it keeps serving): here the
+  // errors no service's panel shows (a new file, mesh-wide settings), and which panels have
+  // the others.
   const box = document.getElementById("config-error");
   const err = st.last_config_error;
   box.hidden = !err;
+  const lines = st.unattributed || (err ? err.errors : []);
+  const panels = Object.keys(st.by_service || {}).sort();
   box.textContent = err ? `config change rejected (version ${st.config_version} stays in ` +
-    `force):\n${err.errors.join("\n")}` : "";
+    `force):` + (lines.length ? `\n${lines.join("\n")}` : "") +
+    (panels.length ? `\nsee the panel of ${panels.join(", ")}` : "") : "";
 }
 
 async function refresh() {

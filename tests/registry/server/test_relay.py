@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from common.aio import spawn
 from registry.server.relay import AdminRelay
 
@@ -46,3 +48,81 @@ def test_closed_stream_is_forgotten_only_if_it_is_the_current_one() -> None:
     relay.opened("p", new, ORDERS)  # type: ignore[arg-type]  # a reconnect
     relay.closed("p", old)  # type: ignore[arg-type]
     assert relay.streams["p"][0] is new
+
+
+def _tap_lines(relay: AdminRelay, stream: _Stream) -> list[dict[str, object]]:
+    import json
+
+    return [json.loads(line) for line in stream.lines if b'"type": "tap"' in line]
+
+
+def test_relayed_taps_are_bounded_per_proxy_and_answered_only_by_the_holder() -> None:
+    from aiohttp import web
+
+    from registry.server import relay as mod
+
+    async def scenario() -> None:
+        relay = AdminRelay()
+        stream = _Stream()
+        relay.opened("orders-1", stream, ORDERS)  # type: ignore[arg-type]
+        taps = [await relay.open_tap("orders-1", {"path": "/x", "max": "3", "evil": "1"})
+                for _ in range(mod.TAP_PER_PROXY)]
+        try:
+            await relay.open_tap("orders-1", {})
+            raise AssertionError("a tap over the per-proxy limit was opened")
+        except web.HTTPTooManyRequests as exc:
+            assert "too many taps" in str(exc.text)
+        asked = _tap_lines(relay, stream)
+        assert len(asked) == mod.TAP_PER_PROXY
+        assert asked[0]["query"] == {"path": "/x"}  # /tap's filters only
+        n = taps[0].request
+        assert "not to this caller" in str(relay.tap_for(FRONTEND, "orders-1", n))
+        assert "not to this caller" in str(relay.tap_for(ORDERS, "frontend-1", n))
+        assert relay.tap_for(ORDERS, "orders-1", n) is taps[0]
+        assert "answered already" in str(relay.tap_for(ORDERS, "orders-1", n))
+        relay.close_tap(taps[1])  # the operator left: a place is free again
+        await relay.open_tap("orders-1", {})
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_operator_loses_lines_not_memory_and_is_told() -> None:
+    from registry.server import relay as mod
+
+    async def scenario() -> None:
+        relay = AdminRelay()
+        relay.opened("orders-1", _Stream(), ORDERS)  # type: ignore[arg-type]
+        tap = await relay.open_tap("orders-1", {})
+        relay.tap_for(ORDERS, "orders-1", tap.request)
+        for i in range(mod.TAP_QUEUE + 50):
+            tap.offer(b'{"type":"request","n":%d}' % i)
+        assert len(tap.queue) == mod.TAP_QUEUE and tap.dropped == 50
+        relay.closed("orders-1", relay.streams["orders-1"][0])  # the proxy went away
+        got = [line async for line in tap.lines()]
+        assert len(got) == mod.TAP_QUEUE + 2
+        assert b'"type": "dropped", "count": 50' in got[-2]
+        assert b"disconnected from the registry" in got[-1] and b'"type": "end"' in got[-1]
+
+    asyncio.run(scenario())
+
+
+def test_a_relayed_tap_ends_at_its_time_limit_and_when_the_proxy_never_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry.server import relay as mod
+
+    async def scenario() -> None:
+        relay = AdminRelay(tap_max_s=0.2)
+        relay.opened("orders-1", _Stream(), ORDERS)  # type: ignore[arg-type]
+        tap = await relay.open_tap("orders-1", {})
+        relay.tap_for(ORDERS, "orders-1", tap.request)
+        async with asyncio.timeout(5):
+            got = [line async for line in tap.lines()]
+        assert len(got) == 1 and b"lasts 0 s at most: run it again" in got[0], got
+        assert tap.done.is_set()  # the proxy's side is answered to its end too
+        mute = await relay.open_tap("orders-1", {})  # a proxy that never posts its reply
+        monkeypatch.setattr(mod, "REPLY_TIMEOUT_S", 0.1)
+        async with asyncio.timeout(5):
+            got = [line async for line in mute.lines()]
+        assert len(got) == 1 and b"did not start the tap within" in got[0], got
+
+    asyncio.run(scenario())
