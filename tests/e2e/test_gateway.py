@@ -1,0 +1,217 @@
+"""The gateway proxy end to end on 127.0.0.1 (explicit mode, no Docker): curl with SNI and
+the Gateway's certificate -> gateway (TLS terminated) -> mTLS -> frontend -> orders;
+weights, httpsRedirect, forwarding headers, Istio metrics, a bad Gateway file that leaves
+the last good config serving, and an AuthorizationPolicy naming the gateway's identity.
+
+One mesh for the module: starting a registry, five proxies and four apps is most of the
+cost, so the assertions share it, in order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.certs import write_self_signed
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, free_port, http_get, wait_until
+
+pytestmark = pytest.mark.slow
+
+HOST = "shop.example.com"
+
+GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: shop
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+    - port: {{number: {https}, name: https, protocol: HTTPS}}
+      hosts: ["{host}"]
+      tls: {{mode: SIMPLE, credentialName: shop-cert}}
+    - port: {{number: {http}, name: http, protocol: HTTP}}
+      hosts: ["{host}"]
+      tls: {{httpsRedirect: true}}
+"""
+
+ROUTES = f"""\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: shop
+spec:
+  hosts: ["{HOST}"]
+  gateways: [shop]
+  http:
+    - match: [{{uri: {{prefix: /echo}}}}]
+      route:
+        - destination: {{host: orders, subset: v1}}
+          weight: 0
+        - destination: {{host: orders, subset: v2}}
+          weight: 100
+    - route:
+        - destination: {{host: frontend}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: frontend-from-gateway
+spec:
+  selector:
+    matchLabels: {{app: frontend}}
+  action: ALLOW
+  rules:
+    - from:
+        - source:
+            principals: ["shop.local/ns/default/sa/ingressgateway"]
+"""
+
+
+class Shop:
+    def __init__(self, mesh: Mesh, https: int, http: int, cacert: Path, gateway: dict[str, Any]):
+        self.mesh, self.https, self.http, self.cacert, self.gateway = (
+            mesh, https, http, cacert, gateway)
+
+    def curl(self, path: str, *args: str, https: bool = True) -> tuple[int, dict[str, str], str]:
+        """curl as a user would run it on the host: the name resolved to the gateway's
+        address, SNI and Host from the URL, the Gateway's certificate trusted."""
+        port = self.https if https else self.http
+        scheme = "https" if https else "http"
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--noproxy", "*", "-D", "-",
+             "--cacert", str(self.cacert), "--resolve", f"{HOST}:{port}:127.0.0.1",
+             *args, f"{scheme}://{HOST}:{port}{path}"],
+            capture_output=True, text=True, timeout=20, check=False)
+        assert out.returncode == 0, out.stderr
+        head, _, body = out.stdout.partition("\n\n")  # text mode: CRLF read as \n
+        lines = head.split("\n")
+        headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        return int(lines[0].split()[1]), headers, body
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    mesh = Mesh(tmp, CONFIG)
+    https, http = free_port(), free_port()
+    cacert = write_self_signed(mesh.config, "shop-cert", HOST)
+    (mesh.config / "gateway.yaml").write_text(GATEWAY.format(https=https, http=http, host=HOST))
+    (mesh.config / "shop-routes.yaml").write_text(ROUTES)
+    try:
+        mesh.start_registry()
+        for version in ("v1", "v2"):
+            _, app = mesh.app("orders", version)
+            mesh.proxy("orders", version, app_port=app)
+        to_orders = free_port()
+        _, front = mesh.app("frontend", "v1", "--calls", "orders", "--upstream",
+                            f"orders=127.0.0.1:{to_orders}")
+        mesh.proxy("frontend", "v1", app_port=front, upstreams={"orders:8080": to_orders})
+        gateway = mesh.proxy("ingressgateway", None, extra=(
+            "--gateway", "--gateway-address", "127.0.0.1", "--credentials", str(mesh.config)))
+        wait_until(lambda: len(mesh.api("GET", "/v1/catalog")["endpoints"]) == 3,
+                   what="three endpoints registered (the gateway registers none)")
+        yield Shop(mesh, https, http, cacert, gateway)
+    finally:
+        mesh.close()
+
+
+def test_https_through_the_gateway_reaches_frontend_then_orders(shop: Shop) -> None:
+    _, _, body = wait_until(lambda: (r := shop.curl("/"))[0] == 200 and r,
+                                 what="frontend through the gateway")
+    page = json.loads(body)
+    assert page["service"] == "frontend"
+    assert page["calls"]["orders"]["service"] == "orders"  # the frontend's own mesh call
+
+
+def test_weights_and_forwarding_headers(shop: Shop) -> None:
+    for _ in range(8):  # weight 0 for v1, 100 for v2: every request lands on v2
+        status, _, body = shop.curl("/echo", "-H", "X-Forwarded-For: 203.0.113.9",
+                                    "-H", "X-Forwarded-Client-Cert: URI=spiffe://evil")
+        assert status == 200, body
+        echo = json.loads(body)
+        assert (echo["service"], echo["version"]) == ("orders", "v2")
+    headers = echo["headers"]
+    # The client's X-Forwarded-For kept, the gateway's peer appended (Envoy's
+    # use_remote_address); with no trusted hop the client is the connection's peer.
+    assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert headers["x-envoy-external-address"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "https"
+    assert headers["x-request-id"]
+    # The gateway's own SPIFFE identity on the mTLS hop; the forged header is gone.
+    assert "URI=spiffe://shop.local/ns/default/sa/ingressgateway" in (
+        headers["x-forwarded-client-cert"])
+    assert "evil" not in headers["x-forwarded-client-cert"]
+
+
+def test_plain_http_is_redirected_to_https(shop: Shop) -> None:
+    status, headers, _ = shop.curl("/orders?x=1", https=False)
+    assert status == 301
+    assert headers["location"] == f"https://{HOST}:{shop.https}/orders?x=1"
+
+
+def test_unknown_host_and_unknown_sni(shop: Shop) -> None:
+    status, _, _ = shop.curl("/", "-H", "Host: other.example.com")
+    assert status == 404  # the server's hosts do not cover it
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--noproxy", "*", "-k", "--resolve",
+         f"other.example.com:{shop.https}:127.0.0.1", f"https://other.example.com:{shop.https}/"],
+        capture_output=True, text=True, timeout=20, check=False)
+    assert out.returncode != 0 and "unrecognized name" in out.stderr, out  # TLS alert 112
+
+
+def test_gateway_metrics_carry_istio_labels(shop: Shop) -> None:
+    shop.curl("/")
+    _, metrics, _ = http_get(f"http://127.0.0.1:{shop.gateway['metrics']}/metrics")
+    lines = [x for x in metrics.decode().splitlines()
+             if x.startswith("istio_requests_total{") and 'destination_service_name="frontend"'
+             in x and 'response_code="200"' in x]
+    assert lines, metrics.decode()[:2000]
+    assert 'reporter="source"' in lines[0]
+    assert 'source_workload="ingressgateway"' in lines[0]
+    assert 'source_principal="spiffe://shop.local/ns/default/sa/ingressgateway"' in lines[0]
+
+
+def test_bad_gateway_file_keeps_the_last_good_config(shop: Shop) -> None:
+    path = shop.mesh.config / "gateway.yaml"
+    good = path.read_text()
+    version = shop.mesh.api("GET", "/v1/status")["config_version"]
+    try:
+        path.write_text(good.replace("mode: SIMPLE", "mode: PASSTHROUGH"))
+        errors = wait_until(lambda: _errors(shop.mesh.api("GET", "/v1/status")),
+                            what="the registry reports the bad file")
+        assert errors == ["gateway.yaml:11:19: spec.servers[0].tls.mode: `PASSTHROUGH` is not "
+                          "supported yet"], errors
+        assert shop.curl("/")[0] == 200  # still served on the last good snapshot
+        assert shop.mesh.api("GET", "/v1/status")["config_version"] == version
+    finally:
+        path.write_text(good)
+    wait_until(lambda: not _errors(shop.mesh.api("GET", "/v1/status")),
+               what="the good file accepted again")
+    assert shop.curl("/")[0] == 200
+
+
+def test_authorization_policy_names_the_gateway(shop: Shop) -> None:
+    """frontend allows only the gateway's principal: the gateway gets through (above);
+    naming someone else shuts the gateway out with Istio's 403."""
+    path = shop.mesh.config / "shop-routes.yaml"
+    good = path.read_text()
+    try:
+        path.write_text(good.replace("sa/ingressgateway", "sa/orders"))
+        _, _, body = wait_until(lambda: (r := shop.curl("/"))[0] == 403 and r,
+                                     what="frontend refusing the gateway")
+        assert "RBAC: access denied" in body
+    finally:
+        path.write_text(good)
+    wait_until(lambda: shop.curl("/")[0] == 200, what="the gateway allowed again")
+
+
+def _errors(status: dict[str, Any]) -> list[str]:
+    last = status.get("last_config_error")
+    return list(last["errors"]) if last else []
