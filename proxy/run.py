@@ -78,6 +78,7 @@ OPTIONS = (
     Opt("--credentials", "credentials", Path),
     Opt("--num-trusted-proxies", "num_trusted_proxies", int, default=0),
     Opt("--max-request-bytes", "max_request_bytes", int, default=0),
+    Opt("--rate-limit", "rate_limit"),
 )
 
 
@@ -183,6 +184,7 @@ def run(
     credentials: Path | None = None,
     num_trusted_proxies: int = 0,
     max_request_bytes: int = 0,
+    rate_limit: str | None = None,
 ) -> None:
     """Build the proxy's options, then run it until SIGTERM. UsageError for a bad value;
     JoinError, OSError or TimeoutError when it cannot start."""
@@ -228,13 +230,21 @@ def run(
     )
     gw = None
     labels: dict[str, str] = {}
+    if not gateway and (credentials or rate_limit or num_trusted_proxies or max_request_bytes
+                        or gateway_address != "0.0.0.0"):
+        raise UsageError("--gateway-address, --credentials, --num-trusted-proxies, "
+                         "--max-request-bytes and --rate-limit go with --gateway")
     if gateway:
-        from proxy.gateway.server import GatewayOptions
+        from proxy.gateway.server import GatewayOptions, parse_rate_limit
 
         if num_trusted_proxies < 0 or max_request_bytes < 0:
             raise UsageError("--num-trusted-proxies and --max-request-bytes: expected >= 0")
+        try:
+            limit = parse_rate_limit(rate_limit) if rate_limit else None
+        except ValueError as exc:
+            raise UsageError(f"--rate-limit {exc}") from None
         gw = GatewayOptions(gateway_address, credentials, num_trusted_proxies,
-                            max_request_bytes)
+                            max_request_bytes, limit)
         labels = {"istio": service}  # what Istio's Gateway selectors name
     opts = ProxyOptions(
         registry_url=boot.registry_url,

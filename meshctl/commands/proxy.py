@@ -156,6 +156,11 @@ def proxy(
         typer.Option(min=0, help="With --gateway: a request declaring a larger body gets 413 "
                                  "(0: no limit)."),
     ] = 0,
+    rate_limit: Annotated[
+        str | None,
+        typer.Option(help="With --gateway: a local rate limit for the whole gateway, "
+                          "REQUESTS/s or REQUESTS/m, optionally :BURST (429 past it)."),
+    ] = None,
 ) -> None:
     """Run a sidecar proxy: join the registry, follow its config, serve mTLS traffic."""
     # The process normally starts in proxy/run.py, which parses these same options without
@@ -195,6 +200,7 @@ def proxy(
             credentials=credentials,
             num_trusted_proxies=num_trusted_proxies,
             max_request_bytes=max_request_bytes,
+            rate_limit=rate_limit,
         )
     except UsageError as exc:
         raise typer.BadParameter(str(exc)) from None

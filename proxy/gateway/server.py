@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,8 +25,9 @@ from proxy.gateway.hosts import request_host
 from proxy.gateway.table import GatewayTable, PortPlan, build_table
 from proxy.http1 import Request, render_response_head
 from proxy.inbound.authz import decide
-from proxy.routing import first_match
+from proxy.routing import first_match, new_bucket, over_limit
 from proxy.tracing import CLIENT, Hop
+from registry.config.model import RateLimit
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -49,6 +51,20 @@ class GatewayOptions:
     credentials: Path | None = None  # NAME.crt / NAME.key for each credentialName
     trusted_hops: int = 0  # Istio's numTrustedProxies (Envoy's xff_num_trusted_hops)
     max_request_bytes: int = 0  # a declared body larger than this: 413 (0: no limit)
+    rate_limit: RateLimit | None = None  # one token bucket for the whole gateway (429, RL)
+
+
+def parse_rate_limit(text: str) -> RateLimit:
+    """`--rate-limit`: REQUESTS/s or REQUESTS/m, optionally :BURST (default REQUESTS), the
+    same bucket as mesh.yaml's rateLimit (Envoy's local_ratelimit token bucket)."""
+    rate, colon, burst = text.partition(":")
+    count, _, unit = rate.partition("/")
+    units = {"s": "second", "second": "second", "m": "minute", "minute": "minute"}
+    if not count.isdigit() or int(count) < 1 or unit not in units or not (
+            not colon or (burst.isdigit() and int(burst) >= 1)):
+        raise ValueError(f"`{text}`: expected REQUESTS/s or REQUESTS/m, optionally :BURST "
+                         "(e.g. 100/s or 100/s:200)")
+    return RateLimit(int(count), units[unit], int(burst) if burst else int(count))
 
 
 @dataclass(slots=True)
@@ -69,6 +85,7 @@ class GatewayMode:
         self._tables: tuple[ProxySnapshot | None, GatewayTable] = (None, self.table)
         self._listeners: dict[int, _Listener] = {}
         self.connections = Connections(proxy.opts.max_connections)
+        self.bucket = new_bucket(opts.rate_limit, time.monotonic) if opts.rate_limit else None
 
     # -- config path ------------------------------------------------------------------
 
@@ -193,6 +210,12 @@ class GatewayMode:
         limit = self.opts.max_request_bytes
         if limit and _declared_length(req) > limit:
             return local_prep(hop, 413, "", close=True), "unknown"
+        if self.bucket is not None:  # the gateway's local rate limit (Envoy local_ratelimit)
+            wait = over_limit(self.bucket)
+            if wait is not None:
+                proxy.telemetry.counters["meshctl_proxy_rate_limited_total"] += 1
+                return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % wait)]), (
+                    "unknown")
         routes = table.routes_for(gateway, host)
         compiled = first_match(routes, req) if routes else None
         if compiled is None:

@@ -79,14 +79,15 @@ class Shop:
         self.mesh, self.https, self.http, self.cacert, self.gateway = (
             mesh, https, http, cacert, gateway)
 
-    def curl(self, path: str, *args: str, https: bool = True) -> tuple[int, dict[str, str], str]:
+    def curl(self, path: str, *args: str, https: bool = True,
+             address: str = "127.0.0.1") -> tuple[int, dict[str, str], str]:
         """curl as a user would run it on the host: the name resolved to the gateway's
         address, SNI and Host from the URL, the Gateway's certificate trusted."""
         port = self.https if https else self.http
         scheme = "https" if https else "http"
         out = subprocess.run(
             ["curl", "-sS", "--max-time", "10", "--noproxy", "*", "-D", "-",
-             "--cacert", str(self.cacert), "--resolve", f"{HOST}:{port}:127.0.0.1",
+             "--cacert", str(self.cacert), "--resolve", f"{HOST}:{port}:{address}",
              *args, f"{scheme}://{HOST}:{port}{path}"],
             capture_output=True, text=True, timeout=20, check=False)
         assert out.returncode == 0, out.stderr
@@ -210,6 +211,22 @@ def test_authorization_policy_names_the_gateway(shop: Shop) -> None:
     finally:
         path.write_text(good)
     wait_until(lambda: shop.curl("/")[0] == 200, what="the gateway allowed again")
+
+
+def test_rate_limit_and_request_size_on_a_second_gateway(shop: Shop) -> None:
+    """A second gateway proxy for the same Gateway (another address: each opens the
+    servers' ports on its own) with the edge limits: a token bucket and a body size."""
+    mesh = shop.mesh
+    mesh.proxy("ingressgateway", None, extra=(
+        "--gateway", "--gateway-address", "127.0.0.2", "--credentials", str(mesh.config),
+        "--rate-limit", "1/m:3", "--max-request-bytes", "16"))
+    status, _, body = shop.curl("/echo", "--data-binary", "x" * 17, address="127.0.0.2")
+    assert status == 413, body  # refused before any upstream: it spends no token either
+    assert [shop.curl("/echo", address="127.0.0.2")[0] for _ in range(3)] == [200] * 3
+    status, headers, body = shop.curl("/echo", address="127.0.0.2")
+    assert (status, body) == (429, "local_rate_limited")
+    assert int(headers["retry-after"]) >= 1
+    assert shop.curl("/echo")[0] == 200  # the first gateway has no limit
 
 
 def _errors(status: dict[str, Any]) -> list[str]:
