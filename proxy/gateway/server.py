@@ -200,11 +200,15 @@ class GatewayMode:
         sent = req.get(_XFF)
         xff, client = forwarded_for(sent, peer, self.opts.trusted_hops)
         if snap.compiled_authz:  # AuthorizationPolicy selecting the gateway's labels
+            # ipBlocks: the connection's peer; remoteIpBlocks: the client past the trusted
+            # hops (Istio's numTrustedProxies). An unparsable forwarded entry: the peer.
+            source_ip = ipaddress.ip_address(peer)
             try:
-                source_ip = ipaddress.ip_address(client.decode("latin-1"))
+                remote_ip = ipaddress.ip_address(client.decode("latin-1"))
             except ValueError:
-                source_ip = ipaddress.ip_address(peer)
-            if not decide(snap.compiled_authz, None, req, plan.port, source_ip).allowed:
+                remote_ip = source_ip
+            if not decide(snap.compiled_authz, None, req, plan.port, source_ip,
+                          remote_ip).allowed:
                 proxy.telemetry.counters["meshctl_proxy_rbac_denied_total"] += 1
                 return local_prep(hop, 403, "RBAC", result_flag="-"), "unknown"
         limit = self.opts.max_request_bytes

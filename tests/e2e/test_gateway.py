@@ -9,6 +9,8 @@ cost, so the assertions share it, in order."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,54 +20,48 @@ import pytest
 
 from tests.certs import write_self_signed
 from tests.example import CONFIG
-from tests.integration.harness import Mesh, free_port, http_get, wait_until
+from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
 HOST = "shop.example.com"
 
-GATEWAY = """\
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: shop
-spec:
-  selector:
-    istio: ingressgateway
-  servers:
-    - port: {{number: {https}, name: https, protocol: HTTPS}}
-      hosts: ["{host}"]
-      tls: {{mode: SIMPLE, credentialName: shop-cert}}
-    - port: {{number: {http}, name: http, protocol: HTTP}}
-      hosts: ["{host}"]
-      tls: {{httpsRedirect: true}}
-"""
+DOC = REPO / "docs" / "gateway.md"
 
-ROUTES = f"""\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: shop
-spec:
-  hosts: ["{HOST}"]
-  gateways: [shop]
-  http:
-    - match: [{{uri: {{prefix: /echo}}}}]
-      route:
-        - destination: {{host: orders, subset: v1}}
-          weight: 0
-        - destination: {{host: orders, subset: v2}}
-          weight: 100
-    - route:
-        - destination: {{host: frontend}}
----
+
+def documented_example(https: int, http: int) -> tuple[str, str]:
+    """The Gateway and the VirtualService of docs/gateway.md's example, as written there,
+    on the ports this test picked instead of 8443 and 8080."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)
+    gateway, routes = blocks[0], blocks[1]
+    assert "kind: Gateway" in gateway and "kind: VirtualService" in routes, blocks
+    assert gateway.count("number: 8443") == 1 and gateway.count("number: 8080") == 1
+    return (gateway.replace("number: 8443", f"number: {https}")
+            .replace("number: 8080", f"number: {http}"), routes)
+
+
+def documented_commands() -> list[list[str]]:
+    """The shell block of docs/gateway.md's example, one argv per command."""
+    (block,) = re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines()]
+
+
+def documented_curl(cacert: Path, port: int, address: str, url: str) -> list[str]:
+    """The documented curl with this test's certificate, port, address and URL."""
+    argv = documented_commands()[-1]
+    assert argv == ["curl", "--cacert", "examples/compose/mesh/shop-cert.crt", "--resolve",
+                    "shop.example.com:8443:127.0.0.1", "https://shop.example.com:8443/"], argv
+    return ["curl", "--cacert", str(cacert), "--resolve", f"{HOST}:{port}:{address}", url]
+
+
+POLICY = """\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
   name: frontend-from-gateway
 spec:
   selector:
-    matchLabels: {{app: frontend}}
+    matchLabels: {app: frontend}
   action: ALLOW
   rules:
     - from:
@@ -81,14 +77,14 @@ class Shop:
 
     def curl(self, path: str, *args: str, https: bool = True,
              address: str = "127.0.0.1") -> tuple[int, dict[str, str], str]:
-        """curl as a user would run it on the host: the name resolved to the gateway's
-        address, SNI and Host from the URL, the Gateway's certificate trusted."""
+        """curl as docs/gateway.md runs it: the name resolved to the gateway's address, SNI
+        and Host from the URL, the Gateway's certificate trusted; plus a time limit,
+        no proxy from the environment and the response head on stdout."""
         port = self.https if https else self.http
         scheme = "https" if https else "http"
         out = subprocess.run(
-            ["curl", "-sS", "--max-time", "10", "--noproxy", "*", "-D", "-",
-             "--cacert", str(self.cacert), "--resolve", f"{HOST}:{port}:{address}",
-             *args, f"{scheme}://{HOST}:{port}{path}"],
+            [*documented_curl(self.cacert, port, address, f"{scheme}://{HOST}:{port}{path}"),
+             "-sS", "--max-time", "10", "--noproxy", "*", "-D", "-", *args],
             capture_output=True, text=True, timeout=20, check=False)
         assert out.returncode == 0, out.stderr
         head, _, body = out.stdout.partition("\n\n")  # text mode: CRLF read as \n
@@ -103,8 +99,10 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     mesh = Mesh(tmp, CONFIG)
     https, http = free_port(), free_port()
     cacert = write_self_signed(mesh.config, "shop-cert", HOST)
-    (mesh.config / "gateway.yaml").write_text(GATEWAY.format(https=https, http=http, host=HOST))
-    (mesh.config / "shop-routes.yaml").write_text(ROUTES)
+    gateway_yaml, routes_yaml = documented_example(https, http)
+    (mesh.config / "gateway.yaml").write_text(gateway_yaml)
+    (mesh.config / "shop-routes.yaml").write_text(routes_yaml)
+    (mesh.config / "frontend-policy.yaml").write_text(POLICY)
     try:
         mesh.start_registry()
         for version in ("v1", "v2"):
@@ -114,8 +112,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         _, front = mesh.app("frontend", "v1", "--calls", "orders", "--upstream",
                             f"orders=127.0.0.1:{to_orders}")
         mesh.proxy("frontend", "v1", app_port=front, upstreams={"orders:8080": to_orders})
-        gateway = mesh.proxy("ingressgateway", None, extra=(
-            "--gateway", "--gateway-address", "127.0.0.1", "--credentials", str(mesh.config)))
+        gateway = mesh.proxy("ingressgateway", None, extra=documented_gateway(mesh.config))
         wait_until(lambda: len(mesh.api("GET", "/v1/catalog")["endpoints"]) == 3,
                    what="three endpoints registered (the gateway registers none)")
         yield Shop(mesh, https, http, cacert, gateway)
@@ -201,7 +198,7 @@ def test_bad_gateway_file_keeps_the_last_good_config(shop: Shop) -> None:
 def test_authorization_policy_names_the_gateway(shop: Shop) -> None:
     """frontend allows only the gateway's principal: the gateway gets through (above);
     naming someone else shuts the gateway out with Istio's 403."""
-    path = shop.mesh.config / "shop-routes.yaml"
+    path = shop.mesh.config / "frontend-policy.yaml"
     good = path.read_text()
     try:
         path.write_text(good.replace("sa/ingressgateway", "sa/orders"))
@@ -227,6 +224,19 @@ def test_rate_limit_and_request_size_on_a_second_gateway(shop: Shop) -> None:
     assert (status, body) == (429, "local_rate_limited")
     assert int(headers["retry-after"]) >= 1
     assert shop.curl("/echo")[0] == 200  # the first gateway has no limit
+
+
+def documented_gateway(config: Path) -> tuple[str, ...]:
+    """The gateway-mode options of the documented `meshctl proxy` (the harness gives the
+    registry, token, admin and metrics ports), with this test's config directory."""
+    token, proxy = documented_commands()[:2]
+    assert token == ["meshctl", "token", "create", "ingressgateway", ">", "gateway.token"]
+    assert proxy[:6] == ["meshctl", "proxy", "--service", "ingressgateway", "--gateway",
+                         "--token-file"], proxy
+    extra = proxy[7:]
+    assert extra == ["--gateway-address", "127.0.0.1", "--credentials",
+                     "examples/compose/mesh"], extra
+    return ("--gateway", *extra[:3], str(config))
 
 
 def _errors(status: dict[str, Any]) -> list[str]:

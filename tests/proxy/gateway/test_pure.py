@@ -145,3 +145,22 @@ def test_rate_limit_flag() -> None:
     for bad in ("100", "0/s", "100/h", "100/s:0", "x/s", "100/s:"):
         with pytest.raises(ValueError, match="expected REQUESTS/s or REQUESTS/m"):
             parse_rate_limit(bad)
+
+
+def test_remote_ip_blocks_see_the_forwarded_client_and_ip_blocks_the_peer() -> None:
+    """At a gateway with trusted hops the two differ (Istio: ipBlocks is the connection's
+    source, remoteIpBlocks the original client from X-Forwarded-For)."""
+    import ipaddress
+
+    from proxy.policy.authz import Action, Policy, RequestAttrs, Rule, Source, evaluate
+
+    peer, client = ipaddress.ip_address("10.0.0.5"), ipaddress.ip_address("203.0.113.9")
+    attrs = RequestAttrs("GET", "/", "shop.example.com", 8443, None, None, {}, peer, client)
+    deny_client = Policy("c", Action.DENY, (Rule(sources=(Source.compile(
+        remote_ip_blocks=["203.0.113.0/24"]),)),))  # fmt: skip
+    deny_peer = Policy("p", Action.DENY, (Rule(sources=(Source.compile(
+        ip_blocks=["203.0.113.0/24"]),)),))  # fmt: skip
+    assert not evaluate([deny_client], attrs).allowed
+    assert evaluate([deny_peer], attrs).allowed
+    sidecar = RequestAttrs("GET", "/", "orders", 8080, None, None, {}, client)
+    assert not evaluate([deny_client], sidecar).allowed  # no remote_ip: the source's
