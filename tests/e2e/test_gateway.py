@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,6 +209,50 @@ def test_authorization_policy_names_the_gateway(shop: Shop) -> None:
     finally:
         path.write_text(good)
     wait_until(lambda: shop.curl("/")[0] == 200, what="the gateway allowed again")
+
+
+def test_ports_follow_the_config_and_a_port_in_use_is_refused(shop: Shop) -> None:
+    """A server added opens its port without a restart; one whose port cannot be opened is
+    NACKed by the gateway with the reason, and the previous config keeps serving."""
+    path = shop.mesh.config / "gateway.yaml"
+    good = path.read_text()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy, fresh = taken.getsockname()[1], free_port()
+    extra = ("    - port: {{number: {port}, name: plain, protocol: HTTP}}\n"
+             '      hosts: ["shop.example.com"]\n')
+    gateway_id = shop.gateway["id"]
+
+    def nack() -> str:
+        for p in shop.mesh.api("GET", "/v1/status")["proxies"]:
+            if p["proxy_id"] == gateway_id and p["nack_error"]:
+                return str(p["nack_error"])
+        return ""
+
+    try:
+        path.write_text(good + extra.format(port=busy))
+        assert f"gateway port {busy}: cannot listen on 127.0.0.1:{busy}" in wait_until(
+            nack, what="the gateway refusing a port in use")
+        assert shop.curl("/")[0] == 200
+        path.write_text(good + extra.format(port=fresh))
+        _, body, _ = wait_until(lambda: (r := _plain(fresh, "/echo"))[0] == 200 and r,
+                                     what="the new port served")
+        assert json.loads(body)["version"] == "v2"  # the same bound routes
+    finally:
+        taken.close()
+        path.write_text(good)
+    wait_until(lambda: _refused(fresh), what="the removed port closed")
+    assert shop.curl("/")[0] == 200
+
+
+def _plain(port: int, path: str) -> tuple[int, bytes, dict[str, str]]:
+    return http_get(f"http://127.0.0.1:{port}{path}", headers={"Host": HOST})
+
+
+def _refused(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_rate_limit_and_request_size_on_a_second_gateway(shop: Shop) -> None:
