@@ -191,7 +191,12 @@ class GatewayMode:
         hop = proxy.tracer.start(req.headers, CLIENT, req.names)
         table = self._table_for(snap)
         host = request_host(req.host)
-        hit = plan.server_for(host)
+        # The port's servers in the request's snapshot: a config change reaches open
+        # connections at their next request, like routes do.
+        current = table.ports.get(plan.port)
+        if current is None or current.protocol != plan.protocol:
+            return local_prep(hop, 404, "NR", close=True), "unknown"
+        hit = current.server_for(host)
         if hit is None:  # no server of this port for that host (Envoy: no virtual host)
             return local_prep(hop, 404, "NR"), "unknown"
         gateway, server = hit

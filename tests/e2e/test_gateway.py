@@ -13,6 +13,7 @@ import re
 import shlex
 import socket
 import subprocess
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,17 @@ def test_unknown_host_and_unknown_sni(shop: Shop) -> None:
          f"other.example.com:{shop.https}:127.0.0.1", f"https://other.example.com:{shop.https}/"],
         capture_output=True, text=True, timeout=20, check=False)
     assert out.returncode != 0 and "unrecognized name" in out.stderr, out  # TLS alert 112
+
+
+def test_tokens_are_minted_for_gateway_workloads_only(shop: Shop) -> None:
+    """The gateway joined with a token for `ingressgateway`, the workload its Gateway
+    selects; a name neither mesh.yaml nor a Gateway knows is still refused, saying both."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        shop.mesh.api("POST", "/v1/tokens", {"service": "ingresgateway"})
+    assert refused.value.code == 400
+    message = json.loads(refused.value.read())["error"]
+    assert message == ("unknown service `ingresgateway` (mesh.yaml has: frontend, orders, "
+                       "payments, inventory; Gateways select: ingressgateway)"), message
 
 
 def test_gateway_metrics_carry_istio_labels(shop: Shop) -> None:
