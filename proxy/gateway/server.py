@@ -93,7 +93,10 @@ class GatewayMode:
         """Build the table for a snapshot and open its new ports, before it is swapped in;
         an error (a port that cannot be opened, a credential that cannot be loaded) is the
         NACK message, and the previous table and listeners stay."""
-        table = build_table(snap.config, snap.my_labels)
+        try:
+            table = build_table(snap.config, snap.my_labels)
+        except ValueError as exc:  # two Gateways for this proxy disagree on a port
+            return str(exc)
         try:
             tls = {port: self.credentials.for_port([s for _, s in plan.servers])
                    for port, plan in table.ports.items() if plan.protocol == "HTTPS"}

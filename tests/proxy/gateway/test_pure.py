@@ -164,3 +164,72 @@ def test_remote_ip_blocks_see_the_forwarded_client_and_ip_blocks_the_peer() -> N
     assert evaluate([deny_peer], attrs).allowed
     sidecar = RequestAttrs("GET", "/", "orders", 8080, None, None, {}, client)
     assert not evaluate([deny_client], sidecar).allowed  # no remote_ip: the source's
+
+
+def test_two_gateways_claiming_one_port_with_two_protocols_are_refused(
+        config: MeshConfig) -> None:
+    """Each Gateway is valid alone; the gateway proxy both select refuses the pair (NACK)."""
+    import dataclasses
+
+    public = next(g for g in config.gateways if g.name == "public")
+    clash = dataclasses.replace(public, name="clash", servers=(dataclasses.replace(
+        public.servers[2], port=8443),))
+    both = dataclasses.replace(config, gateways=(*config.gateways, clash))
+    with pytest.raises(ValueError, match=r"gateway port 8443 is claimed with two protocols: "
+                       r"clash \(HTTP\), public \(HTTPS\), public \(HTTPS\)"):
+        build_table(both, {"istio": "ingressgateway"})
+
+
+def test_sni_picks_the_certificate_of_the_server_for_the_name(tmp_path: Path) -> None:
+    """One port, two HTTPS servers with their own certificates: the handshake presents the
+    one whose hosts cover the client's SNI; a name neither covers is refused."""
+    import ssl
+
+    from cryptography import x509
+
+    from proxy.gateway.credentials import Credentials
+    from registry.config.model import GatewayServer
+
+    write_self_signed(tmp_path, "a", "a.example.com")
+    write_self_signed(tmp_path, "b", "*.b.example.com")
+    servers = [GatewayServer(8443, "a", "HTTPS", ("a.example.com",), False, "SIMPLE", "a",
+                             _digest(tmp_path, "a")),
+               GatewayServer(8443, "b", "HTTPS", ("*.b.example.com",), False, "SIMPLE", "b",
+                             _digest(tmp_path, "b"))]
+    ctx = Credentials(tmp_path).for_port(servers)
+
+    def handshake(name: str) -> str:
+        client = ssl.create_default_context(cafile=str(tmp_path / "a.crt"))
+        client.load_verify_locations(cafile=str(tmp_path / "b.crt"))
+        c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+        cli = client.wrap_bio(c_in, c_out, server_hostname=name)
+        srv = ctx.wrap_bio(s_in, s_out, server_side=True)
+        for _ in range(10):
+            try:
+                cli.do_handshake()  # the client raises the server's alert, if one came
+            except ssl.SSLWantReadError:
+                pass
+            s_in.write(c_out.read())
+            try:
+                srv.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                pass  # the refusal: its alert is in s_out, for the client
+            c_in.write(s_out.read())
+        der = cli.getpeercert(binary_form=True)
+        assert der is not None
+        cert = x509.load_der_x509_certificate(der)
+        return str(cert.subject.rfc4514_string())
+
+    assert handshake("a.example.com") == "CN=a.example.com"
+    assert handshake("shop.b.example.com") == "CN=*.b.example.com"
+    with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+        handshake("c.example.com")
+
+
+def _digest(directory: Path, name: str) -> str:
+    import hashlib
+
+    data = (directory / f"{name}.crt").read_bytes() + b"\0"
+    return hashlib.sha256(data + (directory / f"{name}.key").read_bytes()).hexdigest()
