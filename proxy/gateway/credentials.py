@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy.gateway.hosts import host_matches
+from common.hostmatch import host_matches
 from registry.config.model import GatewayServer
 
 __all__ = ["CredentialError", "Credentials"]

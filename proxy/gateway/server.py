@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from common.aio import spawn
+from common.hostmatch import request_host
 from proxy.accept import Connections, accept_loop, listen, streams_for
 from proxy.downstream import serve_requests
 from proxy.forward import Prep, Result, local_prep
 from proxy.gateway.credentials import CredentialError, Credentials
 from proxy.gateway.forwarded import forwarded_for
-from proxy.gateway.hosts import request_host
 from proxy.gateway.table import GatewayTable, PortPlan, build_table
 from proxy.http1 import Request, render_response_head
 from proxy.inbound.authz import decide

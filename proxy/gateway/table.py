@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from proxy.gateway.hosts import host_matches, specificity
+from common.hostmatch import host_matches, specificity
 from proxy.routing import CompiledRoute, compile_route
 from proxy.snapshot import ROUTE_REMOVES
 from registry.config.model import Gateway, GatewayServer, MeshConfig

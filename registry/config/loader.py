@@ -16,6 +16,7 @@ from pathlib import Path
 
 from yaml.nodes import Node, ScalarNode
 
+from common.hostmatch import hosts_overlap
 from registry.config.canary import API_VERSION as CANARY_API
 from registry.config.canary import SPEC_FIELDS as CANARY_FIELDS
 from registry.config.canary import parse_canary
@@ -98,6 +99,8 @@ class _Named:
     host_nodes: list[tuple[Node, str]]
     # A VirtualService's `gateways` entries naming a Gateway: (node, path, name).
     gateway_refs: list[tuple[Node, str, str]] = dataclass_field(default_factory=list)
+    # A gateway-bound VirtualService's hosts: (node, path, host).
+    external_hosts: list[tuple[Node, str, str]] = dataclass_field(default_factory=list)
 
 
 class _Load:
@@ -216,6 +219,7 @@ class _Load:
         resource: Resource | None
         hosts: list[tuple[Node, str]] = []
         refs: list[tuple[Node, str, str]] = []
+        external: list[tuple[Node, str, str]] = []
         if kind == "VirtualService":
             vs = resource = parse_virtual_service(cx, scope, spec, name, source)
             # Only the sidecars' hosts are one VirtualService's each; a gateway's are
@@ -224,6 +228,9 @@ class _Load:
             if vs is not None:
                 refs = [(n, p, g) for (n, p), g in zip(spec.items("gateways"), vs.gateways,
                                                        strict=False) if g != "mesh"]
+                if not vs.for_mesh:
+                    external = [(n, p, h) for (n, p), h in zip(spec.items("hosts"), vs.hosts,
+                                                               strict=False)]
         elif kind == "Gateway":
             resource = parse_gateway(cx, scope, spec, name, source, self.dir)
             if resource is None:
@@ -243,7 +250,7 @@ class _Load:
             resource = parse_peer_authentication(cx, spec, name, source)
         if resource is None:
             return None
-        return _Named(resource, cx, name_node, hosts, refs)
+        return _Named(resource, cx, name_node, hosts, refs, external)
 
     def _unknown_kind(self, cx: Cx, top: Obj, kind: str) -> None:
         node = top.value_node("kind")
@@ -300,13 +307,24 @@ class _Load:
                                    "put both in one resource")
 
     def _check_gateway_refs(self, named: list[_Named]) -> None:
-        gateways = {e.resource.name for e in named if isinstance(e.resource, Gateway)}
+        gateways = {e.resource.name: e.resource for e in named
+                    if isinstance(e.resource, Gateway)}
         for entry in named:
             for node, path, name in entry.gateway_refs:
                 if name not in gateways and name not in self.broken_gateways:
                     known = ", ".join(sorted(gateways)) or "none"
                     self._error(entry.cx, node, path, f"unknown Gateway `{name}` (defined: "
                                 f"{known}); `mesh` means the sidecars")
+            bound = [gateways[n] for _, _, n in entry.gateway_refs if n in gateways]
+            served = sorted({h for g in bound for s in g.servers for h in s.hosts})
+            if len(bound) != len(entry.gateway_refs):
+                continue  # an unknown or broken Gateway: reported, nothing to check against
+            for node, path, host in entry.external_hosts:
+                # Istio drops such a host silently: every request for it would get a 404.
+                if not any(hosts_overlap(host, s) for s in served):
+                    names = ", ".join(f"`{g.name}`" for g in bound)
+                    self._error(entry.cx, node, path, f"host `{host}` is not served by "
+                                f"Gateway {names} (its servers' hosts: {', '.join(served)})")
 
     def _check_subsets(self, scope: Scope, named: list[_Named]) -> None:
         rules = {e.resource.host: e.resource for e in named

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.hostmatch import host_matches, request_host, specificity
 from proxy.gateway.forwarded import forwarded_for
-from proxy.gateway.hosts import host_matches, request_host, specificity
 from proxy.gateway.server import parse_rate_limit
 from proxy.gateway.table import build_table
 from registry.config import load_directory

@@ -166,3 +166,12 @@ def test_a_key_that_is_not_the_certificates_is_refused(config: Path, tmp_path: P
     assert err.startswith("gateway.yaml:11:43: spec.servers[0].tls.credentialName: "
                           "credentialName `shop-cert`: shop-cert.crt and shop-cert.key do not "
                           "load as a PEM certificate chain and its private key")
+
+
+def test_a_host_no_server_of_the_gateway_serves_is_named(config: Path) -> None:
+    """Istio drops such a host silently (every request for it a 404): we name it."""
+    replace_in(config, "shop.yaml", "hosts: [Shop.Example.com]",
+               "hosts: [shop.example.co, '*.shop.example.com', '*']")
+    assert _errors(config) == [
+        "shop.yaml:6:11: spec.hosts[0]: host `shop.example.co` is not served by Gateway "
+        "`shop` (its servers' hosts: *.shop.example.com, shop.example.com)"]

@@ -1,9 +1,11 @@
 """Host matching as Istio's gateways do it: `*` matches every name, `*.example.com` every
-name ending in `.example.com`, anything else itself; the more specific pattern wins."""
+name ending in `.example.com`, anything else itself; the more specific pattern wins.
+Shared by the config check (registry/config: a VirtualService's hosts against its
+Gateway's) and the gateway proxy (proxy/gateway: a request's Host)."""
 
 from __future__ import annotations
 
-__all__ = ["host_matches", "request_host", "specificity"]
+__all__ = ["host_matches", "hosts_overlap", "request_host", "specificity"]
 
 
 def host_matches(pattern: str, host: str) -> bool:
@@ -12,6 +14,13 @@ def host_matches(pattern: str, host: str) -> bool:
     if pattern.startswith("*."):
         return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
     return host == pattern
+
+
+def hosts_overlap(a: str, b: str) -> bool:
+    """Whether two patterns share a name (`*.example.com` and `shop.example.com` do; so do
+    `*.example.com` and `*.shop.example.com`): Istio binds a VirtualService host to a
+    Gateway server whose hosts overlap it."""
+    return host_matches(a, b) or host_matches(b, a)
 
 
 def specificity(pattern: str) -> tuple[int, int]:
