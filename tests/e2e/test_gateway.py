@@ -177,6 +177,18 @@ def test_tokens_are_minted_for_gateway_workloads_only(shop: Shop) -> None:
                        "payments, inventory; Gateways select: ingressgateway)"), message
 
 
+def test_status_and_stat_list_the_gateway(shop: Shop) -> None:
+    """`meshctl status` lists the gateway among the proxies (it registers no endpoint), and
+    `meshctl stat` shows its edge to frontend from the gateway's source metrics."""
+    shop.curl("/")
+    for command, shown in ((("status",), "ingressgateway"), (("stat",), "ingressgateway")):
+        out = subprocess.run(shop.mesh.meshctl(*command), env={**shop.mesh.env, "COLUMNS": "200"},
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        assert shown in out.stdout, out.stdout
+    assert "ingressgateway -> frontend" in out.stdout, out.stdout
+
+
 def test_gateway_metrics_carry_istio_labels(shop: Shop) -> None:
     shop.curl("/")
     _, metrics, _ = http_get(f"http://127.0.0.1:{shop.gateway['metrics']}/metrics")
