@@ -79,6 +79,7 @@ OPTIONS = (
     Opt("--num-trusted-proxies", "num_trusted_proxies", int, default=0),
     Opt("--max-request-bytes", "max_request_bytes", int, default=0),
     Opt("--rate-limit", "rate_limit"),
+    Opt("--access-log", "access_log"),
 )
 
 
@@ -185,6 +186,7 @@ def run(
     num_trusted_proxies: int = 0,
     max_request_bytes: int = 0,
     rate_limit: str | None = None,
+    access_log: str | None = None,
 ) -> None:
     """Build the proxy's options, then run it until SIGTERM. UsageError for a bad value;
     JoinError, OSError or TimeoutError when it cannot start."""
@@ -231,9 +233,13 @@ def run(
     gw = None
     labels: dict[str, str] = {}
     if not gateway and (credentials or rate_limit or num_trusted_proxies or max_request_bytes
-                        or gateway_address != "0.0.0.0"):
+                        or access_log or gateway_address != "0.0.0.0"):
         raise UsageError("--gateway-address, --credentials, --num-trusted-proxies, "
-                         "--max-request-bytes and --rate-limit go with --gateway")
+                         "--max-request-bytes, --rate-limit and --access-log go with --gateway")
+    if access_log is not None and access_log not in ("off", "stdout") and not (
+            access_log.startswith("/")):
+        raise UsageError(f"--access-log `{access_log}`: expected off, stdout or an absolute "
+                         "file path")
     if gateway:
         from proxy.gateway.server import GatewayOptions, parse_rate_limit
 
@@ -244,7 +250,7 @@ def run(
         except ValueError as exc:
             raise UsageError(f"--rate-limit {exc}") from None
         gw = GatewayOptions(gateway_address, credentials, num_trusted_proxies,
-                            max_request_bytes, limit)
+                            max_request_bytes, limit, access_log or "off")
         labels = {"istio": service}  # what Istio's Gateway selectors name
     opts = ProxyOptions(
         registry_url=boot.registry_url,

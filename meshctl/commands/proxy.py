@@ -161,6 +161,11 @@ def proxy(
         typer.Option(help="With --gateway: a local rate limit for the whole gateway, "
                           "REQUESTS/s or REQUESTS/m, optionally :BURST (429 past it)."),
     ] = None,
+    access_log: Annotated[
+        str | None,
+        typer.Option(help="With --gateway: off, stdout or an absolute file path (a sidecar's "
+                          "comes from mesh.yaml's accessLog)."),
+    ] = None,
 ) -> None:
     """Run a sidecar proxy: join the registry, follow its config, serve mTLS traffic."""
     # The process normally starts in proxy/run.py, which parses these same options without
@@ -201,6 +206,7 @@ def proxy(
             num_trusted_proxies=num_trusted_proxies,
             max_request_bytes=max_request_bytes,
             rate_limit=rate_limit,
+            access_log=access_log,
         )
     except UsageError as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -52,6 +52,7 @@ class GatewayOptions:
     trusted_hops: int = 0  # Istio's numTrustedProxies (Envoy's xff_num_trusted_hops)
     max_request_bytes: int = 0  # a declared body larger than this: 413 (0: no limit)
     rate_limit: RateLimit | None = None  # one token bucket for the whole gateway (429, RL)
+    access_log: str = "off"  # "off" | "stdout" | an absolute path (a sidecar's: mesh.yaml)
 
 
 def parse_rate_limit(text: str) -> RateLimit:

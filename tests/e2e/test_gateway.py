@@ -285,7 +285,7 @@ def test_rate_limit_and_request_size_on_a_second_gateway(shop: Shop) -> None:
     mesh = shop.mesh
     mesh.proxy("ingressgateway", None, extra=(
         "--gateway", "--gateway-address", "127.0.0.2", "--credentials", str(mesh.config),
-        "--rate-limit", "1/m:3", "--max-request-bytes", "16"))
+        "--rate-limit", "1/m:3", "--max-request-bytes", "16", "--access-log", "stdout"))
     status, _, body = shop.curl("/echo", "--data-binary", "x" * 17, address="127.0.0.2")
     assert status == 413, body  # refused before any upstream: it spends no token either
     assert [shop.curl("/echo", address="127.0.0.2")[0] for _ in range(3)] == [200] * 3
@@ -293,6 +293,13 @@ def test_rate_limit_and_request_size_on_a_second_gateway(shop: Shop) -> None:
     assert (status, body) == (429, "local_rate_limited")
     assert int(headers["retry-after"]) >= 1
     assert shop.curl("/echo")[0] == 200  # the first gateway has no limit
+    # Its access log (Envoy's default fields), the local replies included.
+    log = next(p for p in mesh.procs[::-1] if "127.0.0.2" in p.argv).log
+    lines = wait_until(lambda: [json.loads(x) for x in log.read_text().splitlines()
+                                if x.startswith("{")][-5:] or None, what="access log lines")
+    assert [(x["response_code"], x["response_flags"]) for x in lines] == [
+        (413, "-"), (200, "-"), (200, "-"), (200, "-"), (429, "RL")], lines
+    assert lines[1]["reporter"] == "source" and lines[1]["x_forwarded_for"] is None
 
 
 def documented_gateway(config: Path) -> tuple[str, ...]:
