@@ -85,7 +85,10 @@ class GatewayMode:
         self.tls: dict[int, ssl.SSLContext] = {}
         self._tables: tuple[ProxySnapshot | None, GatewayTable] = (None, self.table)
         self._listeners: dict[int, _Listener] = {}
-        self.connections = Connections(proxy.opts.max_connections)
+        # One budget for every port of the gateway, and one per client address (the
+        # sidecars' inbound knobs: --max-connections, --max-connections-per-source).
+        self.connections = Connections(proxy.opts.max_connections,
+                                       proxy.opts.max_connections_per_source)
         self.bucket = new_bucket(opts.rate_limit, time.monotonic) if opts.rate_limit else None
 
     # -- config path ------------------------------------------------------------------

@@ -274,6 +274,18 @@ def _plain(port: int, path: str) -> tuple[int, bytes, dict[str, str]]:
     return http_get(f"http://127.0.0.1:{port}{path}", headers={"Host": HOST})
 
 
+def _closed_at_once(where: tuple[str, int]) -> bool:
+    with socket.create_connection(where, timeout=5) as s:
+        s.sendall(b"\x16")  # a byte of a ClientHello: a served connection waits for more
+        s.settimeout(2)
+        try:
+            return s.recv(1) == b""
+        except ConnectionResetError:  # closed with our byte unread: refused all the same
+            return True
+        except TimeoutError:  # served: the handshake waits for the rest of the hello
+            return False
+
+
 def _refused(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -285,7 +297,8 @@ def test_rate_limit_and_request_size_on_a_second_gateway(shop: Shop) -> None:
     mesh = shop.mesh
     mesh.proxy("ingressgateway", None, extra=(
         "--gateway", "--gateway-address", "127.0.0.2", "--credentials", str(mesh.config),
-        "--rate-limit", "1/m:3", "--max-request-bytes", "16", "--access-log", "stdout"))
+        "--rate-limit", "1/m:3", "--max-request-bytes", "16", "--access-log", "stdout",
+        "--max-connections-per-source", "2"))
     status, _, body = shop.curl("/echo", "--data-binary", "x" * 17, address="127.0.0.2")
     assert status == 413, body  # refused before any upstream: it spends no token either
     assert [shop.curl("/echo", address="127.0.0.2")[0] for _ in range(3)] == [200] * 3
@@ -300,6 +313,16 @@ def test_rate_limit_and_request_size_on_a_second_gateway(shop: Shop) -> None:
     assert [(x["response_code"], x["response_flags"]) for x in lines] == [
         (413, "-"), (200, "-"), (200, "-"), (200, "-"), (429, "RL")], lines
     assert lines[1]["reporter"] == "source" and lines[1]["x_forwarded_for"] is None
+    # Two connections held from one address: a third is accepted and closed at once.
+    held = [socket.create_connection(("127.0.0.2", shop.https), timeout=5) for _ in range(2)]
+    try:
+        wait_until(lambda: _closed_at_once(("127.0.0.2", shop.https)),
+                   what="a third connection from the same address refused")
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: shop.curl("/healthz", address="127.0.0.2")[0] == 429,
+               what="the address served again once its connections closed")
 
 
 def documented_gateway(config: Path) -> tuple[str, ...]:
