@@ -258,9 +258,12 @@ class Proxy:
                 self.telemetry.counters["meshctl_proxy_config_rejected_total"] += 1
                 return refused
         self.snapshot = snap
-        target = (snap.me.access_log if snap.me is not None
-                  else opts_gw.access_log if (opts_gw := self.opts.gateway) is not None
-                  else self.access_log.target)
+        if snap.me is not None:
+            target = snap.me.access_log
+        elif self.opts.gateway is not None:  # a gateway's: its --access-log
+            target = self.opts.gateway.access_log
+        else:
+            target = self.access_log.target
         if self.access_log.target != target:
             old, self.access_log = self.access_log, AccessLog(target)
             old.flush()
