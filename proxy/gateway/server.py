@@ -239,7 +239,7 @@ class GatewayMode:
         extra = [(_XFF, xff), (b"x-forwarded-proto", scheme),
                  (b"x-envoy-external-address", client)]
         prep = proxy.outbound.prepare_route(req, snap, compiled, 0, hop, extra)
-        dest = compiled.dests[0][0] if len(compiled.dests) == 1 else _picked(prep, compiled)
+        dest = compiled.dests[0][0] if len(compiled.dests) == 1 else _picked(prep)
         return prep, dest
 
     def _redirect(self, hop: Hop, req: Request, table: GatewayTable, gateway: str,
@@ -259,7 +259,7 @@ def _declared_length(req: Request) -> int:
     return int(raw) if raw is not None and raw.isdigit() else 0
 
 
-def _picked(prep: Prep, compiled: object) -> str:
+def _picked(prep: Prep) -> str:
     """The service a weighted route picked: the admission's aim names it."""
     aim = getattr(prep.admission, "aim", None)
     if aim is not None:
