@@ -129,6 +129,7 @@ class _Load:
             self.errors.extend(cx.errors)
         self._check_unique(named)
         self._check_gateway_refs(named)
+        self._check_gateway_ports(named)
         if self.complete:
             self._check_subsets(scope, named)
             if mesh is not None:
@@ -305,6 +306,23 @@ class _Load:
                                    f"{kind} `{other.resource.name}` ({other.resource.source}) "
                                    "already covers it; Istio would merge or ignore one, so "
                                    "put both in one resource")
+
+    def _check_gateway_ports(self, named: list[_Named]) -> None:
+        """Gateways selecting the same proxies share their ports: one protocol per port."""
+        seen: dict[tuple[tuple[tuple[str, str], ...], int], tuple[str, Gateway]] = {}
+        for entry in named:
+            gw = entry.resource
+            if not isinstance(gw, Gateway):
+                continue
+            for server in gw.servers:
+                first = seen.setdefault((gw.selector, server.port), (server.protocol, gw))
+                if first[0] != server.protocol and first[1] is not gw:
+                    self._error(entry.cx, entry.name_node, "metadata.name",
+                                f"Gateway `{gw.name}` serves port {server.port} as "
+                                f"{server.protocol}, Gateway `{first[1].name}` "
+                                f"({first[1].source}) as {first[0]}, on the same gateway "
+                                "proxies (same selector): one port serves one protocol")
+                    break
 
     def _check_gateway_refs(self, named: list[_Named]) -> None:
         gateways = {e.resource.name: e.resource for e in named

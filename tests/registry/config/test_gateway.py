@@ -175,3 +175,15 @@ def test_a_host_no_server_of_the_gateway_serves_is_named(config: Path) -> None:
     assert _errors(config) == [
         "shop.yaml:6:11: spec.hosts[0]: host `shop.example.co` is not served by Gateway "
         "`shop` (its servers' hosts: *.shop.example.com, shop.example.com)"]
+
+
+def test_two_gateways_on_one_port_with_two_protocols(config: Path) -> None:
+    """Each is valid alone; selecting the same proxies, they would clash on the port."""
+    other = GATEWAY.replace("name: shop", "name: shop-plain").replace(
+        "number: 8443, name: https, protocol: HTTPS", "number: 8443, name: http2, protocol: HTTP"
+    ).replace("      tls: {mode: SIMPLE, credentialName: shop-cert}\n", "")
+    (config / "gateway2.yaml").write_text(other)
+    assert _errors(config) == [
+        "gateway2.yaml:4:9: metadata.name: Gateway `shop-plain` serves port 8443 as HTTP, "
+        "Gateway `shop` (gateway.yaml:1:1) as HTTPS, on the same gateway proxies (same "
+        "selector): one port serves one protocol"]
