@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry.config import load_directory
 from registry.config.model import GatewayServer
@@ -187,3 +190,47 @@ def test_two_gateways_on_one_port_with_two_protocols(config: Path) -> None:
         "gateway2.yaml:4:9: metadata.name: Gateway `shop-plain` serves port 8443 as HTTP, "
         "Gateway `shop` (gateway.yaml:1:1) as HTTPS, on the same gateway proxies (same "
         "selector): one port serves one protocol"]
+
+
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 70000), st.sampled_from(
+        ["HTTP", "HTTPS", "https", "TCP", "SIMPLE", "PASSTHROUGH", "shop-cert", "*",
+         "*.example.com", "*/shop.example.com", "prod/x", "a b", "", "mesh"]),
+    st.lists(st.sampled_from(["shop.example.com", "*", "x/y", "", "*.*"]), max_size=3),
+)
+_SERVER = st.fixed_dictionaries({}, optional={
+    "port": st.one_of(_VALUES, st.fixed_dictionaries({}, optional={
+        "number": _VALUES, "name": _VALUES, "protocol": _VALUES})),
+    "hosts": _VALUES,
+    "tls": st.one_of(_VALUES, st.fixed_dictionaries({}, optional={
+        "mode": _VALUES, "credentialName": _VALUES, "httpsRedirect": _VALUES,
+        "minProtocolVersion": _VALUES})),
+    "bind": _VALUES,
+})
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(selector=st.one_of(_VALUES, st.dictionaries(st.sampled_from(["istio", "app"]),
+                                                   st.sampled_from(["x", "ingressgateway"]))),
+       servers=st.one_of(_VALUES, st.lists(_SERVER, max_size=3)),
+       gateways=st.one_of(_VALUES, st.lists(_VALUES, max_size=3)))
+def test_any_gateway_document_loads_or_says_where(
+    config: Path, selector: object, servers: object, gateways: object
+) -> None:
+    """Whatever the fields hold, the loader answers: a snapshot, or errors each with a
+    file:line:column in the file we wrote; never an internal error."""
+    spec = {"selector": selector, "servers": servers}
+    (config / "gateway.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+         "metadata": {"name": "shop"}, "spec": spec}))
+    vs = {"hosts": ["shop.example.com"], "gateways": gateways,
+          "http": [{"route": [{"destination": {"host": "frontend"}}]}]}
+    (config / "shop.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+         "metadata": {"name": "shop"}, "spec": vs}))
+    result = load_directory(config)
+    for e in result.errors:
+        assert "internal error" not in e.message, e
+        assert e.file in ("gateway.yaml", "shop.yaml") and e.line >= 1 and e.column >= 1, e
+    assert result.ok or result.errors
