@@ -143,7 +143,9 @@ def test_weights_and_forwarding_headers(shop: Shop) -> None:
     assert headers["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
     assert headers["x-envoy-external-address"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "https"
-    assert headers["x-request-id"]
+    assert headers["x-request-id"]  # made by the gateway: the client sent none
+    _, _, body = shop.curl("/echo", "-H", "X-Request-Id: client-chosen-1")
+    assert json.loads(body)["headers"]["x-request-id"] == "client-chosen-1"  # kept
     # The gateway's own SPIFFE identity on the mTLS hop; the forged header is gone.
     assert "URI=spiffe://shop.local/ns/default/sa/ingressgateway" in (
         headers["x-forwarded-client-cert"])
