@@ -54,6 +54,7 @@ from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:
     from proxy.dns.server import DnsServer  # imported when DNS is on (_start_dns)
+    from proxy.gateway.server import GatewayMode, GatewayOptions
 
 _now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
@@ -89,6 +90,9 @@ class ProxyOptions:
     # to a published service port (0.0.0.0:15007), served as ingress (docs/docker.md).
     published: tuple[str, int] | None = None
     upstreams: tuple[Upstream, ...] = ()
+    # Gateway mode (proxy/gateway): serve the Gateways that select this proxy's labels
+    # instead of standing beside an app (no inbound listener, no endpoint registered).
+    gateway: GatewayOptions | None = None
     apps: Mapping[int, tuple[str, int]] = field(default_factory=dict)  # service port -> app addr
     admin: tuple[str, int] = ("127.0.0.1", 15000)
     metrics: tuple[str, int] = ("0.0.0.0", 15090)
@@ -163,6 +167,11 @@ class Proxy:
         self.control.admin_tap = functools.partial(relayed_tap, self)
         self.outbound = Outbound(self)
         self.inbound = Inbound(self)
+        self.gateway: GatewayMode | None = None
+        if opts.gateway is not None:
+            from proxy.gateway.server import GatewayMode
+
+            self.gateway = GatewayMode(self, opts.gateway)
         self.ready = asyncio.Event()
         self.head_watch: HeadWatch | None = None  # the header-timeout sweeper, on first use
         self._bucket: TokenBucket | None = None
@@ -241,10 +250,21 @@ class Proxy:
             log.exception("config version %d refused", view.config_version)
             self.telemetry.counters["meshctl_proxy_config_rejected_total"] += 1
             return f"{type(exc).__name__}: {exc}"
-        if snap.me is None:
+        if snap.me is None and self.gateway is None:
             return f"service `{self.opts.service}` is not in mesh.yaml"
+        if self.gateway is not None:
+            refused = self.gateway.apply(snap)
+            if refused is not None:
+                log.error("config version %d refused: %s", view.config_version, refused)
+                self.telemetry.counters["meshctl_proxy_config_rejected_total"] += 1
+                return refused
         self.snapshot = snap
-        target = snap.me.access_log
+        if snap.me is not None:
+            target = snap.me.access_log
+        elif self.opts.gateway is not None:  # a gateway's: its --access-log
+            target = self.opts.gateway.access_log
+        else:
+            target = self.access_log.target
         if self.access_log.target != target:
             old, self.access_log = self.access_log, AccessLog(target)
             old.flush()
@@ -558,6 +578,9 @@ class Proxy:
         await asyncio.wait_for(self.ready.wait(), 30)
         # Transparent mode: IPv6 is captured too (ip6tables), so listen on both families.
         both = listen_both if opts.outbound is not None else lambda h, p: [listen(h, p)]
+        if self.gateway is not None:  # a gateway stands beside no app: its ports are its own
+            await self._start_gateway()
+            return
         for s in both(*opts.inbound):  # IPv4 first: _listeners[0] is the inbound
             self._listeners.append(s)
             self._tasks.append(
@@ -621,6 +644,19 @@ class Proxy:
             compiled.STATUS,
         )
 
+    async def _start_gateway(self) -> None:
+        assert self.gateway is not None
+        self._tasks.append(spawn(self._flush_loop(), name="flush"))
+        if self.exporter is not None:
+            self._tasks.append(spawn(self.exporter.run(), name="otlp-export"))
+        await self._start_admin()
+        self.discovery_file = write_discovery(self, self._servers)
+        self.started = True
+        log.info("gateway %s ready: ports %s on %s, config version %d, core %s",
+                 self.proxy_id, ", ".join(map(str, self.gateway.ports)) or "none yet",
+                 self.gateway.opts.address, self.snapshot.version if self.snapshot else 0,
+                 compiled.STATUS)
+
     async def _start_dns(self, where: tuple[str, int]) -> None:
         from proxy.dns.server import DnsServer, read_upstreams
 
@@ -670,6 +706,8 @@ class Proxy:
                 self.discovery_file.unlink()
         for s in self._listeners:
             s.close()
+        if self.gateway is not None:
+            self.gateway.close()
         if hasattr(self, "endpoint"):
             await self.control.deregister(self.endpoint["id"])
         deadline = time.monotonic() + self.opts.drain_s

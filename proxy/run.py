@@ -73,6 +73,13 @@ OPTIONS = (
     Opt("--trace-sampling", "trace_sampling", float, default=0.0, envvar="MESH_TRACE_SAMPLING"),
     Opt("--otlp-endpoint", "otlp_endpoint", envvar="MESH_OTLP_ENDPOINT"),
     Opt("--drain", "drain", float, default=5.0),
+    Opt("--gateway", "gateway", bool, default=False, switch=True),
+    Opt("--gateway-address", "gateway_address", default="0.0.0.0"),
+    Opt("--credentials", "credentials", Path),
+    Opt("--num-trusted-proxies", "num_trusted_proxies", int, default=0),
+    Opt("--max-request-bytes", "max_request_bytes", int, default=0),
+    Opt("--rate-limit", "rate_limit"),
+    Opt("--access-log", "access_log"),
 )
 
 
@@ -173,6 +180,13 @@ def run(
     trace_sampling: float,
     otlp_endpoint: str | None,
     drain: float,
+    gateway: bool = False,
+    gateway_address: str = "0.0.0.0",
+    credentials: Path | None = None,
+    num_trusted_proxies: int = 0,
+    max_request_bytes: int = 0,
+    rate_limit: str | None = None,
+    access_log: str | None = None,
 ) -> None:
     """Build the proxy's options, then run it until SIGTERM. UsageError for a bad value;
     JoinError, OSError or TimeoutError when it cannot start."""
@@ -216,6 +230,28 @@ def run(
         state_dir=home,
         advertise=advertise,
     )
+    gw = None
+    labels: dict[str, str] = {}
+    if not gateway and (credentials or rate_limit or num_trusted_proxies or max_request_bytes
+                        or access_log or gateway_address != "0.0.0.0"):
+        raise UsageError("--gateway-address, --credentials, --num-trusted-proxies, "
+                         "--max-request-bytes, --rate-limit and --access-log go with --gateway")
+    if access_log is not None and access_log not in ("off", "stdout") and not (
+            access_log.startswith("/")):
+        raise UsageError(f"--access-log `{access_log}`: expected off, stdout or an absolute "
+                         "file path")
+    if gateway:
+        from proxy.gateway.server import GatewayOptions, parse_rate_limit
+
+        if num_trusted_proxies < 0 or max_request_bytes < 0:
+            raise UsageError("--num-trusted-proxies and --max-request-bytes: expected >= 0")
+        try:
+            limit = parse_rate_limit(rate_limit) if rate_limit else None
+        except ValueError as exc:
+            raise UsageError(f"--rate-limit {exc}") from None
+        gw = GatewayOptions(gateway_address, credentials, num_trusted_proxies,
+                            max_request_bytes, limit, access_log or "off")
+        labels = {"istio": service}  # what Istio's Gateway selectors name
     opts = ProxyOptions(
         registry_url=boot.registry_url,
         ca_file=boot.ca_file,
@@ -245,6 +281,8 @@ def run(
         drain_s=drain,
         trace_sampling=trace_sampling,
         otlp_endpoint=otlp_endpoint,
+        gateway=gw,
+        labels=labels,
     )
     logging.basicConfig(
         level=getattr(logging, os.environ.get("MESH_LOG", "INFO")),

@@ -130,6 +130,42 @@ def proxy(
     drain: Annotated[
         float, typer.Option(help="Seconds in-flight requests get to finish on SIGTERM.")
     ] = 5.0,
+    gateway: Annotated[
+        bool,
+        typer.Option("--gateway",
+                     help="Gateway mode (docs/gateway.md): serve the Istio Gateways whose "
+                          "selector matches istio=SERVICE (or app=SERVICE) on their servers' "
+                          "ports, instead of standing beside an app."),
+    ] = False,
+    gateway_address: Annotated[
+        str, typer.Option(help="With --gateway: the address the servers' ports open on.")
+    ] = "0.0.0.0",
+    credentials: Annotated[
+        Path | None,
+        typer.Option(help="With --gateway: the directory holding NAME.crt and NAME.key for "
+                          "each credentialName (the registry's config directory)."),
+    ] = None,
+    num_trusted_proxies: Annotated[
+        int,
+        typer.Option(min=0, help="With --gateway: proxies in front of the gateway whose "
+                                 "X-Forwarded-For entries are trusted (Istio's "
+                                 "numTrustedProxies)."),
+    ] = 0,
+    max_request_bytes: Annotated[
+        int,
+        typer.Option(min=0, help="With --gateway: a request declaring a larger body gets 413 "
+                                 "(0: no limit)."),
+    ] = 0,
+    rate_limit: Annotated[
+        str | None,
+        typer.Option(help="With --gateway: a local rate limit for the whole gateway, "
+                          "REQUESTS/s or REQUESTS/m, optionally :BURST (429 past it)."),
+    ] = None,
+    access_log: Annotated[
+        str | None,
+        typer.Option(help="With --gateway: off, stdout or an absolute file path (a sidecar's "
+                          "comes from mesh.yaml's accessLog)."),
+    ] = None,
 ) -> None:
     """Run a sidecar proxy: join the registry, follow its config, serve mTLS traffic."""
     # The process normally starts in proxy/run.py, which parses these same options without
@@ -164,6 +200,13 @@ def proxy(
             trace_sampling=trace_sampling,
             otlp_endpoint=otlp_endpoint,
             drain=drain,
+            gateway=gateway,
+            gateway_address=gateway_address,
+            credentials=credentials,
+            num_trusted_proxies=num_trusted_proxies,
+            max_request_bytes=max_request_bytes,
+            rate_limit=rate_limit,
+            access_log=access_log,
         )
     except UsageError as exc:
         raise typer.BadParameter(str(exc)) from None

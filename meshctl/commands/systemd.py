@@ -1,4 +1,4 @@
-"""`meshctl systemd render|install proxy|registry`: systemd units for meshing a VM."""
+"""`meshctl systemd render|install proxy|registry|gateway`: systemd units for meshing a VM."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from meshctl.launch import systemd
+from meshctl.launch import gateway_unit, systemd
 
 app = typer.Typer(
     help="systemd units for a VM: the registry, and a sidecar proxy beside an existing "
@@ -23,11 +23,21 @@ app = typer.Typer(
 class Kind(enum.StrEnum):
     proxy = "proxy"
     registry = "registry"
+    gateway = "gateway"
 
 
 KindArg = Annotated[
     Kind,
-    typer.Argument(help="proxy: a sidecar and the app's drop-in; registry: the control plane."),
+    typer.Argument(help="proxy: a sidecar and the app's drop-in; registry: the control plane; "
+                        "gateway: a gateway proxy serving Istio Gateways (docs/gateway.md)."),
+]
+Credentials = Annotated[
+    list[str] | None,
+    typer.Option("--credential", help="A credentialName of the Gateways (gateway): NAME.crt "
+                                      "and NAME.key in --config, repeatable."),
+]
+GatewayAddress = Annotated[
+    str, typer.Option(help="Address the Gateways' ports open on (gateway).")
 ]
 Service = Annotated[str | None, typer.Option("--service", "-s", help="Mesh service (proxy).")]
 Version = Annotated[str | None, typer.Option(help="Workload version label, e.g. v2 (proxy).")]
@@ -77,7 +87,11 @@ ExcludeInbound = Annotated[
 MeshctlBin = Annotated[
     str | None, typer.Option(help="Absolute path of meshctl (default: this meshctl).")
 ]
-MeshHome = Annotated[str, typer.Option(help="State directory of the unit's process.")]
+MeshHome = Annotated[
+    str | None,
+    typer.Option(help="State directory of the unit's process (default /var/lib/meshctl; "
+                      "a gateway: /var/lib/meshctl-gateway, its own user's)."),
+]
 ConfigDir = Annotated[str, typer.Option("--config", help="Config directory (registry).")]
 Listen = Annotated[str | None, typer.Option(help="Address the API listens on (registry).")]
 RegistryPort = Annotated[int | None, typer.Option(help="API port (registry).")]
@@ -108,16 +122,34 @@ def _units(
     proxy_uid: int,
     exclude_inbound_port: list[int] | None,
     meshctl_bin: str | None,
-    mesh_home: str,
+    mesh_home: str | None,
     config: str,
     listen: str | None,
     registry_port: int | None,
     san: list[str] | None,
     user: str,
     notify: bool,
+    credential: list[str] | None = None,
+    gateway_address: str = "0.0.0.0",
 ) -> dict[str, str]:
     """The units of `kind`, from the options of `render` and `install` (same names)."""
     binary = _meshctl_bin(meshctl_bin)
+    mesh_home = _home(kind, mesh_home)
+    if kind is Kind.gateway:
+        if not service:
+            raise ValueError("a gateway unit needs --service (the workload its Gateways "
+                             "select: `istio: NAME`)")
+        return {gateway_unit.gateway_unit_name(service): gateway_unit.render_gateway_unit(
+            service=service,
+            meshctl_bin=binary,
+            mesh_home=mesh_home,
+            registry=registry,
+            token_file=str(Path(token_file or f"/etc/meshctl/{service}.token").absolute()),
+            config_dir=config,
+            credentials=credential or (),
+            address=gateway_address,
+            user=proxy_user if proxy_user != systemd.PROXY_USER else gateway_unit.GATEWAY_USER,
+        )}
     if kind is Kind.registry:
         return {
             systemd.REGISTRY_UNIT: systemd.render_registry_unit(
@@ -152,6 +184,12 @@ def _units(
     )
 
 
+def _home(kind: Kind, mesh_home: str | None) -> str:
+    if mesh_home is not None:
+        return mesh_home
+    return "/var/lib/meshctl-gateway" if kind is Kind.gateway else "/var/lib/meshctl"
+
+
 def _under(root: Path, path: Path) -> Path:
     """`path` of the installed system, seen from here: under `root` (--root)."""
     return root / path.relative_to("/") if path.is_absolute() else path
@@ -176,13 +214,15 @@ def render(
     proxy_uid: ProxyUid = systemd.PROXY_UID,
     exclude_inbound_port: ExcludeInbound = None,
     meshctl_bin: MeshctlBin = None,
-    mesh_home: MeshHome = "/var/lib/meshctl",
+    mesh_home: MeshHome = None,
     config: ConfigDir = "/etc/meshctl",
     listen: Listen = None,
     registry_port: RegistryPort = None,
     san: Sans = None,
     user: User = systemd.REGISTRY_USER,
     notify: Notify = True,
+    credential: Credentials = None,
+    gateway_address: GatewayAddress = "0.0.0.0",
     out: Annotated[
         Path | None, typer.Option(help="Write the units under this directory, not to stdout.")
     ] = None,
@@ -223,13 +263,15 @@ def install(
     proxy_uid: ProxyUid = systemd.PROXY_UID,
     exclude_inbound_port: ExcludeInbound = None,
     meshctl_bin: MeshctlBin = None,
-    mesh_home: MeshHome = "/var/lib/meshctl",
+    mesh_home: MeshHome = None,
     config: ConfigDir = "/etc/meshctl",
     listen: Listen = None,
     registry_port: RegistryPort = None,
     san: Sans = None,
     user: User = systemd.REGISTRY_USER,
     notify: Notify = True,
+    credential: Credentials = None,
+    gateway_address: GatewayAddress = "0.0.0.0",
     root: Annotated[
         Path,
         typer.Option(
@@ -246,18 +288,21 @@ def install(
         units = _units(kind, **options)  # every value checked before anything changes
         if kind is Kind.registry:
             uid, gid = systemd.ensure_system_user(user, root=root)
+        elif kind is Kind.gateway:
+            uid, gid = _gateway_files(root, service, token_file, config, credential,
+                                      proxy_user)
         else:
-            credential = _under(root, Path(token_file or f"/etc/meshctl/{service}.token"))
-            if not credential.absolute().is_file():
+            token_path = _under(root, Path(token_file or f"/etc/meshctl/{service}.token"))
+            if not token_path.absolute().is_file():
                 raise systemd.SystemdError(
-                    f"token file {credential.absolute()} does not exist (systemd would refuse "
+                    f"token file {token_path.absolute()} does not exist (systemd would refuse "
                     "to start the proxy): put the join string of `meshctl token create "
                     f"{service}` there first"
                 )
             uid, gid = systemd.ensure_system_user(proxy_user, proxy_uid, root=root)
             if uid != proxy_uid:  # 1337 was taken: the drop-in lets this uid's traffic out
                 units = _units(kind, **{**options, "proxy_uid": uid})
-        systemd.prepare_state_dir(_under(root, Path(mesh_home)), uid, gid)
+        systemd.prepare_state_dir(_under(root, Path(_home(kind, mesh_home))), uid, gid)
         unit_dir = _under(root, systemd.UNIT_DIR)
         for path in systemd.install_units(units, unit_dir, reload=root == Path("/")):
             typer.echo(f"wrote {path}")
@@ -267,5 +312,25 @@ def install(
         raise _fail(e, 1) from None
     if kind is Kind.registry:
         typer.echo(f"start it: systemctl enable --now {systemd.REGISTRY_UNIT}")
+    elif kind is Kind.gateway:
+        assert service is not None
+        typer.echo(f"start it: systemctl enable --now {gateway_unit.gateway_unit_name(service)}")
     else:
         typer.echo(f"mesh the app: systemctl restart {app_unit or f'{service}.service'}")
+
+
+def _gateway_files(root: Path, service: str | None, token_file: str | None, config: str,
+                   credential: list[str] | None, user: str) -> tuple[int, int]:
+    """Install gateway: the token and each credential pair must exist (systemd would refuse
+    to start the unit), then the gateway's own system user."""
+    needed = [_under(root, Path(token_file or f"/etc/meshctl/{service}.token"))]
+    needed += [_under(root, Path(config) / f"{name}{ext}")
+               for name in credential or () for ext in (".crt", ".key")]
+    for path in needed:
+        if not path.absolute().is_file():
+            raise systemd.SystemdError(
+                f"{path.absolute()} does not exist (systemd would refuse to start the "
+                "gateway): the join string of `meshctl token create "
+                f"{service}`, and each credentialName's NAME.crt and NAME.key, go there first")
+    name = user if user != systemd.PROXY_USER else gateway_unit.GATEWAY_USER
+    return systemd.ensure_system_user(name, root=root)

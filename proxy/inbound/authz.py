@@ -55,12 +55,14 @@ def compile_policies(policies: Sequence[AuthorizationPolicy]) -> tuple[authz.Pol
 
 def _attrs(peer: SpiffeId | None, port: int, source_ip: authz.IPAddress | None,
            method: str = "", path: str = "", host: str = "",
-           headers: dict[str, str] | None = None) -> authz.RequestAttrs:
+           headers: dict[str, str] | None = None,
+           remote_ip: authz.IPAddress | None = None) -> authz.RequestAttrs:
     # Identity comes only from the verified certificate, never from a header.
     return authz.RequestAttrs(method=method, path=path, host=host, port=port,
                               principal=peer.principal if peer else None,
                               namespace=peer.namespace if peer else None,
-                              headers=headers or {}, source_ip=source_ip)
+                              headers=headers or {}, source_ip=source_ip,
+                              remote_ip=remote_ip)
 
 
 _NO_POLICY: Final = authz.Decision(True, None, "no policy selects this workload")
@@ -68,9 +70,10 @@ _NO_POLICY: Final = authz.Decision(True, None, "no policy selects this workload"
 
 def decide(
     policies: tuple[authz.Policy, ...], peer: SpiffeId | None, req: Request, port: int,
-    source_ip: authz.IPAddress | None = None,
+    source_ip: authz.IPAddress | None = None, remote_ip: authz.IPAddress | None = None,
 ) -> authz.Decision:
-    """Istio's order: DENY, then ALLOW; paths matched after normalisation."""
+    """Istio's order: DENY, then ALLOW; paths matched after normalisation. `remote_ip`: the
+    original client's address when not the connection's (a gateway's trusted hops)."""
     if not policies:
         return _NO_POLICY
     path = authz.normalize_path(req.target)
@@ -79,7 +82,7 @@ def decide(
     return authz.evaluate(policies, _attrs(
         peer, port, source_ip, req.method.decode("latin-1"), path,
         (req.host or b"").decode("latin-1"),
-        {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in req.headers}))
+        {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in req.headers}, remote_ip))
 
 
 def decide_tcp(policies: tuple[authz.Policy, ...], peer: SpiffeId | None, port: int,

@@ -236,6 +236,20 @@ class Outbound:
         compiled = first_match(view.routes, req) if view.routes else view.default_route
         if compiled is None:
             return local_prep(hop, 404, "NR")
+        return self.prepare_route(req, snap, compiled, port, hop)
+
+    def prepare_route(
+        self,
+        req: Request,
+        snap: ProxySnapshot,
+        compiled: CompiledRoute,
+        port: int,
+        hop: Hop,
+        extra: HeaderList | None = None,
+    ) -> Prep:
+        """A matched route's policies, in request order: route rate limit, weighted pick,
+        fault, circuit breaker, then the forwarding plan (with `extra` request headers).
+        `port` 0 (a gateway's request): the destination's port, else its service's first."""
         if compiled.rate_limit is not None:  # mesh.yaml routeRateLimits (Envoy local_ratelimit)
             wait = over_limit(compiled.rate_limit)
             if wait is not None:
@@ -247,7 +261,7 @@ class Outbound:
         cluster = dview.cluster(subset)
         if cluster is None:
             return local_prep(hop, 503, "UH")
-        dport = dest_port or port
+        dport = dest_port or port or dview.service.ports[0].port
         fault = compiled.fault
         if fault is not None:
 
@@ -255,10 +269,11 @@ class Outbound:
                 aborted = await self.proxy.apply_fault(fault, writer)  # writes its own reply
                 if aborted is not None:
                     return Prep(hop, result=Result(aborted, "FI", 0, 0, "", 0, True))
-                return self._admit(req, snap, dview, cluster, compiled, index, dport, hop)
+                return self._admit(req, snap, dview, cluster, compiled, index, dport, hop,
+                                   extra)
 
             return Prep(hop, later=after_fault)
-        return self._admit(req, snap, dview, cluster, compiled, index, dport, hop)
+        return self._admit(req, snap, dview, cluster, compiled, index, dport, hop, extra)
 
     def _admit(
         self,
@@ -270,6 +285,7 @@ class Outbound:
         index: int,
         dport: int,
         hop: Hop,
+        extra: HeaderList | None = None,
     ) -> Prep:
         """Past the circuit breaker (the cluster's request gauge), the forwarding plan."""
         rt = cluster.runtime
@@ -281,6 +297,8 @@ class Outbound:
         names = req.names
         if index_of(names if names is not None else req.lowered(), b"x-request-id") < 0:
             add.append((b"x-request-id", proxy.request_id()))
+        if extra:
+            add.extend(extra)
         rt.budget.deposit()
         hash_key = req.get(rt.hash_header) if rt.hash_header else None
         aim = (self, snap, dview, cluster, dport, hash_key)

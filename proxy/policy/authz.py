@@ -125,6 +125,9 @@ class RequestAttrs:
     # The connection's source address (ipBlocks; remoteIpBlocks too: a sidecar trusts no
     # X-Forwarded-For hop, Istio's numTrustedProxies 0). None when unknown: no block matches.
     source_ip: IPAddress | None = None
+    # The original client's address (remoteIpBlocks) when it differs from the connection's:
+    # a gateway's, read from X-Forwarded-For past its trusted hops. None: source_ip.
+    remote_ip: IPAddress | None = None
 
 
 # -- compiled policy ------------------------------------------------------------------------------
@@ -173,7 +176,8 @@ class Source:
             _ok(self.principals, self.not_principals, r.principal)
             and _ok(self.namespaces, self.not_namespaces, r.namespace)
             and _in_blocks(self.ip_blocks, self.not_ip_blocks, r.source_ip)
-            and _in_blocks(self.remote_ip_blocks, self.not_remote_ip_blocks, r.source_ip)
+            and _in_blocks(self.remote_ip_blocks, self.not_remote_ip_blocks,
+                           r.source_ip if r.remote_ip is None else r.remote_ip)
         )
 
 

@@ -11,21 +11,26 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from yaml.nodes import Node, ScalarNode
 
+from common.hostmatch import hosts_overlap
 from registry.config import opaque
 from registry.config.canary import API_VERSION as CANARY_API
 from registry.config.canary import SPEC_FIELDS as CANARY_FIELDS
 from registry.config.canary import parse_canary
 from registry.config.destination_rule import parse_destination_rule
 from registry.config.diagnostics import Diagnostic, Source
+from registry.config.gateway import SPEC_FIELDS as GATEWAY_FIELDS
+from registry.config.gateway import parse_gateway
 from registry.config.mesh_file import MeshFile, check_route_rate_limits, parse_mesh_file
 from registry.config.model import (
     AuthorizationPolicy,
     CanarySpec,
     DestinationRule,
+    Gateway,
     MeshConfig,
     PeerAuthentication,
     VirtualService,
@@ -43,7 +48,7 @@ _SUFFIXES = (".yaml", ".yml")
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 Resource = (VirtualService | DestinationRule | AuthorizationPolicy | PeerAuthentication
-            | CanarySpec)
+            | CanarySpec | Gateway)
 
 # kind -> (API group, spec fields, Istio spec fields we do not support yet)
 _KINDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -57,12 +62,13 @@ _KINDS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         ("provider", "targetRef", "targetRefs")),
     "PeerAuthentication": (
         "security.istio.io", ("selector", "mtls", "portLevelMtls"), ()),
+    "Gateway": ("networking.istio.io", GATEWAY_FIELDS, ()),
     # The mesh's own resource (registry/config/canary.py): group/version in CANARY_API.
     "Canary": (CANARY_API.split("/")[0], CANARY_FIELDS, ()),
 }
 _VERSIONS = ("v1", "v1beta1")
 _OTHER_ISTIO_KINDS = (
-    "Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter",
+    "ServiceEntry", "Sidecar", "WorkloadEntry", "WorkloadGroup", "EnvoyFilter",
     "ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin",
 )
 
@@ -95,6 +101,10 @@ class _Named:
     cx: Cx
     name_node: Node
     host_nodes: list[tuple[Node, str]]
+    # A VirtualService's `gateways` entries naming a Gateway: (node, path, name).
+    gateway_refs: list[tuple[Node, str, str]] = dataclass_field(default_factory=list)
+    # A gateway-bound VirtualService's hosts: (node, path, host).
+    external_hosts: list[tuple[Node, str, str]] = dataclass_field(default_factory=list)
 
 
 class _Load:
@@ -102,6 +112,7 @@ class _Load:
         self.dir = directory
         self.errors: list[Diagnostic] = []
         self.complete = True  # False once something could not be read: skip cross-checks
+        self.broken_gateways: set[str] = set()
 
     def run(self) -> LoadResult:
         files = self._read_files()
@@ -121,6 +132,8 @@ class _Load:
                     named.append(entry)
             self.errors.extend(cx.errors)
         self._check_unique(named)
+        self._check_gateway_refs(named)
+        self._check_gateway_ports(named)
         if self.complete:
             self._check_subsets(scope, named)
             if mesh is not None:
@@ -212,9 +225,23 @@ class _Load:
         source = Source(cx.file, doc.start_mark.line + 1, doc.start_mark.column + 1)
         resource: Resource | None
         hosts: list[tuple[Node, str]] = []
+        refs: list[tuple[Node, str, str]] = []
+        external: list[tuple[Node, str, str]] = []
         if kind == "VirtualService":
-            resource = parse_virtual_service(cx, scope, spec, name, source)
-            hosts = spec.items("hosts") if resource is not None else []
+            vs = resource = parse_virtual_service(cx, scope, spec, name, source)
+            # Only the sidecars' hosts are one VirtualService's each; a gateway's are
+            # external names, looked up per Gateway.
+            hosts = spec.items("hosts") if vs is not None and vs.for_mesh else []
+            if vs is not None:
+                refs = [(n, p, g) for (n, p), g in zip(spec.items("gateways"), vs.gateways,
+                                                       strict=False) if g != "mesh"]
+                if not vs.for_mesh:
+                    external = [(n, p, h) for (n, p), h in zip(spec.items("hosts"), vs.hosts,
+                                                               strict=False)]
+        elif kind == "Gateway":
+            resource = parse_gateway(cx, scope, spec, name, source, self.dir)
+            if resource is None:
+                self.broken_gateways.add(name)  # VirtualServices naming it: no second error
         elif kind == "DestinationRule":
             resource = parse_destination_rule(cx, scope, spec, name, source)
             if resource is None:
@@ -230,7 +257,7 @@ class _Load:
             resource = parse_peer_authentication(cx, spec, name, source)
         if resource is None:
             return None
-        return _Named(resource, cx, name_node, hosts)
+        return _Named(resource, cx, name_node, hosts, refs, external)
 
     def _unknown_kind(self, cx: Cx, top: Obj, kind: str) -> None:
         node = top.value_node("kind")
@@ -286,6 +313,43 @@ class _Load:
                                    "already covers it; Istio would merge or ignore one, so "
                                    "put both in one resource")
 
+    def _check_gateway_ports(self, named: list[_Named]) -> None:
+        """Gateways selecting the same proxies share their ports: one protocol per port."""
+        seen: dict[tuple[tuple[tuple[str, str], ...], int], tuple[str, Gateway]] = {}
+        for entry in named:
+            gw = entry.resource
+            if not isinstance(gw, Gateway):
+                continue
+            for server in gw.servers:
+                first = seen.setdefault((gw.selector, server.port), (server.protocol, gw))
+                if first[0] != server.protocol and first[1] is not gw:
+                    self._error(entry.cx, entry.name_node, "metadata.name",
+                                f"Gateway `{gw.name}` serves port {server.port} as "
+                                f"{server.protocol}, Gateway `{first[1].name}` "
+                                f"({first[1].source}) as {first[0]}, on the same gateway "
+                                "proxies (same selector): one port serves one protocol")
+                    break
+
+    def _check_gateway_refs(self, named: list[_Named]) -> None:
+        gateways = {e.resource.name: e.resource for e in named
+                    if isinstance(e.resource, Gateway)}
+        for entry in named:
+            for node, path, name in entry.gateway_refs:
+                if name not in gateways and name not in self.broken_gateways:
+                    known = ", ".join(sorted(gateways)) or "none"
+                    self._error(entry.cx, node, path, f"unknown Gateway `{name}` (defined: "
+                                f"{known}); `mesh` means the sidecars")
+            bound = [gateways[n] for _, _, n in entry.gateway_refs if n in gateways]
+            served = sorted({h for g in bound for s in g.servers for h in s.hosts})
+            if len(bound) != len(entry.gateway_refs):
+                continue  # an unknown or broken Gateway: reported, nothing to check against
+            for node, path, host in entry.external_hosts:
+                # Istio drops such a host silently: every request for it would get a 404.
+                if not any(hosts_overlap(host, s) for s in served):
+                    names = ", ".join(f"`{g.name}`" for g in bound)
+                    self._error(entry.cx, node, path, f"host `{host}` is not served by "
+                                f"Gateway {names} (its servers' hosts: {', '.join(served)})")
+
     def _check_subsets(self, scope: Scope, named: list[_Named]) -> None:
         rules = {e.resource.host: e.resource for e in named
                  if isinstance(e.resource, DestinationRule)}
@@ -313,6 +377,11 @@ class _Load:
             return tuple(sorted((e.resource for e in named if isinstance(e.resource, t)),
                                 key=lambda r: r.name))
 
+        gateways = tuple(g for g in of(Gateway) if isinstance(g, Gateway))
+        creds = sorted({s.credential_sha256 for g in gateways for s in g.servers
+                        if s.credential_sha256})
+        if creds:  # a renewed certificate is a new config version, pushed to the gateways
+            digest = hashlib.sha256(" ".join((digest, *creds)).encode()).hexdigest()
         return MeshConfig(
             trust_domain=mesh.trust_domain,
             namespace=mesh.namespace,
@@ -327,6 +396,7 @@ class _Load:
             base_dir=str(self.dir.resolve().parent),
             digest=digest,
             canaries=of(CanarySpec),  # type: ignore[arg-type]
+            gateways=gateways,
         )
 
 

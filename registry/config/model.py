@@ -234,6 +234,36 @@ class VirtualService:
     tcp: tuple[TCPRoute, ...]
     export_to: tuple[str, ...]
     source: Source
+    # Istio `gateways`: "mesh" (the sidecars; what an absent field means) and/or Gateway
+    # names. Bound to gateways only, `hosts` are external names (`shop.example.com`, `*`).
+    gateways: tuple[str, ...] = ("mesh",)
+
+    @property
+    def for_mesh(self) -> bool:
+        return "mesh" in self.gateways
+
+
+# --- Gateway (networking.istio.io): the mesh's front door, served by a gateway proxy -----
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayServer:
+    port: int
+    port_name: str
+    protocol: str  # "HTTP" | "HTTPS"
+    hosts: tuple[str, ...]  # lowercased; `*`, `*.example.com` or a name; `ns/` prefix removed
+    https_redirect: bool  # tls.httpsRedirect: a plain HTTP server answers 301 to https
+    tls_mode: str | None  # "SIMPLE" or None (plain HTTP)
+    credential_name: str | None  # NAME: NAME.crt and NAME.key in the config directory
+    credential_sha256: str  # of both files: a new certificate is a new config version
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    name: str
+    selector: Pairs  # the gateway proxies it applies to, by their labels
+    servers: tuple[GatewayServer, ...]
+    source: Source
 
 
 # --- DestinationRule ---------------------------------------------------------------------
@@ -413,12 +443,14 @@ class MeshConfig:
     base_dir: str  # the config directory's parent: relative workload paths resolve here
     digest: str  # sha256 over the sorted (file name, contents) of the directory
     canaries: tuple[CanarySpec, ...] = ()  # read by the registry only (registry.canary)
+    gateways: tuple[Gateway, ...] = ()
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
 
     def virtual_service_for(self, service: str) -> VirtualService | None:
-        return next((v for v in self.virtual_services if service in v.hosts), None)
+        return next((v for v in self.virtual_services if v.for_mesh and service in v.hosts),
+                    None)
 
     def destination_rule_for(self, service: str) -> DestinationRule | None:
         return next((d for d in self.destination_rules if d.host == service), None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from yaml.nodes import Node
 
 from registry.config.diagnostics import Source
+from registry.config.gateway import external_host
 from registry.config.model import (
     DEFAULT_RETRY_ON,
     Abort,
@@ -86,25 +87,28 @@ def _weight(cx: Cx, node: Node, path: str) -> int | None:
 def parse_virtual_service(
     cx: Cx, scope: Scope, spec: Obj, name: str, source: Source
 ) -> VirtualService | None:
+    gateways = gateway_names(cx, scope, spec)
+    # Bound to the sidecars (`mesh`), hosts are mesh services; bound to gateways only, they
+    # are the external names clients ask the gateway for (Istio's semantics).
+    host_of = scope.host if gateways is not None and "mesh" in gateways else external_host
     hosts: list[str] = []
     host_items = spec.items("hosts")
     for hnode, hpath in host_items:
-        h = scope.host(cx, hnode, hpath)
+        h = host_of(cx, hnode, hpath)
         if h is not None:
             hosts.append(h)
     if "hosts" not in spec:
         spec.missing("hosts")
-    if "gateways" in spec:
-        gws = spec.get("gateways", as_str_list)
-        if gws is not None and set(gws) - {"mesh"}:
-            cx.error(spec.value_node("gateways"), spec.sub("gateways"),
-                     "gateways other than `mesh` are not supported yet")
     export = spec.get("exportTo", export_to, EMPTY)
     http = [_http_route(cx, scope, n, p) for n, p in spec.items("http")]
     tcp = [_tcp_route(cx, scope, n, p) for n, p in spec.items("tcp")]
     if not http and not tcp and spec.ok:
         cx.error(spec.node, spec.path, "a VirtualService needs `http` or `tcp` routes")
-    if export is None or len(hosts) != len(host_items):
+    if tcp and gateways is not None and gateways != ("mesh",):
+        cx.error(spec.key_node("tcp"), spec.sub("tcp"), "`tcp` routes on a Gateway are not "
+                 "supported yet: bind this VirtualService to `mesh` only, or use `http`")
+        return None
+    if export is None or gateways is None or len(hosts) != len(host_items):
         return None
     return VirtualService(
         name=name,
@@ -113,7 +117,34 @@ def parse_virtual_service(
         tcp=tuple(r for r in tcp if r is not None),
         export_to=export,
         source=source,
+        gateways=gateways,
     )
+
+
+def gateway_names(cx: Cx, scope: Scope, spec: Obj) -> tuple[str, ...] | None:
+    """Istio `gateways`: absent means `mesh` (the sidecars) only; a Gateway is named as
+    `NAME` or `NAMESPACE/NAME`, and `mesh` must be listed too for the sidecars to apply the
+    routes as well. Whether each named Gateway exists is checked once every file is read."""
+    if "gateways" not in spec:
+        return ("mesh",)
+    out: list[str] = []
+    items = spec.items("gateways")
+    for node, path in items:
+        name = as_str(cx, node, path)
+        if name is None:
+            continue
+        ns, sep, rest = name.rpartition("/")
+        if sep and ns != scope.namespace:
+            cx.error(node, path, f"gateway `{name}` is in namespace `{ns}`: this mesh's "
+                     f"Gateways are in namespace `{scope.namespace}`; write `{rest}`")
+            continue
+        out.append(rest)
+    if not items and spec.ok:
+        cx.error(spec.value_node("gateways"), spec.sub("gateways"),
+                 "an empty `gateways` list binds the routes nowhere: remove it (the sidecars, "
+                 "`mesh`) or name a Gateway")
+        return None
+    return tuple(out) if len(out) == len(items) else None
 
 
 def _http_route(cx: Cx, scope: Scope, node: Node, path: str) -> HTTPRoute | None:

@@ -146,9 +146,14 @@ class Registry:
         snap = self.store.current
         if snap is None:
             raise ValueError("no valid config loaded yet")
-        if snap.config.service(service) is None:
+        # A gateway proxy (proxy/gateway) joins as the workload its Gateways select: the
+        # `istio` or `app` label value of a selector (`istio: ingressgateway`).
+        gateways = {v for g in snap.config.gateways for k, v in g.selector
+                    if k in ("istio", "app")}
+        if snap.config.service(service) is None and service not in gateways:
             known = ", ".join(s.name for s in snap.config.services) or "none"
-            raise ValueError(f"unknown service `{service}` (mesh.yaml has: {known})")
+            gws = f"; Gateways select: {', '.join(sorted(gateways))}" if gateways else ""
+            raise ValueError(f"unknown service `{service}` (mesh.yaml has: {known}{gws})")
         return SpiffeId.for_service(snap.config.trust_domain, snap.config.namespace, service)
 
     def view_line(self) -> bytes:

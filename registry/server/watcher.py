@@ -32,7 +32,8 @@ def _relevant(change: object, path: str) -> bool:
     name = Path(path).name
     if name.startswith(".") or name.endswith("~"):
         return False  # editor swap and backup files, our own atomic-write temporaries
-    return name.endswith((".yaml", ".yml"))
+    # .crt/.key: a Gateway's credentialName pair (registry/config/gateway.py).
+    return name.endswith((".yaml", ".yml", ".crt", ".key"))
 
 
 async def watch(

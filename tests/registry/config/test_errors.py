@@ -23,9 +23,9 @@ VARIANTS: list[tuple[str, str, str, str, list[str]]] = [
     ("unknown_kind", "security.yaml", "kind: PeerAuthentication", "kind: PeerAuthentcation",
      ["security.yaml:3:7: kind: unknown kind `PeerAuthentcation` (did you mean "
       "`PeerAuthentication`?); supported: VirtualService, DestinationRule, "
-      "AuthorizationPolicy, PeerAuthentication, Canary"]),
-    ("unsupported_kind", "security.yaml", "kind: PeerAuthentication", "kind: Gateway",
-     ["security.yaml:3:7: kind: kind `Gateway` is not supported yet"]),
+      "AuthorizationPolicy, PeerAuthentication, Gateway, Canary"]),
+    ("unsupported_kind", "security.yaml", "kind: PeerAuthentication", "kind: ServiceEntry",
+     ["security.yaml:3:7: kind: kind `ServiceEntry` is not supported yet"]),
     ("bad_api_version", "orders.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService",
      "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService",
      ["orders.yaml:2:13: apiVersion: apiVersion `networking.istio.io/v1alpha3` is not "
