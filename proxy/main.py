@@ -21,11 +21,11 @@ from proxy.accesslog import AccessLog
 from proxy.admin import TapHub, start_servers, tap_event, write_discovery
 from proxy.control.apphealth import app_health_loop, probe_params
 from proxy.control.client import ControlClient, View
+from proxy.forwarding.cluster import Clusters
 from proxy.httpio import Server
 from proxy.identity import Identity, load_identity, tls_context
 from proxy.inbound.stack import Inbound
 from proxy.memory import Trimmer
-from proxy.outbound.cluster import Clusters
 from proxy.outbound.stack import Outbound
 from proxy.policy.probe import ProbeParams
 from proxy.runtime import DataPlane, Runtime, Settings

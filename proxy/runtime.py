@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from proxy.accesslog import AccessLog
+from proxy.forwarding.authz import decide, decide_tcp
+from proxy.forwarding.cluster import ClusterRuntime, Clusters
 from proxy.forwarding.forward import Result, local_reply
 from proxy.forwarding.routing import RouteLimits, new_bucket, over_limit
 from proxy.http1 import Request
 from proxy.http1.render import hex_id
 from proxy.identity import Identity
-from proxy.inbound.authz import decide, decide_tcp
-from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.policy.authz import IPAddress
 from proxy.policy.fault import FaultParams
 from proxy.policy.fault import decide as decide_fault

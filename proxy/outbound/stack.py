@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from common.aio import spawn
 from proxy.downstream.http1 import recorder, serve_requests
+from proxy.forwarding.cluster import ClusterRuntime, endpoint_key
 from proxy.forwarding.forward import Admission, Plan, Prep, Result, Target, local_prep
 from proxy.forwarding.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.http1 import (
@@ -24,7 +25,6 @@ from proxy.http1 import (
 )
 from proxy.http1.grammar import index_of
 from proxy.identity import PeerIdentityError, peer_identity, sni_for
-from proxy.outbound.cluster import ClusterRuntime, endpoint_key
 from proxy.policy.limits import Gauges
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.tracing import CLIENT, TRACE_HEADERS, Hop
