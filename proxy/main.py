@@ -7,9 +7,7 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import resource
-import secrets
 import socket
 import time
 from collections.abc import Mapping
@@ -23,32 +21,21 @@ from proxy.accesslog import AccessLog
 from proxy.admin import TapHub, relayed_tap, start_servers, tap_event, write_discovery
 from proxy.control.apphealth import app_health_loop, probe_params
 from proxy.control.client import ControlClient, View
-from proxy.downstream.http1 import HeadWatch
-from proxy.forwarding.forward import Result, local_reply
-from proxy.forwarding.routing import RouteLimits, new_bucket, over_limit
-from proxy.http1 import Request
-from proxy.http1.render import hex_id
+from proxy.forwarding.cluster import Clusters
 from proxy.httpio import Server
 from proxy.identity import Identity, load_identity, tls_context
-from proxy.inbound.authz import decide, decide_tcp
 from proxy.inbound.stack import Inbound
 from proxy.memory import Trimmer
-from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import Outbound
-from proxy.policy.authz import IPAddress
-from proxy.policy.fault import FaultParams
-from proxy.policy.fault import decide as decide_fault
 from proxy.policy.probe import ProbeParams
-from proxy.policy.ratelimit import TokenBucket
+from proxy.runtime import DataPlane, Runtime, Settings
 from proxy.snapshot import ProxySnapshot, build_snapshot
-from proxy.telemetry import Series, SeriesMemo, Telemetry, observe_request
-from proxy.tracing import Hop, Tracer
-from proxy.tracing.attributes import http_span
+from proxy.telemetry import Telemetry
+from proxy.tracing import Tracer
 from proxy.tracing.otlp import OtlpExporter
 from proxy.transport.accept import Connections, accept_loop, listen, listen_both, streams_for
-from proxy.transport.streams import ByteReader, ByteWriter, ConnLimiter, Pool
+from proxy.transport.streams import ByteReader, ByteWriter, Pool
 from proxy.transport.tcp import relay
-from registry.ca import SpiffeId
 from registry.config import MeshConfig
 from registry.server.catalog import Endpoint
 
@@ -56,11 +43,8 @@ if TYPE_CHECKING:
     from proxy.dns.server import DnsServer  # imported when DNS is on (_start_dns)
     from proxy.gateway.server import GatewayMode, GatewayOptions
 
-_now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
-
 log = logging.getLogger("meshctl.proxy")
 EPOCH_GRACE_S: Final = 30.0  # how long an empty catalog from a new registry epoch is not believed
-_RNG: Final = random.Random()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,14 +121,38 @@ def inbound_passthrough(opts: ProxyOptions, port: int) -> bool:
     the workload's own namespace (in explicit mode it is the host's: every other local
     service), and never to one of the proxy's own ports (inbound, outbound, admin,
     metrics, published, DNS): that would loop, or hand a peer the admin API."""
+    own = own_ports(opts)
+    return own is not None and port not in own
+
+
+def own_ports(opts: ProxyOptions) -> frozenset[int] | None:
+    """The proxy's own ports, which inbound passthrough never reaches; None in explicit
+    mode, where there is no passthrough at all (see inbound_passthrough)."""
     if opts.outbound is None:
-        return False
+        return None
     own = {opts.inbound[1], opts.outbound[1], opts.admin[1], opts.metrics[1]}
     own.update(hp[1] for hp in (opts.published, opts.dns) if hp is not None)
-    return port not in own
+    return frozenset(own)
+
+
+def settings_of(opts: ProxyOptions) -> Settings:
+    """The options the request path reads, for the data plane."""
+    return Settings(
+        service=opts.service,
+        version=opts.version,
+        header_timeout_s=opts.header_timeout_s,
+        request_timeout_s=opts.request_timeout_s,
+        body_idle_timeout_s=opts.body_idle_timeout_s,
+        inbound_handshake_timeout_s=opts.inbound_handshake_timeout_s,
+        apps=dict(opts.apps),
+        own_ports=own_ports(opts),
+    )
 
 
 class Proxy:
+    """The process shell: identity, the control stream, listeners, admin, DNS, drain. The
+    stacks receive its data plane (`self.plane`, proxy/runtime.py), never the shell."""
+
     def __init__(self, opts: ProxyOptions) -> None:
         self.opts = opts
         # Stable across restarts (service + host, no pid): a restarted proxy replaces its
@@ -155,9 +163,6 @@ class Proxy:
             labels["version"] = opts.version
         self.labels = labels
         self.telemetry = Telemetry()
-        self.pool = Pool()
-        self.app_pool = Pool()
-        self.snapshot: ProxySnapshot | None = None
         self.identity: Identity | None = None
         self.control = ControlClient(
             opts.registry_url, opts.ca_file, opts.home / "tls", self.proxy_id
@@ -165,38 +170,16 @@ class Proxy:
         self.control.on_identity(self._on_identity)
         self.control.admin_get = self._admin_get
         self.control.admin_tap = functools.partial(relayed_tap, self)
-        self.outbound = Outbound(self)
-        self.inbound = Inbound(self)
-        self.gateway: GatewayMode | None = None
-        if opts.gateway is not None:
-            from proxy.gateway.server import GatewayMode
-
-            self.gateway = GatewayMode(self, opts.gateway)
         self.ready = asyncio.Event()
-        self.head_watch: HeadWatch | None = None  # the header-timeout sweeper, on first use
-        self._bucket: TokenBucket | None = None
-        self._bucket_key: object = None
-        self.route_limits = RouteLimits()  # outbound, per (service, route): routeRateLimits
         self._listeners: list[socket.socket] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._servers: list[Server] = []  # admin, metrics
-        # The inbound context is long-lived; a renewal loads the new chain into it, so new
-        # handshakes use it and open connections keep theirs. (Outbound connections use
-        # the Identity's own client context: the pool keys them by identity.)
-        self.server_ctx = tls_context(server=True)
-        self._rid = secrets.randbits(32)
-        self._rid_prefix = self.proxy_id.encode()[-24:] + b"-"  # request ids: prefix-counter
-        self.clusters = Clusters()
-        # (config version, reporter, service, peer, status, flags) -> the label set's
-        # histograms: the 19 Istio labels are made and hashed once per combination.
-        self._label_cache: dict[tuple[object, ...], Series] = {}
+        self.server_ctx = tls_context(server=True)  # the inbound one, reloaded on renewal
         self._epoch = ""
         self._epoch_endpoints: list[Endpoint] = []
         self._grace_endpoints: list[Endpoint] = []
         self._grace_until = 0.0
         self._last_view: View | None = None
-        self.inflight = 0
-        self.draining = False
         # Set once start() is through (discovery file written): /ready waits for it, so
         # whoever sees ready also finds the proxy's admin.json.
         self.started = False
@@ -220,6 +203,39 @@ class Proxy:
         self.tracer = Tracer(
             opts.trace_sampling, self.exporter.offer if self.exporter is not None else None
         )
+        self.plane = DataPlane(
+            settings_of(opts), self.proxy_id, self.telemetry, self.tracer, self.tap,
+            functools.partial(tap_event, self), self.server_ctx,
+        )  # fmt: skip
+        self.outbound = Outbound(self.plane)
+        self.inbound = Inbound(self.plane)
+        self.gateway: GatewayMode | None = None
+        if opts.gateway is not None:
+            from proxy.gateway.server import GatewayMode
+
+            self.gateway = GatewayMode(self, opts.gateway)
+
+    # -- what the admin pages read (the stacks read the data plane) --------------------
+
+    @property
+    def snapshot(self) -> ProxySnapshot | None:
+        return self.plane.snapshot
+
+    @property
+    def pool(self) -> Pool:
+        return self.plane.pool
+
+    @property
+    def clusters(self) -> Clusters:
+        return self.plane.clusters
+
+    @property
+    def inflight(self) -> int:
+        return self.plane.inflight
+
+    @property
+    def draining(self) -> bool:
+        return self.plane.draining
 
     # -- identity and config ---------------------------------------------------------
 
@@ -227,6 +243,9 @@ class Proxy:
         cert, key = self.opts.home / "tls" / "svid.crt", self.opts.home / "tls" / "svid.key"
         load_identity(self.server_ctx, cert, key, ident.bundle_pem)
         self.identity = ident
+        snap = self.plane.snapshot
+        if snap is not None:  # new connections to peers present the new certificate
+            self.plane.runtime = Runtime(snap, ident, self.access_log)
         gauges = self.telemetry.gauges
         gauges["meshctl_proxy_certificate_expiry_seconds"] = ident.not_after.timestamp()
         gauges["meshctl_proxy_certificate_lifetime_seconds"] = _lifetime_s(ident.cert_pem)
@@ -243,9 +262,9 @@ class Proxy:
                 endpoints,
                 self.opts.service,
                 self.labels,
-                self.clusters,
+                self.plane.clusters,
             )
-            self.route_limits.attach((v.service, v.routes) for v in snap.services.values())
+            self.plane.route_limits.attach((v.service, v.routes) for v in snap.services.values())
         except Exception as exc:  # a NACK carries the reason; the old snapshot stays
             log.exception("config version %d refused", view.config_version)
             self.telemetry.counters["meshctl_proxy_config_rejected_total"] += 1
@@ -258,15 +277,17 @@ class Proxy:
                 log.error("config version %d refused: %s", view.config_version, refused)
                 self.telemetry.counters["meshctl_proxy_config_rejected_total"] += 1
                 return refused
-        self.snapshot = snap
         if snap.me is not None:
             target = snap.me.access_log
         elif self.opts.gateway is not None:  # a gateway's: its --access-log
             target = self.opts.gateway.access_log
         else:
             target = self.access_log.target
-        if self.access_log.target != target:
-            old, self.access_log = self.access_log, AccessLog(target)
+        old = self.access_log
+        if old.target != target:
+            self.access_log = AccessLog(target)
+        self.plane.runtime = Runtime(snap, self.identity, self.access_log)  # the swap
+        if old is not self.access_log:
             old.flush()
             old.close()
         self.telemetry.gauges["meshctl_proxy_config_version"] = snap.version
@@ -301,228 +322,14 @@ class Proxy:
         if self._last_view is not None and time.monotonic() >= self._grace_until:
             self.apply_view(self._last_view)
 
-    # -- per-request helpers used by the stacks ---------------------------------------
-
-    def request_id(self) -> bytes:
-        self._rid += 1
-        return self._rid_prefix + hex_id(self._rid & 0xFFFFFFFF, 8)
-
-    def limiter(self, rt: ClusterRuntime) -> ConnLimiter:
-        """The connection limiter of a cluster, following its current limits."""
-        lim = rt.limiter
-        limits = rt.gauges.limits
-        if lim is None:
-            lim = rt.limiter = ConnLimiter(limits.max_connections, limits.max_pending)
-        else:
-            lim.max_connections, lim.max_pending = limits.max_connections, limits.max_pending
-        return lim
-
     def _probe(self) -> ProbeParams | None:
         snap = self.snapshot
-        return probe_params(snap.me, snap.my_labels, self.app_address) if snap else None
+        return (probe_params(snap.me, snap.my_labels, self.plane.settings.app_address)
+                if snap else None)
 
     async def _app_health(self, health: str, reason: str) -> None:
         self.endpoint["health"], self.endpoint["reason"] = health, reason
         await self.control.report_health(self.endpoint)
-
-    def app_address(self, port: int) -> tuple[str, int]:
-        return self.opts.apps.get(port, ("127.0.0.1", port))
-
-    def inbound_passthrough(self, port: int) -> bool:
-        return inbound_passthrough(self.opts, port)
-
-    def default_inbound_port(self, snap: ProxySnapshot) -> int | None:
-        return snap.me.ports[0].port if snap.me and snap.me.ports else None
-
-    def authorize(
-        self, peer: SpiffeId | None, req: Request, port: int, source_ip: IPAddress | None = None
-    ) -> bool:
-        snap = self.snapshot
-        if snap is None:
-            return False
-        d = decide(snap.compiled_authz, peer, req, port, source_ip)
-        return d.allowed
-
-    def rate_limited(self) -> int | None:
-        """Seconds to advertise in retry-after when the service's bucket is empty, else None."""
-        snap = self.snapshot
-        rl = snap.me.rate_limit if snap and snap.me else None
-        if rl is None:
-            return None
-        if self._bucket is None or self._bucket_key != rl:
-            self._bucket = new_bucket(rl, time.monotonic)
-            self._bucket_key = rl
-        return over_limit(self._bucket)
-
-    async def apply_fault(self, fault: FaultParams, writer: ByteWriter) -> int | None:
-        """VirtualService fault injection: delay and/or abort, each on its percentage."""
-        d = decide_fault(fault, _RNG)
-        if d.delay_s:
-            await asyncio.sleep(d.delay_s)
-        if d.abort_status is not None:
-            writer.write(local_reply(d.abort_status, "FI"))
-            return d.abort_status
-        return None
-
-    def record(
-        self,
-        snap: ProxySnapshot,
-        reporter: str,
-        dest_service: str,
-        result: Result,
-        start: float,
-        req: Request,
-        peer: SpiffeId | None = None,
-        hop: Hop | None = None,
-        end: float = -1.0,
-        memo: SeriesMemo | None = None,
-    ) -> None:
-        """Metrics (Istio's labels), the access-log line, the span and the tap event for one
-        finished request, which began at `start` and ended at `end` (time.monotonic(); read
-        now when not given). The span and the tap cost nothing unless sampled / tapped.
-        `memo`: the caller's (one connection's, whose reporter, service and peer do not
-        change) last label set, reused while the snapshot, status and flags repeat."""
-        ms = ((end if end >= 0.0 else _now()) - start) * 1000.0
-        if (
-            memo is not None
-            and memo.series is not None
-            and memo.version == snap.version
-            and memo.status == result.status
-            and memo.flags == result.flags
-        ):
-            series = memo.series
-        else:
-            series = self._series_of(snap, reporter, dest_service, peer, result)
-            if memo is not None:
-                memo.version, memo.status, memo.flags = snap.version, result.status, result.flags
-                memo.series = series
-        observe_request(series, ms, result.req_bytes, result.resp_bytes)
-        tel = self.telemetry
-        if result.flags == "UO":  # a circuit breaker: the cluster's gauges or its pool
-            tel.counters["meshctl_proxy_upstream_overflow_total"] += 1
-        if self.access_log.enabled:
-            self.access_log.write(
-                req, result, time.time() - ms / 1000.0, ms, str(peer) if peer else None, reporter
-            )
-        if hop is not None and hop.recording:
-            peer_id = self._peer_of(snap, reporter, dest_service, peer)
-            name, attrs, error = http_span(hop, reporter, dest_service, result, req, peer_id)
-            self.tracer.finish(hop, name, ms, attrs, error)
-        if self.tap.active:
-            peer_id = self._peer_of(snap, reporter, dest_service, peer)
-            self.tap.publish(tap_event(self, reporter, dest_service, result, ms, req, peer_id, hop))
-
-    def _series_of(
-        self,
-        snap: ProxySnapshot,
-        reporter: str,
-        dest_service: str,
-        peer: SpiffeId | None,
-        result: Result,
-    ) -> Series:
-        # The 19 Istio labels of a request depend on few things: computed once per
-        # combination and config version, not per request.
-        # The peer by its two strings: a SpiffeId hashes in interpreted Python (~1,300
-        # instructions), its strings keep their hashes.
-        key = (
-            snap.version,
-            reporter,
-            dest_service,
-            peer.trust_domain if peer is not None else None,
-            peer.path if peer is not None else None,
-            result.status,
-            result.flags,
-        )
-        series = self._label_cache.get(key)
-        if series is None:
-            if len(self._label_cache) > 4096:
-                self._label_cache.clear()
-            series = self._label_cache[key] = self.telemetry.series(
-                self._labels(snap, reporter, dest_service, peer, result))
-        return series
-
-    def _peer_of(
-        self, snap: ProxySnapshot, reporter: str, dest_service: str, peer: SpiffeId | None
-    ) -> str | None:
-        """The other side's SPIFFE ID: the upstream's (verified at connect) or the caller's."""
-        if reporter == "source":
-            return snap.config.spiffe_id(dest_service)
-        return str(peer) if peer else None
-
-    def record_tcp(
-        self,
-        snap: ProxySnapshot,
-        reporter: str,
-        dest_service: str,
-        peer: SpiffeId | None,
-        *,
-        opened: bool = False,
-        sent: int = 0,
-        received: int = 0,
-    ) -> None:
-        """istio_tcp_* for one connection: opened at start; bytes and closed at the end."""
-        full = self._labels(snap, reporter, dest_service, peer, None)
-        labels = full[:15] + full[17:]  # TCP metrics carry no response_code/grpc status
-        tel = self.telemetry
-        if opened:
-            tel.tcp_opened[labels] += 1
-            return
-        tel.tcp_closed[labels] += 1
-        tel.tcp_sent[labels] += sent
-        tel.tcp_received[labels] += received
-
-    def authorize_tcp(
-        self, peer: SpiffeId | None, port: int, source_ip: IPAddress | None = None
-    ) -> bool:
-        """AuthorizationPolicy on a TCP port: only source and port fields can match."""
-        snap = self.snapshot
-        if snap is None:
-            return False
-        return bool(decide_tcp(snap.compiled_authz, peer, port, source_ip).allowed)
-
-    def _labels(
-        self,
-        snap: ProxySnapshot,
-        reporter: str,
-        dest_service: str,
-        peer: SpiffeId | None,
-        result: Result | None,
-    ) -> tuple[str, ...]:
-        ns = snap.config.namespace
-        me = self.opts.service
-        version = self.opts.version or "unknown"
-        my_wl = f"{me}-{self.opts.version}" if self.opts.version else me
-        mine = str(self.identity.spiffe_id) if self.identity else "unknown"
-        if reporter == "source":
-            src = (my_wl, me, version, mine)
-            dst = (dest_service, dest_service, "unknown", snap.config.spiffe_id(dest_service))
-            mtls = "mutual_tls"
-        else:
-            peer_svc = (peer.service_account if peer else None) or "unknown"
-            src = (peer_svc, peer_svc, "unknown", str(peer) if peer else "unknown")
-            dst = (my_wl, me, version, mine)
-            mtls = "mutual_tls" if peer else "none"
-        return (
-            reporter,
-            src[0],
-            ns,
-            src[3],
-            src[1],
-            src[2],
-            dst[0],
-            ns,
-            dst[3],
-            dst[1],
-            dst[2],
-            f"{dest_service}.{ns}",
-            dest_service,
-            ns,
-            "http" if result else "tcp",
-            str(result.status) if result else "-",
-            "-",
-            (result.flags or "-") if result else "-",
-            mtls,
-        )
 
     # -- listeners -------------------------------------------------------------------
 
@@ -700,7 +507,7 @@ class Proxy:
     async def stop(self) -> None:
         """Graceful drain (SIGTERM): stop accepting, tell the registry we are draining so peers
         stop choosing us, let in-flight requests finish (bounded by drain_s), then exit."""
-        self.draining = True
+        self.plane.draining = True
         if self.discovery_file is not None:
             with contextlib.suppress(OSError):
                 self.discovery_file.unlink()
@@ -711,7 +518,7 @@ class Proxy:
         if hasattr(self, "endpoint"):
             await self.control.deregister(self.endpoint["id"])
         deadline = time.monotonic() + self.opts.drain_s
-        while self.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded poll
+        while self.plane.inflight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded poll
             await asyncio.sleep(0.05)
         for t in self._tasks:
             t.cancel()
@@ -722,8 +529,8 @@ class Proxy:
             await server.close()
         if self.dns is not None:
             await self.dns.close()
-        self.pool.close_all()
-        self.app_pool.close_all()
+        self.plane.pool.close_all()
+        self.plane.app_pool.close_all()
         self.access_log.flush()
         self.access_log.close()
         await self.control.close()

@@ -13,9 +13,9 @@ from typing import Any, Final
 
 from common.vip import service_vip
 from proxy.dns.answer import NameTable
+from proxy.forwarding.authz import compile_policies
+from proxy.forwarding.cluster import ClusterRuntime, Clusters
 from proxy.forwarding.routing import CompiledRoute, compile_route
-from proxy.inbound.authz import compile_policies
-from proxy.outbound.cluster import ClusterRuntime, Clusters
 from proxy.policy.weights import WeightedPicker
 from proxy.tracing import TRACE_HEADERS
 from registry.config import MeshConfig

@@ -9,12 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.proxies import select
+from common.proxies import ObserveError, ProxyInfo, select
 from common.state import mesh_home
 from common.stats import Row
 from common.stats import stat as compute
 from meshctl.commands.remote import OperatorFileOpt, RegistryOpt, remote
 from meshctl.observe.cli import AdminOpt, Output, OutputOpt, echo_json, fmt, scrape, user_errors
+from registry.config.model import Service
+from registry.config.opaque import stat_notes
+from registry.config.wire import from_wire
 
 __all__ = ["stat"]
 
@@ -39,6 +42,7 @@ def stat(
         time.sleep(interval)
         second = scrape(proxies)
         result = compute(first, second, time.monotonic() - t0, service)
+        notes = _notes(proxies, service)
     if output == Output.json:
         echo_json(
             {
@@ -46,12 +50,29 @@ def stat(
                 "proxies": [p.proxy_id for p in proxies],
                 "services": [r.to_wire() for r in result["services"]],
                 "edges": [r.to_wire() for r in result["edges"]],
+                "notes": notes,
             }
         )
         return
     out = Console(highlight=False)
     for title, rows in (("services (inbound)", result["services"]), ("edges", result["edges"])):
         out.print(_table(title, rows))
+    for note in notes:
+        out.print(f"[yellow]note:[/] {note}")
+
+
+def _notes(proxies: list[ProxyInfo], service: str | None) -> list[str]:
+    """What the tables cannot show as requests (ports relayed as TCP), from the config one
+    of the proxies runs (the same mesh-wide config for all)."""
+    for p in proxies:
+        try:
+            config = (p.admin_json("/config_dump") or {}).get("config")
+            if config:
+                services = [from_wire(Service, s) for s in config.get("services", [])]
+                return stat_notes(services, service)
+        except (ObserveError, ValueError, TypeError, AttributeError):
+            continue  # another proxy may answer; the tables stand without the notes
+    return []
 
 
 def _table(title: str, rows: list[Row]) -> Table:

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from proxy.forwarding.authz import decide
+from proxy.forwarding.cluster import balancer_name
 from proxy.forwarding.routing import CompiledRoute, first_match
 from proxy.http1 import Request
-from proxy.inbound.authz import decide
-from proxy.outbound.cluster import balancer_name
 from proxy.snapshot import ProxySnapshot, ServiceView, build_snapshot
 from registry.ca import SpiffeId
 from registry.config import MeshConfig
@@ -201,7 +201,7 @@ def _authz(
     for labels in label_sets:
         dsnap: ProxySnapshot = build_snapshot(0, 0, config, endpoints, destination, labels)
         if answer["carried_as"] == "tcp":
-            from proxy.inbound.authz import decide_tcp
+            from proxy.forwarding.authz import decide_tcp
 
             d = decide_tcp(dsnap.compiled_authz, peer, port)
         else:

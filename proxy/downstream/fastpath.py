@@ -47,11 +47,11 @@ from proxy.http1 import (
 )
 from proxy.policy.retry import Outcome, should_retry
 from proxy.tracing import Hop
+from proxy.transport.headwatch import HeadWatch
 from proxy.transport.streams import Channel, Conn, EventStream, Marker
 
 if TYPE_CHECKING:
-    from proxy.downstream.http1 import HeadWatch
-    from proxy.main import Proxy
+    from proxy.runtime import DataPlane
     from proxy.snapshot import ProxySnapshot
 
 log = logging.getLogger("meshctl.proxy.fastpath")
@@ -121,9 +121,9 @@ class FastConn:
         "on_events_cb",
         "on_raw_cb",
         "on_upstream_cb",
+        "plane",
         "prep",
         "prepare",
-        "proxy",
         "req",
         "resume",
         "snap",
@@ -136,7 +136,7 @@ class FastConn:
 
     def __init__(
         self,
-        proxy: Proxy,
+        plane: DataPlane,
         down: EventStream,
         writer: Channel,
         prepare: Prepare,
@@ -144,7 +144,7 @@ class FastConn:
         resume: Callable[[Request, Prep, Started], Awaitable[Result]],
         watch: HeadWatch,
     ) -> None:
-        self.proxy = proxy
+        self.plane = plane
         self.down = down
         self.writer = writer
         self.prepare = prepare
@@ -152,7 +152,7 @@ class FastConn:
         self.resume = resume  # the coroutine path, from a Started request
         self.watch = watch
         self.conn: Conn | None = None
-        self.telemetry = proxy.telemetry
+        self.telemetry = plane.telemetry
         # The listeners, bound once: a bound method made per request costs ~600 instructions
         # (a cycle with self, collected with the connection).
         self.on_events_cb: Callable[[], None] = self.on_events
@@ -178,14 +178,14 @@ class FastConn:
         if not pending:
             return  # the head is not complete yet
         req = pending[0]
-        proxy = self.proxy
+        plane = self.plane
         if (
             type(req) is not Request
             or req.upgrade is not None
             or req.expect_continue
             or not req.keep_alive
             or req.version != b"1.1"
-            or proxy.draining
+            or plane.draining
         ):
             self._wake()
             return
@@ -206,14 +206,14 @@ class FastConn:
             pieces = [pending.pop(0) for _ in range(end - 1)]
             body = b"".join([ev.data for ev in pieces if type(ev) is Data]) if pieces else b""
             pending.pop(0)  # EndOfMessage (trailers of a complete body are not forwarded)
-        snap = proxy.snapshot
+        snap = plane.snapshot
         assert snap is not None
         waiting = self.watch.waiting
         if down in waiting:  # a dict's pop with a default is a generic call in compiled code
             del waiting[down]
         down.listener = _NOOP
         down.busy = True
-        proxy.inflight += 1
+        plane.inflight += 1
         # One clock reading for this callback: the request's start, the pool's idle check
         # and the time it is sent upstream are the same moment to within microseconds.
         now = _now()
@@ -426,16 +426,16 @@ class FastConn:
 
     def _finish(self, result: Result, now: float) -> None:
         prep = self.prep
-        proxy = self.proxy
+        plane = self.plane
         self.down.busy = False
         try:
             if prep.admission is not None:
                 prep.admission.release()
         finally:
-            proxy.inflight -= 1
+            plane.inflight -= 1
         self.done(self.snap, result, self.start, self.req, prep.hop, now)
         down = self.down
-        if not result.keep_alive or proxy.draining:
+        if not result.keep_alive or plane.draining:
             self._close()
             return
         if down.pending or down.error is not None or down.eof:

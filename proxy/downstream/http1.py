@@ -10,7 +10,6 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Final
 
-from common.aio import spawn
 from proxy.downstream import fastpath
 from proxy.downstream.fastpath import Close, Done, FastConn, Handover, Prepare
 from proxy.forwarding.forward import Prep, Result, Started, complete, local_reply
@@ -21,55 +20,10 @@ from proxy.transport.streams import Channel, EventStream, PeerClosed
 _now: Final = time.monotonic  # a static in the compiled core, not time's attribute per call
 
 if TYPE_CHECKING:
-    from proxy.main import Proxy
+    from proxy.runtime import DataPlane
     from proxy.snapshot import ProxySnapshot
     from proxy.tracing import Hop
     from registry.ca import SpiffeId
-
-
-
-class HeadWatch:
-    """The header timeout of every connection of a proxy, kept by one sweeper task.
-
-    A timer per request (asyncio.timeout) costs a timer handle, two lookups of the running
-    loop and a cancellation per request; here a connection waiting for a head costs one dict
-    entry, and one task wakes every quarter timeout (at most every second) to cut off the
-    ones past their deadline (as Envoy's request_headers_timeout; the cut comes up to that
-    period late). A cut connection's stream is marked, so its reader ends quietly.
-    """
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.waiting: dict[EventStream, tuple[float, Channel]] = {}
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, down: EventStream, writer: Channel, now: float) -> None:
-        self.waiting[down] = (now + self.proxy.opts.header_timeout_s, writer)
-        if self.task is None:
-            self.task = spawn(self._sweep(), name="header-timeouts")
-
-    async def _sweep(self) -> None:
-        try:
-            while self.waiting:
-                await asyncio.sleep(min(1.0, self.proxy.opts.header_timeout_s / 4))
-                now = time.monotonic()
-                expired = [(d, w) for d, (t, w) in self.waiting.items() if t <= now]
-                counters = self.proxy.telemetry.counters
-                for down, writer in expired:
-                    del self.waiting[down]
-                    down.timed_out = True
-                    counters["meshctl_proxy_downstream_header_timeouts_total"] += 1
-                    with contextlib.suppress(Exception):
-                        writer.transport.abort()
-        finally:
-            self.task = None
-
-
-def head_watch(proxy: Proxy) -> HeadWatch:
-    watch = proxy.head_watch
-    if watch is None:
-        watch = proxy.head_watch = HeadWatch(proxy)
-    return watch
 
 
 DELAYED_CLOSE_S: Final = 1.0  # Envoy's delayed_close_timeout default
@@ -90,8 +44,8 @@ async def delayed_close(down: EventStream, writer: Channel) -> None:
                 pass
 
 
-def recorder(proxy: Proxy, reporter: str, service: str | None, peer: SpiffeId | None) -> Done:
-    """The `done` of serve_requests: each finished request recorded (Proxy.record) as
+def recorder(plane: DataPlane, reporter: str, service: str | None, peer: SpiffeId | None) -> Done:
+    """The `done` of serve_requests: each finished request recorded (DataPlane.record) as
     `reporter` ("source" or "destination") sees it, for `service` (None: this proxy's own
     service in the request's snapshot), from `peer` (the caller's verified identity)."""
     memo = SeriesMemo()  # one per connection: its label set repeats from request to request
@@ -105,7 +59,7 @@ def recorder(proxy: Proxy, reporter: str, service: str | None, peer: SpiffeId | 
         end: float,
     ) -> None:
         name = service if service is not None else (snap.me.name if snap.me else "")
-        proxy.record(
+        plane.record(
             snap, reporter, name, result, start, req, peer=peer, hop=hop, end=end, memo=memo
         )
 
@@ -113,7 +67,7 @@ def recorder(proxy: Proxy, reporter: str, service: str | None, peer: SpiffeId | 
 
 
 async def serve_requests(
-    proxy: Proxy,
+    plane: DataPlane,
     reader: Channel,
     writer: Channel,
     prepare: Prepare,
@@ -127,17 +81,17 @@ async def serve_requests(
     can be, else here.
     """
     down = EventStream(reader, RequestParser(), initial)
-    counters = proxy.telemetry.counters
-    watch = head_watch(proxy)
+    counters = plane.telemetry.counters
+    watch = plane.head_watch
     waiting = watch.waiting
     transport = writer.transport
-    down.body_idle_s = proxy.opts.body_idle_timeout_s
-    request_s = proxy.opts.request_timeout_s
+    down.body_idle_s = plane.settings.body_idle_timeout_s
+    request_s = plane.settings.request_timeout_s
 
     async def resume(req: Request, prep: Prep, started: Started) -> Result:
         return await complete(req, down, writer, prep, started)
 
-    fast = FastConn(proxy, down, writer, prepare, done, resume, watch) if fastpath.ENABLED else None
+    fast = FastConn(plane, down, writer, prepare, done, resume, watch) if fastpath.ENABLED else None
     while True:
         try:
             # The whole head must arrive within the header timeout: a client sending one
@@ -175,12 +129,12 @@ async def serve_requests(
         else:
             assert isinstance(ev, Request)
             req = ev
-            current = proxy.snapshot  # read once: the request finishes on this snapshot
+            current = plane.snapshot  # read once: the request finishes on this snapshot
             assert current is not None
             snap = current
             start = _now()
             prep = prepare(req, snap)
-            proxy.inflight += 1
+            plane.inflight += 1
             job = complete(req, down, writer, prep, None)
         # The request timeout runs from the head's arrival to the body's end (next_body).
         down.body_deadline = start + request_s if request_s > 0 else 0.0
@@ -193,9 +147,9 @@ async def serve_requests(
         except (PeerClosed, ConnectionError):
             return
         finally:
-            proxy.inflight -= 1
+            plane.inflight -= 1
         done(snap, result, start, req, prep.hop, _now())
-        if not result.keep_alive or not req.keep_alive or proxy.draining:
+        if not result.keep_alive or not req.keep_alive or plane.draining:
             if down.parser.in_body:
                 await delayed_close(down, writer)
             return

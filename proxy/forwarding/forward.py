@@ -118,7 +118,7 @@ class Target:
     idle_timeout_s: float | None = None
     # (status or None, local-origin failure, latency): feeds outlier detection and EWMA.
     report: Callable[[int | None, bool, float], None] | None = None
-    # The endpoint's identity (proxy.outbound.cluster.endpoint_key, "ip:port"): what the
+    # The endpoint's identity (proxy.forwarding.cluster.endpoint_key, "ip:port"): what the
     # balancer picks and a retry excludes. Not `key`, which names a pool of connections.
     endpoint: str = ""
 

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Final
 from common.aio import spawn
 from common.hostmatch import request_host
 from proxy.downstream.http1 import serve_requests
+from proxy.forwarding.authz import decide
 from proxy.forwarding.forward import Prep, Result, local_prep
 from proxy.forwarding.routing import first_match, new_bucket, over_limit
 from proxy.gateway.credentials import CredentialError, Credentials
 from proxy.gateway.forwarded import forwarded_for
 from proxy.gateway.table import GatewayTable, PortPlan, build_table
 from proxy.http1 import Request, render_response_head
-from proxy.inbound.authz import decide
 from proxy.tracing import CLIENT, Hop
 from proxy.transport.accept import Connections, accept_loop, listen, streams_for
 from registry.config.model import RateLimit
@@ -180,10 +180,10 @@ class GatewayMode:
         def done(snap: ProxySnapshot, result: Result, start: float, req: Request,
                  hop: Hop | None, end: float) -> None:
             dest = dests.pop(id(req), "unknown")
-            proxy.record(snap, "source", dest, result, start, req, hop=hop, end=end)
+            proxy.plane.record(snap, "source", dest, result, start, req, hop=hop, end=end)
 
         try:
-            await serve_requests(proxy, reader, writer, prepare, done)
+            await serve_requests(proxy.plane, reader, writer, prepare, done)
         finally:
             with contextlib.suppress(Exception):
                 writer.close()

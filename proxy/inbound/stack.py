@@ -25,7 +25,7 @@ from proxy.transport.tcp import relay, relay_framed
 from registry.ca import SpiffeId
 
 if TYPE_CHECKING:
-    from proxy.main import Proxy
+    from proxy.runtime import DataPlane
     from proxy.snapshot import ProxySnapshot
 
 log = logging.getLogger("meshctl.proxy.inbound")
@@ -38,22 +38,22 @@ _DROP: Final = request_drop(STRIP_AND_TRACE)
 
 
 class Inbound:
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     async def on_connection(self, sock: socket.socket) -> None:
-        proxy = self.proxy
-        snap = proxy.snapshot
-        if snap is None or proxy.identity is None:
+        plane = self.plane
+        snap = plane.snapshot
+        if snap is None or plane.identity is None:
             sock.close()
             return
-        tel = proxy.telemetry.counters
+        tel = plane.telemetry.counters
         plain_port: int | None = None
         # One deadline for the first byte and the TLS handshake (Envoy's
         # transport_socket_connect_timeout): a connection that never starts or never
         # finishes TLS holds its slot that long at most. Nothing is allocated for TLS until
         # the first byte is there, so idle connections cost a socket and a task.
-        timeout = proxy.opts.inbound_handshake_timeout_s
+        timeout = plane.settings.inbound_handshake_timeout_s
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             b = await first_byte(sock, timeout)
@@ -64,14 +64,14 @@ class Inbound:
             if not tls:
                 # Which port the plaintext client wanted: the original destination when
                 # iptables redirected it here, else the service's first port (explicit mode).
-                plain_port = _original_port(sock) or proxy.default_inbound_port(snap)
+                plain_port = _original_port(sock) or plane.default_inbound_port(snap)
                 if snap.port_modes.get(plain_port or 0, snap.peer_mode) == "STRICT":
                     tel["meshctl_proxy_inbound_plaintext_refused_total"] += 1
                     sock.close()
                     return
             reader, writer = await streams_for(
                 sock,
-                proxy.server_ctx if tls else None,
+                plane.server_ctx if tls else None,
                 max(0.001, deadline - asyncio.get_running_loop().time()),
             )
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
@@ -90,7 +90,7 @@ class Inbound:
             if not tls:
                 tel["meshctl_proxy_inbound_plaintext_total"] += 1
             target = parse_sni(getattr(ssl_obj, "meshctl_sni", None)) if tls else None
-            port = target[1] if target else (plain_port or proxy.default_inbound_port(snap))
+            port = target[1] if target else (plain_port or plane.default_inbound_port(snap))
             await self._serve_port(reader, writer, port, snap, peer, target, source_ip(sock))
         finally:
             with contextlib.suppress(Exception):
@@ -105,11 +105,11 @@ class Inbound:
         (AuthorizationPolicy sees no principal), counted as from "unknown". A client that
         dials this listener itself was not redirected: refused, like an undeclared port.
         """
-        proxy = self.proxy
-        snap = proxy.snapshot
-        tel = proxy.telemetry.counters
+        plane = self.plane
+        snap = plane.snapshot
+        tel = plane.telemetry.counters
         port = _original_port(sock)
-        if snap is None or proxy.identity is None or port is None or not snap.me:
+        if snap is None or plane.identity is None or port is None or not snap.me:
             tel["meshctl_proxy_inbound_published_refused_total"] += 1
             sock.close()
             return
@@ -139,8 +139,8 @@ class Inbound:
         is the connection's source address (ipBlocks, remoteIpBlocks)."""
         me = snap.me
         p = me.port(port) if me and port else None
-        tel = self.proxy.telemetry.counters
-        if p is None and port is not None and self.proxy.inbound_passthrough(port):
+        tel = self.plane.telemetry.counters
+        if p is None and port is not None and self.plane.settings.inbound_passthrough(port):
             # A port the service does not declare (every port is captured): Istio's
             # inbound passthrough, a TCP relay to the app on that port after authorization.
             tel["meshctl_proxy_inbound_passthrough_total"] += 1
@@ -163,7 +163,7 @@ class Inbound:
             await self._serve_http(reader, writer, port, peer, src, first)
 
     def _app_target(self, port: int) -> Target:
-        host, app_port = self.proxy.app_address(port)
+        host, app_port = self.plane.settings.app_address(port)
 
         async def connect() -> Channel:
             return await open_channel(host, app_port)
@@ -180,19 +180,19 @@ class Inbound:
         src: IPAddress | None,
         first: bytes = b"",
     ) -> None:
-        proxy = self.proxy
+        plane = self.plane
         me = snap.me.name if snap.me else ""
-        if not proxy.authorize_tcp(peer, port, src):
-            proxy.telemetry.counters["meshctl_proxy_authz_denied_total"] += 1
+        if not plane.authorize_tcp(peer, port, src):
+            plane.telemetry.counters["meshctl_proxy_authz_denied_total"] += 1
             return
         t = self._app_target(port)
         try:
             app = await asyncio.wait_for(t.connect(), t.connect_timeout_s)
             ar = aw = app
         except (OSError, TimeoutError):
-            proxy.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
+            plane.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
             return
-        proxy.record_tcp(snap, "destination", me, peer, opened=True)
+        plane.record_tcp(snap, "destination", me, peer, opened=True)
         if first:
             aw.write(first)  # what protocol detection already read
         # Peer proxies frame the stream (half-close across TLS); a plaintext client in
@@ -202,7 +202,7 @@ class Inbound:
         else:
             received, sent = await relay(reader, writer, ar, aw)
         aw.close()
-        proxy.record_tcp(snap, "destination", me, peer, sent=sent, received=received)
+        plane.record_tcp(snap, "destination", me, peer, sent=sent, received=received)
 
     async def _serve_http(
         self,
@@ -213,20 +213,20 @@ class Inbound:
         src: IPAddress | None,
         first: bytes = b"",
     ) -> None:
-        proxy = self.proxy
-        me = str(proxy.identity.spiffe_id) if proxy.identity else ""
+        plane = self.plane
+        me = str(plane.identity.spiffe_id) if plane.identity else ""
         xfcc = [(b"x-forwarded-client-cert", f"By={me};URI={peer}".encode())] if peer else []
-        tracer = proxy.tracer
-        counters = proxy.telemetry.counters
+        tracer = plane.tracer
+        counters = plane.telemetry.counters
         app = Admission(self._app_target(port))  # the app: one target for the connection
 
         def prepare(req: Request, snap: ProxySnapshot) -> Prep:
             """Authorization, then the service's rate limit, then the app (no I/O)."""
             hop = tracer.start(req.headers, SERVER, req.names)
-            if not proxy.authorize(peer, req, port, src):
+            if not plane.authorize(peer, req, port, src):
                 counters["meshctl_proxy_authz_denied_total"] += 1
                 return local_prep(hop, 403, "RBAC", result_flag="-")
-            limited = proxy.rate_limited()
+            limited = plane.rate_limited()
             if limited is not None:
                 counters["meshctl_proxy_rate_limited_total"] += 1
                 return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % limited)])
@@ -238,10 +238,10 @@ class Inbound:
                 retry=None,
                 timeout_s=None,
             )
-            return Prep(hop, plan=plan, pool=proxy.app_pool)
+            return Prep(hop, plan=plan, pool=plane.app_pool)
 
-        done = recorder(proxy, "destination", None, peer)
-        await serve_requests(proxy, reader, writer, prepare, done, first)
+        done = recorder(plane, "destination", None, peer)
+        await serve_requests(plane, reader, writer, prepare, done, first)
 
 
 def source_ip(sock: socket.socket) -> IPAddress | None:

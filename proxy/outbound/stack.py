@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from common.aio import spawn
 from proxy.downstream.http1 import recorder, serve_requests
+from proxy.forwarding.cluster import ClusterRuntime, endpoint_key
 from proxy.forwarding.forward import Admission, Plan, Prep, Result, Target, local_prep
 from proxy.forwarding.routing import CompiledRoute, HeaderList, first_match, over_limit
 from proxy.http1 import (
@@ -24,7 +25,6 @@ from proxy.http1 import (
 )
 from proxy.http1.grammar import index_of
 from proxy.identity import PeerIdentityError, peer_identity, sni_for
-from proxy.outbound.cluster import ClusterRuntime, endpoint_key
 from proxy.policy.limits import Gauges
 from proxy.snapshot import Cluster, ProxySnapshot, ServiceView
 from proxy.tracing import CLIENT, TRACE_HEADERS, Hop
@@ -35,14 +35,14 @@ from proxy.transport.tls import Resumption
 from registry.server.catalog import Endpoint
 
 if TYPE_CHECKING:
-    from proxy.main import Proxy
+    from proxy.runtime import DataPlane
 
 log = logging.getLogger("meshctl.proxy.outbound")
 
 
 class Outbound:
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     def _target(
         self,
@@ -60,8 +60,8 @@ class Outbound:
         ep = rt.pick(exclude, hash_key)
         if ep is None:
             return None
-        proxy = self.proxy
-        ident = proxy.identity
+        plane = self.plane
+        ident = plane.identity
         # A Target per (endpoint, port, protocol, certificate), built once per snapshot:
         # the runtime drops them when the next snapshot updates it.
         mtls = cluster.mtls
@@ -92,7 +92,7 @@ class Outbound:
             connect,
             cluster.connect_timeout_s,
             max_requests=http.max_requests_per_connection,
-            limiter=proxy.limiter(rt),
+            limiter=plane.limiter(rt),
             idle_timeout_s=http.idle_timeout_s,
             report=partial(rt.report, host),
             endpoint=host,
@@ -108,7 +108,7 @@ class Outbound:
         resume: Resumption | None = None,
     ) -> Channel:
         """mTLS to the endpoint's proxy, whose certificate must name `expected`."""
-        proxy = self.proxy
+        plane = self.plane
         w = await open_channel(
             ep.address, ep.inbound_port, ssl=ctx, server_hostname=sni, resume=resume
         )
@@ -117,7 +117,7 @@ class Outbound:
             if resume is not None:
                 resume.last = None  # nothing of this peer's to resume
             w.close()
-            proxy.telemetry.counters["meshctl_proxy_peer_identity_mismatch_total"] += 1
+            plane.telemetry.counters["meshctl_proxy_peer_identity_mismatch_total"] += 1
             where = f"{ep.address}:{ep.inbound_port}"
             raise PeerIdentityError(f"{where} is {peer}, expected {expected}")
         return w
@@ -130,12 +130,12 @@ class Outbound:
         (the peer relays to its app on that port, after its AuthorizationPolicy). False,
         nothing done, when the service's DestinationRule turns mTLS off: the caller then
         passes the connection through as it would any destination."""
-        snap, ident = self.proxy.snapshot, self.proxy.identity
+        snap, ident = self.plane.snapshot, self.plane.identity
         view = snap.services.get(service) if snap else None
         cluster = view.cluster(None) if view else None
         if snap is None or ident is None or view is None or cluster is None or not cluster.mtls:
             return False
-        counters = self.proxy.telemetry.counters
+        counters = self.plane.telemetry.counters
         sni = sni_for(service, port, snap.config.namespace, True)
         expected = snap.config.spiffe_id(service)
         try:
@@ -147,20 +147,20 @@ class Outbound:
             writer.close()
             return True
         counters["meshctl_proxy_endpoint_port_total"] += 1
-        self.proxy.record_tcp(snap, "source", service, None, opened=True)
+        self.plane.record_tcp(snap, "source", service, None, opened=True)
         try:
             sent, received = await relay_framed(reader, writer, up, up)
         finally:
             up.close()
             writer.close()
-        self.proxy.record_tcp(snap, "source", service, None, sent=sent, received=received)
+        self.plane.record_tcp(snap, "source", service, None, sent=sent, received=received)
         return True
 
     async def serve(
         self, reader: Channel, writer: Channel, service: str, port: int
     ) -> None:
         """One downstream connection from the app to `service:port`."""
-        snap = self.proxy.snapshot
+        snap = self.plane.snapshot
         view = snap.services.get(service) if snap else None
         proto = view.service.port(port) if view else None
         try:
@@ -191,15 +191,15 @@ class Outbound:
         target = (self._target(snap, view, cluster, port, None, frozenset(), tcp=True)
                   if cluster else None)
         if target is None:
-            self.proxy.telemetry.counters["meshctl_proxy_tcp_no_healthy_upstream_total"] += 1
+            self.plane.telemetry.counters["meshctl_proxy_tcp_no_healthy_upstream_total"] += 1
             return
         try:
             up = await asyncio.wait_for(target.connect(), target.connect_timeout_s)
         except (OSError, TimeoutError, ConnectionError):
-            self.proxy.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
+            self.plane.telemetry.counters["meshctl_proxy_tcp_connect_failures_total"] += 1
             return
-        proxy = self.proxy
-        proxy.record_tcp(snap, "source", view.service.name, None, opened=True)
+        plane = self.plane
+        plane.record_tcp(snap, "source", view.service.name, None, opened=True)
         if cluster is not None and not cluster.mtls:
             # Plaintext to the peer proxy: raw bytes, a real half-close (no frames needed).
             if first:
@@ -209,7 +209,7 @@ class Outbound:
         else:
             sent, received = await relay_framed(reader, writer, up, up, first)
         up.close()
-        proxy.record_tcp(snap, "source", view.service.name, None, sent=sent, received=received)
+        plane.record_tcp(snap, "source", view.service.name, None, sent=sent, received=received)
 
     async def _serve_http(
         self,
@@ -219,17 +219,17 @@ class Outbound:
         port: int,
         first: bytes = b"",
     ) -> None:
-        proxy = self.proxy
+        plane = self.plane
 
         def prepare(req: Request, snap: ProxySnapshot) -> Prep:
             return self._prepare(req, snap, service, port)
 
-        done = recorder(proxy, "source", service, None)
-        await serve_requests(proxy, reader, writer, prepare, done, first)
+        done = recorder(plane, "source", service, None)
+        await serve_requests(plane, reader, writer, prepare, done, first)
 
     def _prepare(self, req: Request, snap: ProxySnapshot, service: str, port: int) -> Prep:
         """The route and its policies for one request, decided before any I/O."""
-        hop = self.proxy.tracer.start(req.headers, CLIENT, req.names)
+        hop = self.plane.tracer.start(req.headers, CLIENT, req.names)
         view = snap.services.get(service)
         if view is None:  # the service left the config while the connection was open
             return local_prep(hop, 404, "NR", close=True)
@@ -253,7 +253,7 @@ class Outbound:
         if compiled.rate_limit is not None:  # mesh.yaml routeRateLimits (Envoy local_ratelimit)
             wait = over_limit(compiled.rate_limit)
             if wait is not None:
-                self.proxy.telemetry.counters["meshctl_proxy_rate_limited_total"] += 1
+                self.plane.telemetry.counters["meshctl_proxy_rate_limited_total"] += 1
                 return local_prep(hop, 429, "RL", extra=[(b"retry-after", b"%d" % wait)])
         index = compiled.pick()
         host, subset, dest_port = compiled.dests[index]
@@ -266,7 +266,7 @@ class Outbound:
         if fault is not None:
 
             async def after_fault(writer: Channel) -> Prep:
-                aborted = await self.proxy.apply_fault(fault, writer)  # writes its own reply
+                aborted = await self.plane.apply_fault(fault, writer)  # writes its own reply
                 if aborted is not None:
                     return Prep(hop, result=Result(aborted, "FI", 0, 0, "", 0, True))
                 return self._admit(req, snap, dview, cluster, compiled, index, dport, hop,
@@ -290,19 +290,19 @@ class Outbound:
         """Past the circuit breaker (the cluster's request gauge), the forwarding plan."""
         rt = cluster.runtime
         gauges = rt.gauges
-        if not gauges.try_acquire_request():  # counted by Proxy.record (flag UO)
+        if not gauges.try_acquire_request():  # counted by DataPlane.record (flag UO)
             return local_prep(hop, 503, "UO")
-        proxy = self.proxy
+        plane = self.plane
         add = hop.headers_after(compiled.add_request[index])  # the plan's additions
         names = req.names
         if index_of(names if names is not None else req.lowered(), b"x-request-id") < 0:
-            add.append((b"x-request-id", proxy.request_id()))
+            add.append((b"x-request-id", plane.request_id()))
         if extra:
             add.extend(extra)
         rt.budget.deposit()
         hash_key = req.get(rt.hash_header) if rt.hash_header else None
         aim = (self, snap, dview, cluster, dport, hash_key)
-        admission = _Admission(rt, gauges, proxy.telemetry.counters, hop, aim)
+        admission = _Admission(rt, gauges, plane.telemetry.counters, hop, aim)
         mirror = None
         mirrored = compiled.mirror
         if mirrored is not None and _RNG.random() * 100.0 < compiled.mirror_percentage:
@@ -324,7 +324,7 @@ class Outbound:
             timeout_s=compiled.timeout_s,
             response_headers=compiled.response_ops[index],
         )
-        return Prep(hop, plan=plan, pool=proxy.pool, admission=admission)
+        return Prep(hop, plan=plan, pool=plane.pool, admission=admission)
 
     async def _mirror(
         self,
@@ -338,7 +338,7 @@ class Outbound:
     ) -> None:
         """Istio `mirror`: fire and forget. The copy's Host gets `-shadow` (as Envoy does);
         its response and any failure are dropped and never touch the real request."""
-        counters = self.proxy.telemetry.counters
+        counters = self.plane.telemetry.counters
         target = self._target(snap, view, cluster, port, None, frozenset())
         if target is None:
             counters["meshctl_proxy_mirror_failed_total"] += 1
@@ -353,14 +353,14 @@ class Outbound:
         ]
         headers += [*add, (b"content-length", b"%d" % len(body))]
         try:
-            conn, _ = await self.proxy.pool.get(
+            conn, _ = await self.plane.pool.get(
                 target.key, target.connect, target.connect_timeout_s
             )
             conn.writer.write(render_request_head(req.method, req.target, headers) + body)
             conn.parser.expect(req.method)
             while not isinstance(await asyncio.wait_for(conn.events.next(), 30), EndOfMessage):
                 pass
-            self.proxy.pool.put(conn)
+            self.plane.pool.put(conn)
             counters["meshctl_proxy_mirror_sent_total"] += 1
         except Exception:
             counters["meshctl_proxy_mirror_failed_total"] += 1

@@ -318,7 +318,7 @@ class EventStream:
         self.pending: list[Event | Marker] = []
         self.eof = False
         self.error: ProtocolError | None = None
-        self.timed_out = False  # cut off by the header timeout (proxy.downstream.http1.HeadWatch)
+        self.timed_out = False  # cut off by the header timeout (proxy.transport.headwatch)
         # Called instead of waking the reader when bytes or EOF arrive (proxy.downstream.fastpath).
         self.listener: Callable[[], None] | None = None
         # Offered the bytes before the parser; True: it took them all (proxy.downstream.fastpath).

@@ -5,7 +5,8 @@ HTTP/2 codec yet, issue 21), is relayed byte for byte: a VirtualService `http` e
 would apply to it changes nothing there (no per-request routing or weights, retries,
 timeouts, faults, header operations or request metrics); only `tcp` entries (and the
 subsets' load balancing per connection) do. `meshctl validate` warns at the entry
-(`warnings`), and `meshctl why` and `meshctl proxy-config` say the same (`tcp_ports_of`).
+(`warnings`), `meshctl why` and `meshctl proxy-config` say the same (`tcp_ports_of`), and
+`meshctl stat` says why such a port's calls are not counted as requests (`stat_notes`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from registry.config.diagnostics import Diagnostic
 from registry.config.model import HTTPRoute, Port, Service, VirtualService
 from registry.config.reader import at
 
-__all__ = ["relay_note", "tcp_ports_of", "warnings"]
+__all__ = ["relay_note", "stat_notes", "tcp_ports_of", "warnings"]
 
 
 def tcp_ports_of(route: HTTPRoute, service: Service) -> tuple[Port, ...]:
@@ -56,3 +57,17 @@ def warnings(
                         f"{relay_note(port)}; declare the port `http`, or route it with "
                         "a `tcp` entry"))
     return out
+
+
+def stat_notes(services: tuple[Service, ...] | list[Service], only: str | None = None) -> list[str]:
+    """For `meshctl stat`: each port declared with an HTTP/2 protocol (where calls are
+    expected) whose traffic is counted as TCP connections, not requests."""
+    return [
+        f"`{s.name}` port {p.port} ({p.protocol}) is relayed as opaque TCP: its calls are "
+        "counted as TCP connections (tcp open), not as requests (no success rate, rps or "
+        "latency per call)"
+        for s in services
+        if only is None or s.name == only
+        for p in s.ports
+        if p.relayed_as_tcp and p.protocol != "tcp"
+    ]

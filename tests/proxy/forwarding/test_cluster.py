@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from proxy.outbound.cluster import ClusterRuntime, Clusters, endpoint_key
+from proxy.forwarding.cluster import ClusterRuntime, Clusters, endpoint_key
 from proxy.policy.clock import FakeClock
 from registry.config.model import LoadBalancer, OutlierDetection, TrafficPolicy
 from registry.server.catalog import Endpoint

@@ -15,9 +15,9 @@ from typing import Any, cast
 import pytest
 
 from proxy import compiled
+from proxy.forwarding.cluster import Clusters, endpoint_key
 from proxy.forwarding.forward import Plan, Result, Started, forward
 from proxy.http1 import Request, RequestParser
-from proxy.outbound.cluster import Clusters, endpoint_key
 from proxy.outbound.stack import Outbound, _Admission
 from proxy.policy.clock import FakeClock
 from proxy.policy.retry import RetryParams

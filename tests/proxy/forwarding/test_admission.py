@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.outbound.cluster import ClusterRuntime, Clusters
+from proxy.forwarding.cluster import ClusterRuntime, Clusters
 from proxy.outbound.stack import _Admission
 from proxy.policy.limits import Gauges, PoolLimits
 from proxy.tracing import CLIENT, Tracer
