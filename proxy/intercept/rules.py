@@ -37,6 +37,14 @@ LOOPBACK = "127.0.0.0/8"
 ANYWHERE = "0.0.0.0/0"
 ALL: Literal["*"] = "*"  # Istio's wildcard: every inbound port; every destination, in both families
 
+# A TCP packet that opens no connection. The nat table sees a connection's first packet only,
+# and that is its SYN, except for connections open before the rules were loaded: a
+# namespace without nat rules tracks nothing, so once ours are in, conntrack picks its open
+# connections up mid-stream (nf_conntrack_tcp_loose) and their next packet is "first".
+# Redirected, it lands on 15001/15006 and the connection dies: the registry's streams to
+# remote proxies, an ssh session. These leave our chains at once, with a null binding.
+MID_STREAM = "-p tcp ! --syn"
+
 # ssh, and the proxy's admin, health and Prometheus ports: reached directly, never captured.
 EXCLUDE_INBOUND_DEFAULT = (22, 15000, 15021, 15090)
 
@@ -193,8 +201,9 @@ def _chain_rules(cfg: InterceptConfig, family: Family) -> list[str]:
     ]
     captured = cfg.captured_inbound()
     if captured:
-        # Exclusions first: ssh, the proxy's admin/metrics ports and its own listeners
-        # (peers dial 15006 directly) stay reachable directly.
+        # Exclusions first: connections already open (see MID_STREAM), then ssh, the
+        # proxy's admin/metrics ports and its own listeners (peers dial 15006 directly).
+        rules.append(f"-A {MESH_INBOUND} {MID_STREAM} -j RETURN")
         rules += [
             f"-A {MESH_INBOUND} -p tcp --dport {p} -j RETURN" for p in cfg.excluded_inbound()
         ]
@@ -209,9 +218,12 @@ def _chain_rules(cfg: InterceptConfig, family: Family) -> list[str]:
         # The proxy dialing its own workload by the namespace's own (non-loopback) address:
         # locally delivered packets never cross PREROUTING's nat hook, so hand them to the
         # inbound capture here, as Istio does, and they reach 15006 like a peer's would.
-        rules.append(
-            f"-A {MESH_OUTPUT} -o lo ! -d {loopback} -m owner --uid-owner {uid} -j {MESH_INBOUND}"
-        )
+        rules += [
+            f"-A {MESH_OUTPUT} {MID_STREAM} -j RETURN",
+            f"-A {MESH_OUTPUT} -o lo ! -d {loopback} -m owner --uid-owner {uid} -j {MESH_INBOUND}",
+        ]
+    else:
+        rules.append(f"-A {MESH_OUTPUT} {MID_STREAM} -j RETURN")
     rules += [
         # The app talking to itself (localhost or its own address) stays out of the mesh.
         f"-A {MESH_OUTPUT} -o lo -m owner ! --uid-owner {uid} -j RETURN",
