@@ -1,0 +1,76 @@
+"""Issue 18: `intercept install` beside the registry must not cost a remote proxy its push.
+
+Once, after `meshctl intercept install` on the registry's host while proxies on other
+hosts were connected, the next push reached only the local proxy; the remote ones stayed
+on the old config ~40 s (until their stream's read timeout). The cause: conntrack picked
+the open streams up mid-stream once the nat rules were loaded, and the registry's next
+write was redirected to 15001 (tests/proxy/intercept/test_established.py has the
+mechanism alone). Here it is end to end, as docs/systemd.md sets it up: the registry on
+one host, `orders` on a VM on another subnet; interception installed on the registry's
+host (the registry's ports excluded, as the doc says); then a config change, which the
+VM's proxy must ACK over the stream it already had.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.launch.test_systemd_vm import (
+    MESH_YAML,
+    ORDERS_UNIT,
+    Host,
+    _status,
+    _until,
+    doc_blocks,
+    hosts,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+__all__ = ["hosts"]  # the fixture, used below
+
+ORDERS_ROUTE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: orders}
+spec:
+  hosts: [orders]
+  http:
+    - route: [{destination: {host: orders}}]
+      timeout: 7s
+"""
+PUSH_BUDGET_S = 20.0  # generous: well under the old 45 s stream timeout, far over a push
+
+
+def _orders(reg: Host) -> tuple[int, dict[str, object]]:
+    st = _status(reg)
+    [p] = [p for p in st["proxies"] if p["service"] == "orders" and p.get("connected")]
+    return int(st["config_version"]), p
+
+
+def test_a_remote_proxy_gets_the_push_after_intercept_install_on_the_registry_host(
+    hosts: tuple[Host, Host],
+) -> None:
+    reg, vm = hosts
+    registry_block, vm_block = doc_blocks()
+    (reg.root / "etc/meshctl/mesh.yaml").write_text(MESH_YAML)
+    vm.runner.unit_dir.mkdir(parents=True)
+    (vm.runner.unit_dir / "orders.service").write_text(ORDERS_UNIT)
+    for argv in registry_block:
+        reg.run(argv)
+    shutil.copy(reg.root / "orders.token", vm.root / "orders.token")
+    for argv in vm_block:
+        vm.run(argv)
+    before = _until(lambda: (v := _orders(reg))[1]["acked_version"] == v[0] and v[0],
+                    "the VM's proxy ACKs the config in force")
+
+    reg.run(["meshctl", "intercept", "install", "--service", "frontend", "--proxy-uid", "1337",
+             "--exclude-inbound-ports", "15012,15014"])
+    (reg.root / "etc/meshctl/orders-route.yaml").write_text(ORDERS_ROUTE)
+
+    after = _until(lambda: (v := _orders(reg))[0] > before and v[0], "a new config version")
+    _until(lambda: _orders(reg)[1]["acked_version"] == after,
+           f"the VM's proxy ACKs version {after}", timeout=PUSH_BUDGET_S)
+    log = (vm.runner.logs / "meshctl-proxy-orders.service.log").read_text()
+    assert "registry stream lost" not in log, log[-3000:]
