@@ -6,9 +6,10 @@ namespace with no nat rules tracks no connections; once our rules are loaded, co
 picks the open connections up mid-stream (nf_conntrack_tcp_loose), and a picked-up
 connection's first packet is NEW to the nat table: the registry's next write to a remote
 proxy went to MESH_OUTPUT and was redirected to 15001, and the proxy's next packet to the
-registry's port was captured inbound to 15006. Both directions are checked here: host A
-(meshed, the registry's side) serves on 15012, host B connects before the install, and
-after it each side must still hear the other.
+registry's port was captured inbound to 15006. Host A (meshed, the registry's side) serves
+on 15012, excluded inbound as the registry's port is (meshctl/commands/intercept.py does it
+by itself); host B connects before the install, and after it each side must still hear the
+other.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import subprocess
 import pytest
 
 from proxy.intercept import iptables
-from proxy.intercept.rules import InterceptConfig
+from proxy.intercept.rules import EXCLUDE_INBOUND_DEFAULT, InterceptConfig
 from tests.proxy.intercept.support import Pair, python_in, started
 
 pytestmark = pytest.mark.root
 
-PORT = 15012  # the registry's API port, not excluded: what a capture-all host had
+PORT = 15012  # the registry's API port
 
 # A: accept one connection, then for each stdin line send it and print what comes back.
 SERVER = """
@@ -69,7 +70,8 @@ def test_connections_open_before_the_install_keep_flowing(pair: Pair) -> None:
         client = python_in(pair.b.name, CLIENT, args=[str(pair.a.address.ip), str(PORT)])
         started(client, "client in B")
         assert _exchange(server, "before") == "echo before"
-        iptables.install(InterceptConfig(proxy_uid=1337, proxy_gid=1337), pair.a.name)
+        iptables.install(InterceptConfig(proxy_uid=1337, proxy_gid=1337, exclude_inbound_ports=(
+            *EXCLUDE_INBOUND_DEFAULT, PORT)), pair.a.name)
         # A's write (the registry's push) and B's answer (the ACK), after the install.
         assert _exchange(server, "after") == "echo after", (
             "the connection opened before `intercept install` stopped carrying data"
