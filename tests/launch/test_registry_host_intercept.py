@@ -14,7 +14,12 @@ the VM to the registry's port, which must reach the registry (not 15006).
 Not asserted yet: that the ACK comes over the stream the proxy already had. In this routed
 topology the VM's stream is still reset once right after the install (the proxy reconnects
 at once, so the push arrives), while the same exchange between two namespaces on one
-bridge (tests/proxy/intercept/test_established.py) keeps flowing. Cause not found yet.
+bridge (tests/proxy/intercept/test_established.py) keeps flowing. With the stream's TCP
+keepalive off, the stream goes silent instead and ends by the proxy's 15 s read timeout: the
+registry's writes still do not arrive. The nat counters of such a run show the proxy's
+packets picked up first in PREROUTING (RETURN by the 15012 exclusion); runs where the
+registry's write was picked up first (MESH_OUTPUT's `! --syn` RETURN) kept the stream.
+Cause not found yet.
 """
 
 from __future__ import annotations
