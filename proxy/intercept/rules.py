@@ -40,13 +40,14 @@ ALL: Literal["*"] = "*"  # Istio's wildcard: every inbound port; every destinati
 # A TCP packet that opens no connection. The nat table sees a connection's first packet only,
 # and that is its SYN, except for connections open before the rules were loaded: a
 # namespace without nat rules tracks nothing, so once ours are in, conntrack picks its open
-# connections up mid-stream (nf_conntrack_tcp_loose) and their next packet is "first".
-# Redirected, it lands on 15001/15006 and the connection dies: the registry's streams to
-# remote proxies, an ssh session's replies. In MESH_OUTPUT these leave at once, with a null
-# binding. Inbound, an open connection to an excluded port (ssh, the registry's API port)
-# is left alone by its exclusion; one to a captured port is not kept (as with Istio: the
-# app's plaintext clients reconnect through the mesh). The same rule in MESH_INBOUND broke
-# the VM's passthrough in tests/launch/test_systemd_vm.py, for a reason not yet found.
+# connections up mid-stream (nf_conntrack_tcp_loose) and whichever of their packets comes
+# next, in or out, is "first". Redirected, it lands on 15001/15006, whose listeners answer
+# it with a RST: the registry's streams to proxies on other hosts, a VM proxy's own stream
+# (opened before the app's ExecStartPre installs capture-all: the registry's next ping, to
+# the proxy's ephemeral port, went to 15006), an ssh session. Both MESH_OUTPUT and
+# MESH_INBOUND start by letting these go with a null binding: a connection open before the
+# install is left alone, as it always was in a namespace whose conntrack already tracked it
+# (a Docker container's), and the rules apply to every connection opened after.
 MID_STREAM = "-p tcp ! --syn"
 
 # ssh, and the proxy's admin, health and Prometheus ports: reached directly, never captured.
@@ -205,7 +206,8 @@ def _chain_rules(cfg: InterceptConfig, family: Family) -> list[str]:
     ]
     captured = cfg.captured_inbound()
     if captured:
-        # Exclusions first: ssh, the proxy's admin/metrics ports and its own listeners
+        rules.append(f"-A {MESH_INBOUND} {MID_STREAM} -j RETURN")
+        # Then exclusions: ssh, the proxy's admin/metrics ports and its own listeners
         # (peers dial 15006 directly).
         rules += [
             f"-A {MESH_INBOUND} -p tcp --dport {p} -j RETURN" for p in cfg.excluded_inbound()

@@ -5,21 +5,14 @@ hosts were connected, the next push reached only the local proxy; the remote one
 on the old config ~40 s (until their stream's read timeout). The cause: conntrack picked
 the open streams up mid-stream once the nat rules were loaded, and the registry's next
 write was redirected to 15001 (tests/proxy/intercept/test_established.py has the
-mechanism alone). Here it is end to end, as docs/systemd.md sets it up: the registry on
-one host, `orders` on a VM on another subnet; interception installed on the registry's
-host, with no flag: the registry's port is excluded because it runs there; then a config
-change, which the VM's proxy must ACK within the push budget, and a new connection from
-the VM to the registry's port, which must reach the registry (not 15006).
-
-Not asserted yet: that the ACK comes over the stream the proxy already had. In this routed
-topology the VM's stream is still reset once right after the install (the proxy reconnects
-at once, so the push arrives), while the same exchange between two namespaces on one
-bridge (tests/proxy/intercept/test_established.py) keeps flowing. With the stream's TCP
-keepalive off, the stream goes silent instead and ends by the proxy's 15 s read timeout: the
-registry's writes still do not arrive. The nat counters of such a run show the proxy's
-packets picked up first in PREROUTING (RETURN by the 15012 exclusion); runs where the
-registry's write was picked up first (MESH_OUTPUT's `! --syn` RETURN) kept the stream.
-Cause not found yet.
+mechanism alone). The same happened on the VM itself: its proxy opens its stream before
+the app's ExecStartPre installs capture-all, and the registry's next ping, to the proxy's
+ephemeral port, went to 15006, which reset the stream. Here it is end to end, as
+docs/systemd.md sets it up: the registry on one host, `orders` on a VM on another subnet;
+interception installed on the registry's host, with no flag: the registry's port is
+excluded because it runs there; then a config change, which the VM's proxy must ACK over
+the stream it already had (its log says when it loses one), and a new connection from the
+VM to the registry's port, which must reach the registry (not 15006).
 """
 
 from __future__ import annotations
@@ -84,6 +77,8 @@ def test_a_remote_proxy_gets_the_push_after_intercept_install_on_the_registry_ho
     after = _until(lambda: (v := _orders(reg))[0] > before and v[0], "a new config version")
     _until(lambda: _orders(reg)[1]["acked_version"] == after,
            f"the VM's proxy ACKs version {after}", timeout=PUSH_BUDGET_S)
+    log = (vm.runner.logs / "meshctl-proxy-orders.service.log").read_text()
+    assert "registry stream lost" not in log, log[-2000:]
 
     # A connection opened after the install (a proxy that restarts, a new join) reaches
     # the registry, not the capture.
