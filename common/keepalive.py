@@ -16,7 +16,7 @@ import contextlib
 import socket
 from typing import Any
 
-IDLE_S, INTERVAL_S, COUNT, USER_TIMEOUT_S = 5, 5, 3, 15
+IDLE_S, INTERVAL_S, COUNT, USER_TIMEOUT_S = 5, 5, 3, 10
 
 
 def keep_alive(sock: Any, *, idle_s: int = IDLE_S, interval_s: int = INTERVAL_S,
