@@ -266,7 +266,10 @@ def _dns_rules(cfg: InterceptConfig) -> list[str]:
     Jumped to before MESH_OUTPUT, which would otherwise send TCP 53 to 15001."""
     if cfg.dns_port is None:
         return []
-    rules = [f"-A {MESH_DNS} -m owner --uid-owner {cfg.proxy_uid} -j RETURN"]
+    rules = [
+        f"-A {MESH_DNS} {MID_STREAM} -j RETURN",  # a TCP query open before the install
+        f"-A {MESH_DNS} -m owner --uid-owner {cfg.proxy_uid} -j RETURN",
+    ]
     if cfg.proxy_gid is not None:
         rules.append(f"-A {MESH_DNS} -m owner --gid-owner {cfg.proxy_gid} -j RETURN")
     rules += [f"-A {MESH_DNS} -p {proto} -j REDIRECT --to-ports {cfg.dns_port}"

@@ -80,21 +80,18 @@ def _line(sender: subprocess.Popen[str], receiver: subprocess.Popen[str], text: 
     return _say(receiver, "read")
 
 
-@pytest.mark.parametrize("first", ["server", "client"])
-@pytest.mark.parametrize("meshed", ["server", "client"])
-def test_connections_open_before_the_install_keep_flowing(
-    pair: Pair, meshed: str, first: str
+def _open_before_the_install_keeps_flowing(
+    pair: Pair, meshed: str, first: str, cfg: InterceptConfig, port: int = PORT
 ) -> None:
-    server = python_in(pair.a.name, PEER, args=["serve", str(PORT)], stdin=subprocess.PIPE)
+    server = python_in(pair.a.name, PEER, args=["serve", str(port)], stdin=subprocess.PIPE)
     client = None
     try:
         started(server, "server in A")
-        client = python_in(pair.b.name, PEER, args=["connect", str(PORT), str(pair.a.address.ip)],
+        client = python_in(pair.b.name, PEER, args=["connect", str(port), str(pair.a.address.ip)],
                            stdin=subprocess.PIPE)  # fmt: skip
         started(client, "client in B")
         assert _line(server, client, "before") == "got before"
-        host = pair.a if meshed == "server" else pair.b
-        iptables.install(InterceptConfig(proxy_uid=1337, proxy_gid=1337), host.name)
+        iptables.install(cfg, (pair.a if meshed == "server" else pair.b).name)
         order = [(server, client), (client, server)]
         for sender, receiver in order if first == "server" else order[::-1]:
             got = _line(sender, receiver, "after")
@@ -103,7 +100,7 @@ def test_connections_open_before_the_install_keep_flowing(
                 f"namespace stopped carrying data ({'server' if sender is server else 'client'}"
                 f" wrote first after the install): {got}"
             )
-        dial = python_in(pair.b.name, DIAL, args=[str(pair.a.address.ip), str(PORT)])
+        dial = python_in(pair.b.name, DIAL, args=[str(pair.a.address.ip), str(port)])
         out, err = dial.communicate(timeout=30)
         assert out.startswith("refused"), f"a connection opened after the install: {out}{err}"
     finally:
@@ -111,3 +108,19 @@ def test_connections_open_before_the_install_keep_flowing(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize("first", ["server", "client"])
+@pytest.mark.parametrize("meshed", ["server", "client"])
+def test_connections_open_before_the_install_keep_flowing(
+    pair: Pair, meshed: str, first: str
+) -> None:
+    _open_before_the_install_keeps_flowing(
+        pair, meshed, first, InterceptConfig(proxy_uid=1337, proxy_gid=1337)
+    )
+
+
+def test_a_tcp_dns_connection_open_before_dns_capture_keeps_flowing(pair: Pair) -> None:
+    """DNS capture jumps to MESH_DNS before MESH_OUTPUT: it keeps open connections too."""
+    cfg = InterceptConfig(proxy_uid=1337, proxy_gid=1337, dns_port=15053)
+    _open_before_the_install_keeps_flowing(pair, "client", "client", cfg, port=53)
