@@ -44,10 +44,12 @@ ALL: Literal["*"] = "*"  # Istio's wildcard: every inbound port; every destinati
 # next, in or out, is "first". Redirected, it lands on 15001/15006, whose listeners answer
 # it with a RST: the registry's streams to proxies on other hosts, a VM proxy's own stream
 # (opened before the app's ExecStartPre installs capture-all: the registry's next ping, to
-# the proxy's ephemeral port, went to 15006), an ssh session. Both MESH_OUTPUT and
-# MESH_INBOUND start by letting these go with a null binding: a connection open before the
+# the proxy's ephemeral port, went to 15006), an ssh session. MESH_OUTPUT, MESH_INBOUND and
+# MESH_DNS start by letting these go with a null binding: a connection open before the
 # install is left alone, as it always was in a namespace whose conntrack already tracked it
-# (a Docker container's), and the rules apply to every connection opened after.
+# (one with Docker's DNS rules); the rules apply to every connection opened after. A match on
+# `-m conntrack --ctstate` cannot tell them apart: every packet the nat table sees is NEW,
+# a picked-up connection's first one as much as a SYN; its TCP flags can.
 MID_STREAM = "-p tcp ! --syn"
 
 # ssh, and the proxy's admin, health and Prometheus ports: reached directly, never captured.
