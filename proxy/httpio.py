@@ -260,6 +260,10 @@ class Stream:
         self.headers = head.headers
         self._done = False
 
+    def socket(self) -> Any:
+        """The connection's socket (asyncio's TransportSocket), for its options."""
+        return self._conn.writer.get_extra_info("socket")
+
     async def send(self, data: bytes) -> None:
         """One chunk of the (chunked) request body."""
         self._conn.writer.write(encode_chunk(data))

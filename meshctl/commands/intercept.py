@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import typer
 
+from common.state import mesh_home
+from meshctl.launch.procs import pid_alive
 from proxy.intercept import iptables
 from proxy.intercept.rules import ALL, EXCLUDE_INBOUND_DEFAULT, InterceptConfig
 
@@ -25,6 +31,30 @@ Netns = Annotated[
 
 def _target(netns: str | None) -> str | int | None:
     return int(netns) if netns is not None and netns.isdigit() else netns
+
+
+def _netns_file(target: str | int | None) -> str:
+    if target is None:
+        return "/proc/self/ns/net"
+    return f"/proc/{target}/ns/net" if isinstance(target, int) else f"/run/netns/{target}"
+
+
+def registry_here(home: Path, target: str | int | None) -> int | None:
+    """The API port of MESH_HOME's registry when it runs in the target namespace, else None.
+
+    Every inbound port is captured by default: a registry sharing the namespace (a VM that
+    is also the registry's host) would have the proxies' connections to its port sent to
+    15006, so that port is excluded without being asked (docs/systemd.md). Its monitor
+    port listens on loopback only, which inbound capture never sees."""
+    try:
+        ep = json.loads((home / "registry" / "endpoint.json").read_text())
+        pid, port = int(ep["pid"]), urlsplit(str(ep["url"])).port
+        if port is None or not pid_alive(pid):
+            return None
+        same = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(_netns_file(target)).st_ino
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return port if same else None
 
 
 def _inbound(text: str) -> tuple[int, ...] | Literal["*"]:
@@ -78,6 +108,7 @@ def install(
     netns: Netns = None,
 ) -> None:
     """Install (or replace) the interception rules of SERVICE: one atomic transaction."""
+    registry = registry_here(mesh_home(), _target(netns))
     try:
         cfg = InterceptConfig(
             proxy_uid=proxy_uid,
@@ -86,6 +117,7 @@ def install(
             exclude_inbound_ports=(
                 *EXCLUDE_INBOUND_DEFAULT,
                 *_ports(exclude_inbound_ports, "--exclude-inbound-ports"),
+                *([] if registry is None else [registry]),
             ),
             exclude_outbound_ports=_ports(exclude_outbound_ports, "--exclude-outbound-ports"),
             exclude_outbound_cidrs=tuple(exclude_outbound_cidr),
@@ -99,7 +131,8 @@ def install(
         typer.echo(f"meshctl intercept install: {service}: {exc}", err=True)
         raise typer.Exit(1) from None
     where = f"namespace {netns}" if netns else "this namespace"
-    typer.echo(f"interception for {service} installed in {where}")
+    also = "" if registry is None else f" (the registry's port {registry} excluded: it runs here)"
+    typer.echo(f"interception for {service} installed in {where}{also}")
 
 
 @app.command("remove")

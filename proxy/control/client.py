@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from common.aio import spawn
+from common.keepalive import keep_alive
 from proxy.control.keygen import new_key_and_csr
 from proxy.httpio import Client, HttpError, Stream
 from proxy.identity import Identity
 
 log = logging.getLogger("meshctl.proxy.control")
 HEARTBEAT_S = 10.0
+# The registry writes a ping line every 5 s (registry/server/api.py STREAM_PING_S): three
+# missed pings and the stream is taken for dead and opened again, resuming at the version
+# this proxy runs. TCP keepalive (common/keepalive.py) catches a dead peer on both sides too.
+STREAM_SILENCE_S = 15.0
 ACK_ERROR_MAX = 2000  # the registry keeps this much of a NACK's error
 ADMIN_REPLY_MAX = 4 * 1024 * 1024  # a relayed admin page (config_dump of a large mesh)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
@@ -310,12 +315,12 @@ class ControlClient:
             if r.status != 200:
                 text = (await r.read(500)).decode("utf-8", "replace")
                 raise HttpError(f"stream refused: HTTP {r.status} {text}")
+            keep_alive(r.socket())
             self.connected = True
             self._acks = acks
             sender = spawn(_send_acks(r, acks), name="acks") if acks is not None else None
             try:
-                # A ping line comes every 15 s: 45 s of silence means the registry is gone.
-                async for raw in r.lines(read_timeout=45):
+                async for raw in r.lines(read_timeout=STREAM_SILENCE_S):
                     if sender is not None and sender.done():
                         sender.result()  # the ACK half failed: raise its error
                     self.last_contact = time.time()

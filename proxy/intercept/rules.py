@@ -37,6 +37,21 @@ LOOPBACK = "127.0.0.0/8"
 ANYWHERE = "0.0.0.0/0"
 ALL: Literal["*"] = "*"  # Istio's wildcard: every inbound port; every destination, in both families
 
+# A TCP packet that opens no connection. The nat table sees a connection's first packet only,
+# and that is its SYN, except for connections open before the rules were loaded: a
+# namespace without nat rules tracks nothing, so once ours are in, conntrack picks its open
+# connections up mid-stream (nf_conntrack_tcp_loose) and whichever of their packets comes
+# next, in or out, is "first". Redirected, it lands on 15001/15006, whose listeners answer
+# it with a RST: the registry's streams to proxies on other hosts, a VM proxy's own stream
+# (opened before the app's ExecStartPre installs capture-all: the registry's next ping, to
+# the proxy's ephemeral port, went to 15006), an ssh session. MESH_OUTPUT, MESH_INBOUND and
+# MESH_DNS start by letting these go with a null binding: a connection open before the
+# install is left alone, as it always was in a namespace whose conntrack already tracked it
+# (one with Docker's DNS rules); the rules apply to every connection opened after. A match on
+# `-m conntrack --ctstate` cannot tell them apart: every packet the nat table sees is NEW,
+# a picked-up connection's first one as much as a SYN; its TCP flags can.
+MID_STREAM = "-p tcp ! --syn"
+
 # ssh, and the proxy's admin, health and Prometheus ports: reached directly, never captured.
 EXCLUDE_INBOUND_DEFAULT = (22, 15000, 15021, 15090)
 
@@ -193,8 +208,9 @@ def _chain_rules(cfg: InterceptConfig, family: Family) -> list[str]:
     ]
     captured = cfg.captured_inbound()
     if captured:
-        # Exclusions first: ssh, the proxy's admin/metrics ports and its own listeners
-        # (peers dial 15006 directly) stay reachable directly.
+        rules.append(f"-A {MESH_INBOUND} {MID_STREAM} -j RETURN")
+        # Then exclusions: ssh, the proxy's admin/metrics ports and its own listeners
+        # (peers dial 15006 directly).
         rules += [
             f"-A {MESH_INBOUND} -p tcp --dport {p} -j RETURN" for p in cfg.excluded_inbound()
         ]
@@ -209,9 +225,12 @@ def _chain_rules(cfg: InterceptConfig, family: Family) -> list[str]:
         # The proxy dialing its own workload by the namespace's own (non-loopback) address:
         # locally delivered packets never cross PREROUTING's nat hook, so hand them to the
         # inbound capture here, as Istio does, and they reach 15006 like a peer's would.
-        rules.append(
-            f"-A {MESH_OUTPUT} -o lo ! -d {loopback} -m owner --uid-owner {uid} -j {MESH_INBOUND}"
-        )
+        rules += [
+            f"-A {MESH_OUTPUT} {MID_STREAM} -j RETURN",
+            f"-A {MESH_OUTPUT} -o lo ! -d {loopback} -m owner --uid-owner {uid} -j {MESH_INBOUND}",
+        ]
+    else:
+        rules.append(f"-A {MESH_OUTPUT} {MID_STREAM} -j RETURN")
     rules += [
         # The app talking to itself (localhost or its own address) stays out of the mesh.
         f"-A {MESH_OUTPUT} -o lo -m owner ! --uid-owner {uid} -j RETURN",
@@ -249,7 +268,10 @@ def _dns_rules(cfg: InterceptConfig) -> list[str]:
     Jumped to before MESH_OUTPUT, which would otherwise send TCP 53 to 15001."""
     if cfg.dns_port is None:
         return []
-    rules = [f"-A {MESH_DNS} -m owner --uid-owner {cfg.proxy_uid} -j RETURN"]
+    rules = [
+        f"-A {MESH_DNS} {MID_STREAM} -j RETURN",  # a TCP query open before the install
+        f"-A {MESH_DNS} -m owner --uid-owner {cfg.proxy_uid} -j RETURN",
+    ]
     if cfg.proxy_gid is not None:
         rules.append(f"-A {MESH_DNS} -m owner --gid-owner {cfg.proxy_gid} -j RETURN")
     rules += [f"-A {MESH_DNS} -p {proto} -j REDIRECT --to-ports {cfg.dns_port}"

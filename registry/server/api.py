@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from common.aio import spawn
+from common.keepalive import keep_alive
 from registry.ca import CsrError, TokenError
 from registry.ca.joinstring import JoinString, ca_pin
 from registry.server.auth import Caller, caller_of
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshctl.registry.api")
 REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 RELAY: web.AppKey[AdminRelay] = web.AppKey("relay")
-STREAM_PING_S = 15.0
+# A ping line on each idle stream: the proxy takes 3 missed pings (15 s) for a dead stream.
+STREAM_PING_S = 5.0
 MAX_BODY = 64 * 1024
 RELAY_MAX_BODY = 6 * 1024 * 1024  # a relayed admin page (4 MiB) as JSON, escapes included
 MAX_ACK_LINE = 16 * 1024  # an ACK line on POST /v1/stream; a NACK's error is cut at 2000
@@ -122,7 +124,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """Newline-delimited JSON: a `view` line whenever the config or the catalog moves.
 
     The client says what it has (`config`, `catalog`, `epoch`); a view is sent at once if it
-    is behind, then after each change. A `ping` line every 15 s keeps the stream alive
+    is behind, then after each change. A `ping` line every 5 s keeps the stream alive
     through idle periods and tells the client the registry is still there.
 
     `POST /v1/stream` is the same stream, full duplex: the request body is the proxy's ACK
@@ -146,6 +148,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
         have_cfg, have_cat = 0, -1  # another registry state: start over
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
+    if request.transport is not None:
+        # A push written to a proxy that is gone without a word (its host off, the path
+        # black-holed) fails in seconds, not after ~15 min of retransmits: common/keepalive.
+        keep_alive(request.transport.get_extra_info("socket"))
     me = asyncio.current_task()
     if me is not None:
         reg.streams.add(me)  # Registry.stop() closes it: it would never end by itself

@@ -87,8 +87,10 @@ def python_in(
     args: Sequence[str] = (),
     uid: int | None = None,
     gid: int | None = None,
+    stdin: int | None = None,
 ) -> subprocess.Popen[str]:
-    """Run `code` with Python inside `host`; as `uid`/`gid` (via setpriv) when given."""
+    """Run `code` with Python inside `host`; as `uid`/`gid` (via setpriv) when given;
+    `stdin=subprocess.PIPE` to write to it."""
     if uid is None:
         argv = [sys.executable, "-c", code, *args]
     else:
@@ -103,6 +105,7 @@ def python_in(
         argv,
         cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

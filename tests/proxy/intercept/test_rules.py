@@ -35,6 +35,7 @@ TYPICAL_TEXT = """\
 :MESH_OUTPUT - [0:0]
 -A MESH_REDIRECT -p tcp -j REDIRECT --to-ports 15001
 -A MESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
+-A MESH_INBOUND -p tcp ! --syn -j RETURN
 -A MESH_INBOUND -p tcp --dport 22 -j RETURN
 -A MESH_INBOUND -p tcp --dport 15000 -j RETURN
 -A MESH_INBOUND -p tcp --dport 15001 -j RETURN
@@ -42,6 +43,7 @@ TYPICAL_TEXT = """\
 -A MESH_INBOUND -p tcp --dport 15021 -j RETURN
 -A MESH_INBOUND -p tcp --dport 15090 -j RETURN
 -A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT
+-A MESH_OUTPUT -p tcp ! --syn -j RETURN
 -A MESH_OUTPUT -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 1337 -j MESH_INBOUND
 -A MESH_OUTPUT -o lo -m owner ! --uid-owner 1337 -j RETURN
 -A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN
@@ -97,6 +99,7 @@ def test_every_inbound_port_is_captured_by_default_but_the_excluded() -> None:
     assert cfg.excluded_inbound() == [9100, 15001, 15006]
     inbound = [r for r in render_restore(cfg).splitlines() if r.startswith("-A MESH_INBOUND")]
     assert inbound == [
+        "-A MESH_INBOUND -p tcp ! --syn -j RETURN",  # open before the install: left alone
         "-A MESH_INBOUND -p tcp --dport 9100 -j RETURN",
         "-A MESH_INBOUND -p tcp --dport 15001 -j RETURN",
         "-A MESH_INBOUND -p tcp --dport 15006 -j RETURN",

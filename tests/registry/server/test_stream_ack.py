@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,38 @@ async def test_control_client_falls_back_to_post_ack(tmp_path: Path) -> None:
         await asyncio.gather(task, return_exceptions=True)
         await c.close()
         await runner.cleanup()
+
+
+def _stream_sockets(port: int, side: str) -> list[str]:
+    """`ss` lines of the established TCP connections with `side` (sport/dport) = port."""
+    out = subprocess.run(["ss", "-tnoH", "state", "established", f"( {side} = :{port} )"],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_both_ends_of_the_stream_keep_it_alive(mesh: Mesh, tmp_path: Path) -> None:
+    """Issue 18: a push into a dead stream was counted as sent. Both ends arm TCP keepalive
+    on the stream's connection (the kernel shows its timer), so a vanished peer is noticed."""
+    token = await asyncio.to_thread(mint, mesh, "orders")
+    (tmp_path / "proxy").mkdir()
+    c = ControlClient(mesh.url, bundle(mesh), tmp_path / "proxy", "orders-7")
+    await c.join(token)
+    task = spawn(c.stream_loop(lambda v: None))
+    try:
+        await until(lambda: c.acked_version == 1, "ACK of version 1")
+        await c.close()  # the short-call session: only the stream stays open
+        # While a line is in flight the kernel shows the retransmit timer instead: wait for
+        # the connection to be idle, then its timer must be keepalive's on both ends.
+        ends: dict[str, list[str]] = {}
+
+        def idle_and_kept_alive() -> bool:
+            ends.update(registry=_stream_sockets(mesh.port, "sport"),
+                        proxy=_stream_sockets(mesh.port, "dport"))
+            return all(len(v) == 1 and "timer:(keepalive" in v[0] for v in ends.values())
+
+        await until(idle_and_kept_alive, "keepalive on the stream's connection, both ends", 15)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await c.close()
