@@ -1,0 +1,311 @@
+"""Replicas over one etcd: versions by transaction, the publisher by lease, the rest by watch.
+
+Keys under the spec's prefix P (docs/etcd.md):
+
+    P/epoch            the mesh's epoch, created once by the first replica to start
+    P/config           the snapshot in force: {"version", "digest", "publisher", "config"}
+    P/publisher        the replica that publishes, put with its lease (the election)
+    P/replicas/<id>    each replica, put with its lease: it goes away TTL seconds after a crash
+
+A version is allocated and its snapshot stored in one transaction that compares P/config's
+mod_revision with the one just read (and that P/publisher is still ours): two writers can
+never both turn version N into N+1, and a deposed publisher cannot write at all. Every
+replica, the publisher included, puts in force what P/config holds (watch), so they all
+serve the same numbered snapshots; a newer version only ever replaces an older one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from common.aio import spawn
+from registry.config import MeshConfig
+from registry.server.snapshots import Snapshot, SnapshotStore
+from registry.store.backend import Opened, Replica
+from registry.store.etcd import (
+    EtcdClient,
+    EtcdError,
+    KeyValue,
+    cmp_create,
+    cmp_mod,
+    op_get,
+    op_put,
+)
+from registry.store.spec import StoreSpec
+
+log = logging.getLogger("meshctl.registry.etcd")
+
+# The publisher's lease: a crashed publisher is replaced LEASE_TTL_S (plus etcd's expiry
+# check, <= 0.5 s) after its last keep-alive; a clean stop revokes it at once. Keep-alives
+# go every third of it, so one lost keep-alive costs nothing.
+LEASE_TTL_S = 4
+OPEN_TIMEOUT_S = 10.0  # how long a starting registry waits for etcd before it gives up
+RETRY_S = 0.5  # between attempts once etcd failed a call (every loop below is paced by it)
+PUBLISH_ATTEMPTS = 8
+
+
+class EtcdState:
+    """One replica's share of the store: its lease, its campaign, its watch of P/config."""
+
+    def __init__(self, spec: StoreSpec, lease_ttl_s: int = LEASE_TTL_S) -> None:
+        self.spec = spec
+        self.client = EtcdClient(spec)
+        self.replica_id = self.url = ""  # known at begin(), once the API is bound
+        self.ttl = lease_ttl_s
+        p = spec.prefix
+        self.k_epoch, self.k_config = f"{p}/epoch", f"{p}/config"
+        self.k_publisher, self.k_replicas = f"{p}/publisher", f"{p}/replicas/"
+        self._lease = 0
+        self._lease_lost = asyncio.Event()
+        self._campaign_rev = 0  # create revision of our P/publisher; 0: another replica publishes
+        self._config_rev = 0  # the revision P/config was read at (watches go on after it)
+        self._replica: Replica | None = None
+        self._store: SnapshotStore | None = None
+        self._pending: MeshConfig | None = None
+        self._publishing: asyncio.Task[Any] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._view: dict[str, Any] = {"publisher": "", "replicas": []}
+        self.started_at = time.time()
+
+    @property
+    def leading(self) -> bool:
+        return self._campaign_rev != 0
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    async def open(self) -> Opened:
+        """The mesh's epoch (created if this is the first replica) and the snapshot in force."""
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                mine = secrets.token_hex(8).encode()
+                r = await self.client.txn([cmp_create(self.k_epoch, 0)],
+                                          [op_put(self.k_epoch, mine)], [op_get(self.k_epoch)])
+                epoch = mine if r.succeeded else r.ranges[0][0].value
+                kv, self._config_rev = await self.client.get(self.k_config)
+                break
+            except EtcdError as exc:
+                if time.monotonic() > deadline:
+                    raise EtcdError(
+                        f"{exc} (for {OPEN_TIMEOUT_S:g} s): start etcd, or fix --store "
+                        f"{self.spec.display()}"
+                    ) from None
+                await asyncio.sleep(RETRY_S)
+        snap = self._decode(kv) if kv else None
+        return Opened(epoch.decode(), snap.version if snap else 0, snap)
+
+    async def begin(self, replica: Replica, store: SnapshotStore) -> None:
+        self._replica, self._store = replica, store
+        self.replica_id, self.url = replica.whoami()
+        await self._new_lease()
+        self._tasks += [
+            spawn(self._keep_lease(), name="etcd lease"),
+            spawn(self._campaign(), name="etcd campaign"),
+            spawn(self._follow(), name="etcd follow"),
+            spawn(self._watch_replicas(), name="etcd replicas"),
+        ]
+
+    async def close(self) -> None:
+        """Stop; revoking the lease hands the publisher's role on at once, not at its TTL."""
+        for t in [*self._tasks, *([self._publishing] if self._publishing else [])]:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EtcdError):
+                await t
+        if self._lease:
+            await self.client.revoke(self._lease)
+        await self.client.close()
+
+    # -- the lease: this replica is alive ----------------------------------------------------
+
+    async def _new_lease(self) -> None:
+        self._lease = await self.client.grant(self.ttl)
+        self._lease_lost = asyncio.Event()
+        info = {"id": self.replica_id, "url": self.url, "started_at": self.started_at}
+        await self.client.put(self.k_replicas + self.replica_id, json.dumps(info).encode(),
+                              lease=self._lease)  # fmt: skip
+
+    async def _keep_lease(self) -> None:
+        every = self.ttl / 3
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if await self.client.keepalive(self._lease) > 0:
+                    last_ok = time.monotonic()
+                    continue
+                log.warning("etcd lease of this replica expired")
+            except EtcdError as exc:
+                # The lease may still live in etcd: give up publishing only when it may not.
+                if time.monotonic() - last_ok < self.ttl - every:
+                    continue
+                log.warning("etcd unreachable for %.1f s: %s", time.monotonic() - last_ok, exc)
+            self._lease_lost.set()  # ends our campaign's term (a publisher stops publishing)
+            while True:
+                try:
+                    await self._new_lease()
+                    last_ok = time.monotonic()
+                    break
+                except EtcdError:
+                    await asyncio.sleep(RETRY_S)
+
+    async def _watch_replicas(self) -> None:
+        """Keep the list of live replicas for status: read it, then follow its changes."""
+        while True:
+            with contextlib.suppress(EtcdError):
+                kvs, rev = await self.client.get_prefix(self.k_replicas)
+                live = {kv.key: kv.value for kv in kvs}
+                self._set_replicas(live)
+                async for ev in self.client.watch(self.k_replicas, rev + 1, prefix=True):
+                    if ev.deleted:
+                        live.pop(ev.kv.key, None)
+                    else:
+                        live[ev.kv.key] = ev.kv.value
+                    self._set_replicas(live)
+            await asyncio.sleep(RETRY_S)
+
+    def _set_replicas(self, live: dict[str, bytes]) -> None:
+        replicas = []
+        for value in live.values():
+            with contextlib.suppress(ValueError, TypeError):
+                replicas.append(dict(json.loads(value)))
+        self._view = {**self._view, "replicas": replicas}
+
+    def _set_publisher(self, holder: KeyValue | None) -> None:
+        self._view = {**self._view, "publisher": holder.value.decode() if holder else ""}
+
+    # -- the election: one replica publishes ------------------------------------------------
+
+    async def _campaign(self) -> None:
+        assert self._replica is not None
+        while True:
+            lease, lost = self._lease, self._lease_lost
+            try:
+                r = await self.client.txn(
+                    [cmp_create(self.k_publisher, 0)],
+                    [op_put(self.k_publisher, self.replica_id.encode(), lease)],
+                    [op_get(self.k_publisher)],
+                )
+            except EtcdError:
+                await asyncio.sleep(RETRY_S)
+                continue
+            holder = r.ranges[0][0] if r.ranges and r.ranges[0] else None
+            if r.succeeded or (holder is not None and holder.lease == lease):
+                self._campaign_rev = r.revision if r.succeeded else holder.create_revision  # type: ignore[union-attr]
+                log.info("this replica (%s) publishes config now", self.replica_id)
+                self._set_publisher(holder if holder else KeyValue(
+                    self.k_publisher, self.replica_id.encode(), r.revision, r.revision, lease))
+                self._replica.lead(reload=True)
+                await lost.wait()
+                self._campaign_rev = 0
+                log.warning("this replica (%s) no longer publishes: its lease ended",
+                            self.replica_id)
+                self._replica.unlead()
+                continue
+            self._set_publisher(holder)
+            await self._vacancy(r.revision, lost)
+
+    async def _vacancy(self, revision: int, lost: asyncio.Event) -> None:
+        """Wait until P/publisher is deleted (its lease ended), our lease ends, or TTL passes."""
+        with contextlib.suppress(TimeoutError, EtcdError):
+            async with asyncio.timeout(self.ttl):
+                async for ev in self.client.watch(self.k_publisher, revision + 1):
+                    self._set_publisher(None if ev.deleted else ev.kv)
+                    if ev.deleted or lost.is_set():
+                        return
+
+    # -- publishing (the publisher) and following (everyone) --------------------------------
+
+    def submit(self, store: SnapshotStore, config: MeshConfig) -> None:
+        self._pending = config  # only the latest counts: an older one would be replaced at once
+        if self._publishing is None or self._publishing.done():
+            self._publishing = spawn(self._drain(), name="etcd publish")
+
+    async def _drain(self) -> None:
+        while self._pending is not None and self.leading:
+            config, self._pending = self._pending, None
+            try:
+                snap = await self._publish(config)
+            except EtcdError as exc:
+                log.error("config %s not published yet: %s", config.digest[:12], exc)
+                self._pending = self._pending or config
+                await asyncio.sleep(RETRY_S)
+                continue
+            if snap is not None and self._replica is not None and self._store is not None:
+                self._store.last_rejection = None
+                self._replica.adopt(snap)
+                log.info("config version %d published (%s)", snap.version, config.digest[:12])
+
+    async def _publish(self, config: MeshConfig) -> Snapshot | None:
+        """Store `config` as the next version; None if it is already in force or we were
+        deposed meanwhile. The compare on P/config's mod_revision is what makes a version
+        number impossible to hand out twice."""
+        for _ in range(PUBLISH_ATTEMPTS):
+            kv, _rev = await self.client.get(self.k_config)
+            now = json.loads(kv.value) if kv else {}
+            if now.get("digest") == config.digest:
+                return None
+            snap = Snapshot.build(int(now.get("version", 0)) + 1, config)
+            value = b'{"version":%d,"digest":"%s","publisher":%s,"config":%s}' % (
+                snap.version, config.digest.encode(), json.dumps(self.replica_id).encode(),
+                snap.wire,
+            )  # fmt: skip
+            r = await self.client.txn(
+                [cmp_mod(self.k_config, kv.mod_revision if kv else 0),
+                 cmp_create(self.k_publisher, self._campaign_rev)],
+                [op_put(self.k_config, value)],
+                [op_get(self.k_publisher)],
+            )  # fmt: skip
+            if r.succeeded:
+                return snap
+            holder = r.ranges[0][0] if r.ranges and r.ranges[0] else None
+            if holder is None or holder.create_revision != self._campaign_rev:
+                log.warning("config %s not published: this replica is no longer the publisher",
+                            config.digest[:12])
+                return None
+        raise EtcdError(f"{self.k_config} changed under {PUBLISH_ATTEMPTS} attempts in a row")
+
+    async def _follow(self) -> None:
+        """Put in force every snapshot P/config holds, from any publisher."""
+        rev = self._config_rev
+        while True:
+            try:
+                async for ev in self.client.watch(self.k_config, rev + 1):
+                    rev = ev.kv.mod_revision
+                    if not ev.deleted:
+                        self._adopt(ev.kv)
+            except EtcdError as exc:
+                log.warning("config watch broken, resuming after revision %d: %s", rev, exc)
+            await asyncio.sleep(RETRY_S)
+            with contextlib.suppress(EtcdError):
+                kv, rev = await self.client.get(self.k_config)
+                if kv is not None:
+                    self._adopt(kv)
+
+    def _adopt(self, kv: KeyValue) -> None:
+        try:
+            snap = self._decode(kv)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("%s holds no snapshot this registry can read (%s): ignored", kv.key, exc)
+            return
+        if self._replica is not None:
+            self._replica.adopt(snap)
+
+    @staticmethod
+    def _decode(kv: KeyValue) -> Snapshot:
+        d = json.loads(kv.value)
+        return Snapshot.build(int(d["version"]), MeshConfig.from_wire(d["config"]))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "store": self.spec.display(),
+            "replica": self.replica_id,
+            "publisher": self._view["publisher"],
+            "leading": self.leading,
+            "replicas": sorted(self._view["replicas"], key=lambda r: str(r.get("id", ""))),
+        }

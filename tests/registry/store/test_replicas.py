@@ -1,0 +1,161 @@
+"""Registries on a real etcd: the store, versions that never go back or repeat, failover."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.example import CONFIG
+from tests.integration.harness import Mesh, wait_until
+from tests.registry.server.support import StreamFollower, join
+from tests.registry.server.test_config_push import canary_weights, set_orders_weights
+from tests.registry.store.etcd_support import EtcdCluster
+
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]
+
+
+def replicas(tmp: Path, n: int) -> list[Mesh]:
+    """`n` registries, each with its own MESH_HOME and ports, over one config directory."""
+    first = Mesh(tmp / "r0", CONFIG)
+    out = [first]
+    for i in range(1, n):
+        m = Mesh(tmp / f"r{i}", first.config)
+        m.config = first.config
+        out.append(m)
+    return out
+
+
+def status(m: Mesh) -> dict[str, Any]:
+    return dict(m.api("GET", "/v1/status"))
+
+
+def version_of(m: Mesh) -> int:
+    return int(status(m)["config_version"])
+
+
+def close_all(meshes: list[Mesh]) -> None:
+    for m in meshes:
+        m.close()
+
+
+@pytest.fixture
+def etcd1(tmp_path: Path) -> Iterator[EtcdCluster]:
+    c = EtcdCluster(tmp_path, 1).start()
+    yield c
+    c.close()
+
+
+def test_versions_live_in_etcd_and_go_on_after_a_restart(tmp_path: Path,
+                                                         etcd1: EtcdCluster) -> None:
+    (m,) = replicas(tmp_path, 1)
+    try:
+        m.start_registry("--store", etcd1.store)
+        first = status(m)
+        assert first["config_version"] == 1
+        assert first["replicas"]["store"] == etcd1.store + "/meshctl"
+        assert first["replicas"]["publisher"] == first["replicas"]["replica"]
+        # The store, not MESH_HOME, holds the snapshot and the version sequence.
+        assert not (m.home / "registry" / "snapshot.json").exists()
+        assert not (m.home / "registry" / "state.json").exists()
+        set_orders_weights(m.config, 70)
+        wait_until(lambda: version_of(m) == 2, what="version 2 after an edit")
+        assert m.registry is not None
+        m.registry.stop()
+        m.start_registry("--store", etcd1.store)
+        again = status(m)
+        assert (again["config_version"], again["epoch"]) == (2, first["epoch"])
+        set_orders_weights(m.config, 60)
+        wait_until(lambda: version_of(m) == 3, what="version 3 after a restart and an edit")
+    finally:
+        m.close()
+
+
+def test_a_follower_pushes_what_the_publisher_published(tmp_path: Path,
+                                                        etcd1: EtcdCluster) -> None:
+    meshes = replicas(tmp_path, 2)
+    follower = None
+    try:
+        for m in meshes:
+            m.start_registry("--store", etcd1.store)
+        pub, fol = meshes
+        wait_until(lambda: status(fol)["replicas"]["publisher"]
+                   == status(pub)["replicas"]["replica"], what="the first replica publishes")
+        wait_until(lambda: len(status(pub)["replicas"]["replicas"]) == 2,
+                   what="the publisher lists both replicas")
+        w = join(fol, "frontend", tmp_path / "frontend")
+        follower = StreamFollower(fol, w.ctx(), "frontend-1")
+        assert follower.next_view()["config_version"] == 1
+        set_orders_weights(pub.config, 70)
+        view = follower.view_where(lambda v: v["config_version"] == 2, what="version 2")
+        assert 70 in canary_weights(view)
+        assert view["epoch"] == status(pub)["epoch"] == status(fol)["epoch"]
+        assert status(fol)["config_digest"] == status(pub)["config_digest"]
+    finally:
+        if follower is not None:
+            follower.close()
+        close_all(meshes)
+
+
+@pytest.mark.timeout(240)
+def test_publisher_fails_over_when_it_dies_and_when_an_etcd_member_dies(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    etcd = EtcdCluster(tmp_path, 3).start()
+    meshes = replicas(tmp_path, 3)
+    follower = None
+    try:
+        for m in meshes:
+            m.start_registry("--store", etcd.store)
+        by_id = {status(m)["replicas"]["replica"]: m for m in meshes}
+        publisher = by_id[status(meshes[0])["replicas"]["publisher"]]
+        rest = [m for m in meshes if m is not publisher]
+        w = join(rest[0], "frontend", tmp_path / "frontend")
+        follower = StreamFollower(rest[0], w.ctx(), "frontend-1")
+        assert follower.next_view()["config_version"] == 1
+
+        assert publisher.registry is not None
+        publisher.registry.stop(signal.SIGKILL)  # a crash: its lease must run out
+        killed = time.monotonic()
+        set_orders_weights(rest[0].config, 70)
+        view = follower.view_where(lambda v: 70 in canary_weights(v), timeout=30,
+                                   what="the edit made after the publisher died")  # fmt: skip
+        took = time.monotonic() - killed
+        new_pub = status(rest[0])["replicas"]["publisher"]
+        assert new_pub != "" and by_id[new_pub] is not publisher
+        assert view["config_version"] == 2  # no version lost, none reused
+        with capsys.disabled():
+            print(f"\npublisher killed -> edit on a follower's stream: {took:.2f} s")
+
+        # One etcd member down (the one every replica dials first): still publishing.
+        etcd.kill(etcd.members[0])
+        set_orders_weights(rest[0].config, 60)
+        view = follower.view_where(lambda v: 60 in canary_weights(v), timeout=30,
+                                   what="an edit with one etcd member down")  # fmt: skip
+        assert view["config_version"] == 3
+        wait_until(lambda: {version_of(m) for m in rest} == {3},
+                   what="both live replicas on version 3")
+    finally:
+        if follower is not None:
+            follower.close()
+        close_all(meshes)
+        etcd.close()
+
+
+def test_a_bad_store_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for bad in ("consul://127.0.0.1:8500", "etcd://127.0.0.1", "etcds://h:2379?ca=/no/ca.pem"):
+        done = subprocess.run(
+            [sys.executable, "-m", "meshctl", "registry", "--config", str(CONFIG),
+             "--store", bad],
+            capture_output=True, text=True, timeout=60, env={"MESH_HOME": str(home),
+                                                             "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "meshctl registry: --store" in done.stderr, done.stderr
+        assert not home.exists()
