@@ -86,6 +86,8 @@ def status(
         + (f", runtime {st['runtime']}" if st.get("runtime") else "")
         + (f" (compose project {st['compose_project']})" if st.get("compose_project") else "")
     )
+    if st.get("replicas"):
+        _print_replicas(out, st["replicas"])
     table = Table(title="endpoints", title_justify="left")
     for column in ("service", "endpoint", "address", "labels", "health"):
         table.add_column(column)
@@ -130,6 +132,21 @@ def status(
             out.print(f"  {line}", markup=False)
     else:
         out.print("no config errors")
+
+
+def _print_replicas(out: Console, rs: dict[str, Any]) -> None:
+    """Registries sharing one store (docs/etcd.md): which publishes, which answered."""
+    table = Table(title=f"registry replicas (store {escape(rs['store'])})", title_justify="left")
+    for column in ("replica", "url", "role"):
+        table.add_column(column)
+    for r in rs["replicas"]:
+        role = "publisher" if r.get("id") == rs["publisher"] else "follower"
+        here = " (answered this status)" if r.get("id") == rs["replica"] else ""
+        table.add_row(escape(str(r.get("id"))), escape(str(r.get("url"))), role + here)
+    out.print(table)
+    if not rs["publisher"]:
+        out.print("[red]no replica publishes config now[/] (an election is under way, or "
+                  "none can reach etcd)")
 
 
 def _outage(out: Console, st: dict[str, Any]) -> None:

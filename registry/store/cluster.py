@@ -31,6 +31,7 @@ from registry.store.backend import Opened, Replica
 from registry.store.etcd import (
     EtcdClient,
     EtcdError,
+    EtcdTlsError,
     KeyValue,
     cmp_create,
     cmp_mod,
@@ -91,7 +92,7 @@ class EtcdState:
                 kv, self._config_rev = await self.client.get(self.k_config)
                 break
             except EtcdError as exc:
-                if time.monotonic() > deadline:
+                if isinstance(exc, EtcdTlsError) or time.monotonic() > deadline:
                     raise EtcdError(
                         f"{exc} (for {OPEN_TIMEOUT_S:g} s): start etcd, or fix --store "
                         f"{self.spec.display()}"

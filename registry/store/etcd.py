@@ -29,6 +29,10 @@ class EtcdError(Exception):
     """etcd refused a call, or no endpoint answered; the message says which and why."""
 
 
+class EtcdTlsError(EtcdError):
+    """TLS with etcd failed (an unknown CA, a refused client certificate): no retry helps."""
+
+
 def b64(s: str | bytes) -> str:
     return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
 
@@ -146,6 +150,8 @@ class EtcdClient:
                     f"{base}/v3/{path}", json=body, timeout=aiohttp.ClientTimeout(total=timeout)
                 ) as r:
                     doc = await r.json(content_type=None)
+            except aiohttp.ClientSSLError as exc:
+                raise EtcdTlsError(f"etcd {base}: TLS: {exc}") from None
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 failures.append(f"{base}: {exc.__class__.__name__}: {exc}")
                 continue

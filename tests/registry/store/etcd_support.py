@@ -4,14 +4,36 @@ from __future__ import annotations
 
 import shutil
 import signal
+import ssl
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshctl.launch.local import free_port
+from registry.ca import CertificateAuthority, SpiffeId
 from tests.integration.harness import Proc, wait_until
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+@dataclass(frozen=True)
+class Tls:
+    """etcd serves TLS with `cert`/`key` and demands client certificates signed by `ca`."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def make(cls, where: Path) -> Tls:
+        """A CA (the registry's own CA code) and one certificate for 127.0.0.1, usable for
+        both ends (its EKU has serverAuth and clientAuth)."""
+        ca = CertificateAuthority.load_or_create(where, "etcd.test")
+        cert, key = ca.issue_server_cert(SpiffeId.for_service("etcd.test", "ns", "etcd"),
+                                         ["localhost"], ["127.0.0.1"], 3600)  # fmt: skip
+        (where / "etcd.crt").write_bytes(cert)
+        (where / "etcd.key").write_bytes(key)
+        return cls(where / "ca.crt", where / "etcd.crt", where / "etcd.key")
 
 
 @dataclass
@@ -20,13 +42,18 @@ class Member:
     client_port: int
     peer_port: int
     proc: Proc | None = None
+    tls: Tls | None = None
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     def healthy(self) -> bool:
-        with urllib.request.urlopen(self.client_url + "/health", timeout=2) as r:
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=str(self.tls.ca))
+            ctx.load_cert_chain(self.tls.cert, self.tls.key)
+        with urllib.request.urlopen(self.client_url + "/health", timeout=2, context=ctx) as r:
             return b'"true"' in r.read()
 
 
@@ -36,14 +63,17 @@ class EtcdCluster:
 
     tmp: Path
     size: int = 1
+    tls: Tls | None = None
     members: list[Member] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.members = [Member(f"m{i}", free_port(), free_port()) for i in range(self.size)]
+        self.members = [Member(f"m{i}", free_port(), free_port(), tls=self.tls)
+                        for i in range(self.size)]  # fmt: skip
 
     @property
     def store(self) -> str:
-        return "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
+        scheme = "etcds" if self.tls else "etcd"
+        return f"{scheme}://" + ",".join(f"127.0.0.1:{m.client_port}" for m in self.members)
 
     def start(self) -> EtcdCluster:
         initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
@@ -65,6 +95,9 @@ class EtcdCluster:
             # Fast elections among members on one host (defaults: 100 ms, 1 s).
             "--heartbeat-interval", "50", "--election-timeout", "500",
         ]  # fmt: skip
+        if m.tls:
+            argv += ["--cert-file", str(m.tls.cert), "--key-file", str(m.tls.key),
+                     "--client-cert-auth", "--trusted-ca-file", str(m.tls.ca)]  # fmt: skip
         m.proc = Proc(argv, {"PATH": "/usr/bin:/bin"}, self.tmp / f"etcd-{m.name}.log").start()
 
     def kill(self, m: Member) -> None:

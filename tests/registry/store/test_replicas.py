@@ -16,7 +16,7 @@ from tests.example import CONFIG
 from tests.integration.harness import Mesh, wait_until
 from tests.registry.server.support import StreamFollower, join
 from tests.registry.server.test_config_push import canary_weights, set_orders_weights
-from tests.registry.store.etcd_support import EtcdCluster
+from tests.registry.store.etcd_support import EtcdCluster, Tls
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
@@ -97,6 +97,14 @@ def test_a_follower_pushes_what_the_publisher_published(tmp_path: Path,
         assert 70 in canary_weights(view)
         assert view["epoch"] == status(pub)["epoch"] == status(fol)["epoch"]
         assert status(fol)["config_digest"] == status(pub)["config_digest"]
+        shown = subprocess.run(fol.meshctl("status"), env=fol.env, capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        pub_id, fol_id = status(pub)["replicas"]["replica"], status(fol)["replicas"]["replica"]
+        lines = shown.stdout.splitlines()
+        assert any(pub_id in line and "publisher" in line for line in lines), shown.stdout
+        assert any(fol_id in line and "follower (answered this status)" in line
+                   for line in lines), shown.stdout
     finally:
         if follower is not None:
             follower.close()
@@ -144,6 +152,29 @@ def test_publisher_fails_over_when_it_dies_and_when_an_etcd_member_dies(
         if follower is not None:
             follower.close()
         close_all(meshes)
+        etcd.close()
+
+
+def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    tls = Tls.make(tmp_path / "pki")
+    etcd = EtcdCluster(tmp_path, 1, tls=tls).start()
+    (m,) = replicas(tmp_path, 1)
+    try:
+        # A CA that did not sign etcd's certificate: refused at once, with the reason.
+        other = Tls.make(tmp_path / "other")
+        done = subprocess.run(
+            m.registry_argv("--store", etcd.store, "--store-ca", str(other.ca),
+                            "--store-cert", str(tls.cert), "--store-key", str(tls.key)),
+            env=m.env, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert "certificate verify failed" in done.stderr, done.stderr
+        m.start_registry("--store", f"{etcd.store}?ca={tls.ca}",
+                         "--store-cert", str(tls.cert), "--store-key", str(tls.key))
+        assert status(m)["replicas"]["store"].startswith("etcds://127.0.0.1:")
+        set_orders_weights(m.config, 70)
+        wait_until(lambda: version_of(m) == 2, what="version 2 through etcd over TLS")
+    finally:
+        m.close()
         etcd.close()
 
 
