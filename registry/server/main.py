@@ -21,7 +21,7 @@ from aiohttp import web
 from common import sdnotify
 from common.aio import spawn
 from common.state import atomic_write, ensure_dir
-from registry.ca import CertificateAuthority, SpiffeId, TokenStore
+from registry.ca import CertificateAuthority, SpiffeId
 from registry.canary import api as canary_api
 from registry.canary.runner import Runner, scrape_service
 from registry.config import LoadResult, load_directory
@@ -255,7 +255,7 @@ class Registry:
             )
         trust_domain = (result.config or restored.config).trust_domain  # type: ignore[union-attr]
         self.ca = CertificateAuthority.load_or_create(self.paths.ca_dir, trust_domain)
-        self.tokens = TokenStore(self.paths.tokens)
+        self.tokens = self.backend.tokens()
         if not self.paths.operator_token.exists():
             atomic_write(self.paths.operator_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
         self.operator_token = read_operator_token(self.paths)
@@ -330,7 +330,7 @@ class Registry:
                 log.info("endpoints expired (no heartbeat): %s", ", ".join(gone))
             if forgotten := self.proxies.expire(self.endpoint_ttl_s):
                 log.info("%d proxies forgotten (no stream, no report)", len(forgotten))
-            self.tokens.purge_expired()
+            await self.tokens.purge_expired()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from registry.config import MeshConfig
 from registry.server.snapshots import Snapshot, SnapshotStore
+from registry.store.tokens import Tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,9 @@ class StateBackend(Protocol):
 
     def submit(self, store: SnapshotStore, config: MeshConfig) -> None:
         """Publish a valid config (only the leading replica is asked)."""
+
+    def tokens(self) -> Tokens:
+        """Where join tokens are kept (registry/store/tokens.py)."""
 
     async def close(self) -> None: ...
 

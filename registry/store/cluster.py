@@ -6,6 +6,7 @@ Keys under the spec's prefix P (docs/etcd.md):
     P/config           the snapshot in force: {"version", "digest", "publisher", "config"}
     P/publisher        the replica that publishes, put with its lease (the election)
     P/replicas/<id>    each replica, put with its lease: it goes away TTL seconds after a crash
+    P/tokens/<id>      join token records (registry/store/tokens.py)
 
 A version is allocated and its snapshot stored in one transaction that compares P/config's
 mod_revision with the one just read (and that P/publisher is still ours): two writers can
@@ -39,6 +40,7 @@ from registry.store.etcd import (
     op_put,
 )
 from registry.store.spec import StoreSpec
+from registry.store.tokens import EtcdTokens
 
 log = logging.getLogger("meshctl.registry.etcd")
 
@@ -111,6 +113,9 @@ class EtcdState:
             spawn(self._follow(), name="etcd follow"),
             spawn(self._watch_replicas(), name="etcd replicas"),
         ]
+
+    def tokens(self) -> EtcdTokens:
+        return EtcdTokens(self.client, self.spec.prefix)
 
     async def close(self) -> None:
         """Stop; revoking the lease hands the publisher's role on at once, not at its TTL."""

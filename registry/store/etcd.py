@@ -100,6 +100,10 @@ def op_put(key: str, value: bytes, lease: int = 0) -> dict[str, Any]:
     return {"request_put": put}
 
 
+def op_delete(key: str) -> dict[str, Any]:
+    return {"request_delete_range": {"key": b64(key)}}
+
+
 def op_get(key: str) -> dict[str, Any]:
     return {"request_range": {"key": b64(key)}}
 

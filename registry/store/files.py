@@ -13,11 +13,13 @@ import secrets
 from typing import Any
 
 from common.state import atomic_write
+from registry.ca.tokens import TokenStore
 from registry.config import MeshConfig
 from registry.paths import RegistryPaths
 from registry.server.snapshots import Snapshot, SnapshotStore
 from registry.server.statefiles import StateFiles
 from registry.store.backend import Opened, Replica
+from registry.store.tokens import FileTokens
 
 log = logging.getLogger("meshctl.registry")
 
@@ -56,6 +58,9 @@ class FileState:
         if snap is not None:
             self._persist_snapshot(snap)
             log.info("config version %d published (%s)", snap.version, config.digest[:12])
+
+    def tokens(self) -> FileTokens:
+        return FileTokens(TokenStore(self.paths.tokens))
 
     async def close(self) -> None:
         await self.files.flush()

@@ -6,15 +6,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from registry.ca.csr import generate_key
 from tests.example import CONFIG
 from tests.integration.harness import Mesh, wait_until
-from tests.registry.server.support import StreamFollower, join
+from tests.registry.server.support import StreamFollower, call, csr_for, join, mint, op
 from tests.registry.server.test_config_push import canary_weights, set_orders_weights
 from tests.registry.store.etcd_support import EtcdCluster, Tls
 
@@ -43,13 +44,6 @@ def version_of(m: Mesh) -> int:
 def close_all(meshes: list[Mesh]) -> None:
     for m in meshes:
         m.close()
-
-
-@pytest.fixture
-def etcd1(tmp_path: Path) -> Iterator[EtcdCluster]:
-    c = EtcdCluster(tmp_path, 1).start()
-    yield c
-    c.close()
 
 
 def test_versions_live_in_etcd_and_go_on_after_a_restart(tmp_path: Path,
@@ -108,6 +102,39 @@ def test_a_follower_pushes_what_the_publisher_published(tmp_path: Path,
     finally:
         if follower is not None:
             follower.close()
+        close_all(meshes)
+
+
+def test_a_one_time_token_is_spent_once_across_replicas(tmp_path: Path,
+                                                          etcd1: EtcdCluster) -> None:
+    meshes = replicas(tmp_path, 2)
+    try:
+        for m in meshes:
+            m.start_registry("--store", etcd1.store)
+        a, b = meshes
+        tokens = [mint(a, "frontend") for _ in range(6)]
+        assert not (a.home / "registry" / "tokens.json").exists()  # in etcd, not in a file
+
+        def redeem(where: Mesh, token: str) -> tuple[int, Any]:
+            return call(where, "POST", "/v1/join", {"token": token,
+                                                    "csr": csr_for(generate_key())})
+
+        with ThreadPoolExecutor(4) as pool:  # each token redeemed on both replicas at once
+            results = [(pool.submit(redeem, a, t), pool.submit(redeem, b, t)) for t in tokens]
+            outcomes = [(fa.result(), fb.result()) for fa, fb in results]
+        for (sa, da), (sb, db) in outcomes:
+            assert sorted([sa, sb]) == [200, 403], (da, db)
+            refused = da if sa == 403 else db
+            assert "already used" in refused["error"], refused
+
+        listed = {t["token_id"]: t for t in op(b, "GET", "/v1/tokens")[1]["tokens"]}
+        assert {t.split(".")[1] for t in tokens} <= set(listed)
+        assert all(listed[t.split(".")[1]]["uses"] == 1 for t in tokens)
+        spare = mint(b, "frontend")
+        assert op(a, "DELETE", f"/v1/tokens/{spare.split('.')[1]}")[0] == 200
+        status_code, body = redeem(b, spare)
+        assert status_code == 403 and "revoked" in body["error"], body
+    finally:
         close_all(meshes)
 
 
