@@ -30,7 +30,7 @@ from registry.server import watcher
 from registry.server.addresses import WILDCARDS, join_urls, serving_addresses
 from registry.server.api import build_app
 from registry.server.auth import caller_of
-from registry.server.catalog import ENDPOINT_TTL_S, Catalog
+from registry.server.catalog import ENDPOINT_TTL_S
 from registry.server.metrics import render_metrics
 from registry.server.proxies import ProxyTracker
 from registry.server.snapshots import Notifier, Snapshot, SnapshotStore
@@ -259,7 +259,7 @@ class Registry:
         if not self.paths.operator_token.exists():
             atomic_write(self.paths.operator_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
         self.operator_token = read_operator_token(self.paths)
-        self.catalog = Catalog(self.paths.catalog)
+        self.catalog = self.backend.catalog(self.endpoint_ttl_s)
         self.catalog.on_change(self.notifier.notify)
         self.canary = Runner(self.paths.root / "canaries.json", self.config_dir,
                              lambda: self.store.current.config if self.store.current else None,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from registry.config import MeshConfig
+from registry.server.catalog import Catalog
 from registry.server.snapshots import Snapshot, SnapshotStore
 from registry.store.tokens import Tokens
 
@@ -51,6 +52,9 @@ class StateBackend(Protocol):
 
     def submit(self, store: SnapshotStore, config: MeshConfig) -> None:
         """Publish a valid config (only the leading replica is asked)."""
+
+    def catalog(self, ttl_s: float) -> Catalog:
+        """The endpoints: a file (one registry), or this replica's copy of etcd's."""
 
     def tokens(self) -> Tokens:
         """Where join tokens are kept (registry/store/tokens.py)."""

@@ -7,6 +7,7 @@ Keys under the spec's prefix P (docs/etcd.md):
     P/publisher        the replica that publishes, put with its lease (the election)
     P/replicas/<id>    each replica, put with its lease: it goes away TTL seconds after a crash
     P/tokens/<id>      join token records (registry/store/tokens.py)
+    P/endpoints/<id>   the catalog, each endpoint with a lease of its TTL (catalog.py)
 
 A version is allocated and its snapshot stored in one transaction that compares P/config's
 mod_revision with the one just read (and that P/publisher is still ours): two writers can
@@ -29,6 +30,7 @@ from common.aio import spawn
 from registry.config import MeshConfig
 from registry.server.snapshots import Snapshot, SnapshotStore
 from registry.store.backend import Opened, Replica
+from registry.store.catalog import SharedCatalog
 from registry.store.etcd import (
     EtcdClient,
     EtcdError,
@@ -73,6 +75,7 @@ class EtcdState:
         self._pending: MeshConfig | None = None
         self._publishing: asyncio.Task[Any] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._catalog: SharedCatalog | None = None
         self._view: dict[str, Any] = {"publisher": "", "replicas": []}
         self.started_at = time.time()
 
@@ -107,12 +110,18 @@ class EtcdState:
         self._replica, self._store = replica, store
         self.replica_id, self.url = replica.whoami()
         await self._new_lease()
+        if self._catalog is not None:
+            await self._catalog.start()
         self._tasks += [
             spawn(self._keep_lease(), name="etcd lease"),
             spawn(self._campaign(), name="etcd campaign"),
             spawn(self._follow(), name="etcd follow"),
             spawn(self._watch_replicas(), name="etcd replicas"),
         ]
+
+    def catalog(self, ttl_s: float) -> SharedCatalog:
+        self._catalog = SharedCatalog(self.client, self.spec.prefix, ttl_s)
+        return self._catalog
 
     def tokens(self) -> EtcdTokens:
         return EtcdTokens(self.client, self.spec.prefix)
@@ -123,6 +132,8 @@ class EtcdState:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, EtcdError):
                 await t
+        if self._catalog is not None:
+            await self._catalog.stop()
         if self._lease:
             await self.client.revoke(self._lease)
         await self.client.close()

@@ -16,6 +16,7 @@ from common.state import atomic_write
 from registry.ca.tokens import TokenStore
 from registry.config import MeshConfig
 from registry.paths import RegistryPaths
+from registry.server.catalog import Catalog
 from registry.server.snapshots import Snapshot, SnapshotStore
 from registry.server.statefiles import StateFiles
 from registry.store.backend import Opened, Replica
@@ -58,6 +59,9 @@ class FileState:
         if snap is not None:
             self._persist_snapshot(snap)
             log.info("config version %d published (%s)", snap.version, config.digest[:12])
+
+    def catalog(self, ttl_s: float) -> Catalog:
+        return Catalog(self.paths.catalog)
 
     def tokens(self) -> FileTokens:
         return FileTokens(TokenStore(self.paths.tokens))

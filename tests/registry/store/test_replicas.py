@@ -138,6 +138,41 @@ def test_a_one_time_token_is_spent_once_across_replicas(tmp_path: Path,
         close_all(meshes)
 
 
+def test_the_catalog_is_shared_and_its_endpoints_expire_by_lease(tmp_path: Path,
+                                                                  etcd1: EtcdCluster) -> None:
+    meshes = replicas(tmp_path, 2)
+    try:
+        for m in meshes:
+            m.start_registry("--store", etcd1.store, "--endpoint-ttl", "2")
+        a, b = meshes
+
+        def ids(m: Mesh) -> set[str]:
+            return {e["id"] for e in op(m, "GET", "/v1/catalog")[1]["endpoints"]}
+
+        ep = {"id": "orders-x", "service": "orders", "address": "127.0.0.1",
+              "inbound_port": 15006, "labels": {"version": "v1"}}
+        assert op(a, "POST", "/v1/endpoints", ep)[0] == 200
+        wait_until(lambda: "orders-x" in ids(b), what="an endpoint registered on A seen on B")
+        # Heartbeats on B renew the lease A created: it outlives its 2 s TTL three times.
+        until = time.monotonic() + 6
+        while time.monotonic() < until:
+            assert op(b, "PUT", "/v1/endpoints/orders-x", {"health": "healthy"})[0] == 200
+            time.sleep(0.5)
+        assert "orders-x" in ids(a)
+        # Heartbeats stop: etcd ends the lease and both replicas drop the endpoint.
+        wait_until(lambda: "orders-x" not in ids(a) | ids(b), timeout=15,
+                   what="the endpoint gone from both once its lease ran out")  # fmt: skip
+        assert op(b, "POST", "/v1/endpoints", ep)[0] == 200
+        wait_until(lambda: "orders-x" in ids(a), what="registered again on B, seen on A")
+        assert op(a, "DELETE", "/v1/endpoints/orders-x")[1] == {"removed": True}
+        wait_until(lambda: "orders-x" not in ids(b), what="deregistered on A, gone from B")
+        # One numbering on every replica: etcd's revision of the last endpoint change.
+        wait_until(lambda: op(a, "GET", "/v1/catalog")[1]["version"]
+                   == op(b, "GET", "/v1/catalog")[1]["version"], what="equal catalog versions")
+    finally:
+        close_all(meshes)
+
+
 @pytest.mark.timeout(240)
 def test_publisher_fails_over_when_it_dies_and_when_an_etcd_member_dies(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
