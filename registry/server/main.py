@@ -32,7 +32,6 @@ from registry.server.api import build_app
 from registry.server.auth import caller_of
 from registry.server.catalog import ENDPOINT_TTL_S
 from registry.server.metrics import render_metrics
-from registry.server.proxies import ProxyTracker
 from registry.server.snapshots import Notifier, Snapshot, SnapshotStore
 from registry.server.statefiles import StateFiles
 from registry.store import StoreSpec
@@ -78,7 +77,6 @@ class Registry:
         self.endpoint_ttl_s = endpoint_ttl_s
         self.notifier = Notifier()
         self.metrics: Counter[str] = Counter()
-        self.proxies = ProxyTracker()
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
         self.streams: set[asyncio.Task[Any]] = set()  # open /v1/stream handlers: closed on stop
@@ -91,6 +89,7 @@ class Registry:
             else EtcdState(store)
         )  # fmt: skip
         self._watching: asyncio.Task[Any] | None = None
+        self.proxies = self.backend.proxies()
 
     # -- config --------------------------------------------------------------------------
 
@@ -206,7 +205,7 @@ class Registry:
                     "last_seen": p.last_seen,
                 }
                 for p in self.proxies.all()
-            ],
+            ] + self.proxies.elsewhere(),  # connected to other replicas, each with `replica`
             "endpoints": [e.to_wire() for e in self.catalog.endpoints()],
             "replicas": self.backend.status(),
         }

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from registry.config import MeshConfig
 from registry.server.catalog import Catalog
+from registry.server.proxies import ProxyTracker
 from registry.server.snapshots import Snapshot, SnapshotStore
 from registry.store.tokens import Tokens
 
@@ -55,6 +56,9 @@ class StateBackend(Protocol):
 
     def catalog(self, ttl_s: float) -> Catalog:
         """The endpoints: a file (one registry), or this replica's copy of etcd's."""
+
+    def proxies(self) -> ProxyTracker:
+        """Proxies' ACK state: this registry's, or also the other replicas' (from etcd)."""
 
     def tokens(self) -> Tokens:
         """Where join tokens are kept (registry/store/tokens.py)."""

@@ -20,7 +20,6 @@ a few milliseconds after the API answered, as on every other replica.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common.aio import spawn
+from common.aio import cancel, spawn
 from registry.server.catalog import Catalog, Endpoint
 from registry.store.etcd import EtcdClient, EtcdError, KeyValue
 
@@ -101,10 +100,7 @@ class SharedCatalog(Catalog):
                        spawn(self._watch_loop(rev), name="etcd catalog watch")]  # fmt: skip
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel(self._tasks)
 
     # -- etcd -> this copy ----------------------------------------------------------------------
 

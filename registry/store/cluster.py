@@ -8,6 +8,7 @@ Keys under the spec's prefix P (docs/etcd.md):
     P/replicas/<id>    each replica, put with its lease: it goes away TTL seconds after a crash
     P/tokens/<id>      join token records (registry/store/tokens.py)
     P/endpoints/<id>   the catalog, each endpoint with a lease of its TTL (catalog.py)
+    P/proxies/<replica>/...  proxies' ACK state, with their replica's lease (proxies.py)
 
 A version is allocated and its snapshot stored in one transaction that compares P/config's
 mod_revision with the one just read (and that P/publisher is still ours): two writers can
@@ -26,7 +27,7 @@ import secrets
 import time
 from typing import Any
 
-from common.aio import spawn
+from common.aio import cancel, spawn
 from registry.config import MeshConfig
 from registry.server.snapshots import Snapshot, SnapshotStore
 from registry.store.backend import Opened, Replica
@@ -41,6 +42,7 @@ from registry.store.etcd import (
     op_get,
     op_put,
 )
+from registry.store.proxies import SharedProxies
 from registry.store.spec import StoreSpec
 from registry.store.tokens import EtcdTokens
 
@@ -76,6 +78,7 @@ class EtcdState:
         self._publishing: asyncio.Task[Any] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._catalog: SharedCatalog | None = None
+        self._proxies: SharedProxies | None = None
         self._view: dict[str, Any] = {"publisher": "", "replicas": []}
         self.started_at = time.time()
 
@@ -112,6 +115,8 @@ class EtcdState:
         await self._new_lease()
         if self._catalog is not None:
             await self._catalog.start()
+        if self._proxies is not None:
+            await self._proxies.start(self.replica_id)
         self._tasks += [
             spawn(self._keep_lease(), name="etcd lease"),
             spawn(self._campaign(), name="etcd campaign"),
@@ -123,17 +128,19 @@ class EtcdState:
         self._catalog = SharedCatalog(self.client, self.spec.prefix, ttl_s)
         return self._catalog
 
+    def proxies(self) -> SharedProxies:
+        self._proxies = SharedProxies(self.client, self.spec.prefix, lambda: self._lease)
+        return self._proxies
+
     def tokens(self) -> EtcdTokens:
         return EtcdTokens(self.client, self.spec.prefix)
 
     async def close(self) -> None:
         """Stop; revoking the lease hands the publisher's role on at once, not at its TTL."""
-        for t in [*self._tasks, *([self._publishing] if self._publishing else [])]:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, EtcdError):
-                await t
-        if self._catalog is not None:
-            await self._catalog.stop()
+        await cancel([*self._tasks, *([self._publishing] if self._publishing else [])])
+        for part in (self._catalog, self._proxies):
+            if part is not None:
+                await part.stop()
         if self._lease:
             await self.client.revoke(self._lease)
         await self.client.close()
@@ -167,6 +174,8 @@ class EtcdState:
                 try:
                     await self._new_lease()
                     last_ok = time.monotonic()
+                    if self._proxies is not None:
+                        self._proxies.relet()  # their rows lived on the old lease
                     break
                 except EtcdError:
                     await asyncio.sleep(RETRY_S)

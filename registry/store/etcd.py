@@ -189,6 +189,9 @@ class EtcdClient:
     async def delete(self, key: str) -> None:
         await self.call("kv/deleterange", {"key": b64(key)})
 
+    async def delete_prefix(self, prefix: str) -> None:
+        await self.call("kv/deleterange", {"key": b64(prefix), "range_end": prefix_end(prefix)})
+
     async def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
                   failure: list[dict[str, Any]] | None = None) -> TxnResult:  # fmt: skip
         doc = await self.call(

@@ -17,6 +17,7 @@ from registry.ca.tokens import TokenStore
 from registry.config import MeshConfig
 from registry.paths import RegistryPaths
 from registry.server.catalog import Catalog
+from registry.server.proxies import ProxyTracker
 from registry.server.snapshots import Snapshot, SnapshotStore
 from registry.server.statefiles import StateFiles
 from registry.store.backend import Opened, Replica
@@ -62,6 +63,9 @@ class FileState:
 
     def catalog(self, ttl_s: float) -> Catalog:
         return Catalog(self.paths.catalog)
+
+    def proxies(self) -> ProxyTracker:
+        return ProxyTracker()
 
     def tokens(self) -> FileTokens:
         return FileTokens(TokenStore(self.paths.tokens))

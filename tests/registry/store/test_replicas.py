@@ -91,10 +91,20 @@ def test_a_follower_pushes_what_the_publisher_published(tmp_path: Path,
         assert 70 in canary_weights(view)
         assert view["epoch"] == status(pub)["epoch"] == status(fol)["epoch"]
         assert status(fol)["config_digest"] == status(pub)["config_digest"]
+        fol_id = status(fol)["replicas"]["replica"]
+        # The publisher lists the proxy connected to the follower, and where it is.
+        row = wait_until(lambda: [p for p in status(pub)["proxies"]
+                                  if p["proxy_id"] == "frontend-1" and p.get("replica")],
+                         what="the follower's proxy in the publisher's status")  # fmt: skip
+        assert row[0]["replica"] == fol_id and row[0]["connected"], row
+        follower.close()
+        wait_until(lambda: [p["connected"] for p in status(pub)["proxies"]
+                            if p["proxy_id"] == "frontend-1"] == [False],
+                   what="the publisher sees the follower's proxy disconnect")  # fmt: skip
         shown = subprocess.run(fol.meshctl("status"), env=fol.env, capture_output=True,
                                text=True, timeout=60)  # fmt: skip
         assert shown.returncode == 0, shown.stderr
-        pub_id, fol_id = status(pub)["replicas"]["replica"], status(fol)["replicas"]["replica"]
+        pub_id = status(pub)["replicas"]["replica"]
         lines = shown.stdout.splitlines()
         assert any(pub_id in line and "publisher" in line for line in lines), shown.stdout
         assert any(fol_id in line and "follower (answered this status)" in line
