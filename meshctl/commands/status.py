@@ -115,7 +115,8 @@ def status(
             version += f" [red]NACK: {p['nack_error']}[/]"
         table.add_row(
             p["proxy_id"],
-            "yes" if p["connected"] else "[red]no[/]",
+            ("yes" if p["connected"] else "[red]no[/]")
+            + (f" (to {escape(p['replica'])})" if p.get("replica") else ""),
             version,
             _expiry(p["cert_not_after"]),
             str(p["restarts"]),

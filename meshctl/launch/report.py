@@ -75,6 +75,7 @@ def status(home: Path, client: RegistryClient | None = None) -> dict[str, Any]:
                 "cert_not_after": p.get("cert_not_after"),
                 "restarts": a.get("proxy_restarts", 0),
                 "pid": a.get("proxy_pid"),
+                "replica": p.get("replica"),  # connected to another registry (docs/etcd.md)
             }
         )
     return {

@@ -97,6 +97,10 @@ def test_a_follower_pushes_what_the_publisher_published(tmp_path: Path,
                                   if p["proxy_id"] == "frontend-1" and p.get("replica")],
                          what="the follower's proxy in the publisher's status")  # fmt: skip
         assert row[0]["replica"] == fol_id and row[0]["connected"], row
+        on_pub = subprocess.run(pub.meshctl("status"), env=pub.env, capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert any("frontend-1" in line and f"yes (to {fol_id})" in line
+                   for line in on_pub.stdout.splitlines()), on_pub.stdout
         follower.close()
         wait_until(lambda: [p["connected"] for p in status(pub)["proxies"]
                             if p["proxy_id"] == "frontend-1"] == [False],
