@@ -70,6 +70,7 @@ class EtcdState:
         self.k_publisher, self.k_replicas = f"{p}/publisher", f"{p}/replicas/"
         self._lease = 0
         self._lease_lost = asyncio.Event()
+        self._term_over = asyncio.Event()  # set when a write finds P/publisher is not ours
         self._campaign_rev = 0  # create revision of our P/publisher; 0: another replica publishes
         self._config_rev = 0  # the revision P/config was read at (watches go on after it)
         self._replica: Replica | None = None
@@ -226,11 +227,15 @@ class EtcdState:
                 log.info("this replica (%s) publishes config now", self.replica_id)
                 self._set_publisher(holder if holder else KeyValue(
                     self.k_publisher, self.replica_id.encode(), r.revision, r.revision, lease))
+                self._term_over = asyncio.Event()
                 self._replica.lead(reload=True)
-                await lost.wait()
+                ended = [spawn(lost.wait(), name="lease lost"),
+                         spawn(self._term_over.wait(), name="fenced out")]  # fmt: skip
+                await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
+                await cancel(ended)
                 self._campaign_rev = 0
-                log.warning("this replica (%s) no longer publishes: its lease ended",
-                            self.replica_id)
+                log.warning("this replica (%s) no longer publishes: %s", self.replica_id,
+                            "its lease ended" if lost.is_set() else "another holds the role")
                 self._replica.unlead()
                 continue
             self._set_publisher(holder)
@@ -293,6 +298,7 @@ class EtcdState:
             if holder is None or holder.create_revision != self._campaign_rev:
                 log.warning("config %s not published: this replica is no longer the publisher",
                             config.digest[:12])
+                self._term_over.set()  # the campaign loop steps down and runs again
                 return None
         raise EtcdError(f"{self.k_config} changed under {PUBLISH_ATTEMPTS} attempts in a row")
 

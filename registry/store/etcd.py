@@ -23,6 +23,14 @@ import aiohttp
 from registry.store.spec import StoreSpec
 
 CALL_TIMEOUT_S = 5.0
+# A watch with nothing to say for this long is ended and opened again (by its caller, from
+# the revision it had): a TCP connection to a member whose host vanished, with no reset
+# ever coming, cannot hold a replica's view still for longer.
+WATCH_IDLE_S = 15.0
+# gRPC metadata through the gateway: the member cancels the watch when it loses its raft
+# leader (as clientv3.WithRequireLeader), instead of leaving it open and silent while it
+# sits in a minority partition.
+_REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 
 
 class EtcdError(Exception):
@@ -230,8 +238,9 @@ class EtcdClient:
                     prefix: bool = False) -> AsyncIterator[Event]:  # fmt: skip
         """Every change of `key` (or of every key under it) from `start_revision` on.
 
-        Ends (EtcdError) when the stream breaks; the caller re-reads and watches again
-        from where it was, so nothing between the two is missed.
+        Raises EtcdError when the stream breaks, and simply ends after WATCH_IDLE_S with no
+        event; either way the caller watches again from the revision it had, so nothing
+        between the two is missed.
         """
         req: dict[str, Any] = {"key": b64(key), "start_revision": str(start_revision)}
         if prefix:
@@ -239,8 +248,9 @@ class EtcdClient:
         base = self._order()[0]
         try:
             async with self._http().post(
-                f"{base}/v3/watch", json={"create_request": req},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT_S),
+                f"{base}/v3/watch", json={"create_request": req}, headers=_REQUIRE_LEADER,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CALL_TIMEOUT_S,
+                                              sock_read=WATCH_IDLE_S),
             ) as r:
                 buf = b""
                 async for chunk in r.content.iter_any():
@@ -250,6 +260,8 @@ class EtcdClient:
                         if line.strip():
                             for ev in _events(json.loads(line)):
                                 yield ev
+        except aiohttp.ServerTimeoutError:
+            return  # idle for WATCH_IDLE_S (see there)
         except (aiohttp.ClientError, ValueError) as exc:
             self._current = (self._current + 1) % len(self.spec.endpoints)
             raise EtcdError(f"etcd watch on {base}: {exc.__class__.__name__}: {exc}") from None
