@@ -97,7 +97,7 @@ class Registry:
         """Publish a valid directory as the next snapshot; reject an invalid one whole."""
         if not result.ok or result.config is None:
             errors = tuple(str(e) for e in result.errors)
-            self.store.reject(errors)
+            self._reject(errors)
             log.error(
                 "config rejected, version %s stays in force:\n  %s",
                 self.store.current.version if self.store.current else "none",
@@ -106,7 +106,7 @@ class Registry:
             return
         cfg = result.config
         if cfg.trust_domain != self.ca.trust_domain:
-            self.store.reject(
+            self._reject(
                 (
                     f"mesh.yaml: trustDomain: cannot change from "
                     f"`{self.ca.trust_domain}` to `{cfg.trust_domain}` while the "
@@ -118,6 +118,11 @@ class Registry:
             return
         if self.backend.leading:
             self.backend.submit(self.store, cfg)
+
+    def _reject(self, errors: tuple[str, ...]) -> None:
+        self.store.reject(errors)
+        if self.backend.leading and self.store.last_rejection is not None:
+            self.backend.rejected(self.store.last_rejection)
 
     # -- the store's calls (registry/store/backend.Replica) ------------------------------
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from registry.config import MeshConfig
 from registry.server.catalog import Catalog
 from registry.server.proxies import ProxyTracker
-from registry.server.snapshots import Snapshot, SnapshotStore
+from registry.server.snapshots import Rejection, Snapshot, SnapshotStore
 from registry.store.tokens import Tokens
 
 
@@ -53,6 +53,9 @@ class StateBackend(Protocol):
 
     def submit(self, store: SnapshotStore, config: MeshConfig) -> None:
         """Publish a valid config (only the leading replica is asked)."""
+
+    def rejected(self, rejection: Rejection) -> None:
+        """Tell the other replicas that a change was rejected (files: there are none)."""
 
     def catalog(self, ttl_s: float) -> Catalog:
         """The endpoints: a file (one registry), or this replica's copy of etcd's."""

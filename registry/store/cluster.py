@@ -4,6 +4,7 @@ Keys under the spec's prefix P (docs/etcd.md):
 
     P/epoch            the mesh's epoch, created once by the first replica to start
     P/config           the snapshot in force: {"version", "digest", "publisher", "config"}
+    P/config.rejected  the publisher's last rejected change, until a config is published
     P/publisher        the replica that publishes, put with its lease (the election)
     P/replicas/<id>    each replica, put with its lease: it goes away TTL seconds after a crash
     P/tokens/<id>      join token records (registry/store/tokens.py)
@@ -29,7 +30,7 @@ from typing import Any
 
 from common.aio import cancel, spawn
 from registry.config import MeshConfig
-from registry.server.snapshots import Snapshot, SnapshotStore
+from registry.server.snapshots import Rejection, Snapshot, SnapshotStore
 from registry.store.backend import Opened, Replica
 from registry.store.catalog import SharedCatalog
 from registry.store.etcd import (
@@ -39,6 +40,7 @@ from registry.store.etcd import (
     KeyValue,
     cmp_create,
     cmp_mod,
+    op_delete,
     op_get,
     op_put,
 )
@@ -67,6 +69,7 @@ class EtcdState:
         self.ttl = lease_ttl_s
         p = spec.prefix
         self.k_epoch, self.k_config = f"{p}/epoch", f"{p}/config"
+        self.k_rejected = f"{p}/config.rejected"
         self.k_publisher, self.k_replicas = f"{p}/publisher", f"{p}/replicas/"
         self._lease = 0
         self._lease_lost = asyncio.Event()
@@ -75,7 +78,7 @@ class EtcdState:
         self._config_rev = 0  # the revision P/config was read at (watches go on after it)
         self._replica: Replica | None = None
         self._store: SnapshotStore | None = None
-        self._pending: MeshConfig | None = None
+        self._queue: list[MeshConfig | Rejection] = []  # for etcd, in order (publisher)
         self._publishing: asyncio.Task[Any] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._catalog: SharedCatalog | None = None
@@ -253,24 +256,41 @@ class EtcdState:
     # -- publishing (the publisher) and following (everyone) --------------------------------
 
     def submit(self, store: SnapshotStore, config: MeshConfig) -> None:
-        self._pending = config  # only the latest counts: an older one would be replaced at once
+        self._queue = [config]  # a newer config replaces what is queued, rejections included
+        self._kick()
+
+    def rejected(self, rejection: Rejection) -> None:
+        # After the config queued before it (it was valid: it is still published), in
+        # place of an older rejection.
+        self._queue = [q for q in self._queue if isinstance(q, MeshConfig)] + [rejection]
+        self._kick()
+
+    def _kick(self) -> None:
         if self._publishing is None or self._publishing.done():
             self._publishing = spawn(self._drain(), name="etcd publish")
 
     async def _drain(self) -> None:
-        while self._pending is not None and self.leading:
-            config, self._pending = self._pending, None
+        while self._queue and self.leading:
+            item, snap = self._queue[0], None
             try:
-                snap = await self._publish(config)
+                if isinstance(item, Rejection):
+                    await self.client.put(self.k_rejected, json.dumps(
+                        {"at": item.at, "errors": list(item.errors)}).encode())
+                else:
+                    snap = await self._publish(item)
             except EtcdError as exc:
-                log.error("config %s not published yet: %s", config.digest[:12], exc)
-                self._pending = self._pending or config
+                log.error("config change not stored in etcd yet: %s", exc)
                 await asyncio.sleep(RETRY_S)
                 continue
-            if snap is not None and self._replica is not None and self._store is not None:
-                self._store.last_rejection = None
+            if self._queue and self._queue[0] is item:
+                self._queue.pop(0)
+            if isinstance(item, Rejection) or self._store is None or self._term_over.is_set():
+                continue
+            if not any(isinstance(q, Rejection) for q in self._queue):
+                self._store.last_rejection = None  # as SnapshotStore.publish does
+            if snap is not None and self._replica is not None:
                 self._replica.adopt(snap)
-                log.info("config version %d published (%s)", snap.version, config.digest[:12])
+                log.info("config version %d published (%s)", snap.version, item.digest[:12])
 
     async def _publish(self, config: MeshConfig) -> Snapshot | None:
         """Store `config` as the next version; None if it is already in force or we were
@@ -280,6 +300,7 @@ class EtcdState:
             kv, _rev = await self.client.get(self.k_config)
             now = json.loads(kv.value) if kv else {}
             if now.get("digest") == config.digest:
+                await self.client.delete(self.k_rejected)  # back to the config in force
                 return None
             snap = Snapshot.build(int(now.get("version", 0)) + 1, config)
             value = b'{"version":%d,"digest":"%s","publisher":%s,"config":%s}' % (
@@ -289,7 +310,7 @@ class EtcdState:
             r = await self.client.txn(
                 [cmp_mod(self.k_config, kv.mod_revision if kv else 0),
                  cmp_create(self.k_publisher, self._campaign_rev)],
-                [op_put(self.k_config, value)],
+                [op_put(self.k_config, value), op_delete(self.k_rejected)],
                 [op_get(self.k_publisher)],
             )  # fmt: skip
             if r.succeeded:
@@ -303,21 +324,35 @@ class EtcdState:
         raise EtcdError(f"{self.k_config} changed under {PUBLISH_ATTEMPTS} attempts in a row")
 
     async def _follow(self) -> None:
-        """Put in force every snapshot P/config holds, from any publisher."""
+        """Put in force every snapshot P/config holds, from any publisher, and show the
+        publisher's last rejected change (P/config.rejected) as this replica's."""
         rev = self._config_rev
         while True:
+            with contextlib.suppress(EtcdError):  # (again) where things stand
+                kvs, rev = await self.client.get_prefix(self.k_config)
+                held = {kv.key: kv for kv in kvs}
+                for key in (self.k_config, self.k_rejected):
+                    if key in held:
+                        self._take(held[key], deleted=False)
+                    elif key == self.k_rejected:
+                        self._take(KeyValue(key, b"", 0, rev, 0), deleted=True)
             try:
-                async for ev in self.client.watch(self.k_config, rev + 1):
+                async for ev in self.client.watch(self.k_config, rev + 1, prefix=True):
                     rev = ev.kv.mod_revision
-                    if not ev.deleted:
-                        self._adopt(ev.kv)
+                    self._take(ev.kv, deleted=ev.deleted)
             except EtcdError as exc:
                 log.warning("config watch broken, resuming after revision %d: %s", rev, exc)
             await asyncio.sleep(RETRY_S)
-            with contextlib.suppress(EtcdError):
-                kv, rev = await self.client.get(self.k_config)
-                if kv is not None:
-                    self._adopt(kv)
+
+    def _take(self, kv: KeyValue, *, deleted: bool) -> None:
+        if kv.key == self.k_config and not deleted:
+            self._adopt(kv)
+        elif kv.key == self.k_rejected and not self.leading and self._store is not None:
+            rej = None
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                d = json.loads(kv.value) if not deleted else None
+                rej = Rejection(float(d["at"]), tuple(map(str, d["errors"]))) if d else None
+            self._store.last_rejection = rej
 
     def _adopt(self, kv: KeyValue) -> None:
         try:

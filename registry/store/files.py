@@ -18,7 +18,7 @@ from registry.config import MeshConfig
 from registry.paths import RegistryPaths
 from registry.server.catalog import Catalog
 from registry.server.proxies import ProxyTracker
-from registry.server.snapshots import Snapshot, SnapshotStore
+from registry.server.snapshots import Rejection, Snapshot, SnapshotStore
 from registry.server.statefiles import StateFiles
 from registry.store.backend import Opened, Replica
 from registry.store.tokens import FileTokens
@@ -69,6 +69,9 @@ class FileState:
 
     def tokens(self) -> FileTokens:
         return FileTokens(TokenStore(self.paths.tokens))
+
+    def rejected(self, rejection: Rejection) -> None:
+        pass  # the only registry: SnapshotStore.reject has recorded it
 
     async def close(self) -> None:
         await self.files.flush()

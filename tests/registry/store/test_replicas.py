@@ -92,6 +92,17 @@ def test_a_follower_pushes_what_the_publisher_published(tmp_path: Path,
         assert view["epoch"] == status(pub)["epoch"] == status(fol)["epoch"]
         assert status(fol)["config_digest"] == status(pub)["config_digest"]
         fol_id = status(fol)["replicas"]["replica"]
+        # A rejected edit is reported by every replica, and cleared by the next good one.
+        orders = pub.config / "orders.yaml"
+        good = orders.read_text()
+        orders.write_text(good.replace("weight: 30", "weight: thirty"))
+        err = wait_until(lambda: status(fol)["last_config_error"],
+                         what="the publisher's rejection on the follower")  # fmt: skip
+        assert any("orders.yaml" in e and "weight" in e for e in err["errors"]), err
+        assert status(fol)["config_version"] == 2  # the last good one stays in force
+        orders.write_text(good)
+        wait_until(lambda: status(fol)["last_config_error"] is None,
+                   what="the rejection cleared on the follower")  # fmt: skip
         # The publisher lists the proxy connected to the follower, and where it is.
         row = wait_until(lambda: [p for p in status(pub)["proxies"]
                                   if p["proxy_id"] == "frontend-1" and p.get("replica")],
