@@ -138,13 +138,22 @@ def status(
 def _print_replicas(out: Console, rs: dict[str, Any]) -> None:
     """Registries sharing one store (docs/etcd.md): which publishes, which answered."""
     table = Table(title=f"registry replicas (store {escape(rs['store'])})", title_justify="left")
-    for column in ("replica", "url", "role"):
+    for column in ("replica", "url", "config", "role"):
         table.add_column(column)
+    newest = max((int(r.get("config_version") or 0) for r in rs["replicas"]), default=0)
     for r in rs["replicas"]:
         role = "publisher" if r.get("id") == rs["publisher"] else "follower"
-        here = " (answered this status)" if r.get("id") == rs["replica"] else ""
-        table.add_row(escape(str(r.get("id"))), escape(str(r.get("url"))), role + here)
+        here = " (this replica)" if r.get("id") == rs["replica"] else ""
+        version = int(r.get("config_version") or 0)
+        behind = "" if version == newest else " [red](behind)[/]"
+        table.add_row(escape(str(r.get("id"))), escape(str(r.get("url"))),
+                      f"v{version}{behind}", role + here)
     out.print(table)
+    for m in rs.get("etcd") or []:
+        state = (f"[green]ok[/] etcd {escape(m['version'])}, raft index {m['raft_index']}"
+                 + (", leader" if m["leader"] else "")) if m["ok"] \
+            else f"[red]unreachable[/]: {escape(m['error'])}"
+        out.print(f"etcd member {escape(m['endpoint'])}: {state}")
     if not rs["publisher"]:
         out.print("[red]no replica publishes config now[/] (an election is under way, or "
                   "none can reach etcd)")

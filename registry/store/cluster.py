@@ -84,6 +84,8 @@ class EtcdState:
         self._catalog: SharedCatalog | None = None
         self._proxies: SharedProxies | None = None
         self._view: dict[str, Any] = {"publisher": "", "replicas": []}
+        self._moved = asyncio.Event()  # the snapshot in force changed: tell the others
+        self._members: list[dict[str, Any]] = []  # etcd members' health, for status
         self.started_at = time.time()
 
     @property
@@ -126,6 +128,7 @@ class EtcdState:
             spawn(self._campaign(), name="etcd campaign"),
             spawn(self._follow(), name="etcd follow"),
             spawn(self._watch_replicas(), name="etcd replicas"),
+            spawn(self._report(), name="etcd report"),
         ]
 
     def catalog(self, ttl_s: float) -> SharedCatalog:
@@ -154,9 +157,41 @@ class EtcdState:
     async def _new_lease(self) -> None:
         self._lease = await self.client.grant(self.ttl)
         self._lease_lost = asyncio.Event()
-        info = {"id": self.replica_id, "url": self.url, "started_at": self.started_at}
+        await self._put_info()
+
+    async def _put_info(self) -> int:
+        """This replica's entry under P/replicas/, with the config version it serves."""
+        snap = self._store.current if self._store else None
+        version = snap.version if snap else 0
+        info = {"id": self.replica_id, "url": self.url, "started_at": self.started_at,
+                "config_version": version}  # fmt: skip
         await self.client.put(self.k_replicas + self.replica_id, json.dumps(info).encode(),
                               lease=self._lease)  # fmt: skip
+        return version
+
+    async def _report(self) -> None:
+        """Keep this replica's config version in its entry (each replica's lag shows in
+        status) and check every etcd member (health, leader, raft index) once per TTL."""
+        said = -1
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.ttl):
+                    await self._moved.wait()
+            self._moved.clear()
+            snap = self._store.current if self._store else None
+            if snap is not None and snap.version != said:
+                with contextlib.suppress(EtcdError):
+                    said = await self._put_info()
+            self._members = list(await asyncio.gather(*map(self._member, self.spec.endpoints)))
+
+    async def _member(self, base: str) -> dict[str, Any]:
+        try:
+            doc = await self.client.call_at(base, "maintenance/status", {}, timeout=1.0)
+        except EtcdError as exc:
+            return {"endpoint": base, "ok": False, "error": str(exc)}
+        return {"endpoint": base, "ok": True, "version": str(doc.get("version", "")),
+                "leader": doc.get("leader") == doc.get("header", {}).get("member_id"),
+                "raft_index": int(doc.get("raftIndex", 0))}  # fmt: skip
 
     async def _keep_lease(self) -> None:
         every = self.ttl / 3
@@ -290,6 +325,7 @@ class EtcdState:
                 self._store.last_rejection = None  # as SnapshotStore.publish does
             if snap is not None and self._replica is not None:
                 self._replica.adopt(snap)
+                self._moved.set()
                 log.info("config version %d published (%s)", snap.version, item.digest[:12])
 
     async def _publish(self, config: MeshConfig) -> Snapshot | None:
@@ -362,6 +398,7 @@ class EtcdState:
             return
         if self._replica is not None:
             self._replica.adopt(snap)
+            self._moved.set()
 
     @staticmethod
     def _decode(kv: KeyValue) -> Snapshot:
@@ -375,4 +412,5 @@ class EtcdState:
             "publisher": self._view["publisher"],
             "leading": self.leading,
             "replicas": sorted(self._view["replicas"], key=lambda r: str(r.get("id", ""))),
+            "etcd": self._members,
         }

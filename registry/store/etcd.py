@@ -37,6 +37,10 @@ class EtcdError(Exception):
     """etcd refused a call, or no endpoint answered; the message says which and why."""
 
 
+class _Unreachable(Exception):
+    """This endpoint did not answer (the next one may)."""
+
+
 class EtcdTlsError(EtcdError):
     """TLS with etcd failed (an unknown CA, a refused client certificate): no retry helps."""
 
@@ -158,23 +162,45 @@ class EtcdClient:
         failures = []
         for i, base in enumerate(self._order()):
             try:
-                async with self._http().post(
-                    f"{base}/v3/{path}", json=body, timeout=aiohttp.ClientTimeout(total=timeout)
-                ) as r:
-                    doc = await r.json(content_type=None)
-            except aiohttp.ClientSSLError as exc:
-                raise EtcdTlsError(f"etcd {base}: TLS: {exc}") from None
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                failures.append(f"{base}: {exc.__class__.__name__}: {exc}")
+                doc = await self._post(base, path, body, timeout)
+            except _Unreachable as exc:
+                failures.append(str(exc))
                 continue
-            if isinstance(doc, dict) and "error" in doc:
-                if i:
-                    self._current = (self._current + i) % len(self.spec.endpoints)
-                raise EtcdError(f"etcd {base}/v3/{path}: {doc.get('message') or doc['error']}")
-            if i:
-                self._current = (self._current + i) % len(self.spec.endpoints)
-            return dict(doc)
+            except EtcdError:
+                self._prefer(i)
+                raise
+            self._prefer(i)
+            return doc
         raise EtcdError("no etcd endpoint answered: " + "; ".join(failures))
+
+    def _prefer(self, i: int) -> None:
+        """The i-th endpoint in today's order answered: ask it first from now on."""
+        self._current = (self._current + i) % len(self.spec.endpoints)
+
+    async def call_at(self, base: str, path: str, body: Mapping[str, Any],
+                      timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:  # fmt: skip
+        """The same call to one endpoint (a member's own status), no other tried."""
+        try:
+            return await self._post(base, path, body, timeout)
+        except _Unreachable as exc:
+            raise EtcdError(str(exc)) from None
+
+    async def _post(self, base: str, path: str, body: Mapping[str, Any],
+                    timeout: float) -> dict[str, Any]:  # fmt: skip
+        try:
+            async with self._http().post(
+                f"{base}/v3/{path}", json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r:
+                doc = await r.json(content_type=None)
+        except aiohttp.ClientSSLError as exc:
+            raise EtcdTlsError(f"etcd {base}: TLS: {exc}") from None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise _Unreachable(f"{base}: {exc.__class__.__name__}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise _Unreachable(f"{base}: not an etcd v3 answer: {str(doc)[:100]}")
+        if "error" in doc:
+            raise EtcdError(f"etcd {base}/v3/{path}: {doc.get('message') or doc['error']}")
+        return doc
 
     # -- kv --------------------------------------------------------------------------------
 

@@ -122,8 +122,13 @@ def test_a_follower_pushes_what_the_publisher_published(tmp_path: Path,
         pub_id = status(pub)["replicas"]["replica"]
         lines = shown.stdout.splitlines()
         assert any(pub_id in line and "publisher" in line for line in lines), shown.stdout
-        assert any(fol_id in line and "follower (answered this status)" in line
+        assert any(fol_id in line and "follower (this replica)" in line
                    for line in lines), shown.stdout
+        assert any(line.startswith(f"etcd member {etcd1.members[0].client_url}: ok")
+                   and "leader" in line for line in lines), shown.stdout
+        assert status(fol)["replicas"]["etcd"][0]["ok"]
+        versions = {r["id"]: r["config_version"] for r in status(fol)["replicas"]["replicas"]}
+        assert versions == {pub_id: 2, fol_id: 2}, versions
     finally:
         if follower is not None:
             follower.close()
