@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from common import sdnotify
-from common.aio import spawn
+from common.aio import cancel, spawn
 from common.state import atomic_write, ensure_dir
 from registry.ca import CertificateAuthority, SpiffeId
 from registry.canary import api as canary_api
@@ -359,7 +359,10 @@ class Registry:
         for t in list(self.streams):
             t.cancel()
         await asyncio.gather(*self.streams, return_exceptions=True)
-        self.unlead()
+        if self._watching is not None:
+            watching = self._watching
+            self.unlead()
+            await cancel([watching])
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

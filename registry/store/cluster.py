@@ -105,8 +105,10 @@ class EtcdState:
                 epoch = mine if r.succeeded else r.ranges[0][0].value
                 kv, self._config_rev = await self.client.get(self.k_config)
                 break
+            except EtcdTlsError as exc:
+                raise EtcdError(f"{exc}: fix --store-ca/--store-cert/--store-key") from None
             except EtcdError as exc:
-                if isinstance(exc, EtcdTlsError) or time.monotonic() > deadline:
+                if time.monotonic() > deadline:
                     raise EtcdError(
                         f"{exc} (for {OPEN_TIMEOUT_S:g} s): start etcd, or fix --store "
                         f"{self.spec.display()}"
