@@ -88,7 +88,8 @@ class Registry:
             FileState(self.paths, self.state_files) if store is None
             else EtcdState(store)
         )  # fmt: skip
-        self._watching: asyncio.Task[Any] | None = None
+        self._watching: asyncio.Task[Any] | None = None  # these two: while publishing
+        self._canaries: asyncio.Task[Any] | None = None
         self.proxies = self.backend.proxies()
 
     # -- config --------------------------------------------------------------------------
@@ -127,9 +128,13 @@ class Registry:
     # -- the store's calls (registry/store/backend.Replica) ------------------------------
 
     def lead(self, *, reload: bool) -> None:
-        """Publish from now on: watch the config directory (and load it now if asked)."""
+        """Publish from now on: watch the config directory (and load it now if asked), and
+        run the canaries, which edit it (registry/canary/)."""
         if self._watching is None or self._watching.done():
             self._watching = spawn(self._watch(reload), name="watch")
+        if self._canaries is None or self._canaries.done():
+            self.canary.load()  # after the watcher starts: a resumed canary's edits get published
+            self._canaries = spawn(self.canary.run(), name="canary")
 
     async def _watch(self, reload: bool) -> None:
         if reload:  # the files may have changed while another replica published
@@ -144,9 +149,19 @@ class Registry:
             self.on_load(load_directory(self.config_dir))
 
     def unlead(self) -> None:
-        if self._watching is not None:
-            self._watching.cancel()
-            self._watching = None
+        for task in (self._watching, self._canaries):
+            if task is not None:
+                task.cancel()
+        self._watching = self._canaries = None
+
+    def _canaries_elsewhere(self) -> str | None:
+        """Why canary calls go to another replica, or None: this one runs them."""
+        if self.backend.leading:
+            return None
+        rs = self.backend.status() or {}
+        where = [r.get("url") for r in rs.get("replicas", []) if r.get("id") == rs.get("publisher")]
+        return ("canaries run on the registry replica that publishes config, "
+                f"{where[0] if where else 'none elected just now'}: call that one (docs/etcd.md)")
 
     def adopt(self, snap: Snapshot) -> None:
         self.store.adopt(snap)
@@ -279,7 +294,8 @@ class Registry:
         # calls; systemd's TimeoutStopSec in the unit is above it.
         app = build_app(self)
         canary_api.add_routes(
-            app, self.canary, lambda r: caller_of(r, self.ca, self.operator_token).operator)
+            app, self.canary, lambda r: caller_of(r, self.ca, self.operator_token).operator,
+            self._canaries_elsewhere)
         api = web.AppRunner(
             app,
             access_log=None,
@@ -316,8 +332,6 @@ class Registry:
         )
         await self.backend.begin(self, self.store)  # files: lead(); etcd: campaign, follow
         self._tasks.append(spawn(self._expire_loop(), name="expire"))
-        self.canary.load()  # after the watcher starts: a resumed canary's edits get published
-        self._tasks.append(spawn(self.canary.run(), name="canary"))
         log.info(
             "registry listening on https://%s:%d (monitor 127.0.0.1:%d), config %s",
             self.host,
@@ -359,10 +373,9 @@ class Registry:
         for t in list(self.streams):
             t.cancel()
         await asyncio.gather(*self.streams, return_exceptions=True)
-        if self._watching is not None:
-            watching = self._watching
-            self.unlead()
-            await cancel([watching])
+        leading = [t for t in (self._watching, self._canaries) if t is not None]
+        self.unlead()
+        await cancel(leading)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

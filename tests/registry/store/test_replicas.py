@@ -92,6 +92,12 @@ def test_a_follower_pushes_what_the_publisher_published(tmp_path: Path,
         assert view["epoch"] == status(pub)["epoch"] == status(fol)["epoch"]
         assert status(fol)["config_digest"] == status(pub)["config_digest"]
         fol_id = status(fol)["replicas"]["replica"]
+        # Canaries edit the config directory: only the publisher runs them.
+        code, body = op(fol, "POST", "/v1/canaries", {"service": "orders", "to": "v2"})
+        assert code == 409, body
+        assert (f"replica that publishes config, {pub.url}" in body["error"]), body
+        aborted = op(pub, "POST", "/v1/canaries/orders/abort")  # none runs: refused, not sent on
+        assert aborted[0] == 409 and "replica that publishes" not in aborted[1]["error"], aborted
         # A rejected edit is reported by every replica, and cleared by the next good one.
         orders = pub.config / "orders.yaml"
         good = orders.read_text()
