@@ -252,12 +252,13 @@ class Registry:
         return ctx
 
     async def start(self) -> None:
-        ensure_dir(self.paths.root)
         result = load_directory(self.config_dir)
         try:
             opened = await self.backend.open()
         except EtcdError as exc:
-            raise StartupError(f"state store: {exc}") from None
+            await self.backend.close()
+            raise StartupError(f"state store: {exc}") from None  # and nothing written here
+        ensure_dir(self.paths.root)
         self.epoch, restored = opened.epoch, opened.restored
         self.store = SnapshotStore(self.notifier, opened.last_version)
         if result.config is None:

@@ -50,6 +50,9 @@ def parse_store(
     key: Path | None = None,
 ) -> StoreSpec:
     """Check `--store VALUE` and its TLS files; raise StoreError saying what is wrong."""
+    if not value and (ca or cert or key):
+        raise StoreError("--store-ca, --store-cert and --store-key are for --store etcds://...: "
+                         "give --store too")
     scheme, sep, rest = value.partition("://")
     if not sep or scheme not in ("etcd", "etcds"):
         raise StoreError(f"--store {value!r}: unknown store; expected {_FORMS}")

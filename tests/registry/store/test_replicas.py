@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -266,6 +267,8 @@ def test_etcd_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
             env=m.env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert done.returncode == 1, done.stderr
         assert "certificate verify failed" in done.stderr, done.stderr
+        assert "fix --store-ca/--store-cert/--store-key" in done.stderr, done.stderr
+        assert not (m.home / "registry").exists()  # nothing written
         m.start_registry("--store", f"{etcd.store}?ca={tls.ca}",
                          "--store-cert", str(tls.cert), "--store-key", str(tls.key))
         assert status(m)["replicas"]["store"].startswith("etcds://127.0.0.1:")
@@ -282,8 +285,7 @@ def test_a_bad_store_is_refused_and_changes_nothing(tmp_path: Path) -> None:
         done = subprocess.run(
             [sys.executable, "-m", "meshctl", "registry", "--config", str(CONFIG),
              "--store", bad],
-            capture_output=True, text=True, timeout=60, env={"MESH_HOME": str(home),
-                                                             "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=60, env={**os.environ, "MESH_HOME": str(home)},
         )  # fmt: skip
         assert done.returncode == 2, done.stderr
         assert "meshctl registry: --store" in done.stderr, done.stderr

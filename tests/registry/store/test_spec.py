@@ -59,6 +59,11 @@ def test_bad_values_say_what_is_wrong(value: str, says: str) -> None:
         parse_store(value)
 
 
+def test_tls_files_without_a_store_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="give --store too"):
+        parse_store("", ca=tmp_path / "ca.pem")
+
+
 def test_a_file_given_twice_is_refused(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("x")
     with pytest.raises(StoreError, match="given twice"):
