@@ -29,11 +29,11 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # What the tests and benchmarks add: real peers and reference points (HAProxy, nginx, wrk,
 # h2load, curl, Prometheus), a Docker engine and debootstrap to build the example image
 # locally, openssl to inspect certificates, valgrind to count instructions per request
-# (bench.instructions).
+# (bench.instructions), etcd (etcd-server) for registry replicas on a shared store (docs/etcd.md).
 BASE_PKGS=(python3 python3-venv python3-pip python3-dev gcc libc6-dev iptables iproute2
            ca-certificates)
 TEST_PKGS=(docker.io docker-compose haproxy nginx-light wrk nghttp2-client curl prometheus
-           debootstrap openssl procps systemd util-linux valgrind chromium)
+           debootstrap openssl procps systemd util-linux valgrind chromium etcd-server)
 
 missing_pkgs() {
   local p out=()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import logging
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 # The event loop keeps only weak references to tasks: a task nobody holds can be
@@ -17,3 +18,17 @@ def spawn(coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
     return task
+
+
+async def cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait until each has ended (what a clean stop does)."""
+    tasks = list(tasks)
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        try:
+            await t
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # it had died before: say so, and go on stopping the others
+            logging.getLogger("meshctl").exception("task %s had failed", t.get_name())

@@ -48,6 +48,7 @@ def _example_stays_pristine() -> Iterator[None]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     is_root = os.geteuid() == 0
     docker_ok = any("docker" in item.keywords for item in items) and _docker_running()
+    etcd_ok = shutil.which("etcd") is not None or os.path.exists("/usr/bin/etcd")
     for item in items:
         if "root" in item.keywords and not is_root:
             item.add_marker(pytest.mark.skip(reason="needs root (network namespaces, iptables)"))
@@ -58,6 +59,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.docker_missing_in_ci)
             else:
                 item.add_marker(pytest.mark.skip(reason="needs a running Docker engine"))
+        if "etcd" in item.keywords and not etcd_ok:
+            if _in_ci():  # install.sh --test installs it: in CI its absence is a failure
+                item.add_marker(pytest.mark.etcd_missing_in_ci)
+            else:
+                item.add_marker(pytest.mark.skip(
+                    reason="needs etcd (Debian's etcd-server: ./install.sh --test installs it)"))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -65,3 +72,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail("CI=true and no Docker engine answers (`docker version`): the Docker "
                     "end-to-end tests must run in CI; see tests/run.sh and "
                     "/tmp/meshctl-test/dockerd.log", pytrace=False)  # fmt: skip
+    if item.get_closest_marker("etcd_missing_in_ci") is not None:
+        pytest.fail("CI=true and no etcd binary: the registry-on-etcd tests must run in CI; "
+                    "./install.sh --test installs Debian's etcd-server", pytrace=False)

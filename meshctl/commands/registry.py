@@ -46,10 +46,34 @@ def registry(
             min=0.1,
         ),
     ] = ENDPOINT_TTL_S,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep the shared state in etcd, for several registries serving one mesh: "
+            "etcd://HOST:2379[,HOST:2379...][/PREFIX], or etcds://... for TLS (docs/etcd.md). "
+            "Default: files in MESH_HOME, one registry.",
+            envvar="MESH_REGISTRY_STORE",
+        ),
+    ] = None,
+    store_ca: Annotated[
+        Path | None, typer.Option(help="CA bundle that signed etcd's server certificates.")
+    ] = None,
+    store_cert: Annotated[
+        Path | None, typer.Option(help="Client certificate for etcd (--client-cert-auth).")
+    ] = None,
+    store_key: Annotated[Path | None, typer.Option(help="Key of --store-cert.")] = None,
 ) -> None:
     """Run the registry: file-watched config, certificate authority, catalog and API."""
     from registry.server.main import StartupError, run  # the server only when it runs
+    from registry.store import StoreError, parse_store
 
+    spec = None
+    if store is not None or store_ca or store_cert or store_key:
+        try:  # before anything runs or is written: a bad value changes nothing
+            spec = parse_store(store or "", ca=store_ca, cert=store_cert, key=store_key)
+        except StoreError as exc:
+            typer.echo(f"meshctl registry: {exc}", err=True)
+            raise typer.Exit(2) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(
@@ -61,6 +85,7 @@ def registry(
                 monitor_port=monitor_port,
                 extra_sans=tuple(san),
                 endpoint_ttl_s=endpoint_ttl,
+                store=spec,
             )
         )
     except StartupError as exc:

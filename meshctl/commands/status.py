@@ -86,6 +86,8 @@ def status(
         + (f", runtime {st['runtime']}" if st.get("runtime") else "")
         + (f" (compose project {st['compose_project']})" if st.get("compose_project") else "")
     )
+    if st.get("replicas"):
+        _print_replicas(out, st["replicas"])
     table = Table(title="endpoints", title_justify="left")
     for column in ("service", "endpoint", "address", "labels", "health"):
         table.add_column(column)
@@ -113,7 +115,8 @@ def status(
             version += f" [red]NACK: {p['nack_error']}[/]"
         table.add_row(
             p["proxy_id"],
-            "yes" if p["connected"] else "[red]no[/]",
+            ("yes" if p["connected"] else "[red]no[/]")
+            + (f" (to {escape(p['replica'])})" if p.get("replica") else ""),
             version,
             _expiry(p["cert_not_after"]),
             str(p["restarts"]),
@@ -130,6 +133,30 @@ def status(
             out.print(f"  {line}", markup=False)
     else:
         out.print("no config errors")
+
+
+def _print_replicas(out: Console, rs: dict[str, Any]) -> None:
+    """Registries sharing one store (docs/etcd.md): which publishes, which answered."""
+    table = Table(title=f"registry replicas (store {escape(rs['store'])})", title_justify="left")
+    for column in ("replica", "url", "config", "role"):
+        table.add_column(column)
+    newest = max((int(r.get("config_version") or 0) for r in rs["replicas"]), default=0)
+    for r in rs["replicas"]:
+        role = "publisher" if r.get("id") == rs["publisher"] else "follower"
+        here = " (this replica)" if r.get("id") == rs["replica"] else ""
+        version = int(r.get("config_version") or 0)
+        behind = "" if version == newest else " [red](behind)[/]"
+        table.add_row(escape(str(r.get("id"))), escape(str(r.get("url"))),
+                      f"v{version}{behind}", role + here)
+    out.print(table)
+    for m in rs.get("etcd") or []:
+        state = (f"[green]ok[/] etcd {escape(m['version'])}, raft index {m['raft_index']}"
+                 + (", leader" if m["leader"] else "")) if m["ok"] \
+            else f"[red]unreachable[/]: {escape(m['error'])}"
+        out.print(f"etcd member {escape(m['endpoint'])}: {state}")
+    if not rs["publisher"]:
+        out.print("[red]no replica publishes config now[/] (an election is under way, or "
+                  "none can reach etcd)")
 
 
 def _outage(out: Console, st: dict[str, Any]) -> None:

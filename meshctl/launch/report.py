@@ -75,6 +75,7 @@ def status(home: Path, client: RegistryClient | None = None) -> dict[str, Any]:
                 "cert_not_after": p.get("cert_not_after"),
                 "restarts": a.get("proxy_restarts", 0),
                 "pid": a.get("proxy_pid"),
+                "replica": p.get("replica"),  # connected to another registry (docs/etcd.md)
             }
         )
     return {
@@ -91,6 +92,7 @@ def status(home: Path, client: RegistryClient | None = None) -> dict[str, Any]:
         "compose_project": plan.docker.project if plan and plan.docker else None,
         "config_version": version,
         "last_config_error": st.get("last_config_error"),
+        "replicas": st.get("replicas"),  # None: one registry on files; else docs/etcd.md
         "supervisor_pid": running_pid(paths),
         "services": services,
         "endpoints": [

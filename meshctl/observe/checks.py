@@ -158,6 +158,7 @@ def evaluate(f: Facts) -> list[Result]:
     version = st.get("config_version")
     out.append(Result("registry", "registry", OK, f"reachable, config version {version}"))
     out.extend(_config(st))
+    out.extend(_replicas(st.get("replicas")))
     out.extend(_proxies(st, version, f.lifetimes, f.local_time))
     out.extend(_endpoints(st))
     out.extend(_skew(f))
@@ -173,6 +174,35 @@ def _config(st: dict[str, Any]) -> Iterable[Result]:
         yield Result("config", "config", FAIL, f"last change rejected, previous stays: {lines}")
     else:
         yield Result("config", "config", OK, "no config error")
+
+
+def _replicas(rs: dict[str, Any] | None) -> Iterable[Result]:
+    """Registry replicas on etcd (docs/etcd.md): one publishes, none lags, etcd has quorum."""
+    if not rs:
+        return  # one registry on files
+    if not rs.get("publisher"):
+        yield Result("replicas", "publisher", FAIL,
+                     "no replica publishes config (an election under way, or etcd unreachable)")
+    newest = max((int(r.get("config_version") or 0) for r in rs.get("replicas", [])), default=0)
+    for r in rs.get("replicas", []):
+        role = "publisher" if r.get("id") == rs.get("publisher") else "follower"
+        version = int(r.get("config_version") or 0)
+        if version < newest:
+            yield Result("replica", str(r.get("id")), WARN,
+                         f"{role}, serves config v{version}, newest v{newest}")
+        else:
+            yield Result("replica", str(r.get("id")), OK, f"{role}, config v{version}")
+    members = rs.get("etcd") or []
+    up = sum(bool(m.get("ok")) for m in members)
+    for m in members:
+        if m.get("ok"):
+            leader = ", raft leader" if m.get("leader") else ""
+            yield Result("etcd", str(m.get("endpoint")), OK,
+                         f"etcd {m.get('version')}, raft index {m.get('raft_index')}{leader}")
+        else:
+            # A member down is a warning while the others keep a majority (etcd serves).
+            yield Result("etcd", str(m.get("endpoint")), WARN if up * 2 > len(members) else FAIL,
+                         f"unreachable: {m.get('error')}")
 
 
 def _proxies(

@@ -165,26 +165,14 @@ class TokenStore:
     ) -> str:
         """Mint a token for `identity`, valid `ttl_s` seconds (one-time unless `reusable`).
         The only copy of the secret."""
-        if not identity.is_workload:
-            raise ValueError(f"a join token needs a workload identity with a path, not {identity}")
-        if not ttl_s > 0:
-            raise ValueError(f"join token lifetime must be positive, got {ttl_s} s")
-        t = _utc(now)
-        secret = secrets.token_urlsafe(32)
         with self._locked() as records:
             token_id = secrets.token_hex(8)
             while token_id in records:  # 64 bits: a collision is a curiosity, not a risk
                 token_id = secrets.token_hex(8)
-            records[token_id] = TokenRecord(
-                token_id=token_id,
-                secret_sha256=_digest(secret),
-                identity=identity,
-                created_at=t,
-                expires_at=t + timedelta(seconds=ttl_s),
-                reusable=reusable,
-            )
+            records[token_id], token = mint(token_id, identity, ttl_s, reusable=reusable,
+                                            now=now)  # fmt: skip
             self._write(records)
-        return f"{PREFIX}.{token_id}.{secret}"
+        return token
 
     def redeem(
         self,
@@ -198,53 +186,11 @@ class TokenStore:
         A token for another identity than `expected` is refused and left unspent: the
         holder did nothing with it, and its rightful owner may still join.
         """
-        t = _utc(now)
-        m = _TOKEN_RE.fullmatch(token.strip()) if isinstance(token, str) else None
-        if m is None:
-            # Never echo the token: a mistyped one is still mostly a secret.
-            raise TokenError(
-                "malformed", "malformed join token: expected mtok.<16 hex id>.<43-char secret>"
-            )
-        token_id, secret = m.group(1), m.group(2)
+        token_id, secret = parse(token)
         with self._locked() as records:
-            rec = records.get(token_id)
-            if rec is None:
-                raise TokenError(
-                    "unknown",
-                    f"unknown join token {token_id}: never issued by this registry, or purged "
-                    "after it expired; create a new one with `meshctl token create`",
-                )
-            if not hmac.compare_digest(rec.secret_sha256, _digest(secret)):
-                raise TokenError(
-                    "forged",
-                    f"join token {token_id}: the secret does not match (forged or mistyped)",
-                )
-            if rec.revoked_at is not None:
-                raise TokenError(
-                    "revoked",
-                    f"join token {token_id} was revoked at {rec.revoked_at.isoformat()}; "
-                    "create a new one",
-                )
-            if rec.used_at is not None and not rec.reusable:
-                raise TokenError(
-                    "used",
-                    f"join token {token_id} was already used at {rec.used_at.isoformat()}; "
-                    "tokens are single-use: create a new one",
-                )
-            if rec.expired(t):
-                raise TokenError(
-                    "expired",
-                    f"join token {token_id} expired at {rec.expires_at.isoformat()}; "
-                    "create a new one",
-                )
-            if expected is not None and expected != rec.identity:
-                raise TokenError(
-                    "wrong-identity",
-                    f"join token {token_id} was minted for {rec.identity}, not {expected}",
-                )
-            records[token_id] = replace(rec, used_at=t, uses=rec.uses + 1)
+            records[token_id] = spend(records.get(token_id), token_id, secret, expected, now)
             self._write(records)
-        return rec.identity
+        return records[token_id].identity
 
     def revoke(self, token_id: str, *, now: datetime | None = None) -> TokenRecord:
         """Refuse every later use of token `token_id` (its id, as `token list` shows it).
@@ -275,3 +221,76 @@ class TokenStore:
             if removed:
                 self._write(keep)
         return removed
+
+
+def mint(token_id: str, identity: SpiffeId, ttl_s: float, *, reusable: bool = False,
+         now: datetime | None = None) -> tuple[TokenRecord, str]:  # fmt: skip
+    """A new token's record and the token itself (the only copy of its secret)."""
+    if not identity.is_workload:
+        raise ValueError(f"a join token needs a workload identity with a path, not {identity}")
+    if not ttl_s > 0:
+        raise ValueError(f"join token lifetime must be positive, got {ttl_s} s")
+    t = _utc(now)
+    secret = secrets.token_urlsafe(32)
+    rec = TokenRecord(
+        token_id=token_id,
+        secret_sha256=_digest(secret),
+        identity=identity,
+        created_at=t,
+        expires_at=t + timedelta(seconds=ttl_s),
+        reusable=reusable,
+    )
+    return rec, f"{PREFIX}.{token_id}.{secret}"
+
+
+def parse(token: str) -> tuple[str, str]:
+    """(token id, secret) of a well-formed token, or TokenError("malformed")."""
+    m = _TOKEN_RE.fullmatch(token.strip()) if isinstance(token, str) else None
+    if m is None:
+        # Never echo the token: a mistyped one is still mostly a secret.
+        raise TokenError(
+            "malformed", "malformed join token: expected mtok.<16 hex id>.<43-char secret>"
+        )
+    return m.group(1), m.group(2)
+
+
+def spend(rec: TokenRecord | None, token_id: str, secret: str, expected: SpiffeId | None,
+          now: datetime | None = None) -> TokenRecord:  # fmt: skip
+    """The record once `secret` is spent on it, or TokenError saying why it may not be.
+    Pure: the store (a file here, etcd in registry/store/tokens.py) writes the result."""
+    t = _utc(now)
+    if rec is None:
+        raise TokenError(
+            "unknown",
+            f"unknown join token {token_id}: never issued by this registry, or purged "
+            "after it expired; create a new one with `meshctl token create`",
+        )
+    if not hmac.compare_digest(rec.secret_sha256, _digest(secret)):
+        raise TokenError(
+            "forged",
+            f"join token {token_id}: the secret does not match (forged or mistyped)",
+        )
+    if rec.revoked_at is not None:
+        raise TokenError(
+            "revoked",
+            f"join token {token_id} was revoked at {rec.revoked_at.isoformat()}; "
+            "create a new one",
+        )
+    if rec.used_at is not None and not rec.reusable:
+        raise TokenError(
+            "used",
+            f"join token {token_id} was already used at {rec.used_at.isoformat()}; "
+            "tokens are single-use: create a new one",
+        )
+    if rec.expired(t):
+        raise TokenError(
+            "expired",
+            f"join token {token_id} expired at {rec.expires_at.isoformat()}; "
+            "create a new one",
+        )
+    if expected is not None and expected != rec.identity:
+        raise TokenError(
+            "wrong-identity",
+            f"join token {token_id} was minted for {rec.identity}, not {expected}",
+        )
+    return replace(rec, used_at=t, uses=rec.uses + 1)

@@ -54,18 +54,23 @@ def policy_from_wire(data: Any) -> CanaryPolicy:
     return CanaryPolicy(**kw)
 
 
-def add_routes(app: web.Application, runner: Runner, operator: Authorize) -> None:
-    def guard(request: web.Request) -> web.Response | None:
+def add_routes(app: web.Application, runner: Runner, operator: Authorize,
+               elsewhere: Callable[[], str | None] = lambda: None) -> None:
+    """`elsewhere`: why this registry replica does not run canaries (docs/etcd.md), or None."""
+
+    def guard(request: web.Request, *, acts: bool = False) -> web.Response | None:
         if not operator(request):
             return _json({"error": "canaries are the operator's: use the operator "
                                    "credential"}, 403)
+        if acts and (why := elsewhere()) is not None:
+            return _json({"error": why}, 409)
         return None
 
     async def listing(request: web.Request) -> web.Response:
         return guard(request) or _json({"canaries": await runner.status()})
 
     async def begin(request: web.Request) -> web.Response:
-        if (refused := guard(request)) is not None:
+        if (refused := guard(request, acts=True)) is not None:
             return refused
         try:
             body = await request.json()
@@ -87,7 +92,7 @@ def add_routes(app: web.Application, runner: Runner, operator: Authorize) -> Non
         return _json(runner.status_of(c.service))
 
     async def end(request: web.Request) -> web.Response:
-        if (refused := guard(request)) is not None:
+        if (refused := guard(request, acts=True)) is not None:
             return refused
         service, action = request.match_info["service"], request.match_info["action"]
         try:

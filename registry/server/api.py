@@ -77,10 +77,10 @@ async def join(request: web.Request) -> web.Response:
     body = await _body(request)
     token, csr = _require_str(body, "token"), _require_str(body, "csr")
     try:
-        identity = reg.tokens.redeem(token)
+        identity = await reg.tokens.redeem(token)
     except TokenError as exc:
         reg.metrics["join_refused"] += 1
-        return _error(403, f"join refused: {exc}")
+        return _error(503 if exc.reason == "unavailable" else 403, f"join refused: {exc}")
     try:
         cert = reg.ca.sign_csr(csr.encode(), identity, reg.cert_ttl_s())
     except CsrError as exc:
@@ -398,7 +398,10 @@ async def create_token(request: web.Request) -> web.Response:
         identity = reg.identity_for(service)
     except ValueError as exc:
         return _error(400, str(exc))
-    token = reg.tokens.create(identity, float(ttl), reusable=reusable)
+    try:
+        token = await reg.tokens.create(identity, float(ttl), reusable=reusable)
+    except TokenError as exc:  # the shared store did not answer (registry/store/tokens.py)
+        return _error(503, str(exc))
     # The join string: the token, where to reach this registry and the CA's pin, so a new
     # host needs nothing else (registry/ca/joinstring.py).
     join = _join_string(reg, token, service, reusable=reusable)
@@ -423,7 +426,7 @@ async def list_tokens(request: web.Request) -> web.Response:
          "created_at": r.created_at.timestamp(), "expires_at": r.expires_at.timestamp(),
          "used_at": r.used_at.timestamp() if r.used_at else None,
          "revoked_at": r.revoked_at.timestamp() if r.revoked_at else None}
-        for r in reg.tokens.list()]})
+        for r in await reg.tokens.list()]})
 
 
 async def revoke_token(request: web.Request) -> web.Response:
@@ -432,7 +435,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     if not _auth(request).operator:
         return _error(403, "only the operator may revoke join tokens")
     try:
-        rec = reg.tokens.revoke(request.match_info["id"])
+        rec = await reg.tokens.revoke(request.match_info["id"])
     except TokenError as exc:
         return _error(404, str(exc))
     return _json({"token_id": rec.token_id, "revoked": True})

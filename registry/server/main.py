@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import time
 from collections import Counter
@@ -18,26 +19,33 @@ from typing import Any
 from aiohttp import web
 
 from common import sdnotify
-from common.aio import spawn
+from common.aio import cancel, spawn
 from common.state import atomic_write, ensure_dir
-from registry.ca import CertificateAuthority, SpiffeId, TokenStore
+from registry.ca import CertificateAuthority, SpiffeId
 from registry.canary import api as canary_api
 from registry.canary.runner import Runner, scrape_service
-from registry.config import LoadResult, MeshConfig, load_directory
+from registry.config import LoadResult, load_directory
 from registry.paths import DEFAULT_MONITOR_PORT, DEFAULT_PORT, RegistryPaths, read_operator_token
 from registry.server import watcher
 from registry.server.addresses import WILDCARDS, join_urls, serving_addresses
 from registry.server.api import build_app
 from registry.server.auth import caller_of
-from registry.server.catalog import ENDPOINT_TTL_S, Catalog
+from registry.server.catalog import ENDPOINT_TTL_S
 from registry.server.metrics import render_metrics
-from registry.server.proxies import ProxyTracker
 from registry.server.snapshots import Notifier, Snapshot, SnapshotStore
 from registry.server.statefiles import StateFiles
+from registry.store import StoreSpec
+from registry.store.backend import StateBackend
+from registry.store.cluster import EtcdState
+from registry.store.etcd import EtcdError
+from registry.store.files import FileState
 
 log = logging.getLogger("meshctl.registry")
 REGISTRY_NAMESPACE = "meshctl-system"
 STOP_GRACE_S = 1.0  # on SIGTERM, how long in-flight short calls get once streams are closed
+
+
+CATCH_UP_S = 1.0  # a new publisher loads the directory again once its watch is in place
 
 
 class StartupError(Exception):
@@ -58,6 +66,7 @@ class Registry:
         extra_sans: tuple[str, ...] = (),
         quiet_ms: int = watcher.DEBOUNCE_QUIET_MS,
         endpoint_ttl_s: float = ENDPOINT_TTL_S,
+        store: StoreSpec | None = None,
     ) -> None:
         self.config_dir = config_dir.resolve()
         self.paths = RegistryPaths(home / "registry")
@@ -68,45 +77,20 @@ class Registry:
         self.endpoint_ttl_s = endpoint_ttl_s
         self.notifier = Notifier()
         self.metrics: Counter[str] = Counter()
-        self.proxies = ProxyTracker()
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
         self.streams: set[asyncio.Task[Any]] = set()  # open /v1/stream handlers: closed on stop
         self._tasks: list[asyncio.Task[Any]] = []
         self._view: tuple[int, int, bytes] | None = None
         self.state_files = StateFiles()
-
-    # -- state ---------------------------------------------------------------------------
-
-    def _load_state(self) -> tuple[str, int, bool]:
-        """(epoch, last version used, whether the last run stopped cleanly)."""
-        if self.paths.state.exists():
-            raw = json.loads(self.paths.state.read_text())
-            # No "clean" key: written by a registry that persisted before each push.
-            clean = bool(raw.get("clean", True))
-            return str(raw["epoch"]), int(raw.get("last_version", 0)), clean
-        return secrets.token_hex(8), 0, True
-
-    def _state_json(self, *, clean: bool) -> bytes:
-        return json.dumps(
-            {"epoch": self.epoch, "last_version": self.store.last_version, "clean": clean}
-        ).encode()
-
-    def _save_state(self, *, clean: bool = False) -> None:
-        atomic_write(self.paths.state, self._state_json(clean=clean))
-
-    def _restore_snapshot(self) -> Snapshot | None:
-        if not self.paths.snapshot.exists():
-            return None
-        raw = json.loads(self.paths.snapshot.read_text())
-        return Snapshot.build(int(raw["version"]), MeshConfig.from_wire(raw["config"]))
-
-    def _persist_snapshot(self, snap: Snapshot) -> None:
-        # After the push, in a thread (statefiles.py says why; start() what a crash costs).
-        self.state_files.write(
-            self.paths.snapshot, b'{"version":%d,"config":%s}' % (snap.version, snap.wire)
-        )
-        self.state_files.write(self.paths.state, self._state_json(clean=False))
+        self.store_spec = store
+        self.backend: StateBackend = (
+            FileState(self.paths, self.state_files) if store is None
+            else EtcdState(store)
+        )  # fmt: skip
+        self._watching: asyncio.Task[Any] | None = None  # these two: while publishing
+        self._canaries: asyncio.Task[Any] | None = None
+        self.proxies = self.backend.proxies()
 
     # -- config --------------------------------------------------------------------------
 
@@ -114,7 +98,7 @@ class Registry:
         """Publish a valid directory as the next snapshot; reject an invalid one whole."""
         if not result.ok or result.config is None:
             errors = tuple(str(e) for e in result.errors)
-            self.store.reject(errors)
+            self._reject(errors)
             log.error(
                 "config rejected, version %s stays in force:\n  %s",
                 self.store.current.version if self.store.current else "none",
@@ -123,7 +107,7 @@ class Registry:
             return
         cfg = result.config
         if cfg.trust_domain != self.ca.trust_domain:
-            self.store.reject(
+            self._reject(
                 (
                     f"mesh.yaml: trustDomain: cannot change from "
                     f"`{self.ca.trust_domain}` to `{cfg.trust_domain}` while the "
@@ -133,10 +117,57 @@ class Registry:
             )
             log.error("config rejected: %s", self.store.last_rejection)
             return
-        snap = self.store.publish(cfg)
-        if snap is not None:
-            self._persist_snapshot(snap)
-            log.info("config version %d published (%s)", snap.version, cfg.digest[:12])
+        if self.backend.leading:
+            self.backend.submit(self.store, cfg)
+
+    def _reject(self, errors: tuple[str, ...]) -> None:
+        self.store.reject(errors)
+        if self.backend.leading and self.store.last_rejection is not None:
+            self.backend.rejected(self.store.last_rejection)
+
+    # -- the store's calls (registry/store/backend.Replica) ------------------------------
+
+    def lead(self, *, reload: bool) -> None:
+        """Publish from now on: watch the config directory (and load it now if asked), and
+        run the canaries, which edit it (registry/canary/)."""
+        if self._watching is None or self._watching.done():
+            self._watching = spawn(self._watch(reload), name="watch")
+        if self._canaries is None or self._canaries.done():
+            self.canary.load()  # after the watcher starts: a resumed canary's edits get published
+            self._canaries = spawn(self.canary.run(), name="canary")
+
+    async def _watch(self, reload: bool) -> None:
+        if reload:  # the files may have changed while another replica published
+            self.on_load(load_directory(self.config_dir))
+            # watchfiles sets up inotify in its thread, a moment after the task starts: an
+            # edit made in that moment is found by loading once more when it is in place.
+            asyncio.get_running_loop().call_later(CATCH_UP_S, self._catch_up)
+        await watcher.watch(self.config_dir, self.on_load, quiet_ms=self.quiet_ms)
+
+    def _catch_up(self) -> None:
+        if self._watching is not None and not self._watching.done():  # still publishing
+            self.on_load(load_directory(self.config_dir))
+
+    def unlead(self) -> None:
+        for task in (self._watching, self._canaries):
+            if task is not None:
+                task.cancel()
+        self._watching = self._canaries = None
+
+    def _canaries_elsewhere(self) -> str | None:
+        """Why canary calls go to another replica, or None: this one runs them."""
+        if self.backend.leading:
+            return None
+        rs = self.backend.status() or {}
+        where = [r.get("url") for r in rs.get("replicas", []) if r.get("id") == rs.get("publisher")]
+        return ("canaries run on the registry replica that publishes config, "
+                f"{where[0] if where else 'none elected just now'}: call that one (docs/etcd.md)")
+
+    def adopt(self, snap: Snapshot) -> None:
+        self.store.adopt(snap)
+
+    def whoami(self) -> tuple[str, str]:
+        return f"{socket.gethostname()}:{self.port}", f"https://{_url_host(self.host)}:{self.port}"
 
     def cert_ttl_s(self) -> float:
         snap = self.store.current
@@ -199,8 +230,9 @@ class Registry:
                     "last_seen": p.last_seen,
                 }
                 for p in self.proxies.all()
-            ],
+            ] + self.proxies.elsewhere(),  # connected to other replicas, each with `replica`
             "endpoints": [e.to_wire() for e in self.catalog.endpoints()],
+            "replicas": self.backend.status(),
         }
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -225,19 +257,15 @@ class Registry:
         return ctx
 
     async def start(self) -> None:
-        ensure_dir(self.paths.root)
         result = load_directory(self.config_dir)
-        self.epoch, last_version, clean = self._load_state()
-        if not clean:
-            # Versions are pushed before they are saved (statefiles.py): a crash may have
-            # lost the save of the last one, which proxies may run. Skipping one number
-            # keeps it from being given to other content (one at most: a push is 100 ms
-            # of quiet after a save, the save a few ms after the push).
-            last_version += 1
-            log.warning("the last run did not stop cleanly: config versions go on from %d",
-                        last_version + 1)
-        self.store = SnapshotStore(self.notifier, last_version)
-        restored = self._restore_snapshot()
+        try:
+            opened = await self.backend.open()
+        except EtcdError as exc:
+            await self.backend.close()
+            raise StartupError(f"state store: {exc}") from None  # and nothing written here
+        ensure_dir(self.paths.root)
+        self.epoch, restored = opened.epoch, opened.restored
+        self.store = SnapshotStore(self.notifier, opened.last_version)
         if result.config is None:
             errors = "\n  ".join(str(e) for e in result.errors)
             if restored is None:
@@ -252,11 +280,11 @@ class Registry:
             )
         trust_domain = (result.config or restored.config).trust_domain  # type: ignore[union-attr]
         self.ca = CertificateAuthority.load_or_create(self.paths.ca_dir, trust_domain)
-        self.tokens = TokenStore(self.paths.tokens)
+        self.tokens = self.backend.tokens()
         if not self.paths.operator_token.exists():
             atomic_write(self.paths.operator_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
         self.operator_token = read_operator_token(self.paths)
-        self.catalog = Catalog(self.paths.catalog)
+        self.catalog = self.backend.catalog(self.endpoint_ttl_s)
         self.catalog.on_change(self.notifier.notify)
         self.canary = Runner(self.paths.root / "canaries.json", self.config_dir,
                              lambda: self.store.current.config if self.store.current else None,
@@ -264,8 +292,7 @@ class Registry:
                              lambda service: scrape_service(self.home, service))
         if restored is not None:
             self.store.restore(restored)
-        self.on_load(result)
-        self._save_state()
+        self.on_load(result)  # etcd: only once elected (the store calls lead())
 
         # handler_cancellation: a proxy that goes away ends its stream handler at once, so
         # /v1/status stops showing it connected (otherwise only the next ping would notice).
@@ -273,7 +300,8 @@ class Registry:
         # calls; systemd's TimeoutStopSec in the unit is above it.
         app = build_app(self)
         canary_api.add_routes(
-            app, self.canary, lambda r: caller_of(r, self.ca, self.operator_token).operator)
+            app, self.canary, lambda r: caller_of(r, self.ca, self.operator_token).operator,
+            self._canaries_elsewhere)
         api = web.AppRunner(
             app,
             access_log=None,
@@ -308,14 +336,8 @@ class Registry:
             ),
             mode=0o644,
         )
-        self._tasks.append(
-            spawn(
-                watcher.watch(self.config_dir, self.on_load, quiet_ms=self.quiet_ms), name="watch"
-            )
-        )
+        await self.backend.begin(self, self.store)  # files: lead(); etcd: campaign, follow
         self._tasks.append(spawn(self._expire_loop(), name="expire"))
-        self.canary.load()  # after the watcher starts: a resumed canary's edits get published
-        self._tasks.append(spawn(self.canary.run(), name="canary"))
         log.info(
             "registry listening on https://%s:%d (monitor 127.0.0.1:%d), config %s",
             self.host,
@@ -332,7 +354,7 @@ class Registry:
                 log.info("endpoints expired (no heartbeat): %s", ", ".join(gone))
             if forgotten := self.proxies.expire(self.endpoint_ttl_s):
                 log.info("%d proxies forgotten (no stream, no report)", len(forgotten))
-            self.tokens.purge_expired()
+            await self.tokens.purge_expired()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -357,6 +379,9 @@ class Registry:
         for t in list(self.streams):
             t.cancel()
         await asyncio.gather(*self.streams, return_exceptions=True)
+        leading = [t for t in (self._watching, self._canaries) if t is not None]
+        self.unlead()
+        await cancel(leading)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -364,8 +389,7 @@ class Registry:
                 await t
         for r in self._runners:
             await r.cleanup()
-        await self.state_files.flush()
-        self._save_state(clean=True)
+        await self.backend.close()
         with contextlib.suppress(FileNotFoundError):
             if json.loads(self.paths.endpoint.read_text()).get("pid") == os.getpid():
                 self.paths.endpoint.unlink()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 MAX_PROXIES_PER_IDENTITY = 256  # rows without an open stream, per identity
 GONE_TTL_FACTOR = 10  # a proxy whose stream closed stays listed for 10 TTLs
@@ -172,6 +173,10 @@ class ProxyTracker:
         for key in gone:
             self._drop(key)
         return [proxy_id for _, proxy_id in gone]
+
+    def elsewhere(self) -> list[dict[str, Any]]:
+        """Proxies connected to other registry replicas (registry/store/proxies.py)."""
+        return []
 
     def all(self) -> list[ProxyState]:
         return sorted(self._proxies.values(), key=lambda p: (p.service, p.proxy_id, p.identity))

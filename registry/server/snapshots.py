@@ -85,6 +85,16 @@ class SnapshotStore:
         self._current = snap
         self._last_version = max(self._last_version, snap.version)
 
+    def adopt(self, snap: Snapshot) -> bool:
+        """Put in force a snapshot numbered by the shared store (registry/store/cluster.py),
+        published by this replica or another; only a newer version moves it."""
+        if self._current is not None and snap.version <= self._current.version:
+            return False
+        self._current = snap
+        self._last_version = max(self._last_version, snap.version)
+        self._notifier.notify()
+        return True
+
     def publish(self, config: MeshConfig) -> Snapshot | None:
         """Make `config` the snapshot in force; returns it, or None if nothing changed."""
         self.last_rejection = None
