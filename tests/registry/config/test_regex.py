@@ -42,7 +42,10 @@ def _pattern() -> st.SearchStrategy[str]:
     return anchored
 
 
-@settings(max_examples=1500, deadline=None)
+# Python's `re` is the reference here, and it backtracks: texts stay short (8 characters),
+# so a generated `((a+)+)+` costs it at most a few thousand steps (the pattern itself as a
+# text once hung a run in `re`, beyond pytest-timeout's reach).
+@settings(max_examples=500, deadline=None)
 @given(pattern=_pattern(), texts=st.lists(st.text(_ALPHABET, max_size=8), min_size=1,
                                           max_size=6))
 def test_re2_matches_as_re_fullmatch_where_both_accept(pattern: str, texts: list[str]) -> None:
@@ -53,7 +56,7 @@ def test_re2_matches_as_re_fullmatch_where_both_accept(pattern: str, texts: list
         assume(False)
         raise
     matches = full_matcher(pattern)
-    for text in [*texts, "", pattern]:
+    for text in [*texts, "", pattern[:8]]:
         assert matches(text.encode()) == (py.fullmatch(text) is not None), (pattern, text)
 
 
