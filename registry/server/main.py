@@ -21,7 +21,7 @@ from aiohttp import web
 from common import sdnotify
 from common.aio import cancel, spawn
 from common.state import atomic_write, ensure_dir
-from registry.ca import CertificateAuthority, SpiffeId
+from registry.ca import CaError, SpiffeId
 from registry.canary import api as canary_api
 from registry.canary.runner import Runner, scrape_service
 from registry.config import LoadResult, load_directory
@@ -279,7 +279,11 @@ class Registry:
                 errors,
             )
         trust_domain = (result.config or restored.config).trust_domain  # type: ignore[union-attr]
-        self.ca = CertificateAuthority.load_or_create(self.paths.ca_dir, trust_domain)
+        try:
+            self.ca = await self.backend.authority(self.paths.ca_dir, trust_domain)
+        except (CaError, EtcdError) as exc:
+            await self.backend.close()
+            raise StartupError(f"certificate authority: {exc}") from None
         self.tokens = self.backend.tokens()
         if not self.paths.operator_token.exists():
             atomic_write(self.paths.operator_token, secrets.token_urlsafe(32) + "\n", mode=0o600)

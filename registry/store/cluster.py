@@ -26,9 +26,11 @@ import json
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from common.aio import cancel, spawn
+from registry.ca.authority import CertificateAuthority
 from registry.config import MeshConfig
 from registry.server.snapshots import Rejection, Snapshot, SnapshotStore
 from registry.store.backend import Opened, Replica
@@ -45,6 +47,7 @@ from registry.store.etcd import (
     op_put,
 )
 from registry.store.proxies import SharedProxies
+from registry.store.sealed_ca import shared_authority
 from registry.store.spec import StoreSpec
 from registry.store.tokens import EtcdTokens
 
@@ -143,6 +146,9 @@ class EtcdState:
 
     def tokens(self) -> EtcdTokens:
         return EtcdTokens(self.client, self.spec.prefix)
+
+    async def authority(self, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+        return await shared_authority(self.client, self.spec.prefix, ca_dir, trust_domain)
 
     async def close(self) -> None:
         """Stop; revoking the lease hands the publisher's role on at once, not at its TTL."""
