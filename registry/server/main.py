@@ -373,8 +373,17 @@ class Registry:
         return web.Response(status=200 if ok else 503, text="ready\n" if ok else "no config\n")
 
     def join_urls(self) -> list[str]:
-        """Where a joiner may reach this registry, in the order to try (join strings)."""
+        """Where a joiner may reach this registry, in the order to try."""
         return join_urls(self.host, self.port, self.extra_sans)
+
+    def registry_urls(self) -> list[str]:
+        """This replica's URLs, then every other live replica's (etcd): what join strings
+        and proxies' streams carry, so that a proxy moves on when its replica dies."""
+        urls = self.join_urls()
+        for r in (self.backend.status() or {}).get("replicas", []):
+            urls += [u for u in r.get("urls", [r.get("url")])
+                     if isinstance(u, str) and u not in urls]  # fmt: skip
+        return urls
 
     async def stop(self) -> None:
         # Close the config streams first: each is a request that never ends, and aiohttp's

@@ -42,6 +42,9 @@ class Replica(Protocol):
     def whoami(self) -> tuple[str, str]:
         """(replica id, API URL), once the API is bound: how other replicas and status name it."""
 
+    def join_urls(self) -> list[str]:
+        """Where proxies may reach this replica: told to proxies of the other replicas."""
+
 
 class StateBackend(Protocol):
     @property

@@ -171,8 +171,9 @@ class EtcdState:
         """This replica's entry under P/replicas/, with the config version it serves."""
         snap = self._store.current if self._store else None
         version = snap.version if snap else 0
-        info = {"id": self.replica_id, "url": self.url, "started_at": self.started_at,
-                "config_version": version}  # fmt: skip
+        urls = self._replica.join_urls() if self._replica else [self.url]
+        info = {"id": self.replica_id, "url": self.url, "urls": urls,
+                "started_at": self.started_at, "config_version": version}  # fmt: skip
         await self.client.put(self.k_replicas + self.replica_id, json.dumps(info).encode(),
                               lease=self._lease)  # fmt: skip
         return version
