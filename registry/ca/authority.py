@@ -143,7 +143,10 @@ def _root_cert(
     )
 
 
-def check_private(path: Path, what: str = "the CA key") -> None:
+_NEW_CA = "move the state directory away to create a new CA and re-join every proxy"
+
+
+def check_private(path: Path, what: str = "the CA key", otherwise: str = _NEW_CA) -> None:
     """Refuse a key file others could read (CaError)."""
     # Refuse rather than chmod: a key that others could read may already be copied, and
     # quietly fixing the mode would hide that. Same stance as ssh's "UNPROTECTED PRIVATE KEY".
@@ -151,8 +154,7 @@ def check_private(path: Path, what: str = "the CA key") -> None:
     if mode & 0o077:
         raise CaError(
             f"{path}: mode {mode:04o} lets other users read {what}; it must be 0600. "
-            f"If nobody else could have read it, run `chmod 600 {path}`; otherwise move the "
-            "state directory away to create a new CA and re-join every proxy."
+            f"If nobody else could have read it, run `chmod 600 {path}`; otherwise {otherwise}."
         )
 
 

@@ -53,7 +53,8 @@ def _seal_key(path: Path, *, create: bool) -> bytes:
             )
         ensure_dir(path.parent)
         atomic_write(path, base64.b64encode(secrets.token_bytes(32)) + b"\n", 0o600)
-    check_private(path, "the CA's seal key")
+    check_private(path, "the CA's seal key",
+                  "anyone with etcd read access as well has the CA key: start a new mesh")
     try:
         key = base64.b64decode(path.read_bytes().strip(), validate=True)
     except ValueError:
@@ -100,6 +101,7 @@ async def shared_authority(client: EtcdClient, prefix: str, ca_dir: Path,
     seal_path = ca_dir / SEAL_FILE
     kv, _ = await client.get(k_ca)
     if kv is None:
+        had = (ca_dir / CERT_FILE).exists()
         mine = CertificateAuthority.load_or_create(ca_dir, trust_domain)
         value = seal(load_key(ca_dir / KEY_FILE), mine.root,
                      _seal_key(seal_path, create=True), k_ca)  # fmt: skip
@@ -107,6 +109,9 @@ async def shared_authority(client: EtcdClient, prefix: str, ca_dir: Path,
         if r.succeeded:
             return mine
         stored = r.ranges[0][0].value  # another replica was first: its CA is the mesh's
+        if not had:  # the CA made just now signed nothing: it gives way
+            for name in (KEY_FILE, CERT_FILE):
+                (ca_dir / name).unlink()
     else:
         stored = kv.value
     key, root = unseal(stored, _seal_key(seal_path, create=False), k_ca, str(seal_path))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
 import socket
 import ssl
 import subprocess
@@ -11,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from registry.ca.csr import generate_key
+from registry.store import parse_store
+from registry.store.etcd import EtcdClient
+from registry.store.sealed_ca import SEAL_FILE, shared_authority
 from tests.registry.server.support import Workload, call, client_ctx, csr_for, join
 from tests.registry.store.etcd_support import EtcdCluster
 from tests.registry.store.test_replicas import close_all, replicas
@@ -85,3 +91,24 @@ def test_replicas_share_one_ca(tmp_path: Path, etcd1: EtcdCluster) -> None:
         assert not (c.home / "registry" / "ca" / "ca.crt").exists()
     finally:
         close_all(meshes)
+
+
+async def test_replicas_starting_at_once_agree_on_one_ca(tmp_path: Path,
+                                                         etcd1: EtcdCluster) -> None:
+    """Both find no CA in etcd and make one; the one whose transaction loses gives its up."""
+    seal_key = base64.b64encode(os.urandom(32))
+    dirs = [tmp_path / f"r{i}" / "ca" for i in range(2)]
+    for d in dirs:
+        d.mkdir(parents=True, mode=0o700)
+        (d / SEAL_FILE).write_bytes(seal_key)
+        (d / SEAL_FILE).chmod(0o600)
+    clients = [EtcdClient(parse_store(etcd1.store)) for _ in dirs]
+    try:
+        cas = await asyncio.gather(*(shared_authority(c, "/meshctl", d, "example.org")
+                                     for c, d in zip(clients, dirs, strict=True)))  # fmt: skip
+    finally:
+        for c in clients:
+            await c.close()
+    assert cas[0].bundle_pem == cas[1].bundle_pem
+    assert [(d / "ca.crt").read_bytes() for d in dirs] == [cas[0].bundle_pem] * 2
+    assert sum((d / "ca.key").exists() for d in dirs) == 1  # the loser keeps no key on disk
