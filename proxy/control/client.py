@@ -95,6 +95,10 @@ class ControlClient:
 
     def __init__(self, url: str, ca_file: Path, files_dir: Path, proxy_id: str) -> None:
         self.url = url.rstrip("/")
+        # Every registry replica's URLs (docs/etcd.md), as the stream tells them: when a
+        # stream ends, the next attempt goes to the next one, resuming at this proxy's
+        # version (replicas share the epoch, the versions and the CA: no re-join).
+        self.urls: tuple[str, ...] = (self.url,)
         self.ca_file = ca_file
         self.files_dir = files_dir
         self.proxy_id = proxy_id
@@ -285,6 +289,7 @@ class ControlClient:
                         self.config_version,
                     )
             self.connected = False
+            self._next_registry()
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
@@ -336,6 +341,8 @@ class ControlClient:
                         spawn(self._admin_reply(msg), name="admin relay")
                     elif kind == "tap":
                         spawn(self._tap_reply(msg), name="tap relay")
+                    elif kind == "registries":
+                        self._learn_registries(msg.get("urls"))
                     if kind != "view":
                         continue
                     view = View(
@@ -356,6 +363,25 @@ class ControlClient:
                 if sender is not None:
                     sender.cancel()
                     await asyncio.gather(sender, return_exceptions=True)
+
+    def _learn_registries(self, urls: object) -> None:
+        if not (isinstance(urls, list) and urls
+                and all(isinstance(u, str) and u.startswith("https://") for u in urls)):
+            log.warning("registry sent a registries line without https URLs: ignored")
+            return
+        known = tuple(u.rstrip("/") for u in urls)
+        self.urls = known if self.url in known else (self.url, *known)
+
+    def _next_registry(self) -> None:
+        """After a stream ends: the next replica's URL (the same one if it is the only)."""
+        if len(self.urls) < 2:
+            return
+        at = self.urls.index(self.url) if self.url in self.urls else -1
+        self.url = self.urls[(at + 1) % len(self.urls)]
+        if self._client is not None:  # short calls go to the new one too
+            spawn(self._client.close())
+            self._client = None
+        log.info("trying registry replica %s", self.url)
 
     async def _admin_reply(self, msg: dict[str, Any]) -> None:
         """Answer a relayed read (the registry allows only read-only pages) with POST

@@ -143,16 +143,24 @@ def _root_cert(
     )
 
 
-def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+_NEW_CA = "move the state directory away to create a new CA and re-join every proxy"
+
+
+def check_private(path: Path, what: str = "the CA key", otherwise: str = _NEW_CA) -> None:
+    """Refuse a key file others could read (CaError)."""
     # Refuse rather than chmod: a key that others could read may already be copied, and
     # quietly fixing the mode would hide that. Same stance as ssh's "UNPROTECTED PRIVATE KEY".
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise CaError(
-            f"{path}: mode {mode:04o} lets other users read the CA key; it must be 0600. "
-            f"If nobody else could have read it, run `chmod 600 {path}`; otherwise move the "
-            "state directory away to create a new CA and re-join every proxy."
+            f"{path}: mode {mode:04o} lets other users read {what}; it must be 0600. "
+            f"If nobody else could have read it, run `chmod 600 {path}`; otherwise {otherwise}."
         )
+
+
+def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The CA key in `path` (0600, unencrypted PEM, EC); else CaError."""
+    check_private(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
@@ -197,7 +205,7 @@ class CertificateAuthority:
         ensure_dir(state_dir)
         key_path, cert_path = state_dir / KEY_FILE, state_dir / CERT_FILE
         if key_path.exists():
-            key = _load_key(key_path)
+            key = load_key(key_path)
         elif cert_path.exists():
             raise CaError(
                 f"{cert_path} exists but {key_path} does not: restore the key from a backup, "
@@ -210,15 +218,30 @@ class CertificateAuthority:
             root = x509.load_pem_x509_certificate(cert_path.read_bytes())
             if root.public_key() != key.public_key():
                 raise CaError(f"{cert_path} does not belong to the key in {key_path}")
-            found = spiffe_id_of(root).trust_domain
-            if found != trust_domain:
-                raise CaError(
-                    f"{state_dir} holds the CA of trust domain {found!r}, not {trust_domain!r}: "
-                    "use another state directory or the configured trust domain"
-                )
         else:
             root = _root_cert(key, trust_domain, _utc(now))
             atomic_write(cert_path, root.public_bytes(serialization.Encoding.PEM), 0o644)
+        return cls.of(key, root, trust_domain, str(state_dir), max_ttl_s=max_ttl_s,
+                      default_ttl_s=default_ttl_s)  # fmt: skip
+
+    @classmethod
+    def of(
+        cls,
+        key: ec.EllipticCurvePrivateKey,
+        root: x509.Certificate,
+        trust_domain: str,
+        where: str,
+        *,
+        max_ttl_s: float = MAX_TTL_S,
+        default_ttl_s: float = DEFAULT_TTL_S,
+    ) -> CertificateAuthority:
+        """The CA of a key and its root certificate, loaded from `where` (for errors)."""
+        found = spiffe_id_of(root).trust_domain
+        if found != trust_domain:
+            raise CaError(
+                f"{where} holds the CA of trust domain {found!r}, not {trust_domain!r}: "
+                "use another state directory or the configured trust domain"
+            )
         return cls(
             trust_domain=trust_domain,
             root=root,

@@ -173,9 +173,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
                             cert_not_after=not_after)
     acks = (spawn(_stream_acks(request, resp, caller, proxy_id), name=f"acks {proxy_id}")
             if request.method == "POST" else None)
+    told: list[str] = [] if reg.backend.status() is not None else reg.registry_urls()
     try:
         while True:
             snap = reg.store.current
+            if proxy_id and told != (urls := reg.registry_urls()):
+                # Replicas on etcd: every replica's URLs, at the start and when they change,
+                # so that the proxy moves to another when this one dies (docs/etcd.md).
+                told = urls
+                await resp.write(b'{"type":"registries","urls":%s}\n' % json.dumps(urls).encode())
             if snap is not None and (snap.version != have_cfg or reg.catalog.version != have_cat):
                 have_cfg, have_cat = snap.version, reg.catalog.version
                 await resp.write(reg.view_line())
@@ -412,7 +418,7 @@ async def create_token(request: web.Request) -> web.Response:
 def _join_string(reg: Registry, token: str, service: str | None, *,
                  reusable: bool = False) -> str:
     pin = ca_pin(reg.ca.bundle_pem.decode())
-    return JoinString(token, tuple(reg.join_urls()), pin, service, reusable).encode()
+    return JoinString(token, tuple(reg.registry_urls()), pin, service, reusable).encode()
 
 
 async def list_tokens(request: web.Request) -> web.Response:

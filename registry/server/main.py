@@ -21,7 +21,7 @@ from aiohttp import web
 from common import sdnotify
 from common.aio import cancel, spawn
 from common.state import atomic_write, ensure_dir
-from registry.ca import CertificateAuthority, SpiffeId
+from registry.ca import CaError, SpiffeId
 from registry.canary import api as canary_api
 from registry.canary.runner import Runner, scrape_service
 from registry.config import LoadResult, load_directory
@@ -279,7 +279,11 @@ class Registry:
                 errors,
             )
         trust_domain = (result.config or restored.config).trust_domain  # type: ignore[union-attr]
-        self.ca = CertificateAuthority.load_or_create(self.paths.ca_dir, trust_domain)
+        try:
+            self.ca = await self.backend.authority(self.paths.ca_dir, trust_domain)
+        except (CaError, EtcdError) as exc:
+            await self.backend.close()
+            raise StartupError(f"certificate authority: {exc}") from None
         self.tokens = self.backend.tokens()
         if not self.paths.operator_token.exists():
             atomic_write(self.paths.operator_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
@@ -369,8 +373,17 @@ class Registry:
         return web.Response(status=200 if ok else 503, text="ready\n" if ok else "no config\n")
 
     def join_urls(self) -> list[str]:
-        """Where a joiner may reach this registry, in the order to try (join strings)."""
+        """Where a joiner may reach this registry, in the order to try."""
         return join_urls(self.host, self.port, self.extra_sans)
+
+    def registry_urls(self) -> list[str]:
+        """This replica's URLs, then every other live replica's (etcd): what join strings
+        and proxies' streams carry, so that a proxy moves on when its replica dies."""
+        urls = self.join_urls()
+        for r in (self.backend.status() or {}).get("replicas", []):
+            urls += [u for u in r.get("urls", [r.get("url")])
+                     if isinstance(u, str) and u not in urls]  # fmt: skip
+        return urls
 
     async def stop(self) -> None:
         # Close the config streams first: each is a request that never ends, and aiohttp's

@@ -1,14 +1,16 @@
 """The two shapes of the registry's state store, and what each asks of the registry.
 
 `FileState` (registry/store/files.py, the default) and `EtcdState` (cluster.py) answer the
-same five calls; registry/server/main.py calls them and nothing else about storage.
+same calls; registry/server/main.py calls them and nothing else about storage.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from registry.ca.authority import CertificateAuthority
 from registry.config import MeshConfig
 from registry.server.catalog import Catalog
 from registry.server.proxies import ProxyTracker
@@ -40,6 +42,9 @@ class Replica(Protocol):
     def whoami(self) -> tuple[str, str]:
         """(replica id, API URL), once the API is bound: how other replicas and status name it."""
 
+    def join_urls(self) -> list[str]:
+        """Where proxies may reach this replica: told to proxies of the other replicas."""
+
 
 class StateBackend(Protocol):
     @property
@@ -65,6 +70,9 @@ class StateBackend(Protocol):
 
     def tokens(self) -> Tokens:
         """Where join tokens are kept (registry/store/tokens.py)."""
+
+    async def authority(self, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+        """The CA: the one under MESH_HOME (files), or the mesh's sealed in etcd."""
 
     async def close(self) -> None: ...
 

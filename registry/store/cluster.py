@@ -26,9 +26,11 @@ import json
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from common.aio import cancel, spawn
+from registry.ca.authority import CertificateAuthority
 from registry.config import MeshConfig
 from registry.server.snapshots import Rejection, Snapshot, SnapshotStore
 from registry.store.backend import Opened, Replica
@@ -45,6 +47,7 @@ from registry.store.etcd import (
     op_put,
 )
 from registry.store.proxies import SharedProxies
+from registry.store.sealed_ca import shared_authority
 from registry.store.spec import StoreSpec
 from registry.store.tokens import EtcdTokens
 
@@ -144,6 +147,9 @@ class EtcdState:
     def tokens(self) -> EtcdTokens:
         return EtcdTokens(self.client, self.spec.prefix)
 
+    async def authority(self, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+        return await shared_authority(self.client, self.spec.prefix, ca_dir, trust_domain)
+
     async def close(self) -> None:
         """Stop; revoking the lease hands the publisher's role on at once, not at its TTL."""
         await cancel([*self._tasks, *([self._publishing] if self._publishing else [])])
@@ -165,8 +171,9 @@ class EtcdState:
         """This replica's entry under P/replicas/, with the config version it serves."""
         snap = self._store.current if self._store else None
         version = snap.version if snap else 0
-        info = {"id": self.replica_id, "url": self.url, "started_at": self.started_at,
-                "config_version": version}  # fmt: skip
+        urls = self._replica.join_urls() if self._replica else [self.url]
+        info = {"id": self.replica_id, "url": self.url, "urls": urls,
+                "started_at": self.started_at, "config_version": version}  # fmt: skip
         await self.client.put(self.k_replicas + self.replica_id, json.dumps(info).encode(),
                               lease=self._lease)  # fmt: skip
         return version

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
 from common.state import atomic_write
+from registry.ca.authority import CertificateAuthority
 from registry.ca.tokens import TokenStore
 from registry.config import MeshConfig
 from registry.paths import RegistryPaths
@@ -48,6 +50,9 @@ class FileState:
             log.warning("the last run did not stop cleanly: config versions go on from %d",
                         last_version + 1)
         return Opened(self.epoch, last_version, self._restore_snapshot())
+
+    async def authority(self, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+        return CertificateAuthority.load_or_create(ca_dir, trust_domain)
 
     async def begin(self, replica: Replica, store: SnapshotStore) -> None:
         self._store = store

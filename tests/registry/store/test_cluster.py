@@ -39,6 +39,9 @@ class FakeReplica:
     def whoami(self) -> tuple[str, str]:
         return self.name, f"https://{self.name}"
 
+    def join_urls(self) -> list[str]:
+        return [f"https://{self.name}"]
+
 
 def configs(tmp: Path, weights: list[int]) -> list[MeshConfig]:
     out = []

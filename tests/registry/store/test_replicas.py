@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from registry.ca.csr import generate_key
+from registry.store.sealed_ca import SEAL_FILE
 from tests.example import CONFIG
 from tests.integration.harness import Mesh, wait_until
 from tests.registry.server.support import StreamFollower, call, csr_for, join, mint, op
@@ -24,13 +26,20 @@ pytestmark = [pytest.mark.etcd, pytest.mark.slow]
 
 
 def replicas(tmp: Path, n: int) -> list[Mesh]:
-    """`n` registries, each with its own MESH_HOME and ports, over one config directory."""
+    """`n` registries, each with its own MESH_HOME and ports, over one config directory;
+    if several, each holds the same seal key for the mesh's CA in etcd (docs/etcd.md)."""
     first = Mesh(tmp / "r0", CONFIG)
     out = [first]
     for i in range(1, n):
         m = Mesh(tmp / f"r{i}", first.config)
         m.config = first.config
         out.append(m)
+    seal = base64.b64encode(os.urandom(32)) + b"\n"
+    for m in out if n > 1 else ():
+        ca = m.home / "registry" / "ca"
+        ca.mkdir(parents=True, mode=0o700)
+        (ca / SEAL_FILE).write_bytes(seal)
+        (ca / SEAL_FILE).chmod(0o600)
     return out
 
 
