@@ -100,6 +100,9 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     tmp = tmp_path_factory.mktemp("gateway")
     mesh = Mesh(tmp, CONFIG)
     https, http = free_port(), free_port()
+    # The example's own Gateway (shop-gateway, fixed ports 18443/18081, served by `up`) is
+    # not this test's: the gateway proxy here serves docs/gateway.md's, on ports picked now.
+    (mesh.config / "shop-gateway.yaml").unlink()
     cacert = write_self_signed(mesh.config, "shop-cert", HOST)
     gateway_yaml, routes_yaml = documented_example(https, http)
     (mesh.config / "gateway.yaml").write_text(gateway_yaml)
