@@ -22,7 +22,7 @@ import pytest
 
 from meshctl.launch import netns
 from tests.commands.support import Cli, mesh_home, wait_until
-from tests.example import copy_example
+from tests.example import copy_example, repoint_gateway
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -45,6 +45,8 @@ class Mesh:
     wall_s: float
     before: dict[str, list[str]]
     config: Path
+    https: int  # the example's Gateway, on ports of this run (tests.example.repoint_gateway)
+    http: int
 
     @property
     def names(self) -> dict[str, str]:
@@ -93,13 +95,15 @@ def mesh() -> Iterator[Mesh]:
     base = Path(tempfile.mkdtemp(prefix="meshctl-e2e-", dir="/tmp"))
     os.chmod(base, 0o755)
     config = copy_example(base)
+    https, http = _port(), _port()
+    repoint_gateway(config, https, http)
     with mesh_home() as cli:
         prefix = cli.env["MESH_NETNS_PREFIX"]
         before = _ours(prefix, f"{prefix}br0")
         t0 = time.monotonic()
         up = cli.json("up", str(config), "--runtime", "local", "--timeout", "30",
                       "--monitor-port", str(_port()))  # fmt: skip
-        yield Mesh(cli, up, time.monotonic() - t0, before, config)
+        yield Mesh(cli, up, time.monotonic() - t0, before, config, https, http)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -164,21 +168,22 @@ def test_the_gateway_serves_the_shop_on_the_host_and_follows_set_weight(mesh: Me
     (gw,) = mesh.up["gateways"]
     prefix = mesh.cli.env["MESH_NETNS_PREFIX"]
     assert (gw["name"], gw["address"]) == (f"{prefix}ingressgateway", "127.0.0.1")
-    assert gw["urls"] == ["http://shop.example.com:18081/", "https://shop.example.com:18443/"]
-    done = _through_gateway(mesh, "https://shop.example.com:18443/")
+    https = f"https://shop.example.com:{mesh.https}/"
+    assert gw["urls"] == [f"http://shop.example.com:{mesh.http}/", https]
+    done = _through_gateway(mesh, https)
     assert done.returncode == 0, done.stderr
     page = json.loads(done.stdout)  # curl -> gateway (TLS) -> mTLS -> frontend -> orders
     assert (page["service"], page["calls"]["orders"]["service"]) == ("frontend", "orders")
-    done = _through_gateway(mesh, "http://shop.example.com:18081/a?b", "-o", "/dev/null",
-                            "-w", "%{http_code} %{redirect_url}")  # fmt: skip
-    assert done.stdout == "301 https://shop.example.com:18443/a?b", done
+    done = _through_gateway(mesh, f"http://shop.example.com:{mesh.http}/a?b", "-o",
+                            "/dev/null", "-w", "%{http_code} %{redirect_url}")  # fmt: skip
+    assert done.stdout == f"301 https://shop.example.com:{mesh.https}/a?b", done
     # The canary's weights apply to gateway traffic too (frontend calls orders).
     mesh.cli.run("route", "set-weight", "orders", "v1=0", "v2=100")
 
     def orders_versions() -> set[str] | None:
         seen = set()
         for _ in range(10):
-            out = _through_gateway(mesh, "https://shop.example.com:18443/")
+            out = _through_gateway(mesh, https)
             seen.add(json.loads(out.stdout)["calls"]["orders"]["version"])
         return seen if seen == {"v2"} else None
 
@@ -310,4 +315,4 @@ def test_down_leaves_nothing_behind(mesh: Mesh) -> None:
     wait_until(lambda: mesh.cli.processes() == [], 5, "no process of the mesh")
     # The gateway on the host went with the rest: nothing listens on its ports.
     listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
-    assert not re.search(r"127\.0\.0\.1:(18443|18081)\s", listening), listening
+    assert not re.search(rf"127\.0\.0\.1:({mesh.https}|{mesh.http})\s", listening), listening
