@@ -685,11 +685,22 @@ def _docker_plan(
         reg_port,
     )
     address = listen or found.gateway
+    url = f"https://{address}:{reg_port}"
+    # The Gateways' proxies run on the host, as in the local runtime: the containers'
+    # endpoints and the registry (on the network's gateway address) are reachable from it.
+    taken = [reg_port, mon_port, *(p for g in (previous.gateways if previous else ())
+                                   for _, p in g.ports)]  # fmt: skip
+    try:
+        gateways = planmod.gateway_members(
+            config, prefix=opts.prefix, config_dir=str(config_dir), registry_url=url,
+            previous=previous, alloc_port=distinct_ports(taken))  # fmt: skip
+    except planmod.PlanError as exc:
+        raise LaunchError(str(exc)) from None
     plan = Plan(
         mode=TRANSPARENT,
         prefix=opts.prefix,
         config_dir=str(config_dir),
-        registry_url=f"https://{address}:{reg_port}",
+        registry_url=url,
         registry_listen=address,
         registry_port=reg_port,
         monitor_port=mon_port,
@@ -697,6 +708,7 @@ def _docker_plan(
         workloads=found.workloads,
         runtime=DOCKER,
         docker=found.target,
+        gateways=gateways,
     )
     return plan, found.skipped
 
