@@ -351,7 +351,9 @@ def build_plan(
         monitor_port=monitor_port,
         network=network,
         workloads=tuple(workloads),
-        gateways=gateway_members(
+        # A joined host (registry_url given) runs its workloads only: the Gateways' proxy
+        # runs beside the mesh's registry, on the host that `up`s it.
+        gateways=() if registry_url is not None else gateway_members(
             config,
             prefix=prefix,
             config_dir=config_dir,
