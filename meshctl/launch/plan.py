@@ -74,7 +74,8 @@ class Network:
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """One process pair: an app and its sidecar proxy."""
+    """One process pair: an app and its sidecar proxy (kind SIDECAR); or a gateway proxy
+    alone (kind GATEWAY, in Plan.gateways: no app, no namespace, no endpoint)."""
 
     name: str  # namespace name, proxy id, log file stem
     service: str
