@@ -97,14 +97,16 @@ def mesh() -> Iterator[Mesh]:
     config = copy_example(base)
     https, http = _port(), _port()
     repoint_gateway(config, https, http)
-    with mesh_home() as cli:
-        prefix = cli.env["MESH_NETNS_PREFIX"]
-        before = _ours(prefix, f"{prefix}br0")
-        t0 = time.monotonic()
-        up = cli.json("up", str(config), "--runtime", "local", "--timeout", "30",
-                      "--monitor-port", str(_port()))  # fmt: skip
-        yield Mesh(cli, up, time.monotonic() - t0, before, config, https, http)
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        with mesh_home() as cli:
+            prefix = cli.env["MESH_NETNS_PREFIX"]
+            before = _ours(prefix, f"{prefix}br0")
+            t0 = time.monotonic()
+            up = cli.json("up", str(config), "--runtime", "local", "--timeout", "30",
+                          "--monitor-port", str(_port()))  # fmt: skip
+            yield Mesh(cli, up, time.monotonic() - t0, before, config, https, http)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _port() -> int:
