@@ -131,3 +131,17 @@ COMPOSE = compose_dir()
 CONFIG = COMPOSE / "mesh"
 SHOP = REPO / IN_REPO / "apps" / "shop.py"
 SHIPPED = fingerprint()
+
+
+GATEWAY_PORTS = (18443, 18081)  # mesh/shop-gateway.yaml: https, http (redirected)
+
+
+def repoint_gateway(mesh: Path, https: int, http: int) -> None:
+    """The example's Gateway in a copy (mesh/) on other ports, so two runs cannot collide
+    on 127.0.0.1:18443 (as tests publish compose's 18080 on an ephemeral port)."""
+    path = mesh / "shop-gateway.yaml"
+    text = path.read_text()
+    for old, new in zip(GATEWAY_PORTS, (https, http), strict=True):
+        assert text.count(f"number: {old}") == 1, f"{path}: port {old} not found once"
+        text = text.replace(f"number: {old}", f"number: {new}")
+    path.write_text(text)

@@ -85,6 +85,11 @@ def _summary(console: Console, result: UpResult) -> None:
                 f"{w.name}: published {host} -> {port} served as ingress "
                 "(unauthenticated; AuthorizationPolicy applies)"
             )
+    for g in plan.gateways:
+        console.print(
+            f"gateway {g.name} on {g.address}: {', '.join(g.urls)} "
+            f"(curl --resolve HOST:PORT:{g.address}; docs/gateway.md)"
+        )
     changes = [f"{label} {', '.join(names)}" for label, names in (
         ("started", result.started), ("stopped", result.stopped),
         ("restarted", result.restarted)) if names]  # fmt: skip

@@ -127,6 +127,17 @@ class UpResult:
                 }
                 for w in self.plan.workloads
             ],
+            # the gateway proxies `up` runs on this host, and the URLs they serve
+            "gateways": [
+                {
+                    "name": g.name,
+                    "service": g.service,
+                    "address": g.address,
+                    "urls": list(g.urls),
+                    "ports": dict(g.ports),
+                }
+                for g in self.plan.gateways
+            ],
         }
 
 
@@ -556,7 +567,7 @@ def up(opts: UpOptions, progress: Progress | None = None) -> UpResult:
                 previous=previous,
                 alloc_port=distinct_ports([
                     reg_port, mon_port,
-                    *(p for w in (previous.workloads if previous else ()) for _, p in w.ports),
+                    *(p for w in (previous.members if previous else ()) for _, p in w.ports),
                 ]),
                 users=app_users,
                 registry_url=target.url if target else None,
@@ -674,11 +685,22 @@ def _docker_plan(
         reg_port,
     )
     address = listen or found.gateway
+    url = f"https://{address}:{reg_port}"
+    # The Gateways' proxies run on the host, as in the local runtime: the containers'
+    # endpoints and the registry (on the network's gateway address) are reachable from it.
+    taken = [reg_port, mon_port, *(p for g in (previous.gateways if previous else ())
+                                   for _, p in g.ports)]  # fmt: skip
+    try:
+        gateways = planmod.gateway_members(
+            config, prefix=opts.prefix, config_dir=str(config_dir), registry_url=url,
+            previous=previous, alloc_port=distinct_ports(taken))  # fmt: skip
+    except planmod.PlanError as exc:
+        raise LaunchError(str(exc)) from None
     plan = Plan(
         mode=TRANSPARENT,
         prefix=opts.prefix,
         config_dir=str(config_dir),
-        registry_url=f"https://{address}:{reg_port}",
+        registry_url=url,
         registry_listen=address,
         registry_port=reg_port,
         monitor_port=mon_port,
@@ -686,6 +708,7 @@ def _docker_plan(
         workloads=found.workloads,
         runtime=DOCKER,
         docker=found.target,
+        gateways=gateways,
     )
     return plan, found.skipped
 
@@ -700,7 +723,7 @@ def workload_phases(
     proxies = {p["proxy_id"]: p for p in status.get("proxies", [])} if status else {}
     endpoints = {e["id"]: e for e in status.get("endpoints", [])} if status else {}
     out = []
-    for w in plan.workloads:
+    for w in plan.members:
         actual = workloads.get(w.name) if applied else None
         if actual is None:
             out.append(WorkloadStatus(w.name, "starting", "waiting for the supervisor"))
@@ -708,7 +731,7 @@ def workload_phases(
         if actual.get("error"):
             out.append(WorkloadStatus(w.name, "error", str(actual["error"])))
             continue
-        if not actual.get("proxy_pid") or not actual.get("app_pid"):
+        if not actual.get("proxy_pid") or not (w.is_gateway or actual.get("app_pid")):
             out.append(WorkloadStatus(w.name, "starting", "starting processes"))
             continue
         p = proxies.get(w.name)
@@ -718,6 +741,10 @@ def workload_phases(
             out.append(WorkloadStatus(w.name, "joining", "proxy joining the registry"))
         elif p.get("acked_version") != version:
             out.append(WorkloadStatus(w.name, "joining", f"config v{p.get('acked_version')}"))
+        elif w.is_gateway:  # no endpoint: its servers' ports open once its config is in
+            ok = actual.get("app_listening")
+            out.append(WorkloadStatus(w.name, "ready" if ok else "starting",
+                                      f"config v{version}" if ok else "ports not open yet"))
         elif ep is None or float(ep.get("last_seen") or 0) < started - 1.0:
             # last_seen, not registered_at: a proxy restarted under the same id keeps its
             # endpoint's registered_at; its first registration refreshes last_seen.

@@ -2,8 +2,11 @@
 
 A Plan lists one Workload per (service, workload, replica) of mesh.yaml: its network
 namespace and address (transparent mode) or its 127.0.0.1 ports (explicit mode), the app's
-command line and environment, and the `meshctl proxy` arguments of its sidecar. The
-supervisor (meshctl.launch.supervisor) makes the plan real; `meshctl up` computes it.
+command line and environment, and the `meshctl proxy` arguments of its sidecar. Beside
+them, one gateway member per gateway proxy the config's Istio Gateways select (`istio:
+NAME`): a proxy alone (no app, no namespace), run on the host with its servers' ports bound
+on 127.0.0.1 (docs/gateway.md). The supervisor (meshctl.launch.supervisor) makes the plan
+real; `meshctl up` computes it.
 
 House rules:
   * Stable across runs: a workload already in the previous plan keeps its address and
@@ -26,10 +29,14 @@ from urllib.parse import urlsplit
 from common.vip import service_vip
 from registry.config import MeshConfig
 from registry.config.mesh_file import PROXY_UID as PROXY_UID  # the launcher takes it from here
+from registry.config.model import Gateway, GatewayServer
 
 TRANSPARENT = "transparent"  # namespaces + iptables REDIRECT (root)
 EXPLICIT = "explicit"  # 127.0.0.1, one local listener per upstream (no privileges)
 MODES = (TRANSPARENT, EXPLICIT)
+SIDECAR = "sidecar"  # a Workload's kind: an app and its sidecar proxy
+GATEWAY = "gateway"  # a gateway proxy alone, serving the Gateways that select it
+GATEWAY_ADDRESS = "127.0.0.1"  # where `up`'s gateways bind their servers' ports
 LOCAL = "local"  # workloads are processes the supervisor starts
 DOCKER = "docker"  # workloads are containers someone else starts (meshctl.launch.docker)
 
@@ -67,7 +74,8 @@ class Network:
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """One process pair: an app and its sidecar proxy."""
+    """One process pair: an app and its sidecar proxy (kind SIDECAR); or a gateway proxy
+    alone (kind GATEWAY, in Plan.gateways: no app, no namespace, no endpoint)."""
 
     name: str  # namespace name, proxy id, log file stem
     service: str
@@ -94,6 +102,12 @@ class Workload:
     published: tuple[tuple[int, str], ...] = ()
     published_from: str = ""
     published_net: str = ""
+    kind: str = SIDECAR  # GATEWAY: no app, no namespace; proxy_args serve the Gateways
+    urls: tuple[str, ...] = ()  # a gateway's: what clients open, e.g. https://HOST:PORT/
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.kind == GATEWAY
 
     def port(self, role: str) -> int | None:
         return dict(self.ports).get(role)
@@ -142,12 +156,19 @@ class Plan:
     # mesh.yaml's registry.address when it is this host's (not loopback): other hosts reach
     # the registry there, so it listens on every address and its certificate names this one
     registry_address: str = ""
+    gateways: tuple[Workload, ...] = ()  # kind GATEWAY: the gateway proxies `up` runs
+
+    @property
+    def members(self) -> tuple[Workload, ...]:
+        """Everything the supervisor runs: the workloads, then the gateways."""
+        return (*self.workloads, *self.gateways)
 
     def workload(self, name: str) -> Workload | None:
-        return next((w for w in self.workloads if w.name == name), None)
+        return next((w for w in self.members if w.name == name), None)
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The workloads' names (their namespaces in transparent mode)."""
         return tuple(w.name for w in self.workloads)
 
 
@@ -331,13 +352,87 @@ def build_plan(
         monitor_port=monitor_port,
         network=network,
         workloads=tuple(workloads),
+        # A joined host (registry_url given) runs its workloads only: the Gateways' proxy
+        # runs beside the mesh's registry, on the host that `up`s it.
+        gateways=() if registry_url is not None else gateway_members(
+            config,
+            prefix=prefix,
+            config_dir=config_dir,
+            registry_url=url,
+            previous=previous,
+            alloc_port=alloc_port,
+        ),
     )
+
+
+def gateway_service(gateway: Gateway) -> str:
+    """The gateway proxy a Gateway selects: a proxy started with `--service NAME --gateway`
+    carries the labels istio=NAME and app=NAME, so the selector must be a subset of those."""
+    labels = dict(gateway.selector)
+    name = labels.get("istio") or labels.get("app") or ""
+    if not name or any(k not in ("istio", "app") or v != name for k, v in labels.items()):
+        shown = ", ".join(f"{k}: {v}" for k, v in gateway.selector)
+        raise PlanError(
+            f"Gateway {gateway.name} ({gateway.source.file}): `meshctl up` starts gateway "
+            f"proxies named by the selector `istio: NAME` (they carry istio=NAME and "
+            f"app=NAME); this selector ({shown}) matches none: use `istio: NAME`"
+        )
+    return name
+
+
+def gateway_members(
+    config: MeshConfig,
+    *,
+    prefix: str,
+    config_dir: str,
+    registry_url: str,
+    previous: Plan | None,
+    alloc_port: Callable[[], int] | None,
+) -> tuple[Workload, ...]:
+    """One gateway proxy per name the config's Gateways select, on this host: the servers'
+    ports on GATEWAY_ADDRESS, admin and metrics on allocated 127.0.0.1 ports (kept across
+    runs), certificates read from the config directory."""
+    by_service: dict[str, list[Gateway]] = {}
+    for gw in config.gateways:
+        by_service.setdefault(gateway_service(gw), []).append(gw)
+    if by_service and alloc_port is None:
+        raise PlanError("gateways need a port allocator (admin and metrics ports)")
+    old = {g.name: g for g in previous.gateways} if previous else {}
+    out = []
+    for service, gws in sorted(by_service.items()):
+        name = f"{prefix}{service}"
+        if len(name) > NAME_MAX:
+            raise PlanError(f"gateway name {name!r} is longer than {NAME_MAX} characters")
+        before = dict(old[name].ports) if name in old else {}
+        assert alloc_port is not None
+        alloc = {role: before.get(role) or alloc_port() for role in ("admin", "metrics")}
+        servers = [s for gw in gws for s in gw.servers]
+        ports = tuple(sorted({s.port for s in servers}))
+        urls = tuple(sorted({_gateway_url(s) for s in servers}))
+        args = ("proxy", "--service", service, "--gateway", "--registry", registry_url,
+                "--proxy-id", name, "--gateway-address", GATEWAY_ADDRESS,
+                "--credentials", config_dir,
+                "--admin", f"{LOCALHOST}:{alloc['admin']}",
+                "--metrics", f"{LOCALHOST}:{alloc['metrics']}")  # fmt: skip
+        out.append(Workload(
+            name=name, service=service, version="", replica=0, address=GATEWAY_ADDRESS,
+            netns=None, app_argv=(), app_env=(), cwd="/", proxy_args=args,
+            inbound_ports=ports, ports=tuple(sorted(alloc.items())), kind=GATEWAY, urls=urls,
+        ))  # fmt: skip
+    return tuple(out)
+
+
+def _gateway_url(server: GatewayServer) -> str:
+    """What a client opens for one server: its first host (`*` and `*.x` shown as they are)."""
+    scheme = "https" if server.protocol == "HTTPS" else "http"
+    host = server.hosts[0] if server.hosts else "*"
+    return f"{scheme}://{host}:{server.port}/"
 
 
 def changed(old: Plan | None, new: Plan) -> tuple[list[str], list[str], list[str]]:
     """(to start, to stop, to restart): names whose workload appeared, vanished or differs."""
-    before = {w.name: w for w in old.workloads} if old else {}
-    after = {w.name: w for w in new.workloads}
+    before = {w.name: w for w in old.members} if old else {}
+    after = {w.name: w for w in new.members}
     start = [n for n in after if n not in before]
     stop = [n for n in before if n not in after]
     restart = [n for n in after if n in before and before[n] != after[n]]
@@ -349,6 +444,7 @@ def changed(old: Plan | None, new: Plan) -> tuple[list[str], list[str], list[str
 
 def to_wire(plan: Plan) -> dict[str, Any]:
     return {
+        "gateways": [_workload_to_wire(w) for w in plan.gateways],
         "mode": plan.mode,
         "prefix": plan.prefix,
         "config_dir": plan.config_dir,
@@ -360,33 +456,36 @@ def to_wire(plan: Plan) -> dict[str, Any]:
         "network": (
             {"bridge": plan.network.bridge, "subnet": plan.network.subnet} if plan.network else None
         ),
-        "workloads": [
-            {
-                "name": w.name,
-                "service": w.service,
-                "version": w.version,
-                "replica": w.replica,
-                "address": w.address,
-                "netns": w.netns,
-                "app_argv": list(w.app_argv),
-                "app_env": dict(w.app_env),
-                "cwd": w.cwd,
-                "proxy_args": list(w.proxy_args),
-                "inbound_ports": list(w.inbound_ports),
-                "ports": dict(w.ports),
-                "hosts": dict(w.hosts),
-                "container": w.container,
-                "pid": w.pid,
-                "run_as": list(w.run_as) if w.run_as else None,
-                "exclude_inbound_ports": list(w.exclude_inbound_ports),
-                "published": [list(x) for x in w.published],
-                "published_from": w.published_from,
-                "published_net": w.published_net,
-            }
-            for w in plan.workloads
-        ],
+        "workloads": [_workload_to_wire(w) for w in plan.workloads],
         "runtime": plan.runtime,
         "docker": _docker_to_wire(plan.docker),
+    }
+
+
+def _workload_to_wire(w: Workload) -> dict[str, Any]:
+    return {
+        "name": w.name,
+        "service": w.service,
+        "version": w.version,
+        "replica": w.replica,
+        "address": w.address,
+        "netns": w.netns,
+        "app_argv": list(w.app_argv),
+        "app_env": dict(w.app_env),
+        "cwd": w.cwd,
+        "proxy_args": list(w.proxy_args),
+        "inbound_ports": list(w.inbound_ports),
+        "ports": dict(w.ports),
+        "hosts": dict(w.hosts),
+        "container": w.container,
+        "pid": w.pid,
+        "run_as": list(w.run_as) if w.run_as else None,
+        "exclude_inbound_ports": list(w.exclude_inbound_ports),
+        "published": [list(x) for x in w.published],
+        "published_from": w.published_from,
+        "published_net": w.published_net,
+        "kind": w.kind,
+        "urls": list(w.urls),
     }
 
 
@@ -432,33 +531,37 @@ def from_wire(d: Mapping[str, Any]) -> Plan:
         registry_port=int(d["registry_port"]),
         monitor_port=int(d["monitor_port"]),
         network=Network(str(net["bridge"]), str(net["subnet"])) if net else None,
-        workloads=tuple(
-            Workload(
-                name=str(w["name"]),
-                service=str(w["service"]),
-                version=str(w["version"]),
-                replica=int(w["replica"]),
-                address=str(w["address"]),
-                netns=w["netns"],
-                app_argv=tuple(w["app_argv"]),
-                app_env=tuple(sorted(w["app_env"].items())),
-                cwd=str(w["cwd"]),
-                proxy_args=tuple(w["proxy_args"]),
-                inbound_ports=tuple(int(p) for p in w["inbound_ports"]),
-                ports=tuple((str(k), int(v)) for k, v in w["ports"].items()),
-                hosts=tuple(sorted(w["hosts"].items())),
-                container=str(w.get("container", "")),
-                pid=int(w.get("pid", 0)),
-                run_as=(int(w["run_as"][0]), int(w["run_as"][1])) if w.get("run_as") else None,
-                exclude_inbound_ports=tuple(int(p) for p in w.get("exclude_inbound_ports", ())),
-                published=tuple((int(a), str(b)) for a, b in w.get("published") or ()),
-                published_from=str(w.get("published_from", "")),
-                published_net=str(w.get("published_net", "")),
-            )
-            for w in d["workloads"]
-        ),
+        workloads=tuple(_workload_from_wire(w) for w in d["workloads"]),
+        gateways=tuple(_workload_from_wire(w) for w in d.get("gateways", ())),
         runtime=str(d.get("runtime", LOCAL)),
         docker=_docker_from_wire(d.get("docker")),
+    )
+
+
+def _workload_from_wire(w: Mapping[str, Any]) -> Workload:
+    return Workload(
+        name=str(w["name"]),
+        service=str(w["service"]),
+        version=str(w["version"]),
+        replica=int(w["replica"]),
+        address=str(w["address"]),
+        netns=w["netns"],
+        app_argv=tuple(w["app_argv"]),
+        app_env=tuple(sorted(w["app_env"].items())),
+        cwd=str(w["cwd"]),
+        proxy_args=tuple(w["proxy_args"]),
+        inbound_ports=tuple(int(p) for p in w["inbound_ports"]),
+        ports=tuple((str(k), int(v)) for k, v in w["ports"].items()),
+        hosts=tuple(sorted(w["hosts"].items())),
+        container=str(w.get("container", "")),
+        pid=int(w.get("pid", 0)),
+        run_as=(int(w["run_as"][0]), int(w["run_as"][1])) if w.get("run_as") else None,
+        exclude_inbound_ports=tuple(int(p) for p in w.get("exclude_inbound_ports", ())),
+        published=tuple((int(a), str(b)) for a, b in w.get("published") or ()),
+        published_from=str(w.get("published_from", "")),
+        published_net=str(w.get("published_net", "")),
+        kind=str(w.get("kind", SIDECAR)),
+        urls=tuple(str(u) for u in w.get("urls", ())),
     )
 
 

@@ -120,8 +120,9 @@ class Run:
 
     @property
     def procs(self) -> tuple[Proc, ...]:
-        """What we run: the proxy, and the app unless it is a container's."""
-        return (self.proxy,) if self.spec.container else (self.proxy, self.app)
+        """What we run: the proxy, and the app unless it is a container's (or a gateway)."""
+        alone = bool(self.spec.container) or self.spec.is_gateway
+        return (self.proxy,) if alone else (self.proxy, self.app)
 
     @property
     def app_pid(self) -> int | None:
@@ -261,7 +262,7 @@ class Supervisor:
         self.dirty |= generation != self.generation or bool(start or stop or restart)
         self.generation = generation
         fresh = set(start) | set(restart)
-        for name in (w.name for w in new.workloads if w.name in fresh):
+        for name in (w.name for w in new.members if w.name in fresh):
             self._prepare(self.runs[name], recreate=name in start)
 
     def _containers(self, plan: Plan) -> tuple[Workload, ...]:
@@ -338,9 +339,10 @@ class Supervisor:
                 self._exited(proc, popen.returncode, now, f"{proc.role} of {run.spec.name}")
             if now >= proc.next_start:
                 self._start(run, proc, now)
-                if proc.role == "app":
+                if proc.role == "app" or run.spec.is_gateway:
                     run.app_listening = False
-        app_pid = run.app_pid
+        # A gateway has no app: its own ports (the Gateway servers') are what must listen.
+        app_pid = run.proxy.pid if run.spec.is_gateway else run.app_pid
         if not run.app_listening and app_pid is not None:
             run.app_listening = listening(app_pid, app_ports(run.spec))
             self.dirty |= run.app_listening
@@ -592,8 +594,9 @@ def start_registry(paths: LaunchPaths, plan: Plan) -> subprocess.Popen[bytes]:
 
 
 def app_ports(spec: Workload) -> set[int]:
-    """The ports the app itself listens on: its service ports, or explicit mode's."""
-    if spec.netns is not None or spec.container:
+    """The ports the app itself listens on: its service ports, or explicit mode's (a
+    gateway's: its servers' ports)."""
+    if spec.netns is not None or spec.container or spec.is_gateway:
         return set(spec.inbound_ports)
     return {port for role, port in spec.ports if role.startswith("app:")}
 

@@ -404,9 +404,12 @@ def check_in_copy(directory: Path, file: str, text: str) -> LoadResult:
         copy = Path(tmp) / "mesh"
         copy.mkdir()
         for name in os.listdir(directory):
-            if name.startswith(".") or not name.endswith((".yaml", ".yml")) or name == file:
+            if name.startswith(".") or name == file:
                 continue
-            shutil.copyfile(directory / name, copy / name)
+            if name.endswith((".crt", ".key")):  # a Gateway's credentialName pair: the
+                os.symlink(directory / name, copy / name)  # loader checks it; not copied
+            elif name.endswith((".yaml", ".yml")):
+                shutil.copyfile(directory / name, copy / name)
         (copy / file).write_bytes(text.encode("utf-8"))
         return load_directory(copy)
 

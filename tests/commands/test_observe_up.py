@@ -101,7 +101,8 @@ def test_commands_find_the_supervisors_proxies(shop: tuple[Cli, Any, Receiver]) 
     assert check["status"] in ("ok", "warn"), check
     assert not [c for c in check["checks"] if c["check"] == "iptables"]  # explicit mode
     certs = [c for c in check["checks"] if c["check"] == "certificate"]
-    assert len(certs) == len(up["workloads"]) and {c["status"] for c in certs} == {"ok"}
+    proxies = [*up["workloads"], *up["gateways"]]  # every proxy has its certificate
+    assert len(certs) == len(proxies) and {c["status"] for c in certs} == {"ok"}
     cfg = _run(cli, "proxy-config", "payments", "policies")
     assert cfg["policies"]["authorization_policies"][0]["name"] == "payments-allow-orders"
     why = _run(cli, "why", "orders", "payments")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.certs import write_self_signed
-from tests.example import CONFIG
+from tests.example import CONFIG, IN_REPO
 from tests.integration.harness import REPO, Mesh, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def documented_commands() -> list[list[str]]:
 def documented_curl(cacert: Path, port: int, address: str, url: str) -> list[str]:
     """The documented curl with this test's certificate, port, address and URL."""
     argv = documented_commands()[-1]
-    assert argv == ["curl", "--cacert", "examples/compose/mesh/shop-cert.crt", "--resolve",
+    assert argv == ["curl", "--cacert", f"{IN_REPO}/mesh/shop-cert.crt", "--resolve",
                     "shop.example.com:8443:127.0.0.1", "https://shop.example.com:8443/"], argv
     return ["curl", "--cacert", str(cacert), "--resolve", f"{HOST}:{port}:{address}", url]
 
@@ -100,6 +100,9 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     tmp = tmp_path_factory.mktemp("gateway")
     mesh = Mesh(tmp, CONFIG)
     https, http = free_port(), free_port()
+    # The example's own Gateway (shop-gateway, fixed ports 18443/18081, served by `up`) is
+    # not this test's: the gateway proxy here serves docs/gateway.md's, on ports picked now.
+    (mesh.config / "shop-gateway.yaml").unlink()
     cacert = write_self_signed(mesh.config, "shop-cert", HOST)
     gateway_yaml, routes_yaml = documented_example(https, http)
     (mesh.config / "gateway.yaml").write_text(gateway_yaml)
@@ -336,7 +339,7 @@ def documented_gateway(config: Path) -> tuple[str, ...]:
                          "--token-file"], proxy
     extra = proxy[7:]
     assert extra == ["--gateway-address", "127.0.0.1", "--credentials",
-                     "examples/compose/mesh"], extra
+                     f"{IN_REPO}/mesh"], extra  # the docs' text; never read here
     return ("--gateway", *extra[:3], str(config))
 
 

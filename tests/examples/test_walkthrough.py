@@ -20,6 +20,7 @@ What is not literal, and why:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -54,7 +55,8 @@ EXAMPLE_DEPENDENT = (
 )
 WORKLOAD = re.compile(r"(?<![\w-])(frontend|orders|payments|inventory)-v\d\b")
 # The walkthrough's sections for the local runtime, in order (README.md headings).
-SECTIONS = ("Up", "Calls by plain name, mTLS by default", "The canary: 90/10, then shift, "
+SECTIONS = ("Up", "Calls by plain name, mTLS by default", "From the host, through the gateway",
+            "The canary: 90/10, then shift, "
             "then roll back", "Authorization: only orders may call payments", "A proxy dies",
             "Down")  # fmt: skip
 
@@ -161,6 +163,12 @@ def test_readme_walkthrough_then_the_example_tests_on_a_clean_clone(walk: Walk) 
                 assert done.stdout.strip() == shown, where
             if shown.startswith('"x-forwarded-client-cert": '):
                 assert shown.rstrip(",") in done.stdout, where
+            if shown.startswith('{"calls": {"orders"'):  # the shop through the gateway
+                page = json.loads(done.stdout)
+                assert (page["service"], page["calls"]["orders"]["service"]) == (
+                    "frontend", "orders"), where
+            if re.fullmatch(r"30\d https://\S+", shown):  # the gateway's httpsRedirect
+                assert done.stdout.strip() == shown, where
 
     # The walkthrough edited the example in place, and `down` left the edit.
     assert walk.changed_example().split() == ["M", "examples/compose/mesh/orders.yaml"]

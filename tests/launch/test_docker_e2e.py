@@ -32,6 +32,7 @@ from tests.commands.support import (
     mesh_home,
     wait_until,
 )
+from tests.example import repoint_gateway
 
 # Longer than the default per-test timeout (pyproject.toml): the module's first test builds
 # the example image (debootstrap) and starts the compose project.
@@ -92,7 +93,7 @@ def _example_copy(dest: Path) -> Path:
     The compose file is the example's, byte for byte, except the one host port it
     publishes (127.0.0.1:18080): here an ephemeral one, so two runs cannot collide.
     """
-    copy_example(dest)
+    repoint_gateway(copy_example(dest), free_port(), free_port())  # the same reason
     text = (EXAMPLE / "docker-compose.yml").read_text()
     assert '"127.0.0.1:18080:8080"' in text
     compose = dest / "docker-compose.yml"
@@ -288,6 +289,22 @@ def test_the_published_port_answers_as_without_the_mesh(mesh: Mesh) -> None:
     ingress = [ln for ln in metrics.splitlines() if ln.startswith("istio_requests_total{")
                and 'source_workload="unknown"' in ln and 'response_code="200"' in ln]
     assert ingress and all('connection_security_policy="none"' in ln for ln in ingress), ingress
+
+
+def test_the_gateway_on_the_host_reaches_the_containers(mesh: Mesh) -> None:
+    """The example's Gateway, served by a gateway proxy `up` runs on the host: curl with SNI
+    and the example's certificate -> gateway -> mTLS -> frontend's container -> orders."""
+    (gw,) = mesh.up["gateways"]
+    https = next(u for u in gw["urls"] if u.startswith("https://"))
+    port = https.rsplit(":", 1)[1].strip("/")
+    done = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--noproxy", "*", "--cacert",
+         str(mesh.compose_file.parent / "mesh" / "shop-cert.crt"), "--resolve",
+         f"shop.example.com:{port}:127.0.0.1", https],
+        capture_output=True, text=True, timeout=20)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    page = json.loads(done.stdout)
+    assert (page["service"], page["calls"]["orders"]["service"]) == ("frontend", "orders")
 
 
 def test_up_says_the_published_port_is_served_as_ingress(mesh: Mesh) -> None:

@@ -20,6 +20,7 @@ def test_joined_plan_dials_the_registry_elsewhere_and_excludes_it_only_as_an_add
                       monitor_port=15014, network=Network("br", "10.250.9.0/24"),
                       registry_url="https://10.0.1.2:15012")  # fmt: skip
     assert plan.registry_url == "https://10.0.1.2:15012"
+    assert plan.gateways == ()  # the Gateways' proxy runs beside the registry, not here
     assert all("https://10.0.1.2:15012" in w.proxy_args for w in plan.workloads)
     spec = plan.workloads[0]
     assert intercept_config(spec, plan).exclude_outbound_cidrs == ("10.0.1.2/32",)

@@ -7,18 +7,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshctl.launch import netns
-from tests.commands.support import EXAMPLE, Cli, mesh_home, wait_until
+from tests.commands.support import Cli, mesh_home, wait_until
+from tests.example import copy_example, repoint_gateway
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -40,6 +44,9 @@ class Mesh:
     up: dict[str, Any]
     wall_s: float
     before: dict[str, list[str]]
+    config: Path
+    https: int  # the example's Gateway, on ports of this run (tests.example.repoint_gateway)
+    http: int
 
     @property
     def names(self) -> dict[str, str]:
@@ -83,13 +90,23 @@ def _ours(prefix: str, bridge: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def mesh() -> Iterator[Mesh]:
-    with mesh_home() as cli:
-        prefix = cli.env["MESH_NETNS_PREFIX"]
-        before = _ours(prefix, f"{prefix}br0")
-        t0 = time.monotonic()
-        up = cli.json("up", str(EXAMPLE / "mesh"), "--runtime", "local", "--timeout", "30",
-                      "--monitor-port", str(_port()))  # fmt: skip
-        yield Mesh(cli, up, time.monotonic() - t0, before)
+    # A copy of the example (the gateway test shifts its weights with `meshctl route`),
+    # world-traversable as a checkout is: the apps and proxies do not run as root.
+    base = Path(tempfile.mkdtemp(prefix="meshctl-e2e-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    config = copy_example(base)
+    https, http = _port(), _port()
+    repoint_gateway(config, https, http)
+    try:
+        with mesh_home() as cli:
+            prefix = cli.env["MESH_NETNS_PREFIX"]
+            before = _ours(prefix, f"{prefix}br0")
+            t0 = time.monotonic()
+            up = cli.json("up", str(config), "--runtime", "local", "--timeout", "30",
+                          "--monitor-port", str(_port()))  # fmt: skip
+            yield Mesh(cli, up, time.monotonic() - t0, before, config, https, http)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _port() -> int:
@@ -138,6 +155,47 @@ def test_weights_split_90_10(mesh: Mesh) -> None:
     assert done.returncode == 0, done.stderr
     # The smooth weighted round robin gives exactly 90/10 in any 100 consecutive picks.
     assert Counter(json.loads(done.stdout)) == Counter({"v1": 90, "v2": 10})
+
+
+def _through_gateway(mesh: Mesh, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """curl from the host's own namespace to the example's gateway, as the README does."""
+    host, port = "shop.example.com", url.split(":")[2].split("/")[0]
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--noproxy", "*", "--cacert",
+         str(mesh.config / "shop-cert.crt"), "--resolve", f"{host}:{port}:127.0.0.1", *args,
+         url], capture_output=True, text=True, timeout=20)  # fmt: skip
+
+
+def test_the_gateway_serves_the_shop_on_the_host_and_follows_set_weight(mesh: Mesh) -> None:
+    (gw,) = mesh.up["gateways"]
+    prefix = mesh.cli.env["MESH_NETNS_PREFIX"]
+    assert (gw["name"], gw["address"]) == (f"{prefix}ingressgateway", "127.0.0.1")
+    https = f"https://shop.example.com:{mesh.https}/"
+    assert gw["urls"] == [f"http://shop.example.com:{mesh.http}/", https]
+    done = _through_gateway(mesh, https)
+    assert done.returncode == 0, done.stderr
+    page = json.loads(done.stdout)  # curl -> gateway (TLS) -> mTLS -> frontend -> orders
+    assert (page["service"], page["calls"]["orders"]["service"]) == ("frontend", "orders")
+    done = _through_gateway(mesh, f"http://shop.example.com:{mesh.http}/a?b", "-o",
+                            "/dev/null", "-w", "%{http_code} %{redirect_url}")  # fmt: skip
+    assert done.stdout == f"301 https://shop.example.com:{mesh.https}/a?b", done
+    # The canary's weights apply to gateway traffic too (frontend calls orders).
+    mesh.cli.run("route", "set-weight", "orders", "v1=0", "v2=100")
+
+    def orders_versions() -> set[str] | None:
+        seen = set()
+        for _ in range(10):
+            out = _through_gateway(mesh, https)
+            seen.add(json.loads(out.stdout)["calls"]["orders"]["version"])
+        return seen if seen == {"v2"} else None
+
+    try:
+        wait_until(orders_versions, 15, "every gateway request's orders call on v2")
+    finally:
+        mesh.cli.run("route", "set-weight", "orders", "v1=90", "v2=10")
+    st = mesh.cli.json("status")
+    (proxy,) = [p for p in st["proxies"] if p["proxy_id"] == gw["name"]]
+    assert proxy["connected"] and proxy["service"] == "ingressgateway"
 
 
 def test_authorization_policy_denies_frontend_to_payments(mesh: Mesh) -> None:
@@ -235,7 +293,7 @@ def test_killed_proxy_is_restarted_and_traffic_works_again(mesh: Mesh) -> None:
 
 
 def test_up_again_changes_nothing(mesh: Mesh) -> None:
-    again = mesh.cli.json("up", str(EXAMPLE / "mesh"), "--runtime", "local")
+    again = mesh.cli.json("up", str(mesh.config), "--runtime", "local")
     assert again["started"] == again["stopped"] == again["restarted"] == []
     assert [w["address"] for w in again["workloads"]] == [
         w["address"] for w in mesh.up["workloads"]
@@ -257,3 +315,6 @@ def test_down_leaves_nothing_behind(mesh: Mesh) -> None:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert not veths & set(re.findall(r"^\d+: ([^:@]+)", links, re.M))
     wait_until(lambda: mesh.cli.processes() == [], 5, "no process of the mesh")
+    # The gateway on the host went with the rest: nothing listens on its ports.
+    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
+    assert not re.search(rf"127\.0\.0\.1:({mesh.https}|{mesh.http})\s", listening), listening

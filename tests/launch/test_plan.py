@@ -35,6 +35,7 @@ def _transparent(cfg: MeshConfig | None = None, **kw: object) -> pm.Plan:
         "registry_port": 15012,
         "monitor_port": 15014,
         "network": NET,
+        "alloc_port": _ports(),  # `up` passes one in every mode (the gateway's admin ports)
     }
     args.update(kw)
     return pm.build_plan(cfg or _config(), **args)  # type: ignore[arg-type]
@@ -304,3 +305,34 @@ def test_exclude_inbound_ports_reach_the_interception_rules(tmp_path: Path) -> N
     assert intercept_config(orders, plan).excluded_inbound() == [
         22, 15000, 15001, 15006, 15021, 15090
     ]
+
+
+def test_the_examples_gateway_is_a_member_of_its_own_kind() -> None:
+    """One gateway proxy per name the Gateways select: no app, no namespace, the servers'
+    ports on 127.0.0.1, its own admin and metrics ports, kept by a second plan."""
+    for plan in (_transparent(), _explicit()):
+        (gw,) = plan.gateways
+        assert gw.is_gateway and not any(w.is_gateway for w in plan.workloads)
+        assert (gw.name, gw.service, gw.netns, gw.app_argv) == (
+            "ingressgateway", "ingressgateway", None, ())
+        assert gw.inbound_ports == (18081, 18443)
+        assert gw.urls == ("http://shop.example.com:18081/", "https://shop.example.com:18443/")
+        args = gw.proxy_args
+        assert args[:4] == ("proxy", "--service", "ingressgateway", "--gateway")
+        assert args[args.index("--gateway-address") + 1] == "127.0.0.1"
+        assert args[args.index("--credentials") + 1] == str(EXAMPLE)
+        assert args[args.index("--admin") + 1] == f"127.0.0.1:{gw.port('admin')}"
+        assert plan.workload("ingressgateway") == gw and "ingressgateway" not in plan.names
+    first = _explicit()
+    again = _explicit(previous=first, alloc_port=_ports(30000))
+    assert again.gateways == first.gateways
+    assert pm.changed(first, again) == ([], [], [])
+    assert pm.changed(None, first)[0][-1] == "ingressgateway"
+
+
+def test_a_gateway_selector_up_cannot_start_is_an_error(tmp_path: Path) -> None:
+    copy_config(tmp_path / "mesh")
+    gw = tmp_path / "mesh" / "shop-gateway.yaml"
+    gw.write_text(gw.read_text().replace("istio: ingressgateway", "team: edge"))
+    with pytest.raises(pm.PlanError, match=r"Gateway shop-gateway .*use `istio: NAME`"):
+        _explicit(_config(tmp_path / "mesh"))

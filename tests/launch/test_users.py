@@ -81,7 +81,8 @@ def test_the_plan_carries_each_apps_ids(tmp_path: Path) -> None:
     cfg = _example(tmp_path / "mesh")
     plan = pm.build_plan(cfg, mode=pm.TRANSPARENT, config_dir=str(tmp_path), registry_port=1,
                          monitor_port=2, network=pm.Network("meshbr0", "10.250.7.0/24"),
-                         users={("payments", "v1"): (4242, 4242)})  # fmt: skip
+                         users={("payments", "v1"): (4242, 4242)},
+                         alloc_port=iter(range(20000, 20100)).__next__)  # fmt: skip
     ids = {w.name: w.run_as for w in plan.workloads}
     assert ids.pop("payments-v1") == (4242, 4242) and set(ids.values()) == {None}
     assert pm.from_wire(pm.to_wire(plan)) == plan

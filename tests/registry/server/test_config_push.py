@@ -25,7 +25,10 @@ def set_orders_weights(config: Path, v1: int) -> None:
 
 def canary_weights(view: dict[str, object]) -> list[int]:
     """The weights of the orders VirtualService's routes, as the proxy receives them."""
-    text = repr(view["config"])
+    config = view["config"]
+    assert isinstance(config, dict), config
+    (orders,) = [vs for vs in config["virtual_services"] if vs["name"] == "orders"]
+    text = repr(orders)  # not the example's gateway VirtualService (one route, weight 100)
     return [int(w) for w in re.findall(r"'weight': (\d+)", text)]
 
 
