@@ -8,10 +8,12 @@ Two files in dist/ (or --out):
   of this interpreter in proxy/_core/ (its manifest and extension modules), tagged for
   this interpreter and platform so pip installs it only where it can load.
 
-The core is built from the checkout (proxy.compiled.build), then checked against the
-sources inside the pure wheel (`check(..., root=<the unpacked wheel>)`): the wheel's
-manifest is only ever written for the very files it ships. Installed, proxy/__init__
-loads proxy/_core/ on the same terms as build/core/ in a checkout (proxy.compiled.check).
+The core is the checkout's build (core_dir(): build/core/, which install.sh made) when it
+is current for these sources and this interpreter, else built afresh (proxy.compiled.build,
+~90 s); either way it is then checked against the sources inside the pure wheel
+(`check(..., root=<the unpacked wheel>)`): the wheel's manifest is only ever written for
+the very files it ships. Installed, proxy/__init__ loads proxy/_core/ on the same terms
+as build/core/ in a checkout (proxy.compiled.check).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from proxy.compiled import BUNDLED, ROOT, check
+from proxy.compiled import BUNDLED, ROOT, check, core_dir
 from proxy.compiled.build import build
 
 # What the pure wheel is built from: pyproject.toml's packages and its readme. A copy, so
@@ -101,13 +103,20 @@ def _with_core(pure: Path, core: Path, out: Path) -> Path:
     return target
 
 
+def _current_core() -> Path | None:
+    """The checkout's build when it was made from these very sources for this Python."""
+    directory = core_dir()
+    files, _ = check(directory)
+    return directory if files is not None else None
+
+
 def wheels(out: Path) -> tuple[Path, Path]:
     """Build (the pure wheel, the wheel with this interpreter's compiled core) into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".wheel-", dir=out) as tmp:
         work = Path(tmp)
         pure = _pure(out, work)
-        core = build(work / "core").parent
+        core = _current_core() or build(work / "core").parent
         unpacked = work / "unpacked"
         with zipfile.ZipFile(pure) as zin:
             zin.extractall(unpacked)

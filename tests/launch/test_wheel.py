@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.compiled import MANIFEST, check, core_dir
 from proxy.compiled.wheel import platform_tag, wheels
 from tests.proxy.test_compiled import _can_compile
 
@@ -115,6 +116,18 @@ def test_the_build_writes_a_pure_and_a_platform_wheel(installed: Installed) -> N
     assert installed.pure.name == "meshctl-0.1.0-py3-none-any.whl"
     assert installed.platform.name == f"meshctl-0.1.0-{platform_tag()}.whl"
     assert platform_tag().startswith(f"cp{sys.version_info.major}{sys.version_info.minor}-")
+
+
+def test_the_build_packs_the_checkouts_current_core_without_recompiling(
+    installed: Installed,
+) -> None:
+    """install.sh built build/core/ from these sources: the wheel carries that very build
+    (its manifest, build time included), not a second ~90 s compile."""
+    files, detail = check(core_dir())
+    if files is None:
+        pytest.skip(f"the checkout has no current compiled core: {detail}")
+    packed = json.loads(installed.manifest().read_text())
+    assert packed == json.loads((core_dir() / MANIFEST).read_text())
 
 
 def test_the_documented_install_runs_the_compiled_core(installed: Installed) -> None:
