@@ -31,6 +31,8 @@ from bench.procs import Proc, free_port, wait_until
 from bench.systems import MESH_YAML, REPO, Lab, System, _listening, haproxy_configs, http_ok, settle
 
 HOST = "bench.example.com"
+# The Gateway and the VirtualService take any host ("*"): wrk resolves the URL's name itself
+# (no /etc/hosts entry of ours), so it connects to 127.0.0.1 with that as SNI and Host.
 GATEWAY_YAML = """\
 apiVersion: networking.istio.io/v1
 kind: Gateway
