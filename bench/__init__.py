@@ -10,4 +10,7 @@ The suite, in the order a run flows:
   scripts (ca_issuance, push_latency) as subprocesses;
 - profile: py-spy on the meshctl proxies under closed-loop load, own time per function;
 - report, plots: BENCHMARKS.md and PNGs; compare: `--compare OLD.json`.
+
+Standalone, among others: gateway (`python -m bench.gateway`): the gateway hop (https ->
+gateway proxy -> mTLS -> sidecar) beside HAProxy as an edge proxy, in one lab.
 """

@@ -350,15 +350,13 @@ class Lab:
             system.proxies[role] = proc
         return system
 
-    def _mesh(self, names: list[str]) -> None:
-        # The integration tests' builders: a real registry, join tokens, real proxies.
+    def registry(self, config: Path) -> Any:
+        """The integration tests' builders (a real registry, join tokens, real proxies):
+        a registry for `config` (a directory with mesh.yaml), pinned to the load core;
+        `close()` stops it and every proxy started from it."""
         sys.path.insert(0, str(REPO))
         from tests.integration.harness import Mesh
 
-        config = self.dir / "mesh-config"
-        config.mkdir()
-        (config / "mesh.yaml").write_text(MESH_YAML)
-        (config / "plaintext.yaml").write_text(PLAIN_YAML)
         mesh = Mesh(self.dir / "mesh", config)
         self.mesh = mesh
         mesh.env["MESH_LOG"] = os.environ.get("MESH_LOG", "WARNING")
@@ -366,6 +364,14 @@ class Lab:
             mesh.start_registry()
         finally:
             self._adopt(mesh, self.load_core)
+        return mesh
+
+    def _mesh(self, names: list[str]) -> None:
+        config = self.dir / "mesh-config"
+        config.mkdir()
+        (config / "mesh.yaml").write_text(MESH_YAML)
+        (config / "plaintext.yaml").write_text(PLAIN_YAML)
+        mesh = self.registry(config)
         for name in names:
             service = upstream_service(name)
             local = free_port()

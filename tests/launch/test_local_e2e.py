@@ -4,6 +4,7 @@ leaving no namespace, veth, bridge, rule or process behind."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -196,6 +197,64 @@ def test_the_gateway_serves_the_shop_on_the_host_and_follows_set_weight(mesh: Me
     st = mesh.cli.json("status")
     (proxy,) = [p for p in st["proxies"] if p["proxy_id"] == gw["name"]]
     assert proxy["connected"] and proxy["service"] == "ingressgateway"
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _spki_sha256(cert: Path) -> str:
+    """base64 sha256 of the certificate's SubjectPublicKeyInfo: what chromium's
+    --ignore-certificate-errors-spki-list names (that one key trusted, nothing else)."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def test_a_browser_loads_the_shop_through_the_gateway_over_https(mesh: Mesh) -> None:
+    """Debian's chromium, headless (Playwright), as a user on the host would: the name
+    mapped to 127.0.0.1, the example's certificate trusted by its key and no other
+    certificate error ignored; http:// is redirected to https:// by the gateway."""
+    if not CHROMIUM.exists() or importlib.util.find_spec("playwright") is None:
+        reason = "needs Debian's chromium and playwright (./install.sh --test installs them)"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    https = f"https://shop.example.com:{mesh.https}/"
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--no-proxy-server", "--host-resolver-rules=MAP shop.example.com 127.0.0.1",
+            f"--explicitly-allowed-ports={mesh.https},{mesh.http}",
+            f"--ignore-certificate-errors-spki-list={_spki_sha256(mesh.config / 'shop-cert.crt')}"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            page = browser.new_page()
+            loaded = page.goto(https, timeout=10_000)
+            status, shown = loaded and loaded.status, page.inner_text("body")
+            redirected = page.goto(f"http://shop.example.com:{mesh.http}/?from=http",
+                                   timeout=10_000)
+            landed, status2 = page.url, redirected and redirected.status
+            hops = []  # the redirect chain as the browser saw it
+            request = redirected.request if redirected else None
+            while request is not None:
+                hops.append(request.url)
+                request = request.redirected_from
+        finally:
+            browser.close()
+    assert status == 200, (status, shown)
+    body = json.loads(shown)  # browser -> gateway (TLS) -> mTLS -> frontend -> orders
+    assert (body["service"], body["calls"]["orders"]["service"]) == ("frontend", "orders")
+    assert body["calls"]["orders"]["version"] in ("v1", "v2"), body
+    assert (landed, status2) == (f"{https}?from=http", 200), (landed, status2)
+    assert hops == [f"{https}?from=http", f"http://shop.example.com:{mesh.http}/?from=http"]
 
 
 def test_authorization_policy_denies_frontend_to_payments(mesh: Mesh) -> None:
