@@ -14,6 +14,7 @@ index the whole head). "warm": requests on one long-lived connection (the proxie
 multiplexed case); "new connection": preface + SETTINGS + one request on a fresh server
 connection (an app that opens a connection per call). Bounded: N requests (default 2000)
 per timing, best of 5 timings; the whole run takes a few seconds.
+h2 comes with the bench extra (`pip install -e ".[bench]"`); ngh2 is the proxy's own.
 """
 
 from __future__ import annotations
