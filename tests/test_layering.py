@@ -57,7 +57,7 @@ LAYERS = (
     ("proxy/snapshot.py",),
     ("proxy/forwarding/",),
     ("proxy/transport/",),
-    ("proxy/http1/",),
+    ("proxy/http1/", "proxy/http2/"),
 )
 
 
