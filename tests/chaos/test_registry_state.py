@@ -73,7 +73,7 @@ def test_registry_with_catalog_wiped_does_not_empty_the_proxies(
         svc.client = mesh.proxy("client", "v1", upstreams={"backend:8080": svc.local})
         svc.wait_endpoints(2)
         wait_until(lambda: svc.get("/")[0] == 200, timeout=30, what="first request")
-        with Load(svc.local, clients=2, max_seconds=150) as load:
+        with Load(svc.local, clients=4, max_seconds=150) as load:
             load.wait_more(100)
             relay.disconnect()
             old_epoch = _restart_registry_without(mesh, "catalog.json", "state.json",
@@ -112,7 +112,7 @@ def test_registry_with_state_dir_wiped_new_ca_proxies_keep_serving(
     from the old CA) nor renew: they run until their certificates expire, and must be
     re-joined with tokens from the new registry (meshctl up does this)."""
     svc = Service.start(mesh, 2)
-    with Load(svc.local, clients=2, max_seconds=60) as load:
+    with Load(svc.local, clients=4, max_seconds=60) as load:
         load.wait_more(100)
         _restart_registry_without(mesh, ".")  # shutil.rmtree(MESH_HOME/registry)
         status = mesh.api("GET", "/v1/status")
