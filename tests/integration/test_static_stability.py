@@ -113,7 +113,7 @@ def test_registry_killed_traffic_continues_and_proxies_catch_up(mesh: Mesh) -> N
             what="proxy notices the outage",
         )
         seen = load.total
-        wait_until(lambda: load.total > seen + 200, what="traffic during the outage")
+        wait_until(lambda: load.total > seen + 100, what="traffic during the outage")
         # The registry comes back with its state; proxies reconnect and get new config.
         mesh.start_registry()
         wait_until(
