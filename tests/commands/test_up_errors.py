@@ -80,7 +80,7 @@ def test_a_workload_that_never_gets_ready_leaves_nothing_running(tmp_path: Path)
     )
     with mesh_home() as cli:
         cli.env["MESH_FORCE_EXPLICIT"] = "1"
-        done = cli.run("up", str(config), "--runtime", "local", "--timeout", "8",
+        done = cli.run("up", str(config), "--runtime", "local", "--timeout", "15",
                        "--monitor-port", str(free_port()), check=False)  # fmt: skip
         assert done.returncode == 1
         line = _one_line(done.stderr)
