@@ -104,6 +104,8 @@ spec:
 @pytest.fixture
 def config(tmp_path: Path) -> MeshConfig:
     directory = copy_config(tmp_path / "mesh")
+    # This file's own Gateways only: the example's shop-gateway selects ingressgateway too.
+    (directory / "shop-gateway.yaml").unlink()
     write_self_signed(directory, "shop", "shop.example.com", "*.example.com")
     (directory / "gateways.yaml").write_text(GATEWAYS)
     result = load_directory(directory)

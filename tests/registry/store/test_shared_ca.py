@@ -38,6 +38,9 @@ def mtls_handshake(server: Workload, server_bundle: str, client: Workload,
                    client_bundle: str) -> None:  # fmt: skip
     """A TLS 1.3 handshake on loopback in which each side verifies the other's SVID."""
     a, b = socket.socketpair()
+    # Before the thread starts: its wrap_socket takes `a` over (and closes it after).
+    a.settimeout(10)
+    b.settimeout(10)
     errors: list[BaseException] = []
 
     def serve() -> None:
@@ -51,8 +54,6 @@ def mtls_handshake(server: Workload, server_bundle: str, client: Workload,
     t = threading.Thread(target=serve)
     t.start()
     try:
-        a.settimeout(10)
-        b.settimeout(10)
         with _ctx(ssl.PROTOCOL_TLS_CLIENT, client, client_bundle).wrap_socket(b) as c:
             c.sendall(b"hello")
             assert c.recv(5) == b"hello"
