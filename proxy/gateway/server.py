@@ -25,6 +25,7 @@ from proxy.gateway.credentials import CredentialError, Credentials
 from proxy.gateway.forwarded import forwarded_for
 from proxy.gateway.table import GatewayTable, PortPlan, build_table
 from proxy.http1 import Request, render_response_head
+from proxy.policy.authz import IPAddress
 from proxy.tracing import CLIENT, Hop
 from proxy.transport.accept import Connections, accept_loop, listen, streams_for
 from registry.config.model import RateLimit
@@ -155,7 +156,8 @@ class GatewayMode:
         counters = proxy.telemetry.counters
         try:
             peer = sock.getpeername()[0]
-        except OSError:
+            peer_ip = ipaddress.ip_address(peer)  # once per connection, for ipBlocks
+        except (OSError, ValueError):
             sock.close()
             return
         if plan is None:
@@ -173,7 +175,7 @@ class GatewayMode:
         scheme = b"https" if ctx is not None else b"http"
 
         def prepare(req: Request, snap: ProxySnapshot) -> Prep:
-            prep, dest = self._prepare(req, snap, plan, peer, scheme)
+            prep, dest = self._prepare(req, snap, plan, peer, peer_ip, scheme)
             dests[id(req)] = dest
             return prep
 
@@ -193,7 +195,7 @@ class GatewayMode:
         return table if current is snap else self.table
 
     def _prepare(self, req: Request, snap: ProxySnapshot, plan: PortPlan, peer: str,
-                 scheme: bytes) -> tuple[Prep, str]:
+                 peer_ip: IPAddress, scheme: bytes) -> tuple[Prep, str]:
         proxy = self.proxy
         hop = proxy.tracer.start(req.headers, CLIENT, req.names)
         table = self._table_for(snap)
@@ -214,17 +216,16 @@ class GatewayMode:
         if snap.compiled_authz:  # AuthorizationPolicy selecting the gateway's labels
             # ipBlocks: the connection's peer; remoteIpBlocks: the client past the trusted
             # hops (Istio's numTrustedProxies). An unparsable forwarded entry: the peer.
-            source_ip = ipaddress.ip_address(peer)
             try:
-                remote_ip = ipaddress.ip_address(client.decode("latin-1"))
+                remote_ip: IPAddress = ipaddress.ip_address(client.decode("latin-1"))
             except ValueError:
-                remote_ip = source_ip
-            if not decide(snap.compiled_authz, None, req, plan.port, source_ip,
+                remote_ip = peer_ip
+            if not decide(snap.compiled_authz, None, req, plan.port, peer_ip,
                           remote_ip).allowed:
                 proxy.telemetry.counters["meshctl_proxy_rbac_denied_total"] += 1
                 return local_prep(hop, 403, "RBAC", result_flag="-"), "unknown"
         limit = self.opts.max_request_bytes
-        if limit and _declared_length(req) > limit:
+        if limit and (req.content_length or 0) > limit:  # the parser's declared length
             return local_prep(hop, 413, "", close=True), "unknown"
         if self.bucket is not None:  # the gateway's local rate limit (Envoy local_ratelimit)
             wait = over_limit(self.bucket)
@@ -252,11 +253,6 @@ class GatewayMode:
         head = render_response_head(301, b"Moved Permanently", [
             (b"location", location), (b"content-length", b"0"), (b"server", b"meshctl")])
         return Prep(hop, reply=head, result=Result(301, "-", 0, 0, "", 0, True))
-
-
-def _declared_length(req: Request) -> int:
-    raw = req.get(b"content-length")
-    return int(raw) if raw is not None and raw.isdigit() else 0
 
 
 def _picked(prep: Prep) -> str:
